@@ -1,0 +1,42 @@
+"""blackbox-sal: explain predictions of ONNX text models, no training framework needed.
+
+    >>> import blackbox_sal as bs
+    >>> model = bs.load_model(bs.default_model_path())
+    >>> result = bs.explain(model, "An absolute masterpiece.", bs.ExplainConfig(method="ig"))
+    >>> print(bs.render_terminal(result))
+
+Attributions are taken with respect to the token embeddings, from finite differences (any
+model) or, later, an exported gradient graph, and reduced to one score per token.
+"""
+
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.errors import InputError, ModelError, SalError, UnavailableError, UsageError
+from blackbox_sal.explain import explain
+from blackbox_sal.model.files import default_model_path
+from blackbox_sal.model.text_model import TextModel, load_model
+from blackbox_sal.render import render_html, render_json, render_terminal
+from blackbox_sal.result import Explanation, Label, Prediction
+from blackbox_sal.text.words import Span
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExplainConfig",
+    "Explanation",
+    "InputError",
+    "Label",
+    "ModelError",
+    "Prediction",
+    "SalError",
+    "Span",
+    "TextModel",
+    "UnavailableError",
+    "UsageError",
+    "__version__",
+    "default_model_path",
+    "explain",
+    "load_model",
+    "render_html",
+    "render_json",
+    "render_terminal",
+]

@@ -1,0 +1,144 @@
+"""The ``blackbox-sal`` command line. Exit codes are documented in :mod:`blackbox_sal.errors`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from blackbox_sal import __version__
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.errors import SalError, UsageError
+from blackbox_sal.explain import explain
+from blackbox_sal.gradients import BACKENDS
+from blackbox_sal.methods import METHODS
+from blackbox_sal.methods.quadrature import QUADRATURES
+from blackbox_sal.model.files import default_model_path
+from blackbox_sal.model.objective import SCORES
+from blackbox_sal.model.session import DEVICES
+from blackbox_sal.model.text_model import load_model
+from blackbox_sal.reductions import REDUCTIONS
+from blackbox_sal.render import render_html, render_json, render_terminal
+
+FORMATS = ("terminal", "json", "html")
+EPILOG = """exit codes: 0 ok, 2 bad usage or input, 3 model cannot be loaded or used,
+4 backend or device not available, 1 internal error (a bug), 130 interrupted.
+Environment: NO_COLOR disables colour in the terminal format."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = ExplainConfig()
+    p = argparse.ArgumentParser(
+        prog="blackbox-sal",
+        description="Explain predictions of ONNX text models: which tokens drove the output.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"blackbox-sal {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    e = sub.add_parser(
+        "explain", help="attribute a prediction to the input tokens",
+        description="Attribute the model's prediction on TEXT to its tokens.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("text", metavar="TEXT", help="the text to explain ('-' reads standard input)")
+    e.add_argument("--model", metavar="PATH",
+                   help="model directory or .onnx file (default: the bundled sentiment CNN)")
+    e.add_argument("--method", choices=list(METHODS), default=defaults.method,
+                   help="attribution method (default: %(default)s)")
+    e.add_argument("--backend", choices=list(BACKENDS), default=defaults.backend,
+                   help="how derivatives are taken: fd = finite differences (default: %(default)s)")
+    e.add_argument("--target", metavar="LABEL|INDEX",
+                   help="class to explain (default: the predicted class)")
+    e.add_argument("--score", choices=list(SCORES), default=defaults.score,
+                   help="the explained scalar (default: %(default)s)")
+    e.add_argument("--steps", type=int, default=defaults.steps, metavar="N",
+                   help="integrated-gradients nodes (default: %(default)s)")
+    e.add_argument("--quadrature", choices=list(QUADRATURES), default=defaults.quadrature,
+                   help="integrated-gradients rule (default: %(default)s)")
+    e.add_argument("--baseline", default=defaults.baseline, metavar="pad|zero|unk|mask|TOKEN",
+                   help="baseline for ig and occlusion (default: %(default)s)")
+    e.add_argument("--reduce", choices=list(REDUCTIONS),
+                   help="per-token reduction (default: l2 for saliency/smoothgrad, sum otherwise)")
+    e.add_argument("--words", action="store_true", help="merge subword scores into words")
+    e.add_argument("--format", choices=FORMATS, default="terminal", help="output format")
+    e.add_argument("--output", metavar="FILE", help="write the output to FILE")
+    e.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N",
+                   help="rows per onnxruntime run; bounds memory (default: %(default)s)")
+    e.add_argument("--device", choices=DEVICES, default="auto",
+                   help="cpu, cuda, or auto = cuda when a GPU is usable (default: auto)")
+    e.add_argument("--model-output", metavar="NAME",
+                   help="model output to explain (default: the first)")
+    e.add_argument("--fd-step", type=float, default=defaults.fd_step, metavar="H",
+                   help="finite-difference step relative to each token embedding's norm "
+                        "(default: %(default)s)")
+    e.add_argument("--richardson", action="store_true",
+                   help="Richardson extrapolation: 4 runs per derivative, O(h^4) error")
+    e.add_argument("--samples", type=int, default=defaults.samples, metavar="N",
+                   help="SmoothGrad samples (default: %(default)s)")
+    e.add_argument("--noise", type=float, default=defaults.noise, metavar="SIGMA",
+                   help="SmoothGrad noise relative to the embeddings (default: %(default)s)")
+    e.add_argument("--seed", type=int, default=defaults.seed, help="random seed (SmoothGrad)")
+    e.add_argument("--no-verify", action="store_true",
+                   help="skip checking the embedding split against the original model")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress or cost messages")
+    return p
+
+
+def _config(a: argparse.Namespace) -> ExplainConfig:
+    return ExplainConfig(
+        method=a.method, backend=a.backend, target=a.target, score=a.score, steps=a.steps,
+        quadrature=a.quadrature, baseline=a.baseline, reduce=a.reduce, words=a.words,
+        batch_size=a.batch_size, fd_step=a.fd_step, richardson=a.richardson,
+        samples=a.samples, noise=a.noise, seed=a.seed,
+        progress=False if a.quiet else None,
+    ).validated()
+
+
+def _render(fmt: str, explanation: object, to_terminal: bool) -> str:
+    if fmt == "json":
+        return render_json(explanation)  # type: ignore[arg-type]
+    if fmt == "html":
+        return render_html(explanation)  # type: ignore[arg-type]
+    color = to_terminal and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return render_terminal(explanation, color=color)  # type: ignore[arg-type]
+
+
+def _explain(a: argparse.Namespace) -> None:
+    text = sys.stdin.read() if a.text == "-" else a.text
+    config = _config(a)  # validate names before loading anything
+    model = load_model(a.model or default_model_path(), device=a.device,
+                       output=a.model_output, verify=not a.no_verify)
+    result = explain(model, text, config)
+    out = _render(a.format, result, to_terminal=a.output is None)
+    if a.output is None:
+        sys.stdout.write(out)
+        return
+    try:
+        with open(a.output, "w", encoding="utf-8") as fh:
+            fh.write(out)
+    except OSError as exc:
+        raise UsageError(f"cannot write {a.output!r}: {exc.strerror}") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    log = logging.getLogger("blackbox_sal")
+    if not getattr(args, "quiet", False) and not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("blackbox-sal: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        if args.command == "explain":
+            _explain(args)
+    except SalError as exc:
+        print(f"blackbox-sal: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("blackbox-sal: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

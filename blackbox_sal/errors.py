@@ -1,0 +1,62 @@
+"""One error tree for the library, the CLI and (later) the server.
+
+Every error a user can cause is a :class:`SalError` subclass carrying the CLI exit code; the
+CLI prints ``blackbox-sal: error: <message>`` and exits with that code. Anything else that
+escapes is a bug and keeps its traceback.
+
+==========  ===========================================================================
+exit code   meaning
+==========  ===========================================================================
+0           success
+1           internal error (a bug: please report it with the traceback)
+2           bad usage or bad input: unknown option value, empty or too long text,
+            unknown label, a baseline token the tokenizer lacks
+3           the model cannot be loaded or used: missing path, not an ONNX file, no
+            embedding lookup to split at, an output of the wrong shape, unsafe file
+4           the requested backend or device is not available here
+130         interrupted (Ctrl-C)
+==========  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SalError(Exception):
+    """Base of every error a user can cause; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(SalError):
+    """A bad option value or a bad request (exit code 2)."""
+
+    exit_code = 2
+
+
+class InputError(SalError):
+    """Text that cannot be explained: empty, too long, untokenizable (exit code 2)."""
+
+    exit_code = 2
+
+
+class ModelError(SalError):
+    """The model cannot be loaded or used (exit code 3)."""
+
+    exit_code = 3
+
+
+class UnavailableError(SalError):
+    """The requested backend or device is not available on this machine (exit code 4)."""
+
+    exit_code = 4
+
+
+def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> UsageError:
+    """A UsageError for an unknown registry name: lists the choices, suggests the closest."""
+    options = sorted(choices)
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return UsageError(f"unknown {kind} {name!r}{hint} (choose from: {', '.join(options)})")

@@ -1,0 +1,67 @@
+"""Explain one prediction: text -> tokens -> embeddings -> backend -> method -> Explanation."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import numpy as np
+
+from blackbox_sal.baselines import make_baseline
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.gradients import make_backend, step_scale
+from blackbox_sal.methods import METHODS, Problem
+from blackbox_sal.model.objective import Objective, resolve_target
+from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.result import Explanation, Label, Prediction
+from blackbox_sal.text.tokenization import tokenize
+from blackbox_sal.text.words import merge_words, token_spans
+
+#: methods that replace tokens by a baseline
+USES_BASELINE = frozenset({"ig", "occlusion"})
+
+
+def explain(model: TextModel, text: str, config: ExplainConfig | None = None) -> Explanation:
+    """Attribute the model's prediction on ``text`` to its tokens (see ExplainConfig).
+
+    Raises InputError / UsageError (exit 2) for bad text or settings, ModelError (exit 3)
+    when the model cannot be used, UnavailableError (exit 4) for a missing backend.
+    """
+    cfg = (config or ExplainConfig()).validated()
+    tokens = tokenize(model.tokenizer, text, model.max_length, cfg.max_chars)
+    x = model.embed(tokens.ids)
+    probe = Objective(model, tokens.ids, tokens.type_ids, 0, cfg.score, cfg.batch_size)
+    outputs = probe.outputs(x[None])[0]
+    predicted = int(np.argmax(outputs))
+    target = resolve_target(cfg.target, model.labels, outputs.shape[0], predicted)
+    f = Objective(model, tokens.ids, tokens.type_ids, target, cfg.score, cfg.batch_size)
+    target_value = float(f(x[None])[0])
+    baseline = make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x)
+    scale = step_scale(x, model.table)
+    backend = make_backend(f, scale, cfg)
+    result = METHODS[cfg.method](Problem(backend, x, baseline, tokens.special, target_value,
+                                         scale, cfg))
+
+    settings: dict[str, object] = {"score": cfg.score, "batch_size": cfg.batch_size,
+                                   "forward_passes": int(f.calls[0]), "device": model.device}
+    if cfg.method in USES_BASELINE:
+        settings["baseline"] = cfg.baseline
+    if cfg.method == "ig":
+        settings.update(steps=cfg.steps, quadrature=cfg.quadrature)
+    if cfg.method == "smoothgrad":
+        settings.update(samples=cfg.samples, noise=cfg.noise, seed=cfg.seed)
+    if backend.name == "fd" and cfg.method != "occlusion":
+        settings.update(fd_step=cfg.fd_step, richardson=cfg.richardson)
+
+    def label(i: int) -> str | None:
+        return model.labels[i] if model.labels and i < len(model.labels) else None
+
+    return Explanation(
+        text=text, model=model.name, method=cfg.method,
+        backend="none" if cfg.method == "occlusion" else backend.name,
+        reduce=result.reduce, target=Label(target, label(target)),
+        prediction=Prediction(predicted, label(predicted), tuple(float(v) for v in outputs)),
+        target_value=target_value, tokens=token_spans(tokens, result.scores),
+        words=merge_words(tokens, result.scores) if cfg.words else None,
+        baseline_value=result.baseline_value, convergence_delta=result.delta,
+        settings=MappingProxyType(settings), notes=result.notes,
+    )

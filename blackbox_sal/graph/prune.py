@@ -1,0 +1,56 @@
+"""Remove what no graph output needs: nodes, initializers, inputs.
+
+Surgery leaves dead parts behind (the Cast that fed a removed Gather, an embedding table
+nobody reads any more); onnxruntime would still load them, and some would still run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx
+
+
+def subgraph_inputs(node: onnx.NodeProto) -> Iterator[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
+    for attr in node.attribute:
+        graphs = list(attr.graphs)
+        if attr.HasField("g"):
+            graphs.append(attr.g)
+        for g in graphs:
+            local = {i.name for i in g.input} | {i.name for i in g.initializer}
+            for inner in g.node:
+                local.update(inner.output)
+            for inner in g.node:
+                for name in list(inner.input) + list(subgraph_inputs(inner)):
+                    if name and name not in local:
+                        yield name
+
+
+def node_inputs(node: onnx.NodeProto) -> set[str]:
+    """Every name a node reads, its subgraphs' outer-scope reads included."""
+    return {n for n in node.input if n} | set(subgraph_inputs(node))
+
+
+def prune(graph: onnx.GraphProto, keep_inputs: frozenset[str] = frozenset()) -> None:
+    """Drop, in place, nodes and initializers no output depends on, and unused graph inputs
+    (except those named in ``keep_inputs``)."""
+    needed = {o.name for o in graph.output}
+    live: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):  # graph.node is topologically sorted
+        if any(o in needed for o in node.output):
+            live.append(node)
+            needed |= node_inputs(node)
+    live.reverse()
+    del graph.node[:]
+    graph.node.extend(live)
+    kept_init = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_init)
+    kept_inputs = [i for i in graph.input if i.name in needed or i.name in keep_inputs]
+    del graph.input[:]
+    graph.input.extend(kept_inputs)
+    produced = {o for n in graph.node for o in n.output}
+    kept_info = [v for v in graph.value_info if v.name in produced]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)

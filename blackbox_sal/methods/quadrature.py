@@ -1,0 +1,42 @@
+"""Quadrature rules on [0, 1] for the integrated-gradients path integral.
+
+IG_i = (x_i - x'_i) . integral_0^1 grad_i f(x' + a (x - x')) da  ~  sum_k w_k (...)(a_k).
+Gauss-Legendre (Captum's default) is exact for polynomials of degree 2m-1 in ``a`` and is the
+default; the Riemann rules and the trapezoid rule are what LIT and AllenNLP use.
+Each rule maps m (the number of nodes, ``--steps``) to (nodes [m], weights [m]); the
+weights sum to 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def gauss_legendre(m: int) -> tuple[np.ndarray, np.ndarray]:
+    x, w = np.polynomial.legendre.leggauss(m)
+    return (x + 1.0) / 2.0, w / 2.0
+
+
+def _riemann(offset: float) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+    def rule(m: int) -> tuple[np.ndarray, np.ndarray]:
+        return (np.arange(m) + offset) / m, np.full(m, 1.0 / m)
+    return rule
+
+
+def trapezoid(m: int) -> tuple[np.ndarray, np.ndarray]:
+    if m < 2:
+        raise ValueError("the trapezoid rule needs at least 2 nodes")
+    w = np.full(m, 1.0 / (m - 1))
+    w[[0, -1]] /= 2.0
+    return np.linspace(0.0, 1.0, m), w
+
+
+QUADRATURES: dict[str, Callable[[int], tuple[np.ndarray, np.ndarray]]] = {
+    "gauss-legendre": gauss_legendre,
+    "riemann-left": _riemann(0.0),
+    "riemann-right": _riemann(1.0),
+    "riemann-middle": _riemann(0.5),
+    "trapezoid": trapezoid,
+}

@@ -1,0 +1,77 @@
+"""The explained scalar f(embeddings): one output of the model, turned into a score.
+
+For one tokenized text, an :class:`Objective` maps embedding points [N, S, D] to the target
+scalar [N]. Scores (``SCORES``): ``logit`` is the raw output value; ``probability`` and
+``log-probability`` apply a softmax over the output's classes first.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from blackbox_sal.errors import UsageError
+from blackbox_sal.model.text_model import TextModel
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+#: score name -> function of the outputs [N, C] giving the per-class score [N, C]
+SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "logit": lambda z: z,
+    "probability": lambda z: np.exp(_log_softmax(z)),
+    "log-probability": _log_softmax,
+}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """f(points) = SCORES[score](model outputs)[:, target] for one tokenized text.
+
+    ids, type_ids: int64 [S], shared by every point. batch_size bounds each session run.
+    ``calls`` counts the rows evaluated (forward passes), for cost reports.
+    """
+
+    model: TextModel
+    ids: np.ndarray
+    type_ids: np.ndarray
+    target: int
+    score: str
+    batch_size: int
+    calls: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
+
+    def outputs(self, points: np.ndarray) -> np.ndarray:
+        """Raw model outputs for points [N, S, D]: float64 [N, C]."""
+        self.calls[0] += points.shape[0]
+        return self.model.run(points, self.ids, self.type_ids, self.batch_size)
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        """The target scalar for points [N, S, D]: float64 [N]."""
+        return SCORES[self.score](self.outputs(points))[:, self.target]
+
+
+def resolve_target(target: str | int | None, labels: tuple[str, ...] | None,
+                   n_classes: int, predicted: int) -> int:
+    """The output index to explain: a label name, an index (int or digits), or the prediction."""
+    if target is None:
+        return predicted
+    names = list(labels or ())
+    if isinstance(target, str) and target in names:
+        return names.index(target)
+    text = str(target).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if 0 <= index < n_classes:
+            return index
+        raise UsageError(f"target index {index} is out of range: the output has {n_classes} classes "
+                         f"(0..{n_classes - 1})")
+    close = difflib.get_close_matches(text, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    known = f"labels: {', '.join(names)}" if names else f"the model has no labels; use an index 0..{n_classes - 1}"
+    raise UsageError(f"unknown target label {text!r}{hint} ({known})")

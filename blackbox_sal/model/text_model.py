@@ -1,0 +1,206 @@
+"""A text model whose input is token embeddings: loading and running it.
+
+:func:`load_model` turns a model directory (see :mod:`blackbox_sal.model.files`) into a
+:class:`TextModel`: an onnxruntime session that takes ``inputs_embeds`` [batch, seq, dim]
+float32, the embedding table [vocab, dim], the tokenizer and the labels. A model that takes
+``input_ids`` is split at its lookup first and the split is checked against the original.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from blackbox_sal.errors import ModelError
+from blackbox_sal.graph.split import EMBEDS, split_embedding
+from blackbox_sal.model import files
+from blackbox_sal.model.session import create_session, run_batched
+
+IDS = "input_ids"
+MASK = "attention_mask"
+TYPES = "token_type_ids"
+POSITIONS = "position_ids"
+#: Inputs filled automatically, by name; any other required input is an error at load time.
+KNOWN_INPUTS = (EMBEDS, IDS, MASK, TYPES, POSITIONS)
+_PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and the film was good."
+_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+@dataclass(frozen=True)
+class TextModel:
+    """A loaded model. Arrays at this boundary: embeddings float32 [N, S, D], ids int64 [S].
+
+    name: what results report. table: float32 [vocab, dim]. labels: class names by index, or
+    None. max_length: the most tokens the model takes, or None. output: the explained output's
+    name. origin: how the embeddings input was obtained (the split lookup, or given).
+    """
+
+    name: str
+    tokenizer: Tokenizer = field(repr=False)
+    table: np.ndarray = field(repr=False)
+    session: ort.InferenceSession = field(repr=False)
+    output: str
+    labels: tuple[str, ...] | None
+    max_length: int | None
+    origin: str
+    int_inputs: dict[str, Any] = field(repr=False)  # name -> numpy int dtype the session wants
+
+    @property
+    def dim(self) -> int:
+        return int(self.table.shape[1])
+
+    @property
+    def device(self) -> str:
+        return "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        """Look token ids [S] up in the table: float32 [S, D]."""
+        return self.table[ids]
+
+    def run(self, embeds: np.ndarray, ids: np.ndarray, type_ids: np.ndarray,
+            batch_size: int) -> np.ndarray:
+        """Explained output for ``embeds`` [N, S, D] that all share ``ids``/``type_ids`` [S].
+
+        Returns float64 [N, C] (a 1-D output counts as one column); runs at most
+        ``batch_size`` rows at a time.
+        """
+        n, s = embeds.shape[0], embeds.shape[1]
+        extras: dict[str, np.ndarray] = {}
+        for name, dtype in self.int_inputs.items():
+            if name == MASK:
+                row = np.ones(s, dtype=dtype)
+            elif name == TYPES:
+                row = type_ids.astype(dtype)
+            elif name == POSITIONS:
+                row = np.arange(s, dtype=dtype)
+            else:  # IDS: the body still reads them (e.g. Shape(input_ids) for position ids)
+                row = ids.astype(dtype)
+            extras[name] = row
+
+        def one(rows: slice) -> np.ndarray:
+            k = rows.stop - rows.start
+            feeds = {name: np.tile(row, (k, 1)) for name, row in extras.items()}
+            feeds[EMBEDS] = np.ascontiguousarray(embeds[rows], dtype=np.float32)
+            out = np.asarray(self.session.run([self.output], feeds)[0])
+            if out.ndim == 1:
+                out = out[:, None]
+            if out.ndim != 2 or out.shape[0] != k:
+                raise ModelError(
+                    f"output {self.output!r} has shape {list(out.shape)} for a batch of {k}; "
+                    f"expected [batch, classes] (choose another output with --model-output)")
+            return out.astype(np.float64)
+
+        return run_batched(one, n, batch_size)
+
+
+def load_model(path: str | Path, *, device: str = "auto", output: str | None = None,
+               verify: bool = True, threads: int = 0) -> TextModel:
+    """Load a model directory or ``.onnx`` file (see :mod:`blackbox_sal.model.files`).
+
+    device: auto | cpu | cuda. output: the output to explain (default: the first).
+    verify: for a split model, check body(table[ids]) == model(ids) on a probe sentence.
+    Raises ModelError (exit 3) when the model cannot be used, UnavailableError (exit 4) for
+    a device that is not there.
+    """
+    found = files.locate(path)
+    try:
+        tokenizer = Tokenizer.from_file(str(found.tokenizer_path))
+    except Exception as exc:  # tokenizers raises a bare Exception on malformed files
+        raise ModelError(f"cannot read {str(found.tokenizer_path)!r}: {exc}") from exc
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    proto = files.read_onnx(found.onnx_path)
+    input_names = [i.name for i in proto.graph.input]
+    if EMBEDS in input_names:
+        if found.embeddings_path is None:
+            raise ModelError(f"the model takes {EMBEDS!r} but there is no embeddings.npy beside it")
+        table, body, origin, original = files.read_table(found.embeddings_path), proto, "given", None
+    else:
+        split = split_embedding(proto, IDS)
+        table, body, original = split.table, split.body, proto
+        origin = f"split at {split.lookup}"
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    if vocab > table.shape[0]:
+        raise ModelError(f"the tokenizer has {vocab} tokens but the embedding table only "
+                         f"{table.shape[0]} rows: they do not belong together")
+
+    session = create_session(body.SerializeToString(), device, threads)
+    outputs = [o.name for o in session.get_outputs()]
+    chosen = output or outputs[0]
+    if chosen not in outputs:
+        raise ModelError(f"the model has no output {chosen!r} (outputs: {', '.join(outputs)})")
+    int_inputs: dict[str, Any] = {}
+    for inp in session.get_inputs():
+        if inp.name == EMBEDS:
+            if inp.type != "tensor(float)":
+                raise ModelError(f"{EMBEDS!r} must be float32, the model declares {inp.type}")
+            continue
+        if inp.name not in KNOWN_INPUTS:
+            raise ModelError(f"the model needs an input {inp.name!r} that blackbox-sal cannot fill "
+                             f"(it fills {', '.join(KNOWN_INPUTS)})")
+        if inp.type not in _INT_TYPES:
+            raise ModelError(f"input {inp.name!r} has type {inp.type}; expected int64 or int32")
+        int_inputs[inp.name] = _INT_TYPES[inp.type]
+
+    model = TextModel(
+        name=found.name, tokenizer=tokenizer, table=table, session=session, output=chosen,
+        labels=_labels(found.config), max_length=_max_length(found.config, proto),
+        origin=origin, int_inputs=int_inputs,
+    )
+    if verify and original is not None:
+        _check_split(model, original, device, threads)
+    return model
+
+
+def _labels(config: dict[str, Any]) -> tuple[str, ...] | None:
+    raw = config.get("id2label")
+    if not isinstance(raw, dict) or not raw:
+        return None
+    try:
+        pairs = sorted((int(k), str(v)) for k, v in raw.items())
+    except ValueError as exc:
+        raise ModelError("config.json id2label keys must be integers") from exc
+    if [k for k, _ in pairs] != list(range(len(pairs))):
+        raise ModelError("config.json id2label must number the labels 0..n-1")
+    return tuple(v for _, v in pairs)
+
+
+def _max_length(config: dict[str, Any], proto: onnx.ModelProto) -> int | None:
+    for key in ("max_length", "max_position_embeddings", "n_positions"):
+        value = config.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    for inp in proto.graph.input:  # a static sequence axis is a hard limit too
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in (IDS, EMBEDS) and len(dims) >= 2 and dims[1].dim_value > 0:
+            return int(dims[1].dim_value)
+    return None
+
+
+def _check_split(model: TextModel, original: onnx.ModelProto, device: str, threads: int) -> None:
+    """body(table[ids]) must equal original(ids) on a real sentence; else refuse the split."""
+    ids = np.array(model.tokenizer.encode(_PROBE_TEXT).ids, dtype=np.int64)
+    if model.max_length:
+        ids = ids[: model.max_length]
+    types = np.zeros_like(ids)
+    got = model.run(model.embed(ids)[None], ids, types, batch_size=1)
+    session = create_session(original.SerializeToString(), device, threads)
+    feeds = {}
+    for inp in session.get_inputs():
+        dtype = _INT_TYPES.get(inp.type, np.int64)
+        row = {IDS: ids, MASK: np.ones_like(ids), TYPES: types,
+               POSITIONS: np.arange(len(ids))}.get(inp.name)
+        if row is None:
+            raise ModelError(f"the original model needs an input {inp.name!r} that blackbox-sal cannot fill")
+        feeds[inp.name] = row[None].astype(dtype)
+    want = np.asarray(session.run([model.output], feeds)[0], dtype=np.float64).reshape(got.shape)
+    err = float(np.max(np.abs(got - want))) if want.size else 0.0
+    if not err <= 1e-4 * (1.0 + float(np.max(np.abs(want)))):
+        raise ModelError(f"the split model disagrees with the original (max difference {err:.3g}); "
+                         f"the lookup cut is wrong for this model")

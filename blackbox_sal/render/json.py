@@ -1,0 +1,55 @@
+"""JSON rendering of an Explanation; ``schema_version`` tells readers what to expect.
+
+Schema 1: schema_version, text, model, method, backend, reduce, target {index, label},
+prediction {index, label, scores}, target_value, tokens [{text, start, end, score, special}],
+words (with --words), baseline_value and convergence_delta (where a baseline applies),
+settings, notes. Non-finite numbers become null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from blackbox_sal.result import SCHEMA_VERSION, Explanation
+from blackbox_sal.text.words import Span
+
+
+def _num(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _spans(spans: tuple[Span, ...]) -> list[dict[str, Any]]:
+    return [{"text": s.text, "start": s.start, "end": s.end, "score": _num(s.score),
+             "special": s.special} for s in spans]
+
+
+def to_dict(e: Explanation) -> dict[str, Any]:
+    """The JSON object of schema ``SCHEMA_VERSION`` as Python data."""
+    out: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "text": e.text,
+        "model": e.model,
+        "method": e.method,
+        "backend": e.backend,
+        "reduce": e.reduce,
+        "target": {"index": e.target.index, "label": e.target.label},
+        "prediction": {"index": e.prediction.index, "label": e.prediction.label,
+                       "scores": [_num(v) for v in e.prediction.scores]},
+        "target_value": _num(e.target_value),
+        "tokens": _spans(e.tokens),
+    }
+    if e.words is not None:
+        out["words"] = _spans(e.words)
+    if e.baseline_value is not None:
+        out["baseline_value"] = _num(e.baseline_value)
+    if e.convergence_delta is not None:
+        out["convergence_delta"] = _num(e.convergence_delta)
+    out["settings"] = dict(e.settings)
+    out["notes"] = list(e.notes)
+    return out
+
+
+def render_json(e: Explanation) -> str:
+    return json.dumps(to_dict(e), indent=2, ensure_ascii=False, allow_nan=False) + "\n"

@@ -1,0 +1,72 @@
+"""Terminal rendering: a heatmap of the text and a bar per token.
+
+Green backgrounds push the target up, red ones push it down; the strength is the score over
+the largest absolute score. Without colour (NO_COLOR, a pipe, a file) the same content comes
+as plain text. Pure: the caller decides ``color``.
+"""
+
+from __future__ import annotations
+
+from blackbox_sal.result import Explanation
+from blackbox_sal.text.words import Span
+
+_RESET = "\033[0m"
+_BAR_WIDTH = 24
+
+
+def _background(score: float, peak: float) -> str:
+    a = min(abs(score) / peak, 1.0) if peak > 0 else 0.0
+    base = (40, 160, 60) if score >= 0 else (200, 50, 50)
+    r, g, b = (int(255 + (c - 255) * a) for c in base)  # blend white -> base colour
+    fg = "30" if a < 0.6 else "97"
+    return f"\033[{fg};48;2;{r};{g};{b}m"
+
+
+def _heatmap(text: str, spans: tuple[Span, ...], peak: float) -> str:
+    out, pos = [], 0
+    ordinary = sorted((s for s in spans if not s.special and s.end > s.start), key=lambda s: s.start)
+    for s in ordinary:
+        if s.start < pos:  # overlapping offsets (rare tokenizers): skip the overlap
+            continue
+        out.append(text[pos : s.start])
+        out.append(f"{_background(s.score, peak)}{text[s.start : s.end]}{_RESET}")
+        pos = s.end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.4g}"
+
+
+def render_terminal(e: Explanation, color: bool = False) -> str:
+    """The explanation as terminal text; ANSI colours only when ``color``."""
+    spans = e.words if e.words is not None else e.tokens
+    peak = max((abs(s.score) for s in spans), default=0.0)
+    target = e.target.label if e.target.label is not None else f"class {e.target.index}"
+    pred = e.prediction.label if e.prediction.label is not None else f"class {e.prediction.index}"
+    reduce = f" ({e.reduce})" if e.reduce else ""
+    lines = [
+        f"model {e.model} | method {e.method}{reduce} | backend {e.backend}",
+        f"prediction: {pred}   target: {target}   f(x) = {e.target_value:.4g} ({e.settings.get('score', 'logit')})",
+    ]
+    if e.baseline_value is not None:
+        delta = f"   completeness delta = {_fmt(e.convergence_delta)}" if e.convergence_delta is not None else ""
+        lines.append(f"baseline {e.settings.get('baseline', '')}: f(x') = {e.baseline_value:.4g}{delta}")
+    lines.append("")
+    if color:
+        lines += [_heatmap(e.text, spans, peak), ""]
+    width = max((len(s.text) for s in spans), default=0)
+    width = min(max(width, 5), 24)
+    for s in spans:
+        n = int(round(_BAR_WIDTH * abs(s.score) / peak)) if peak > 0 else 0
+        name = (s.text if len(s.text) <= width else s.text[: width - 1] + "~").ljust(width)
+        if color:
+            bar = ("\033[32m" if s.score >= 0 else "\033[31m") + "█" * n + _RESET
+            name = f"\033[2m{name}{_RESET}" if s.special else name
+        else:
+            bar = ("+" if s.score >= 0 else "-") * n
+        lines.append(f"  {name}  {s.score:+10.4f}  {bar}")
+    for note in e.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,56 @@
+"""Frozen result objects. Renderers take them as arguments; they have no output methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from blackbox_sal.text.words import Span
+
+#: bumped whenever the JSON rendering of an Explanation changes incompatibly
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Label:
+    """A class of the explained output: its index and name (None when the model has none)."""
+
+    index: int
+    label: str | None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's prediction: the arg-max class and the raw output values of every class."""
+
+    index: int
+    label: str | None
+    scores: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One explained prediction.
+
+    tokens: one scored span per token (character offsets into ``text``); words: the same
+    merged to words when asked for. target_value: f(x), the explained scalar. baseline_value
+    and convergence_delta: f(x') and sum(scores) - (f(x) - f(x')) where a baseline applies
+    (integrated gradients). settings: what produced it (method parameters, forward passes).
+    notes: warnings the user should read (degenerate gradients, input equal to baseline, ...).
+    """
+
+    text: str
+    model: str
+    method: str
+    backend: str
+    reduce: str | None
+    target: Label
+    prediction: Prediction
+    target_value: float
+    tokens: tuple[Span, ...]
+    words: tuple[Span, ...] | None
+    baseline_value: float | None
+    convergence_delta: float | None
+    settings: MappingProxyType[str, Any]
+    notes: tuple[str, ...]
