@@ -59,7 +59,7 @@ def render_terminal(e: Explanation, color: bool = False) -> str:
     width = max((len(s.text) for s in spans), default=0)
     width = min(max(width, 5), 24)
     for s in spans:
-        n = int(round(_BAR_WIDTH * abs(s.score) / peak)) if peak > 0 else 0
+        n = round(_BAR_WIDTH * abs(s.score) / peak) if peak > 0 else 0
         name = (s.text if len(s.text) <= width else s.text[: width - 1] + "~").ljust(width)
         if color:
             bar = ("\033[32m" if s.score >= 0 else "\033[31m") + "█" * n + _RESET

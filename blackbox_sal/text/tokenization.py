@@ -57,5 +57,5 @@ def tokenize(tokenizer: Tokenizer, text: str, max_length: int | None,
         strings=tuple(enc.tokens),
         offsets=tuple((int(a), int(b)) for a, b in enc.offsets),
         special=special,
-        word_ids=tuple(None if s else w for w, s in zip(enc.word_ids, special)),
+        word_ids=tuple(None if s else w for w, s in zip(enc.word_ids, special, strict=True)),
     )

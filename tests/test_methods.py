@@ -1,0 +1,159 @@
+"""Attribution methods on functions with known answers (no ONNX: f is numpy)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.gradients.finite_differences import FiniteDifferences, step_scale
+from blackbox_sal.methods import METHODS, Attribution, Problem
+from blackbox_sal.methods.gradient_methods import DEGENERATE_NOTE, identical_rows
+from blackbox_sal.methods.integrated_gradients import SAME_AS_BASELINE_NOTE
+
+Scalar = Callable[[np.ndarray], np.ndarray]
+
+
+def run(f: Scalar, x: np.ndarray, base: np.ndarray | None = None,
+        special: np.ndarray | None = None, **cfg: object) -> Attribution:
+    """Run a method on numpy f at x; ``base`` is the baseline embedding (default zeros)."""
+    x = np.asarray(x, np.float32)
+    base = np.zeros_like(x) if base is None else np.asarray(base, np.float32)
+    spec = np.zeros(len(x), bool) if special is None else special
+    config = ExplainConfig(**cfg).validated()  # type: ignore[arg-type]
+    scale = step_scale(x, np.ones((1, x.shape[1]), np.float32))
+    fd = FiniteDifferences(f, scale, rel_step=config.fd_step, richardson=config.richardson)
+    problem = Problem(fd, x, base, spec, float(f(x[None])[0]), scale, config)
+    return METHODS[config.method](problem)
+
+
+def captum_example(points: np.ndarray) -> np.ndarray:
+    """Captum's IG example: ReLU(ReLU(x1) - 1 - ReLU(x2)), x1 and x2 as two 1-D tokens."""
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    x1, x2 = points[:, 0, 0].astype(np.float64), points[:, 1, 0].astype(np.float64)
+    return relu(relu(x1) - 1 - relu(x2))
+
+
+def test_captum_ig_example_gives_1_5_and_minus_0_5() -> None:
+    out = run(captum_example, np.array([[3.0], [1.0]]), method="ig")
+    np.testing.assert_allclose(out.scores, [1.5, -0.5], atol=1e-4)
+    assert out.baseline_value == 0.0
+    assert abs(out.delta) < 1e-4  # type: ignore[arg-type]
+
+
+RNG = np.random.default_rng(3)
+W1, B1, W2 = RNG.normal(0, 0.8, (4, 6)), RNG.normal(0, 0.3, 6), RNG.normal(0, 0.8, 6)
+X = RNG.normal(0, 1.0, (5, 4)).astype(np.float32)
+
+
+def mlp(points: np.ndarray) -> np.ndarray:
+    return np.tanh(points.astype(np.float64) @ W1 + B1).sum(axis=1) @ W2
+
+
+def mlp_grad(x: np.ndarray) -> np.ndarray:
+    h = np.tanh(x.astype(np.float64) @ W1 + B1)
+    return ((1 - h**2) * W2) @ W1.T
+
+
+@pytest.mark.parametrize("quadrature", ["gauss-legendre", "riemann-middle", "trapezoid"])
+def test_ig_completeness(quadrature: str) -> None:
+    base = np.full_like(X, 0.1)
+    out = run(mlp, X, base, method="ig", quadrature=quadrature, steps=50)
+    gap = float(mlp(X[None])[0] - mlp(base[None])[0])
+    assert out.scores.sum() == pytest.approx(gap, abs=2e-3)
+    assert abs(out.delta) < (1e-4 if quadrature == "gauss-legendre" else 2e-3)  # type: ignore[arg-type]
+
+
+def test_ig_against_a_fine_riemann_sum_of_exact_gradients() -> None:
+    alphas = (np.arange(4000) + 0.5) / 4000
+    exact = np.mean([mlp_grad(a * X) for a in alphas], axis=0) * X
+    out = run(mlp, X, method="ig", steps=50)
+    np.testing.assert_allclose(out.scores, exact.sum(-1), atol=2e-4)
+
+
+def test_ig_full_reduction_agrees_with_directional_route() -> None:
+    """sum-reduced IG from full gradients == IG from token directional derivatives."""
+    by_jvp = run(mlp, X, method="ig", steps=8, richardson=True)
+    by_grad = run(mlp, X, method="ig", steps=8, reduce="l1", richardson=True)
+    assert by_jvp.delta == pytest.approx(by_grad.delta, abs=2e-5)  # float32 points
+    assert by_grad.reduce == "l1"
+    assert np.all(by_grad.scores >= np.abs(by_jvp.scores) - 1e-4)  # |sum| <= sum |.|
+
+
+def test_ig_special_tokens_get_zero_and_input_equal_to_baseline_is_said() -> None:
+    special = np.array([True, False, False, False, True])
+    base = np.zeros_like(X)
+    base[special] = X[special]
+    out = run(mlp, X, base, special, method="ig")
+    assert out.scores[0] == 0.0 and out.scores[4] == 0.0
+    same = run(mlp, X, X, method="ig")
+    assert SAME_AS_BASELINE_NOTE in same.notes
+    assert np.all(same.scores == 0.0)
+
+
+def test_saliency_is_the_l2_norm_of_the_gradient() -> None:
+    out = run(mlp, X, method="saliency")
+    np.testing.assert_allclose(out.scores, np.linalg.norm(mlp_grad(X), axis=1), rtol=2e-3)
+    assert out.reduce == "l2"
+    l1 = run(mlp, X, method="saliency", reduce="l1")
+    np.testing.assert_allclose(l1.scores, np.abs(mlp_grad(X)).sum(1), rtol=2e-3)
+    mx = run(mlp, X, method="saliency", reduce="max")
+    np.testing.assert_allclose(mx.scores, np.abs(mlp_grad(X)).max(1), rtol=2e-3)
+
+
+def test_grad_x_input_equals_the_one_hot_gradient() -> None:
+    """sum_d x_id g_id = d f / d onehot at the token present (E_v = x_i)."""
+    table = RNG.normal(size=(7, 4)).astype(np.float32)
+    ids = np.array([3, 0, 5, 5, 1])
+    x = table[ids]
+    grad = mlp_grad(x)
+    onehot_grad = grad @ table.T.astype(np.float64)  # [S, V]: d f / d onehot_{i, v}
+    out = run(mlp, x, method="grad-x-input")
+    np.testing.assert_allclose(out.scores, onehot_grad[np.arange(5), ids], rtol=2e-3, atol=1e-4)
+    mean = run(mlp, x, method="grad-x-input", reduce="mean")
+    np.testing.assert_allclose(mean.scores, out.scores / 4, rtol=1e-9)
+    l2 = run(mlp, x, method="grad-x-input", reduce="l2")
+    np.testing.assert_allclose(l2.scores, np.linalg.norm(grad * x, axis=1), rtol=2e-3)
+
+
+def test_occlusion_of_a_linear_function() -> None:
+    w = RNG.normal(size=4)
+    f = lambda p: p.astype(np.float64).sum(axis=1) @ w  # noqa: E731
+    base = np.zeros_like(X)
+    base[2] = X[2]  # a "special" token: kept, scores 0
+    out = run(f, X, base, method="occlusion", batch_size=2)
+    want = (X - base).astype(np.float64) @ w
+    np.testing.assert_allclose(out.scores, want, rtol=1e-9)
+    assert out.reduce is None
+
+
+def test_smoothgrad_without_noise_is_saliency_and_is_seeded() -> None:
+    plain = run(mlp, X, method="saliency")
+    quiet = run(mlp, X, method="smoothgrad", noise=0.0, samples=2)
+    np.testing.assert_allclose(quiet.scores, plain.scores, rtol=1e-6)
+    a = run(mlp, X, method="smoothgrad", noise=0.5, samples=3, seed=7)
+    b = run(mlp, X, method="smoothgrad", noise=0.5, samples=3, seed=7)
+    c = run(mlp, X, method="smoothgrad", noise=0.5, samples=3, seed=8)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert not np.allclose(a.scores, c.scores)
+
+
+def test_global_average_pooling_makes_saliency_degenerate_and_it_is_said() -> None:
+    """Seed 004: a mean over tokens gives every token the same gradient row."""
+    mean_pool = lambda p: np.tanh(p.astype(np.float64).mean(axis=1) @ W1 + B1) @ W2  # noqa: E731
+    sal = run(mean_pool, X, method="saliency")
+    assert DEGENERATE_NOTE in sal.notes
+    assert np.ptp(sal.scores) < 1e-3 * sal.scores.max()
+    gxi = run(mean_pool, X, method="grad-x-input")  # still ranks tokens
+    assert np.ptp(gxi.scores) > 0.1 * np.abs(gxi.scores).max()
+    assert DEGENERATE_NOTE not in run(mlp, X, method="saliency").notes
+
+
+def test_identical_rows() -> None:
+    g = np.tile(np.arange(1.0, 5.0), (3, 1))
+    assert identical_rows(g)
+    g[1, 0] += 0.5
+    assert not identical_rows(g)
+    assert not identical_rows(g[:1])
