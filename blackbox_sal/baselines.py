@@ -29,19 +29,19 @@ def baseline_token(tokenizer: Tokenizer, name: str) -> int | None:
     key = name.lower()
     if key == "zero":
         return None
-    vocab = tokenizer.get_vocab(with_added_tokens=True)
     if key in BASELINES:
         padding = tokenizer.padding
-        if key == "pad" and padding and padding.get("pad_token") in vocab:
-            return int(vocab[padding["pad_token"]])
-        for cand in BASELINES[key]:
-            if cand in vocab:
-                return int(vocab[cand])
+        candidates = ((padding["pad_token"],) if key == "pad" and padding else ()) + BASELINES[key]
+        for cand in candidates:
+            found = tokenizer.token_to_id(cand)
+            if found is not None:
+                return int(found)
         raise UsageError(f"the tokenizer has no {key.upper()} token "
                          f"(looked for {', '.join(BASELINES[key])}); choose another --baseline "
                          f"({', '.join(sorted(BASELINES))} or a token)")
-    if name in vocab:
-        return int(vocab[name])
+    found = tokenizer.token_to_id(name)
+    if found is not None:
+        return int(found)
     ids = tokenizer.encode(name, add_special_tokens=False).ids
     if len(ids) == 1:
         return int(ids[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 
 import numpy as np
@@ -10,7 +11,7 @@ from blackbox_sal.baselines import make_baseline
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.gradients import make_backend, step_scale
 from blackbox_sal.methods import METHODS, Problem
-from blackbox_sal.model.objective import Objective, resolve_target
+from blackbox_sal.model.objective import SCORES, Objective, resolve_target
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.result import Explanation, Label, Prediction
 from blackbox_sal.text.tokenization import tokenize
@@ -29,14 +30,14 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
     cfg = (config or ExplainConfig()).validated()
     tokens = tokenize(model.tokenizer, text, model.max_length, cfg.max_chars)
     x = model.embed(tokens.ids)
-    probe = Objective(model, tokens.ids, tokens.type_ids, 0, cfg.score, cfg.batch_size)
-    outputs = probe.outputs(x[None])[0]
-    predicted = int(np.argmax(outputs))
-    target = resolve_target(cfg.target, model.labels, outputs.shape[0], predicted)
-    f = Objective(model, tokens.ids, tokens.type_ids, target, cfg.score, cfg.batch_size)
-    target_value = float(f(x[None])[0])
+    f = Objective(model, tokens.ids, tokens.type_ids, 0, cfg.score, cfg.batch_size)
+    outputs = f.outputs(x[None])  # [1, C]: the prediction, and f(x) for any target
+    predicted = int(np.argmax(outputs[0]))
+    target = resolve_target(cfg.target, model.labels, outputs.shape[1], predicted)
+    f = replace(f, target=target)  # shares the forward-pass counter
+    target_value = float(SCORES[cfg.score](outputs)[0, target])
     baseline = make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x)
-    scale = step_scale(x, model.table)
+    scale = step_scale(x, model.row_norm)
     backend = make_backend(f, scale, cfg)
     result = METHODS[cfg.method](Problem(backend, x, baseline, tokens.special, target_value,
                                          scale, cfg))
@@ -59,7 +60,7 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
         text=text, model=model.name, method=cfg.method,
         backend="none" if cfg.method == "occlusion" else backend.name,
         reduce=result.reduce, target=Label(target, label(target)),
-        prediction=Prediction(predicted, label(predicted), tuple(float(v) for v in outputs)),
+        prediction=Prediction(predicted, label(predicted), tuple(float(v) for v in outputs[0])),
         target_value=target_value, tokens=token_spans(tokens, result.scores),
         words=merge_words(tokens, result.scores) if cfg.words else None,
         baseline_value=result.baseline_value, convergence_delta=result.delta,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from blackbox_sal.gradients.finite_differences import FiniteDifferences, step_scale
+from blackbox_sal.gradients.finite_differences import FiniteDifferences, mean_row_norm, step_scale
 
 RNG = np.random.default_rng(0)
 S, D = 5, 6
@@ -26,7 +26,7 @@ def mlp_grad(x: np.ndarray) -> np.ndarray:
 
 
 def backend(rel_step: float = 1e-2, richardson: bool = False, batch_size: int = 64) -> FiniteDifferences:
-    return FiniteDifferences(mlp, step_scale(X, X), rel_step=rel_step, richardson=richardson,
+    return FiniteDifferences(mlp, step_scale(X, 1.0), rel_step=rel_step, richardson=richardson,
                              batch_size=batch_size)
 
 
@@ -98,4 +98,5 @@ def test_forward_pass_counts_match_the_cost_table() -> None:
 def test_step_scale_falls_back_for_zero_rows() -> None:
     emb = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
     table = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
-    np.testing.assert_allclose(step_scale(emb, table), [5.0, 1.5])
+    assert mean_row_norm(table) == 1.5
+    np.testing.assert_allclose(step_scale(emb, mean_row_norm(table)), [5.0, 1.5])

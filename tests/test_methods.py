@@ -23,7 +23,7 @@ def run(f: Scalar, x: np.ndarray, base: np.ndarray | None = None,
     base = np.zeros_like(x) if base is None else np.asarray(base, np.float32)
     spec = np.zeros(len(x), bool) if special is None else special
     config = ExplainConfig(**cfg).validated()  # type: ignore[arg-type]
-    scale = step_scale(x, np.ones((1, x.shape[1]), np.float32))
+    scale = step_scale(x, 1.0)
     fd = FiniteDifferences(f, scale, rel_step=config.fd_step, richardson=config.richardson)
     problem = Problem(fd, x, base, spec, float(f(x[None])[0]), scale, config)
     return METHODS[config.method](problem)

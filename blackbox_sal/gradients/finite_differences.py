@@ -35,13 +35,17 @@ _CENTRAL = np.array([1.0, -1.0])
 _RICHARDSON = np.array([1.0, -1.0, 0.5, -0.5])
 
 
-def step_scale(embeds: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Per-token scale s_i [S]: the norm of each token embedding, or the table's mean
-    non-zero row norm for tokens whose embedding is zero (PAD rows, say)."""
+def step_scale(embeds: np.ndarray, fallback: float) -> np.ndarray:
+    """Per-token scale s_i [S]: the norm of each token embedding, or ``fallback`` (use the
+    table's mean row norm, :func:`mean_row_norm`) for tokens whose embedding is zero."""
     norms = np.linalg.norm(embeds.astype(np.float64), axis=-1)
-    rows = np.linalg.norm(table.astype(np.float64), axis=-1)
-    fallback = float(rows[rows > 0].mean()) if np.any(rows > 0) else 1.0
     return np.where(norms > 0, norms, fallback)
+
+
+def mean_row_norm(table: np.ndarray) -> float:
+    """The mean norm of the non-zero rows of an embedding table (1.0 if all are zero)."""
+    rows = np.linalg.norm(table.astype(np.float64), axis=-1)
+    return float(rows[rows > 0].mean()) if np.any(rows > 0) else 1.0
 
 
 class FiniteDifferences:

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from blackbox_sal.errors import ModelError
+from blackbox_sal.gradients.finite_differences import mean_row_norm
 from blackbox_sal.graph.split import EMBEDS, split_embedding
 from blackbox_sal.model import files
 from blackbox_sal.model.session import create_session, run_batched
@@ -50,6 +51,7 @@ class TextModel:
     max_length: int | None
     origin: str
     int_inputs: dict[str, Any] = field(repr=False)  # name -> numpy int dtype the session wants
+    row_norm: float = 1.0  # mean non-zero row norm of the table: the fallback step scale
 
     @property
     def dim(self) -> int:
@@ -151,7 +153,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     model = TextModel(
         name=found.name, tokenizer=tokenizer, table=table, session=session, output=chosen,
         labels=_labels(found.config), max_length=_max_length(found.config, proto),
-        origin=origin, int_inputs=int_inputs,
+        origin=origin, int_inputs=int_inputs, row_norm=mean_row_norm(table),
     )
     if verify and original is not None:
         _check_split(model, original, device, threads)
