@@ -195,6 +195,7 @@ def main() -> None:
         (out / "model.onnx").write_bytes(onnx_tmp.read_bytes())
     tok.save(str(out / "tokenizer.json"))
     config = {
+        "name": "sentiment-cnn",
         "model_type": "word-cnn",
         "id2label": {str(i): name for i, name in enumerate(LABELS)},
         "label2id": {name: i for i, name in enumerate(LABELS)},

@@ -73,8 +73,9 @@ def locate(path: str | os.PathLike[str]) -> ModelFiles:
         if not isinstance(config, dict):
             raise ModelError(f"{str(config_path)!r} must hold a JSON object")
     emb = folder / "embeddings.npy"
+    named = config.get("name")
     return ModelFiles(
-        name=(p.name if p.is_dir() else p.stem) or str(p),
+        name=named if isinstance(named, str) and named else (p.name if p.is_dir() else p.stem) or str(p),
         onnx_path=onnx_path,
         tokenizer_path=tokenizer_path,
         config=config,
