@@ -116,3 +116,12 @@ def test_unwritable_output_file(tmp_path: Path) -> None:
 def test_help_lists_exit_codes() -> None:
     r = cli("explain", "--help")
     assert r.returncode == 0 and "exit codes" in r.stdout and "--baseline" in r.stdout
+
+
+def test_device_cuda_without_a_gpu_exits_4() -> None:
+    from blackbox_sal.model.session import cuda_available
+
+    if cuda_available():
+        pytest.skip("this machine has a usable GPU")
+    r = cli("explain", "good", "--device", "cuda")
+    assert r.returncode == 4 and "no usable CUDA GPU" in r.stderr and "Traceback" not in r.stderr
