@@ -228,3 +228,39 @@ def test_bad_config_json(tmp_path: Path) -> None:
     (d / "config.json").write_text(json.dumps({"id2label": {"0": "a", "2": "b"}}))
     with pytest.raises(ModelError, match="0..n-1"):
         load_model(d)
+
+
+def test_linear_model_gradients_are_the_weights_and_degenerate(tmp_path: Path) -> None:
+    """f_c = (sum_s x_s) . W[:, c]: grad_i = W[:, c] for every token (seed 004's pooling)."""
+    w = RNG.normal(size=(D, 2)).astype(np.float32)
+    model = load_model(tiny.write_model_dir(tmp_path / "lin", tiny.linear_sum(TABLE, w)))
+    e = explain(model, "good film plot", ExplainConfig(method="saliency", target=1))
+    np.testing.assert_allclose([t.score for t in e.tokens], [np.linalg.norm(w[:, 1])] * 3, rtol=1e-3)
+    assert any("same gradient" in n for n in e.notes)
+    x = TABLE[[vocab_id("good"), vocab_id("film"), vocab_id("plot")]]
+    gxi = explain(model, "good film plot", ExplainConfig(method="grad-x-input", target=1))
+    np.testing.assert_allclose([t.score for t in gxi.tokens], x @ w[:, 1], rtol=1e-3, atol=1e-5)
+    ig = explain(model, "good film plot", ExplainConfig(method="ig", target=1, baseline="zero", steps=3))
+    np.testing.assert_allclose([t.score for t in ig.tokens], x @ w[:, 1], rtol=1e-3, atol=1e-5)
+
+
+def test_quadratic_model_closed_form(tmp_path: Path) -> None:
+    """f_c = sum_s (x_s . w_c)^2: grad x input = 2 (x_i . w_c)^2; IG from 0 = (x_i . w_c)^2.
+    Central differences are exact on quadratics, up to float32 round-off."""
+    w = RNG.normal(size=(D, 2)).astype(np.float32)
+    model = load_model(tiny.write_model_dir(tmp_path / "quad", tiny.quadratic(TABLE, w)))
+    text = "the plot was awful"
+    x = TABLE[[vocab_id(t) for t in text.split()]].astype(np.float64)
+    proj = x @ w[:, 0]
+    gxi = explain(model, text, ExplainConfig(method="grad-x-input", target=0))
+    np.testing.assert_allclose([t.score for t in gxi.tokens], 2 * proj**2, rtol=1e-3, atol=1e-5)
+    ig = explain(model, text, ExplainConfig(method="ig", target=0, baseline="zero", steps=2))
+    np.testing.assert_allclose([t.score for t in ig.tokens], proj**2, rtol=1e-3, atol=1e-5)
+    assert abs(ig.convergence_delta) < 1e-4  # type: ignore[arg-type]  # GL with 2 nodes is exact here
+    sal = explain(model, text, ExplainConfig(method="saliency", target=0))
+    want = np.abs(2 * proj) * np.linalg.norm(w[:, 0])
+    np.testing.assert_allclose([t.score for t in sal.tokens], want, rtol=1e-3, atol=1e-5)
+
+
+def vocab_id(word: str) -> int:
+    return tiny.VOCAB[word]
