@@ -13,6 +13,7 @@ from blackbox_sal.config import ExplainConfig
 from blackbox_sal.errors import SalError, UsageError
 from blackbox_sal.explain import explain
 from blackbox_sal.gradients import BACKENDS
+from blackbox_sal.gradients.graph import export_gradient
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.quadrature import QUADRATURES
 from blackbox_sal.model.files import default_model_path
@@ -81,6 +82,20 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-verify", action="store_true",
                    help="skip checking the embedding split against the original model")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress or cost messages")
+
+    g = sub.add_parser(
+        "grad", help="build, verify and write a model's gradient graph",
+        description="Build the ONNX gradient graph of MODEL (inputs_embeds, the model's inputs, "
+                    "target_weights [batch, classes] -> outputs, grad [batch, seq, dim]), check it "
+                    "against finite differences, and write it. To ship it with the model, put the "
+                    "file in the model folder and add \"gradient_model\": \"FILE\" to config.json.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("model", metavar="MODEL", nargs="?",
+                   help="model directory or .onnx file (default: the bundled model)")
+    g.add_argument("-o", "--output", metavar="OUT", help="where to write it (default: the cache, printed)")
+    g.add_argument("--model-output", metavar="NAME", help="model output to differentiate (default: the first)")
+    g.add_argument("--device", choices=DEVICES, default="auto", help="device for the check (default: auto)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
     return p
 
 
@@ -120,6 +135,13 @@ def _explain(a: argparse.Namespace) -> None:
         raise UsageError(f"cannot write {a.output!r}: {exc.strerror}") from exc
 
 
+def _grad(a: argparse.Namespace) -> None:
+    model = load_model(a.model or default_model_path(), device=a.device, output=a.model_output)
+    path = export_gradient(model, a.output)
+    print(f"gradient graph of {model.name} ({model.output}): verified against finite differences; "
+          f"written to {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log = logging.getLogger("blackbox_sal")
@@ -131,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             _explain(args)
+        elif args.command == "grad":
+            _grad(args)
     except SalError as exc:
         print(f"blackbox-sal: error: {exc}", file=sys.stderr)
         return exc.exit_code

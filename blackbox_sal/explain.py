@@ -9,7 +9,7 @@ import numpy as np
 
 from blackbox_sal.baselines import make_baseline
 from blackbox_sal.config import ExplainConfig
-from blackbox_sal.gradients import make_backend, step_scale
+from blackbox_sal.gradients import GraphBackend, make_backend, step_scale
 from blackbox_sal.methods import METHODS, Problem
 from blackbox_sal.model.objective import SCORES, Objective, resolve_target
 from blackbox_sal.model.text_model import TextModel
@@ -19,6 +19,8 @@ from blackbox_sal.text.words import merge_words, token_spans
 
 #: methods that replace tokens by a baseline
 USES_BASELINE = frozenset({"ig", "occlusion"})
+#: methods that ask the backend for derivatives (the others use forward passes only)
+NEEDS_DERIVATIVES = frozenset({"saliency", "grad-x-input", "ig", "smoothgrad"})
 
 
 def explain(model: TextModel, text: str, config: ExplainConfig | None = None) -> Explanation:
@@ -34,11 +36,13 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
     outputs = f.outputs(x[None])  # [1, C]: the prediction, and f(x) for any target
     predicted = int(np.argmax(outputs[0]))
     target = resolve_target(cfg.target, model.labels, outputs.shape[1], predicted)
-    f = replace(f, target=target)  # shares the forward-pass counter
+    f = replace(f, target=target, n_classes=outputs.shape[1])  # shares the forward-pass counter
     target_value = float(SCORES[cfg.score](outputs)[0, target])
     baseline = make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x)
     scale = step_scale(x, model.row_norm)
-    backend = make_backend(f, scale, cfg)
+    # occlusion needs values only: finite differences' plain forward passes are all it uses
+    backend, backend_notes = make_backend(
+        f, scale, cfg if cfg.method in NEEDS_DERIVATIVES else replace(cfg, backend="fd"))
     result = METHODS[cfg.method](Problem(backend, x, baseline, tokens.special, target_value,
                                          scale, cfg))
 
@@ -50,19 +54,21 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
         settings.update(steps=cfg.steps, quadrature=cfg.quadrature)
     if cfg.method == "smoothgrad":
         settings.update(samples=cfg.samples, noise=cfg.noise, seed=cfg.seed)
-    if backend.name == "fd" and cfg.method != "occlusion":
+    if backend.name == "fd" and cfg.method in NEEDS_DERIVATIVES:
         settings.update(fd_step=cfg.fd_step, richardson=cfg.richardson)
+    if isinstance(backend, GraphBackend):
+        settings["gradient_passes"] = backend.gradient_passes
 
     def label(i: int) -> str | None:
         return model.labels[i] if model.labels and i < len(model.labels) else None
 
     return Explanation(
         text=text, model=model.name, method=cfg.method,
-        backend="none" if cfg.method == "occlusion" else backend.name,
+        backend=backend.name if cfg.method in NEEDS_DERIVATIVES else "none",
         reduce=result.reduce, target=Label(target, label(target)),
         prediction=Prediction(predicted, label(predicted), tuple(float(v) for v in outputs[0])),
         target_value=target_value, tokens=token_spans(tokens, result.scores),
         words=merge_words(tokens, result.scores) if cfg.words else None,
         baseline_value=result.baseline_value, convergence_delta=result.delta,
-        settings=MappingProxyType(settings), notes=result.notes,
+        settings=MappingProxyType(settings), notes=backend_notes + result.notes,
     )

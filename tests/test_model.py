@@ -51,7 +51,7 @@ def test_grad_x_input_through_onnx_matches_closed_form(mlp_dir: Path) -> None:
 
 def test_ig_through_onnx_is_complete_and_names_its_settings(mlp_dir: Path) -> None:
     model = load_model(mlp_dir)
-    e = explain(model, TEXT, ExplainConfig(method="ig", target="pos", steps=32))
+    e = explain(model, TEXT, ExplainConfig(method="ig", target="pos", steps=32, backend="fd"))
     assert e.target.label == "pos" and e.target.index == 2
     gap = e.target_value - e.baseline_value  # type: ignore[operator]
     assert abs(e.convergence_delta) < 1e-3 * max(1.0, abs(gap))  # type: ignore[arg-type]

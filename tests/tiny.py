@@ -159,3 +159,38 @@ def write_model_dir(path: Path, model: onnx.ModelProto, labels: list[str] | None
     if cfg:
         (path / "config.json").write_text(json.dumps(cfg))
     return path
+
+
+def strided_cnn(emb: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
+    """A Conv with stride 2 over a dynamic length: onnx-ad cannot size its transposed
+    convolution, so no gradient graph can be built (finite differences still work)."""
+    d = emb.shape[1]
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["E"]),
+        helper.make_node("Transpose", ["E"], ["Et"], perm=[0, 2, 1]),
+        helper.make_node("Conv", ["Et", "K"], ["c"], strides=[2], pads=[1, 1], kernel_shape=[3]),
+        helper.make_node("Tanh", ["c"], ["ct"]),
+        helper.make_node("ReduceSum", ["ct", "axes"], ["pooled"], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "W"], ["logits"]),
+    ]
+    k = np.random.default_rng(4).normal(0, 0.5, (4, d, 3)).astype(np.float32)
+    inits = {"table": emb, "K": k, "W": w, "axes": np.array([2], np.int64)}
+    return _model(nodes, inits, [_ids_input()], w.shape[1])
+
+
+def conv_tanh(emb: np.ndarray, w: np.ndarray, kernel: int = 5) -> onnx.ModelProto:
+    """A smooth text CNN: Conv (stride 1, 'same' pads, dynamic length) -> tanh -> sum over
+    time -> linear. No kinks, so finite differences can check its gradient tightly."""
+    d = emb.shape[1]
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["E"]),
+        helper.make_node("Transpose", ["E"], ["Et"], perm=[0, 2, 1]),
+        helper.make_node("Conv", ["Et", "K", "kb"], ["c"], pads=[kernel // 2] * 2, kernel_shape=[kernel]),
+        helper.make_node("Tanh", ["c"], ["ct"]),
+        helper.make_node("ReduceSum", ["ct", "axes"], ["pooled"], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "W"], ["logits"]),
+    ]
+    rng = np.random.default_rng(6)
+    inits = {"table": emb, "K": rng.normal(0, 0.4, (w.shape[0], d, kernel)).astype(np.float32),
+             "kb": rng.normal(0, 0.1, w.shape[0]).astype(np.float32), "W": w, "axes": np.array([2], np.int64)}
+    return _model(nodes, inits, [_ids_input()], w.shape[1])

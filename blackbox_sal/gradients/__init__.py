@@ -3,10 +3,13 @@
 ``BACKENDS`` maps a name to a factory ``(f, scale, config) -> backend``:
 
 - ``fd``: vectorized central finite differences (any model, quantized ones too);
-- ``graph``: an exported gradient graph (exact, ~2x a forward pass): not built yet, a clear
-  error (exit 4) until it lands;
-- ``auto``: the graph when one can be built and verified, else finite differences; today,
-  finite differences.
+- ``graph``: an exported gradient graph (exact; one forward+backward run per point), built
+  and verified once per model (:mod:`blackbox_sal.gradients.graph`); when none can be had,
+  UnavailableError (exit 4) with the reason;
+- ``auto``: the graph when one can be built and verified, else finite differences, with a
+  note saying why.
+
+A factory returns the backend and the notes the result should carry.
 """
 
 from __future__ import annotations
@@ -16,37 +19,54 @@ from collections.abc import Callable
 import numpy as np
 
 from blackbox_sal.config import ExplainConfig
-from blackbox_sal.errors import UnavailableError, unknown_choice
+from blackbox_sal.errors import SalError, UnavailableError, unknown_choice
 from blackbox_sal.gradients.backend import GradientBackend
-from blackbox_sal.gradients.finite_differences import FiniteDifferences, Scalar, step_scale
+from blackbox_sal.gradients.finite_differences import FiniteDifferences, step_scale
+from blackbox_sal.gradients.graph import GraphBackend, gradient_session
+from blackbox_sal.model.objective import Objective
 from blackbox_sal.progress import Progress
 
+Made = tuple[GradientBackend, tuple[str, ...]]
 
-def _fd(f: Scalar, scale: np.ndarray, config: ExplainConfig) -> GradientBackend:
+
+def _fd(f: Objective, scale: np.ndarray, config: ExplainConfig) -> Made:
     def progress(total: int, label: str) -> Progress:
         return Progress(total, label, enabled=config.progress)
 
     return FiniteDifferences(f, scale, rel_step=config.fd_step, richardson=config.richardson,
-                             batch_size=config.batch_size, progress=progress)
+                             batch_size=config.batch_size, progress=progress), ()
 
 
-def _graph(f: Scalar, scale: np.ndarray, config: ExplainConfig) -> GradientBackend:
-    raise UnavailableError("the gradient-graph backend is not available yet; "
-                           "use --backend fd (or auto)")
+def _graph(f: Objective, scale: np.ndarray, config: ExplainConfig) -> Made:
+    try:
+        session = gradient_session(f.model)
+    except SalError as exc:
+        raise UnavailableError(f"--backend graph: {exc}") from exc
+    return GraphBackend(f, session, config.batch_size), ()
 
 
-BACKENDS: dict[str, Callable[[Scalar, np.ndarray, ExplainConfig], GradientBackend]] = {
-    "auto": _fd,
+def _auto(f: Objective, scale: np.ndarray, config: ExplainConfig) -> Made:
+    try:
+        return _graph(f, scale, config)
+    except UnavailableError as exc:
+        backend, _ = _fd(f, scale, config)
+        reason = str(exc).removeprefix("--backend graph: ")
+        return backend, (f"finite differences were used: {reason}",)
+
+
+BACKENDS: dict[str, Callable[[Objective, np.ndarray, ExplainConfig], Made]] = {
+    "auto": _auto,
     "fd": _fd,
     "graph": _graph,
 }
 
 
-def make_backend(f: Scalar, scale: np.ndarray, config: ExplainConfig) -> GradientBackend:
-    """The backend ``config.backend`` names, for target scalar ``f`` with step scale [S]."""
+def make_backend(f: Objective, scale: np.ndarray, config: ExplainConfig) -> Made:
+    """The backend ``config.backend`` names for target scalar ``f`` (step scale [S]), and the
+    notes to report (why ``auto`` fell back to finite differences)."""
     if config.backend not in BACKENDS:
         raise unknown_choice("backend", config.backend, BACKENDS)
     return BACKENDS[config.backend](f, scale, config)
 
 
-__all__ = ["BACKENDS", "FiniteDifferences", "GradientBackend", "make_backend", "step_scale"]
+__all__ = ["BACKENDS", "FiniteDifferences", "GradientBackend", "GraphBackend", "make_backend", "step_scale"]

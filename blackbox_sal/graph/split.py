@@ -3,7 +3,7 @@
 Token ids are not differentiable; their embeddings are. An export that takes ``input_ids``
 starts with a lookup ``Gather(table, ids)`` on a constant 2-D table. We cut it out::
 
-    before:   input_ids --[Cast]--> Gather(table) --> E --> ... --> logits
+    before:   input_ids --[Cast|Reshape]--> Gather(table) --> E --> ... --> logits
                    \\--> Shape --> position ids ... (other uses of the ids)
 
     after:    table (numpy [V, D])                       , the lookup, done by the caller
@@ -13,9 +13,13 @@ starts with a lookup ``Gather(table, ids)`` on a constant 2-D table. We cut it o
 Everything after the lookup (position and type embeddings, LayerNorm, ...) stays in the body,
 so ``body(table[ids]) == original(ids)``; the loader checks that on real inputs.
 
-The paths from ``input_ids`` to the lookup that are recognised are data (``PASS_THROUGH``):
-ops that keep every id where it was. When nothing matches, :class:`ModelError` says what
-was looked for.
+The paths from ``input_ids`` to the lookup that are recognised are data: ``PASS_THROUGH``
+ops keep every id where it was; ``MIRRORED`` ops move ids around (GPT-2 exports reshape the
+ids to [-1, seq] first), so the body applies the same op to the embeddings' leading axes::
+
+    input_ids --Reshape(shape)--> Gather       becomes       inputs_embeds --Reshape(shape ++ [D])--> E
+
+When nothing matches, :class:`ModelError` says what was looked for.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ EMBEDS = "inputs_embeds"
 #: Ops allowed between ``input_ids`` and the lookup's indices: they change the dtype or
 #: nothing at all, so the lookup output keeps the [batch, seq, dim] layout of the ids.
 PASS_THROUGH = ("Cast", "Identity")
+#: Ops between ``input_ids`` and the lookup that the body repeats on the embeddings.
+MIRRORED = ("Reshape",)
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT}
 
@@ -65,12 +71,14 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return found
 
 
-def _reached_from(graph: onnx.GraphProto, start: str) -> set[str]:
-    """Names computed from ``start`` through PASS_THROUGH ops only (``start`` included)."""
-    reached = {start}
+def _reached_from(graph: onnx.GraphProto, start: str) -> dict[str, list[onnx.NodeProto]]:
+    """Names computed from ``start`` through PASS_THROUGH / MIRRORED ops, each with the chain
+    of nodes that leads to it (``start`` itself has an empty chain)."""
+    reached: dict[str, list[onnx.NodeProto]] = {start: []}
     for node in graph.node:  # topological order: one pass suffices
-        if node.op_type in PASS_THROUGH and node.input and node.input[0] in reached:
-            reached.update(node.output)
+        if node.op_type in PASS_THROUGH + MIRRORED and node.input and node.input[0] in reached:
+            for out in node.output:
+                reached[out] = [*reached[node.input[0]], node]
     return reached
 
 
@@ -81,8 +89,9 @@ def _gather_axis(node: onnx.NodeProto) -> int:
     return 0
 
 
-def find_lookup(graph: onnx.GraphProto, ids_name: str) -> tuple[onnx.NodeProto, onnx.TensorProto]:
-    """The word-embedding Gather fed (through PASS_THROUGH ops) by ``ids_name``, and its table.
+def find_lookup(graph: onnx.GraphProto, ids_name: str
+                ) -> tuple[onnx.NodeProto, onnx.TensorProto, list[onnx.NodeProto]]:
+    """The word-embedding Gather fed by ``ids_name``, its table, and the chain of ops between.
 
     Several candidates (rare: a second table indexed by the ids) resolve to the largest table.
     """
@@ -99,11 +108,11 @@ def find_lookup(graph: onnx.GraphProto, ids_name: str) -> tuple[onnx.NodeProto, 
             raise ModelError(
                 f"the embedding table {node.input[0]!r} has data type "
                 f"{onnx.TensorProto.DataType.Name(table.data_type)}; only float32 tables can be split")
-        candidates.append((node, table))
+        candidates.append((node, table, reached[node.input[1]]))
     if not candidates:
         raise ModelError(
             f"no word-embedding lookup found: looked for a Gather on a constant 2-D float table "
-            f"whose indices come from {ids_name!r} directly or through {'/'.join(PASS_THROUGH)}. "
+            f"whose indices come from {ids_name!r} directly or through {'/'.join(PASS_THROUGH + MIRRORED)}. "
             f"Export the model with an 'inputs_embeds' input instead and put the table beside it "
             f"as embeddings.npy")
     return max(candidates, key=lambda c: c[1].dims[0])
@@ -121,25 +130,37 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
             f"the model has no {ids_name!r} input (inputs: {', '.join(inputs) or 'none'})")
     if EMBEDS in inputs:
         raise ModelError(f"the model already takes {EMBEDS!r}; nothing to split")
-    lookup, table_proto = find_lookup(graph, ids_name)
+    lookup, table_proto, chain = find_lookup(graph, ids_name)
     table = numpy_helper.to_array(table_proto).astype(np.float32, copy=False)
 
     body = onnx.ModelProto()
     body.CopyFrom(model)
     g = body.graph
     emb_out = lookup.output[0]
-    kept = [n for n in g.node if n.name != lookup.name or list(n.output) != [emb_out]]
-    del g.node[:]
-    g.node.extend(kept)
+    at = next(k for k, n in enumerate(g.node) if n.name == lookup.name and list(n.output) == [emb_out])
+    del g.node[at]
+    mirrored = [n for n in chain if n.op_type in MIRRORED]
     for node in g.node:
         for k, name in enumerate(node.input):
-            if name == emb_out:
+            if name == emb_out and not mirrored:
                 node.input[k] = EMBEDS
         if emb_out in node_inputs(node) and emb_out not in node.input:
             raise ModelError("the embedding output is read inside a subgraph; cannot split this model")
-    for out in g.output:
-        if out.name == emb_out:  # the embeddings are themselves an output: keep it an output
-            g.node.append(onnx.helper.make_node("Identity", [EMBEDS], [emb_out]))
+    if mirrored:  # repeat the id reshapes on the embeddings, ending in the lookup's output name
+        dim = numpy_helper.from_array(np.array([table.shape[1]], np.int64), f"{emb_out}__dim")
+        g.initializer.append(dim)
+        current, new_nodes = EMBEDS, []
+        for k, node in enumerate(mirrored):
+            shape, out = f"{emb_out}__shape{k}", (emb_out if k == len(mirrored) - 1 else f"{emb_out}__m{k}")
+            new_nodes.append(onnx.helper.make_node("Concat", [node.input[1], dim.name], [shape], axis=0))
+            new_nodes.append(onnx.helper.make_node("Reshape", [current, shape], [out]))
+            current = out
+        for k, node in enumerate(new_nodes):
+            g.node.insert(at + k, node)
+    else:
+        for out in g.output:
+            if out.name == emb_out:  # the embeddings are themselves an output: keep it an output
+                g.node.append(onnx.helper.make_node("Identity", [EMBEDS], [emb_out]))
 
     ids_info = inputs[ids_name]
     dims = [onnx.TensorShapeProto.Dimension() for _ in range(2)]

@@ -30,11 +30,32 @@ SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+def _one_hot(z: np.ndarray, target: int) -> np.ndarray:
+    out = np.zeros_like(z, dtype=np.float64)
+    out[:, target] = 1.0
+    return out
+
+
+def _probability_seed(z: np.ndarray, target: int) -> np.ndarray:
+    p = np.exp(_log_softmax(z))
+    return p[:, target : target + 1] * (_one_hot(z, target) - p)
+
+
+#: score name -> d score / d outputs for outputs [N, C] and the target class: the weights a
+#: gradient graph is seeded with (chain rule through the softmax)
+SCORE_SEEDS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "logit": _one_hot,
+    "probability": _probability_seed,
+    "log-probability": lambda z, t: _one_hot(z, t) - np.exp(_log_softmax(z)),
+}
+
+
 @dataclass(frozen=True)
 class Objective:
     """f(points) = SCORES[score](model outputs)[:, target] for one tokenized text.
 
     ids, type_ids: int64 [S], shared by every point. batch_size bounds each session run.
+    n_classes: the width C of the explained output.
     ``calls`` counts the rows evaluated (forward passes), for cost reports.
     """
 
@@ -44,6 +65,7 @@ class Objective:
     target: int
     score: str
     batch_size: int
+    n_classes: int = 0
     calls: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
 
     def outputs(self, points: np.ndarray) -> np.ndarray:

@@ -52,6 +52,13 @@ class TextModel:
     origin: str
     int_inputs: dict[str, Any] = field(repr=False)  # name -> numpy int dtype the session wants
     row_norm: float = 1.0  # mean non-zero row norm of the table: the fallback step scale
+    body: onnx.ModelProto | None = field(default=None, repr=False, compare=False)  # what runs
+    config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    folder: Path | None = field(default=None, repr=False, compare=False)
+    device_request: str = field(default="auto", repr=False, compare=False)
+    threads: int = field(default=0, repr=False, compare=False)
+    #: built lazily and kept with the model (the gradient-graph session), keyed by purpose
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -65,15 +72,11 @@ class TextModel:
         """Look token ids [S] up in the table: float32 [S, D]."""
         return self.table[ids]
 
-    def run(self, embeds: np.ndarray, ids: np.ndarray, type_ids: np.ndarray,
-            batch_size: int) -> np.ndarray:
-        """Explained output for ``embeds`` [N, S, D] that all share ``ids``/``type_ids`` [S].
-
-        Returns float64 [N, C] (a 1-D output counts as one column); runs at most
-        ``batch_size`` rows at a time.
-        """
-        n, s = embeds.shape[0], embeds.shape[1]
-        extras: dict[str, np.ndarray] = {}
+    def feeds(self, embeds: np.ndarray, ids: np.ndarray, type_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Session feeds for ``embeds`` [k, S, D] whose rows all share ``ids``/``type_ids`` [S]:
+        an all-ones mask, the type ids, positions 0..S-1 and the ids, for the inputs it has."""
+        k, s = embeds.shape[0], embeds.shape[1]
+        feeds: dict[str, np.ndarray] = {}
         for name, dtype in self.int_inputs.items():
             if name == MASK:
                 row = np.ones(s, dtype=dtype)
@@ -83,22 +86,33 @@ class TextModel:
                 row = np.arange(s, dtype=dtype)
             else:  # IDS: the body still reads them (e.g. Shape(input_ids) for position ids)
                 row = ids.astype(dtype)
-            extras[name] = row
+            feeds[name] = np.tile(row, (k, 1))
+        feeds[EMBEDS] = np.ascontiguousarray(embeds, dtype=np.float32)
+        return feeds
 
+    def as_classes(self, out: np.ndarray, k: int) -> np.ndarray:
+        """Check an explained-output batch and return it as float64 [k, C]."""
+        out = np.asarray(out)
+        if out.ndim == 1:
+            out = out[:, None]
+        if out.ndim != 2 or out.shape[0] != k:
+            raise ModelError(
+                f"output {self.output!r} has shape {list(out.shape)} for a batch of {k}; "
+                f"expected [batch, classes] (choose another output with --model-output)")
+        return out.astype(np.float64)
+
+    def run(self, embeds: np.ndarray, ids: np.ndarray, type_ids: np.ndarray,
+            batch_size: int) -> np.ndarray:
+        """Explained output for ``embeds`` [N, S, D] that all share ``ids``/``type_ids`` [S].
+
+        Returns float64 [N, C] (a 1-D output counts as one column); runs at most
+        ``batch_size`` rows at a time.
+        """
         def one(rows: slice) -> np.ndarray:
-            k = rows.stop - rows.start
-            feeds = {name: np.tile(row, (k, 1)) for name, row in extras.items()}
-            feeds[EMBEDS] = np.ascontiguousarray(embeds[rows], dtype=np.float32)
-            out = np.asarray(self.session.run([self.output], feeds)[0])
-            if out.ndim == 1:
-                out = out[:, None]
-            if out.ndim != 2 or out.shape[0] != k:
-                raise ModelError(
-                    f"output {self.output!r} has shape {list(out.shape)} for a batch of {k}; "
-                    f"expected [batch, classes] (choose another output with --model-output)")
-            return out.astype(np.float64)
+            out = self.session.run([self.output], self.feeds(embeds[rows], ids, type_ids))[0]
+            return self.as_classes(out, rows.stop - rows.start)
 
-        return run_batched(one, n, batch_size)
+        return run_batched(one, embeds.shape[0], batch_size)
 
 
 def load_model(path: str | Path, *, device: str = "auto", output: str | None = None,
@@ -153,7 +167,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     model = TextModel(
         name=found.name, tokenizer=tokenizer, table=table, session=session, output=chosen,
         labels=_labels(found.config), max_length=_max_length(found.config, proto),
-        origin=origin, int_inputs=int_inputs, row_norm=mean_row_norm(table),
+        origin=origin, int_inputs=int_inputs, row_norm=mean_row_norm(table), body=body,
+        config=found.config, folder=found.onnx_path.parent, device_request=device, threads=threads,
     )
     if verify and original is not None:
         _check_split(model, original, device, threads)

@@ -1,0 +1,145 @@
+"""Build an exported gradient graph: the model plus d(target)/d(inputs_embeds), in ONNX.
+
+Interface of the result (standard ONNX domain only, dynamic batch and sequence axes)::
+
+    inputs:  inputs_embeds [B, S, D], the body's other inputs, target_weights [B, C]
+    outputs: <explained output> [B, C], grad [B, S, D]
+
+    grad[b] = d/d inputs_embeds[b] of sum_c target_weights[b, c] * output[b, c]
+
+so one class (a one-hot row), a margin (+1/-1) or the chain-rule seed of a softmax score is
+one run. Route: onnx-ad's reverse mode (source transformation on the ONNX graph) with our
+Conv rule (:mod:`blackbox_sal.graph.reverse_rules`), then what onnx-ad leaves for us:
+the weight-gradient branches nobody reads are pruned, the seed axis of size 1 it carries is
+squeezed off at the end, and scalar-shaped constants are given the rank of the tensor they
+combine with (onnxruntime's CPU broadcast of [B, S, D, 1] * [1] is ~50x slower than with a
+[1, 1, 1, 1] constant).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from blackbox_sal.errors import ModelError
+from blackbox_sal.graph.prune import prune
+from blackbox_sal.graph.split import EMBEDS
+
+WEIGHTS = "target_weights"
+GRAD = "grad"
+#: bump when the builder changes what it emits: cached graphs of other versions are rebuilt
+BUILDER_VERSION = 1
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min"}
+#: ops that only reshape their first input: a single value stays that single value
+_SHAPE_ONLY = {"Unsqueeze", "Squeeze", "Reshape", "Identity", "Flatten"}
+
+
+def build_gradient(body: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """The gradient graph of ``body`` (which takes ``inputs_embeds``) for ``output``.
+
+    Pure: ``body`` is not modified. Raises ModelError naming the operator onnx-ad cannot
+    differentiate (quantized models, exotic ops): use finite differences for those.
+    """
+    from onnx_ad import UnsupportedOperator, reverse
+
+    from blackbox_sal.graph.reverse_rules import install
+
+    install()
+    if EMBEDS not in {i.name for i in body.graph.input}:
+        raise ModelError(f"the model has no {EMBEDS!r} input to differentiate")
+    model = onnx.ModelProto()
+    model.CopyFrom(body)
+    outs = [o for o in model.graph.output if o.name == output]
+    if not outs:
+        raise ModelError(f"the model has no output {output!r}")
+    del model.graph.output[:]
+    model.graph.output.extend(outs)
+    prune(model.graph, keep_inputs=frozenset(i.name for i in model.graph.input))
+    try:
+        grad_model = reverse(model, inputs=[EMBEDS], outputs=[output], layout="onnx",
+                             prefix="adj_", dim="nadj")
+    except UnsupportedOperator as exc:
+        raise ModelError(f"no gradient graph for this model: {exc}") from exc
+    except Exception as exc:  # onnx-ad is young: any failure of it means "use finite differences"
+        raise ModelError(f"no gradient graph for this model ({type(exc).__name__}: {exc})") from exc
+    graph = grad_model.graph
+    seed, adj = f"adj_{output}", f"adj_{EMBEDS}"
+    rank = len(outs[0].type.tensor_type.shape.dim) or 2
+    _replace_input(graph, seed, helper.make_tensor_value_info(
+        WEIGHTS, onnx.TensorProto.FLOAT, ["batch", "classes"][:rank] if rank <= 2 else None))
+    seed_axes = numpy_helper.from_array(np.array([-1], np.int64), "bbs_seed_axis")
+    graph.initializer.append(seed_axes)
+    graph.node.insert(0, helper.make_node(
+        "Unsqueeze", [WEIGHTS if rank == 2 else _as_rank1(graph), seed_axes.name], [seed],
+        name="bbs_seed"))
+    graph.node.append(helper.make_node("Squeeze", [adj, seed_axes.name], [GRAD], name="bbs_grad"))
+    embeds = next(i for i in graph.input if i.name == EMBEDS)
+    kept = [o for o in graph.output if o.name != adj]
+    del graph.output[:]
+    graph.output.extend(kept)
+    graph.output.append(helper.make_tensor_value_info(
+        GRAD, onnx.TensorProto.FLOAT, [d.dim_param or d.dim_value or None for d in embeds.type.tensor_type.shape.dim]))
+    prune(graph, keep_inputs=frozenset(i.name for i in graph.input))
+    _rank_scalar_constants(grad_model)
+    try:
+        onnx.checker.check_model(grad_model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"the gradient graph does not pass onnx.checker: {exc}") from exc
+    return grad_model
+
+
+def _replace_input(graph: onnx.GraphProto, name: str, new: onnx.ValueInfoProto) -> None:
+    kept = [i for i in graph.input if i.name != name]
+    del graph.input[:]
+    graph.input.extend([*kept, new])
+
+
+def _as_rank1(graph: onnx.GraphProto) -> str:
+    """A [B] output's seed comes from weights [B, 1]: squeeze the class axis first."""
+    graph.node.insert(0, helper.make_node("Squeeze", [WEIGHTS, "bbs_seed_axis"], ["bbs_weights_1d"],
+                                          name="bbs_weights_1d"))
+    return "bbs_weights_1d"
+
+
+def _rank_scalar_constants(model: onnx.ModelProto) -> None:
+    """Give single-value float constants feeding elementwise ops the other operand's rank.
+
+    Reads initializers and Constant nodes; a reshaped copy per rank is added (the original
+    may have other users) and dead originals are pruned afterwards.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # inference only guides an optimisation here, never a requirement
+        return
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+             if v.type.tensor_type.HasField("shape")}
+    scalars: dict[str, np.ndarray] = {}
+    for t in model.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) <= 1 and int(np.prod(t.dims)) == 1:
+            scalars[t.name] = numpy_helper.to_array(t)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = node.attribute[0].t
+            if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) <= 1 and int(np.prod(t.dims)) == 1:
+                scalars[node.output[0]] = numpy_helper.to_array(t)
+    made: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in _SHAPE_ONLY and node.input and node.input[0] in scalars:
+            scalars[node.output[0]] = scalars[node.input[0]]  # e.g. Unsqueeze(scalar) -> [1]
+            continue
+        if node.op_type not in _ELEMENTWISE:
+            continue
+        for k, name in enumerate(node.input):
+            others = [ranks.get(n, 0) for j, n in enumerate(node.input) if j != k]
+            r = max(others, default=0)
+            if name not in scalars or r < 2:
+                continue
+            new = f"{name}__rank{r}"
+            if new not in made:
+                model.graph.initializer.append(numpy_helper.from_array(scalars[name].reshape([1] * r), new))
+                made.add(new)
+            node.input[k] = new
+    if made:
+        prune(model.graph, keep_inputs=frozenset(i.name for i in model.graph.input))
