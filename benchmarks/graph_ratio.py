@@ -1,0 +1,77 @@
+"""Forward+gradient over forward: what an exported gradient graph costs.
+
+For each model directory, times the gradient graph (outputs and d target / d inputs_embeds in
+one run) against the forward model alone, on the same inputs (batch 8, sequence 64 by
+default), same onnxruntime settings, runs interleaved; prints medians and the ratio.
+Goal (issue 3): at most 2.0 on BERT-style models and MiniLM.
+
+    python benchmarks/build_models.py                  # mlp, cnn, bert, gpt2 into benchmarks/.cache
+    python benchmarks/graph_ratio.py [DIR ...] [--batch 8] [--seq 64] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from blackbox_sal import load_model
+from blackbox_sal.gradients.graph import build_model_gradient, gradient_session
+from blackbox_sal.graph.gradient import GRAD, WEIGHTS
+
+HERE = Path(__file__).resolve().parent
+
+
+def median_time(run, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="*", help="model directories (default: benchmarks/.cache/*)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=30)
+    args = ap.parse_args()
+    dirs = [Path(m) for m in args.models] or sorted(p for p in (HERE / ".cache").iterdir() if p.is_dir())
+    print(f"batch {args.batch}, sequence {args.seq}, {args.threads} thread(s), medians of {args.repeats} "
+          f"x 3 interleaved rounds")
+    print(f"{'model':<12}{'dim':>5}{'graph nodes':>13}{'forward ms':>12}{'fwd+grad ms':>13}{'ratio':>8}")
+    rng = np.random.default_rng(0)
+    for d in dirs:
+        model = load_model(d, device="cpu", threads=args.threads)
+        session = gradient_session(model)
+        ids = rng.integers(4, model.table.shape[0], args.seq)
+        x = np.repeat(model.embed(ids)[None], args.batch, axis=0)
+        x = (x + rng.normal(0, 0.01, x.shape)).astype(np.float32)
+        feeds = model.feeds(x, ids, np.zeros_like(ids))
+        classes = model.run(x[:1], ids, np.zeros_like(ids), 1).shape[1]
+        weights = np.zeros((args.batch, classes), np.float32)
+        weights[:, 0] = 1.0
+        gfeeds = {**feeds, WEIGHTS: weights}
+        fwd = partial(model.session.run, [model.output], feeds)
+        both = partial(session.run, [GRAD], gfeeds)
+        for _ in range(3):
+            fwd(), both()
+        ratios, tf, tg = [], [], []
+        for _ in range(3):
+            tf.append(median_time(fwd, args.repeats))
+            tg.append(median_time(both, args.repeats))
+            ratios.append(tg[-1] / tf[-1])
+        nodes = len(build_model_gradient(model).graph.node)
+        print(f"{model.name:<12}{model.dim:>5}{nodes:>13}{statistics.median(tf) * 1e3:>12.2f}"
+              f"{statistics.median(tg) * 1e3:>13.2f}{statistics.median(ratios):>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
