@@ -5,13 +5,14 @@
     >>> result = bs.explain(model, "An absolute masterpiece.", bs.ExplainConfig(method="ig"))
     >>> print(bs.render_terminal(result))
 
-Attributions are taken with respect to the token embeddings, from finite differences (any
-model) or, later, an exported gradient graph, and reduced to one score per token.
+Attributions are taken with respect to the token embeddings, from an exported gradient graph
+(exact, verified, cached) or finite differences (any model), and reduced to one score per token.
 """
 
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.errors import InputError, ModelError, SalError, UnavailableError, UsageError
 from blackbox_sal.explain import explain
+from blackbox_sal.gradients.graph import export_gradient
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.text_model import TextModel, load_model
 from blackbox_sal.render import render_html, render_json, render_terminal
@@ -35,6 +36,7 @@ __all__ = [
     "__version__",
     "default_model_path",
     "explain",
+    "export_gradient",
     "load_model",
     "render_html",
     "render_json",
