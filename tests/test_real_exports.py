@@ -1,0 +1,38 @@
+"""Opt-in (``pytest -m heavy``): real torch exports built by benchmarks/build_models.py.
+
+BERT-style and GPT-2-style exports from transformers (legacy exporter, opset 17) and the real
+all-MiniLM-L6-v2: split == original on real inputs, gradient graph == finite differences.
+Skipped with a reason when the models have not been built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blackbox_sal import load_model
+from blackbox_sal.gradients.finite_differences import FiniteDifferences, step_scale
+from blackbox_sal.gradients.graph import GraphBackend, gradient_session
+from blackbox_sal.model.objective import Objective
+
+CACHE = Path(__file__).resolve().parent.parent / "benchmarks" / ".cache"
+pytestmark = pytest.mark.heavy
+
+
+@pytest.mark.parametrize("name", ["mlp", "bert", "gpt2", "minilm"])
+def test_real_export_split_and_graph(name: str) -> None:
+    path = CACHE / name
+    if not (path / "model.onnx").is_file():
+        pytest.skip(f"{path} not built: run python benchmarks/build_models.py")
+    model = load_model(path)  # verifies split == original on a probe sentence
+    ids = np.array(model.tokenizer.encode("the quick brown fox jumps over the lazy dog").ids)
+    ids = ids[: model.max_length or len(ids)]
+    types = np.zeros_like(ids)
+    f = Objective(model, ids, types, 0, "logit", 64, n_classes=2)
+    x = model.embed(ids)[None]
+    directions = np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
+    graph = GraphBackend(f, gradient_session(model), 64).token_jvp(x, directions)
+    fd = FiniteDifferences(f, step_scale(x[0], model.row_norm), richardson=True).token_jvp(x, directions)
+    np.testing.assert_allclose(graph, fd, rtol=1e-2, atol=1e-3)
