@@ -88,10 +88,14 @@ def _shipped(model: TextModel, name: str) -> ort.InferenceSession:
     return session
 
 
-def _cached_or_built(model: TextModel) -> ort.InferenceSession:
+def _cache_path(model: TextModel) -> Path:
     if model.body is None:
         raise ModelError("this model keeps no graph to differentiate")
-    path = cache_dir() / f"grad-{cache_key(model.body, model.output)[:32]}.onnx"
+    return cache_dir() / f"grad-{cache_key(model.body, model.output)[:32]}.onnx"
+
+
+def _cached_or_built(model: TextModel) -> ort.InferenceSession:
+    path = _cache_path(model)
     if path.is_file():
         try:
             session = create_session(path.read_bytes(), model.device_request, model.threads)
@@ -100,11 +104,16 @@ def _cached_or_built(model: TextModel) -> ort.InferenceSession:
             return session
         except ModelError:
             log.info("ignoring an unreadable cached gradient graph: %s", path)
+    proto, session = _built_and_verified(model)
+    _store(proto, path)
+    return session
+
+
+def _built_and_verified(model: TextModel) -> tuple[onnx.ModelProto, ort.InferenceSession]:
     proto = build_model_gradient(model)
     session = create_session(proto.SerializeToString(), model.device_request, model.threads)
     verify(model, session)
-    _store(proto, path)
-    return session
+    return proto, session
 
 
 def build_model_gradient(model: TextModel) -> onnx.ModelProto:
@@ -119,16 +128,10 @@ def export_gradient(model: TextModel, out: str | os.PathLike[str] | None = None)
     """Build the model's gradient graph, verify it, and write it to ``out`` (default: the
     cache, where ``--backend graph`` looks). Returns the path. ModelError when it cannot be
     built or fails verification."""
-    proto = build_model_gradient(model)
-    session = create_session(proto.SerializeToString(), model.device_request, model.threads)
-    verify(model, session)
-    if out is None:
-        assert model.body is not None
-        path = cache_dir() / f"grad-{cache_key(model.body, model.output)[:32]}.onnx"
-        path.parent.mkdir(parents=True, exist_ok=True)
-    else:
-        path = Path(out)
+    proto, _ = _built_and_verified(model)
+    path = Path(out) if out is not None else _cache_path(model)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(proto.SerializeToString())
     except OSError as exc:
         raise UsageError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
