@@ -9,7 +9,9 @@ derivatives are then dot products. Where the graph comes from, in order:
 2. the user cache, keyed by the SHA-256 of the model body, the output and the builder version
    (``$BLACKBOX_SAL_CACHE``, else ``$XDG_CACHE_HOME/blackbox-sal``, else ``~/.cache/blackbox-sal``);
 3. built now (:func:`blackbox_sal.graph.gradient.build_gradient`), checked against finite
-   differences (:func:`verify`), then cached. A graph that fails the check is refused.
+   differences (:func:`verify`), then cached. A graph that fails the check is refused, and the
+   reason is cached too (``grad-<key>.failed``), so ``auto`` does not rebuild it every run;
+   ``blackbox-sal grad`` always builds afresh.
 
 Scores other than the logit need the chain rule through the softmax: their seed over the
 classes depends on the outputs, so those cost one extra forward pass per point.
@@ -96,6 +98,9 @@ def _cache_path(model: TextModel) -> Path:
 
 def _cached_or_built(model: TextModel) -> ort.InferenceSession:
     path = _cache_path(model)
+    failed = path.with_suffix(".failed")
+    if not path.is_file() and failed.is_file():  # no graph can be had: say so, don't retry
+        raise ModelError(failed.read_text(encoding="utf-8", errors="replace").strip())
     if path.is_file():
         try:
             session = create_session(path.read_bytes(), model.device_request, model.threads)
@@ -104,7 +109,11 @@ def _cached_or_built(model: TextModel) -> ort.InferenceSession:
             return session
         except ModelError:
             log.info("ignoring an unreadable cached gradient graph: %s", path)
-    proto, session = _built_and_verified(model)
+    try:
+        proto, session = _built_and_verified(model)
+    except ModelError as exc:
+        _store_text(str(exc), failed)
+        raise
     _store(proto, path)
     return session
 
@@ -130,6 +139,8 @@ def export_gradient(model: TextModel, out: str | os.PathLike[str] | None = None)
     built or fails verification."""
     proto, _ = _built_and_verified(model)
     path = Path(out) if out is not None else _cache_path(model)
+    if out is None:
+        path.with_suffix(".failed").unlink(missing_ok=True)  # a graph now exists after all
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(proto.SerializeToString())
@@ -139,14 +150,23 @@ def export_gradient(model: TextModel, out: str | os.PathLike[str] | None = None)
 
 
 def _store(proto: onnx.ModelProto, path: Path) -> None:
+    _store_bytes(proto.SerializeToString(), path)
+
+
+def _store_text(text: str, path: Path) -> None:
+    """Remember why no graph could be had (same key), so ``auto`` does not retry each run."""
+    _store_bytes(text.encode("utf-8"), path)
+
+
+def _store_bytes(data: bytes, path: Path) -> None:
     """Write atomically; a cache that cannot be written is only a missed speed-up."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
-            fh.write(proto.SerializeToString())
+            fh.write(data)
         os.replace(fh.name, path)
     except OSError as exc:
-        log.info("could not cache the gradient graph in %s: %s", path.parent, exc.strerror)
+        log.info("could not write to the gradient-graph cache %s: %s", path.parent, exc.strerror)
 
 
 def _check_interface(model: TextModel, session: ort.InferenceSession) -> None:
