@@ -224,3 +224,14 @@ def test_cli_grad_command(tmp_path: Path, mlp_dir: Path) -> None:
     assert out.is_file() and "verified against finite differences" in r.stdout
     g = onnx.load(str(out))
     assert [o.name for o in g.graph.output][-1] == GRAD
+
+
+def test_single_regression_output(tmp_path: Path) -> None:
+    """A [batch] output: the graph takes weights [batch, 1]; f = sum_s tanh(x_s . w)."""
+    w = RNG.normal(size=D).astype(np.float32)
+    model = load_model(tiny.write_model_dir(tmp_path / "reg", tiny.regression(TABLE, w)))
+    e = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph"))
+    x = TABLE[ids_of(TEXT)].astype(np.float64)
+    z = x @ w
+    assert e.backend == "graph" and e.prediction.scores == pytest.approx([np.tanh(z).sum()], rel=1e-5)
+    np.testing.assert_allclose([t.score for t in e.tokens], (1 - np.tanh(z) ** 2) * z, rtol=1e-5, atol=1e-6)

@@ -194,3 +194,21 @@ def conv_tanh(emb: np.ndarray, w: np.ndarray, kernel: int = 5) -> onnx.ModelProt
     inits = {"table": emb, "K": rng.normal(0, 0.4, (w.shape[0], d, kernel)).astype(np.float32),
              "kb": rng.normal(0, 0.1, w.shape[0]).astype(np.float32), "W": w, "axes": np.array([2], np.int64)}
     return _model(nodes, inits, [_ids_input()], w.shape[1])
+
+
+def regression(emb: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
+    """A single regression output [batch]: f = sum_s tanh(E_s . w)."""
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["E"]),
+        helper.make_node("MatMul", ["E", "w"], ["z"]),
+        helper.make_node("Tanh", ["z"], ["t"]),
+        helper.make_node("ReduceSum", ["t", "axes"], ["score"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "regression", [_ids_input()], [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+        [numpy_helper.from_array(emb, "table"), numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m

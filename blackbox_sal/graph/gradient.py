@@ -66,13 +66,15 @@ def build_gradient(body: onnx.ModelProto, output: str) -> onnx.ModelProto:
     graph = grad_model.graph
     seed, adj = f"adj_{output}", f"adj_{EMBEDS}"
     rank = len(outs[0].type.tensor_type.shape.dim) or 2
-    _replace_input(graph, seed, helper.make_tensor_value_info(
-        WEIGHTS, onnx.TensorProto.FLOAT, ["batch", "classes"][:rank] if rank <= 2 else None))
+    if rank not in (1, 2):
+        raise ModelError(f"output {output!r} has rank {rank}; a gradient graph needs [batch, classes] or [batch]")
+    _replace_input(graph, seed, helper.make_tensor_value_info(WEIGHTS, onnx.TensorProto.FLOAT, ["batch", "classes"]))
     seed_axes = numpy_helper.from_array(np.array([-1], np.int64), "bbs_seed_axis")
     graph.initializer.append(seed_axes)
-    graph.node.insert(0, helper.make_node(
-        "Unsqueeze", [WEIGHTS if rank == 2 else _as_rank1(graph), seed_axes.name], [seed],
-        name="bbs_seed"))
+    # onnx-ad's seed is the output's shape plus a trailing seed axis of size 1: [B, C, 1], or
+    # [B, 1] for a [B] output, which is what the weights [B, 1] already are
+    graph.node.insert(0, helper.make_node("Unsqueeze", [WEIGHTS, seed_axes.name], [seed], name="bbs_seed")
+                      if rank == 2 else helper.make_node("Identity", [WEIGHTS], [seed], name="bbs_seed"))
     graph.node.append(helper.make_node("Squeeze", [adj, seed_axes.name], [GRAD], name="bbs_grad"))
     embeds = next(i for i in graph.input if i.name == EMBEDS)
     kept = [o for o in graph.output if o.name != adj]
@@ -93,13 +95,6 @@ def _replace_input(graph: onnx.GraphProto, name: str, new: onnx.ValueInfoProto) 
     kept = [i for i in graph.input if i.name != name]
     del graph.input[:]
     graph.input.extend([*kept, new])
-
-
-def _as_rank1(graph: onnx.GraphProto) -> str:
-    """A [B] output's seed comes from weights [B, 1]: squeeze the class axis first."""
-    graph.node.insert(0, helper.make_node("Squeeze", [WEIGHTS, "bbs_seed_axis"], ["bbs_weights_1d"],
-                                          name="bbs_weights_1d"))
-    return "bbs_weights_1d"
 
 
 def _rank_scalar_constants(model: onnx.ModelProto) -> None:
