@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,11 +113,23 @@ def read_onnx(path: Path) -> onnx.ModelProto:
     return model
 
 
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+                yield from _tensors(sub)
+
+
 def _load_external_data(model: onnx.ModelProto, folder: Path) -> None:
     """Load external tensors ourselves, refusing any outside ``folder`` or behind a link."""
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+    from onnx.external_data_helper import ExternalDataInfo
 
-    for tensor in _get_all_tensors(model):
+    for tensor in _tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = ExternalDataInfo(tensor)
