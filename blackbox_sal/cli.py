@@ -22,6 +22,7 @@ from blackbox_sal.model.session import DEVICES
 from blackbox_sal.model.text_model import load_model
 from blackbox_sal.reductions import REDUCTIONS
 from blackbox_sal.render import render_html, render_json, render_terminal
+from blackbox_sal.result import Explanation
 
 FORMATS = ("terminal", "json", "html")
 EPILOG = """exit codes: 0 ok, 2 bad usage or input, 3 model cannot be loaded or used,
@@ -109,13 +110,13 @@ def _config(a: argparse.Namespace) -> ExplainConfig:
     ).validated()
 
 
-def _render(fmt: str, explanation: object, to_terminal: bool) -> str:
+def _render(fmt: str, explanation: Explanation, to_terminal: bool) -> str:
     if fmt == "json":
-        return render_json(explanation)  # type: ignore[arg-type]
+        return render_json(explanation)
     if fmt == "html":
-        return render_html(explanation)  # type: ignore[arg-type]
+        return render_html(explanation)
     color = to_terminal and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    return render_terminal(explanation, color=color)  # type: ignore[arg-type]
+    return render_terminal(explanation, color=color)
 
 
 def _explain(a: argparse.Namespace) -> None:

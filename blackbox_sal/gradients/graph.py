@@ -202,7 +202,7 @@ def verify(model: TextModel, session: ort.InferenceSession, seed: int = 0) -> No
         types = np.zeros(s, np.int64)
         x = model.embed(ids)
         n_classes = model.run(x[None], ids, types, 1).shape[1]
-        w = rng.normal(size=n_classes)
+        w = rng.normal(size=(n_classes,))
         grad = run_gradient(model, session, x[None], ids, types, w[None])[0]
         v = rng.normal(size=(VERIFY_DIRECTIONS, *x.shape))
         v *= np.linalg.norm(x, axis=-1, keepdims=True) / np.linalg.norm(v, axis=-1, keepdims=True)
