@@ -22,10 +22,8 @@ from blackbox_sal.model.objective import Objective
 D, H = 6, 7
 RNG = np.random.default_rng(11)
 TABLE = tiny.table(D)
-W1 = RNG.normal(0, 0.6, (D, H)).astype(np.float32)
-B1 = RNG.normal(0, 0.2, H).astype(np.float32)
-W2 = RNG.normal(0, 0.6, (H, 3)).astype(np.float32)
-TEXT = "the film was good and the plot great"
+W1, B1, W2 = tiny.mlp_weights(D, H, 3, seed=11)
+TEXT = tiny.TEXT
 
 
 def ids_of(text: str, cls: bool = False) -> np.ndarray:

@@ -18,11 +18,9 @@ from blackbox_sal.graph.split import split_embedding
 D, H = 6, 7
 RNG = np.random.default_rng(5)
 TABLE = tiny.table(D)
-W1 = RNG.normal(0, 0.6, (D, H)).astype(np.float32)
-B1 = RNG.normal(0, 0.2, H).astype(np.float32)
-W2 = RNG.normal(0, 0.6, (H, 3)).astype(np.float32)
+W1, B1, W2 = tiny.mlp_weights(D, H, 3, seed=5)
 LABELS = ["neg", "neu", "pos"]
-TEXT = "the film was good and the plot great"
+TEXT = tiny.TEXT
 
 
 @pytest.fixture(scope="module")

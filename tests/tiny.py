@@ -212,3 +212,13 @@ def regression(emb: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
     m.ir_version = 8
     onnx.checker.check_model(m)
     return m
+
+
+TEXT = "the film was good and the plot great"
+
+
+def mlp_weights(dim: int, hidden: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W1 [dim, hidden], b1 [hidden], W2 [hidden, classes] for :func:`tanh_mlp`."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(0, 0.6, (dim, hidden)).astype(np.float32), rng.normal(0, 0.2, hidden).astype(np.float32),
+            rng.normal(0, 0.6, (hidden, classes)).astype(np.float32))
