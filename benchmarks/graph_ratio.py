@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
-    dirs = [Path(m) for m in args.models] or sorted(p for p in (HERE / ".cache").iterdir() if p.is_dir())
+    dirs = [Path(m) for m in args.models] or sorted(p.parent for p in (HERE / ".cache").glob("*/model.onnx"))
     print(f"batch {args.batch}, sequence {args.seq}, {args.threads} thread(s), medians of {args.repeats} "
           f"x 3 interleaved rounds")
     print(f"{'model':<12}{'dim':>5}{'graph nodes':>13}{'forward ms':>12}{'fwd+grad ms':>13}{'ratio':>8}")
