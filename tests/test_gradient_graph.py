@@ -15,8 +15,8 @@ from blackbox_sal import ExplainConfig, default_model_path, explain, load_model
 from blackbox_sal.errors import ModelError, UnavailableError
 from blackbox_sal.gradients import graph as graph_mod
 from blackbox_sal.gradients.finite_differences import FiniteDifferences, step_scale
-from blackbox_sal.gradients.graph import GraphBackend, gradient_session, run_gradient
-from blackbox_sal.graph.gradient import GRAD, build_gradient
+from blackbox_sal.gradients.graph import GraphBackend, build_model_gradient, gradient_session, run_gradient
+from blackbox_sal.graph.gradient import GRAD
 from blackbox_sal.model.objective import Objective
 
 D, H = 6, 7
@@ -66,7 +66,7 @@ def test_mlp_graph_equals_closed_form(mlp_dir: Path) -> None:
 
 def test_graph_interface(mlp_dir: Path) -> None:
     model = load_model(mlp_dir)
-    g = build_gradient(model.body, model.output)  # type: ignore[arg-type]
+    g = build_model_gradient(model)
     assert [i.name for i in g.graph.input] == ["inputs_embeds", "attention_mask", "target_weights"]
     assert [o.name for o in g.graph.output] == ["logits", GRAD]
     assert {op.domain for op in g.opset_import} <= {"", "ai.onnx"}
@@ -180,7 +180,7 @@ def test_cache_reuse_and_invalidation(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_shipped_gradient_model_is_used_and_checked(tmp_path: Path) -> None:
     d = tiny.write_model_dir(tmp_path / "ship", tiny.tanh_mlp(TABLE, W1, B1, W2),
                              config={"gradient_model": "grad.onnx"})
-    good = build_gradient(load_model(d, verify=False).body, "logits")  # type: ignore[arg-type]
+    good = build_model_gradient(load_model(d, verify=False))
     onnx.save(good, str(d / "grad.onnx"))
     e = explain(load_model(d), TEXT, ExplainConfig(method="grad-x-input", backend="graph"))
     assert e.backend == "graph"
@@ -199,7 +199,7 @@ def test_shipped_gradient_model_is_used_and_checked(tmp_path: Path) -> None:
 def test_model_without_a_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BLACKBOX_SAL_CACHE", str(tmp_path / "cache"))
     d = tiny.write_model_dir(tmp_path / "strided", tiny.strided_cnn(TABLE, W2[:4]))
-    with pytest.raises(UnavailableError, match="Conv needs a declared input shape"):
+    with pytest.raises(UnavailableError, match="strided Conv over a dynamic length"):
         explain(load_model(d), TEXT, ExplainConfig(method="grad-x-input", backend="graph"))
 
     def no_build(*args: object) -> None:
@@ -208,7 +208,7 @@ def test_model_without_a_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(graph_mod, "build_gradient", no_build)  # the failure is remembered
     e = explain(load_model(d), TEXT, ExplainConfig(method="grad-x-input"))  # auto
     assert e.backend == "fd"
-    assert any(n.startswith("finite differences were used") and "Conv needs" in n for n in e.notes)
+    assert any(n.startswith("finite differences were used") and "strided Conv" in n for n in e.notes)
 
 
 def test_cli_grad_command(tmp_path: Path, mlp_dir: Path) -> None:

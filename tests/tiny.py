@@ -162,8 +162,8 @@ def write_model_dir(path: Path, model: onnx.ModelProto, labels: list[str] | None
 
 
 def strided_cnn(emb: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
-    """A Conv with stride 2 over a dynamic length: onnx-ad cannot size its transposed
-    convolution, so no gradient graph can be built (finite differences still work)."""
+    """A Conv with stride 2 over a dynamic length: the transposed convolution of its adjoint
+    needs a length-dependent output_padding, so no gradient graph (finite differences work)."""
     d = emb.shape[1]
     nodes = [
         helper.make_node("Gather", ["table", "input_ids"], ["E"]),

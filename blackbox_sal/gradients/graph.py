@@ -57,10 +57,8 @@ def cache_dir() -> Path:
 
 def cache_key(body: onnx.ModelProto, output: str) -> str:
     """SHA-256 of what determines the gradient graph: the body, the output, the builder."""
-    import onnx_ad
-
     h = hashlib.sha256()
-    h.update(f"builder={BUILDER_VERSION};onnx-ad={onnx_ad.__version__};output={output};".encode())
+    h.update(f"builder={BUILDER_VERSION};output={output};".encode())
     h.update(body.SerializeToString(deterministic=True))
     return h.hexdigest()
 
@@ -130,7 +128,18 @@ def build_model_gradient(model: TextModel) -> onnx.ModelProto:
     if model.body is None:
         raise ModelError("this model keeps no graph to differentiate")
     log.info("building the gradient graph of %s", model.name)
-    return build_gradient(model.body, model.output)
+    return build_gradient(model.body, model.output, probe_feeds(model))
+
+
+def probe_feeds(model: TextModel, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Two feeds of different batch size and length (neither 1), for reading shapes."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for batch, length in ((2, 5), (3, 7)):
+        ids = rng.integers(0, model.table.shape[0], length)
+        x = np.repeat(model.embed(ids)[None], batch, axis=0)
+        feeds.append(model.feeds(x + rng.normal(0, 0.01, x.shape), ids, np.zeros_like(ids)))
+    return feeds
 
 
 def export_gradient(model: TextModel, out: str | os.PathLike[str] | None = None) -> Path:

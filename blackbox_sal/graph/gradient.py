@@ -8,15 +8,15 @@ Interface of the result (standard ONNX domain only, dynamic batch and sequence a
     grad[b] = d/d inputs_embeds[b] of sum_c target_weights[b, c] * output[b, c]
 
 so one class (a one-hot row), a margin (+1/-1) or the chain-rule seed of a softmax score is
-one run. Route: onnx-ad's reverse mode (source transformation on the ONNX graph) with our
-Conv rule (:mod:`blackbox_sal.graph.reverse_rules`), then what onnx-ad leaves for us:
-the weight-gradient branches nobody reads are pruned, the seed axis of size 1 it carries is
-squeezed off at the end, and scalar-shaped constants are given the rank of the tensor they
-combine with (onnxruntime's CPU broadcast of [B, S, D, 1] * [1] is ~50x slower than with a
-[1, 1, 1, 1] constant).
+one run. The reverse pass is ours (:mod:`blackbox_sal.graph.reverse`): shapes come from
+probe runs of the forward graph, so broadcasting is undone statically; then scalar-shaped
+constants are given the rank of the tensor they combine with (onnxruntime's CPU broadcast of
+[B, S, D] * [1] is much slower than with a [1, 1, 1] constant).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -24,28 +24,25 @@ from onnx import helper, numpy_helper
 
 from blackbox_sal.errors import ModelError
 from blackbox_sal.graph.prune import prune
+from blackbox_sal.graph.reverse import probe, reverse
 from blackbox_sal.graph.split import EMBEDS
 
 WEIGHTS = "target_weights"
 GRAD = "grad"
 #: bump when the builder changes what it emits: cached graphs of other versions are rebuilt
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min"}
 #: ops that only reshape their first input: a single value stays that single value
 _SHAPE_ONLY = {"Unsqueeze", "Squeeze", "Reshape", "Identity", "Flatten"}
 
 
-def build_gradient(body: onnx.ModelProto, output: str) -> onnx.ModelProto:
+def build_gradient(body: onnx.ModelProto, output: str, probes: Sequence[Mapping[str, np.ndarray]]) -> onnx.ModelProto:
     """The gradient graph of ``body`` (which takes ``inputs_embeds``) for ``output``.
 
-    Pure: ``body`` is not modified. Raises ModelError naming the operator onnx-ad cannot
-    differentiate (quantized models, exotic ops): use finite differences for those.
+    ``probes``: two or more feeds of the body with different batch sizes and lengths (none of
+    them 1), from which shapes are read. Pure: ``body`` is not modified. Raises ModelError
+    naming the operator without a rule (quantized models, exotic ops): use finite differences.
     """
-    from onnx_ad import UnsupportedOperator, reverse
-
-    from blackbox_sal.graph.reverse_rules import install
-
-    install()
     if EMBEDS not in {i.name for i in body.graph.input}:
         raise ModelError(f"the model has no {EMBEDS!r} input to differentiate")
     model = onnx.ModelProto()
@@ -56,32 +53,18 @@ def build_gradient(body: onnx.ModelProto, output: str) -> onnx.ModelProto:
     del model.graph.output[:]
     model.graph.output.extend(outs)
     prune(model.graph, keep_inputs=frozenset(i.name for i in model.graph.input))
-    try:
-        grad_model = reverse(model, inputs=[EMBEDS], outputs=[output], layout="onnx",
-                             prefix="adj_", dim="nadj")
-    except UnsupportedOperator as exc:
-        raise ModelError(f"no gradient graph for this model: {exc}") from exc
-    except Exception as exc:  # onnx-ad is young: any failure of it means "use finite differences"
-        raise ModelError(f"no gradient graph for this model ({type(exc).__name__}: {exc})") from exc
-    graph = grad_model.graph
-    seed, adj = f"adj_{output}", f"adj_{EMBEDS}"
-    rank = len(outs[0].type.tensor_type.shape.dim) or 2
+    facts = probe(model, probes)
+    rank = facts.rank(output)
     if rank not in (1, 2):
         raise ModelError(f"output {output!r} has rank {rank}; a gradient graph needs [batch, classes] or [batch]")
-    _replace_input(graph, seed, helper.make_tensor_value_info(WEIGHTS, onnx.TensorProto.FLOAT, ["batch", "classes"]))
-    seed_axes = numpy_helper.from_array(np.array([-1], np.int64), "bbs_seed_axis")
-    graph.initializer.append(seed_axes)
-    # onnx-ad's seed is the output's shape plus a trailing seed axis of size 1: [B, C, 1], or
-    # [B, 1] for a [B] output, which is what the weights [B, 1] already are
-    graph.node.insert(0, helper.make_node("Unsqueeze", [WEIGHTS, seed_axes.name], [seed], name="bbs_seed")
-                      if rank == 2 else helper.make_node("Identity", [WEIGHTS], [seed], name="bbs_seed"))
-    graph.node.append(helper.make_node("Squeeze", [adj, seed_axes.name], [GRAD], name="bbs_grad"))
-    embeds = next(i for i in graph.input if i.name == EMBEDS)
-    kept = [o for o in graph.output if o.name != adj]
-    del graph.output[:]
-    graph.output.extend(kept)
-    graph.output.append(helper.make_tensor_value_info(
-        GRAD, onnx.TensorProto.FLOAT, [d.dim_param or d.dim_value or None for d in embeds.type.tensor_type.shape.dim]))
+    seed = WEIGHTS if rank == 2 else "bbs_seed"
+    grad_model = reverse(model, EMBEDS, output, seed, GRAD, facts)
+    graph = grad_model.graph
+    graph.input.append(helper.make_tensor_value_info(WEIGHTS, onnx.TensorProto.FLOAT, ["batch", "classes"]))
+    if rank == 1:  # weights [B, 1] seed a [B] output
+        flat = numpy_helper.from_array(np.array([-1], np.int64), "bbs_flat")
+        graph.initializer.append(flat)
+        graph.node.insert(0, helper.make_node("Reshape", [WEIGHTS, flat.name], [seed], name="bbs_seed"))
     prune(graph, keep_inputs=frozenset(i.name for i in graph.input))
     _rank_scalar_constants(grad_model)
     try:

@@ -1,0 +1,164 @@
+"""Our reverse-mode rules, op by op: the gradient graph equals central finite differences.
+
+Each case is a small graph over inputs_embeds [batch, seq, D] built with onnx.helper, reduced
+to an output [batch, C]; the gradient of sum(w * output) is compared with central
+differences taken element by element on the forward graph, at several batch sizes and
+lengths (the probes that read shapes use others).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from blackbox_sal.errors import ModelError
+from blackbox_sal.graph.gradient import GRAD, WEIGHTS, build_gradient
+
+D = 4
+RNG = np.random.default_rng(5)
+
+
+def _w(*shape: int) -> np.ndarray:
+    return RNG.normal(0, 0.5, shape).astype(np.float32)
+
+
+def _ints(*v: int) -> np.ndarray:
+    return np.array(v, np.int64)
+
+
+def model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "case",
+        [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", None])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+    onnx.checker.check_model(m)
+    return m
+
+
+def probes() -> list[dict[str, np.ndarray]]:
+    return [{"inputs_embeds": RNG.normal(size=(b, s, D)).astype(np.float32)} for b, s in ((2, 5), (3, 7))]
+
+
+def check(m: onnx.ModelProto, shapes: tuple[tuple[int, int], ...] = ((1, 3), (2, 6))) -> None:
+    g = build_gradient(m, "y", probes())
+    fwd = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    back = ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"])
+    for b, s in shapes:
+        x = RNG.normal(size=(b, s, D)).astype(np.float32)
+        y = fwd.run(["y"], {"inputs_embeds": x})[0]
+        w = RNG.normal(size=y.shape).astype(np.float32)
+        out, grad = back.run(["y", GRAD], {"inputs_embeds": x, WEIGHTS: w})
+        np.testing.assert_allclose(out, y, rtol=1e-6, atol=1e-6)
+        eps = 1e-2
+        flat = x.reshape(-1)
+        steps = np.zeros((2 * flat.size, flat.size), np.float32)
+        steps[np.arange(flat.size), np.arange(flat.size)] = eps
+        steps[flat.size + np.arange(flat.size), np.arange(flat.size)] = -eps
+        values = np.array([float((fwd.run(["y"], {"inputs_embeds": (flat + d).reshape(x.shape)})[0] * w).sum())
+                           for d in steps], np.float64)
+        fd = (values[: flat.size] - values[flat.size:]) / (2 * eps)
+        np.testing.assert_allclose(grad.reshape(-1), fd, rtol=2e-2, atol=2e-3)
+
+
+def n(op: str, inputs: list[str], out: str, **attrs: object) -> onnx.NodeProto:
+    return helper.make_node(op, inputs, [out], **attrs)
+
+
+def test_elementwise_chain() -> None:
+    check(model([
+        n("Tanh", ["inputs_embeds"], "a"), n("Sigmoid", ["inputs_embeds"], "b"), n("Mul", ["a", "b"], "c"),
+        n("Exp", ["c"], "d"), n("Sqrt", ["d"], "e"), n("Add", ["e", "one"], "e1"), n("Log", ["e1"], "f"),
+        n("Div", ["f", "e1"], "g"), n("Erf", ["g"], "h"), n("Pow", ["h", "three"], "i"), n("Sub", ["i", "c"], "j"),
+        n("Reciprocal", ["e1"], "k"), n("Neg", ["k"], "k2"), n("Sum", ["j", "k2", "b"], "l"),
+        n("LeakyRelu", ["l"], "m", alpha=0.1), n("ReduceSum", ["m", "axes1"], "y", keepdims=0),
+    ], {"one": np.array(1.0, np.float32), "three": np.array(3.0, np.float32), "axes1": _ints(1)}))
+
+
+def test_broadcasting_operands_both_differentiated() -> None:
+    check(model([
+        n("ReduceMean", ["inputs_embeds"], "mu", axes=[-1], keepdims=1),   # [B, S, 1]
+        n("Sub", ["inputs_embeds", "mu"], "c"), n("Mul", ["c", "mu"], "d"),
+        n("ReduceMax", ["inputs_embeds"], "mx", axes=[1], keepdims=1),     # [B, 1, D]
+        n("Add", ["mx", "one"], "mx1"), n("Mul", ["mx1", "mx1"], "mx2"), n("Div", ["d", "mx2"], "e"),
+        n("Add", ["e", "bias"], "f"), n("Expand", ["mu", "shape"], "g"),  # [B, S, 1] -> [B, S, D]
+        n("Mul", ["f", "g"], "h"), n("ReduceSum", ["h", "axes1"], "y", keepdims=0),
+    ], {"one": np.array([[[1.0]]], np.float32), "bias": _w(D), "shape": _ints(1, 1, D), "axes1": _ints(1)}))
+
+
+def test_layernorm_softmax_attention() -> None:
+    check(model([
+        n("LayerNormalization", ["inputs_embeds", "scale", "shift"], "ln", axis=-1, epsilon=1e-5),
+        n("MatMul", ["ln", "wq"], "q"), n("MatMul", ["ln", "wk"], "k"), n("MatMul", ["ln", "wv"], "v"),
+        n("Transpose", ["k"], "kt", perm=[0, 2, 1]), n("MatMul", ["q", "kt"], "s"),
+        n("Softmax", ["s"], "p", axis=-1), n("MatMul", ["p", "v"], "o"),
+        n("LogSoftmax", ["o"], "lo", axis=-1), n("ReduceMean", ["lo"], "y", axes=[1], keepdims=0),
+    ], {"scale": _w(D) + 1, "shift": _w(D), "wq": _w(D, D), "wk": _w(D, D), "wv": _w(D, D)}))
+
+
+def test_shape_ops() -> None:
+    check(model([
+        n("Reshape", ["inputs_embeds", "split_heads"], "r"),                    # [B, S, 2, D/2]
+        n("Transpose", ["r"], "t", perm=[0, 2, 3, 1]), n("Mul", ["t", "scale"], "ts"),  # [B, 2, D/2, S]
+        n("Transpose", ["ts"], "t2", perm=[0, 3, 1, 2]),
+        n("Reshape", ["t2", "merge"], "m"), n("Unsqueeze", ["m", "axes0"], "u"), n("Squeeze", ["u", "axes0"], "sq"),
+        n("Concat", ["sq", "inputs_embeds"], "cat", axis=1),                   # [B, 2S, D]
+        n("Slice", ["cat", "starts", "ends", "axes1"], "sl"),                  # [B, 2S - 2, D]
+        helper.make_node("Split", ["sl", "halves"], ["s1", "s2"], axis=2),
+        n("Mul", ["s1", "s1"], "s1sq"), n("Concat", ["s2", "s1sq"], "c2", axis=2),
+        n("Where", ["keep", "c2", "zero"], "wh"),
+        n("Gather", ["wh", "last"], "g", axis=1),                               # [B, D]
+        n("Gather", ["c2", "firsts"], "g2", axis=1),                            # [B, 2, D]
+        n("Flatten", ["g2"], "fl", axis=1), n("Gemm", ["fl", "wf"], "h", transB=1),
+        n("Gemm", ["g", "wg", "bias"], "y0"), n("Add", ["y0", "h"], "y"),
+    ], {"split_heads": _ints(0, 0, 2, D // 2), "scale": _w(1, 2, D // 2, 1), "merge": _ints(0, 0, D), "axes0": _ints(0),
+        "starts": _ints(1), "ends": _ints(-1), "axes1": _ints(1), "halves": _ints(D // 2, D // 2),
+        "keep": np.array([True, False, True, True]), "zero": np.array(0.0, np.float32), "last": np.array(-1, np.int64),
+        "firsts": _ints(0, 1), "wf": _w(3, 2 * D), "wg": _w(D, 3), "bias": _w(3)}))
+
+
+def test_gemm_transposed_and_matmul_with_vectors() -> None:
+    check(model([
+        n("ReduceSum", ["inputs_embeds", "axes1"], "h", keepdims=0),        # [B, D]
+        n("Transpose", ["h"], "ht"), n("Gemm", ["ht", "w"], "a", transA=1, alpha=0.5),   # [B, 3]
+        n("MatMul", ["inputs_embeds", "v"], "mv"),                          # [B, S]
+        n("Transpose", ["inputs_embeds"], "xt", perm=[0, 2, 1]), n("MatMul", ["u", "xt"], "um"),  # [B, S]
+        n("Mul", ["mv", "um"], "p"), n("ReduceSum", ["p", "axes1"], "mu1", keepdims=1),  # [B, 1]
+        n("Relu", ["a"], "ra"), n("Add", ["ra", "mu1"], "y"),
+    ], {"axes1": _ints(1), "w": _w(D, 3), "v": _w(D), "u": _w(D)}))
+
+
+def test_conv_stride_one_dilated_and_padded() -> None:
+    check(model([
+        n("Transpose", ["inputs_embeds"], "t", perm=[0, 2, 1]),
+        n("Conv", ["t", "k", "kb"], "c", pads=[2, 1], dilations=[2], kernel_shape=[3]),
+        n("Tanh", ["c"], "tc"), n("ReduceMax", ["tc"], "y", axes=[2], keepdims=0),
+    ], {"k": _w(3, D, 3), "kb": _w(3)}))
+
+
+def test_gelu_op_of_opset_20() -> None:
+    check(model([n("Gelu", ["inputs_embeds"], "g"), n("ReduceSum", ["g", "axes1"], "y", keepdims=0)],
+                {"axes1": _ints(1)}, opset=20))
+
+
+def test_output_independent_of_the_input_gives_zeros() -> None:
+    m = model([n("Shape", ["inputs_embeds"], "s"), n("Cast", ["s"], "f", to=TensorProto.FLOAT),
+               n("Unsqueeze", ["f", "axes0"], "y")], {"axes0": _ints(0)})
+    check(m)
+
+
+def test_unsupported_operator_is_named() -> None:
+    m = model([n("Sin", ["inputs_embeds"], "s"), n("ReduceSum", ["s", "axes1"], "y", keepdims=0)],
+              {"axes1": _ints(1)})
+    with pytest.raises(ModelError, match="no gradient rule for operator 'Sin'"):
+        build_gradient(m, "y", probes())
+
+
+def test_old_opsets_are_refused() -> None:
+    m = model([n("ReduceSum", ["inputs_embeds"], "y", axes=[1], keepdims=0)], {}, opset=11)
+    with pytest.raises(ModelError, match="opset 11"):
+        build_gradient(m, "y", probes())
