@@ -9,9 +9,8 @@ Interface of the result (standard ONNX domain only, dynamic batch and sequence a
 
 so one class (a one-hot row), a margin (+1/-1) or the chain-rule seed of a softmax score is
 one run. The reverse pass is ours (:mod:`blackbox_sal.graph.reverse`): shapes come from
-probe runs of the forward graph, so broadcasting is undone statically; then scalar-shaped
-constants are given the rank of the tensor they combine with (onnxruntime's CPU broadcast of
-[B, S, D] * [1] is much slower than with a [1, 1, 1] constant).
+probe runs of the forward graph, so broadcasting is undone statically, and the forward
+part is left as exported, so onnxruntime's fusions (Gelu, MatMul+scale) still apply to it.
 """
 
 from __future__ import annotations
@@ -30,10 +29,7 @@ from blackbox_sal.graph.split import EMBEDS
 WEIGHTS = "target_weights"
 GRAD = "grad"
 #: bump when the builder changes what it emits: cached graphs of other versions are rebuilt
-BUILDER_VERSION = 2
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min"}
-#: ops that only reshape their first input: a single value stays that single value
-_SHAPE_ONLY = {"Unsqueeze", "Squeeze", "Reshape", "Identity", "Flatten"}
+BUILDER_VERSION = 4
 
 
 def build_gradient(body: onnx.ModelProto, output: str, probes: Sequence[Mapping[str, np.ndarray]]) -> onnx.ModelProto:
@@ -66,58 +62,8 @@ def build_gradient(body: onnx.ModelProto, output: str, probes: Sequence[Mapping[
         graph.initializer.append(flat)
         graph.node.insert(0, helper.make_node("Reshape", [WEIGHTS, flat.name], [seed], name="bbs_seed"))
     prune(graph, keep_inputs=frozenset(i.name for i in graph.input))
-    _rank_scalar_constants(grad_model)
     try:
         onnx.checker.check_model(grad_model)
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"the gradient graph does not pass onnx.checker: {exc}") from exc
     return grad_model
-
-
-def _replace_input(graph: onnx.GraphProto, name: str, new: onnx.ValueInfoProto) -> None:
-    kept = [i for i in graph.input if i.name != name]
-    del graph.input[:]
-    graph.input.extend([*kept, new])
-
-
-def _rank_scalar_constants(model: onnx.ModelProto) -> None:
-    """Give single-value float constants feeding elementwise ops the other operand's rank.
-
-    Reads initializers and Constant nodes; a reshaped copy per rank is added (the original
-    may have other users) and dead originals are pruned afterwards.
-    """
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # inference only guides an optimisation here, never a requirement
-        return
-    ranks = {v.name: len(v.type.tensor_type.shape.dim)
-             for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-             if v.type.tensor_type.HasField("shape")}
-    scalars: dict[str, np.ndarray] = {}
-    for t in model.graph.initializer:
-        if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) <= 1 and int(np.prod(t.dims)) == 1:
-            scalars[t.name] = numpy_helper.to_array(t)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            t = node.attribute[0].t
-            if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) <= 1 and int(np.prod(t.dims)) == 1:
-                scalars[node.output[0]] = numpy_helper.to_array(t)
-    made: set[str] = set()
-    for node in model.graph.node:
-        if node.op_type in _SHAPE_ONLY and node.input and node.input[0] in scalars:
-            scalars[node.output[0]] = scalars[node.input[0]]  # e.g. Unsqueeze(scalar) -> [1]
-            continue
-        if node.op_type not in _ELEMENTWISE:
-            continue
-        for k, name in enumerate(node.input):
-            others = [ranks.get(n, 0) for j, n in enumerate(node.input) if j != k]
-            r = max(others, default=0)
-            if name not in scalars or r < 2:
-                continue
-            new = f"{name}__rank{r}"
-            if new not in made:
-                model.graph.initializer.append(numpy_helper.from_array(scalars[name].reshape([1] * r), new))
-                made.add(new)
-            node.input[k] = new
-    if made:
-        prune(model.graph, keep_inputs=frozenset(i.name for i in model.graph.input))
