@@ -18,6 +18,7 @@ from blackbox_sal.model.text_model import TextModel, load_model
 from blackbox_sal.render import render_html, render_json, render_terminal
 from blackbox_sal.result import Explanation, Label, Prediction
 from blackbox_sal.text.words import Span
+from blackbox_sal.torch_export import export_torch
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "default_model_path",
     "explain",
     "export_gradient",
+    "export_torch",
     "load_model",
     "render_html",
     "render_json",

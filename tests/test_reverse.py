@@ -140,6 +140,15 @@ def test_conv_stride_one_dilated_and_padded() -> None:
     ], {"k": _w(3, D, 3), "kb": _w(3)}))
 
 
+@pytest.mark.parametrize("stride", [2, 3])
+def test_strided_conv_over_every_length(stride: int) -> None:
+    check(model([
+        n("Transpose", ["inputs_embeds"], "t", perm=[0, 2, 1]),
+        n("Conv", ["t", "k"], "c", pads=[1, 1], strides=[stride], kernel_shape=[3]),
+        n("Tanh", ["c"], "tc"), n("ReduceSum", ["tc", "axes2"], "y", keepdims=0),
+    ], {"k": _w(3, D, 3), "axes2": _ints(2)}), shapes=((1, 3), (2, 6), (1, 8), (2, 9), (1, 10)))
+
+
 def test_gelu_op_of_opset_20() -> None:
     check(model([n("Gelu", ["inputs_embeds"], "g"), n("ReduceSum", ["g", "axes1"], "y", keepdims=0)],
                 {"axes1": _ints(1)}, opset=20))

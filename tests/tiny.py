@@ -162,8 +162,7 @@ def write_model_dir(path: Path, model: onnx.ModelProto, labels: list[str] | None
 
 
 def strided_cnn(emb: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
-    """A Conv with stride 2 over a dynamic length: the transposed convolution of its adjoint
-    needs a length-dependent output_padding, so no gradient graph (finite differences work)."""
+    """A Conv with stride 2 over a dynamic length (its adjoint's remainder depends on the length)."""
     d = emb.shape[1]
     nodes = [
         helper.make_node("Gather", ["table", "input_ids"], ["E"]),
@@ -176,6 +175,17 @@ def strided_cnn(emb: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
     k = np.random.default_rng(4).normal(0, 0.5, (4, d, 3)).astype(np.float32)
     inits = {"table": emb, "K": k, "W": w, "axes": np.array([2], np.int64)}
     return _model(nodes, inits, [_ids_input()], w.shape[1])
+
+
+def unsupported_op(emb: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
+    """A Sin on the path: no gradient rule, so no gradient graph (finite differences work)."""
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["E"]),
+        helper.make_node("Sin", ["E"], ["s"]),
+        helper.make_node("ReduceSum", ["s", "axes"], ["pooled"], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "W"], ["logits"]),
+    ]
+    return _model(nodes, {"table": emb, "W": w, "axes": np.array([1], np.int64)}, [_ids_input()], w.shape[1])
 
 
 def conv_tanh(emb: np.ndarray, w: np.ndarray, kernel: int = 5) -> onnx.ModelProto:

@@ -17,7 +17,8 @@ Rules (g is the adjoint of the output y; unb() sums g back to an operand's shape
     Tanh, Sigmoid, Exp, Sqrt, Erf, Gelu, Relu, Pow (constant exponent), Log, Reciprocal ...
     LayerNormalization   inv_std * (gs - mean(gs) - xhat*mean(gs*xhat)),  gs = g*scale,
                          with mean and inv_std taken from the forward node's own outputs
-    Conv (stride 1)      ConvTranspose(g, W) with the forward pads: no static length needed
+    Conv                 ConvTranspose(g, W) with the forward pads (strided: the longest
+                         output_padding, cut to x's extent): no static length needed
     Reshape-likes        Reshape(g, Shape(x));  Transpose: inverse perm;  Concat: Split;
     Split: Concat;  Slice: Pad;  Gather (scalar or 1-D indices): one-hot;  Where, Expand,
     ReduceSum/Mean/Max, Identity, Cast, Dropout
@@ -551,18 +552,14 @@ def _conv(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: l
     pads = list(_attr(n, "pads", [0] * 2 * spatial))  # type: ignore[call-overload]
     dil = list(_attr(n, "dilations", [1] * spatial))  # type: ignore[call-overload]
     attrs: dict[str, object] = {"pads": pads, "dilations": dil, "group": int(_attr(n, "group", 1))}  # type: ignore[call-overload]
-    if any(s != 1 for s in strides):
-        # the transposed convolution needs output_padding, which depends on the length
-        kernel = f.shapes[n.input[1]][0][2:]
-        extra = []
-        for k in range(spatial):
-            length = f.dim(x, 2 + k)
-            if length is None:
-                raise ModelError("no gradient rule for a strided Conv over a dynamic length")
-            span = length + pads[k] + pads[k + spatial] - dil[k] * (kernel[k] - 1) - 1
-            extra.append(span % strides[k])
-        attrs.update(strides=strides, output_padding=extra)
-    return [b.op("ConvTranspose", [g, n.input[1]], **attrs)]
+    if all(s == 1 for s in strides):  # the transposed convolution has exactly x's extent
+        return [b.op("ConvTranspose", [g, n.input[1]], **attrs)]
+    # strided: the transpose is one remainder short for some lengths, which depends on the
+    # length; take the longest (the positions before it do not change) and cut it to x's extent
+    attrs.update(strides=strides, output_padding=[s - 1 for s in strides])
+    full = b.op("ConvTranspose", [g, n.input[1]], **attrs)
+    ends = b.op("Slice", [b.shape(x), b.ints([2]), b.ints([2 + spatial])])
+    return [b.op("Slice", [full, b.ints([0] * spatial), ends, b.ints(list(range(2, 2 + spatial)))])]
 
 
 def _reshape(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
