@@ -5,7 +5,7 @@ one run) against the forward model alone, on the same inputs (batch 8, sequence 
 default), same onnxruntime settings, runs interleaved; prints medians and the ratio.
 Goal (issue 3): at most 2.0 on BERT-style models and MiniLM.
 
-    python benchmarks/build_models.py                  # mlp, cnn, bert, gpt2 into benchmarks/.cache
+    python benchmarks/build_models.py                  # mlp, cnn, bert, gpt2, minilm into benchmarks/.cache
     python benchmarks/graph_ratio.py [DIR ...] [--batch 8] [--seq 64] [--threads 1]
 """
 
@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from blackbox_sal import load_model
 from blackbox_sal.gradients.graph import build_model_gradient, gradient_session
@@ -68,7 +69,8 @@ def main() -> None:
             tf.append(median_time(fwd, args.repeats))
             tg.append(median_time(both, args.repeats))
             ratios.append(tg[-1] / tf[-1])
-        nodes = len(build_model_gradient(model).graph.node)
+        shipped = model.config.get("gradient_model")  # e.g. from export_torch
+        nodes = len((onnx.load(str(d / str(shipped))) if shipped else build_model_gradient(model)).graph.node)
         print(f"{model.name:<12}{model.dim:>5}{nodes:>13}{statistics.median(tf) * 1e3:>12.2f}"
               f"{statistics.median(tg) * 1e3:>13.2f}{statistics.median(ratios):>8.2f}")
 
