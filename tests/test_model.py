@@ -262,3 +262,21 @@ def test_quadratic_model_closed_form(tmp_path: Path) -> None:
 
 def vocab_id(word: str) -> int:
     return tiny.VOCAB[word]
+
+
+def test_odd_output_names_and_a_second_output(tmp_path: Path) -> None:
+    """An export whose outputs are called '2301' and 'hidden:0': the first is explained unless
+    --model-output names another; the gradient graph follows the chosen one."""
+    m = tiny.tanh_mlp(TABLE, W1, B1, W2)
+    for node in m.graph.node:
+        node.output[:] = ["2301" if o == "logits" else o for o in node.output]
+    m.graph.output[0].name = "2301"
+    m.graph.node.append(helper.make_node("Mul", ["2301", "2301"], ["hidden:0"]))
+    m.graph.output.append(helper.make_tensor_value_info("hidden:0", onnx.TensorProto.FLOAT, ["batch", 3]))
+    d = tiny.write_model_dir(tmp_path / "odd", m, LABELS, with_cls=True)
+    first = explain(load_model(d), TEXT, ExplainConfig(method="grad-x-input", backend="graph", target=0))
+    x = TABLE[ids_of(TEXT)]
+    want = (tiny.tanh_mlp_grad(x, W1, B1, W2, 0) * x).sum(-1)
+    np.testing.assert_allclose([t.score for t in first.tokens], want, rtol=1e-4, atol=1e-5)
+    second = explain(load_model(d, output="hidden:0"), TEXT, ExplainConfig(method="grad-x-input", target=0))
+    assert second.target_value == pytest.approx(first.target_value ** 2, rel=1e-5)

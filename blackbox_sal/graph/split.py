@@ -3,7 +3,7 @@
 Token ids are not differentiable; their embeddings are. An export that takes ``input_ids``
 starts with a lookup ``Gather(table, ids)`` on a constant 2-D table. We cut it out::
 
-    before:   input_ids --[Cast|Reshape]--> Gather(table) --> E --> ... --> logits
+    before:   input_ids --[Cast|Reshape|...]--> Gather(table) --> E --> ... --> logits
                    \\--> Shape --> position ids ... (other uses of the ids)
 
     after:    table (numpy [V, D])                       , the lookup, done by the caller
@@ -11,14 +11,20 @@ starts with a lookup ``Gather(table, ids)`` on a constant 2-D table. We cut it o
               input_ids (kept only if other nodes still read it) --> Shape --> ...
 
 Everything after the lookup (position and type embeddings, LayerNorm, ...) stays in the body,
-so ``body(table[ids]) == original(ids)``; the loader checks that on real inputs.
+so ``body(table[ids]) == original(ids)``; the loader checks that on real inputs. A table tied
+to an LM head stays in the body for the head.
 
 The paths from ``input_ids`` to the lookup that are recognised are data: ``PASS_THROUGH``
-ops keep every id where it was; ``MIRRORED`` ops move ids around (GPT-2 exports reshape the
-ids to [-1, seq] first), so the body applies the same op to the embeddings' leading axes::
+ops keep every id where it was; ``MIRRORED`` ops only move ids around (GPT-2 exports reshape
+the ids to [-1, seq], others flatten or squeeze them), so the body repeats them on a
+[batch, seq] stand-in taken from the embeddings and reshapes the embeddings to match::
 
-    input_ids --Reshape(shape)--> Gather       becomes       inputs_embeds --Reshape(shape ++ [D])--> E
+    input_ids --Flatten--> Gather      becomes
+    inputs_embeds --Slice[..., :1]--> stand-in [B, S] --Flatten--> Shape ++ [D] --> Reshape(inputs_embeds) --> E
 
+Quantized tables are dequantized here: a ``DequantizeLinear`` of constants feeding the
+Gather, or a Gather on an 8-bit table whose output goes through ``DequantizeLinear`` (as
+onnxruntime's quantize_dynamic writes it; the split is then taken after the dequantization).
 When nothing matches, :class:`ModelError` says what was looked for.
 """
 
@@ -28,37 +34,56 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from blackbox_sal.errors import ModelError
 from blackbox_sal.graph.prune import node_inputs, prune
 
 EMBEDS = "inputs_embeds"
 
-#: Ops allowed between ``input_ids`` and the lookup's indices: they change the dtype or
-#: nothing at all, so the lookup output keeps the [batch, seq, dim] layout of the ids.
+#: Ops allowed between ``input_ids`` and the lookup's indices that change the dtype or
+#: nothing at all.
 PASS_THROUGH = ("Cast", "Identity")
-#: Ops between ``input_ids`` and the lookup that the body repeats on the embeddings.
-MIRRORED = ("Reshape",)
+#: Shape-only ops between ``input_ids`` and the lookup: the body repeats them.
+MIRRORED = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT}
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+_INT8_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
 
 
 @dataclass(frozen=True)
 class EmbeddingSplit:
     """The result of :func:`split_embedding`.
 
-    table: float32 [vocab, dim], the word-embedding matrix.
+    table: float32 [vocab, dim], the word-embedding matrix (dequantized if it was quantized).
     body: the model from the embeddings on; inputs ``inputs_embeds`` [batch, seq, dim] plus the
         original inputs other than the ids (and the ids themselves if ``needs_ids``).
     needs_ids: whether the body still reads ``input_ids`` (e.g. ``Shape(input_ids)``).
     lookup: the name of the Gather node that was removed.
+    quantized_table: whether the table was stored in 8 bits.
     """
 
     table: np.ndarray
     body: onnx.ModelProto
     needs_ids: bool
     lookup: str
+    quantized_table: bool = False
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A word-embedding lookup found in a graph (see :func:`find_lookup`).
+
+    removed: the nodes the split deletes (the Gather, and a DequantizeLinear after it);
+    output: the name that carries the embeddings in the original graph.
+    """
+
+    gather: onnx.NodeProto
+    table: np.ndarray
+    chain: tuple[onnx.NodeProto, ...]
+    removed: tuple[onnx.NodeProto, ...]
+    output: str
+    quantized: bool
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -82,40 +107,82 @@ def _reached_from(graph: onnx.GraphProto, start: str) -> dict[str, list[onnx.Nod
     return reached
 
 
-def _gather_axis(node: onnx.NodeProto) -> int:
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     for attr in node.attribute:
-        if attr.name == "axis":
+        if attr.name == name:
             return int(attr.i)
-    return 0
+    return default
 
 
-def find_lookup(graph: onnx.GraphProto, ids_name: str
-                ) -> tuple[onnx.NodeProto, onnx.TensorProto, list[onnx.NodeProto]]:
-    """The word-embedding Gather fed by ``ids_name``, its table, and the chain of ops between.
+def _dequantize(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto], q: np.ndarray,
+                axis_map: int) -> np.ndarray | None:
+    """Apply a DequantizeLinear whose scale and zero point are constants to ``q`` (a table);
+    ``axis_map``: the table axis the node's per-axis parameters run along. None if it cannot."""
+    if _attr(node, "block_size", 0) or any(i and i not in consts for i in node.input[1:]):
+        return None
+    scale = numpy_helper.to_array(consts[node.input[1]]).astype(np.float32)
+    zero = (numpy_helper.to_array(consts[node.input[2]]).astype(np.float32)
+            if len(node.input) > 2 and node.input[2] else np.zeros_like(scale))
+    if scale.size > 1:  # per-axis: lay the parameters along the table's matching axis
+        shape = [1, 1]
+        shape[axis_map] = -1
+        if q.shape[axis_map] != scale.size:
+            return None
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return ((q.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def find_lookup(graph: onnx.GraphProto, ids_name: str) -> Lookup:
+    """The word-embedding lookup fed by ``ids_name``.
 
     Several candidates (rare: a second table indexed by the ids) resolve to the largest table.
     """
     reached = _reached_from(graph, ids_name)
     consts = _constants(graph)
-    candidates = []
+    producer = {o: n for n in graph.node for o in n.output}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    candidates: list[Lookup] = []
+    refused: list[str] = []
     for node in graph.node:
         if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in reached:
             continue
-        table = consts.get(node.input[0])
-        if table is None or len(table.dims) != 2 or _gather_axis(node) != 0:
+        if _attr(node, "axis", 0) != 0:
             continue
-        if table.data_type not in _FLOAT_TYPES:
-            raise ModelError(
-                f"the embedding table {node.input[0]!r} has data type "
-                f"{onnx.TensorProto.DataType.Name(table.data_type)}; only float32 tables can be split")
-        candidates.append((node, table, reached[node.input[1]]))
+        chain = tuple(reached[node.input[1]])
+        source = node.input[0]
+        if source in consts and len(consts[source].dims) == 2:
+            proto = consts[source]
+            array = numpy_helper.to_array(proto)
+            after = users.get(node.output[0], [])
+            if proto.data_type in _FLOAT_TYPES:
+                candidates.append(Lookup(node, array.astype(np.float32), chain, (node,), node.output[0], False))
+            elif proto.data_type in _INT8_TYPES and len(after) == 1 and after[0].op_type == "DequantizeLinear":
+                dq = after[0]  # per-axis parameters can only run along the output's last axis: the columns
+                table = _dequantize(dq, consts, array, 1)
+                if table is not None:
+                    candidates.append(Lookup(node, table, chain, (node, dq), dq.output[0], True))
+                else:
+                    refused.append(f"{source!r} (8-bit, with a DequantizeLinear we cannot fold)")
+            else:
+                refused.append(f"{source!r} ({onnx.TensorProto.DataType.Name(proto.data_type)})")
+        elif source in producer and producer[source].op_type == "DequantizeLinear":
+            dq = producer[source]  # the table is dequantized from constants before the lookup
+            q = consts.get(dq.input[0])
+            table = (_dequantize(dq, consts, numpy_helper.to_array(q), _attr(dq, "axis", 1) % 2)
+                     if q is not None and len(q.dims) == 2 else None)
+            if table is not None:
+                candidates.append(Lookup(node, table, chain, (node,), node.output[0], True))
     if not candidates:
+        tried = f" (found tables we cannot use: {', '.join(refused)})" if refused else ""
         raise ModelError(
-            f"no word-embedding lookup found: looked for a Gather on a constant 2-D float table "
-            f"whose indices come from {ids_name!r} directly or through {'/'.join(PASS_THROUGH + MIRRORED)}. "
-            f"Export the model with an 'inputs_embeds' input instead and put the table beside it "
-            f"as embeddings.npy")
-    return max(candidates, key=lambda c: c[1].dims[0])
+            f"no word-embedding lookup found{tried}: looked for a Gather on a constant 2-D table "
+            f"(float, or 8-bit with a DequantizeLinear) whose indices come from {ids_name!r} directly "
+            f"or through {'/'.join(PASS_THROUGH + MIRRORED)}. Export the model with an 'inputs_embeds' "
+            f"input instead and put the table beside it as embeddings.npy")
+    return max(candidates, key=lambda c: c.table.shape[0])
 
 
 def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> EmbeddingSplit:
@@ -130,37 +197,32 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
             f"the model has no {ids_name!r} input (inputs: {', '.join(inputs) or 'none'})")
     if EMBEDS in inputs:
         raise ModelError(f"the model already takes {EMBEDS!r}; nothing to split")
-    lookup, table_proto, chain = find_lookup(graph, ids_name)
-    table = numpy_helper.to_array(table_proto).astype(np.float32, copy=False)
+    found = find_lookup(graph, ids_name)
+    table = found.table
 
     body = onnx.ModelProto()
     body.CopyFrom(model)
     g = body.graph
-    emb_out = lookup.output[0]
-    at = next(k for k, n in enumerate(g.node) if n.name == lookup.name and list(n.output) == [emb_out])
-    del g.node[at]
-    mirrored = [n for n in chain if n.op_type in MIRRORED]
+    emb_out = found.output
+    removed = {(n.name, tuple(n.output)) for n in found.removed}
+    at = next(k for k, n in enumerate(g.node) if (n.name, tuple(n.output)) in removed)
+    kept = [n for n in g.node if (n.name, tuple(n.output)) not in removed]
+    del g.node[:]
+    g.node.extend(kept)
+    mirrored = [n for n in found.chain if n.op_type in MIRRORED]
     for node in g.node:
         for k, name in enumerate(node.input):
             if name == emb_out and not mirrored:
                 node.input[k] = EMBEDS
         if emb_out in node_inputs(node) and emb_out not in node.input:
             raise ModelError("the embedding output is read inside a subgraph; cannot split this model")
-    if mirrored:  # repeat the id reshapes on the embeddings, ending in the lookup's output name
-        dim = numpy_helper.from_array(np.array([table.shape[1]], np.int64), f"{emb_out}__dim")
-        g.initializer.append(dim)
-        current, new_nodes = EMBEDS, []
-        for k, node in enumerate(mirrored):
-            shape, out = f"{emb_out}__shape{k}", (emb_out if k == len(mirrored) - 1 else f"{emb_out}__m{k}")
-            new_nodes.append(onnx.helper.make_node("Concat", [node.input[1], dim.name], [shape], axis=0))
-            new_nodes.append(onnx.helper.make_node("Reshape", [current, shape], [out]))
-            current = out
-        for k, node in enumerate(new_nodes):
+    if mirrored:
+        for k, node in enumerate(_mirror(mirrored, emb_out, table.shape[1], g)):
             g.node.insert(at + k, node)
     else:
         for out in g.output:
             if out.name == emb_out:  # the embeddings are themselves an output: keep it an output
-                g.node.append(onnx.helper.make_node("Identity", [EMBEDS], [emb_out]))
+                g.node.append(helper.make_node("Identity", [EMBEDS], [emb_out]))
 
     ids_info = inputs[ids_name]
     dims = [onnx.TensorShapeProto.Dimension() for _ in range(2)]
@@ -176,4 +238,37 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
         onnx.checker.check_model(body)
     except onnx.checker.ValidationError as exc:  # a bug in the surgery, or a model onnx rejects
         raise ModelError(f"the split model does not pass onnx.checker: {exc}") from exc
-    return EmbeddingSplit(table=table, body=body, needs_ids=needs_ids, lookup=lookup.name)
+    return EmbeddingSplit(table=table, body=body, needs_ids=needs_ids, lookup=found.gather.name,
+                          quantized_table=found.quantized)
+
+
+def _mirror(ops: list[onnx.NodeProto], out: str, dim: int, g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Nodes that repeat the shape-only ``ops`` the ids went through on a [batch, seq] stand-in
+    cut from the embeddings, then reshape the embeddings to that shape plus [dim], as ``out``."""
+    def const(name: str, value: list[int]) -> str:
+        g.initializer.append(numpy_helper.from_array(np.array(value, np.int64), f"{out}__{name}"))
+        return f"{out}__{name}"
+
+    stem = f"{out}__ids"
+    nodes = [
+        helper.make_node("Slice", [EMBEDS, const("zero", [0]), const("one", [1]), const("last", [-1])], [f"{stem}0"]),
+        helper.make_node("Shape", [EMBEDS], [f"{stem}shape"]),
+        helper.make_node("Slice", [f"{stem}shape", const("zero0", [0]), const("two", [2])], [f"{stem}bs"]),
+        helper.make_node("Reshape", [f"{stem}0", f"{stem}bs"], [f"{stem}1"]),
+    ]
+    current = f"{stem}1"
+    for k, op in enumerate(ops):
+        node = onnx.NodeProto()
+        node.CopyFrom(op)
+        node.name = f"{stem}_{op.name or k}"
+        node.input[0] = current
+        del node.output[:]
+        current = f"{stem}_m{k}"
+        node.output.append(current)
+        nodes.append(node)
+    nodes += [
+        helper.make_node("Shape", [current], [f"{stem}_shape"]),
+        helper.make_node("Concat", [f"{stem}_shape", const("dim", [dim])], [f"{stem}_target"], axis=0),
+        helper.make_node("Reshape", [EMBEDS, f"{stem}_target"], [out]),
+    ]
+    return nodes
