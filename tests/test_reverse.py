@@ -121,6 +121,22 @@ def test_shape_ops() -> None:
         "firsts": _ints(0, 1), "wf": _w(3, 2 * D), "wg": _w(D, 3), "bias": _w(3)}))
 
 
+def test_slices_with_bounds_computed_at_run_time() -> None:
+    """x[:, :S-1, D/2:] with S-1 and D/2 taken from Shape(x): one bound changes with the input
+    (a run-time pad), the other does not (a constant pad)."""
+    check(model([
+        n("Shape", ["inputs_embeds"], "s"),
+        n("Slice", ["s", "i2", "i3"], "d"), n("Div", ["d", "two"], "half"),          # D/2, the same for every input
+        n("Slice", ["s", "i1", "i2"], "len"), n("Sub", ["len", "one"], "lm1"),       # S-1
+        n("Concat", ["zero", "half"], "starts", axis=0), n("Concat", ["lm1", "big"], "ends", axis=0),
+        n("Slice", ["inputs_embeds", "starts", "ends", "axes12"], "y1"),             # [B, S-1, D/2]
+        n("Slice", ["inputs_embeds", "half", "big", "i2"], "y2"),                    # [B, S, D/2]
+        n("Tanh", ["y1"], "t1"), n("ReduceSum", ["t1", "i1"], "r1", keepdims=0),
+        n("ReduceSum", ["y2", "i1"], "r2", keepdims=0), n("Mul", ["r1", "r2"], "y"),
+    ], {"i1": _ints(1), "i2": _ints(2), "i3": _ints(3), "two": _ints(2), "one": _ints(1), "zero": _ints(0),
+        "big": _ints(2**62), "axes12": _ints(1, 2)}), shapes=((1, 3), (2, 6), (1, 2)))
+
+
 def test_gemm_transposed_and_matmul_with_vectors() -> None:
     check(model([
         n("ReduceSum", ["inputs_embeds", "axes1"], "h", keepdims=0),        # [B, D]

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import onnx
@@ -54,12 +55,24 @@ _FLOATS = (np.float16, np.float32, np.float64)
 
 @dataclass(frozen=True)
 class Facts:
-    """What the probe runs saw: per tensor one shape per probe, its dtype, and the value of
-    tensors computed from constants alone."""
+    """What the probe runs saw: per tensor one shape per probe, its dtype, the value of
+    tensors computed from constants alone, and small integer tensors per probe."""
 
     shapes: Mapping[str, tuple[tuple[int, ...], ...]]
     dtypes: Mapping[str, np.dtype]
     values: Mapping[str, np.ndarray]
+    #: small integer tensors as each probe saw them (shape arithmetic, slice bounds)
+    small_ints: Mapping[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+
+    def known(self, name: str) -> np.ndarray | None:
+        """The tensor's value when it cannot change with the input: computed from constants,
+        or a small integer tensor every probe (different batch and length) saw the same."""
+        if name in self.values:
+            return self.values[name]
+        seen = self.small_ints.get(name)
+        if seen and all(v.shape == seen[0].shape and (v == seen[0]).all() for v in seen[1:]):
+            return seen[0]
+        return None
 
     def rank(self, name: str) -> int:
         return len(self.shapes[name][0])
@@ -100,6 +113,7 @@ def probe(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]]) -> 
         raise ModelError(f"the forward graph cannot be probed for shapes: {exc}") from exc
     shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
     dtypes: dict[str, np.dtype] = {}
+    small: dict[str, tuple[np.ndarray, ...]] = {}
     for name, value in values.items():
         shapes[name] = (value.shape,) * len(runs)
         dtypes[name] = value.dtype
@@ -113,7 +127,9 @@ def probe(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]]) -> 
         dtypes[name] = arrays[0].dtype
         if name in constant:
             values[name] = arrays[0]
-    return Facts(shapes, dtypes, values)
+        elif arrays[0].dtype.kind in "iu" and all(a.size <= 16 for a in arrays):
+            small[name] = tuple(arrays)
+    return Facts(shapes, dtypes, values, MappingProxyType(small))
 
 
 class Builder:
@@ -605,34 +621,44 @@ def _split(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: 
 
 
 def _slice(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    """The adjoint pads g back to x's shape: before = the normalised start, after = the
+    extent minus the normalised end, per sliced axis; numbers where bounds and extents are
+    known, else computed at run time from the bound tensors."""
     g, x = gy[0], n.input[0]
     assert g is not None
     r = f.rank(x)
-    bounds = [f.values.get(_input(n, k)) for k in range(1, 5)]
-    if bounds[0] is None or bounds[1] is None or (_input(n, 3) and bounds[2] is None) or (
-            _input(n, 4) and bounds[3] is None):
-        raise ModelError("no gradient rule for Slice with bounds computed at run time")
-    starts, ends = [int(v) for v in bounds[0]], [int(v) for v in bounds[1]]
-    axes = [int(v) % r for v in bounds[2]] if bounds[2] is not None else list(range(len(starts)))
-    if bounds[3] is not None and any(int(s) != 1 for s in bounds[3]):
+    axes_v = f.known(_input(n, 3)) if _input(n, 3) else None
+    steps_v = f.known(_input(n, 4)) if _input(n, 4) else None
+    if (_input(n, 3) and axes_v is None) or (_input(n, 4) and steps_v is None):
+        raise ModelError("no gradient rule for Slice with axes or steps computed at run time")
+    if steps_v is not None and any(int(v) != 1 for v in steps_v.reshape(-1)):
         raise ModelError("no gradient rule for Slice with steps other than 1")
-    before: list[str] = [b.ints([0])] * r
-    after: list[str] = [b.ints([0])] * r
-    for axis, start, end in zip(axes, starts, ends, strict=True):
-        length = f.dim(x, axis)
-        if length is not None:
-            s0 = min(max(start + length if start < 0 else start, 0), length)
-            e0 = min(max(end + length if end < 0 else end, s0), length)
-            before[axis], after[axis] = b.ints([s0]), b.ints([length - e0])
-            continue
-        dim = b.op("Slice", [b.shape(x), b.ints([axis]), b.ints([axis + 1])])
-        s = (b.op("Min", [b.ints([start]), dim]) if start >= 0 else
-             b.op("Max", [b.op("Add", [dim, b.ints([start])]), b.ints([0])]))
-        e = (b.op("Min", [b.ints([min(end, 2**62)]), dim]) if end >= 0 else
-             b.op("Max", [b.op("Add", [dim, b.ints([end])]), b.ints([0])]))
-        before[axis], after[axis] = s, b.op("Sub", [dim, b.op("Max", [e, s])])
-    pads = b.op("Concat", before + after, axis=0)
-    return [b.op("Pad", [g, pads])] + [None] * (len(n.input) - 1)
+    starts_v, ends_v = f.known(n.input[1]), f.known(n.input[2])
+    k = f.shapes[n.input[1]][0][0]
+    axes = [int(v) % r for v in axes_v.reshape(-1)] if axes_v is not None else list(range(k))
+    lengths = [f.dim(x, a) for a in axes]
+    rest = [None] * (len(n.input) - 1)
+    if starts_v is not None and ends_v is not None and all(v is not None for v in lengths):
+        widths = [0] * (2 * r)
+        for axis, start, end, length in zip(axes, starts_v.reshape(-1), ends_v.reshape(-1), lengths, strict=True):
+            assert length is not None
+            s0 = min(max(int(start) + length if start < 0 else int(start), 0), length)
+            e0 = min(max(int(end) + length if end < 0 else int(end), s0), length)
+            widths[axis], widths[r + axis] = s0, length - e0
+        return [b.op("Pad", [g, b.ints(widths)]), *rest]
+    dims = b.op("Gather", [b.shape(x), b.ints(axes)])
+    zero = b.ints([0] * len(axes))
+
+    def normalised(bound: str, low: str) -> str:
+        v = b.op("Cast", [bound], to=onnx.TensorProto.INT64)
+        v = b.op("Where", [b.op("Less", [v, zero]), b.op("Add", [v, dims]), v])
+        return b.op("Max", [b.op("Min", [v, dims]), low])
+
+    start = normalised(n.input[1], zero)
+    end = normalised(n.input[2], start)
+    pads = b.op("ScatterElements", [b.ints([0] * (2 * r)), b.ints(axes + [r + a for a in axes]),
+                                    b.op("Concat", [start, b.op("Sub", [dims, end])], axis=0)], axis=0)
+    return [b.op("Pad", [g, pads]), *rest]
 
 
 def _gather(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
