@@ -90,6 +90,17 @@ def test_broadcasting_operands_both_differentiated() -> None:
     ], {"one": np.array([[[1.0]]], np.float32), "bias": _w(D), "shape": _ints(1, 1, D), "axes1": _ints(1)}))
 
 
+def test_clip_and_l2_normalisation() -> None:
+    """Mean pooling with a clamped count and an L2-normalised sentence embedding, as
+    sentence-transformers exports it."""
+    check(model([
+        n("ReduceSum", ["inputs_embeds", "axes1"], "s", keepdims=0),
+        n("Clip", ["s", "lo", ""], "c"), n("Clip", ["s", "", "hi"], "c2"), n("Add", ["c", "c2"], "h"),
+        n("ReduceL2", ["h"], "norm", axes=[-1], keepdims=1), n("Div", ["h", "norm"], "u"),
+        n("MatMul", ["u", "w"], "y"),
+    ], {"axes1": _ints(1), "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32), "w": _w(D, 3)}))
+
+
 def test_layernorm_softmax_attention() -> None:
     check(model([
         n("LayerNormalization", ["inputs_embeds", "scale", "shift"], "ln", axis=-1, epsilon=1e-5),

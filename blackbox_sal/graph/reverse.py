@@ -21,7 +21,7 @@ Rules (g is the adjoint of the output y; unb() sums g back to an operand's shape
                          output_padding, cut to x's extent): no static length needed
     Reshape-likes        Reshape(g, Shape(x));  Transpose: inverse perm;  Concat: Split;
     Split: Concat;  Slice: Pad;  Gather (scalar or 1-D indices): one-hot;  Where, Expand,
-    ReduceSum/Mean/Max, Identity, Cast, Dropout
+    Clip, ReduceSum/Mean/Max/Min/L2, Identity, Cast, Dropout
 
 Anything else on the differentiated path raises ModelError naming the operator, and the
 caller falls back to finite differences.
@@ -701,6 +701,24 @@ def _where(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: 
     return out
 
 
+def _clip(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    """g where min <= x <= max (the bounds are optional inputs, or attributes before opset 11)."""
+    g, x = gy[0], n.input[0]
+    assert g is not None
+    if any(want[1:]):
+        raise ModelError("no gradient rule for Clip with differentiated bounds")
+    inside = None
+    for k, (op, attr) in enumerate((("GreaterOrEqual", "min"), ("LessOrEqual", "max")), start=1):
+        bound = _input(n, k) or None
+        if bound is None and _attr(n, attr) is not None:
+            bound = b.const(np.array(_attr(n, attr), f.dtypes[x]))
+        if bound is not None:
+            test = b.op(op, [x, bound])
+            inside = test if inside is None else b.op("And", [inside, test])
+    out = g if inside is None else b.op("Where", [inside, g, _zero(b, f, x)])
+    return [out] + [None] * (len(n.input) - 1)
+
+
 def _reduce_axes(b: Builder, f: Facts, n: onnx.NodeProto) -> tuple[list[int], bool]:
     x = n.input[0]
     r = f.rank(x)
@@ -734,6 +752,8 @@ def _reduce(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want:
         else:
             count = b.reduce("ReduceProd", b.op("Gather", [b.shape(x), b.ints(axes)]), [0], keepdims=False)
             g = b.op("Div", [g, b.op("Cast", [count], to=helper.np_dtype_to_tensor_dtype(f.dtypes[x]))])
+    if n.op_type == "ReduceL2":  # y = sqrt(sum x^2): dx = g x / y
+        return [b.op("Mul", [x, b.op("Div", [g, y])])] + [None] * (len(n.input) - 1)
     if n.op_type in ("ReduceMax", "ReduceMin"):  # the gradient goes to the extremal entries
         return [b.op("Where", [b.op("Equal", [x, y]), g, _zero(b, f, x)])] + [None] * (len(n.input) - 1)
     return [b.op("Expand", [g, b.shape(x)])] + [None] * (len(n.input) - 1)
@@ -748,5 +768,6 @@ RULES: dict[str, Rule] = {
     "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape,
     "Transpose": _transpose, "Expand": _expand, "Concat": _concat, "Split": _split, "Slice": _slice,
     "Gather": _gather, "Where": _where,
-    "ReduceSum": _reduce, "ReduceMean": _reduce, "ReduceMax": _reduce, "ReduceMin": _reduce,
+    "ReduceSum": _reduce, "ReduceMean": _reduce, "ReduceMax": _reduce, "ReduceMin": _reduce, "ReduceL2": _reduce,
+    "Clip": _clip,
 }
