@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="model output to explain (default: the first)")
     e.add_argument("--fd-step", type=float, default=defaults.fd_step, metavar="H",
                    help="finite-difference step relative to each token embedding's norm "
-                        "(default: %(default)s)")
+                        "(default: 0.01, or 0.3 for quantized models)")
     e.add_argument("--richardson", action="store_true",
                    help="Richardson extrapolation: 4 runs per derivative, O(h^4) error")
     e.add_argument("--samples", type=int, default=defaults.samples, metavar="N",

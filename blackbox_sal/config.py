@@ -28,7 +28,8 @@ class ExplainConfig:
         (l2 for saliency and smoothgrad, sum for grad-x-input and ig).
     words: also merge token scores to words.
     batch_size: rows per onnxruntime run (bounds memory).
-    fd_step: finite-difference step relative to each token embedding's norm.
+    fd_step: finite-difference step relative to each token embedding's norm; None = 1e-2, or
+        the wider quantized-model step for int8 models (see finite_differences).
     richardson: Richardson extrapolation (4 runs per derivative, O(h^4)).
     samples, noise, seed: SmoothGrad's sample count, noise std relative to each token's
         embedding RMS, and random seed.
@@ -45,7 +46,7 @@ class ExplainConfig:
     reduce: str | None = None
     words: bool = False
     batch_size: int = 64
-    fd_step: float = 1e-2
+    fd_step: float | None = None
     richardson: bool = False
     samples: int = 10
     noise: float = 0.1
@@ -75,7 +76,7 @@ class ExplainConfig:
                 raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.quadrature == "trapezoid" and self.steps < 2:
             raise UsageError("the trapezoid rule needs steps >= 2")
-        if not 0 < self.fd_step < 1:
+        if self.fd_step is not None and not 0 < self.fd_step < 1:
             raise UsageError(f"fd_step must be in (0, 1), got {self.fd_step!r}")
         if not self.noise >= 0:
             raise UsageError(f"noise must be >= 0, got {self.noise!r}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from blackbox_sal.baselines import make_baseline
 from blackbox_sal.config import ExplainConfig
-from blackbox_sal.gradients import GraphBackend, make_backend, step_scale
+from blackbox_sal.gradients import FiniteDifferences, GraphBackend, make_backend, step_scale
 from blackbox_sal.methods import METHODS, Problem
 from blackbox_sal.model.objective import SCORES, Objective, resolve_target
 from blackbox_sal.model.text_model import TextModel
@@ -55,7 +55,8 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
     if cfg.method == "smoothgrad":
         settings.update(samples=cfg.samples, noise=cfg.noise, seed=cfg.seed)
     if backend.name == "fd" and cfg.method in NEEDS_DERIVATIVES:
-        settings.update(fd_step=cfg.fd_step, richardson=cfg.richardson)
+        assert isinstance(backend, FiniteDifferences)
+        settings.update(fd_step=backend.rel_step, richardson=cfg.richardson)
     if isinstance(backend, GraphBackend):
         settings["gradient_passes"] = backend.gradient_passes
 

@@ -24,7 +24,7 @@ def run(f: Scalar, x: np.ndarray, base: np.ndarray | None = None,
     spec = np.zeros(len(x), bool) if special is None else special
     config = ExplainConfig(**cfg).validated()  # type: ignore[arg-type]
     scale = step_scale(x, 1.0)
-    fd = FiniteDifferences(f, scale, rel_step=config.fd_step, richardson=config.richardson)
+    fd = FiniteDifferences(f, scale, rel_step=config.fd_step or 1e-2, richardson=config.richardson)
     problem = Problem(fd, x, base, spec, float(f(x[None])[0]), scale, config)
     return METHODS[config.method](problem)
 

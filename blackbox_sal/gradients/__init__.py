@@ -2,12 +2,13 @@
 
 ``BACKENDS`` maps a name to a factory ``(f, scale, config) -> backend``:
 
-- ``fd``: vectorized central finite differences (any model, quantized ones too);
+- ``fd``: vectorized central finite differences (any model, quantized ones too, with a wider
+  step and a note);
 - ``graph``: an exported gradient graph (exact; one forward+backward run per point), built
   and verified once per model (:mod:`blackbox_sal.gradients.graph`); when none can be had,
   UnavailableError (exit 4) with the reason;
 - ``auto``: the graph when one can be built and verified, else finite differences, with a
-  note saying why.
+  note saying why (quantized models go straight to finite differences).
 
 A factory returns the backend and the notes the result should carry.
 """
@@ -21,7 +22,7 @@ import numpy as np
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.errors import SalError, UnavailableError, unknown_choice
 from blackbox_sal.gradients.backend import GradientBackend
-from blackbox_sal.gradients.finite_differences import FiniteDifferences, step_scale
+from blackbox_sal.gradients.finite_differences import DEFAULT_STEP, QUANTIZED_STEP, FiniteDifferences, step_scale
 from blackbox_sal.gradients.graph import GraphBackend, gradient_session
 from blackbox_sal.model.objective import Objective
 from blackbox_sal.progress import Progress
@@ -33,11 +34,20 @@ def _fd(f: Objective, scale: np.ndarray, config: ExplainConfig) -> Made:
     def progress(total: int, label: str) -> Progress:
         return Progress(total, label, enabled=config.progress)
 
-    return FiniteDifferences(f, scale, rel_step=config.fd_step, richardson=config.richardson,
-                             batch_size=config.batch_size, progress=progress), ()
+    step = config.fd_step or (QUANTIZED_STEP if f.model.quantized else DEFAULT_STEP)
+    notes: tuple[str, ...] = ()
+    if f.model.quantized:
+        notes = (f"the model is quantized ({', '.join(f.model.quantized)}): finite differences with steps of "
+                 f"{step:g} x each token's embedding norm, wide enough that int8 rounding does not flatten "
+                 f"the differences; read scores as approximate (agreement with the fp32 model: README)",)
+    return FiniteDifferences(f, scale, rel_step=step, richardson=config.richardson,
+                             batch_size=config.batch_size, progress=progress), notes
 
 
 def _graph(f: Objective, scale: np.ndarray, config: ExplainConfig) -> Made:
+    if f.model.quantized:
+        raise UnavailableError(f"--backend graph: the model is quantized ({', '.join(f.model.quantized)}); "
+                               "integer ops have no gradients: use --backend fd")
     try:
         session = gradient_session(f.model)
     except SalError as exc:
@@ -46,12 +56,14 @@ def _graph(f: Objective, scale: np.ndarray, config: ExplainConfig) -> Made:
 
 
 def _auto(f: Objective, scale: np.ndarray, config: ExplainConfig) -> Made:
+    if f.model.quantized:  # no graph to try: say so once, in the finite-difference note
+        return _fd(f, scale, config)
     try:
         return _graph(f, scale, config)
     except UnavailableError as exc:
-        backend, _ = _fd(f, scale, config)
+        backend, notes = _fd(f, scale, config)
         reason = str(exc).removeprefix("--backend graph: ")
-        return backend, (f"finite differences were used: {reason}",)
+        return backend, (f"finite differences were used: {reason}", *notes)
 
 
 BACKENDS: dict[str, Callable[[Objective, np.ndarray, ExplainConfig], Made]] = {

@@ -28,6 +28,12 @@ from blackbox_sal.progress import Progress
 
 log = logging.getLogger("blackbox_sal")
 
+#: default relative step for float models
+DEFAULT_STEP = 1e-2
+#: default relative step for quantized models: int8 rounding of the activations flattens
+#: differences below a few quantization levels (benchmarks/quantized_agreement.py)
+QUANTIZED_STEP = 0.3
+
 Scalar = Callable[[np.ndarray], np.ndarray]  # points [N, S, D] -> values [N]
 ProgressFactory = Callable[[int, str], Progress]
 
@@ -59,7 +65,7 @@ class FiniteDifferences:
 
     name = "fd"
 
-    def __init__(self, f: Scalar, scale: np.ndarray, *, rel_step: float = 1e-2,
+    def __init__(self, f: Scalar, scale: np.ndarray, *, rel_step: float = DEFAULT_STEP,
                  richardson: bool = False, batch_size: int = 64,
                  progress: ProgressFactory = Progress) -> None:
         self.f, self.scale = f, np.asarray(scale, dtype=np.float64)

@@ -76,6 +76,8 @@ class Lookup:
 
     removed: the nodes the split deletes (the Gather, and a DequantizeLinear after it);
     output: the name that carries the embeddings in the original graph.
+    requantize: (scale, zero point) when the graph consumes the 8-bit lookup itself: the body
+    then quantizes inputs_embeds with the table's own parameters (exact for table rows).
     """
 
     gather: onnx.NodeProto
@@ -84,6 +86,7 @@ class Lookup:
     removed: tuple[onnx.NodeProto, ...]
     output: str
     quantized: bool
+    requantize: tuple[str, str] | None = None
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -166,6 +169,17 @@ def find_lookup(graph: onnx.GraphProto, ids_name: str) -> Lookup:
                     candidates.append(Lookup(node, table, chain, (node, dq), dq.output[0], True))
                 else:
                     refused.append(f"{source!r} (8-bit, with a DequantizeLinear we cannot fold)")
+            elif proto.data_type in _INT8_TYPES:
+                # the 8-bit lookup feeds integer ops directly (quantize_dynamic fuses it into a
+                # MatMulInteger); its parameters follow onnxruntime's naming: X_quantized, X_scale, X_zero_point
+                base = source.removesuffix("_quantized")
+                scale, zero = f"{base}_scale", f"{base}_zero_point"
+                dq = helper.make_node("DequantizeLinear", [source, scale, zero], ["_"], axis=1)
+                table = _dequantize(dq, consts, array, 1) if scale in consts and zero in consts else None
+                if table is not None:
+                    candidates.append(Lookup(node, table, chain, (node,), node.output[0], True, (scale, zero)))
+                else:
+                    refused.append(f"{source!r} (8-bit, without a DequantizeLinear or {scale!r}/{zero!r})")
             else:
                 refused.append(f"{source!r} ({onnx.TensorProto.DataType.Name(proto.data_type)})")
         elif source in producer and producer[source].op_type == "DequantizeLinear":
@@ -210,16 +224,24 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
     del g.node[:]
     g.node.extend(kept)
     mirrored = [n for n in found.chain if n.op_type in MIRRORED]
+    # the name the float embeddings take in the body; an 8-bit lookup is re-quantized from it
+    floats = f"{emb_out}__float" if found.requantize else (emb_out if mirrored else EMBEDS)
     for node in g.node:
         for k, name in enumerate(node.input):
-            if name == emb_out and not mirrored:
+            if name == emb_out and not mirrored and not found.requantize:
                 node.input[k] = EMBEDS
         if emb_out in node_inputs(node) and emb_out not in node.input:
             raise ModelError("the embedding output is read inside a subgraph; cannot split this model")
-    if mirrored:
-        for k, node in enumerate(_mirror(mirrored, emb_out, table.shape[1], g)):
-            g.node.insert(at + k, node)
-    else:
+    new_nodes = _mirror(mirrored, floats, table.shape[1], g) if mirrored else []
+    if found.requantize:
+        source = floats if mirrored else EMBEDS
+        quantize = helper.make_node("QuantizeLinear", [source, *found.requantize], [emb_out])
+        if _per_column(g, found.requantize[0]):
+            quantize.attribute.append(helper.make_attribute("axis", -1))
+        new_nodes.append(quantize)
+    for k, node in enumerate(new_nodes):
+        g.node.insert(at + k, node)
+    if not new_nodes:
         for out in g.output:
             if out.name == emb_out:  # the embeddings are themselves an output: keep it an output
                 g.node.append(helper.make_node("Identity", [EMBEDS], [emb_out]))
@@ -240,6 +262,12 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
         raise ModelError(f"the split model does not pass onnx.checker: {exc}") from exc
     return EmbeddingSplit(table=table, body=body, needs_ids=needs_ids, lookup=found.gather.name,
                           quantized_table=found.quantized)
+
+
+def _per_column(g: onnx.GraphProto, name: str) -> bool:
+    """Whether quantization parameter ``name`` is per column (more than one value)."""
+    t = next((t for t in g.initializer if t.name == name), None)
+    return t is not None and int(np.prod(t.dims)) > 1
 
 
 def _mirror(ops: list[onnx.NodeProto], out: str, dim: int, g: onnx.GraphProto) -> list[onnx.NodeProto]:

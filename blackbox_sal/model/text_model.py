@@ -57,6 +57,8 @@ class TextModel:
     folder: Path | None = field(default=None, repr=False, compare=False)
     device_request: str = field(default="auto", repr=False, compare=False)
     threads: int = field(default=0, repr=False, compare=False)
+    #: what makes the model quantized (integer op types, an 8-bit embedding table); () if float
+    quantized: tuple[str, ...] = ()
     #: built lazily and kept with the model (the gradient-graph session), keyed by purpose
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -137,10 +139,12 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         if found.embeddings_path is None:
             raise ModelError(f"the model takes {EMBEDS!r} but there is no embeddings.npy beside it")
         table, body, origin, original = files.read_table(found.embeddings_path), proto, "given", None
+        quantized = quantized_ops(proto)
     else:
         split = split_embedding(proto, IDS)
         table, body, original = split.table, split.body, proto
         origin = f"split at {split.lookup}"
+        quantized = quantized_ops(proto) + (("8-bit embedding table",) if split.quantized_table else ())
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if vocab > table.shape[0]:
         raise ModelError(f"the tokenizer has {vocab} tokens but the embedding table only "
@@ -169,10 +173,24 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         labels=_labels(found.config), max_length=_max_length(found.config, proto),
         origin=origin, int_inputs=int_inputs, row_norm=mean_row_norm(table), body=body,
         config=found.config, folder=found.onnx_path.parent, device_request=device, threads=threads,
+        quantized=quantized,
     )
     if verify and original is not None:
         _check_split(model, original, device, threads)
     return model
+
+
+#: operators of quantized graphs (ONNX and onnxruntime's com.microsoft): no gradients through them
+QUANTIZED_OPS = frozenset({
+    "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "QuantizeLinear",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "QGemm", "QLinearAdd", "QLinearMul",
+    "QEmbedLayerNormalization", "DynamicQuantizeLSTM", "MatMulNBits", "QOrderedMatMul",
+})
+
+
+def quantized_ops(proto: onnx.ModelProto) -> tuple[str, ...]:
+    """The quantized operator types a graph uses, sorted (empty for a float model)."""
+    return tuple(sorted({n.op_type for n in proto.graph.node} & QUANTIZED_OPS))
 
 
 def _labels(config: dict[str, Any]) -> tuple[str, ...] | None:
