@@ -13,7 +13,7 @@ from blackbox_sal.gradients import FiniteDifferences, GraphBackend, make_backend
 from blackbox_sal.methods import METHODS, Problem
 from blackbox_sal.model.objective import SCORES, Objective, resolve_target
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import Explanation, Label, Prediction
+from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Label, Prediction
 from blackbox_sal.text.tokenization import tokenize
 from blackbox_sal.text.words import merge_words, token_spans
 
@@ -35,7 +35,8 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
     f = Objective(model, tokens.ids, tokens.type_ids, 0, cfg.score, cfg.batch_size)
     outputs = f.outputs(x[None])  # [1, C]: the prediction, and f(x) for any target
     predicted = int(np.argmax(outputs[0]))
-    target = resolve_target(cfg.target, model.labels, outputs.shape[1], predicted)
+    target = resolve_target(cfg.target, model.labels, outputs.shape[1], predicted,
+                            model.class_of if model.task == "next-token" else None)
     f = replace(f, target=target, n_classes=outputs.shape[1])  # shares the forward-pass counter
     target_value = float(SCORES[cfg.score](outputs)[0, target])
     baseline = make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x)
@@ -60,16 +61,17 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
     if isinstance(backend, GraphBackend):
         settings["gradient_passes"] = backend.gradient_passes
 
-    def label(i: int) -> str | None:
-        return model.labels[i] if model.labels and i < len(model.labels) else None
-
+    label = model.label
+    top = np.argsort(-outputs[0], kind="stable")[:TOP]
     return Explanation(
         text=text, model=model.name, method=cfg.method,
         backend=backend.name if cfg.method in NEEDS_DERIVATIVES else "none",
         reduce=result.reduce, target=Label(target, label(target)),
-        prediction=Prediction(predicted, label(predicted), tuple(float(v) for v in outputs[0])),
+        prediction=Prediction(predicted, label(predicted),
+                              tuple(float(v) for v in outputs[0]) if outputs.shape[1] <= MAX_SCORES else (),
+                              tuple(Label(int(i), label(int(i)), float(outputs[0, i])) for i in top)),
         target_value=target_value, tokens=token_spans(tokens, result.scores),
         words=merge_words(tokens, result.scores) if cfg.words else None,
         baseline_value=result.baseline_value, convergence_delta=result.delta,
-        settings=MappingProxyType(settings), notes=backend_notes + result.notes,
+        settings=MappingProxyType(settings), notes=backend_notes + result.notes, task=model.task,
     )

@@ -9,24 +9,32 @@ from typing import Any
 from blackbox_sal.text.words import Span
 
 #: bumped whenever the JSON rendering of an Explanation changes incompatibly
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: a prediction keeps every class's output up to this many classes
+MAX_SCORES = 1000
+#: and names its best TOP classes
+TOP = 5
 
 
 @dataclass(frozen=True)
 class Label:
-    """A class of the explained output: its index and name (None when the model has none)."""
+    """A class of the explained output: its index and name (None when the model has none),
+    and where it ranks a prediction, its output value."""
 
     index: int
     label: str | None
+    value: float | None = None
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's prediction: the arg-max class and the raw output values of every class."""
+    """The model's prediction: the arg-max class, the raw output values of every class (empty
+    beyond MAX_SCORES classes, e.g. a causal LM's vocabulary), and the TOP best classes."""
 
     index: int
     label: str | None
     scores: tuple[float, ...]
+    top: tuple[Label, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,3 +62,5 @@ class Explanation:
     convergence_delta: float | None
     settings: MappingProxyType[str, Any]
     notes: tuple[str, ...]
+    #: classification, or next-token (a causal LM explained at its last position)
+    task: str = "classification"

@@ -33,7 +33,7 @@ def test_default_model_explains_clear_reviews(text: str, label: str) -> None:
     doc = json.loads(r.stdout)
     assert doc["prediction"]["label"] == label and doc["target"]["label"] == label
     assert top3(doc) & SENTIMENT_WORDS, doc["tokens"]
-    assert doc["method"] == "ig" and doc["backend"] == "graph" and doc["schema_version"] == 1
+    assert doc["method"] == "ig" and doc["backend"] == "graph" and doc["schema_version"] == 2
     gap = doc["target_value"] - doc["baseline_value"]
     assert abs(doc["convergence_delta"]) < 0.01 * abs(gap)
     assert sum(t["score"] for t in doc["tokens"]) == pytest.approx(gap + doc["convergence_delta"], abs=1e-6)

@@ -25,7 +25,7 @@ def example(words: bool = False) -> Explanation:
 
 def test_json_schema_fields() -> None:
     doc = json.loads(render_json(example()))
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert {"model", "method", "backend", "target", "prediction", "target_value", "tokens",
             "baseline_value", "convergence_delta"} <= doc.keys()
     assert "words" not in doc

@@ -101,6 +101,14 @@ def test_clip_and_l2_normalisation() -> None:
     ], {"axes1": _ints(1), "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32), "w": _w(D, 3)}))
 
 
+@pytest.mark.parametrize("reverse,exclusive", [(0, 0), (1, 0), (0, 1)])
+def test_cumsum(reverse: int, exclusive: int) -> None:
+    check(model([
+        n("CumSum", ["inputs_embeds", "axis1"], "c", reverse=reverse, exclusive=exclusive), n("Tanh", ["c"], "t"),
+        n("MatMul", ["t", "w"], "m"), n("ReduceSum", ["m", "axis1v"], "y", keepdims=0),
+    ], {"axis1": np.array(1, np.int64), "axis1v": _ints(1), "w": _w(D, 3)}))
+
+
 def test_layernorm_softmax_attention() -> None:
     check(model([
         n("LayerNormalization", ["inputs_embeds", "scale", "shift"], "ln", axis=-1, epsilon=1e-5),

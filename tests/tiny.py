@@ -188,6 +188,32 @@ def unsupported_op(emb: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
     return _model(nodes, {"table": emb, "W": w, "axes": np.array([1], np.int64)}, [_ids_input()], w.shape[1])
 
 
+def causal_lm(emb: np.ndarray) -> onnx.ModelProto:
+    """A causal LM in miniature: h_s = tanh(E_1 + ... + E_s), logits [batch, seq, vocab] =
+    h @ table^T (the head tied to the embedding table)."""
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["E"]),
+        helper.make_node("CumSum", ["E", "axis1"], ["c"]),
+        helper.make_node("Tanh", ["c"], ["h"]),
+        helper.make_node("Transpose", ["table"], ["tt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "tt"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_lm", [_ids_input()],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", emb.shape[0]])],
+        [numpy_helper.from_array(emb, "table"), numpy_helper.from_array(np.array(1, np.int64), "axis1")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def causal_lm_grad(x: np.ndarray, emb: np.ndarray, token: int) -> np.ndarray:
+    """d logits[-1, token] / d x [S, D] of causal_lm: the same row for every position."""
+    h = np.tanh(x.astype(np.float64).sum(0))
+    return np.broadcast_to((1 - h**2) * emb[token], x.shape)
+
+
 def conv_tanh(emb: np.ndarray, w: np.ndarray, kernel: int = 5) -> onnx.ModelProto:
     """A smooth text CNN: Conv (stride 1, 'same' pads, dynamic length) -> tanh -> sum over
     time -> linear. No kinks, so finite differences can check its gradient tightly."""

@@ -21,7 +21,7 @@ Rules (g is the adjoint of the output y; unb() sums g back to an operand's shape
                          output_padding, cut to x's extent): no static length needed
     Reshape-likes        Reshape(g, Shape(x));  Transpose: inverse perm;  Concat: Split;
     Split: Concat;  Slice: Pad;  Gather (scalar or 1-D indices): one-hot;  Where, Expand,
-    Clip, ReduceSum/Mean/Max/Min/L2, Identity, Cast, Dropout
+    Clip, CumSum, ReduceSum/Mean/Max/Min/L2, Identity, Cast, Dropout
 
 Anything else on the differentiated path raises ModelError naming the operator, and the
 caller falls back to finite differences.
@@ -719,6 +719,15 @@ def _clip(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: l
     return [out] + [None] * (len(n.input) - 1)
 
 
+def _cumsum(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    """The adjoint of a running sum is the running sum in the other direction."""
+    g = gy[0]
+    assert g is not None
+    reverse = int(_attr(n, "reverse", 0))  # type: ignore[call-overload]
+    exclusive = int(_attr(n, "exclusive", 0))  # type: ignore[call-overload]
+    return [b.op("CumSum", [g, n.input[1]], reverse=1 - reverse, exclusive=exclusive), None]
+
+
 def _reduce_axes(b: Builder, f: Facts, n: onnx.NodeProto) -> tuple[list[int], bool]:
     x = n.input[0]
     r = f.rank(x)
@@ -769,5 +778,5 @@ RULES: dict[str, Rule] = {
     "Transpose": _transpose, "Expand": _expand, "Concat": _concat, "Split": _split, "Slice": _slice,
     "Gather": _gather, "Where": _where,
     "ReduceSum": _reduce, "ReduceMean": _reduce, "ReduceMax": _reduce, "ReduceMin": _reduce, "ReduceL2": _reduce,
-    "Clip": _clip,
+    "Clip": _clip, "CumSum": _cumsum,
 }

@@ -79,13 +79,20 @@ class Objective:
 
 
 def resolve_target(target: str | int | None, labels: tuple[str, ...] | None,
-                   n_classes: int, predicted: int) -> int:
-    """The output index to explain: a label name, an index (int or digits), or the prediction."""
+                   n_classes: int, predicted: int, lookup: Callable[[str], int | None] | None = None) -> int:
+    """The output index to explain: a label name, an index (int or digits), the prediction,
+    or (``lookup``, for a causal LM) a token of the vocabulary."""
     if target is None:
         return predicted
     names = list(labels or ())
     if isinstance(target, str) and target in names:
         return names.index(target)
+    if isinstance(target, str) and lookup is not None and not target.strip().lstrip("-").isdigit():
+        found = lookup(target)
+        if found is None:
+            raise UsageError(f"target {target!r} is not a single token of the vocabulary; "
+                             f"give one token, or its index")
+        return found
     text = str(target).strip()
     if text.lstrip("-").isdigit():
         index = int(text)

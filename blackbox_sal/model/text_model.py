@@ -8,7 +8,7 @@ float32, the embedding table [vocab, dim], the tokenizer and the labels. A model
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,10 @@ from blackbox_sal.graph.split import EMBEDS, split_embedding
 from blackbox_sal.model import files
 from blackbox_sal.model.session import create_session, run_batched
 
+#: the output a causal LM is explained through: its logits at the last position [batch, vocab]
+NEXT_TOKEN = "next_token_logits"
+#: tasks (what the explained output is): a class score, or the next token of a causal LM
+TASKS = ("classification", "next-token")
 IDS = "input_ids"
 MASK = "attention_mask"
 TYPES = "token_type_ids"
@@ -59,6 +63,9 @@ class TextModel:
     threads: int = field(default=0, repr=False, compare=False)
     #: what makes the model quantized (integer op types, an 8-bit embedding table); () if float
     quantized: tuple[str, ...] = ()
+    #: classification ([batch, classes] output), or next-token (a causal LM's [batch, seq,
+    #: vocab] logits, explained at the last position; classes are vocabulary tokens)
+    task: str = "classification"
     #: built lazily and kept with the model (the gradient-graph session), keyed by purpose
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -69,6 +76,30 @@ class TextModel:
     @property
     def device(self) -> str:
         return "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+
+    def label(self, index: int) -> str | None:
+        """The name of output class ``index``: a label, a vocabulary token, or None."""
+        if self.labels is not None:
+            return self.labels[index] if 0 <= index < len(self.labels) else None
+        if self.task == "next-token":
+            return self.tokenizer.decode([index], skip_special_tokens=False)
+        return None
+
+    def class_of(self, name: str) -> int | None:
+        """The class a name stands for: a label, or for a causal LM a single token (tried as
+        given and with a leading space, as byte-level tokenizers spell words after a space)."""
+        if self.labels is not None:
+            return self.labels.index(name) if name in self.labels else None
+        if self.task != "next-token":
+            return None
+        for text in (name, " " + name.lstrip()):
+            found = self.tokenizer.token_to_id(text)
+            if found is not None:
+                return int(found)
+            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+            if len(ids) == 1:
+                return int(ids[0])
+        return None
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
         """Look token ids [S] up in the table: float32 [S, D]."""
@@ -151,10 +182,11 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
                          f"{table.shape[0]} rows: they do not belong together")
 
     session = create_session(body.SerializeToString(), device, threads)
-    outputs = [o.name for o in session.get_outputs()]
-    chosen = output or outputs[0]
-    if chosen not in outputs:
-        raise ModelError(f"the model has no output {chosen!r} (outputs: {', '.join(outputs)})")
+    outputs = {o.name: o for o in session.get_outputs()}
+    source = output or next(iter(outputs))
+    if source not in outputs:
+        raise ModelError(f"the model has no output {source!r} (outputs: {', '.join(outputs)})")
+    task, chosen = "classification", source
     int_inputs: dict[str, Any] = {}
     for inp in session.get_inputs():
         if inp.name == EMBEDS:
@@ -173,11 +205,37 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         labels=_labels(found.config), max_length=_max_length(found.config, proto),
         origin=origin, int_inputs=int_inputs, row_norm=mean_row_norm(table), body=body,
         config=found.config, folder=found.onnx_path.parent, device_request=device, threads=threads,
-        quantized=quantized,
+        quantized=quantized, task=task,
     )
+    if len(outputs[source].shape or ()) == 3 and _per_position(model, source):  # a causal LM's logits
+        body = last_position(body, source)
+        model = replace(model, task="next-token", output=NEXT_TOKEN, body=body,
+                        session=create_session(body.SerializeToString(), device, threads))
     if verify and original is not None:
-        _check_split(model, original, device, threads)
+        _check_split(model, original, device, threads, source)
     return model
+
+
+def _per_position(model: TextModel, output: str) -> bool:
+    """Whether a rank-3 output is [batch, seq, vocab]: one row per input position."""
+    ids = np.array(model.tokenizer.encode(_PROBE_TEXT).ids, dtype=np.int64)[: model.max_length or None]
+    feeds = model.feeds(model.embed(ids)[None], ids, np.zeros_like(ids))
+    try:
+        shape = np.shape(model.session.run([output], feeds)[0])
+    except Exception as exc:  # onnxruntime's own error types
+        raise ModelError(f"the model fails on a probe sentence: {str(exc).splitlines()[0][:300]}") from exc
+    return len(shape) == 3 and shape[1] == len(ids) and shape[2] > 1
+
+
+def last_position(body: onnx.ModelProto, logits: str) -> onnx.ModelProto:
+    """``body`` with one more output, NEXT_TOKEN = logits[:, -1, :] (pure)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(body)
+    last = onnx.numpy_helper.from_array(np.array(-1, np.int64), f"{NEXT_TOKEN}__last")
+    out.graph.initializer.append(last)
+    out.graph.node.append(onnx.helper.make_node("Gather", [logits, last.name], [NEXT_TOKEN], axis=1))
+    out.graph.output.append(onnx.helper.make_tensor_value_info(NEXT_TOKEN, onnx.TensorProto.FLOAT, ["batch", None]))
+    return out
 
 
 #: operators of quantized graphs (ONNX and onnxruntime's com.microsoft): no gradients through them
@@ -218,7 +276,7 @@ def _max_length(config: dict[str, Any], proto: onnx.ModelProto) -> int | None:
     return None
 
 
-def _check_split(model: TextModel, original: onnx.ModelProto, device: str, threads: int) -> None:
+def _check_split(model: TextModel, original: onnx.ModelProto, device: str, threads: int, source: str) -> None:
     """body(table[ids]) must equal original(ids) on a real sentence; else refuse the split."""
     ids = np.array(model.tokenizer.encode(_PROBE_TEXT).ids, dtype=np.int64)
     if model.max_length:
@@ -234,7 +292,10 @@ def _check_split(model: TextModel, original: onnx.ModelProto, device: str, threa
         if row is None:
             raise ModelError(f"the original model needs an input {inp.name!r} that blackbox-sal cannot fill")
         feeds[inp.name] = row[None].astype(dtype)
-    want = np.asarray(session.run([model.output], feeds)[0], dtype=np.float64).reshape(got.shape)
+    want = np.asarray(session.run([source], feeds)[0], dtype=np.float64)
+    if model.task == "next-token":
+        want = want[:, -1]
+    want = want.reshape(got.shape)
     err = float(np.max(np.abs(got - want))) if want.size else 0.0
     if not err <= 1e-4 * (1.0 + float(np.max(np.abs(want)))):
         raise ModelError(f"the split model disagrees with the original (max difference {err:.3g}); "

@@ -1,7 +1,8 @@
 """JSON rendering of an Explanation; ``schema_version`` tells readers what to expect.
 
-Schema 1: schema_version, text, model, method, backend, reduce, target {index, label},
-prediction {index, label, scores}, target_value, tokens [{text, start, end, score, special}],
+Schema 2: schema_version, text, model, method, backend, reduce, task, target {index, label},
+prediction {index, label, scores (every class's output; empty beyond 1,000 classes), top
+[{index, label, value}] (the 5 best)}, target_value, tokens [{text, start, end, score, special}],
 words (with --words), baseline_value and convergence_delta (where a baseline applies),
 settings, notes. Non-finite numbers become null.
 """
@@ -34,9 +35,11 @@ def to_dict(e: Explanation) -> dict[str, Any]:
         "method": e.method,
         "backend": e.backend,
         "reduce": e.reduce,
+        "task": e.task,
         "target": {"index": e.target.index, "label": e.target.label},
         "prediction": {"index": e.prediction.index, "label": e.prediction.label,
-                       "scores": [_num(v) for v in e.prediction.scores]},
+                       "scores": [_num(v) for v in e.prediction.scores],
+                       "top": [{"index": t.index, "label": t.label, "value": _num(t.value)} for t in e.prediction.top]},
         "target_value": _num(e.target_value),
         "tokens": _spans(e.tokens),
     }

@@ -43,13 +43,20 @@ def render_terminal(e: Explanation, color: bool = False) -> str:
     """The explanation as terminal text; ANSI colours only when ``color``."""
     spans = e.words if e.words is not None else e.tokens
     peak = max((abs(s.score) for s in spans), default=0.0)
-    target = e.target.label if e.target.label is not None else f"class {e.target.index}"
-    pred = e.prediction.label if e.prediction.label is not None else f"class {e.prediction.index}"
+    def class_name(label: str | None, index: int) -> str:
+        if label is None:
+            return f"class {index}"
+        return repr(label) if e.task == "next-token" else label  # tokens: show their spaces
+
+    target, pred = class_name(e.target.label, e.target.index), class_name(e.prediction.label, e.prediction.index)
     reduce = f" ({e.reduce})" if e.reduce else ""
     lines = [
         f"model {e.model} | method {e.method}{reduce} | backend {e.backend}",
         f"prediction: {pred}   target: {target}   f(x) = {e.target_value:.4g} ({e.settings.get('score', 'logit')})",
     ]
+    if e.task == "next-token" and len(e.prediction.top) > 1:
+        lines.append("next-token candidates: " + ", ".join(
+            f"{class_name(t.label, t.index)} {t.value:.4g}" for t in e.prediction.top if t.value is not None))
     if e.baseline_value is not None:
         delta = f"   completeness delta = {_fmt(e.convergence_delta)}" if e.convergence_delta is not None else ""
         lines.append(f"baseline {e.settings.get('baseline', '')}: f(x') = {e.baseline_value:.4g}{delta}")

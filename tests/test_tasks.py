@@ -1,0 +1,56 @@
+"""Task families beyond classification: a causal LM's next token."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiny
+
+from blackbox_sal import ExplainConfig, explain, load_model, render_json, render_terminal
+from blackbox_sal.errors import UsageError
+from blackbox_sal.model.text_model import NEXT_TOKEN
+
+D = 6
+TABLE = tiny.table(D, seed=7)
+PROMPT = "the film was"
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.write_model_dir(tmp_path_factory.mktemp("lm"), tiny.causal_lm(TABLE))
+
+
+def closed_form(token: int) -> np.ndarray:
+    ids = tiny.tokenizer().encode(PROMPT).ids
+    x = TABLE[ids]
+    return (tiny.causal_lm_grad(x, TABLE, token) * x).sum(-1)
+
+
+def test_causal_lm_is_explained_at_its_last_position(lm_dir: Path) -> None:
+    model = load_model(lm_dir)  # the split (a table tied to the head) is checked at the last position
+    assert model.task == "next-token" and model.output == NEXT_TOKEN
+    ids = tiny.tokenizer().encode(PROMPT).ids
+    logits = np.tanh(TABLE[ids].astype(np.float64).sum(0)) @ TABLE.T
+    for backend in ("graph", "fd"):
+        e = explain(model, PROMPT, ExplainConfig(method="grad-x-input", backend=backend))
+        assert e.backend == backend and e.task == "next-token"
+        assert e.prediction.index == int(np.argmax(logits))
+        assert e.prediction.label == model.tokenizer.decode([e.prediction.index])
+        assert [t.index for t in e.prediction.top] == list(np.argsort(-logits)[:5])
+        np.testing.assert_allclose([t.score for t in e.tokens], closed_form(e.target.index), rtol=2e-3, atol=1e-4)
+
+
+def test_next_token_target_by_token(lm_dir: Path) -> None:
+    model = load_model(lm_dir)
+    e = explain(model, PROMPT, ExplainConfig(method="ig", target="good", steps=16))
+    assert e.target.index == tiny.VOCAB["good"] and e.target.label == "good"
+    assert abs(e.convergence_delta or 0) < 1e-3
+    doc = json.loads(render_json(e))
+    assert doc["task"] == "next-token" and doc["target"]["label"] == "good"
+    assert len(doc["prediction"]["top"]) == 5
+    assert "next-token candidates: " in render_terminal(e)
+    with pytest.raises(UsageError, match="not a single token"):
+        explain(model, PROMPT, ExplainConfig(target="good film"))
