@@ -280,3 +280,12 @@ def test_odd_output_names_and_a_second_output(tmp_path: Path) -> None:
     np.testing.assert_allclose([t.score for t in first.tokens], want, rtol=1e-4, atol=1e-5)
     second = explain(load_model(d, output="hidden:0"), TEXT, ExplainConfig(method="grad-x-input", target=0))
     assert second.target_value == pytest.approx(first.target_value ** 2, rel=1e-5)
+
+
+def test_unconverged_integrated_gradients_are_flagged(mlp_dir: Path) -> None:
+    model = load_model(mlp_dir)
+    coarse = explain(model, TEXT, ExplainConfig(method="ig", steps=1, quadrature="riemann-left"))
+    assert any(n.startswith("integrated gradients have not converged") for n in coarse.notes)
+    fine = explain(model, TEXT, ExplainConfig(method="ig", steps=32))
+    assert not any("not converged" in n for n in fine.notes)
+    assert abs(fine.convergence_delta or 0) < 0.05 * abs(fine.target_value - (fine.baseline_value or 0))

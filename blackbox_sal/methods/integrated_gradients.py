@@ -22,6 +22,10 @@ SAME_AS_BASELINE_NOTE = ("the input equals the baseline, so every attribution is
                          "another --baseline")
 
 
+#: a completeness delta above this share of f(x) - f(x') is reported as not converged
+UNCONVERGED = 0.05
+
+
 def integrated_gradients(problem: Problem) -> Attribution:
     cfg = problem.config
     reduce = cfg.reduce or "sum"
@@ -41,5 +45,10 @@ def integrated_gradients(problem: Problem) -> Attribution:
         scores = REDUCTIONS[reduce](per_dim)
     delta = float(total.sum() - (problem.target_value - baseline_value))
     same = float(np.linalg.norm(diff)) <= 1e-6 * max(float(np.linalg.norm(x)), 1e-30)
-    return Attribution(scores, reduce, baseline_value, delta,
-                       (SAME_AS_BASELINE_NOTE,) if same else ())
+    gap = problem.target_value - baseline_value
+    notes = (SAME_AS_BASELINE_NOTE,) if same else ()
+    if not same and abs(delta) > UNCONVERGED * max(abs(gap), 1e-6 * (1 + abs(problem.target_value))):
+        notes += (f"integrated gradients have not converged: the completeness delta ({delta:+.4g}) is "
+                  f"{abs(delta) / max(abs(gap), 1e-30):.0%} of f(x) - f(x') ({gap:+.4g}); the gradient changes "
+                  f"fast along the path: raise --steps, try another --baseline, or read grad-x-input",)
+    return Attribution(scores, reduce, baseline_value, delta, notes)

@@ -86,13 +86,14 @@ class TextModel:
         return None
 
     def class_of(self, name: str) -> int | None:
-        """The class a name stands for: a label, or for a causal LM a single token (tried as
-        given and with a leading space, as byte-level tokenizers spell words after a space)."""
+        """The class a name stands for: a label, or for a causal LM a single token. A word is
+        read as the next word, i.e. with a leading space where the vocabulary has that token
+        (byte-level tokenizers spell a word after a space with it), else as given."""
         if self.labels is not None:
             return self.labels.index(name) if name in self.labels else None
         if self.task != "next-token":
             return None
-        for text in (name, " " + name.lstrip()):
+        for text in ((" " + name, name) if not name.startswith(" ") else (name,)):
             found = self.tokenizer.token_to_id(text)
             if found is not None:
                 return int(found)
