@@ -46,7 +46,7 @@ def integrated_gradients(problem: Problem) -> Attribution:
     delta = float(total.sum() - (problem.target_value - baseline_value))
     same = float(np.linalg.norm(diff)) <= 1e-6 * max(float(np.linalg.norm(x)), 1e-30)
     gap = problem.target_value - baseline_value
-    notes = (SAME_AS_BASELINE_NOTE,) if same else ()
+    notes: tuple[str, ...] = (SAME_AS_BASELINE_NOTE,) if same else ()
     if not same and abs(delta) > UNCONVERGED * max(abs(gap), 1e-6 * (1 + abs(problem.target_value))):
         notes += (f"integrated gradients have not converged: the completeness delta ({delta:+.4g}) is "
                   f"{abs(delta) / max(abs(gap), 1e-30):.0%} of f(x) - f(x') ({gap:+.4g}); the gradient changes "
