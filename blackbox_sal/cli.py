@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from blackbox_sal import __version__
-from blackbox_sal.config import ExplainConfig
+from blackbox_sal.config import LONG, ExplainConfig
 from blackbox_sal.errors import SalError, UsageError
 from blackbox_sal.explain import explain
 from blackbox_sal.gradients import BACKENDS
@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--noise", type=float, default=defaults.noise, metavar="SIGMA",
                    help="SmoothGrad noise relative to the embeddings (default: %(default)s)")
     e.add_argument("--seed", type=int, default=defaults.seed, help="random seed (SmoothGrad)")
+    e.add_argument("--long", choices=LONG, default=defaults.long,
+                   help="a text over the model's token limit: error (exit 2), or window = explain "
+                        "overlapping windows and stitch them (classifiers; default: %(default)s)")
+    e.add_argument("--window-overlap", type=int, metavar="N",
+                   help="tokens consecutive windows share (default: a quarter of the limit)")
     e.add_argument("--no-verify", action="store_true",
                    help="skip checking the embedding split against the original model")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress or cost messages")
@@ -105,7 +110,7 @@ def _config(a: argparse.Namespace) -> ExplainConfig:
         method=a.method, backend=a.backend, target=a.target, score=a.score, steps=a.steps,
         quadrature=a.quadrature, baseline=a.baseline, reduce=a.reduce, words=a.words,
         batch_size=a.batch_size, fd_step=a.fd_step, richardson=a.richardson,
-        samples=a.samples, noise=a.noise, seed=a.seed,
+        samples=a.samples, noise=a.noise, seed=a.seed, long=a.long, window_overlap=a.window_overlap,
         progress=False if a.quiet else None,
     ).validated()
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from blackbox_sal.errors import UsageError, unknown_choice
 from blackbox_sal.text.tokenization import MAX_CHARS
 
+#: what to do with a text over the model's token limit
+LONG = ("error", "window")
+
 
 @dataclass(frozen=True)
 class ExplainConfig:
@@ -34,6 +37,9 @@ class ExplainConfig:
     samples, noise, seed: SmoothGrad's sample count, noise std relative to each token's
         embedding RMS, and random seed.
     max_chars: longest accepted text. progress: progress bars (None = when stderr is a TTY).
+    long: what to do with a text over the model's token limit: error (exit 2), or window
+        (explain overlapping windows and stitch them; classifiers only).
+    window_overlap: tokens two consecutive windows share (None = a quarter of the limit).
     """
 
     method: str = "ig"
@@ -52,6 +58,8 @@ class ExplainConfig:
     noise: float = 0.1
     seed: int = 0
     max_chars: int = MAX_CHARS
+    long: str = "error"
+    window_overlap: int | None = None
     progress: bool | None = None
 
     def validated(self) -> ExplainConfig:
@@ -78,6 +86,10 @@ class ExplainConfig:
             raise UsageError("the trapezoid rule needs steps >= 2")
         if self.fd_step is not None and not 0 < self.fd_step < 1:
             raise UsageError(f"fd_step must be in (0, 1), got {self.fd_step!r}")
+        if self.long not in LONG:
+            raise unknown_choice("long-text handling", self.long, LONG)
+        if self.window_overlap is not None and (not isinstance(self.window_overlap, int) or self.window_overlap < 0):
+            raise UsageError(f"window_overlap must be an integer >= 0, got {self.window_overlap!r}")
         if not self.noise >= 0:
             raise UsageError(f"noise must be >= 0, got {self.noise!r}")
         if not self.baseline or not self.baseline.strip():

@@ -1,4 +1,5 @@
-"""Explain one prediction: text -> tokens -> embeddings -> backend -> method -> Explanation."""
+"""Explain one prediction: text -> tokens -> embeddings -> backend -> method -> Explanation
+(long texts, optionally: windows -> one Explanation each -> stitched)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import numpy as np
 
 from blackbox_sal.baselines import make_baseline
 from blackbox_sal.config import ExplainConfig
+from blackbox_sal.errors import InputError, UsageError
 from blackbox_sal.gradients import FiniteDifferences, GraphBackend, make_backend, step_scale
 from blackbox_sal.methods import METHODS, Problem
 from blackbox_sal.model.objective import SCORES, Objective, resolve_target
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Label, Prediction
-from blackbox_sal.text.tokenization import tokenize
+from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Label, Prediction, Window
+from blackbox_sal.text.tokenization import Tokens, stitch, tokenize, tokenize_windows
 from blackbox_sal.text.words import merge_words, token_spans
 
 #: methods that replace tokens by a baseline
@@ -26,17 +28,33 @@ NEEDS_DERIVATIVES = frozenset({"saliency", "grad-x-input", "ig", "smoothgrad"})
 def explain(model: TextModel, text: str, config: ExplainConfig | None = None) -> Explanation:
     """Attribute the model's prediction on ``text`` to its tokens (see ExplainConfig).
 
+    A text over the model's token limit is refused, or with ``long="window"`` explained in
+    overlapping windows that are stitched back together (:func:`_windows`).
     Raises InputError / UsageError (exit 2) for bad text or settings, ModelError (exit 3)
     when the model cannot be used, UnavailableError (exit 4) for a missing backend.
     """
     cfg = (config or ExplainConfig()).validated()
-    tokens = tokenize(model.tokenizer, text, model.max_length, cfg.max_chars)
+    tokens = tokenize(model.tokenizer, text, None, cfg.max_chars)
+    if model.max_length is not None and len(tokens) > model.max_length:
+        if cfg.long != "window":
+            raise InputError(f"the text has {len(tokens)} tokens; the model takes at most {model.max_length} "
+                             f"(--long window explains it in overlapping windows)")
+        if model.task != "classification":
+            raise UsageError("--long window splits a text for a classifier; a causal LM predicts from the end "
+                             f"of its prompt: shorten the prompt to {model.max_length} tokens")
+        return _windows(model, text, cfg)
+    return _explain(model, tokens, cfg)
+
+
+def _explain(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target: int | None = None) -> Explanation:
+    text = tokens.text
     x = model.embed(tokens.ids)
     f = Objective(model, tokens.ids, tokens.type_ids, 0, cfg.score, cfg.batch_size)
     outputs = f.outputs(x[None])  # [1, C]: the prediction, and f(x) for any target
     predicted = int(np.argmax(outputs[0]))
-    target = resolve_target(cfg.target, model.labels, outputs.shape[1], predicted,
-                            model.class_of if model.task == "next-token" else None)
+    if target is None:
+        target = resolve_target(cfg.target, model.labels, outputs.shape[1], predicted,
+                                model.class_of if model.task == "next-token" else None)
     f = replace(f, target=target, n_classes=outputs.shape[1])  # shares the forward-pass counter
     target_value = float(SCORES[cfg.score](outputs)[0, target])
     baseline = make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x)
@@ -61,17 +79,59 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
     if isinstance(backend, GraphBackend):
         settings["gradient_passes"] = backend.gradient_passes
 
-    label = model.label
-    top = np.argsort(-outputs[0], kind="stable")[:TOP]
     return Explanation(
         text=text, model=model.name, method=cfg.method,
         backend=backend.name if cfg.method in NEEDS_DERIVATIVES else "none",
-        reduce=result.reduce, target=Label(target, label(target)),
-        prediction=Prediction(predicted, label(predicted),
-                              tuple(float(v) for v in outputs[0]) if outputs.shape[1] <= MAX_SCORES else (),
-                              tuple(Label(int(i), label(int(i)), float(outputs[0, i])) for i in top)),
+        reduce=result.reduce, target=Label(target, model.label(target)),
+        prediction=_prediction(model, outputs[0]),
         target_value=target_value, tokens=token_spans(tokens, result.scores),
         words=merge_words(tokens, result.scores) if cfg.words else None,
         baseline_value=result.baseline_value, convergence_delta=result.delta,
         settings=MappingProxyType(settings), notes=backend_notes + result.notes, task=model.task,
     )
+
+
+def _prediction(model: TextModel, outputs: np.ndarray) -> Prediction:
+    predicted = int(np.argmax(outputs))
+    top = np.argsort(-outputs, kind="stable")[:TOP]
+    return Prediction(predicted, model.label(predicted),
+                      tuple(float(v) for v in outputs) if outputs.shape[0] <= MAX_SCORES else (),
+                      tuple(Label(int(i), model.label(int(i)), float(outputs[i])) for i in top))
+
+
+def _windows(model: TextModel, text: str, cfg: ExplainConfig) -> Explanation:
+    """Explain a long text window by window (overlapping, each within the model's limit) and
+    stitch: the prediction is the mean of the windows' outputs, the target is resolved on it
+    and explained in every window, and a token's score is the mean over the windows that
+    hold it. Windows are explained one after the other, so memory stays bounded."""
+    assert model.max_length is not None
+    overlap = cfg.window_overlap if cfg.window_overlap is not None else model.max_length // 4
+    windows = tokenize_windows(model.tokenizer, text, model.max_length, overlap, cfg.max_chars)
+    outputs = np.mean([model.run(model.embed(w.ids)[None], w.ids, w.type_ids, 1)[0] for w in windows], axis=0)
+    prediction = _prediction(model, outputs)
+    target = resolve_target(cfg.target, model.labels, outputs.shape[0], prediction.index)
+    parts = [_explain(model, w, cfg, target) for w in windows]
+    total: dict[tuple[int, int], list[float]] = {}
+    for part in parts:
+        for span in part.tokens:
+            if not span.special:
+                total.setdefault((span.start, span.end), []).append(span.score)
+    stitched = stitch(windows)
+    scores = np.array([0.0 if s else float(np.mean(total[o])) for o, s in zip(stitched.offsets, stitched.special,
+                                                                              strict=True)])
+    notes: tuple[str, ...] = (
+        f"the text has {len(stitched)} tokens, more than the model's {model.max_length}: explained in "
+        f"{len(windows)} windows overlapping by {overlap} tokens; a token's score is the mean over the windows "
+        f"that hold it, the prediction the mean of their outputs",)
+    for part in parts:
+        notes += tuple(n for n in part.notes if n not in notes)
+    settings = dict(parts[0].settings)
+    settings.update(forward_passes=sum(int(p.settings["forward_passes"]) for p in parts) + len(windows),
+                    windows=len(windows), window_overlap=overlap)
+    return replace(
+        parts[0], text=text, prediction=prediction, target_value=float(np.mean([p.target_value for p in parts])),
+        tokens=token_spans(stitched, scores), words=merge_words(stitched, scores) if cfg.words else None,
+        baseline_value=None, convergence_delta=None, settings=MappingProxyType(settings), notes=notes,
+        windows=tuple(Window(w.offsets[int(np.flatnonzero(~w.special)[0])][0],
+                             w.offsets[int(np.flatnonzero(~w.special)[-1])][1], p.target_value,
+                             p.baseline_value, p.convergence_delta) for w, p in zip(windows, parts, strict=True)))

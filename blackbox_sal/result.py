@@ -38,6 +38,18 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class Window:
+    """One window of a long text explained in windows: its character span, f(x), and where a
+    baseline applies f(x') and the completeness delta within the window."""
+
+    start: int
+    end: int
+    target_value: float
+    baseline_value: float | None
+    convergence_delta: float | None
+
+
+@dataclass(frozen=True)
 class Explanation:
     """One explained prediction.
 
@@ -64,3 +76,5 @@ class Explanation:
     notes: tuple[str, ...]
     #: classification, or next-token (a causal LM explained at its last position)
     task: str = "classification"
+    #: for a long text explained in windows (``long="window"``): the windows, in order
+    windows: tuple[Window, ...] | None = None

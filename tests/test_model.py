@@ -289,3 +289,27 @@ def test_unconverged_integrated_gradients_are_flagged(mlp_dir: Path) -> None:
     fine = explain(model, TEXT, ExplainConfig(method="ig", steps=32))
     assert not any("not converged" in n for n in fine.notes)
     assert abs(fine.convergence_delta or 0) < 0.05 * abs(fine.target_value - (fine.baseline_value or 0))
+
+
+LONG_TEXT = " ".join(["the film was good and the plot great", "bad awful", "the film and the plot was great"] * 3)
+
+
+def test_long_text_is_refused_or_explained_in_windows(mlp_dir: Path) -> None:
+    model = load_model(mlp_dir)  # max_length 12, [CLS] ... [SEP]
+    with pytest.raises(InputError, match="takes at most 12.*--long window"):
+        explain(model, LONG_TEXT, ExplainConfig(method="grad-x-input"))
+    e = explain(model, LONG_TEXT, ExplainConfig(method="grad-x-input", long="window", window_overlap=3))
+    ids = np.array(tiny.tokenizer(with_cls=True).encode(LONG_TEXT).ids)
+    assert [t.text for t in e.tokens] == [tiny.tokenizer(with_cls=True).id_to_token(i) for i in ids]
+    assert e.windows is not None and len(e.windows) == int(np.ceil((len(ids) - 2 - 3) / (10 - 3)))
+    assert e.windows[0].start == 0 and e.windows[-1].end == len(LONG_TEXT)
+    # this model adds up per-token terms: a token's gradient does not depend on its window
+    x = TABLE[ids]
+    want = (tiny.tanh_mlp_grad(x, W1, B1, W2, e.target.index) * x).sum(-1)
+    want[0] = want[-1] = 0.0
+    np.testing.assert_allclose([t.score for t in e.tokens], want, rtol=2e-3, atol=2e-4)
+    assert e.notes[0].startswith(f"the text has {len(ids)} tokens, more than the model's 12: explained in "
+                                 f"{len(e.windows)} windows overlapping by 3 tokens")
+    assert e.settings["windows"] == len(e.windows)
+    with pytest.raises(InputError, match="cannot overlap by 10"):
+        explain(model, LONG_TEXT, ExplainConfig(long="window", window_overlap=10))

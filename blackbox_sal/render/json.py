@@ -4,7 +4,9 @@ Schema 2: schema_version, text, model, method, backend, reduce, task, target {in
 prediction {index, label, scores (every class's output; empty beyond 1,000 classes), top
 [{index, label, value}] (the 5 best)}, target_value, tokens [{text, start, end, score, special}],
 words (with --words), baseline_value and convergence_delta (where a baseline applies),
-settings, notes. Non-finite numbers become null.
+windows [{start, end, target_value, baseline_value, convergence_delta}] (a long text explained
+with --long window; the stitched result then has no single baseline or delta), settings, notes.
+Non-finite numbers become null.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def to_dict(e: Explanation) -> dict[str, Any]:
         out["baseline_value"] = _num(e.baseline_value)
     if e.convergence_delta is not None:
         out["convergence_delta"] = _num(e.convergence_delta)
+    if e.windows is not None:
+        out["windows"] = [{"start": w.start, "end": w.end, "target_value": _num(w.target_value),
+                           "baseline_value": _num(w.baseline_value), "convergence_delta": _num(w.convergence_delta)}
+                          for w in e.windows]
     out["settings"] = dict(e.settings)
     out["notes"] = list(e.notes)
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from blackbox_sal.errors import InputError
 
@@ -35,15 +35,62 @@ class Tokens:
         return len(self.strings)
 
 
-def tokenize(tokenizer: Tokenizer, text: str, max_length: int | None,
-             max_chars: int = MAX_CHARS) -> Tokens:
-    """Tokenize ``text`` with the model's special tokens; InputError (exit 2) when it is empty,
-    over ``max_chars`` characters, or over ``max_length`` tokens."""
+def _check_text(text: str, max_chars: int) -> None:
     if not text or not text.strip():
         raise InputError("the text is empty")
     if len(text) > max_chars:
         raise InputError(f"the text has {len(text):,} characters; at most {max_chars:,} are accepted")
-    enc = tokenizer.encode(text)
+
+
+def tokenize(tokenizer: Tokenizer, text: str, max_length: int | None,
+             max_chars: int = MAX_CHARS) -> Tokens:
+    """Tokenize ``text`` with the model's special tokens; InputError (exit 2) when it is empty,
+    over ``max_chars`` characters, or over ``max_length`` tokens."""
+    _check_text(text, max_chars)
+    return _tokens(text, tokenizer.encode(text), max_length)
+
+
+def tokenize_windows(tokenizer: Tokenizer, text: str, max_length: int, overlap: int,
+                     max_chars: int = MAX_CHARS) -> list[Tokens]:
+    """``text`` as consecutive windows of at most ``max_length`` tokens (special tokens
+    included, added to each window), each sharing ``overlap`` ordinary tokens with the next."""
+    _check_text(text, max_chars)
+    windowed = Tokenizer.from_str(tokenizer.to_str())  # truncation settings stay off the model's tokenizer
+    added = windowed.num_special_tokens_to_add(is_pair=False)
+    if max_length - added <= overlap:
+        raise InputError(f"a window of {max_length} tokens cannot overlap by {overlap}")
+    windowed.enable_truncation(max_length, stride=overlap)
+    first = windowed.encode(text)
+    return [_tokens(text, enc, None) for enc in [first, *first.overflowing]]
+
+
+def stitch(windows: list[Tokens]) -> Tokens:
+    """The tokens of the whole text from its windows: the first window's leading special
+    tokens, every ordinary token once (by character offsets, in text order), the last
+    window's trailing special tokens."""
+    rows: dict[tuple[int, int], int] = {}
+    picked: list[tuple[Tokens, int]] = []
+    first_ordinary = int(np.flatnonzero(~windows[0].special)[0])
+    picked += [(windows[0], k) for k in range(first_ordinary)]
+    for w in windows:
+        for k in np.flatnonzero(~w.special):
+            if w.offsets[k] not in rows:
+                rows[w.offsets[k]] = len(picked)
+                picked.append((w, int(k)))
+    last = windows[-1]
+    picked += [(last, k) for k in range(int(np.flatnonzero(~last.special)[-1]) + 1, len(last))]
+    return Tokens(
+        text=windows[0].text,
+        ids=np.array([w.ids[k] for w, k in picked], dtype=np.int64),
+        type_ids=np.array([w.type_ids[k] for w, k in picked], dtype=np.int64),
+        strings=tuple(w.strings[k] for w, k in picked),
+        offsets=tuple(w.offsets[k] for w, k in picked),
+        special=np.array([bool(w.special[k]) for w, k in picked]),
+        word_ids=tuple(w.word_ids[k] for w, k in picked),
+    )
+
+
+def _tokens(text: str, enc: Encoding, max_length: int | None) -> Tokens:
     n = len(enc.ids)
     special = np.array(enc.special_tokens_mask, dtype=bool)
     if n == 0 or special.all():
