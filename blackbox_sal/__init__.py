@@ -11,12 +11,18 @@ Attributions are taken with respect to the token embeddings, from an exported gr
 
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.errors import InputError, ModelError, SalError, UnavailableError, UsageError
-from blackbox_sal.explain import explain
+from blackbox_sal.explain import explain, explain_generation
 from blackbox_sal.gradients.graph import export_gradient
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.text_model import TextModel, load_model
-from blackbox_sal.render import render_html, render_json, render_terminal
-from blackbox_sal.result import Explanation, Label, Prediction
+from blackbox_sal.render import (
+    render_generation_json,
+    render_generation_terminal,
+    render_html,
+    render_json,
+    render_terminal,
+)
+from blackbox_sal.result import Explanation, Generation, Label, Prediction, Window
 from blackbox_sal.text.words import Span
 from blackbox_sal.torch_export import export_torch
 
@@ -25,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ExplainConfig",
     "Explanation",
+    "Generation",
     "InputError",
     "Label",
     "ModelError",
@@ -34,12 +41,16 @@ __all__ = [
     "TextModel",
     "UnavailableError",
     "UsageError",
+    "Window",
     "__version__",
     "default_model_path",
     "explain",
+    "explain_generation",
     "export_gradient",
     "export_torch",
     "load_model",
+    "render_generation_json",
+    "render_generation_terminal",
     "render_html",
     "render_json",
     "render_terminal",

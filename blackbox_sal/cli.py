@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from blackbox_sal import __version__
 from blackbox_sal.config import LONG, ExplainConfig
 from blackbox_sal.errors import SalError, UsageError
-from blackbox_sal.explain import explain
+from blackbox_sal.explain import explain, explain_generation
 from blackbox_sal.gradients import BACKENDS
 from blackbox_sal.gradients.graph import export_gradient
 from blackbox_sal.methods import METHODS
@@ -21,7 +21,13 @@ from blackbox_sal.model.objective import SCORES
 from blackbox_sal.model.session import DEVICES
 from blackbox_sal.model.text_model import load_model
 from blackbox_sal.reductions import REDUCTIONS
-from blackbox_sal.render import render_html, render_json, render_terminal
+from blackbox_sal.render import (
+    render_generation_json,
+    render_generation_terminal,
+    render_html,
+    render_json,
+    render_terminal,
+)
 from blackbox_sal.result import Explanation
 
 FORMATS = ("terminal", "json", "html")
@@ -80,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--noise", type=float, default=defaults.noise, metavar="SIGMA",
                    help="SmoothGrad noise relative to the embeddings (default: %(default)s)")
     e.add_argument("--seed", type=int, default=defaults.seed, help="random seed (SmoothGrad)")
+    e.add_argument("--generate", type=int, metavar="N",
+                   help="causal LMs: generate up to N tokens greedily and attribute each to the "
+                        "tokens before it (a matrix; terminal or json)")
     e.add_argument("--long", choices=LONG, default=defaults.long,
                    help="a text over the model's token limit: error (exit 2), or window = explain "
                         "overlapping windows and stitch them (classifiers; default: %(default)s)")
@@ -129,8 +138,13 @@ def _explain(a: argparse.Namespace) -> None:
     config = _config(a)  # validate names before loading anything
     model = load_model(a.model or default_model_path(), device=a.device,
                        output=a.model_output, verify=not a.no_verify)
-    result = explain(model, text, config)
-    out = _render(a.format, result, to_terminal=a.output is None)
+    if a.generate is not None:
+        if a.format == "html":
+            raise UsageError("--generate renders as terminal or json, not html")
+        generation = explain_generation(model, text, a.generate, config)
+        out = render_generation_json(generation) if a.format == "json" else render_generation_terminal(generation)
+    else:
+        out = _render(a.format, explain(model, text, config), to_terminal=a.output is None)
     if a.output is None:
         sys.stdout.write(out)
         return

@@ -15,7 +15,7 @@ from blackbox_sal.gradients import FiniteDifferences, GraphBackend, make_backend
 from blackbox_sal.methods import METHODS, Problem
 from blackbox_sal.model.objective import SCORES, Objective, resolve_target
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Label, Prediction, Window
+from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Generation, Label, Prediction, Window
 from blackbox_sal.text.tokenization import Tokens, stitch, tokenize, tokenize_windows
 from blackbox_sal.text.words import merge_words, token_spans
 
@@ -89,6 +89,45 @@ def _explain(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target: int |
         baseline_value=result.baseline_value, convergence_delta=result.delta,
         settings=MappingProxyType(settings), notes=backend_notes + result.notes, task=model.task,
     )
+
+
+def explain_generation(model: TextModel, prompt: str, max_new_tokens: int,
+                       config: ExplainConfig | None = None) -> Generation:
+    """Generate up to ``max_new_tokens`` tokens greedily after ``prompt`` (stopping at a special
+    token such as end-of-text) and explain each one: step k attributes token k to the prompt
+    and the k tokens before it. Causal LMs only (UsageError otherwise); ``config.target`` is
+    ignored (each step's target is the token generated)."""
+    cfg = (config or ExplainConfig()).validated()
+    if model.task != "next-token":
+        raise UsageError("generation needs a causal LM (an output of one row of logits per position)")
+    if max_new_tokens < 1:
+        raise UsageError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    tokens = tokenize(model.tokenizer, prompt, model.max_length, cfg.max_chars)
+    specials = {i for i, t in model.tokenizer.get_added_tokens_decoder().items() if t.special}
+    generated: list[Label] = []
+    steps: list[Explanation] = []
+    for _ in range(max_new_tokens):
+        if model.max_length is not None and len(tokens) >= model.max_length:
+            break
+        x = model.embed(tokens.ids)
+        logits = model.run(x[None], tokens.ids, tokens.type_ids, 1)[0]
+        chosen = int(np.argmax(logits))
+        if chosen in specials:
+            break
+        generated.append(Label(chosen, model.label(chosen), float(logits[chosen])))
+        steps.append(_explain(model, tokens, cfg, chosen))
+        tokens = _append(tokens, chosen, model.label(chosen) or "")
+    return Generation(prompt=prompt, text=tokens.text, generated=tuple(generated), steps=tuple(steps))
+
+
+def _append(tokens: Tokens, token: int, piece: str) -> Tokens:
+    """``tokens`` with one generated token after the last, its text appended to the text."""
+    start = len(tokens.text)
+    words = [w for w in tokens.word_ids if w is not None]
+    return Tokens(
+        text=tokens.text + piece, ids=np.append(tokens.ids, token), type_ids=np.append(tokens.type_ids, 0),
+        strings=(*tokens.strings, piece), offsets=(*tokens.offsets, (start, start + len(piece))),
+        special=np.append(tokens.special, False), word_ids=(*tokens.word_ids, (max(words) + 1) if words else 0))
 
 
 def _prediction(model: TextModel, outputs: np.ndarray) -> Prediction:

@@ -78,3 +78,18 @@ class Explanation:
     task: str = "classification"
     #: for a long text explained in windows (``long="window"``): the windows, in order
     windows: tuple[Window, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A continuation generated greedily by a causal LM and attributed step by step.
+
+    prompt: the text given; text: prompt plus the continuation; generated: the tokens chosen
+    (index, token, logit); steps: one Explanation per generated token, over everything before
+    it (the prompt and the tokens generated so far), its target that token.
+    """
+
+    prompt: str
+    text: str
+    generated: tuple[Label, ...]
+    steps: tuple[Explanation, ...]

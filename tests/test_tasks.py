@@ -54,3 +54,29 @@ def test_next_token_target_by_token(lm_dir: Path) -> None:
     assert "next-token candidates: " in render_terminal(e)
     with pytest.raises(UsageError, match="not a single token"):
         explain(model, PROMPT, ExplainConfig(target="good film"))
+
+
+def test_generation_is_attributed_step_by_step(lm_dir: Path) -> None:
+    from blackbox_sal import explain_generation, render_generation_json, render_generation_terminal
+
+    model = load_model(lm_dir)
+    g = explain_generation(model, PROMPT, 3, ExplainConfig(method="grad-x-input", backend="graph"))
+    assert len(g.generated) == len(g.steps) == 3 and g.text.startswith(PROMPT)
+    vocab = {i: w for w, i in tiny.VOCAB.items()}
+    ids = list(tiny.tokenizer().encode(PROMPT).ids)
+    for k, (token, step) in enumerate(zip(g.generated, g.steps, strict=True)):
+        logits = np.tanh(TABLE[ids].astype(np.float64).sum(0)) @ TABLE.T
+        assert token.index == int(np.argmax(logits)) and token.label == vocab[token.index]
+        assert len(step.tokens) == len(ids) and step.target.index == token.index
+        x = TABLE[ids]
+        np.testing.assert_allclose([t.score for t in step.tokens],
+                                   (tiny.causal_lm_grad(x, TABLE, token.index) * x).sum(-1), rtol=1e-4, atol=1e-5)
+        ids.append(token.index)
+        assert k < 3
+    doc = json.loads(render_generation_json(g))
+    assert [s["target"]["index"] for s in doc["generation"]["steps"]] == [t.index for t in g.generated]
+    matrix = render_generation_terminal(g)
+    assert matrix.count("\n") >= len(ids) + 4
+    with pytest.raises(UsageError, match="causal LM"):
+        explain_generation(load_model(tiny.write_model_dir(lm_dir.parent / "clf", tiny.tanh_mlp(
+            TABLE, *tiny.mlp_weights(D, 4, 2, seed=1)))), PROMPT, 2)

@@ -1,12 +1,13 @@
-"""Renderers: pure functions Explanation -> str. ``RENDERERS`` maps a format to one."""
+"""Renderers: pure functions Explanation -> str. ``RENDERERS`` maps a format to one.
+A Generation (a continuation attributed step by step) renders as a terminal matrix or JSON."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from blackbox_sal.render.html import render_html
-from blackbox_sal.render.json import render_json, to_dict
-from blackbox_sal.render.terminal import render_terminal
+from blackbox_sal.render.json import render_generation_json, render_json, to_dict
+from blackbox_sal.render.terminal import render_generation_terminal, render_terminal
 from blackbox_sal.result import Explanation
 
 RENDERERS: dict[str, Callable[[Explanation], str]] = {
@@ -15,4 +16,5 @@ RENDERERS: dict[str, Callable[[Explanation], str]] = {
     "html": render_html,
 }
 
-__all__ = ["RENDERERS", "render_html", "render_json", "render_terminal", "to_dict"]
+__all__ = ["RENDERERS", "render_generation_json", "render_generation_terminal", "render_html", "render_json",
+           "render_terminal", "to_dict"]

@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any
 
-from blackbox_sal.result import SCHEMA_VERSION, Explanation
+from blackbox_sal.result import SCHEMA_VERSION, Explanation, Generation
 from blackbox_sal.text.words import Span
 
 
@@ -62,3 +62,13 @@ def to_dict(e: Explanation) -> dict[str, Any]:
 
 def render_json(e: Explanation) -> str:
     return json.dumps(to_dict(e), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def render_generation_json(g: Generation) -> str:
+    """{"schema_version", "generation": {"prompt", "text", "generated": [{index, label, value}],
+    "steps": [one explanation object per generated token]}}."""
+    doc = {"schema_version": SCHEMA_VERSION, "generation": {
+        "prompt": g.prompt, "text": g.text,
+        "generated": [{"index": t.index, "label": t.label, "value": _num(t.value)} for t in g.generated],
+        "steps": [to_dict(step) for step in g.steps]}}
+    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

@@ -7,7 +7,7 @@ as plain text. Pure: the caller decides ``color``.
 
 from __future__ import annotations
 
-from blackbox_sal.result import Explanation
+from blackbox_sal.result import Explanation, Generation
 from blackbox_sal.text.words import Span
 
 _RESET = "\033[0m"
@@ -76,4 +76,31 @@ def render_terminal(e: Explanation, color: bool = False) -> str:
         lines.append(f"  {name}  {s.score:+10.4f}  {bar}")
     for note in e.notes:
         lines.append(f"note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def render_generation_terminal(g: Generation) -> str:
+    """A generated continuation as a matrix: one row per input token, one column per generated
+    token (its attribution to that row's token; blank where the token came later)."""
+    if not g.steps:
+        return f"generation: nothing generated after {g.prompt!r} (the model ended it at once)\n"
+    first = g.steps[0]
+    reduce = f" ({first.reduce})" if first.reduce else ""
+    last = g.steps[-1].tokens
+    width = min(max((len(s.text) for s in last), default=5), 16)
+    cols = [repr(t.label or "")[:10] for t in g.generated]
+    colw = max(8, *(len(c) for c in cols))
+    lines = [f"model {first.model} | method {first.method}{reduce} | backend {first.backend} | generation",
+             f"prompt: {g.prompt!r}", f"continuation: {g.text[len(g.prompt):]!r}", "",
+             " " * (width + 2) + "".join(c.rjust(colw + 1) for c in cols)]
+    for row, span in enumerate(last):
+        cells = []
+        for step in g.steps:
+            cells.append(f"{step.tokens[row].score:+.3f}".rjust(colw + 1) if row < len(step.tokens) else
+                         " " * (colw + 1))
+        text = span.text.replace("\n", "\\n").replace("\t", "\\t")
+        name = text if len(text) <= width else text[: width - 1] + "~"
+        lines.append(f"  {name.ljust(width)}" + "".join(cells))
+    notes = [n for step in g.steps for n in step.notes]
+    lines += [f"note: {n}" for n in dict.fromkeys(notes)]
     return "\n".join(lines) + "\n"
