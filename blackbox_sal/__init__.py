@@ -11,7 +11,7 @@ Attributions are taken with respect to the token embeddings, from an exported gr
 
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.errors import InputError, ModelError, SalError, UnavailableError, UsageError
-from blackbox_sal.explain import explain, explain_generation
+from blackbox_sal.explain import explain, explain_generation, explain_similarity
 from blackbox_sal.gradients.graph import export_gradient
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.text_model import TextModel, load_model
@@ -20,9 +20,11 @@ from blackbox_sal.render import (
     render_generation_terminal,
     render_html,
     render_json,
+    render_similarity_json,
+    render_similarity_terminal,
     render_terminal,
 )
-from blackbox_sal.result import Explanation, Generation, Label, Prediction, Window
+from blackbox_sal.result import Explanation, Generation, Label, Prediction, Similarity, Window
 from blackbox_sal.text.words import Span
 from blackbox_sal.torch_export import export_torch
 
@@ -37,6 +39,7 @@ __all__ = [
     "ModelError",
     "Prediction",
     "SalError",
+    "Similarity",
     "Span",
     "TextModel",
     "UnavailableError",
@@ -46,6 +49,7 @@ __all__ = [
     "default_model_path",
     "explain",
     "explain_generation",
+    "explain_similarity",
     "export_gradient",
     "export_torch",
     "load_model",
@@ -53,5 +57,7 @@ __all__ = [
     "render_generation_terminal",
     "render_html",
     "render_json",
+    "render_similarity_json",
+    "render_similarity_terminal",
     "render_terminal",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from blackbox_sal import __version__
 from blackbox_sal.config import LONG, ExplainConfig
 from blackbox_sal.errors import SalError, UsageError
-from blackbox_sal.explain import explain, explain_generation
+from blackbox_sal.explain import explain, explain_generation, explain_similarity
 from blackbox_sal.gradients import BACKENDS
 from blackbox_sal.gradients.graph import export_gradient
 from blackbox_sal.methods import METHODS
@@ -26,6 +26,8 @@ from blackbox_sal.render import (
     render_generation_terminal,
     render_html,
     render_json,
+    render_similarity_json,
+    render_similarity_terminal,
     render_terminal,
 )
 from blackbox_sal.result import Explanation
@@ -89,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--generate", type=int, metavar="N",
                    help="causal LMs: generate up to N tokens greedily and attribute each to the "
                         "tokens before it (a matrix; terminal or json)")
+    e.add_argument("--similar-to", metavar="TEXT",
+                   help="sentence encoders: explain the cosine similarity of TEXT's and this "
+                        "text's embeddings, over the tokens of both (terminal or json)")
     e.add_argument("--long", choices=LONG, default=defaults.long,
                    help="a text over the model's token limit: error (exit 2), or window = explain "
                         "overlapping windows and stitch them (classifiers; default: %(default)s)")
@@ -138,7 +143,16 @@ def _explain(a: argparse.Namespace) -> None:
     config = _config(a)  # validate names before loading anything
     model = load_model(a.model or default_model_path(), device=a.device,
                        output=a.model_output, verify=not a.no_verify)
-    if a.generate is not None:
+    if a.generate is not None and a.similar_to is not None:
+        raise UsageError("--generate and --similar-to are different tasks: give one")
+    if a.similar_to is not None:
+        if a.format == "html":
+            raise UsageError("--similar-to renders as terminal or json, not html")
+        similarity = explain_similarity(model, text, a.similar_to, config)
+        color = a.output is None and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        out = (render_similarity_json(similarity) if a.format == "json" else
+               render_similarity_terminal(similarity, color))
+    elif a.generate is not None:
         if a.format == "html":
             raise UsageError("--generate renders as terminal or json, not html")
         generation = explain_generation(model, text, a.generate, config)

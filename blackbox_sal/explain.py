@@ -13,9 +13,9 @@ from blackbox_sal.config import ExplainConfig
 from blackbox_sal.errors import InputError, UsageError
 from blackbox_sal.gradients import FiniteDifferences, GraphBackend, make_backend, step_scale
 from blackbox_sal.methods import METHODS, Problem
-from blackbox_sal.model.objective import SCORES, Objective, resolve_target
+from blackbox_sal.model.objective import SCORES, Objective, cosine, resolve_target
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Generation, Label, Prediction, Window
+from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Generation, Label, Prediction, Similarity, Window
 from blackbox_sal.text.tokenization import Tokens, stitch, tokenize, tokenize_windows
 from blackbox_sal.text.words import merge_words, token_spans
 
@@ -46,17 +46,21 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
     return _explain(model, tokens, cfg)
 
 
-def _explain(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target: int | None = None) -> Explanation:
+def _explain(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target: int | None = None,
+             reference: np.ndarray | None = None) -> Explanation:
     text = tokens.text
     x = model.embed(tokens.ids)
-    f = Objective(model, tokens.ids, tokens.type_ids, 0, cfg.score, cfg.batch_size)
+    f = Objective(model, tokens.ids, tokens.type_ids, 0, cfg.score, cfg.batch_size, reference=reference)
     outputs = f.outputs(x[None])  # [1, C]: the prediction, and f(x) for any target
     predicted = int(np.argmax(outputs[0]))
-    if target is None:
+    if reference is not None:
+        target = 0
+    elif target is None:
         target = resolve_target(cfg.target, model.labels, outputs.shape[1], predicted,
                                 model.class_of if model.task == "next-token" else None)
     f = replace(f, target=target, n_classes=outputs.shape[1])  # shares the forward-pass counter
-    target_value = float(SCORES[cfg.score](outputs)[0, target])
+    target_value = (float(cosine(outputs, reference)[0]) if reference is not None else
+                    float(SCORES[cfg.score](outputs)[0, target]))
     baseline = make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x)
     scale = step_scale(x, model.row_norm)
     # occlusion needs values only: finite differences' plain forward passes are all it uses
@@ -79,15 +83,19 @@ def _explain(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target: int |
     if isinstance(backend, GraphBackend):
         settings["gradient_passes"] = backend.gradient_passes
 
+    if reference is not None:
+        settings["score"] = "cosine"
     return Explanation(
         text=text, model=model.name, method=cfg.method,
         backend=backend.name if cfg.method in NEEDS_DERIVATIVES else "none",
-        reduce=result.reduce, target=Label(target, model.label(target)),
-        prediction=_prediction(model, outputs[0]),
+        reduce=result.reduce,
+        target=Label(target, "cosine") if reference is not None else Label(target, model.label(target)),
+        prediction=Prediction(0, "cosine", (), ()) if reference is not None else _prediction(model, outputs[0]),
         target_value=target_value, tokens=token_spans(tokens, result.scores),
         words=merge_words(tokens, result.scores) if cfg.words else None,
         baseline_value=result.baseline_value, convergence_delta=result.delta,
-        settings=MappingProxyType(settings), notes=backend_notes + result.notes, task=model.task,
+        settings=MappingProxyType(settings), notes=backend_notes + result.notes,
+        task="similarity" if reference is not None else model.task,
     )
 
 
@@ -128,6 +136,23 @@ def _append(tokens: Tokens, token: int, piece: str) -> Tokens:
         text=tokens.text + piece, ids=np.append(tokens.ids, token), type_ids=np.append(tokens.type_ids, 0),
         strings=(*tokens.strings, piece), offsets=(*tokens.offsets, (start, start + len(piece))),
         special=np.append(tokens.special, False), word_ids=(*tokens.word_ids, (max(words) + 1) if words else 0))
+
+
+def explain_similarity(model: TextModel, text: str, reference: str,
+                       config: ExplainConfig | None = None) -> Similarity:
+    """Attribute the cosine similarity of two texts' embeddings (a sentence encoder's output,
+    [batch, dim]) to the tokens of both: each text is explained with the other's embedding
+    held fixed (the texts are encoded separately, so these are the two halves of the
+    gradient). ``config.target`` and ``config.score`` are not used."""
+    cfg = (config or ExplainConfig()).validated()
+    if model.task != "classification":
+        raise UsageError("similarity needs a model whose output is one embedding per text ([batch, dim])")
+    pair = [tokenize(model.tokenizer, t, model.max_length, cfg.max_chars) for t in (text, reference)]
+    vectors = [model.run(model.embed(t.ids)[None], t.ids, t.type_ids, 1)[0] for t in pair]
+    if vectors[0].shape[0] < 2:
+        raise UsageError(f"output {model.output!r} has one value per text; similarity needs an embedding")
+    sides = (_explain(model, pair[0], cfg, reference=vectors[1]), _explain(model, pair[1], cfg, reference=vectors[0]))
+    return Similarity(cosine=float(cosine(vectors[0][None], vectors[1])[0]), texts=sides)
 
 
 def _prediction(model: TextModel, outputs: np.ndarray) -> Prediction:

@@ -74,7 +74,8 @@ class Explanation:
     convergence_delta: float | None
     settings: MappingProxyType[str, Any]
     notes: tuple[str, ...]
-    #: classification, or next-token (a causal LM explained at its last position)
+    #: classification, next-token (a causal LM explained at its last position), or similarity
+    #: (the cosine of the output to a reference text's output)
     task: str = "classification"
     #: for a long text explained in windows (``long="window"``): the windows, in order
     windows: tuple[Window, ...] | None = None
@@ -93,3 +94,13 @@ class Generation:
     text: str
     generated: tuple[Label, ...]
     steps: tuple[Explanation, ...]
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """The cosine similarity of two texts' embeddings, attributed to both: ``texts[0]`` is the
+    first text explained with the second's embedding fixed, ``texts[1]`` the other way round
+    (each an Explanation whose target value is the cosine)."""
+
+    cosine: float
+    texts: tuple[Explanation, Explanation]

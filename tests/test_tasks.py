@@ -80,3 +80,35 @@ def test_generation_is_attributed_step_by_step(lm_dir: Path) -> None:
     with pytest.raises(UsageError, match="causal LM"):
         explain_generation(load_model(tiny.write_model_dir(lm_dir.parent / "clf", tiny.tanh_mlp(
             TABLE, *tiny.mlp_weights(D, 4, 2, seed=1)))), PROMPT, 2)
+
+
+def test_similarity_is_attributed_to_both_texts(tmp_path: Path) -> None:
+    """An encoder (tanh MLP, mean over tokens -> [batch, 4]): the cosine of two texts'
+    embeddings, each text explained with the other's embedding fixed."""
+    from blackbox_sal import explain_similarity, render_similarity_json, render_similarity_terminal
+
+    w1, b1, w2 = tiny.mlp_weights(D, 5, 4, seed=2)
+    model = load_model(tiny.write_model_dir(tmp_path / "enc", tiny.tanh_mlp(TABLE, w1, b1, w2)))
+    a, b = "the film was good", "great plot and awful film"
+    sim = explain_similarity(model, a, b, ExplainConfig(method="ig", steps=24))
+
+    def embed(text: str) -> np.ndarray:
+        x = TABLE[tiny.tokenizer().encode(text).ids].astype(np.float64)
+        return np.tanh(x @ w1 + b1).sum(0) @ w2
+
+    ea, eb = embed(a), embed(b)
+    want = ea @ eb / np.linalg.norm(ea) / np.linalg.norm(eb)
+    assert sim.cosine == pytest.approx(want, rel=1e-5)
+    for side in sim.texts:
+        assert side.task == "similarity" and side.target_value == pytest.approx(want, rel=1e-5)
+        assert side.backend == "graph"
+        assert abs(side.convergence_delta or 0) < 1e-3  # sum of scores = cos(x, r) - cos(x', r)
+    fd = explain_similarity(model, a, b, ExplainConfig(method="grad-x-input", backend="fd", richardson=True))
+    graph = explain_similarity(model, a, b, ExplainConfig(method="grad-x-input", backend="graph"))
+    for f_side, g_side in zip(fd.texts, graph.texts, strict=True):
+        np.testing.assert_allclose([t.score for t in g_side.tokens], [t.score for t in f_side.tokens],
+                                   rtol=1e-3, atol=1e-5)
+    doc = json.loads(render_similarity_json(sim))
+    assert doc["similarity"]["cosine"] == pytest.approx(want, rel=1e-5)
+    assert [t["text"] for t in doc["similarity"]["texts"]] == [a, b]
+    assert "cosine similarity of the two texts' embeddings" in render_similarity_terminal(sim)

@@ -33,7 +33,7 @@ import onnxruntime as ort
 from blackbox_sal.errors import ModelError, UsageError
 from blackbox_sal.graph.gradient import BUILDER_VERSION, GRAD, WEIGHTS, build_gradient
 from blackbox_sal.model import files
-from blackbox_sal.model.objective import SCORE_SEEDS, Objective
+from blackbox_sal.model.objective import Objective
 from blackbox_sal.model.session import batches, create_session
 from blackbox_sal.model.text_model import TextModel
 
@@ -250,11 +250,9 @@ class GraphBackend:
         f = self.f
         for rows in batches(len(points), self.batch_size):
             chunk = points[rows]
-            if f.score == "logit":  # the seed is the one-hot target: no forward pass needed
-                outputs = np.zeros((len(chunk), f.n_classes))
-            else:
-                outputs = f.outputs(chunk)
-            weights = SCORE_SEEDS[f.score](outputs, f.target)
+            # a logit's seed is the one-hot target: no forward pass needed
+            outputs = f.outputs(chunk) if f.seed_reads_outputs else np.zeros((len(chunk), f.n_classes))
+            weights = f.seed(outputs)
             self.gradient_passes += len(chunk)
             yield rows, run_gradient(f.model, self.session, chunk, f.ids, f.type_ids, weights)
 

@@ -50,9 +50,23 @@ SCORE_SEEDS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
 }
 
 
+def cosine(z: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of z [N, C] with reference [C]: [N]."""
+    norms = np.linalg.norm(z, axis=1) * np.linalg.norm(reference)
+    return (z @ reference) / np.maximum(norms, 1e-30)
+
+
+def cosine_seed(z: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """d cosine(z, r) / d z = r / (|z| |r|) - cosine * z / |z|^2, per row: [N, C]."""
+    nz = np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-30)
+    nr = max(float(np.linalg.norm(reference)), 1e-30)
+    return reference[None] / (nz * nr) - cosine(z, reference)[:, None] * z / nz**2
+
+
 @dataclass(frozen=True)
 class Objective:
-    """f(points) = SCORES[score](model outputs)[:, target] for one tokenized text.
+    """f(points) = SCORES[score](model outputs)[:, target] for one tokenized text, or with a
+    ``reference`` vector [C] the cosine similarity of the outputs to it (sentence embeddings).
 
     ids, type_ids: int64 [S], shared by every point. batch_size bounds each session run.
     n_classes: the width C of the explained output.
@@ -67,6 +81,7 @@ class Objective:
     batch_size: int
     n_classes: int = 0
     calls: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
+    reference: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def outputs(self, points: np.ndarray) -> np.ndarray:
         """Raw model outputs for points [N, S, D]: float64 [N, C]."""
@@ -75,7 +90,20 @@ class Objective:
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """The target scalar for points [N, S, D]: float64 [N]."""
+        if self.reference is not None:
+            return cosine(self.outputs(points), self.reference)
         return SCORES[self.score](self.outputs(points))[:, self.target]
+
+    @property
+    def seed_reads_outputs(self) -> bool:
+        """Whether :meth:`seed` needs the outputs (a forward pass) rather than the target alone."""
+        return self.reference is not None or self.score != "logit"
+
+    def seed(self, outputs: np.ndarray) -> np.ndarray:
+        """d scalar / d outputs [N, C]: the weights a gradient graph is seeded with."""
+        if self.reference is not None:
+            return cosine_seed(outputs, self.reference)
+        return SCORE_SEEDS[self.score](outputs, self.target)
 
 
 def resolve_target(target: str | int | None, labels: tuple[str, ...] | None,

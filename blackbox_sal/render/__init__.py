@@ -1,13 +1,14 @@
 """Renderers: pure functions Explanation -> str. ``RENDERERS`` maps a format to one.
-A Generation (a continuation attributed step by step) renders as a terminal matrix or JSON."""
+A Generation (a continuation attributed step by step) renders as a terminal matrix or JSON,
+a Similarity (two texts) as two terminal blocks or JSON."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from blackbox_sal.render.html import render_html
-from blackbox_sal.render.json import render_generation_json, render_json, to_dict
-from blackbox_sal.render.terminal import render_generation_terminal, render_terminal
+from blackbox_sal.render.json import render_generation_json, render_json, render_similarity_json, to_dict
+from blackbox_sal.render.terminal import render_generation_terminal, render_similarity_terminal, render_terminal
 from blackbox_sal.result import Explanation
 
 RENDERERS: dict[str, Callable[[Explanation], str]] = {
@@ -17,4 +18,4 @@ RENDERERS: dict[str, Callable[[Explanation], str]] = {
 }
 
 __all__ = ["RENDERERS", "render_generation_json", "render_generation_terminal", "render_html", "render_json",
-           "render_terminal", "to_dict"]
+           "render_similarity_json", "render_similarity_terminal", "render_terminal", "to_dict"]

@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any
 
-from blackbox_sal.result import SCHEMA_VERSION, Explanation, Generation
+from blackbox_sal.result import SCHEMA_VERSION, Explanation, Generation, Similarity
 from blackbox_sal.text.words import Span
 
 
@@ -71,4 +71,11 @@ def render_generation_json(g: Generation) -> str:
         "prompt": g.prompt, "text": g.text,
         "generated": [{"index": t.index, "label": t.label, "value": _num(t.value)} for t in g.generated],
         "steps": [to_dict(step) for step in g.steps]}}
+    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def render_similarity_json(sim: Similarity) -> str:
+    """{"schema_version", "similarity": {"cosine", "texts": [two explanation objects]}}."""
+    doc = {"schema_version": SCHEMA_VERSION,
+           "similarity": {"cosine": _num(sim.cosine), "texts": [to_dict(e) for e in sim.texts]}}
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

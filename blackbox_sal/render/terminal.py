@@ -7,7 +7,7 @@ as plain text. Pure: the caller decides ``color``.
 
 from __future__ import annotations
 
-from blackbox_sal.result import Explanation, Generation
+from blackbox_sal.result import Explanation, Generation, Similarity
 from blackbox_sal.text.words import Span
 
 _RESET = "\033[0m"
@@ -52,6 +52,8 @@ def render_terminal(e: Explanation, color: bool = False) -> str:
     reduce = f" ({e.reduce})" if e.reduce else ""
     lines = [
         f"model {e.model} | method {e.method}{reduce} | backend {e.backend}",
+        f"cosine similarity to the other text, its embedding held fixed: f(x) = {e.target_value:.4g}"
+        if e.task == "similarity" else
         f"prediction: {pred}   target: {target}   f(x) = {e.target_value:.4g} ({e.settings.get('score', 'logit')})",
     ]
     if e.task == "next-token" and len(e.prediction.top) > 1:
@@ -104,3 +106,10 @@ def render_generation_terminal(g: Generation) -> str:
     notes = [n for step in g.steps for n in step.notes]
     lines += [f"note: {n}" for n in dict.fromkeys(notes)]
     return "\n".join(lines) + "\n"
+
+
+def render_similarity_terminal(sim: Similarity, color: bool = False) -> str:
+    """Both texts of a similarity, each attributed with the other held fixed."""
+    head = f"cosine similarity of the two texts' embeddings: {sim.cosine:.4f}\n\n"
+    return head + "\n".join(f"text {k + 1}: {e.text!r}\n" + render_terminal(e, color)
+                             for k, e in enumerate(sim.texts))
