@@ -11,11 +11,13 @@ Attributions are taken with respect to the token embeddings, from an exported gr
 
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.errors import InputError, ModelError, SalError, UnavailableError, UsageError
-from blackbox_sal.explain import explain, explain_generation, explain_similarity
+from blackbox_sal.explain import explain, explain_choices, explain_generation, explain_similarity
 from blackbox_sal.gradients.graph import export_gradient
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.text_model import TextModel, load_model
 from blackbox_sal.render import (
+    render_choices_json,
+    render_choices_terminal,
     render_generation_json,
     render_generation_terminal,
     render_html,
@@ -24,13 +26,14 @@ from blackbox_sal.render import (
     render_similarity_terminal,
     render_terminal,
 )
-from blackbox_sal.result import Explanation, Generation, Label, Prediction, Similarity, Window
+from blackbox_sal.result import Choices, Explanation, Generation, Label, Prediction, Similarity, Window
 from blackbox_sal.text.words import Span
 from blackbox_sal.torch_export import export_torch
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Choices",
     "ExplainConfig",
     "Explanation",
     "Generation",
@@ -48,11 +51,14 @@ __all__ = [
     "__version__",
     "default_model_path",
     "explain",
+    "explain_choices",
     "explain_generation",
     "explain_similarity",
     "export_gradient",
     "export_torch",
     "load_model",
+    "render_choices_json",
+    "render_choices_terminal",
     "render_generation_json",
     "render_generation_terminal",
     "render_html",

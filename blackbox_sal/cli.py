@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from blackbox_sal import __version__
 from blackbox_sal.config import LONG, ExplainConfig
 from blackbox_sal.errors import SalError, UsageError
-from blackbox_sal.explain import explain, explain_generation, explain_similarity
+from blackbox_sal.explain import explain, explain_choices, explain_generation, explain_similarity
 from blackbox_sal.gradients import BACKENDS
 from blackbox_sal.gradients.graph import export_gradient
 from blackbox_sal.methods import METHODS
@@ -22,6 +22,8 @@ from blackbox_sal.model.session import DEVICES
 from blackbox_sal.model.text_model import load_model
 from blackbox_sal.reductions import REDUCTIONS
 from blackbox_sal.render import (
+    render_choices_json,
+    render_choices_terminal,
     render_generation_json,
     render_generation_terminal,
     render_html,
@@ -91,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--generate", type=int, metavar="N",
                    help="causal LMs: generate up to N tokens greedily and attribute each to the "
                         "tokens before it (a matrix; terminal or json)")
+    e.add_argument("--choice", action="append", metavar="ANSWER",
+                   help="multiple choice (give it twice or more): score each (TEXT, ANSWER) pair and "
+                        "explain the best; a classifier needs --target, the class that scores a pair")
     e.add_argument("--similar-to", metavar="TEXT",
                    help="sentence encoders: explain the cosine similarity of TEXT's and this "
                         "text's embeddings, over the tokens of both (terminal or json)")
@@ -143,9 +148,15 @@ def _explain(a: argparse.Namespace) -> None:
     config = _config(a)  # validate names before loading anything
     model = load_model(a.model or default_model_path(), device=a.device,
                        output=a.model_output, verify=not a.no_verify)
-    if a.generate is not None and a.similar_to is not None:
-        raise UsageError("--generate and --similar-to are different tasks: give one")
-    if a.similar_to is not None:
+    if sum(x is not None for x in (a.generate, a.similar_to, a.choice)) > 1:
+        raise UsageError("--generate, --similar-to and --choice are different tasks: give one")
+    if a.choice is not None:
+        if a.format == "html":
+            raise UsageError("--choice renders as terminal or json, not html")
+        choices = explain_choices(model, text, a.choice, config)
+        color = a.output is None and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        out = render_choices_json(choices) if a.format == "json" else render_choices_terminal(choices, color)
+    elif a.similar_to is not None:
         if a.format == "html":
             raise UsageError("--similar-to renders as terminal or json, not html")
         similarity = explain_similarity(model, text, a.similar_to, config)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -15,8 +16,18 @@ from blackbox_sal.gradients import FiniteDifferences, GraphBackend, make_backend
 from blackbox_sal.methods import METHODS, Problem
 from blackbox_sal.model.objective import SCORES, Objective, cosine, resolve_target
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Generation, Label, Prediction, Similarity, Window
-from blackbox_sal.text.tokenization import Tokens, stitch, tokenize, tokenize_windows
+from blackbox_sal.result import (
+    MAX_SCORES,
+    TOP,
+    Choices,
+    Explanation,
+    Generation,
+    Label,
+    Prediction,
+    Similarity,
+    Window,
+)
+from blackbox_sal.text.tokenization import Tokens, stitch, tokenize, tokenize_pair, tokenize_windows
 from blackbox_sal.text.words import merge_words, token_spans
 
 #: methods that replace tokens by a baseline
@@ -136,6 +147,31 @@ def _append(tokens: Tokens, token: int, piece: str) -> Tokens:
         text=tokens.text + piece, ids=np.append(tokens.ids, token), type_ids=np.append(tokens.type_ids, 0),
         strings=(*tokens.strings, piece), offsets=(*tokens.offsets, (start, start + len(piece))),
         special=np.append(tokens.special, False), word_ids=(*tokens.word_ids, (max(words) + 1) if words else 0))
+
+
+def explain_choices(model: TextModel, text: str, choices: Sequence[str],
+                    config: ExplainConfig | None = None) -> Choices:
+    """Score each answer choice as the pair (text, choice) and explain the best one: which
+    tokens of the context, question and answer drove its score. A multiple-choice export
+    scores each pair by itself (its [batch, choices] output, one choice at a time); any other
+    model scores it by the output class ``config.target`` (needed when it has several)."""
+    cfg = (config or ExplainConfig()).validated()
+    if len(choices) < 2:
+        raise UsageError("give at least two answer choices")
+    if model.task == "next-token":
+        raise UsageError("multiple choice scores (context, choice) pairs with a classifier or a multiple-choice "
+                         "model, not a causal LM")
+    pairs = [tokenize_pair(model.tokenizer, text, c, model.max_length, cfg.max_chars) for c in choices]
+    outputs = np.stack([model.run(model.embed(p.ids)[None], p.ids, p.type_ids, 1)[0] for p in pairs])
+    if cfg.target is None and outputs.shape[1] > 1:
+        raise UsageError(f"the model has {outputs.shape[1]} output classes: say with --target which one scores "
+                         f"a choice (labels: {', '.join(model.labels or ()) or 'none; use an index'})")
+    target = resolve_target(cfg.target, model.labels, outputs.shape[1], 0)
+    scores = outputs[:, target]
+    best = int(np.argmax(scores))
+    return Choices(text=text, choices=tuple(Label(k, c, float(v)) for k, (c, v) in enumerate(zip(choices, scores,
+                                                                                                   strict=True))),
+                   predicted=best, explanation=_explain(model, pairs[best], cfg, target))
 
 
 def explain_similarity(model: TextModel, text: str, reference: str,

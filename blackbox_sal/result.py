@@ -104,3 +104,14 @@ class Similarity:
 
     cosine: float
     texts: tuple[Explanation, Explanation]
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Multiple choice: every choice's score (index, text, value) for the pair (text, choice),
+    the best one, and the explanation of its score over the tokens of text and choice."""
+
+    text: str
+    choices: tuple[Label, ...]
+    predicted: int
+    explanation: Explanation

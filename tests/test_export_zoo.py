@@ -104,3 +104,48 @@ def test_export_splits_and_differentiates(tmp_path: Path, arch: str, exporter: s
     graph = GraphBackend(f, gradient_session(model), 64).token_jvp(x, directions)
     fd = FiniteDifferences(f, step_scale(x[0], model.row_norm), richardson=True).token_jvp(x, directions)
     np.testing.assert_allclose(graph, fd, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_multiple_choice_export(tmp_path: Path, exporter: str) -> None:
+    """BertForMultipleChoice takes [batch, choices, seq]: blackbox-sal scores one (context,
+    choice) pair at a time, and the scores equal torch's."""
+    from blackbox_sal import ExplainConfig, explain_choices
+
+    torch.manual_seed(0)
+    inner = transformers.BertForMultipleChoice(transformers.BertConfig(**SMALL))
+    inner.config._attn_implementation = "eager"
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    m = Wrapped().eval()
+    ids = torch.randint(5, V, (2, 3, 7))
+    path = tmp_path / "mc.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            axes = {0: "batch", 1: "choices", 2: "sequence"}
+            torch.onnx.export(m, (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"],
+                              output_names=["logits"], opset_version=17, dynamo=False,
+                              dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch", 1: "c"}})
+        else:
+            dims = {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO}
+            torch.onnx.export(m, (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"],
+                              output_names=["logits"], opset_version=18, dynamo=True, dynamic_shapes=(dims, dims))
+    import onnx
+
+    model = load_model(tiny.write_model_dir(tmp_path / "dir", onnx.load(str(path)), with_cls=True))
+    assert model.task == "multiple-choice"
+    context, choices = "the film was", ["good", "bad", "great"]
+    result = explain_choices(model, context, choices, ExplainConfig(method="grad-x-input", backend="graph"))
+    pairs = [model.tokenizer.encode(context, c).ids for c in choices]
+    with torch.no_grad():
+        want = [float(m(torch.tensor([[p]]), torch.ones(1, 1, len(p), dtype=torch.long))[0, 0]) for p in pairs]
+    np.testing.assert_allclose([c.value for c in result.choices], want, rtol=1e-4, atol=1e-5)
+    assert result.explanation.backend == "graph"

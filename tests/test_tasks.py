@@ -112,3 +112,60 @@ def test_similarity_is_attributed_to_both_texts(tmp_path: Path) -> None:
     assert doc["similarity"]["cosine"] == pytest.approx(want, rel=1e-5)
     assert [t["text"] for t in doc["similarity"]["texts"]] == [a, b]
     assert "cosine similarity of the two texts' embeddings" in render_similarity_terminal(sim)
+
+
+def multiple_choice_model(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray):  # type: ignore[no-untyped-def]
+    """A multiple-choice export in miniature: input_ids [batch, choices, seq] -> Flatten ->
+    per-sequence score sum_s tanh(E_s W1 + b1) w2 -> logits [batch, choices]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Flatten", ["input_ids"], ["flat"], axis=2),               # [B*C, S]
+             helper.make_node("Gather", ["table", "flat"], ["E"]),
+             helper.make_node("MatMul", ["E", "W1"], ["h0"]), helper.make_node("Add", ["h0", "B1"], ["h1"]),
+             helper.make_node("Tanh", ["h1"], ["h"]),
+             helper.make_node("ReduceSum", ["h", "axes1"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "W2"], ["s"]),                          # [B*C, 1]
+             helper.make_node("Shape", ["input_ids"], ["shape"]),
+             helper.make_node("Slice", ["shape", "zero", "two"], ["bc"]),
+             helper.make_node("Reshape", ["s", "bc"], ["logits"])]
+    inits = {"table": TABLE, "W1": w1, "B1": b1, "W2": w2, "axes1": np.array([1], np.int64),
+             "zero": np.array([0], np.int64), "two": np.array([2], np.int64)}
+    graph = helper.make_graph(
+        nodes, "mc", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "choices", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "choices"])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", tiny.OPSET)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_multiple_choice_scores_each_pair_and_explains_the_best(tmp_path: Path) -> None:
+    from blackbox_sal import explain_choices, render_choices_json, render_choices_terminal
+
+    w1, b1, w2 = tiny.mlp_weights(D, 5, 1, seed=4)
+    model = load_model(tiny.write_model_dir(tmp_path / "mc", multiple_choice_model(w1, b1, w2)))
+    assert model.task == "multiple-choice"
+    context, choices = "the film was", ["good", "bad", "awful", "great"]
+    result = explain_choices(model, context, choices, ExplainConfig(method="grad-x-input", backend="graph"))
+
+    def pair_ids(choice: str) -> list[int]:
+        return tiny.tokenizer().encode(context, choice).ids
+
+    want = [float(np.tanh(TABLE[pair_ids(c)].astype(np.float64) @ w1 + b1).sum(0) @ w2[:, 0]) for c in choices]
+    np.testing.assert_allclose([c.value for c in result.choices], want, rtol=1e-5)
+    assert result.predicted == int(np.argmax(want))
+    x = TABLE[pair_ids(choices[result.predicted])]
+    np.testing.assert_allclose([t.score for t in result.explanation.tokens],
+                               (tiny.tanh_mlp_grad(x, w1, b1, w2, 0) * x).sum(-1), rtol=1e-4, atol=1e-5)
+    assert result.explanation.tokens[-1].text == choices[result.predicted]  # the answer's own token is scored
+    doc = json.loads(render_choices_json(result))
+    assert doc["choices"]["predicted"] == result.predicted and len(doc["choices"]["choices"]) == 4
+    assert f"* {result.predicted}: " in render_choices_terminal(result)
+    with pytest.raises(UsageError, match="at least two"):
+        explain_choices(model, context, ["good"])
+    classifier = load_model(tiny.write_model_dir(tmp_path / "clf", tiny.tanh_mlp(TABLE, *tiny.mlp_weights(D, 4, 3, 1))))
+    with pytest.raises(UsageError, match="3 output classes: say with --target"):
+        explain_choices(classifier, context, choices)
+    assert explain_choices(classifier, context, choices, ExplainConfig(target=2)).explanation.target.index == 2

@@ -25,8 +25,9 @@ from blackbox_sal.model.session import create_session, run_batched
 
 #: the output a causal LM is explained through: its logits at the last position [batch, vocab]
 NEXT_TOKEN = "next_token_logits"
-#: tasks (what the explained output is): a class score, or the next token of a causal LM
-TASKS = ("classification", "next-token")
+#: tasks (what the explained output is): a class score, the next token of a causal LM, or
+#: the score of one (context, choice) sequence of a multiple-choice model
+TASKS = ("classification", "next-token", "multiple-choice")
 IDS = "input_ids"
 MASK = "attention_mask"
 TYPES = "token_type_ids"
@@ -166,6 +167,9 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     tokenizer.no_truncation()
     tokenizer.no_padding()
     proto = files.read_onnx(found.onnx_path)
+    choices = _rank(proto, IDS) == 3 or _rank(proto, EMBEDS) == 4
+    if choices:  # [batch, choices, seq]: score one sequence at a time, as a batch of [batch, 1, seq]
+        proto = single_choice(proto)
     input_names = [i.name for i in proto.graph.input]
     if EMBEDS in input_names:
         if found.embeddings_path is None:
@@ -187,7 +191,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     source = output or next(iter(outputs))
     if source not in outputs:
         raise ModelError(f"the model has no output {source!r} (outputs: {', '.join(outputs)})")
-    task, chosen = "classification", source
+    task, chosen = ("multiple-choice" if choices else "classification"), source
     int_inputs: dict[str, Any] = {}
     for inp in session.get_inputs():
         if inp.name == EMBEDS:
@@ -215,6 +219,41 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     if verify and original is not None:
         _check_split(model, original, device, threads, source)
     return model
+
+
+def _rank(proto: onnx.ModelProto, name: str) -> int | None:
+    found = next((i for i in proto.graph.input if i.name == name), None)
+    return len(found.type.tensor_type.shape.dim) if found is not None and found.type.tensor_type.HasField("shape") \
+        else None
+
+
+def single_choice(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A multiple-choice export ([batch, choices, seq] inputs, [batch, choices] output) as a
+    model of one sequence: its inputs become [batch, seq] and are unsqueezed to one choice
+    inside, so the output is [batch, 1], the score of that (context, choice) sequence (pure)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    g = out.graph
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 13)
+    new_nodes = []
+    for inp in g.input:
+        dims = inp.type.tensor_type.shape.dim
+        wanted = 4 if inp.name == EMBEDS else 3
+        if inp.name not in KNOWN_INPUTS or len(dims) != wanted:
+            continue
+        inner = f"{inp.name}__choices"
+        for node in g.node:
+            node.input[:] = [inner if i == inp.name else i for i in node.input]
+        if opset >= 13:
+            axes = onnx.numpy_helper.from_array(np.array([1], np.int64), f"{inner}__axes")
+            g.initializer.append(axes)
+            new_nodes.append(onnx.helper.make_node("Unsqueeze", [inp.name, axes.name], [inner]))
+        else:
+            new_nodes.append(onnx.helper.make_node("Unsqueeze", [inp.name], [inner], axes=[1]))
+        del dims[1]
+    for k, node in enumerate(new_nodes):
+        g.node.insert(k, node)
+    return out
 
 
 def _per_position(model: TextModel, output: str) -> bool:

@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any
 
-from blackbox_sal.result import SCHEMA_VERSION, Explanation, Generation, Similarity
+from blackbox_sal.result import SCHEMA_VERSION, Choices, Explanation, Generation, Similarity
 from blackbox_sal.text.words import Span
 
 
@@ -78,4 +78,13 @@ def render_similarity_json(sim: Similarity) -> str:
     """{"schema_version", "similarity": {"cosine", "texts": [two explanation objects]}}."""
     doc = {"schema_version": SCHEMA_VERSION,
            "similarity": {"cosine": _num(sim.cosine), "texts": [to_dict(e) for e in sim.texts]}}
+    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def render_choices_json(c: Choices) -> str:
+    """{"schema_version", "choices": {"text", "choices": [{index, label, value}], "predicted",
+    "explanation": the explanation object of the best choice's (text, choice) pair}}."""
+    doc = {"schema_version": SCHEMA_VERSION, "choices": {
+        "text": c.text, "choices": [{"index": t.index, "label": t.label, "value": _num(t.value)} for t in c.choices],
+        "predicted": c.predicted, "explanation": to_dict(c.explanation)}}
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

@@ -7,7 +7,7 @@ as plain text. Pure: the caller decides ``color``.
 
 from __future__ import annotations
 
-from blackbox_sal.result import Explanation, Generation, Similarity
+from blackbox_sal.result import Choices, Explanation, Generation, Similarity
 from blackbox_sal.text.words import Span
 
 _RESET = "\033[0m"
@@ -113,3 +113,12 @@ def render_similarity_terminal(sim: Similarity, color: bool = False) -> str:
     head = f"cosine similarity of the two texts' embeddings: {sim.cosine:.4f}\n\n"
     return head + "\n".join(f"text {k + 1}: {e.text!r}\n" + render_terminal(e, color)
                              for k, e in enumerate(sim.texts))
+
+
+def render_choices_terminal(c: Choices, color: bool = False) -> str:
+    """The choices with their scores, then the explanation of the best one."""
+    lines = [f"multiple choice: {c.text!r}"]
+    for choice in c.choices:
+        mark = "*" if choice.index == c.predicted else " "
+        lines.append(f" {mark} {choice.index}: {choice.label!r}  score {choice.value:+.4g}")
+    return "\n".join(lines) + "\n\n" + render_terminal(c.explanation, color)

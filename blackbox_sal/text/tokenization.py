@@ -6,7 +6,7 @@ truncation, and some pre-tokenizer regexes are slow on adversarial input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -48,6 +48,30 @@ def tokenize(tokenizer: Tokenizer, text: str, max_length: int | None,
     over ``max_chars`` characters, or over ``max_length`` tokens."""
     _check_text(text, max_chars)
     return _tokens(text, tokenizer.encode(text), max_length)
+
+
+#: what separates the two texts of a pair in the combined text tokens point into
+PAIR_SEPARATOR = "\n"
+
+
+def tokenize_pair(tokenizer: Tokenizer, first: str, second: str, max_length: int | None,
+                  max_chars: int = MAX_CHARS) -> Tokens:
+    """Tokenize a pair (a context and one answer choice) with the model's pair template
+    (e.g. [CLS] first [SEP] second [SEP], type ids 0 then 1); offsets point into
+    ``first + PAIR_SEPARATOR + second``."""
+    _check_text(first, max_chars)
+    _check_text(second, max_chars)
+    enc = tokenizer.encode(first, second)
+    shift = len(first) + len(PAIR_SEPARATOR)
+    offsets = [(a + shift, b + shift) if seq == 1 else (a, b)
+               for (a, b), seq in zip(enc.offsets, enc.sequence_ids, strict=True)]
+    tokens = _tokens(first + PAIR_SEPARATOR + second, enc, max_length)
+    words = tokens.word_ids
+    n_first = 1 + max((w for w, seq in zip(words, enc.sequence_ids, strict=True) if w is not None and seq == 0),
+                      default=-1)
+    return replace(tokens, offsets=tuple(offsets), word_ids=tuple(
+        None if w is None else (w + n_first if seq == 1 else w) for w, seq in zip(words, enc.sequence_ids,
+                                                                                    strict=True)))
 
 
 def tokenize_windows(tokenizer: Tokenizer, text: str, max_length: int, overlap: int,
