@@ -8,7 +8,8 @@ Gauss-Legendre with 50 nodes. Printed, each a median of --repeats interleaved ru
 
 - onnxruntime alone: the 50 forward passes, one batch (the floor for any gradient method);
 - Captum IG, 50 nodes, and its completeness delta;
-- blackbox-sal IG, 50 nodes, gradient graph (and with --fd finite differences: the black-box price);
+- blackbox-sal IG, 50 nodes, gradient graph (and with --fd finite differences on the fp32
+  model and on its int8 quantization by quantize_dynamic: the black-box price);
 - blackbox-sal at equal accuracy: the fewest Gauss-Legendre nodes whose |delta| is at most
   Captum's, per backend.
 
@@ -91,15 +92,30 @@ def torch_minilm(folder: Path) -> Any:
     return MeanPool().eval()
 
 
+def int8_of(folder: Path) -> Path:
+    """The model quantized by onnxruntime's quantize_dynamic, built beside it once."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = folder.parent / f"{folder.name}-int8"
+    if not (out / "model.onnx").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        quantize_dynamic(str(folder / "model.onnx"), str(out / "model.onnx"), weight_type=QuantType.QUInt8)
+        for name in ("tokenizer.json", "config.json"):
+            if (folder / name).is_file():
+                (out / name).write_bytes((folder / name).read_bytes())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(HERE / ".cache" / "minilm"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--fd", action="store_true", help="also time finite differences (minutes: ~70x the graph)")
+    ap.add_argument("--fd", action="store_true",
+                    help="also time finite differences, fp32 and int8 (tens of minutes)")
     args = ap.parse_args()
-    backends = ("graph", "fd") if args.fd else ("graph",)
+    backends = ("graph", "fd", "fd-int8") if args.fd else ("graph",)
 
     import torch
     from captum.attr import IntegratedGradients
@@ -138,10 +154,15 @@ def main() -> None:
     def ort_run() -> None:
         model.session.run([model.output], feeds)
 
-    def ours(steps: int, backend: str) -> float:
+    models = {"graph": model, "fd": model}
+    if args.fd:  # the black-box price: the same model quantized to int8 can only be explained by FD
+        models["fd-int8"] = load_model(int8_of(folder), device="cpu", threads=args.threads)
+
+    def ours(steps: int, variant: str) -> float:
+        backend = variant.removesuffix("-int8")
         cfg = ExplainConfig(method="ig", steps=steps, backend=backend, target=target, batch_size=64,
                             progress=False)
-        e = explain(model, TEXT, cfg)
+        e = explain(models[variant], TEXT, cfg)
         assert e.backend == backend, e.notes
         return abs(e.convergence_delta or 0.0)
 
