@@ -50,5 +50,5 @@ def integrated_gradients(problem: Problem) -> Attribution:
     if not same and abs(delta) > UNCONVERGED * max(abs(gap), 1e-6 * (1 + abs(problem.target_value))):
         notes += (f"integrated gradients have not converged: the completeness delta ({delta:+.4g}) is "
                   f"{abs(delta) / max(abs(gap), 1e-30):.0%} of f(x) - f(x') ({gap:+.4g}); the gradient changes "
-                  f"fast along the path: raise --steps, try another --baseline, or read grad-x-input",)
+                  f"fast along the path (or finite differences are noisy): raise --steps or try another --baseline",)
     return Attribution(scores, reduce, baseline_value, delta, notes)
