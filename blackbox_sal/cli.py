@@ -59,8 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="attribution method (default: %(default)s)")
     e.add_argument("--backend", choices=list(BACKENDS), default=defaults.backend,
                    help="how derivatives are taken: fd = finite differences (default: %(default)s)")
-    e.add_argument("--target", metavar="LABEL|INDEX",
-                   help="class to explain (default: the predicted class)")
+    e.add_argument("--target", metavar="LABEL|INDEX|TOKEN",
+                   help="class to explain (default: the predicted class); for a causal LM a token "
+                        "(a word means the next word: ' Paris')")
     e.add_argument("--score", choices=list(SCORES), default=defaults.score,
                    help="the explained scalar (default: %(default)s)")
     e.add_argument("--steps", type=int, default=defaults.steps, metavar="N",
