@@ -11,7 +11,7 @@ Attributions are taken with respect to the token embeddings, from an exported gr
 
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.errors import InputError, ModelError, SalError, UnavailableError, UsageError
-from blackbox_sal.explain import explain, explain_choices, explain_generation, explain_similarity
+from blackbox_sal.explain import explain
 from blackbox_sal.gradients.graph import export_gradient
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.text_model import TextModel, load_model
@@ -27,6 +27,7 @@ from blackbox_sal.render import (
     render_terminal,
 )
 from blackbox_sal.result import Choices, Explanation, Generation, Label, Prediction, Similarity, Window
+from blackbox_sal.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.text.words import Span
 from blackbox_sal.torch_export import export_torch
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from blackbox_sal import __version__
 from blackbox_sal.config import LONG, ExplainConfig
 from blackbox_sal.errors import SalError, UsageError
-from blackbox_sal.explain import explain, explain_choices, explain_generation, explain_similarity
+from blackbox_sal.explain import explain
 from blackbox_sal.gradients import BACKENDS
 from blackbox_sal.gradients.graph import export_gradient
 from blackbox_sal.methods import METHODS
@@ -33,6 +33,7 @@ from blackbox_sal.render import (
     render_terminal,
 )
 from blackbox_sal.result import Explanation
+from blackbox_sal.tasks import explain_choices, explain_generation, explain_similarity
 
 FORMATS = ("terminal", "json", "html")
 EPILOG = """exit codes: 0 ok, 2 bad usage or input, 3 model cannot be loaded or used,

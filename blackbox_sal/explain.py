@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -19,15 +18,12 @@ from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.result import (
     MAX_SCORES,
     TOP,
-    Choices,
     Explanation,
-    Generation,
     Label,
     Prediction,
-    Similarity,
     Window,
 )
-from blackbox_sal.text.tokenization import Tokens, stitch, tokenize, tokenize_pair, tokenize_windows
+from blackbox_sal.text.tokenization import Tokens, stitch, tokenize, tokenize_windows
 from blackbox_sal.text.words import merge_words, token_spans
 
 #: methods that replace tokens by a baseline
@@ -54,11 +50,13 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
             raise UsageError("--long window splits a text for a classifier; a causal LM predicts from the end "
                              f"of its prompt: shorten the prompt to {model.max_length} tokens")
         return _windows(model, text, cfg)
-    return _explain(model, tokens, cfg)
+    return explain_tokens(model, tokens, cfg)
 
 
-def _explain(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target: int | None = None,
-             reference: np.ndarray | None = None) -> Explanation:
+def explain_tokens(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target: int | None = None,
+                   reference: np.ndarray | None = None) -> Explanation:
+    """Explain one tokenized text: ``target`` fixes the class (else config.target or the
+    prediction); ``reference`` makes the scalar the cosine of the output to that vector."""
     text = tokens.text
     x = model.embed(tokens.ids)
     f = Objective(model, tokens.ids, tokens.type_ids, 0, cfg.score, cfg.batch_size, reference=reference)
@@ -110,87 +108,6 @@ def _explain(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target: int |
     )
 
 
-def explain_generation(model: TextModel, prompt: str, max_new_tokens: int,
-                       config: ExplainConfig | None = None) -> Generation:
-    """Generate up to ``max_new_tokens`` tokens greedily after ``prompt`` (stopping at a special
-    token such as end-of-text) and explain each one: step k attributes token k to the prompt
-    and the k tokens before it. Causal LMs only (UsageError otherwise); ``config.target`` is
-    ignored (each step's target is the token generated)."""
-    cfg = (config or ExplainConfig()).validated()
-    if model.task != "next-token":
-        raise UsageError("generation needs a causal LM (an output of one row of logits per position)")
-    if max_new_tokens < 1:
-        raise UsageError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    tokens = tokenize(model.tokenizer, prompt, model.max_length, cfg.max_chars)
-    specials = {i for i, t in model.tokenizer.get_added_tokens_decoder().items() if t.special}
-    generated: list[Label] = []
-    steps: list[Explanation] = []
-    for _ in range(max_new_tokens):
-        if model.max_length is not None and len(tokens) >= model.max_length:
-            break
-        x = model.embed(tokens.ids)
-        logits = model.run(x[None], tokens.ids, tokens.type_ids, 1)[0]
-        chosen = int(np.argmax(logits))
-        if chosen in specials:
-            break
-        generated.append(Label(chosen, model.label(chosen), float(logits[chosen])))
-        steps.append(_explain(model, tokens, cfg, chosen))
-        tokens = _append(tokens, chosen, model.label(chosen) or "")
-    return Generation(prompt=prompt, text=tokens.text, generated=tuple(generated), steps=tuple(steps))
-
-
-def _append(tokens: Tokens, token: int, piece: str) -> Tokens:
-    """``tokens`` with one generated token after the last, its text appended to the text."""
-    start = len(tokens.text)
-    words = [w for w in tokens.word_ids if w is not None]
-    return Tokens(
-        text=tokens.text + piece, ids=np.append(tokens.ids, token), type_ids=np.append(tokens.type_ids, 0),
-        strings=(*tokens.strings, piece), offsets=(*tokens.offsets, (start, start + len(piece))),
-        special=np.append(tokens.special, False), word_ids=(*tokens.word_ids, (max(words) + 1) if words else 0))
-
-
-def explain_choices(model: TextModel, text: str, choices: Sequence[str],
-                    config: ExplainConfig | None = None) -> Choices:
-    """Score each answer choice as the pair (text, choice) and explain the best one: which
-    tokens of the context, question and answer drove its score. A multiple-choice export
-    scores each pair by itself (its [batch, choices] output, one choice at a time); any other
-    model scores it by the output class ``config.target`` (needed when it has several)."""
-    cfg = (config or ExplainConfig()).validated()
-    if len(choices) < 2:
-        raise UsageError("give at least two answer choices")
-    if model.task == "next-token":
-        raise UsageError("multiple choice scores (context, choice) pairs with a classifier or a multiple-choice "
-                         "model, not a causal LM")
-    pairs = [tokenize_pair(model.tokenizer, text, c, model.max_length, cfg.max_chars) for c in choices]
-    outputs = np.stack([model.run(model.embed(p.ids)[None], p.ids, p.type_ids, 1)[0] for p in pairs])
-    if cfg.target is None and outputs.shape[1] > 1:
-        raise UsageError(f"the model has {outputs.shape[1]} output classes: say with --target which one scores "
-                         f"a choice (labels: {', '.join(model.labels or ()) or 'none; use an index'})")
-    target = resolve_target(cfg.target, model.labels, outputs.shape[1], 0)
-    scores = outputs[:, target]
-    best = int(np.argmax(scores))
-    return Choices(text=text, choices=tuple(Label(k, c, float(v)) for k, (c, v) in enumerate(zip(choices, scores,
-                                                                                                   strict=True))),
-                   predicted=best, explanation=_explain(model, pairs[best], cfg, target))
-
-
-def explain_similarity(model: TextModel, text: str, reference: str,
-                       config: ExplainConfig | None = None) -> Similarity:
-    """Attribute the cosine similarity of two texts' embeddings (a sentence encoder's output,
-    [batch, dim]) to the tokens of both: each text is explained with the other's embedding
-    held fixed (the texts are encoded separately, so these are the two halves of the
-    gradient). ``config.target`` and ``config.score`` are not used."""
-    cfg = (config or ExplainConfig()).validated()
-    if model.task != "classification":
-        raise UsageError("similarity needs a model whose output is one embedding per text ([batch, dim])")
-    pair = [tokenize(model.tokenizer, t, model.max_length, cfg.max_chars) for t in (text, reference)]
-    vectors = [model.run(model.embed(t.ids)[None], t.ids, t.type_ids, 1)[0] for t in pair]
-    if vectors[0].shape[0] < 2:
-        raise UsageError(f"output {model.output!r} has one value per text; similarity needs an embedding")
-    sides = (_explain(model, pair[0], cfg, reference=vectors[1]), _explain(model, pair[1], cfg, reference=vectors[0]))
-    return Similarity(cosine=float(cosine(vectors[0][None], vectors[1])[0]), texts=sides)
-
-
 def _prediction(model: TextModel, outputs: np.ndarray) -> Prediction:
     predicted = int(np.argmax(outputs))
     top = np.argsort(-outputs, kind="stable")[:TOP]
@@ -210,7 +127,7 @@ def _windows(model: TextModel, text: str, cfg: ExplainConfig) -> Explanation:
     outputs = np.mean([model.run(model.embed(w.ids)[None], w.ids, w.type_ids, 1)[0] for w in windows], axis=0)
     prediction = _prediction(model, outputs)
     target = resolve_target(cfg.target, model.labels, outputs.shape[0], prediction.index)
-    parts = [_explain(model, w, cfg, target) for w in windows]
+    parts = [explain_tokens(model, w, cfg, target) for w in windows]
     total: dict[tuple[int, int], list[float]] = {}
     for part in parts:
         for span in part.tokens:
