@@ -29,7 +29,7 @@ from blackbox_sal.graph.split import EMBEDS
 WEIGHTS = "target_weights"
 GRAD = "grad"
 #: bump when the builder changes what it emits: cached graphs of other versions are rebuilt
-BUILDER_VERSION = 6
+BUILDER_VERSION = 7
 
 
 def build_gradient(body: onnx.ModelProto, output: str, probes: Sequence[Mapping[str, np.ndarray]]) -> onnx.ModelProto:
