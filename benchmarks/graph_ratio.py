@@ -51,6 +51,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for d in dirs:
         model = load_model(d, device="cpu", threads=args.threads)
+        if model.quantized:  # integer ops: no gradient graph to time
+            print(f"{model.name:<12} skipped: quantized ({', '.join(model.quantized)})")
+            continue
         session = gradient_session(model)
         ids = rng.integers(4, model.table.shape[0], args.seq)
         x = np.repeat(model.embed(ids)[None], args.batch, axis=0)
