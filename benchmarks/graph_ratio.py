@@ -13,27 +13,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnx
+from timing import median_time
 
 from blackbox_sal import load_model
 from blackbox_sal.gradients.graph import build_model_gradient, gradient_session
 from blackbox_sal.graph.gradient import GRAD, WEIGHTS
 
 HERE = Path(__file__).resolve().parent
-
-
-def median_time(run, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
