@@ -46,9 +46,11 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
         if cfg.long != "window":
             raise InputError(f"the text has {len(tokens)} tokens; the model takes at most {model.max_length} "
                              f"(--long window explains it in overlapping windows)")
-        if model.task != "classification":
+        if model.task == "next-token":
             raise UsageError("--long window splits a text for a classifier; a causal LM predicts from the end "
                              f"of its prompt: shorten the prompt to {model.max_length} tokens")
+        if model.task != "classification":
+            raise UsageError(f"--long window splits a text for a classifier, not a {model.task} model")
         return _windows(model, text, cfg)
     return explain_tokens(model, tokens, cfg)
 
