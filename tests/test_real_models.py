@@ -48,3 +48,29 @@ def test_minilm_sentiment_fp32_graph_and_int8_finite_differences() -> None:
     assert np.corrcoef(*ranks)[0, 1] > 0.5
     encoder = load_model(built("minilm-encoder", "build_minilm.py"))
     assert encoder.session.get_outputs()[0].shape[-1] == 384
+
+
+def test_real_tasks_end_to_end() -> None:
+    """Generation on SmolLM2; similarity, multiple choice and a long text on MiniLM."""
+    from blackbox_sal import explain_choices, explain_generation, explain_similarity
+
+    lm = load_model(built("smollm2-135m", "build_smollm2.py"))
+    g = explain_generation(lm, "The capital of France is", 2, ExplainConfig(method="grad-x-input"))
+    assert g.generated[0].label == " Paris" and len(g.steps) == 2 and len(g.steps[1].tokens) == 6
+
+    encoder = load_model(built("minilm-encoder", "build_minilm.py"))
+    sim = explain_similarity(encoder, "A gorgeous, witty movie.", "A beautiful and clever film.",
+                             ExplainConfig(method="ig", steps=32))
+    assert 0.5 < sim.cosine < 1
+    for side in sim.texts:
+        assert side.backend == "graph" and abs(side.convergence_delta or 0) < 1e-3
+
+    sentiment = load_model(built("minilm-sentiment", "build_minilm.py"))
+    mc = explain_choices(sentiment, "After two hours of this film I felt", ["delighted and moved.", "bored and cheated."],
+                         ExplainConfig(method="grad-x-input", target="fresh"))
+    assert mc.predicted == 0 and mc.choices[0].value > mc.choices[1].value
+
+    review = " ".join(["The first hour is slow and the jokes fall flat, but the last act is wonderful."] * 25)
+    long = explain(sentiment, review, ExplainConfig(method="grad-x-input", long="window"))
+    assert long.windows is not None and len(long.windows) == 3 and long.windows[-1].end == len(review)
+    assert len(long.tokens) == len(sentiment.tokenizer.encode(review).ids)
