@@ -66,7 +66,8 @@ def test_real_tasks_end_to_end() -> None:
         assert side.backend == "graph" and abs(side.convergence_delta or 0) < 1e-3
 
     sentiment = load_model(built("minilm-sentiment", "build_minilm.py"))
-    mc = explain_choices(sentiment, "After two hours of this film I felt", ["delighted and moved.", "bored and cheated."],
+    mc = explain_choices(sentiment, "After two hours of this film I felt",
+                         ["delighted and moved.", "bored and cheated."],
                          ExplainConfig(method="grad-x-input", target="fresh"))
     assert mc.predicted == 0 and mc.choices[0].value > mc.choices[1].value
 
