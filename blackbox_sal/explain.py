@@ -105,9 +105,17 @@ def explain_tokens(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target:
         target_value=target_value, tokens=token_spans(tokens, result.scores),
         words=merge_words(tokens, result.scores) if cfg.words else None,
         baseline_value=result.baseline_value, convergence_delta=result.delta,
-        settings=MappingProxyType(settings), notes=backend_notes + result.notes,
+        settings=MappingProxyType(settings), notes=_model_notes(model) + backend_notes + result.notes,
         task="similarity" if reference is not None else model.task,
     )
+
+
+def _model_notes(model: TextModel) -> tuple[str, ...]:
+    if not model.twin_of:
+        return ()
+    return (f"explained the float twin of a quantized model ({', '.join(model.twin_of)} replaced): its int8 weights "
+            f"exactly, its activations in float, so gradients are exact for the deployed weights; the int8 model's "
+            f"own outputs differ by its activation rounding",)
 
 
 def _prediction(model: TextModel, outputs: np.ndarray) -> Prediction:

@@ -39,7 +39,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_quantized_model_is_recognised_and_explained_by_finite_differences(pair: tuple[Path, Path]) -> None:
     fp32, int8 = pair
     model = load_model(int8)  # split after the 8-bit table's DequantizeLinear, checked against the original
-    assert "MatMulInteger" in model.quantized and "8-bit embedding table" in model.quantized
+    assert "MatMulInteger" in model.quantized and "8-bit table" in model.origin
     assert not load_model(fp32).quantized
     e = explain(model, tiny.TEXT, ExplainConfig(method="ig", steps=8))
     assert e.backend == "fd"
@@ -65,3 +65,22 @@ def test_cli_on_a_quantized_model(pair: tuple[Path, Path]) -> None:
                           tiny.TEXT], capture_output=True, text=True)
     assert run.returncode == 4 and "quantized" in run.stderr and "Traceback" not in run.stderr
     assert onnx.load(str(int8 / "model.onnx")).graph.node  # the model file was left as it was
+
+
+def test_float_twin_has_exact_gradients_of_the_deployed_weights(pair: tuple[Path, Path]) -> None:
+    from blackbox_sal.errors import UsageError
+
+    fp32, int8 = pair
+    twin = load_model(int8, dequantize=True)
+    assert twin.quantized == () and "MatMulInteger" in twin.twin_of
+    e = explain(twin, tiny.TEXT, ExplainConfig(method="ig", steps=16))
+    assert e.backend == "graph" and abs(e.convergence_delta or 0) < 1e-4
+    assert e.notes[0].startswith("explained the float twin of a quantized model")
+    fd = explain(twin, tiny.TEXT, ExplainConfig(method="grad-x-input", backend="fd", richardson=True))
+    graph = explain(twin, tiny.TEXT, ExplainConfig(method="grad-x-input", backend="graph"))
+    np.testing.assert_allclose([t.score for t in graph.tokens], [t.score for t in fd.tokens], rtol=1e-3, atol=1e-5)
+    # the twin is the fp32 model up to the 8-bit rounding of its weights
+    ref = explain(load_model(fp32), tiny.TEXT, ExplainConfig(method="grad-x-input", target=graph.target.index))
+    np.testing.assert_allclose([t.score for t in graph.tokens], [t.score for t in ref.tokens], rtol=0.1, atol=0.05)
+    with pytest.raises(UsageError, match="no integer operators"):
+        load_model(fp32, dequantize=True)

@@ -45,7 +45,8 @@ def _fd(f: Objective, scale: np.ndarray, config: ExplainConfig) -> Made:
                                      "agreement with the fp32 model about 0.2 on int8 MiniLM): prefer ig or "
                                      "occlusion (0.82 and 0.86)" if config.method in LOCAL_METHODS else
                                      "read scores as approximate (ig on int8 MiniLM ranks tokens like the fp32 "
-                                     "model at rho 0.82)"),)
+                                     "model at rho 0.82)") + "; --dequantize explains the float twin of its int8 "
+                 "weights with exact gradients instead (0.93)",)
     return FiniteDifferences(f, scale, rel_step=step, richardson=config.richardson,
                              batch_size=config.batch_size, progress=progress), notes
 

@@ -17,8 +17,9 @@ import onnx
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from blackbox_sal.errors import ModelError
+from blackbox_sal.errors import ModelError, UsageError
 from blackbox_sal.gradients.finite_differences import mean_row_norm
+from blackbox_sal.graph.dequantize import float_twin
 from blackbox_sal.graph.split import EMBEDS, split_embedding
 from blackbox_sal.model import files
 from blackbox_sal.model.session import create_session, run_batched
@@ -62,8 +63,11 @@ class TextModel:
     folder: Path | None = field(default=None, repr=False, compare=False)
     device_request: str = field(default="auto", repr=False, compare=False)
     threads: int = field(default=0, repr=False, compare=False)
-    #: what makes the model quantized (integer op types, an 8-bit embedding table); () if float
+    #: the integer op types that make the model quantized; () if float (an 8-bit embedding
+    #: table alone does not: the split dequantizes it exactly)
     quantized: tuple[str, ...] = ()
+    #: for a float twin (load_model(dequantize=True)): the integer op types it replaced
+    twin_of: tuple[str, ...] = ()
     #: classification ([batch, classes] output), or next-token (a causal LM's [batch, seq,
     #: vocab] logits, explained at the last position; classes are vocabulary tokens)
     task: str = "classification"
@@ -151,11 +155,14 @@ class TextModel:
 
 
 def load_model(path: str | Path, *, device: str = "auto", output: str | None = None,
-               verify: bool = True, threads: int = 0) -> TextModel:
+               verify: bool = True, threads: int = 0, dequantize: bool = False) -> TextModel:
     """Load a model directory or ``.onnx`` file (see :mod:`blackbox_sal.model.files`).
 
     device: auto | cpu | cuda. output: the output to explain (default: the first).
     verify: for a split model, check body(table[ids]) == model(ids) on a probe sentence.
+    dequantize: load a dynamically quantized model as its float twin (int8 weights
+    dequantized, activations in float; :mod:`blackbox_sal.graph.dequantize`), which has exact
+    gradients; UsageError for a model that is not quantized.
     Raises ModelError (exit 3) when the model cannot be used, UnavailableError (exit 4) for
     a device that is not there.
     """
@@ -167,6 +174,12 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     tokenizer.no_truncation()
     tokenizer.no_padding()
     proto = files.read_onnx(found.onnx_path)
+    twin_of: tuple[str, ...] = ()
+    if dequantize:
+        twin_of = quantized_ops(proto)
+        if not twin_of:
+            raise UsageError("--dequantize: the model has no integer operators to dequantize")
+        proto, _ = float_twin(proto, QUANTIZED_OPS)
     choices = _rank(proto, IDS) == 3 or _rank(proto, EMBEDS) == 4
     if choices:  # [batch, choices, seq]: score one sequence at a time, as a batch of [batch, 1, seq]
         proto = single_choice(proto)
@@ -180,7 +193,9 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         split = split_embedding(proto, IDS)
         table, body, original = split.table, split.body, proto
         origin = f"split at {split.lookup}"
-        quantized = quantized_ops(proto) + (("8-bit embedding table",) if split.quantized_table else ())
+        quantized = quantized_ops(proto)
+        if split.quantized_table:
+            origin += " (an 8-bit table, dequantized)"
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if vocab > table.shape[0]:
         raise ModelError(f"the tokenizer has {vocab} tokens but the embedding table only "
@@ -210,7 +225,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         labels=_labels(found.config), max_length=_max_length(found.config, proto),
         origin=origin, int_inputs=int_inputs, row_norm=mean_row_norm(table), body=body,
         config=found.config, folder=found.onnx_path.parent, device_request=device, threads=threads,
-        quantized=quantized, task=task,
+        quantized=quantized, task=task, twin_of=twin_of,
     )
     if len(outputs[source].shape or ()) == 3 and _per_position(model, source):  # a causal LM's logits
         body = last_position(body, source)
