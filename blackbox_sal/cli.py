@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from blackbox_sal import __version__
-from blackbox_sal.config import LONG, ExplainConfig
+from blackbox_sal.config import FD_SCHEMES, LONG, ExplainConfig
 from blackbox_sal.errors import SalError, UsageError
 from blackbox_sal.explain import explain
 from blackbox_sal.gradients import BACKENDS
@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: 0.01, or 0.3 for quantized models)")
     e.add_argument("--richardson", action="store_true",
                    help="Richardson extrapolation: 4 runs per derivative, O(h^4) error")
+    e.add_argument("--fd-scheme", choices=FD_SCHEMES, default=defaults.fd_scheme,
+                   help="central differences (O(h^2)), or forward = one-sided (O(h)) with f(x) shared "
+                        "by every token at a point: about half the runs for grad-x-input and ig "
+                        "(default: %(default)s)")
     e.add_argument("--samples", type=int, default=defaults.samples, metavar="N",
                    help="SmoothGrad samples (default: %(default)s)")
     e.add_argument("--noise", type=float, default=defaults.noise, metavar="SIGMA",
@@ -133,7 +137,7 @@ def _config(a: argparse.Namespace) -> ExplainConfig:
     return ExplainConfig(
         method=a.method, backend=a.backend, target=a.target, score=a.score, steps=a.steps,
         quadrature=a.quadrature, baseline=a.baseline, reduce=a.reduce, words=a.words,
-        batch_size=a.batch_size, fd_step=a.fd_step, richardson=a.richardson,
+        batch_size=a.batch_size, fd_step=a.fd_step, richardson=a.richardson, fd_scheme=a.fd_scheme,
         samples=a.samples, noise=a.noise, seed=a.seed, long=a.long, window_overlap=a.window_overlap,
         progress=False if a.quiet else None,
     ).validated()

@@ -14,6 +14,8 @@ from blackbox_sal.text.tokenization import MAX_CHARS
 
 #: what to do with a text over the model's token limit
 LONG = ("error", "window")
+#: finite-difference schemes (blackbox_sal.gradients.finite_differences.SCHEMES)
+FD_SCHEMES = ("central", "forward")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class ExplainConfig:
     fd_step: finite-difference step relative to each token embedding's norm; None = 1e-2, or
         the wider quantized-model step for int8 models (see finite_differences).
     richardson: Richardson extrapolation (4 runs per derivative, O(h^4)).
+    fd_scheme: central (default, O(h^2)) or forward (one-sided, O(h), about half the runs).
     samples, noise, seed: SmoothGrad's sample count, noise std relative to each token's
         embedding RMS, and random seed.
     max_chars: longest accepted text. progress: progress bars (None = when stderr is a TTY).
@@ -54,6 +57,7 @@ class ExplainConfig:
     batch_size: int = 64
     fd_step: float | None = None
     richardson: bool = False
+    fd_scheme: str = "central"
     samples: int = 10
     noise: float = 0.1
     seed: int = 0
@@ -86,6 +90,11 @@ class ExplainConfig:
             raise UsageError("the trapezoid rule needs steps >= 2")
         if self.fd_step is not None and not 0 < self.fd_step < 1:
             raise UsageError(f"fd_step must be in (0, 1), got {self.fd_step!r}")
+        if self.fd_scheme not in FD_SCHEMES:
+            raise unknown_choice("finite-difference scheme", self.fd_scheme, FD_SCHEMES)
+        if self.fd_scheme == "forward" and self.richardson:
+            raise UsageError("--richardson extrapolates central differences: it does not combine with "
+                             "--fd-scheme forward")
         if self.long not in LONG:
             raise unknown_choice("long-text handling", self.long, LONG)
         if self.window_overlap is not None and (not isinstance(self.window_overlap, int) or self.window_overlap < 0):

@@ -90,7 +90,7 @@ def explain_tokens(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target:
         settings.update(samples=cfg.samples, noise=cfg.noise, seed=cfg.seed)
     if backend.name == "fd" and cfg.method in NEEDS_DERIVATIVES:
         assert isinstance(backend, FiniteDifferences)
-        settings.update(fd_step=backend.rel_step, richardson=cfg.richardson)
+        settings.update(fd_step=backend.rel_step, richardson=cfg.richardson, fd_scheme=cfg.fd_scheme)
     if isinstance(backend, GraphBackend):
         settings["gradient_passes"] = backend.gradient_passes
 

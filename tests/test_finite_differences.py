@@ -100,3 +100,30 @@ def test_step_scale_falls_back_for_zero_rows() -> None:
     table = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
     assert mean_row_norm(table) == 1.5
     np.testing.assert_allclose(step_scale(emb, mean_row_norm(table)), [5.0, 1.5])
+
+
+def test_forward_scheme_shares_each_point_and_is_first_order() -> None:
+    """One-sided differences: one run per derivative plus f(point) once per point, error O(t)."""
+    from blackbox_sal.gradients.finite_differences import FiniteDifferences
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(4, 3))
+
+    calls = [0]
+
+    def f(points: np.ndarray) -> np.ndarray:  # f(x) = sum (a * x)^2 / 2: gradient a^2 x
+        calls[0] += len(points)
+        return 0.5 * ((a * points.astype(np.float64)) ** 2).sum(axis=(1, 2))
+
+    points = rng.normal(size=(5, 4, 3)).astype(np.float32)
+    blocks = rng.normal(size=points.shape).astype(np.float32)
+    exact = ((a**2) * points * blocks).sum(-1)
+    errors = []
+    for step in (1e-2, 5e-3):
+        calls[0] = 0
+        fd = FiniteDifferences(f, np.ones(4), rel_step=step, scheme="forward")
+        got = fd.token_jvp(points, blocks)
+        assert calls[0] == 5 * 4 + 5  # a run per (point, token), f(point) once per point
+        errors.append(np.abs(got - exact).max())
+    assert errors[0] < 0.05 * np.abs(exact).max()
+    assert 1.6 < errors[0] / errors[1] < 2.4  # halving the step halves the error: first order

@@ -47,8 +47,8 @@ def _fd(f: Objective, scale: np.ndarray, config: ExplainConfig) -> Made:
                                      "read scores as approximate (ig on int8 MiniLM ranks tokens like the fp32 "
                                      "model at rho 0.82)") + "; --dequantize explains the float twin of its int8 "
                  "weights with exact gradients instead (0.93)",)
-    return FiniteDifferences(f, scale, rel_step=step, richardson=config.richardson,
-                             batch_size=config.batch_size, progress=progress), notes
+    return FiniteDifferences(f, scale, rel_step=step, richardson=config.richardson, batch_size=config.batch_size,
+                             progress=progress, scheme=config.fd_scheme), notes
 
 
 def _graph(f: Objective, scale: np.ndarray, config: ExplainConfig) -> Made:
