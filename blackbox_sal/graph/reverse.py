@@ -305,10 +305,6 @@ def _add(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: li
     return out
 
 
-def _sum(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
-    return _add(b, f, n, gy, want)
-
-
 def _mul(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
     g, y = gy[0], n.output[0]
     assert g is not None
@@ -770,7 +766,7 @@ def _reduce(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want:
 
 RULES: dict[str, Rule] = {
     **{op: _unary(local) for op, local in UNARY.items()},
-    "Add": _add, "Sub": _add, "Sum": _sum, "Mul": _mul, "Div": _div, "Pow": _pow,
+    "Add": _add, "Sub": _add, "Sum": _add, "Mul": _mul, "Div": _div, "Pow": _pow,
     "Gelu": _gelu, "LeakyRelu": _leaky_relu,
     "MatMul": _matmul, "Gemm": _gemm, "Softmax": _softmax, "LogSoftmax": _softmax,
     "LayerNormalization": _layer_norm, "Conv": _conv,
