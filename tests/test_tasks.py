@@ -169,3 +169,21 @@ def test_multiple_choice_scores_each_pair_and_explains_the_best(tmp_path: Path) 
     with pytest.raises(UsageError, match="3 output classes: say with --target"):
         explain_choices(classifier, context, choices)
     assert explain_choices(classifier, context, choices, ExplainConfig(target=2)).explanation.target.index == 2
+
+
+def test_pair_tokens_point_into_the_combined_text() -> None:
+    from tokenizers import processors
+
+    from blackbox_sal.text.tokenization import PAIR_SEPARATOR, tokenize_pair
+
+    tok = tiny.tokenizer()
+    cls, sep = tiny.VOCAB["[CLS]"], tiny.VOCAB["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    t = tokenize_pair(tok, "the film was", "good plot", None)
+    assert t.text == "the film was" + PAIR_SEPARATOR + "good plot"
+    assert list(t.strings) == ["[CLS]", "the", "film", "was", "[SEP]", "good", "plot", "[SEP]"]
+    assert list(t.type_ids) == [0, 0, 0, 0, 0, 1, 1, 1]
+    ordinary = [(s, o) for s, o, sp in zip(t.strings, t.offsets, t.special, strict=True) if not sp]
+    assert all(t.text[a:b] == s for s, (a, b) in ordinary)
+    assert [w for w in t.word_ids if w is not None] == [0, 1, 2, 3, 4]
