@@ -187,3 +187,24 @@ def test_pair_tokens_point_into_the_combined_text() -> None:
     ordinary = [(s, o) for s, o, sp in zip(t.strings, t.offsets, t.special, strict=True) if not sp]
     assert all(t.text[a:b] == s for s, (a, b) in ordinary)
     assert [w for w in t.word_ids if w is not None] == [0, 1, 2, 3, 4]
+
+
+def test_a_token_classifier_is_not_taken_for_a_causal_lm(tmp_path: Path) -> None:
+    """[batch, seq, 3] per-token labels: not as wide as the vocabulary, so not next-token: one
+    clear error at load (exit 3) instead of tokens read as vocabulary entries."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from blackbox_sal.errors import ModelError
+
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["E"]),
+             helper.make_node("MatMul", ["E", "W"], ["tags"])]
+    graph = helper.make_graph(nodes, "ner", [tiny._ids_input()],
+                              [helper.make_tensor_value_info("tags", TensorProto.FLOAT, ["batch", "seq", 3])],
+                              [numpy_helper.from_array(TABLE, "table"),
+                               numpy_helper.from_array(np.ones((D, 3), np.float32), "W")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", tiny.OPSET)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    with pytest.raises(ModelError, match="expected \\[batch, classes\\]"):
+        load_model(tiny.write_model_dir(tmp_path / "ner", m))

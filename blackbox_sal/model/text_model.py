@@ -272,14 +272,15 @@ def single_choice(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _per_position(model: TextModel, output: str) -> bool:
-    """Whether a rank-3 output is [batch, seq, vocab]: one row per input position."""
+    """Whether a rank-3 output is [batch, seq, vocab]: one row per input position, as wide as
+    the embedding table (a token classifier's [batch, seq, labels] is not a causal LM)."""
     ids = np.array(model.tokenizer.encode(_PROBE_TEXT).ids, dtype=np.int64)[: model.max_length or None]
     feeds = model.feeds(model.embed(ids)[None], ids, np.zeros_like(ids))
     try:
         shape = np.shape(model.session.run([output], feeds)[0])
     except Exception as exc:  # onnxruntime's own error types
         raise ModelError(f"the model fails on a probe sentence: {str(exc).splitlines()[0][:300]}") from exc
-    return len(shape) == 3 and shape[1] == len(ids) and shape[2] > 1
+    return len(shape) == 3 and shape[1] == len(ids) and shape[2] == model.table.shape[0]
 
 
 def last_position(body: onnx.ModelProto, logits: str) -> onnx.ModelProto:
