@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from blackbox_sal import __version__
-from blackbox_sal.config import FD_SCHEMES, LONG, ExplainConfig
+from blackbox_sal.config import AUTO, FD_SCHEMES, LONG, ExplainConfig
 from blackbox_sal.errors import SalError, UsageError
 from blackbox_sal.explain import explain
 from blackbox_sal.gradients import BACKENDS
@@ -65,8 +65,12 @@ def _parser() -> argparse.ArgumentParser:
                         "(a word means the next word: ' Paris')")
     e.add_argument("--score", choices=list(SCORES), default=defaults.score,
                    help="the explained scalar (default: %(default)s)")
-    e.add_argument("--steps", type=int, default=defaults.steps, metavar="N",
-                   help="integrated-gradients nodes (default: %(default)s)")
+    e.add_argument("--steps", type=_steps, default=defaults.steps, metavar="N|auto",
+                   help="integrated-gradients nodes, or auto = nested Clenshaw-Curtis nodes (5, 9, 17, "
+                        "... 257) until the estimated error is within --tolerance (default: %(default)s)")
+    e.add_argument("--tolerance", type=float, default=defaults.tolerance, metavar="T",
+                   help="--steps auto stops when the error estimate is at most T times the sum of "
+                        "|scores| (default: %(default)s)")
     e.add_argument("--quadrature", choices=list(QUADRATURES), default=defaults.quadrature,
                    help="integrated-gradients rule (default: %(default)s)")
     e.add_argument("--baseline", default=defaults.baseline, metavar="pad|zero|unk|mask|TOKEN",
@@ -133,10 +137,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _steps(text: str) -> int | str:
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of nodes or 'auto', got {text!r}") from None
+
+
 def _config(a: argparse.Namespace) -> ExplainConfig:
     return ExplainConfig(
         method=a.method, backend=a.backend, target=a.target, score=a.score, steps=a.steps,
-        quadrature=a.quadrature, baseline=a.baseline, reduce=a.reduce, words=a.words,
+        tolerance=a.tolerance, quadrature=a.quadrature, baseline=a.baseline, reduce=a.reduce, words=a.words,
         batch_size=a.batch_size, fd_step=a.fd_step, richardson=a.richardson, fd_scheme=a.fd_scheme,
         samples=a.samples, noise=a.noise, seed=a.seed, long=a.long, window_overlap=a.window_overlap,
         progress=False if a.quiet else None,

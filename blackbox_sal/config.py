@@ -8,6 +8,7 @@ choices and the closest match.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from blackbox_sal.errors import UsageError, unknown_choice
 from blackbox_sal.text.tokenization import MAX_CHARS
@@ -16,6 +17,8 @@ from blackbox_sal.text.tokenization import MAX_CHARS
 LONG = ("error", "window")
 #: finite-difference schemes (blackbox_sal.gradients.finite_differences.SCHEMES)
 FD_SCHEMES = ("central", "forward")
+#: ``steps="auto"``: integrated gradients add nested nodes until they converge
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,10 @@ class ExplainConfig:
     target: a label name or class index to explain; None = the predicted class.
     score: logit (raw output) | probability | log-probability.
     steps, quadrature: integrated-gradients nodes and rule (gauss-legendre, riemann-left,
-        riemann-right, riemann-middle, trapezoid).
+        riemann-right, riemann-middle, trapezoid, clenshaw-curtis). steps="auto": nested
+        Clenshaw-Curtis rules of 5, 9, 17, ... 257 nodes until the estimated error is at most
+        ``tolerance`` times the attributions' total size (sum of |score|).
+    tolerance: the relative error at which steps="auto" stops (default 1%).
     baseline: pad | zero | unk | mask | any single vocabulary token (IG and occlusion).
     reduce: per-token reduction (l2, l1, sum, mean, max); None = the method's own default
         (l2 for saliency and smoothgrad, sum for grad-x-input and ig).
@@ -49,7 +55,8 @@ class ExplainConfig:
     backend: str = "auto"
     target: str | int | None = None
     score: str = "logit"
-    steps: int = 50
+    steps: int | Literal["auto"] = 50
+    tolerance: float = 0.01
     quadrature: str = "gauss-legendre"
     baseline: str = "pad"
     reduce: str | None = None
@@ -82,12 +89,20 @@ class ExplainConfig:
                 raise unknown_choice(kind, name, registry)
         if self.reduce is not None and self.reduce not in REDUCTIONS:
             raise unknown_choice("reduction", self.reduce, REDUCTIONS)
-        for name, value, low in (("steps", self.steps, 1), ("batch_size", self.batch_size, 1),
-                                 ("samples", self.samples, 1), ("max_chars", self.max_chars, 1)):
+        for name, value, low in (("batch_size", self.batch_size, 1), ("samples", self.samples, 1),
+                                 ("max_chars", self.max_chars, 1)):
             if not isinstance(value, int) or value < low:
                 raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.quadrature == "trapezoid" and self.steps < 2:
-            raise UsageError("the trapezoid rule needs steps >= 2")
+        if self.steps == AUTO:
+            if self.quadrature not in ("gauss-legendre", "clenshaw-curtis"):
+                raise UsageError(f"steps 'auto' adds nested Clenshaw-Curtis nodes; it does not combine "
+                                 f"with the {self.quadrature} rule (give a number of steps instead)")
+        elif isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise UsageError(f"steps must be an integer >= 1 or 'auto', got {self.steps!r}")
+        elif self.quadrature in ("trapezoid", "clenshaw-curtis") and self.steps < 2:
+            raise UsageError(f"the {self.quadrature} rule needs steps >= 2")
+        if not 0 < self.tolerance < 1:
+            raise UsageError(f"tolerance must be in (0, 1), got {self.tolerance!r}")
         if self.fd_step is not None and not 0 < self.fd_step < 1:
             raise UsageError(f"fd_step must be in (0, 1), got {self.fd_step!r}")
         if self.fd_scheme not in FD_SCHEMES:

@@ -9,7 +9,7 @@ from types import MappingProxyType
 import numpy as np
 
 from blackbox_sal.baselines import make_baseline
-from blackbox_sal.config import ExplainConfig
+from blackbox_sal.config import AUTO, ExplainConfig
 from blackbox_sal.errors import InputError, UsageError
 from blackbox_sal.gradients import FiniteDifferences, GraphBackend, make_backend, step_scale
 from blackbox_sal.methods import METHODS, Problem
@@ -85,7 +85,9 @@ def explain_tokens(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target:
     if cfg.method in USES_BASELINE:
         settings["baseline"] = cfg.baseline
     if cfg.method == "ig":
-        settings.update(steps=cfg.steps, quadrature=cfg.quadrature)
+        settings.update(steps=result.nodes, quadrature=cfg.quadrature)
+        if cfg.steps == AUTO:
+            settings.update(quadrature="clenshaw-curtis", steps_auto=True, tolerance=cfg.tolerance)
     if cfg.method == "smoothgrad":
         settings.update(samples=cfg.samples, noise=cfg.noise, seed=cfg.seed)
     if backend.name == "fd" and cfg.method in NEEDS_DERIVATIVES:

@@ -68,6 +68,19 @@ def test_words_html_and_output_file(tmp_path: Path) -> None:
     assert page.startswith("<!DOCTYPE html>") and "http" not in page
 
 
+def test_steps_auto_reports_the_nodes_it_settled_on() -> None:
+    r = cli("explain", POSITIVE, "--steps", "auto", "--tolerance", "0.001", "--format", "json", "-q")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    settings = doc["settings"]
+    assert settings["steps_auto"] is True and settings["tolerance"] == 0.001
+    assert settings["quadrature"] == "clenshaw-curtis" and settings["steps"] in (9, 17, 33, 65, 129, 257)
+    assert settings["gradient_passes"] == settings["steps"]  # nested: no node is evaluated twice
+    assert abs(doc["convergence_delta"]) <= 0.001 * sum(abs(t["score"]) for t in doc["tokens"])
+    text = cli("explain", POSITIVE, "--steps", "auto", "--tolerance", "0.001", "-q", env={"NO_COLOR": "1"})
+    assert f"({settings['steps']} nodes, steps auto)" in text.stdout
+
+
 def test_stdin_and_target_index() -> None:
     r = cli("explain", "-", "--target", "0", "--format", "json", "--method", "occlusion", stdin=POSITIVE)
     assert r.returncode == 0, r.stderr
@@ -83,6 +96,9 @@ def test_saliency_announces_its_cost() -> None:
     (["explain", ""], 2, "the text is empty"),
     (["explain", "good", "--target", "positive"], 2, "unknown target label 'positive'"),
     (["explain", "good", "--steps", "0"], 2, "steps must be an integer >= 1"),
+    (["explain", "good", "--steps", "many"], 2, "expected a number of nodes or 'auto'"),
+    (["explain", "good", "--steps", "auto", "--quadrature", "trapezoid"], 2, "does not combine"),
+    (["explain", "good", "--steps", "auto", "--tolerance", "0"], 2, "tolerance must be in (0, 1)"),
     (["explain", "good", "--baseline", "mask"], 2, "no MASK token"),
     (["explain", "good " * 600], 2, "the model takes at most 512"),
     (["explain", "good", "--model", "/no/such/dir"], 3, "model not found"),

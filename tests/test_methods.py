@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from blackbox_sal.config import ExplainConfig
+from blackbox_sal.errors import UsageError
 from blackbox_sal.gradients.finite_differences import FiniteDifferences, step_scale
 from blackbox_sal.methods import METHODS, Attribution, Problem
 from blackbox_sal.methods.gradient_methods import DEGENERATE_NOTE, identical_rows
-from blackbox_sal.methods.integrated_gradients import SAME_AS_BASELINE_NOTE
+from blackbox_sal.methods.integrated_gradients import AUTO_LEVELS, SAME_AS_BASELINE_NOTE
+from blackbox_sal.methods.quadrature import QUADRATURES, clenshaw_curtis
 
 Scalar = Callable[[np.ndarray], np.ndarray]
 
@@ -91,6 +93,80 @@ def test_ig_special_tokens_get_zero_and_input_equal_to_baseline_is_said() -> Non
     same = run(mlp, X, X, method="ig")
     assert SAME_AS_BASELINE_NOTE in same.notes
     assert np.all(same.scores == 0.0)
+
+
+@pytest.mark.parametrize("m", [2, 3, 6, 9, 17, 33])
+def test_clenshaw_curtis_is_exact_to_degree_m_minus_1_and_nested(m: int) -> None:
+    nodes, weights = clenshaw_curtis(m)
+    for degree in range(m):
+        assert weights @ nodes**degree == pytest.approx(1 / (degree + 1), abs=1e-13)
+    assert nodes[0] == 0.0 and nodes[-1] == pytest.approx(1.0)
+    assert np.all(weights > 0)
+    if m % 2 == 1 and m > 2:  # 2^k + 1 nodes contain the 2^(k-1) + 1
+        np.testing.assert_allclose(nodes[::2], clenshaw_curtis(m // 2 + 1)[0], atol=1e-15)
+
+
+def cubic(points: np.ndarray) -> np.ndarray:
+    """f = sum_i (x_i . a)^3 + (x_i . b): the IG integrand is a quadratic in the path parameter."""
+    p = points.astype(np.float64)
+    return ((p @ A) ** 3 + p @ B).sum(axis=1)
+
+
+A, B = RNG.normal(0, 0.5, 4), RNG.normal(0, 0.5, 4)
+
+
+def test_ig_auto_stops_as_soon_as_two_levels_agree_on_a_polynomial_path() -> None:
+    """A quadratic integrand is exact on 5 nodes; 9 confirm it. Closed form: with a zero
+    baseline IG_i = (x_i . a)^3 + x_i . b."""
+    out = run(cubic, X, method="ig", steps="auto", richardson=True)
+    assert out.nodes == 9 and out.notes == ()
+    x = X.astype(np.float64)
+    np.testing.assert_allclose(out.scores, (x @ A) ** 3 + x @ B, rtol=1e-4, atol=1e-5)
+
+
+def test_ig_auto_meets_its_tolerance_and_tighter_costs_more() -> None:
+    fine = run(mlp, X, method="ig", steps=400, richardson=True).scores
+    used = []
+    for tol in (3e-2, 1e-3, 1e-5):
+        out = run(mlp, X, method="ig", steps="auto", tolerance=tol, richardson=True)
+        assert out.nodes in AUTO_LEVELS and out.notes == ()
+        assert np.abs(out.scores - fine).sum() <= tol * np.abs(fine).sum()
+        assert abs(out.delta) <= tol * np.abs(out.scores).sum()  # type: ignore[arg-type]
+        used.append(out.nodes)
+    assert used == sorted(used) and used[0] < used[-1]
+
+
+def test_ig_auto_stops_at_a_noise_floor_and_says_so() -> None:
+    """f plus noise of size 1e-4: differences cannot converge to 1e-9, and auto stops there
+    rather than spend 257 nodes."""
+    noisy = np.random.default_rng(0)
+
+    def f(points: np.ndarray) -> np.ndarray:
+        return mlp(points) + noisy.normal(0, 1e-4, len(points))
+
+    out = run(f, X, method="ig", steps="auto", tolerance=1e-9)
+    assert out.nodes is not None and out.nodes < AUTO_LEVELS[-1]
+    assert len(out.notes) == 1 and "stopped shrinking" in out.notes[0]
+
+
+def test_ig_auto_with_a_per_dimension_reduction() -> None:
+    """l1 needs each node's full gradient: auto keeps them and reaches the same nodes and delta."""
+    by_jvp = run(mlp, X, method="ig", steps="auto", richardson=True)
+    by_grad = run(mlp, X, method="ig", steps="auto", reduce="l1", richardson=True)
+    assert by_grad.nodes == by_jvp.nodes and by_grad.reduce == "l1"
+    assert by_jvp.delta == pytest.approx(by_grad.delta, abs=2e-5)
+    assert np.all(by_grad.scores >= np.abs(by_jvp.scores) - 1e-4)
+
+
+def test_ig_auto_config_errors() -> None:
+    with pytest.raises(UsageError, match="does not combine"):
+        ExplainConfig(steps="auto", quadrature="riemann-left").validated()
+    for bad in (0, True, 2.5, "many"):
+        with pytest.raises(UsageError, match="steps must be"):
+            ExplainConfig(steps=bad).validated()  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="tolerance"):
+        ExplainConfig(steps="auto", tolerance=1.5).validated()
+    assert "clenshaw-curtis" in QUADRATURES
 
 
 def test_saliency_is_the_l2_norm_of_the_gradient() -> None:

@@ -32,10 +32,12 @@ class Problem:
 class Attribution:
     """scores: float64 [S], one per token. reduce: the reduction used (None for occlusion).
     baseline_value: f(baseline) where a baseline was used. delta: IG's completeness delta
-    sum(attributions) - (f(x) - f(baseline)). notes: things the user should know."""
+    sum(attributions) - (f(x) - f(baseline)). notes: things the user should know. nodes: the
+    path points IG used (its steps, or what steps="auto" settled on)."""
 
     scores: np.ndarray
     reduce: str | None
     baseline_value: float | None = None
     delta: float | None = None
     notes: tuple[str, ...] = ()
+    nodes: int | None = None

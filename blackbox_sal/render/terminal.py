@@ -61,6 +61,8 @@ def render_terminal(e: Explanation, color: bool = False) -> str:
             f"{class_name(t.label, t.index)} {t.value:.4g}" for t in e.prediction.top if t.value is not None))
     if e.baseline_value is not None:
         delta = f"   completeness delta = {_fmt(e.convergence_delta)}" if e.convergence_delta is not None else ""
+        if e.settings.get("steps_auto"):
+            delta += f"   ({e.settings['steps']} nodes, steps auto)"
         lines.append(f"baseline {e.settings.get('baseline', '')}: f(x') = {e.baseline_value:.4g}{delta}")
     lines.append("")
     if color:
