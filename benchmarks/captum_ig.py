@@ -12,7 +12,12 @@ Gauss-Legendre with 50 nodes. Printed, each a median of --repeats interleaved ru
   model, central and one-sided, and on its int8 quantization by quantize_dynamic: the
   black-box price);
 - blackbox-sal at equal accuracy: the fewest Gauss-Legendre nodes whose |delta| is at most
-  Captum's, per backend.
+  Captum's, per backend;
+- blackbox-sal with --steps auto (nested Clenshaw-Curtis, tolerance 1%), gradient graph;
+- lower bounds, from onnxruntime's forward time per sequence at its best batch size: what
+  the goals would need. A finite-difference IG point costs at least L + 1 forward passes (L
+  the non-special tokens), and no difference scheme integrates with fewer points than exact
+  gradients need for the same delta.
 
 Goals (issue 3): graph IG at 50 nodes >= 1.25x faster than Captum; at equal accuracy >= 3x.
 (Issue 4): finite-difference IG at Captum's delta within 10x of Captum's time.
@@ -141,15 +146,19 @@ def main() -> None:
     if args.fd:  # the black-box price: the same model quantized to int8 can only be explained by FD
         models["fd-int8"] = load_model(int8_of(folder), device="cpu", threads=args.threads)
 
-    def ours(steps: int, variant: str) -> float:
+    def ours(steps: int | str, variant: str) -> float:
         backend = variant.removesuffix("-int8").removesuffix("-forward")
         scheme = "forward" if variant.endswith("-forward") else "central"
-        cfg = ExplainConfig(method="ig", steps=steps, backend=backend, target=target, batch_size=64,
+        cfg = ExplainConfig(method="ig", steps=steps, backend=backend, target=target, batch_size=64,  # type: ignore[arg-type]
                             progress=False, fd_scheme=scheme)
         e = explain(models[variant], TEXT, cfg)
         assert e.backend == backend, e.notes
+        auto_nodes[variant] = int(e.settings["steps"])  # type: ignore[call-overload]
         return abs(e.convergence_delta or 0.0)
 
+    auto_nodes: dict[str, int] = {}
+    auto_delta = ours("auto", "graph")
+    auto_used = auto_nodes["graph"]
     captum_delta = captum_run()
     deltas = {b: ours(args.steps, b) for b in backends}
     equal: dict[str, int] = {}
@@ -165,6 +174,7 @@ def main() -> None:
     }
     for backend, n in equal.items():
         runs[f"blackbox-sal IG, {backend}, {n} nodes (equal accuracy)"] = lambda n=n, b=backend: ours(n, b)
+    runs[f"blackbox-sal IG, graph, steps auto ({auto_used} nodes)"] = lambda: ours("auto", "graph")
     for run in runs.values():  # warm-up
         run()
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -178,9 +188,38 @@ def main() -> None:
     for backend in backends:
         if backend not in equal:
             print(f"{backend}: no node count tried (up to {NODES[-1]}) reaches Captum's delta")
+    print(f"steps auto (tolerance 1%): {auto_used} nodes, |delta| {auto_delta:.2e}")
     print(f"{'run':<58}{'seconds':>9}{'Captum / run':>14}")
     for name, seconds in t.items():
         print(f"{name:<58}{seconds:>9.3f}{captum / seconds:>14.2f}")
+    lower_bounds(model, points, tokens, captum, t["onnxruntime alone, 50 forward passes"], equal.get("graph"),
+                 args.steps, args.repeats)
+
+
+def lower_bounds(model: Any, points: np.ndarray, tokens: Any, captum: float, ort50: float,
+                 graph_nodes: int | None, steps: int, repeats: int) -> None:
+    """What the goals would need, from onnxruntime's best forward time per sequence."""
+    best, best_batch = float("inf"), 0
+    for batch in (1, 8, 32, 64, 128, 256):
+        rows = np.repeat(points[:1], batch, axis=0)
+        feeds = model.feeds(rows, tokens.ids, tokens.type_ids)
+        model.session.run([model.output], feeds)
+        per = median_time(lambda feeds=feeds: model.session.run([model.output], feeds), repeats) / batch
+        if per < best:
+            best, best_batch = per, batch
+    words = int((~tokens.special).sum())
+    print(f"\nLower bounds: onnxruntime forward per sequence at its best batch ({best_batch}): {best * 1e3:.2f} ms; "
+          f"{words} non-special tokens")
+    print(f"- graph IG at {steps} nodes, even at forward+gradient = 2.0 x forward (issue 3's own ratio goal): "
+          f"{2 * ort50:.3f} s = {captum / (2 * ort50):.2f}x Captum's speed (goal 1.25x)")
+    if graph_nodes is not None:
+        need = graph_nodes
+        print(f"- equal accuracy needs {need} nodes with exact gradients; at 2.0 x forward: "
+              f"{2 * ort50 * need / steps:.3f} s = {captum / (2 * ort50 * need / steps):.2f}x Captum's speed (goal 3x)")
+        one_sided = need * (words + 1) * best
+        print(f"- finite differences at that delta need at least {need} points x (L + 1) = {need * (words + 1)} "
+              f"forward passes: {one_sided:.2f} s = {one_sided / captum:.1f}x Captum's time (goal within 10x); "
+              f"central differences 2L per point: {2 * need * words * best / captum:.1f}x")
 
 
 if __name__ == "__main__":
