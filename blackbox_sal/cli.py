@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--window-overlap", type=int, metavar="N",
                    help="tokens consecutive windows share (default: a quarter of the limit)")
     e.add_argument("--dequantize", action="store_true",
-                   help="explain a dynamically quantized model's float twin (int8 weights dequantized, "
+                   help="explain a quantized model's float twin (dynamic or QDQ int8; weights dequantized, "
                         "activations in float): exact gradients of the deployed weights")
     e.add_argument("--no-verify", action="store_true",
                    help="skip checking the embedding split against the original model")

@@ -84,3 +84,80 @@ def test_float_twin_has_exact_gradients_of_the_deployed_weights(pair: tuple[Path
     np.testing.assert_allclose([t.score for t in graph.tokens], [t.score for t in ref.tokens], rtol=0.1, atol=0.05)
     with pytest.raises(UsageError, match="no integer operators"):
         load_model(fp32, dequantize=True)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["per-tensor", "per-channel"])
+def qdq(pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """The fp32 model after onnxruntime's quantize_static in the QDQ format: weights as
+    DequantizeLinear of int8 constants, activations as QuantizeLinear -> DequantizeLinear."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.feeds = iter([{"input_ids": rng.integers(5, 15, (1, 6)), "attention_mask": np.ones((1, 6), np.int64)}
+                               for _ in range(16)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    fp32, _ = pair
+    out = tmp_path_factory.mktemp("qdq")
+    quantize_static(str(fp32 / "model.onnx"), str(out / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["MatMul", "Gather", "Add", "Tanh"], per_channel=request.param)
+    for name in ("tokenizer.json", "config.json"):
+        (out / name).write_bytes((fp32 / name).read_bytes())
+    return out
+
+
+def test_qdq_float_twin_has_the_closed_form_gradient_of_the_dequantized_weights(qdq: Path) -> None:
+    from onnx import numpy_helper
+
+    from blackbox_sal.gradients.graph import gradient_session, run_gradient
+    from blackbox_sal.text.tokenization import tokenize
+
+    proto = onnx.load(str(qdq / "model.onnx"))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in proto.graph.node}
+    model = load_model(qdq)
+    assert "QuantizeLinear" in model.quantized
+    assert explain(model, tiny.TEXT, ExplainConfig(method="grad-x-input")).backend == "fd"
+
+    twin = load_model(qdq, dequantize=True)
+    assert twin.quantized == () and "QuantizeLinear" in twin.twin_of
+    ints = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in proto.graph.initializer}
+    w1, b1, w2 = ((ints[f"{n}_quantized"] - ints[f"{n}_zero_point"]) * ints[f"{n}_scale"] for n in ("W1", "b1", "W2"))
+    tokens = tokenize(twin.tokenizer, tiny.TEXT, twin.max_length, 10_000)
+    x = twin.embed(tokens.ids)
+    table = (ints["table_quantized"] - ints["table_zero_point"]) * ints["table_scale"]
+    np.testing.assert_allclose(x, table[tokens.ids], rtol=1e-6)  # the lookup reads the dequantized table
+    for c in range(3):
+        w = np.zeros((1, 3))
+        w[0, c] = 1.0
+        grad = run_gradient(twin, gradient_session(twin), x[None], tokens.ids, tokens.type_ids, w)[0]
+        np.testing.assert_allclose(grad, tiny.tanh_mlp_grad(x, w1, b1, w2, c), rtol=1e-4, atol=1e-6)
+    logits = twin.run(x[None], tokens.ids, tokens.type_ids, 1)[0]
+    np.testing.assert_allclose(logits, np.tanh(x.astype(np.float64) @ w1 + b1).sum(0) @ w2, rtol=1e-5, atol=1e-6)
+    e = explain(twin, tiny.TEXT, ExplainConfig(method="ig", steps=16))
+    assert e.backend == "graph" and e.notes[0].startswith("explained the float twin")
+
+
+def test_qdq_constant_dequantized_along_its_axis() -> None:
+    """DequantizeLinear(q [3, 4], scale [3], zero [3], axis=0) == (q - zero[:, None]) * scale[:, None]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from blackbox_sal.graph.dequantize import float_twin
+    from blackbox_sal.model.text_model import QUANTIZED_OPS
+
+    q = np.arange(-6, 6, dtype=np.int8).reshape(3, 4)
+    scale, zero = np.array([0.5, 2.0, 0.25], np.float32), np.array([1, -2, 0], np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["w"], axis=0),
+         helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [numpy_helper.from_array(q, "q"), numpy_helper.from_array(scale, "s"), numpy_helper.from_array(zero, "z")])
+    twin, replaced = float_twin(helper.make_model(graph), QUANTIZED_OPS)
+    assert replaced == 1 and [n.op_type for n in twin.graph.node] == ["MatMul"]
+    w = {t.name: numpy_helper.to_array(t) for t in twin.graph.initializer}["w"]
+    np.testing.assert_array_equal(w, (q.astype(np.float32) - zero[:, None]) * scale[:, None])

@@ -1,5 +1,6 @@
-"""The float twin of a dynamically quantized model: its int8 weights dequantized, activations
-left in float, so it has exact gradients.
+"""The float twin of a quantized model: its int8 weights dequantized, activations left in
+float, so it has exact gradients. Two schemes are rewritten: onnxruntime's dynamic one and
+the QDQ format (static quantization).
 
 onnxruntime's ``quantize_dynamic`` writes every quantized matrix product as::
 
@@ -11,6 +12,12 @@ the place of the DynamicQuantizeLinear; it is dequantized with its table's scale
 ``y = x @ ((Wq - Wz) * Ws)``: the deployed weights exactly, without the activation rounding
 that makes the int8 model piecewise constant. Its predictions differ from the int8 model's
 by that rounding; its gradients are the deployed weights' gradients.
+
+The QDQ format (``quantize_static``, most exporters' int8 output) writes quantized weights as
+``DequantizeLinear(Wq, Ws, Wz)`` on constants and quantized activations as a
+``QuantizeLinear -> DequantizeLinear`` pair. The twin stores each dequantized constant as a
+float initializer under the node's output name, and turns each pair into an Identity of its
+float input (the rounding dropped, as above).
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ from blackbox_sal.graph.prune import prune
 
 def float_twin(model: onnx.ModelProto, integer_ops: frozenset[str]) -> tuple[onnx.ModelProto, int]:
     """``model`` with every DynamicQuantizeLinear/MatMulInteger/Cast/Mul chain replaced by a
-    float MatMul on dequantized weights, and the number replaced (pure). ModelError when an
-    operator of ``integer_ops`` remains (other quantization schemes)."""
+    float MatMul on dequantized weights and every QDQ pair and dequantized constant made
+    float, and the number replaced (pure). ModelError when an operator of ``integer_ops``
+    remains (other quantization schemes)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
+    qdq = _float_qdq(g)
     consts = {t.name: t for t in g.initializer}
     for node in g.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
@@ -92,6 +101,47 @@ def float_twin(model: onnx.ModelProto, integer_ops: frozenset[str]) -> tuple[onn
     prune(g, keep_inputs=frozenset(i.name for i in g.input))
     left = sorted({n.op_type for n in g.node} & integer_ops)
     if left:
-        raise ModelError(f"no float twin for this quantization: {', '.join(left)} remain (only onnxruntime's "
-                         f"dynamic MatMulInteger scheme is dequantized)")
-    return out, len(replaced)
+        raise ModelError(f"no float twin for this quantization: {', '.join(left)} remain (dequantized are "
+                         f"onnxruntime's dynamic MatMulInteger scheme and the QDQ format)")
+    return out, len(replaced) + qdq
+
+
+def _float_qdq(g: onnx.GraphProto) -> int:
+    """In place: each DequantizeLinear of a constant becomes a float initializer of the same
+    name, each QuantizeLinear -> DequantizeLinear pair an Identity of the float input. Returns
+    how many DequantizeLinear nodes went."""
+    consts = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    users: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    kept: list[onnx.NodeProto] = []
+    done = 0
+    for n in g.node:
+        if n.op_type != "DequantizeLinear" or any(a.name == "block_size" and a.i for a in n.attribute):
+            kept.append(n)
+            continue
+        source = producer.get(n.input[0])
+        params = [i for i in n.input[1:] if i]
+        if n.input[0] in consts and all(p in consts for p in params):
+            q = numpy_helper.to_array(consts[n.input[0]]).astype(np.float32)
+            scale = numpy_helper.to_array(consts[n.input[1]]).astype(np.float32)
+            zero = (numpy_helper.to_array(consts[n.input[2]]).astype(np.float32) if len(params) > 1
+                    else np.zeros_like(scale))
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            if scale.ndim == 1 and q.ndim > 0:  # per channel along axis
+                shape = [1] * q.ndim
+                shape[axis] = scale.shape[0]
+                scale, zero = scale.reshape(shape), zero.reshape(shape)
+            g.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), n.output[0]))
+            done += 1
+        elif source is not None and source.op_type == "QuantizeLinear" and users.get(source.output[0]) == 1:
+            kept.append(helper.make_node("Identity", [source.input[0]], list(n.output),
+                                         name=f"{n.name or n.output[0]}__float"))
+            done += 1
+        else:
+            kept.append(n)
+    del g.node[:]
+    g.node.extend(kept)
+    return done

@@ -160,7 +160,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
 
     device: auto | cpu | cuda. output: the output to explain (default: the first).
     verify: for a split model, check body(table[ids]) == model(ids) on a probe sentence.
-    dequantize: load a dynamically quantized model as its float twin (int8 weights
+    dequantize: load a quantized model (dynamic or QDQ) as its float twin (int8 weights
     dequantized, activations in float; :mod:`blackbox_sal.graph.dequantize`), which has exact
     gradients; UsageError for a model that is not quantized.
     Raises ModelError (exit 3) when the model cannot be used, UnavailableError (exit 4) for
