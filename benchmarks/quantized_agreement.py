@@ -9,9 +9,10 @@ token's embedding norm) and batch size (dynamic quantization scales each activat
 over the whole batch, so the rows of a batch are not independent). The fp32 model explained
 by finite differences is the calibration row: what the method gives without quantization.
 The last rows explain the int8 model's float twin (--dequantize: its int8 weights, float
-activations) with exact gradients.
+activations) with exact gradients, and the same for the QDQ model (quantize_static) where it
+was built: finite-difference IG on it, and its twin.
 
-    python models/build_minilm.py                 # models/.cache/minilm-sentiment(-int8)
+    python models/build_minilm.py                 # models/.cache/minilm-sentiment(-int8, -qdq)
     python benchmarks/quantized_agreement.py [--texts 20]
 """
 
@@ -75,6 +76,18 @@ def main() -> None:
     for method, extra in (("grad-x-input", {}), ("ig", {"steps": 32})):
         print(f"{'twin':<6}{method:<18}{64:>6}{rho(twin, method, backend='graph', **extra):>9} "
               f"(the int8 model's float twin, exact gradients)")
+    qdq_dir = MODELS / ".cache" / "minilm-sentiment-qdq"
+    if not (qdq_dir / "model.onnx").is_file():
+        print(f"(no {qdq_dir.name}: python models/build_minilm.py builds it)")
+        return
+    qdq = load_model(qdq_dir, threads=args.threads)
+    if not args.twin_only:
+        cells = [rho(qdq, "ig", backend="fd", fd_step=h, steps=16) for h in steps]
+        print(f"{'qdq':<6}{'ig, 16 nodes':<18}{64:>6}" + "".join(cells), flush=True)
+    qdq_twin = load_model(qdq_dir, threads=args.threads, dequantize=True)
+    for method, extra in (("grad-x-input", {}), ("ig", {"steps": 32})):
+        print(f"{'qtwin':<6}{method:<18}{64:>6}{rho(qdq_twin, method, backend='graph', **extra):>9} "
+              f"(the QDQ model's float twin, exact gradients)")
 
 
 if __name__ == "__main__":
