@@ -4,8 +4,10 @@ choice, sentence similarity. Each returns a frozen result (:mod:`blackbox_sal.re
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.errors import UsageError
@@ -29,6 +31,7 @@ def explain_generation(model: TextModel, prompt: str, max_new_tokens: int,
         raise UsageError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     tokens = tokenize(model.tokenizer, prompt, model.max_length, cfg.max_chars)
     specials = {i for i, t in model.tokenizer.get_added_tokens_decoder().items() if t.special}
+    text = _Detokenizer(model.tokenizer, [int(i) for i in tokens.ids])
     generated: list[Label] = []
     steps: list[Explanation] = []
     for _ in range(max_new_tokens):
@@ -41,13 +44,52 @@ def explain_generation(model: TextModel, prompt: str, max_new_tokens: int,
             break
         generated.append(Label(chosen, model.label(chosen), float(logits[chosen])))
         steps.append(explain_tokens(model, tokens, cfg, chosen))
-        tokens = _append(tokens, chosen, model.label(chosen) or "")
+        tokens = _append(tokens, chosen, text.add(chosen))
+    if text.pending():  # stopped inside a character: its bytes as they are
+        tokens = _append(tokens, None, text.pending())
     return Generation(prompt=prompt, text=tokens.text, generated=tuple(generated), steps=tuple(steps))
 
 
-def _append(tokens: Tokens, token: int, piece: str) -> Tokens:
-    """``tokens`` with one generated token after the last, its text appended to the text."""
+class _Detokenizer:
+    """The text each generated token adds, decoded in context: a byte-level tokenizer spells
+    one character over several tokens, and a token alone may decode to a replacement
+    character or lose its leading space. A token whose character is not complete yet adds
+    "" and the token that completes it adds the whole character (as streaming decoders do)."""
+
+    CONTEXT = 4  # prompt tokens decoded with the first generated ones (spaces, merges)
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int]) -> None:
+        self.tokenizer, self.ids = tokenizer, list(prompt_ids)
+        self.start = max(len(self.ids) - self.CONTEXT, 0)  # decoded from here ...
+        self.done = len(self.ids)  # ... up to here has been emitted
+
+    def _decode(self, end: int) -> str:
+        return self.tokenizer.decode(self.ids[self.start:end], skip_special_tokens=True)
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        before, after = self._decode(self.done), self._decode(len(self.ids))
+        if len(after) <= len(before) or after.endswith("\ufffd") or not after.startswith(before):
+            return ""
+        self.start, self.done = self.done, len(self.ids)
+        return after[len(before):]
+
+    def pending(self) -> str:
+        """What the tokens after the last emitted one decode to ("" when nothing waits)."""
+        if self.done == len(self.ids):
+            return ""
+        before, after = self._decode(self.done), self._decode(len(self.ids))
+        return after[len(before):] if after.startswith(before) else after
+
+
+def _append(tokens: Tokens, token: int | None, piece: str) -> Tokens:
+    """``tokens`` with one generated token after the last, its text appended to the text;
+    token None appends text to the last token instead."""
     start = len(tokens.text)
+    if token is None:
+        first = tokens.offsets[-1][0]
+        return replace(tokens, text=tokens.text + piece, strings=(*tokens.strings[:-1], tokens.strings[-1] + piece),
+                       offsets=(*tokens.offsets[:-1], (first, start + len(piece))))
     words = [w for w in tokens.word_ids if w is not None]
     return Tokens(
         text=tokens.text + piece, ids=np.append(tokens.ids, token), type_ids=np.append(tokens.type_ids, 0),

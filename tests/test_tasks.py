@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import tiny
 
@@ -80,6 +82,58 @@ def test_generation_is_attributed_step_by_step(lm_dir: Path) -> None:
     with pytest.raises(UsageError, match="causal LM"):
         explain_generation(load_model(tiny.write_model_dir(lm_dir.parent / "clf", tiny.tanh_mlp(
             TABLE, *tiny.mlp_weights(D, 4, 2, seed=1)))), PROMPT, 2)
+
+
+def successor_lm(folder: Path, prompt: str, continuation: str) -> Path:
+    """A byte-level BPE tokenizer and an LM that always predicts the successor of the last
+    token along prompt -> continuation -> end-of-text: one-hot embeddings, logits = E @ M with
+    M[v, succ(v)] = 10. ``continuation``'s characters take several byte tokens each."""
+    from onnx import TensorProto, helper, numpy_helper
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["the cat sat on the mat"] * 4, trainers.BpeTrainer(
+        vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|endoftext|>"]))
+    chain = tok.encode(prompt).ids[-1:] + tok.encode(continuation).ids + [tok.token_to_id("<|endoftext|>")]
+    assert len(set(chain)) == len(chain)  # every token has one successor
+    v = tok.get_vocab_size()
+    m = np.zeros((v, v), np.float32)
+    for a, b in pairwise(chain):
+        m[a, b] = 10.0
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["E"]), helper.make_node("MatMul", ["E", "M"], ["logits"])],
+        "successor", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", v])],
+        [numpy_helper.from_array(np.eye(v, dtype=np.float32), "table"), numpy_helper.from_array(m, "M")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir()
+    onnx.save(model, str(folder / "model.onnx"))
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_generation_text_is_decoded_across_the_bytes_of_a_character(tmp_path: Path) -> None:
+    """' é日' is six byte-level tokens (space, 2 bytes, 3 bytes): each decodes alone to U+FFFD,
+    together to the characters. The text must read ' é日', each character's span on the token
+    that completes it; a generation stopped inside a character keeps its bytes as U+FFFD."""
+    from blackbox_sal import explain_generation, render_generation_terminal
+
+    model = load_model(successor_lm(tmp_path / "bytes", "the cat", " é日"))
+    assert model.task == "next-token"
+    g = explain_generation(model, "the cat", 10, ExplainConfig(method="grad-x-input", backend="graph"))
+    assert len(g.generated) == 6 and g.text == "the cat é日"
+    assert sum("\ufffd" in (t.label or "") for t in g.generated) == 5  # alone, all but the space are partial
+    spans = [(t.text, t.start, t.end) for t in g.steps[-1].tokens[-5:]]
+    assert spans == [(" ", 7, 8), ("", 8, 8), ("é", 8, 9), ("", 9, 9), ("", 9, 9)]
+    for step in g.steps:  # only the last token drives the next: grad x input = M[last, next] = 10
+        np.testing.assert_allclose([t.score for t in step.tokens], [0.0] * (len(step.tokens) - 1) + [10.0], atol=1e-5)
+    matrix = render_generation_terminal(g)
+    assert "\ufffd" not in matrix and f"<{g.generated[1].index}>" in matrix and "continuation: ' é日'" in matrix
+    cut = explain_generation(model, "the cat", 4, ExplainConfig(method="grad-x-input", backend="graph"))
+    assert cut.text == "the cat é\ufffd"
 
 
 def test_similarity_is_attributed_to_both_texts(tmp_path: Path) -> None:

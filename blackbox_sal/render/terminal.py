@@ -92,7 +92,8 @@ def render_generation_terminal(g: Generation) -> str:
     reduce = f" ({first.reduce})" if first.reduce else ""
     last = g.steps[-1].tokens
     width = min(max((len(s.text) for s in last), default=5), 16)
-    cols = [repr(t.label or "")[:10] for t in g.generated]
+    # a token that is part of a character (byte-level tokenizers) decodes alone to U+FFFD: its id
+    cols = [f"<{t.index}>" if t.label is None or "\ufffd" in t.label else repr(t.label)[:10] for t in g.generated]
     colw = max(8, *(len(c) for c in cols))
     lines = [f"model {first.model} | method {first.method}{reduce} | backend {first.backend} | generation",
              f"prompt: {g.prompt!r}", f"continuation: {g.text[len(g.prompt):]!r}", "",
@@ -102,7 +103,7 @@ def render_generation_terminal(g: Generation) -> str:
         for step in g.steps:
             cells.append(f"{step.tokens[row].score:+.3f}".rjust(colw + 1) if row < len(step.tokens) else
                          " " * (colw + 1))
-        text = span.text.replace("\n", "\\n").replace("\t", "\\t")
+        text = span.text.replace("\n", "\\n").replace("\t", "\\t") or "..."  # "": its character comes later
         name = text if len(text) <= width else text[: width - 1] + "~"
         lines.append(f"  {name.ljust(width)}" + "".join(cells))
     notes = [n for step in g.steps for n in step.notes]
