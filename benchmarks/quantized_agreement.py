@@ -82,8 +82,10 @@ def main() -> None:
         return
     qdq = load_model(qdq_dir, threads=args.threads)
     if not args.twin_only:
-        cells = [rho(qdq, "ig", backend="fd", fd_step=h, steps=16) for h in steps]
-        print(f"{'qdq':<6}{'ig, 16 nodes':<18}{64:>6}" + "".join(cells), flush=True)
+        for method, label, extra in (("grad-x-input", "grad-x-input", {}), ("ig", "ig, 16 nodes", {"steps": 16})):
+            cells = [rho(qdq, method, backend="fd", fd_step=h, **extra) for h in steps]
+            print(f"{'qdq':<6}{label:<18}{64:>6}" + "".join(cells), flush=True)
+        print(f"{'qdq':<6}{'occlusion':<18}{64:>6}{rho(qdq, 'occlusion'):>9} (no step)")
     qdq_twin = load_model(qdq_dir, threads=args.threads, dequantize=True)
     for method, extra in (("grad-x-input", {}), ("ig", {"steps": 32})):
         print(f"{'qtwin':<6}{method:<18}{64:>6}{rho(qdq_twin, method, backend='graph', **extra):>9} "
