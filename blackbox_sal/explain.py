@@ -157,6 +157,10 @@ def _windows(model: TextModel, text: str, cfg: ExplainConfig) -> Explanation:
     settings = dict(parts[0].settings)
     settings.update(forward_passes=sum(int(p.settings["forward_passes"]) for p in parts) + len(windows),
                     windows=len(windows), window_overlap=overlap)
+    if "gradient_passes" in settings:
+        settings["gradient_passes"] = sum(int(p.settings["gradient_passes"]) for p in parts)
+    if settings.get("steps_auto"):  # each window settles on its own count: the most any needed
+        settings["steps"] = max(int(p.settings["steps"]) for p in parts)
     return replace(
         parts[0], text=text, prediction=prediction, target_value=float(np.mean([p.target_value for p in parts])),
         tokens=token_spans(stitched, scores), words=merge_words(stitched, scores) if cfg.words else None,

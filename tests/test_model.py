@@ -311,5 +311,12 @@ def test_long_text_is_refused_or_explained_in_windows(mlp_dir: Path) -> None:
     assert e.notes[0].startswith(f"the text has {len(ids)} tokens, more than the model's 12: explained in "
                                  f"{len(e.windows)} windows overlapping by 3 tokens")
     assert e.settings["windows"] == len(e.windows)
+    # IG with steps auto: each window settles on its own count; settings give the most, and the
+    # gradient runs of all windows
+    ig = explain(model, LONG_TEXT, ExplainConfig(method="ig", steps="auto", long="window", window_overlap=3))
+    auto = ExplainConfig(method="ig", steps="auto", target=ig.target.index)
+    per_window = [explain(model, LONG_TEXT[w.start:w.end], auto) for w in ig.windows or ()]
+    assert ig.settings["steps"] == max(int(p.settings["steps"]) for p in per_window)
+    assert ig.settings["gradient_passes"] == sum(int(p.settings["gradient_passes"]) for p in per_window)
     with pytest.raises(InputError, match="cannot overlap by 10"):
         explain(model, LONG_TEXT, ExplainConfig(long="window", window_overlap=10))

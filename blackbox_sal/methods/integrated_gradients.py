@@ -23,7 +23,8 @@ SAME_AS_BASELINE_NOTE = ("the input equals the baseline, so every attribution is
                          "another --baseline")
 
 
-#: a completeness delta above this share of f(x) - f(x') is reported as not converged
+#: a completeness delta above this share of f(x) - f(x') is reported as not converged (fixed
+#: steps; steps="auto" measures against the scores' total size and has notes of its own)
 UNCONVERGED = 0.05
 
 
@@ -50,7 +51,8 @@ def integrated_gradients(problem: Problem) -> Attribution:
     same = float(np.linalg.norm(diff)) <= 1e-6 * max(float(np.linalg.norm(problem.x)), 1e-30)
     if same:
         notes = (SAME_AS_BASELINE_NOTE,)
-    elif not notes and abs(delta) > UNCONVERGED * max(abs(gap), 1e-6 * (1 + abs(problem.target_value))):
+    elif isinstance(cfg.steps, int) and abs(delta) > UNCONVERGED * max(
+            abs(gap), 1e-6 * (1 + abs(problem.target_value))):
         notes += (f"integrated gradients have not converged: the completeness delta ({delta:+.4g}) is "
                   f"{abs(delta) / max(abs(gap), 1e-30):.0%} of f(x) - f(x') ({gap:+.4g}); the gradient changes "
                   f"fast along the path (or finite differences are noisy): raise --steps or try another --baseline",)
