@@ -116,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="tokens consecutive windows share (default: a quarter of the limit)")
     e.add_argument("--dequantize", action="store_true",
                    help="explain a quantized model's float twin (dynamic or QDQ int8; weights dequantized, "
-                        "activations in float): exact gradients of the deployed weights")
+                        "activations in float): exact gradients of the deployed weights (4-bit MatMulNBits "
+                        "models need no flag: their twin is the same function)")
     e.add_argument("--no-verify", action="store_true",
                    help="skip checking the embedding split against the original model")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress or cost messages")

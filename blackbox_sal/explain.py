@@ -113,6 +113,10 @@ def explain_tokens(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target:
 
 
 def _model_notes(model: TextModel) -> tuple[str, ...]:
+    if model.weight_only:
+        return (f"the model's low-bit weights ({', '.join(model.weight_only)}) were dequantized into float "
+                f"MatMuls: its activations are float, so that is the same function (checked on a probe sentence) "
+                f"and its gradients are exact",)
     if not model.twin_of:
         return ()
     return (f"explained the float twin of a quantized model ({', '.join(model.twin_of)} replaced): its int8 weights "

@@ -10,6 +10,10 @@ torch.onnx.export(dynamo=False, opset 17), without a KV cache: input_ids, attent
 logits [batch, sequence, 49152]; the LM head is tied to the embedding table. blackbox-sal
 explains it at the last position (the next-token task). Prints the top next tokens for
 "The capital of France is" as a check.
+
+Also writes ``smollm2-135m-q4/`` (~200 MB): the same model after onnxruntime's
+MatMulNBitsQuantizer (4-bit weights in blocks of 32, float activations), the form most 4-bit
+LLM exports take; blackbox-sal loads it as the same function with float weights.
 """
 
 from __future__ import annotations
@@ -71,6 +75,21 @@ def main() -> None:
                                                   "logits": {0: "batch", 1: "sequence"}})
     (folder / "config.json").write_text(json.dumps({"name": "smollm2-135m", "max_length": 2048}, indent=1) + "\n")
     print(f"wrote {folder}")
+    build_q4(folder, folder.parent / "smollm2-135m-q4")
+
+
+def build_q4(folder: Path, out: Path) -> None:
+    """MatMulNBits, 4 bits, blocks of 32, asymmetric: weight-only quantization."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(folder / "model.onnx")), bits=4, block_size=32)
+    quantizer.process()
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(quantizer.model.model, str(out / "model.onnx"))
+    (out / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+    (out / "config.json").write_text(json.dumps({"name": "smollm2-135m-q4", "max_length": 2048}, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

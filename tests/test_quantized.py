@@ -162,3 +162,111 @@ def test_qdq_constant_dequantized_along_its_axis() -> None:
     assert replaced == 1 and [n.op_type for n in twin.graph.node] == ["MatMul"]
     w = {t.name: numpy_helper.to_array(t) for t in twin.graph.initializer}["w"]
     np.testing.assert_array_equal(w, (q.astype(np.float32) - zero[:, None]) * scale[:, None])
+
+
+def nbits_matmul(bits: int, zero_points: str, bias: bool, k: int = 40, n: int = 6) -> onnx.ModelProto:
+    """One com.microsoft MatMulNBits, Y [2, 3, n] = A [2, 3, k] @ W, random codes in blocks of 16
+    (k not a multiple of it), zero points absent, packed uint8 or float, with or without bias."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(bits)
+    block = 16
+    blocks = -(-k // block)
+    inits = [numpy_helper.from_array(rng.integers(0, 256, (n, blocks, block * bits // 8), dtype=np.uint8), "B"),
+             numpy_helper.from_array(rng.uniform(0.01, 0.1, n * blocks).astype(np.float32), "S")]
+    inputs = ["A", "B", "S", ""]
+    if zero_points == "packed":
+        inits.append(numpy_helper.from_array(rng.integers(0, 256, n * -(-blocks * bits // 8), dtype=np.uint8), "Z"))
+        inputs[3] = "Z"
+    elif zero_points == "float":
+        inits.append(numpy_helper.from_array(rng.uniform(0, 2**bits - 1, n * blocks).astype(np.float32), "Z"))
+        inputs[3] = "Z"
+    if bias:
+        inputs += ["", "bias"]
+        inits.append(numpy_helper.from_array(rng.normal(0, 1, n).astype(np.float32), "bias"))
+    while not inputs[-1]:
+        inputs.pop()
+    node = helper.make_node("MatMulNBits", inputs, ["Y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                            block_size=block)
+    graph = helper.make_graph([node], "nbits", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [2, 3, k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 3, n])], inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("bits,zero_points", [(2, "none"), (2, "packed"), (2, "float"), (4, "none"), (4, "packed"),
+                                              (4, "float"), (8, "none"), (8, "packed")])
+@pytest.mark.parametrize("bias", [False, True])
+def test_matmul_nbits_twin_equals_onnxruntimes_kernel(bits: int, zero_points: str, bias: bool) -> None:
+    """onnxruntime's own MatMulNBits kernel is the reference for the unpacking: low bits first,
+    blocks along K, default zero point 2^(bits-1), packed or float zero points, bias."""
+    import onnxruntime as ort
+
+    from blackbox_sal.graph.dequantize import float_twin
+    from blackbox_sal.model.text_model import QUANTIZED_OPS
+
+    model = nbits_matmul(bits, zero_points, bias)
+    twin, replaced = float_twin(model, QUANTIZED_OPS)
+    assert replaced == 1 and "MatMulNBits" not in {n.op_type for n in twin.graph.node}
+    a = np.random.default_rng(0).normal(0, 1, (2, 3, 40)).astype(np.float32)
+    want, got = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
+                 for m in (model, twin))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
+
+
+@pytest.fixture(scope="module")
+def nbits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tanh MLP at width 32 after onnxruntime's MatMulNBitsQuantizer (4 bits, blocks of 16)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    root = tmp_path_factory.mktemp("nbits")
+    w1, b1, w2 = tiny.mlp_weights(32, 64, 3, seed=3)
+    w2 = np.random.default_rng(1).normal(0, 0.5, (64, 32)).astype(np.float32)  # N >= block for the quantizer
+    fp32 = tiny.write_model_dir(root / "fp32", tiny.tanh_mlp(tiny.table(32), w1, b1, w2))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32 / "model.onnx")), bits=4, block_size=16)
+    quantizer.process()
+    out = root / "q4"
+    out.mkdir()
+    onnx.save(quantizer.model.model, str(out / "model.onnx"))
+    (out / "tokenizer.json").write_bytes((fp32 / "tokenizer.json").read_bytes())
+    return out
+
+
+def test_weight_only_model_loads_as_the_same_float_function_with_exact_gradients(nbits_dir: Path) -> None:
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(nbits_dir / "model.onnx"))
+    assert [n.op_type for n in proto.graph.node].count("MatMulNBits") == 2
+    model = load_model(nbits_dir)  # checked against the file: the same function
+    assert model.quantized == () and model.weight_only == ("MatMulNBits",)
+    e = explain(model, tiny.TEXT, ExplainConfig(method="grad-x-input"))
+    assert e.backend == "graph" and e.notes[0].startswith("the model's low-bit weights (MatMulNBits)")
+    # the closed form on the dequantized weights the loaded graph holds
+    assert model.body is not None
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.body.graph.initializer}
+    w1, w2 = inits["W1_Q4__dequantized"], inits["W2_Q4__dequantized"]
+    from blackbox_sal.text.tokenization import tokenize
+
+    tokens = tokenize(model.tokenizer, tiny.TEXT, model.max_length, 10_000)
+    x = model.embed(tokens.ids)
+    want = (tiny.tanh_mlp_grad(x, w1, inits["b1"], w2, e.target.index) * x).sum(-1)
+    np.testing.assert_allclose([t.score for t in e.tokens], want, rtol=1e-4, atol=1e-6)
+
+
+def test_weight_only_with_integer_compute_stays_quantized(nbits_dir: Path, tmp_path: Path) -> None:
+    """accuracy_level 4 quantizes the activations inside the kernel: not the same function as
+    the twin, so the model is explained as quantized (finite differences), as before."""
+    from onnx import helper
+
+    proto = onnx.load(str(nbits_dir / "model.onnx"))
+    for n in proto.graph.node:
+        if n.op_type == "MatMulNBits":
+            n.attribute.append(helper.make_attribute("accuracy_level", 4))
+    (tmp_path / "m").mkdir()
+    onnx.save(proto, str(tmp_path / "m" / "model.onnx"))
+    (tmp_path / "m" / "tokenizer.json").write_bytes((nbits_dir / "tokenizer.json").read_bytes())
+    model = load_model(tmp_path / "m")
+    assert model.quantized == ("MatMulNBits",) and model.weight_only == ()
+    assert explain(model, tiny.TEXT, ExplainConfig(method="occlusion")).tokens

@@ -35,6 +35,19 @@ def test_smollm2_says_paris_and_its_gradient_graph_is_exact() -> None:
     assert london.target.label == " London"
 
 
+def test_smollm2_4bit_weight_only_is_explained_with_exact_gradients() -> None:
+    """MatMulNBits (4-bit weights, float activations): loaded as the same function (checked
+    against the file at load), gradient graph verified, graph == finite differences."""
+    model = load_model(built("smollm2-135m-q4", "build_smollm2.py"))
+    assert model.weight_only == ("MatMulNBits",) and model.quantized == ()
+    prompt = "The capital of France is"
+    graph = explain(model, prompt, ExplainConfig(method="grad-x-input", backend="graph"))
+    assert graph.prediction.label == " Paris"
+    assert graph.notes[0].startswith("the model's low-bit weights (MatMulNBits)")
+    fd = explain(model, prompt, ExplainConfig(method="grad-x-input", backend="fd", richardson=True))
+    np.testing.assert_allclose([t.score for t in graph.tokens], [t.score for t in fd.tokens], rtol=1e-2, atol=1e-2)
+
+
 def test_minilm_sentiment_fp32_graph_and_int8_finite_differences() -> None:
     fp32 = load_model(built("minilm-sentiment", "build_minilm.py"))
     int8 = load_model(built("minilm-sentiment-int8", "build_minilm.py"))

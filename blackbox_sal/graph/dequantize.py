@@ -18,9 +18,17 @@ The QDQ format (``quantize_static``, most exporters' int8 output) writes quantiz
 ``QuantizeLinear -> DequantizeLinear`` pair. The twin stores each dequantized constant as a
 float initializer under the node's output name, and turns each pair into an Identity of its
 float input (the rounding dropped, as above).
+
+onnxruntime's weight-only ``MatMulNBits`` (2-, 4- or 8-bit codes in blocks along K, packed
+low bits first, each block with a scale and a zero point; 4-bit LLM exports) becomes a float
+MatMul on ``(code - zero_point) * scale``. Its activations were never quantized, so with
+``accuracy_level`` 0 or 1 (float compute) the twin is the deployed function itself
+(:func:`weight_only`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Container
 
 import numpy as np
 import onnx
@@ -38,7 +46,7 @@ def float_twin(model: onnx.ModelProto, integer_ops: frozenset[str]) -> tuple[onn
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    qdq = _float_qdq(g)
+    qdq = _float_qdq(g) + _float_nbits(g)
     consts = {t.name: t for t in g.initializer}
     for node in g.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
@@ -102,7 +110,7 @@ def float_twin(model: onnx.ModelProto, integer_ops: frozenset[str]) -> tuple[onn
     left = sorted({n.op_type for n in g.node} & integer_ops)
     if left:
         raise ModelError(f"no float twin for this quantization: {', '.join(left)} remain (dequantized are "
-                         f"onnxruntime's dynamic MatMulInteger scheme and the QDQ format)")
+                         f"onnxruntime's dynamic MatMulInteger scheme, the QDQ format and MatMulNBits without g_idx)")
     return out, len(replaced) + qdq
 
 
@@ -142,6 +150,75 @@ def _float_qdq(g: onnx.GraphProto) -> int:
             done += 1
         else:
             kept.append(n)
+    del g.node[:]
+    g.node.extend(kept)
+    return done
+
+
+def weight_only(model: onnx.ModelProto, integer_ops: frozenset[str]) -> bool:
+    """True when the model's only integer operators are MatMulNBits that the twin rewrites and
+    that compute in float (accuracy_level 0 or 1): the float twin is then the same function."""
+    consts = {t.name for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type in integer_ops]
+    return bool(nodes) and all(_nbits_parts(n, consts) is not None and _attr_int(n, "accuracy_level", 0) <= 1
+                               for n in nodes)
+
+
+def _nbits_parts(n: onnx.NodeProto, consts: Container[str]) -> tuple[str, ...] | None:
+    """(a, b, scales, zero_points, bias) of a MatMulNBits the twin can rewrite: constant
+    weights, no g_idx, 2/4/8 bits; else None."""
+    a, b, scales, zeros, g_idx, bias = (list(n.input) + [""] * 6)[:6]
+    if (n.op_type != "MatMulNBits" or g_idx or _attr_int(n, "bits", 4) not in (2, 4, 8)
+            or _attr_int(n, "block_size", 0) <= 0 or any(i and i not in consts for i in (b, scales, zeros, bias))):
+        return None
+    return a, b, scales, zeros, bias
+
+
+def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == name), default)
+
+
+def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 [..., n] -> codes [..., n * 8 / bits], the low bits of each byte first."""
+    shifts = np.arange(0, 8, bits, dtype=np.uint8)
+    codes = (packed[..., None] >> shifts) & np.uint8((1 << bits) - 1)
+    return codes.reshape(*packed.shape[:-1], -1)
+
+
+def _float_nbits(g: onnx.GraphProto) -> int:
+    """In place: each MatMulNBits on constant weights (no g_idx) becomes MatMul(A, W) on the
+    dequantized [K, N] weights, plus its bias. Returns how many went."""
+    consts = {t.name: t for t in g.initializer}
+    kept: list[onnx.NodeProto] = []
+    done = 0
+    for n in g.node:
+        parts = _nbits_parts(n, consts)
+        if parts is None:
+            kept.append(n)
+            continue
+        a, b, scales, zeros, bias = parts
+        bits, block = _attr_int(n, "bits", 4), _attr_int(n, "block_size", 0)
+        k, cols = _attr_int(n, "K", 0), _attr_int(n, "N", 0)
+        blocks = -(-k // block)
+        codes = _unpack(numpy_helper.to_array(consts[b]).reshape(cols, blocks, -1), bits)
+        codes = codes.reshape(cols, blocks, block).astype(np.float32)
+        scale = numpy_helper.to_array(consts[scales]).astype(np.float32).reshape(cols, blocks)
+        if not zeros:
+            zero = np.full((cols, blocks), 2.0 ** (bits - 1), np.float32)
+        else:
+            z = numpy_helper.to_array(consts[zeros])
+            zero = (_unpack(z.reshape(cols, -1), bits)[:, :blocks] if z.dtype == np.uint8
+                    else z.reshape(cols, blocks)).astype(np.float32)
+        weights = ((codes - zero[..., None]) * scale[..., None]).reshape(cols, blocks * block)[:, :k].T
+        name = f"{b}__dequantized"
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weights, np.float32), name))
+        out = n.output[0]
+        if bias:
+            kept.append(helper.make_node("MatMul", [a, name], [f"{out}__nobias"], name=f"{n.name or out}__float"))
+            kept.append(helper.make_node("Add", [f"{out}__nobias", bias], [out], name=f"{n.name or out}__bias"))
+        else:
+            kept.append(helper.make_node("MatMul", [a, name], [out], name=f"{n.name or out}__float"))
+        done += 1
     del g.node[:]
     g.node.extend(kept)
     return done

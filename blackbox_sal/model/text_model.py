@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from blackbox_sal.errors import ModelError, UsageError
 from blackbox_sal.gradients.finite_differences import mean_row_norm
-from blackbox_sal.graph.dequantize import float_twin
+from blackbox_sal.graph.dequantize import float_twin, weight_only
 from blackbox_sal.graph.split import EMBEDS, split_embedding
 from blackbox_sal.model import files
 from blackbox_sal.model.session import create_session, run_batched
@@ -68,6 +68,9 @@ class TextModel:
     quantized: tuple[str, ...] = ()
     #: for a float twin (load_model(dequantize=True)): the integer op types it replaced
     twin_of: tuple[str, ...] = ()
+    #: weight-only integer op types (MatMulNBits computing in float) dequantized at load: the
+    #: loaded graph computes the deployed function itself (checked), so it is not "quantized"
+    weight_only: tuple[str, ...] = ()
     #: classification ([batch, classes] output), or next-token (a causal LM's [batch, seq,
     #: vocab] logits, explained at the last position; classes are vocabulary tokens)
     task: str = "classification"
@@ -162,7 +165,9 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     verify: for a split model, check body(table[ids]) == model(ids) on a probe sentence.
     dequantize: load a quantized model (dynamic or QDQ) as its float twin (int8 weights
     dequantized, activations in float; :mod:`blackbox_sal.graph.dequantize`), which has exact
-    gradients; UsageError for a model that is not quantized.
+    gradients; UsageError for a model that is not quantized. A weight-only model (MatMulNBits
+    computing in float) is always loaded dequantized: that is the same function, checked
+    against the file on a probe sentence unless verify is False.
     Raises ModelError (exit 3) when the model cannot be used, UnavailableError (exit 4) for
     a device that is not there.
     """
@@ -175,7 +180,12 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     tokenizer.no_padding()
     proto = files.read_onnx(found.onnx_path)
     twin_of: tuple[str, ...] = ()
-    if dequantize:
+    deployed: onnx.ModelProto | None = None
+    dequantized: tuple[str, ...] = ()
+    if weight_only(proto, QUANTIZED_OPS):  # float activations: the twin is the model itself
+        deployed, dequantized = proto, quantized_ops(proto)
+        proto, _ = float_twin(proto, QUANTIZED_OPS)
+    elif dequantize:
         twin_of = quantized_ops(proto)
         if not twin_of:
             raise UsageError("--dequantize: the model has no integer operators to dequantize")
@@ -225,7 +235,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         labels=_labels(found.config), max_length=_max_length(found.config, proto),
         origin=origin, int_inputs=int_inputs, row_norm=mean_row_norm(table), body=body,
         config=found.config, folder=found.onnx_path.parent, device_request=device, threads=threads,
-        quantized=quantized, task=task, twin_of=twin_of,
+        quantized=quantized, task=task, twin_of=twin_of, weight_only=dequantized,
     )
     if len(outputs[source].shape or ()) == 3 and _per_position(model, source):  # a causal LM's logits
         body = last_position(body, source)
@@ -233,6 +243,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
                         session=create_session(body.SerializeToString(), device, threads))
     if verify and original is not None:
         _check_split(model, original, device, threads, source)
+    if verify and deployed is not None:
+        _check_split(model, deployed, device, threads, source, what="the dequantized weight-only model")
     return model
 
 
@@ -332,8 +344,10 @@ def _max_length(config: dict[str, Any], proto: onnx.ModelProto) -> int | None:
     return None
 
 
-def _check_split(model: TextModel, original: onnx.ModelProto, device: str, threads: int, source: str) -> None:
-    """body(table[ids]) must equal original(ids) on a real sentence; else refuse the split."""
+def _check_split(model: TextModel, original: onnx.ModelProto, device: str, threads: int, source: str,
+                 what: str = "") -> None:
+    """body(table[ids]) must equal original(ids) on a real sentence; else refuse the split
+    (or, with ``what``, that model)."""
     ids = np.array(model.tokenizer.encode(_PROBE_TEXT).ids, dtype=np.int64)
     if model.max_length:
         ids = ids[: model.max_length]
@@ -344,15 +358,18 @@ def _check_split(model: TextModel, original: onnx.ModelProto, device: str, threa
     for inp in session.get_inputs():
         dtype = _INT_TYPES.get(inp.type, np.int64)
         row = {IDS: ids, MASK: np.ones_like(ids), TYPES: types,
-               POSITIONS: np.arange(len(ids))}.get(inp.name)
+               POSITIONS: np.arange(len(ids)), EMBEDS: model.embed(ids)}.get(inp.name)
         if row is None:
             raise ModelError(f"the original model needs an input {inp.name!r} that blackbox-sal cannot fill")
-        feeds[inp.name] = row[None].astype(dtype)
+        feeds[inp.name] = row[None].astype(np.float32 if inp.name == EMBEDS else dtype)
     want = np.asarray(session.run([source], feeds)[0], dtype=np.float64)
     if model.task == "next-token":
         want = want[:, -1]
     want = want.reshape(got.shape)
     err = float(np.max(np.abs(got - want))) if want.size else 0.0
     if not err <= 1e-4 * (1.0 + float(np.max(np.abs(want)))):
+        if what:
+            raise ModelError(f"{what} disagrees with the file (max difference {err:.3g}); load it with "
+                             f"verify=False (--no-verify) to explain the dequantized weights anyway")
         raise ModelError(f"the split model disagrees with the original (max difference {err:.3g}); "
                          f"the lookup cut is wrong for this model")
