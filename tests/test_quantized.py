@@ -216,22 +216,52 @@ def test_matmul_nbits_twin_equals_onnxruntimes_kernel(bits: int, zero_points: st
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
 
 
+def quantize_4bit(w: np.ndarray, block: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W [K, N] -> MatMulNBits' (codes [N, blocks, block / 2], scales [N * blocks], packed zero
+    points [N * ceil(blocks / 2)]): asymmetric 4-bit codes per block along K, low nibble first."""
+    k, n = w.shape
+    blocks = -(-k // block)
+    padded = np.zeros((blocks * block, n), np.float32)
+    padded[:k] = w
+    wb = padded.T.reshape(n, blocks, block)
+    lo, hi = np.minimum(wb.min(-1), 0), np.maximum(wb.max(-1), 0)
+    scale = np.maximum((hi - lo) / 15, 1e-8).astype(np.float32)
+    zero = np.clip(np.round(-lo / scale), 0, 15).astype(np.uint8)
+    codes = np.clip(np.round(wb / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8)
+    zeros = np.zeros((n, blocks + blocks % 2), np.uint8)
+    zeros[:, :blocks] = zero
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4), scale.reshape(-1),
+            (zeros[:, 0::2] | (zeros[:, 1::2] << 4)).reshape(-1))
+
+
 @pytest.fixture(scope="module")
 def nbits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tanh MLP at width 32 after onnxruntime's MatMulNBitsQuantizer (4 bits, blocks of 16)."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    """The tanh MLP at width 32 with both MatMuls as 4-bit MatMulNBits (blocks of 16), as
+    onnxruntime's MatMulNBitsQuantizer writes them."""
+    from onnx import helper, numpy_helper
 
-    root = tmp_path_factory.mktemp("nbits")
     w1, b1, w2 = tiny.mlp_weights(32, 64, 3, seed=3)
-    w2 = np.random.default_rng(1).normal(0, 0.5, (64, 32)).astype(np.float32)  # N >= block for the quantizer
-    fp32 = tiny.write_model_dir(root / "fp32", tiny.tanh_mlp(tiny.table(32), w1, b1, w2))
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32 / "model.onnx")), bits=4, block_size=16)
-    quantizer.process()
-    out = root / "q4"
-    out.mkdir()
-    onnx.save(quantizer.model.model, str(out / "model.onnx"))
-    (out / "tokenizer.json").write_bytes((fp32 / "tokenizer.json").read_bytes())
-    return out
+    proto = tiny.tanh_mlp(tiny.table(32), w1, b1, w2)
+    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    nodes = []
+    for node in proto.graph.node:
+        if node.op_type == "MatMul":
+            w = node.input[1]
+            codes, scales, zeros = quantize_4bit(weights[w])
+            proto.graph.initializer.extend([numpy_helper.from_array(codes, f"{w}_Q4"),
+                                            numpy_helper.from_array(scales, f"{w}_scales"),
+                                            numpy_helper.from_array(zeros, f"{w}_zero_points")])
+            node = helper.make_node("MatMulNBits", [node.input[0], f"{w}_Q4", f"{w}_scales", f"{w}_zero_points"],
+                                    list(node.output), domain="com.microsoft", K=weights[w].shape[0],
+                                    N=weights[w].shape[1], bits=4, block_size=16)
+        nodes.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    kept = [t for t in proto.graph.initializer if t.name not in ("W1", "W2")]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return tiny.write_model_dir(tmp_path_factory.mktemp("nbits") / "q4", proto)
 
 
 def test_weight_only_model_loads_as_the_same_float_function_with_exact_gradients(nbits_dir: Path) -> None:
