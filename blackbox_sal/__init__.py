@@ -7,64 +7,103 @@
 
 Attributions are taken with respect to the token embeddings, from an exported gradient graph
 (exact, verified, cached) or finite differences (any model), and reduced to one score per token.
+
+Importing the package is cheap: each public name is imported from its module on first use
+(PEP 562), so ``import blackbox_sal`` alone loads neither onnx nor onnxruntime.
 """
 
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.errors import InputError, ModelError, SalError, UnavailableError, UsageError
-from blackbox_sal.explain import explain
-from blackbox_sal.gradients.graph import export_gradient
-from blackbox_sal.model.files import default_model_path
-from blackbox_sal.model.text_model import TextModel, load_model
-from blackbox_sal.render import (
-    render_choices_json,
-    render_choices_terminal,
-    render_generation_json,
-    render_generation_terminal,
-    render_html,
-    render_json,
-    render_similarity_json,
-    render_similarity_terminal,
-    render_terminal,
-)
-from blackbox_sal.result import Choices, Explanation, Generation, Label, Prediction, Similarity, Window
-from blackbox_sal.tasks import explain_choices, explain_generation, explain_similarity
-from blackbox_sal.text.words import Span
-from blackbox_sal.torch_export import export_torch
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+import warnings
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+
+#: public name -> the module that defines it
+_WHERE = {
+    "ExplainConfig": "blackbox_sal.config",
+    "SalError": "blackbox_sal.errors",
+    "UsageError": "blackbox_sal.errors",
+    "InputError": "blackbox_sal.errors",
+    "ModelError": "blackbox_sal.errors",
+    "UnavailableError": "blackbox_sal.errors",
+    "explain": "blackbox_sal.explain",
+    "explain_many": "blackbox_sal.explain",
+    "explain_generation": "blackbox_sal.tasks",
+    "explain_similarity": "blackbox_sal.tasks",
+    "explain_choices": "blackbox_sal.tasks",
+    "export_gradient": "blackbox_sal.gradient_graph.store",
+    "default_model_path": "blackbox_sal.model.files",
+    "load_model": "blackbox_sal.model.loading",
+    "TextModel": "blackbox_sal.model.text_model",
+    "render_terminal": "blackbox_sal.render.terminal",
+    "render_json": "blackbox_sal.render.json",
+    "render_html": "blackbox_sal.render.html",
+    "Explanation": "blackbox_sal.result",
+    "Provenance": "blackbox_sal.result",
+    "Label": "blackbox_sal.result",
+    "Prediction": "blackbox_sal.result",
+    "Window": "blackbox_sal.result",
+    "Generation": "blackbox_sal.result",
+    "Similarity": "blackbox_sal.result",
+    "Choices": "blackbox_sal.result",
+    "Span": "blackbox_sal.text.words",
+    "export_torch": "blackbox_sal.torch_export",
+}
+
+#: names of 0.1, kept for one release: each task's renderer is now the one renderer per format
+_DEPRECATED = {
+    f"render_{task}_{fmt}": f"render_{fmt}"
+    for task in ("generation", "similarity", "choices") for fmt in ("terminal", "json")
+}
 
 __all__ = [
-    "Choices",
-    "ExplainConfig",
-    "Explanation",
-    "Generation",
-    "InputError",
-    "Label",
-    "ModelError",
-    "Prediction",
-    "SalError",
-    "Similarity",
-    "Span",
-    "TextModel",
-    "UnavailableError",
-    "UsageError",
-    "Window",
-    "__version__",
-    "default_model_path",
-    "explain",
-    "explain_choices",
-    "explain_generation",
-    "explain_similarity",
-    "export_gradient",
-    "export_torch",
-    "load_model",
-    "render_choices_json",
-    "render_choices_terminal",
-    "render_generation_json",
-    "render_generation_terminal",
-    "render_html",
-    "render_json",
-    "render_similarity_json",
-    "render_similarity_terminal",
+    "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label", "ModelError", "Prediction",
+    "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError", "UsageError", "Window",
+    "__version__", "default_model_path", "explain", "explain_choices", "explain_generation", "explain_many",
+    "explain_similarity", "export_gradient", "export_torch", "load_model", "render_html", "render_json",
     "render_terminal",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    if name in _DEPRECATED:
+        warnings.warn(f"blackbox_sal.{name} is deprecated: use {_DEPRECATED[name]}, which renders every result type",
+                      DeprecationWarning, stacklevel=2)
+        return __getattr__(_DEPRECATED[name])
+    raise AttributeError(f"module 'blackbox_sal' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from blackbox_sal.config import ExplainConfig
+    from blackbox_sal.errors import InputError, ModelError, SalError, UnavailableError, UsageError
+    from blackbox_sal.explain import explain, explain_many
+    from blackbox_sal.gradient_graph.store import export_gradient
+    from blackbox_sal.model.files import default_model_path
+    from blackbox_sal.model.loading import load_model
+    from blackbox_sal.model.text_model import TextModel
+    from blackbox_sal.render.html import render_html
+    from blackbox_sal.render.json import render_json
+    from blackbox_sal.render.terminal import render_terminal
+    from blackbox_sal.result import (
+        Choices,
+        Explanation,
+        Generation,
+        Label,
+        Prediction,
+        Provenance,
+        Similarity,
+        Window,
+    )
+    from blackbox_sal.tasks import explain_choices, explain_generation, explain_similarity
+    from blackbox_sal.text.words import Span
+    from blackbox_sal.torch_export import export_torch

@@ -43,7 +43,8 @@ def baseline_token(tokenizer: Tokenizer, name: str) -> int | None:
     if found is not None:
         return int(found)
     ids = tokenizer.encode(name, add_special_tokens=False).ids
-    if len(ids) == 1:
+    unknown = {tokenizer.token_to_id(t) for t in BASELINES["unk"]} - {None}
+    if len(ids) == 1 and ids[0] not in unknown:
         return int(ids[0])
     raise UsageError(f"baseline {name!r} is neither {', '.join(sorted(BASELINES))} nor a single "
                      f"token of the vocabulary")

@@ -10,32 +10,21 @@ from collections.abc import Sequence
 
 from blackbox_sal import __version__
 from blackbox_sal.config import AUTO, FD_SCHEMES, LONG, ExplainConfig
-from blackbox_sal.errors import SalError, UsageError
+from blackbox_sal.errors import InputError, SalError, UsageError
 from blackbox_sal.explain import explain
-from blackbox_sal.gradients import BACKENDS
-from blackbox_sal.gradients.graph import export_gradient
+from blackbox_sal.gradient_graph.store import export_gradient
+from blackbox_sal.gradients.backend import BACKENDS
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.quadrature import QUADRATURES
 from blackbox_sal.model.files import default_model_path
-from blackbox_sal.model.objective import SCORES
+from blackbox_sal.model.loading import load_model
 from blackbox_sal.model.session import DEVICES
-from blackbox_sal.model.text_model import load_model
 from blackbox_sal.reductions import REDUCTIONS
-from blackbox_sal.render import (
-    render_choices_json,
-    render_choices_terminal,
-    render_generation_json,
-    render_generation_terminal,
-    render_html,
-    render_json,
-    render_similarity_json,
-    render_similarity_terminal,
-    render_terminal,
-)
-from blackbox_sal.result import Explanation
+from blackbox_sal.render import FORMATS, render_html, render_json, render_terminal
+from blackbox_sal.scores import SCORES
 from blackbox_sal.tasks import explain_choices, explain_generation, explain_similarity
+from blackbox_sal.text.printable import printable
 
-FORMATS = ("terminal", "json", "html")
 EPILOG = """exit codes: 0 ok, 2 bad usage or input, 3 model cannot be loaded or used,
 4 backend or device not available, 1 internal error (a bug), 130 interrupted.
 Environment: NO_COLOR disables colour in the terminal format."""
@@ -57,9 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model", metavar="PATH",
                    help="model directory or .onnx file (default: the bundled sentiment CNN)")
     e.add_argument("--method", choices=list(METHODS), default=defaults.method,
-                   help="attribution method (default: %(default)s)")
+                   help="attribution method (default: %(default)s): " + "; ".join(
+                       f"{name} = {spec.summary}" for name, spec in METHODS.items()))
     e.add_argument("--backend", choices=list(BACKENDS), default=defaults.backend,
-                   help="how derivatives are taken: fd = finite differences (default: %(default)s)")
+                   help="how derivatives are taken (default: %(default)s): " + "; ".join(
+                       f"{name} = {spec.summary}" for name, spec in BACKENDS.items()))
     e.add_argument("--target", metavar="LABEL|INDEX|TOKEN",
                    help="class to explain (default: the predicted class); for a causal LM a token "
                         "(a word means the next word: ' Paris')")
@@ -76,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--baseline", default=defaults.baseline, metavar="pad|zero|unk|mask|TOKEN",
                    help="baseline for ig and occlusion (default: %(default)s)")
     e.add_argument("--reduce", choices=list(REDUCTIONS),
-                   help="per-token reduction (default: l2 for saliency/smoothgrad, sum otherwise)")
+                   help="per-token reduction (default: the method's own: " + ", ".join(
+                       f"{name} {spec.default_reduce}" for name, spec in METHODS.items() if spec.default_reduce) + ")")
     e.add_argument("--words", action="store_true", help="merge subword scores into words")
     e.add_argument("--format", choices=FORMATS, default="terminal", help="output format")
     e.add_argument("--output", metavar="FILE", help="write the output to FILE")
@@ -157,42 +149,46 @@ def _config(a: argparse.Namespace) -> ExplainConfig:
     ).validated()
 
 
-def _render(fmt: str, explanation: Explanation, to_terminal: bool) -> str:
+def _render(fmt: str, result: object, to_terminal: bool) -> str:
     if fmt == "json":
-        return render_json(explanation)
+        return render_json(result)
     if fmt == "html":
-        return render_html(explanation)
+        return render_html(result)
     color = to_terminal and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    return render_terminal(explanation, color=color)
+    return render_terminal(result, color=color)
+
+
+def _text(arg: str, what: str = "TEXT") -> str:
+    """A text argument (``-``: standard input) as valid Unicode; InputError otherwise."""
+    if arg == "-":
+        try:
+            return sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"standard input is not valid UTF-8 (byte {exc.start})") from exc
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError as exc:  # undecodable bytes in argv arrive as lone surrogates
+        raise InputError(f"{what} is not valid UTF-8 (character {exc.start})") from exc
+    return arg
 
 
 def _explain(a: argparse.Namespace) -> None:
-    text = sys.stdin.read() if a.text == "-" else a.text
+    text = _text(a.text)
     config = _config(a)  # validate names before loading anything
-    model = load_model(a.model or default_model_path(), device=a.device,
-                       output=a.model_output, verify=not a.no_verify, dequantize=a.dequantize)
     if sum(x is not None for x in (a.generate, a.similar_to, a.choice)) > 1:
         raise UsageError("--generate, --similar-to and --choice are different tasks: give one")
+    model = load_model(a.model or default_model_path(), device=a.device,
+                       output=a.model_output, verify=not a.no_verify, dequantize=a.dequantize)
+    result: object
     if a.choice is not None:
-        if a.format == "html":
-            raise UsageError("--choice renders as terminal or json, not html")
-        choices = explain_choices(model, text, a.choice, config)
-        color = a.output is None and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        out = render_choices_json(choices) if a.format == "json" else render_choices_terminal(choices, color)
+        result = explain_choices(model, text, [_text(c, "--choice") for c in a.choice], config)
     elif a.similar_to is not None:
-        if a.format == "html":
-            raise UsageError("--similar-to renders as terminal or json, not html")
-        similarity = explain_similarity(model, text, a.similar_to, config)
-        color = a.output is None and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        out = (render_similarity_json(similarity) if a.format == "json" else
-               render_similarity_terminal(similarity, color))
+        result = explain_similarity(model, text, _text(a.similar_to, "--similar-to"), config)
     elif a.generate is not None:
-        if a.format == "html":
-            raise UsageError("--generate renders as terminal or json, not html")
-        generation = explain_generation(model, text, a.generate, config)
-        out = render_generation_json(generation) if a.format == "json" else render_generation_terminal(generation)
+        result = explain_generation(model, text, a.generate, config)
     else:
-        out = _render(a.format, explain(model, text, config), to_terminal=a.output is None)
+        result = explain(model, text, config)
+    out = _render(a.format, result, to_terminal=a.output is None)
     if a.output is None:
         sys.stdout.write(out)
         return
@@ -206,8 +202,8 @@ def _explain(a: argparse.Namespace) -> None:
 def _grad(a: argparse.Namespace) -> None:
     model = load_model(a.model or default_model_path(), device=a.device, output=a.model_output)
     path = export_gradient(model, a.output)
-    print(f"gradient graph of {model.name} ({model.output}): verified against finite differences; "
-          f"written to {path}")
+    print(printable(f"gradient graph of {model.name} ({model.output}): verified against finite differences; "
+                    f"written to {path}"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -224,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "grad":
             _grad(args)
     except SalError as exc:
-        print(f"blackbox-sal: error: {exc}", file=sys.stderr)
+        print(f"blackbox-sal: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("blackbox-sal: interrupted", file=sys.stderr)

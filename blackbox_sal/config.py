@@ -1,24 +1,46 @@
-"""The one configuration object shared by the Python API and the CLI.
+"""The one configuration object shared by the Python API, the CLI and the server.
 
-Registries (methods, backends, baselines, reductions, quadratures, scores) are checked in
-:meth:`ExplainConfig.validated`, so a bad name fails before any model work, with the list of
-choices and the closest match.
+:meth:`ExplainConfig.validated` checks every name against its registry (methods, backends,
+scores, reductions: each lists its choices and suggests the closest) and every number against
+its documented range, so a bad setting fails before any model work. A method's own
+constraints live with the method (:attr:`MethodSpec.check`); every method's are checked,
+whichever is chosen, so a setting is valid or not whatever method reads it.
+
+Documented maxima (bad input never runs for minutes or exhausts memory):
+
+==================  ===================================================================
+batch_size          1 .. 4,096 rows per onnxruntime run (memory is bounded by it)
+steps               1 .. 1,024 integration nodes, or "auto" (at most 257)
+samples             1 .. 10,000 SmoothGrad samples (run batch_size at a time)
+max_chars           1 .. 10,000,000 characters per text (default 100,000)
+fd_step, tolerance  in (0, 1);  noise finite and >= 0;  seed 0 .. 2^63 - 1
+==================  ===================================================================
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 from blackbox_sal.errors import UsageError, unknown_choice
+from blackbox_sal.gradients.backend import BACKENDS
+from blackbox_sal.gradients.finite_differences import SCHEMES
+from blackbox_sal.methods import METHODS
+from blackbox_sal.reductions import REDUCTIONS
+from blackbox_sal.scores import SCORES
 from blackbox_sal.text.tokenization import MAX_CHARS
 
 #: what to do with a text over the model's token limit
 LONG = ("error", "window")
 #: finite-difference schemes (blackbox_sal.gradients.finite_differences.SCHEMES)
-FD_SCHEMES = ("central", "forward")
+FD_SCHEMES = SCHEMES
 #: ``steps="auto"``: integrated gradients add nested nodes until they converge
 AUTO = "auto"
+#: the most rows one onnxruntime run may take
+MAX_BATCH_SIZE = 4096
+#: the highest character limit a caller may set
+MAX_CHARS_LIMIT = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -75,34 +97,18 @@ class ExplainConfig:
 
     def validated(self) -> ExplainConfig:
         """Self, after checking every name and number; UsageError (exit 2) otherwise."""
-        from blackbox_sal.gradients import BACKENDS
-        from blackbox_sal.methods import METHODS
-        from blackbox_sal.methods.quadrature import QUADRATURES
-        from blackbox_sal.model.objective import SCORES
-        from blackbox_sal.reductions import REDUCTIONS
-
-        for kind, name, registry in (
-            ("method", self.method, METHODS), ("backend", self.backend, BACKENDS),
-            ("score", self.score, SCORES), ("quadrature", self.quadrature, QUADRATURES),
-        ):
+        for kind, name, registry in (("method", self.method, METHODS), ("backend", self.backend, BACKENDS),
+                                     ("score", self.score, SCORES)):
             if name not in registry:
                 raise unknown_choice(kind, name, registry)
         if self.reduce is not None and self.reduce not in REDUCTIONS:
             raise unknown_choice("reduction", self.reduce, REDUCTIONS)
-        for name, value, low in (("batch_size", self.batch_size, 1), ("samples", self.samples, 1),
-                                 ("max_chars", self.max_chars, 1)):
-            if not isinstance(value, int) or value < low:
-                raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.steps == AUTO:
-            if self.quadrature not in ("gauss-legendre", "clenshaw-curtis"):
-                raise UsageError(f"steps 'auto' adds nested Clenshaw-Curtis nodes; it does not combine "
-                                 f"with the {self.quadrature} rule (give a number of steps instead)")
-        elif isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise UsageError(f"steps must be an integer >= 1 or 'auto', got {self.steps!r}")
-        elif self.quadrature in ("trapezoid", "clenshaw-curtis") and self.steps < 2:
-            raise UsageError(f"the {self.quadrature} rule needs steps >= 2")
-        if not 0 < self.tolerance < 1:
-            raise UsageError(f"tolerance must be in (0, 1), got {self.tolerance!r}")
+        for name, value, high in (("batch_size", self.batch_size, MAX_BATCH_SIZE),
+                                  ("max_chars", self.max_chars, MAX_CHARS_LIMIT)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                raise UsageError(f"{name} must be an integer from 1 to {high:,}, got {value!r}")
+        for spec in METHODS.values():
+            spec.check(self)
         if self.fd_step is not None and not 0 < self.fd_step < 1:
             raise UsageError(f"fd_step must be in (0, 1), got {self.fd_step!r}")
         if self.fd_scheme not in FD_SCHEMES:
@@ -112,10 +118,16 @@ class ExplainConfig:
                              "--fd-scheme forward")
         if self.long not in LONG:
             raise unknown_choice("long-text handling", self.long, LONG)
-        if self.window_overlap is not None and (not isinstance(self.window_overlap, int) or self.window_overlap < 0):
+        if self.window_overlap is not None and (isinstance(self.window_overlap, bool)
+                                                or not isinstance(self.window_overlap, int)
+                                                or self.window_overlap < 0):
             raise UsageError(f"window_overlap must be an integer >= 0, got {self.window_overlap!r}")
-        if not self.noise >= 0:
-            raise UsageError(f"noise must be >= 0, got {self.noise!r}")
-        if not self.baseline or not self.baseline.strip():
+        if not isinstance(self.baseline, str) or not self.baseline.strip():
             raise UsageError("baseline must be pad, zero, unk, mask or a token")
+        if isinstance(self.target, float) and not math.isfinite(self.target):
+            raise UsageError(f"target must be a label or an index, got {self.target!r}")
         return self
+
+    def reduction(self) -> str | None:
+        """The reduction used: the configured one, or the method's default."""
+        return self.reduce if self.reduce is not None else METHODS[self.method].default_reduce

@@ -1,46 +1,64 @@
-"""Explain one prediction: text -> tokens -> embeddings -> backend -> method -> Explanation
-(long texts, optionally: windows -> one Explanation each -> stitched)."""
+"""Explain predictions: text -> tokens -> embeddings -> backend -> method -> Explanation (long
+texts, optionally: windows -> one Explanation each -> stitched).
+
+Each explanation is a piece of work (:mod:`blackbox_sal.runs`) that the engine drives:
+:func:`explain` drives one, :func:`explain_many` many at once, their rows packed into shared
+runs, with the same results.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from types import MappingProxyType
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from blackbox_sal.baselines import make_baseline
-from blackbox_sal.config import AUTO, ExplainConfig
-from blackbox_sal.errors import InputError, UsageError
-from blackbox_sal.gradients import FiniteDifferences, GraphBackend, make_backend, step_scale
-from blackbox_sal.methods import METHODS, Problem
-from blackbox_sal.model.objective import SCORES, Objective, cosine, resolve_target
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.differences import step_scale
+from blackbox_sal.engine.drive import drive_many, drive_one
+from blackbox_sal.engine.runner import Runner
+from blackbox_sal.errors import InputError, ModelError, SalError, UsageError
+from blackbox_sal.gradient_graph.store import gradient_session
+from blackbox_sal.gradients.backend import BACKENDS, VALUES_ONLY, Setting
+from blackbox_sal.methods import METHODS
+from blackbox_sal.methods.attribution import Problem
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import (
-    MAX_SCORES,
-    TOP,
-    Explanation,
-    Label,
-    Prediction,
-    Window,
-)
+from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Label, Prediction, Provenance, Window
+from blackbox_sal.runs import ArrayPoints, Cost, Forward, Seq, Work, ask, ask_all
+from blackbox_sal.scores import ClassScore, Cosine, Objective, resolve_target
 from blackbox_sal.text.tokenization import Tokens, stitch, tokenize, tokenize_windows
 from blackbox_sal.text.words import merge_words, token_spans
-
-#: methods that replace tokens by a baseline
-USES_BASELINE = frozenset({"ig", "occlusion"})
-#: methods that ask the backend for derivatives (the others use forward passes only)
-NEEDS_DERIVATIVES = frozenset({"saliency", "grad-x-input", "ig", "smoothgrad"})
 
 
 def explain(model: TextModel, text: str, config: ExplainConfig | None = None) -> Explanation:
     """Attribute the model's prediction on ``text`` to its tokens (see ExplainConfig).
 
     A text over the model's token limit is refused, or with ``long="window"`` explained in
-    overlapping windows that are stitched back together (:func:`_windows`).
+    overlapping windows that are stitched back together.
     Raises InputError / UsageError (exit 2) for bad text or settings, ModelError (exit 3)
     when the model cannot be used, UnavailableError (exit 4) for a missing backend.
     """
     cfg = (config or ExplainConfig()).validated()
+    return drive_one(text_explanation(model, text, cfg), runner(model, cfg))
+
+
+def explain_many(model: TextModel, texts: Iterable[str], config: ExplainConfig | None = None,
+                 window: int = 64) -> Iterator[Explanation | SalError]:
+    """Explain many texts at once, in order: each item is the text's Explanation, or the
+    SalError it ended with (an empty text, an unknown label...). Up to ``window`` texts are
+    in flight together and their rows share onnxruntime runs; results equal :func:`explain`'s."""
+    cfg = (config or ExplainConfig()).validated()
+    return drive_many((text_explanation(model, t, cfg) for t in texts), runner(model, cfg), window)
+
+
+def runner(model: TextModel, cfg: ExplainConfig) -> Runner:
+    """The engine's runner for ``model`` with the config's run sizes."""
+    return Runner(model, rows=cfg.batch_size, progress=cfg.progress)
+
+
+def text_explanation(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Explanation]:
+    """The work of explaining one text (tokenized here, so bad text ends this work only)."""
     tokens = tokenize(model.tokenizer, text, None, cfg.max_chars)
     if model.max_length is not None and len(tokens) > model.max_length:
         if cfg.long != "window":
@@ -51,68 +69,93 @@ def explain(model: TextModel, text: str, config: ExplainConfig | None = None) ->
                              f"of its prompt: shorten the prompt to {model.max_length} tokens")
         if model.task != "classification":
             raise UsageError(f"--long window splits a text for a classifier, not a {model.task} model")
-        return _windows(model, text, cfg)
-    return explain_tokens(model, tokens, cfg)
+        return (yield from _windows(model, text, cfg))
+    return (yield from explanation(model, tokens, cfg))
 
 
-def explain_tokens(model: TextModel, tokens: Tokens, cfg: ExplainConfig, target: int | None = None,
-                   reference: np.ndarray | None = None) -> Explanation:
-    """Explain one tokenized text: ``target`` fixes the class (else config.target or the
-    prediction); ``reference`` makes the scalar the cosine of the output to that vector."""
-    text = tokens.text
+@dataclass(frozen=True)
+class Asked:
+    """The scalar an explanation is about, as its result reports it."""
+
+    objective: Objective
+    target: Label
+    prediction: Prediction
+    task: str
+
+
+@dataclass(frozen=True)
+class ClassQuestion:
+    """Explain a class's score: ``target`` fixed, else the config's target or the prediction."""
+
+    target: int | None = None
+
+    def answer(self, model: TextModel, outputs: np.ndarray, cfg: ExplainConfig) -> Asked:
+        n_classes = outputs.shape[1]
+        target = self.target if self.target is not None else resolve_target(
+            cfg.target, model.labels, n_classes, int(np.argmax(outputs[0])),
+            model.class_of if model.task == "next-token" else None)
+        return Asked(ClassScore(target, cfg.score, n_classes), Label(target, model.label(target)),
+                     prediction(model, outputs[0]), model.task)
+
+
+@dataclass(frozen=True)
+class SimilarityQuestion:
+    """Explain the cosine of the output to a reference embedding [C] (sentence similarity)."""
+
+    reference: np.ndarray
+
+    def answer(self, model: TextModel, outputs: np.ndarray, cfg: ExplainConfig) -> Asked:
+        return Asked(Cosine(self.reference), Label(0, "cosine"), Prediction(0, "cosine", (), ()), "similarity")
+
+
+Question = ClassQuestion | SimilarityQuestion
+
+
+def explanation(model: TextModel, tokens: Tokens, cfg: ExplainConfig,
+                question: Question = ClassQuestion()) -> Work[Explanation]:
+    """The work of explaining one tokenized text within the model's limit."""
+    spec = METHODS[cfg.method]
+    seq = Seq(tokens.ids, tokens.type_ids)
     x = model.embed(tokens.ids)
-    f = Objective(model, tokens.ids, tokens.type_ids, 0, cfg.score, cfg.batch_size, reference=reference)
-    outputs = f.outputs(x[None])  # [1, C]: the prediction, and f(x) for any target
-    predicted = int(np.argmax(outputs[0]))
-    if reference is not None:
-        target = 0
-    elif target is None:
-        target = resolve_target(cfg.target, model.labels, outputs.shape[1], predicted,
-                                model.class_of if model.task == "next-token" else None)
-    f = replace(f, target=target, n_classes=outputs.shape[1])  # shares the forward-pass counter
-    target_value = (float(cosine(outputs, reference)[0]) if reference is not None else
-                    float(SCORES[cfg.score](outputs)[0, target]))
+    cost = Cost()
+    outputs = yield from ask(Forward(seq, ArrayPoints(x[None]), "prediction"))  # [1, C]
+    cost.forward += 1
+    asked = question.answer(model, outputs, cfg)
+    target_value = float(asked.objective.scalar(outputs)[0])
     baseline = make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x)
     scale = step_scale(x, model.row_norm)
-    # occlusion needs values only: finite differences' plain forward passes are all it uses
-    backend, backend_notes = make_backend(
-        f, scale, cfg if cfg.method in NEEDS_DERIVATIVES else replace(cfg, backend="fd"))
-    result = METHODS[cfg.method](Problem(backend, x, baseline, tokens.special, target_value,
-                                         scale, cfg))
-
-    settings: dict[str, object] = {"score": cfg.score, "batch_size": cfg.batch_size,
-                                   "forward_passes": int(f.calls[0]), "device": model.device}
-    if cfg.method in USES_BASELINE:
-        settings["baseline"] = cfg.baseline
-    if cfg.method == "ig":
-        settings.update(steps=result.nodes, quadrature=cfg.quadrature)
-        if cfg.steps == AUTO:
-            settings.update(quadrature="clenshaw-curtis", steps_auto=True, tolerance=cfg.tolerance)
-    if cfg.method == "smoothgrad":
-        settings.update(samples=cfg.samples, noise=cfg.noise, seed=cfg.seed)
-    if backend.name == "fd" and cfg.method in NEEDS_DERIVATIVES:
-        assert isinstance(backend, FiniteDifferences)
-        settings.update(fd_step=backend.rel_step, richardson=cfg.richardson, fd_scheme=cfg.fd_scheme)
-    if isinstance(backend, GraphBackend):
-        settings["gradient_passes"] = backend.gradient_passes
-
-    if reference is not None:
-        settings["score"] = "cosine"
+    backend_spec = BACKENDS[cfg.backend] if spec.needs_derivatives else VALUES_ONLY
+    backend, backend_notes = backend_spec.make(Setting(
+        asked.objective, seq, scale, outputs.shape[1], cost, fd_step=cfg.fd_step, richardson=cfg.richardson,
+        fd_scheme=cfg.fd_scheme, quantized=model.quantized, local_method=spec.local,
+        graph_unavailable=_graph_unavailable(model) if backend_spec.wants_graph and not model.quantized else None))
+    result = yield from spec.run(Problem(backend, x, baseline, tokens.special, target_value, scale, cfg,
+                                         cfg.reduction()))
+    provenance = replace(
+        Provenance(score=asked.objective.score, batch_size=cfg.batch_size, forward_passes=cost.forward,
+                   device=model.device, baseline=cfg.baseline if spec.uses_baseline else None),
+        **spec.report(cfg, result), **backend.provenance())
     return Explanation(
-        text=text, model=model.name, method=cfg.method,
-        backend=backend.name if cfg.method in NEEDS_DERIVATIVES else "none",
-        reduce=result.reduce,
-        target=Label(target, "cosine") if reference is not None else Label(target, model.label(target)),
-        prediction=Prediction(0, "cosine", (), ()) if reference is not None else _prediction(model, outputs[0]),
-        target_value=target_value, tokens=token_spans(tokens, result.scores),
+        text=tokens.text, model=model.name, method=cfg.method, backend=backend.name, reduce=result.reduce,
+        target=asked.target, prediction=asked.prediction, target_value=target_value,
+        tokens=token_spans(tokens, result.scores),
         words=merge_words(tokens, result.scores) if cfg.words else None,
-        baseline_value=result.baseline_value, convergence_delta=result.delta,
-        settings=MappingProxyType(settings), notes=_model_notes(model) + backend_notes + result.notes,
-        task="similarity" if reference is not None else model.task,
-    )
+        baseline_value=result.baseline_value, convergence_delta=result.delta, provenance=provenance,
+        notes=model_notes(model) + backend_notes + result.notes, task=asked.task)
 
 
-def _model_notes(model: TextModel) -> tuple[str, ...]:
+def _graph_unavailable(model: TextModel) -> str | None:
+    """Why no verified gradient graph can be had for the model (None: one can; built now if
+    need be, and kept with the model)."""
+    try:
+        gradient_session(model)
+    except ModelError as exc:
+        return str(exc)
+    return None
+
+
+def model_notes(model: TextModel) -> tuple[str, ...]:
+    """What every explanation of this model should say about how it was loaded."""
     if model.weight_only:
         return (f"the model's low-bit weights ({', '.join(model.weight_only)}) were dequantized into float "
                 f"MatMuls: its activations are float, so that is the same function (checked on a probe sentence) "
@@ -124,7 +167,9 @@ def _model_notes(model: TextModel) -> tuple[str, ...]:
             f"own outputs differ by its activation rounding",)
 
 
-def _prediction(model: TextModel, outputs: np.ndarray) -> Prediction:
+def prediction(model: TextModel, outputs: np.ndarray) -> Prediction:
+    """The prediction for one row of outputs [C]: the arg-max, every score (up to MAX_SCORES
+    classes) and the TOP best."""
     predicted = int(np.argmax(outputs))
     top = np.argsort(-outputs, kind="stable")[:TOP]
     return Prediction(predicted, model.label(predicted),
@@ -132,7 +177,7 @@ def _prediction(model: TextModel, outputs: np.ndarray) -> Prediction:
                       tuple(Label(int(i), model.label(int(i)), float(outputs[i])) for i in top))
 
 
-def _windows(model: TextModel, text: str, cfg: ExplainConfig) -> Explanation:
+def _windows(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Explanation]:
     """Explain a long text window by window (overlapping, each within the model's limit) and
     stitch: the prediction is the mean of the windows' outputs, the target is resolved on it
     and explained in every window, and a token's score is the mean over the windows that
@@ -140,10 +185,14 @@ def _windows(model: TextModel, text: str, cfg: ExplainConfig) -> Explanation:
     assert model.max_length is not None
     overlap = cfg.window_overlap if cfg.window_overlap is not None else model.max_length // 4
     windows = tokenize_windows(model.tokenizer, text, model.max_length, overlap, cfg.max_chars)
-    outputs = np.mean([model.run(model.embed(w.ids)[None], w.ids, w.type_ids, 1)[0] for w in windows], axis=0)
-    prediction = _prediction(model, outputs)
-    target = resolve_target(cfg.target, model.labels, outputs.shape[0], prediction.index)
-    parts = [explain_tokens(model, w, cfg, target) for w in windows]
+    per_window = yield from ask_all([Forward(Seq(w.ids, w.type_ids), ArrayPoints(model.embed(w.ids)[None]))
+                                     for w in windows])
+    outputs = np.mean([o[0] for o in per_window], axis=0)
+    predicted = prediction(model, outputs)
+    target = resolve_target(cfg.target, model.labels, outputs.shape[0], predicted.index)
+    parts = []
+    for w in windows:
+        parts.append((yield from explanation(model, w, cfg, ClassQuestion(target))))
     total: dict[tuple[int, int], list[float]] = {}
     for part in parts:
         for span in part.tokens:
@@ -158,17 +207,18 @@ def _windows(model: TextModel, text: str, cfg: ExplainConfig) -> Explanation:
         f"that hold it, the prediction the mean of their outputs",)
     for part in parts:
         notes += tuple(n for n in part.notes if n not in notes)
-    settings = dict(parts[0].settings)
-    settings.update(forward_passes=sum(int(p.settings["forward_passes"]) for p in parts) + len(windows),
-                    windows=len(windows), window_overlap=overlap)
-    if "gradient_passes" in settings:
-        settings["gradient_passes"] = sum(int(p.settings["gradient_passes"]) for p in parts)
-    if settings.get("steps_auto"):  # each window settles on its own count: the most any needed
-        settings["steps"] = max(int(p.settings["steps"]) for p in parts)
+    first = parts[0].provenance
+    provenance = replace(
+        first, forward_passes=sum(p.provenance.forward_passes for p in parts) + len(windows),
+        windows=len(windows), window_overlap=overlap,
+        gradient_passes=(None if first.gradient_passes is None else
+                         sum(p.provenance.gradient_passes or 0 for p in parts)),
+        # steps auto: each window settles on its own count: the most any needed
+        steps=(max(p.provenance.steps or 0 for p in parts) if first.steps_auto else first.steps))
     return replace(
-        parts[0], text=text, prediction=prediction, target_value=float(np.mean([p.target_value for p in parts])),
+        parts[0], text=text, prediction=predicted, target_value=float(np.mean([p.target_value for p in parts])),
         tokens=token_spans(stitched, scores), words=merge_words(stitched, scores) if cfg.words else None,
-        baseline_value=None, convergence_delta=None, settings=MappingProxyType(settings), notes=notes,
+        baseline_value=None, convergence_delta=None, provenance=provenance, notes=notes,
         windows=tuple(Window(w.offsets[int(np.flatnonzero(~w.special)[0])][0],
                              w.offsets[int(np.flatnonzero(~w.special)[-1])][1], p.target_value,
                              p.baseline_value, p.convergence_delta) for w, p in zip(windows, parts, strict=True)))

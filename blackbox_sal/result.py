@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -50,14 +50,52 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """What produced an explanation, typed. Fields that do not apply are None and are left
+    out of :meth:`as_dict` (the ``settings`` object of the JSON output, in this order).
+
+    score: the explained scalar (logit, probability, log-probability, cosine). batch_size:
+    rows per onnxruntime run. forward_passes: rows through the model (prediction, baseline,
+    perturbations, seeds). device: cpu or cuda. baseline: for methods that use one. steps,
+    quadrature, steps_auto, tolerance: integrated gradients. samples, noise, seed: SmoothGrad.
+    fd_step, richardson, fd_scheme: finite differences. gradient_passes: rows through the
+    gradient graph. windows, window_overlap: a long text explained in windows.
+    """
+
+    score: str
+    batch_size: int
+    forward_passes: int
+    device: str
+    baseline: str | None = None
+    steps: int | None = None
+    quadrature: str | None = None
+    steps_auto: bool | None = None
+    tolerance: float | None = None
+    samples: int | None = None
+    noise: float | None = None
+    seed: int | None = None
+    fd_step: float | None = None
+    richardson: bool | None = None
+    fd_scheme: str | None = None
+    gradient_passes: int | None = None
+    windows: int | None = None
+    window_overlap: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that apply, in declaration order."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
 class Explanation:
     """One explained prediction.
 
     tokens: one scored span per token (character offsets into ``text``); words: the same
     merged to words when asked for. target_value: f(x), the explained scalar. baseline_value
     and convergence_delta: f(x') and sum(scores) - (f(x) - f(x')) where a baseline applies
-    (integrated gradients). settings: what produced it (method parameters, forward passes).
-    notes: warnings the user should read (degenerate gradients, input equal to baseline, ...).
+    (integrated gradients). provenance: what produced it (method parameters, forward passes);
+    ``settings`` is the same as a read-only mapping. notes: warnings the user should read
+    (degenerate gradients, input equal to baseline, ...).
     """
 
     text: str
@@ -72,13 +110,18 @@ class Explanation:
     words: tuple[Span, ...] | None
     baseline_value: float | None
     convergence_delta: float | None
-    settings: MappingProxyType[str, Any]
+    provenance: Provenance
     notes: tuple[str, ...]
     #: classification, next-token (a causal LM explained at its last position), or similarity
     #: (the cosine of the output to a reference text's output)
     task: str = "classification"
     #: for a long text explained in windows (``long="window"``): the windows, in order
     windows: tuple[Window, ...] | None = None
+
+    @property
+    def settings(self) -> MappingProxyType[str, Any]:
+        """:attr:`provenance` as a read-only mapping (kept for scripts written against it)."""
+        return MappingProxyType(self.provenance.as_dict())
 
 
 @dataclass(frozen=True)
@@ -109,9 +152,12 @@ class Similarity:
 @dataclass(frozen=True)
 class Choices:
     """Multiple choice: every choice's score (index, text, value) for the pair (text, choice),
-    the best one, and the explanation of its score over the tokens of text and choice."""
+    the best one, and the explanation of its score over the tokens of text and choice.
+    score: what the choices are ranked by (logit, probability or log-probability; for a
+    multiple-choice export, probabilities are a softmax across the choices)."""
 
     text: str
     choices: tuple[Label, ...]
     predicted: int
     explanation: Explanation
+    score: str = "logit"

@@ -1,5 +1,6 @@
 """Tasks built on single explanations: a generated continuation step by step, multiple
-choice, sentence similarity. Each returns a frozen result (:mod:`blackbox_sal.result`)."""
+choice, sentence similarity. Each returns a frozen result (:mod:`blackbox_sal.result`); each
+is a piece of engine work, so its runs are packed like any explanation's."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders
 
 from blackbox_sal.config import ExplainConfig
+from blackbox_sal.engine.drive import drive_one
 from blackbox_sal.errors import UsageError
-from blackbox_sal.explain import explain_tokens
-from blackbox_sal.model.objective import cosine, resolve_target
+from blackbox_sal.explain import ClassQuestion, SimilarityQuestion, explanation, runner
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.result import Choices, Explanation, Generation, Label, Similarity
+from blackbox_sal.runs import ArrayPoints, Forward, Seq, Work, ask, ask_all
+from blackbox_sal.scores import SCORES, cosine, resolve_target
 from blackbox_sal.text.tokenization import Tokens, tokenize, tokenize_pair
+
+
+def _forward(model: TextModel, tokens: Tokens) -> Forward:
+    """The request for the model's outputs on one tokenized text."""
+    return Forward(Seq(tokens.ids, tokens.type_ids), ArrayPoints(model.embed(tokens.ids)[None]))
 
 
 def explain_generation(model: TextModel, prompt: str, max_new_tokens: int,
@@ -25,10 +33,19 @@ def explain_generation(model: TextModel, prompt: str, max_new_tokens: int,
     and the k tokens before it. Causal LMs only (UsageError otherwise); ``config.target`` is
     ignored (each step's target is the token generated)."""
     cfg = (config or ExplainConfig()).validated()
+    return drive_one(generation(model, prompt, max_new_tokens, cfg), runner(model, cfg))
+
+
+#: the most tokens one generation may explain (each costs a whole explanation)
+MAX_NEW_TOKENS = 1024
+
+
+def generation(model: TextModel, prompt: str, max_new_tokens: int, cfg: ExplainConfig) -> Work[Generation]:
     if model.task != "next-token":
         raise UsageError("generation needs a causal LM (an output of one row of logits per position)")
-    if max_new_tokens < 1:
-        raise UsageError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or \
+            not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise UsageError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS:,}, got {max_new_tokens!r}")
     tokens = tokenize(model.tokenizer, prompt, model.max_length, cfg.max_chars)
     specials = {i for i, t in model.tokenizer.get_added_tokens_decoder().items() if t.special}
     text = _Detokenizer(model.tokenizer, [int(i) for i in tokens.ids])
@@ -37,13 +54,12 @@ def explain_generation(model: TextModel, prompt: str, max_new_tokens: int,
     for _ in range(max_new_tokens):
         if model.max_length is not None and len(tokens) >= model.max_length:
             break
-        x = model.embed(tokens.ids)
-        logits = model.run(x[None], tokens.ids, tokens.type_ids, 1)[0]
+        logits = (yield from ask(_forward(model, tokens)))[0]
         chosen = int(np.argmax(logits))
         if chosen in specials:
             break
         generated.append(Label(chosen, model.label(chosen), float(logits[chosen])))
-        steps.append(explain_tokens(model, tokens, cfg, chosen))
+        steps.append((yield from explanation(model, tokens, cfg, ClassQuestion(chosen))))
         tokens = _append(tokens, chosen, text.add(chosen))
     if text.pending():  # stopped inside a character: its bytes as they are
         tokens = _append(tokens, None, text.pending())
@@ -51,35 +67,28 @@ def explain_generation(model: TextModel, prompt: str, max_new_tokens: int,
 
 
 class _Detokenizer:
-    """The text each generated token adds, decoded in context: a byte-level tokenizer spells
-    one character over several tokens, and a token alone may decode to a replacement
-    character or lose its leading space. A token whose character is not complete yet adds
-    "" and the token that completes it adds the whole character (as streaming decoders do)."""
-
-    CONTEXT = 4  # prompt tokens decoded with the first generated ones (spaces, merges)
+    """The text each generated token adds, decoded in context, with tokenizers' own
+    ``DecodeStream``: a byte-level tokenizer spells one character over several tokens, and a
+    token alone may decode to a replacement character or lose its leading space. A token whose
+    character is not complete yet adds "" and the token that completes it adds the whole
+    character, as streaming decoders do; :meth:`pending` is what is left when it stops there."""
 
     def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int]) -> None:
-        self.tokenizer, self.ids = tokenizer, list(prompt_ids)
-        self.start = max(len(self.ids) - self.CONTEXT, 0)  # decoded from here ...
-        self.done = len(self.ids)  # ... up to here has been emitted
-
-    def _decode(self, end: int) -> str:
-        return self.tokenizer.decode(self.ids[self.start:end], skip_special_tokens=True)
+        self.tokenizer = tokenizer
+        self.stream = decoders.DecodeStream(ids=prompt_ids, skip_special_tokens=True)
+        self.waiting: list[int] = []  # generated tokens whose text has not come out yet
 
     def add(self, token: int) -> str:
-        self.ids.append(token)
-        before, after = self._decode(self.done), self._decode(len(self.ids))
-        if len(after) <= len(before) or after.endswith("\ufffd") or not after.startswith(before):
+        piece = self.stream.step(self.tokenizer, token)
+        if piece is None:
+            self.waiting.append(token)
             return ""
-        self.start, self.done = self.done, len(self.ids)
-        return after[len(before):]
+        self.waiting = []
+        return str(piece)
 
     def pending(self) -> str:
         """What the tokens after the last emitted one decode to ("" when nothing waits)."""
-        if self.done == len(self.ids):
-            return ""
-        before, after = self._decode(self.done), self._decode(len(self.ids))
-        return after[len(before):] if after.startswith(before) else after
+        return self.tokenizer.decode(self.waiting, skip_special_tokens=True) if self.waiting else ""
 
 
 def _append(tokens: Tokens, token: int | None, piece: str) -> Tokens:
@@ -102,24 +111,37 @@ def explain_choices(model: TextModel, text: str, choices: Sequence[str],
     """Score each answer choice as the pair (text, choice) and explain the best one: which
     tokens of the context, question and answer drove its score. A multiple-choice export
     scores each pair by itself (its [batch, choices] output, one choice at a time); any other
-    model scores it by the output class ``config.target`` (needed when it has several)."""
+    model scores it by the output class ``config.target`` (needed when it has several).
+
+    Choices are ranked by ``config.score``: for a classifier, the target class's logit,
+    probability or log-probability of each pair; for a multiple-choice export, its logit, or
+    the softmax across the choices (probability, log-probability)."""
     cfg = (config or ExplainConfig()).validated()
+    return drive_one(multiple_choice(model, text, choices, cfg), runner(model, cfg))
+
+
+def multiple_choice(model: TextModel, text: str, choices: Sequence[str], cfg: ExplainConfig) -> Work[Choices]:
     if len(choices) < 2:
         raise UsageError("give at least two answer choices")
     if model.task == "next-token":
         raise UsageError("multiple choice scores (context, choice) pairs with a classifier or a multiple-choice "
                          "model, not a causal LM")
     pairs = [tokenize_pair(model.tokenizer, text, c, model.max_length, cfg.max_chars) for c in choices]
-    outputs = np.stack([model.run(model.embed(p.ids)[None], p.ids, p.type_ids, 1)[0] for p in pairs])
+    outputs = np.concatenate((yield from ask_all([_forward(model, p) for p in pairs])))
     if cfg.target is None and outputs.shape[1] > 1:
         raise UsageError(f"the model has {outputs.shape[1]} output classes: say with --target which one scores "
                          f"a choice (labels: {', '.join(model.labels or ()) or 'none; use an index'})")
     target = resolve_target(cfg.target, model.labels, outputs.shape[1], 0)
-    scores = outputs[:, target]
+    if outputs.shape[1] == 1:  # one score per pair: a softmax runs across the choices
+        scores = SCORES[cfg.score](outputs[:, 0][None])[0]
+    else:
+        scores = SCORES[cfg.score](outputs)[:, target]
     best = int(np.argmax(scores))
+    explained = yield from explanation(model, pairs[best], replace(cfg, score="logit") if outputs.shape[1] == 1
+                                       else cfg, ClassQuestion(target))
     return Choices(text=text, choices=tuple(Label(k, c, float(v)) for k, (c, v) in enumerate(zip(choices, scores,
                                                                                                    strict=True))),
-                   predicted=best, explanation=explain_tokens(model, pairs[best], cfg, target))
+                   predicted=best, explanation=explained, score=cfg.score)
 
 
 def explain_similarity(model: TextModel, text: str, reference: str,
@@ -129,12 +151,16 @@ def explain_similarity(model: TextModel, text: str, reference: str,
     held fixed (the texts are encoded separately, so these are the two halves of the
     gradient). ``config.target`` and ``config.score`` are not used."""
     cfg = (config or ExplainConfig()).validated()
+    return drive_one(similarity(model, text, reference, cfg), runner(model, cfg))
+
+
+def similarity(model: TextModel, text: str, reference: str, cfg: ExplainConfig) -> Work[Similarity]:
     if model.task != "classification":
         raise UsageError("similarity needs a model whose output is one embedding per text ([batch, dim])")
     pair = [tokenize(model.tokenizer, t, model.max_length, cfg.max_chars) for t in (text, reference)]
-    vectors = [model.run(model.embed(t.ids)[None], t.ids, t.type_ids, 1)[0] for t in pair]
+    vectors = [o[0] for o in (yield from ask_all([_forward(model, t) for t in pair]))]
     if vectors[0].shape[0] < 2:
         raise UsageError(f"output {model.output!r} has one value per text; similarity needs an embedding")
-    sides = (explain_tokens(model, pair[0], cfg, reference=vectors[1]),
-             explain_tokens(model, pair[1], cfg, reference=vectors[0]))
-    return Similarity(cosine=float(cosine(vectors[0][None], vectors[1])[0]), texts=sides)
+    first = yield from explanation(model, pair[0], cfg, SimilarityQuestion(vectors[1]))
+    second = yield from explanation(model, pair[1], cfg, SimilarityQuestion(vectors[0]))
+    return Similarity(cosine=float(cosine(vectors[0][None], vectors[1])[0]), texts=(first, second))

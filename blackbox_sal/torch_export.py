@@ -48,8 +48,8 @@ def export_torch(module: Any, table: np.ndarray, tokenizer_json: str | os.PathLi
         import torch
     except ImportError as exc:
         raise UnavailableError('exporting from PyTorch needs torch: pip install "blackbox-sal[torch]"') from exc
-    from blackbox_sal.gradients.graph import gradient_session
-    from blackbox_sal.model.text_model import load_model
+    from blackbox_sal.gradient_graph.store import gradient_session
+    from blackbox_sal.model.loading import load_model
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ def test_saliency_announces_its_cost() -> None:
 @pytest.mark.parametrize("args,code,message", [
     (["explain", ""], 2, "the text is empty"),
     (["explain", "good", "--target", "positive"], 2, "unknown target label 'positive'"),
-    (["explain", "good", "--steps", "0"], 2, "steps must be an integer >= 1"),
+    (["explain", "good", "--steps", "0"], 2, "steps must be an integer from 1 to 1,024"),
     (["explain", "good", "--steps", "many"], 2, "expected a number of nodes or 'auto'"),
     (["explain", "good", "--steps", "auto", "--quadrature", "trapezoid"], 2, "does not combine"),
     (["explain", "good", "--steps", "auto", "--tolerance", "0"], 2, "tolerance must be in (0, 1)"),

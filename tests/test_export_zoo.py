@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny
+from work import on_model
 
 from blackbox_sal import load_model
-from blackbox_sal.gradients.finite_differences import FiniteDifferences, step_scale
-from blackbox_sal.gradients.graph import GraphBackend, gradient_session
-from blackbox_sal.model.objective import Objective
+from blackbox_sal.differences import step_scale
+from blackbox_sal.gradients.finite_differences import FiniteDifferences
+from blackbox_sal.gradients.graph_backend import GraphBackend
+from blackbox_sal.runs import Seq
+from blackbox_sal.scores import ClassScore
 
 pytestmark = pytest.mark.heavy
 torch = pytest.importorskip("torch")
@@ -98,11 +101,12 @@ def test_export_splits_and_differentiates(tmp_path: Path, arch: str, exporter: s
         want = m(torch.from_numpy(text_ids)[None], torch.ones(1, len(text_ids), dtype=torch.long)).numpy()
     got = model.run(model.embed(text_ids)[None], text_ids, types, 1)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    f = Objective(model, text_ids, types, int(np.argmax(want)), "logit", 64, n_classes=want.shape[1])
+    f, seq = ClassScore(int(np.argmax(want)), "logit", want.shape[1]), Seq(text_ids, types)
     x = model.embed(text_ids)[None]
     directions = np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
-    graph = GraphBackend(f, gradient_session(model), 64).token_jvp(x, directions)
-    fd = FiniteDifferences(f, step_scale(x[0], model.row_norm), richardson=True).token_jvp(x, directions)
+    graph = on_model(model, GraphBackend(f, seq, f.n_classes).token_jvp(x, directions))
+    fd = on_model(model, FiniteDifferences(f, seq, step_scale(x[0], model.row_norm), richardson=True)
+                  .token_jvp(x, directions))
     np.testing.assert_allclose(graph, fd, rtol=1e-2, atol=1e-3)
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from work import sync
 
-from blackbox_sal.gradients.finite_differences import FiniteDifferences, mean_row_norm, step_scale
+from blackbox_sal.differences import mean_row_norm, step_scale
+from blackbox_sal.gradients.finite_differences import FiniteDifferences
+from blackbox_sal.runs import Cost
+from blackbox_sal.scores import ClassScore
 
 RNG = np.random.default_rng(0)
 S, D = 5, 6
@@ -25,15 +29,14 @@ def mlp_grad(x: np.ndarray) -> np.ndarray:
     return ((1 - h**2) * W2) @ W1.T
 
 
-def backend(rel_step: float = 1e-2, richardson: bool = False, batch_size: int = 64) -> FiniteDifferences:
-    return FiniteDifferences(mlp, step_scale(X, 1.0), rel_step=rel_step, richardson=richardson,
-                             batch_size=batch_size)
+def backend(rel_step: float = 1e-2, richardson: bool = False) -> FiniteDifferences:
+    return FiniteDifferences(ClassScore(0), None, step_scale(X, 1.0), rel_step=rel_step, richardson=richardson)
 
 
 def test_gradient_matches_closed_form() -> None:
-    got = backend().gradient(X[None])[0]
+    got = sync(backend().gradient(X[None]), mlp)[0]
     np.testing.assert_allclose(got, mlp_grad(X), rtol=1e-3, atol=1e-4)
-    rich = backend(richardson=True).gradient(X[None])[0]
+    rich = sync(backend(richardson=True).gradient(X[None]), mlp)[0]
     np.testing.assert_allclose(rich, mlp_grad(X), rtol=1e-5, atol=1e-6)
 
 
@@ -41,38 +44,38 @@ def test_token_jvp_is_gradient_dot_block() -> None:
     blocks = RNG.normal(size=(2, S, D)).astype(np.float32)
     pts = np.stack([X, X + 0.1]).astype(np.float32)
     want = np.stack([(mlp_grad(p) * b).sum(-1) for p, b in zip(pts, blocks, strict=True)])
-    np.testing.assert_allclose(backend().token_jvp(pts, blocks), want, rtol=0, atol=5e-4)
+    np.testing.assert_allclose(sync(backend().token_jvp(pts, blocks), mlp), want, rtol=0, atol=5e-4)
 
 
 def test_sum_of_token_derivatives_is_whole_direction_derivative() -> None:
     """The built-in check: per-token directional derivatives add up to the whole one."""
     direction = RNG.normal(size=(1, S, D)).astype(np.float32)
     fd = backend()
-    per_token = fd.token_jvp(X[None], direction).sum()
-    whole = fd.jvp(X[None], direction)[0]
+    per_token = sync(fd.token_jvp(X[None], direction), mlp).sum()
+    whole = sync(fd.jvp(X[None], direction), mlp)[0]
     assert per_token == pytest.approx(whole, rel=1e-3)
 
 
 def test_error_shrinks_as_h_squared() -> None:
     """Central differences: halving the step divides the truncation error by about 4."""
     exact = mlp_grad(X)
-    errors = [np.abs(backend(rel_step=h).gradient(X[None])[0] - exact).max() for h in (0.2, 0.1, 0.05)]
+    errors = [np.abs(sync(backend(rel_step=h).gradient(X[None]), mlp)[0] - exact).max() for h in (0.2, 0.1, 0.05)]
     ratios = [errors[0] / errors[1], errors[1] / errors[2]]
     assert all(3.3 < r < 4.7 for r in ratios), (errors, ratios)
 
 
 def test_richardson_is_more_accurate() -> None:
     exact = mlp_grad(X)
-    central = np.abs(backend(rel_step=0.1).gradient(X[None])[0] - exact).max()
-    rich = np.abs(backend(rel_step=0.1, richardson=True).gradient(X[None])[0] - exact).max()
+    central = np.abs(sync(backend(rel_step=0.1).gradient(X[None]), mlp)[0] - exact).max()
+    rich = np.abs(sync(backend(rel_step=0.1, richardson=True).gradient(X[None]), mlp)[0] - exact).max()
     assert rich < central / 20
 
 
 def test_batched_equals_one_by_one() -> None:
     blocks = np.broadcast_to(X, (3, S, D))
     pts = (X[None] * np.array([0.2, 0.6, 1.0])[:, None, None]).astype(np.float32)
-    a = backend(batch_size=1).token_jvp(pts, blocks)
-    b = backend(batch_size=1000).token_jvp(pts, blocks)
+    a = sync(backend().token_jvp(pts, blocks), mlp, batch=1)
+    b = sync(backend().token_jvp(pts, blocks), mlp, batch=1000)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
 
 
@@ -80,19 +83,19 @@ def test_zero_directions_cost_nothing() -> None:
     fd = backend()
     blocks = np.zeros((1, S, D), np.float32)
     blocks[0, 2] = X[2]
-    out = fd.token_jvp(X[None], blocks)
-    assert fd.forward_passes == 2  # one pair of runs, for the one non-zero block
+    out = sync(fd.token_jvp(X[None], blocks), mlp)
+    assert fd.cost.forward == 2  # one pair of runs, for the one non-zero block
     assert out[0, [0, 1, 3, 4]].tolist() == [0.0, 0.0, 0.0, 0.0]
     assert out[0, 2] == pytest.approx(float((mlp_grad(X)[2] * X[2]).sum()), abs=5e-4)
 
 
 def test_forward_pass_counts_match_the_cost_table() -> None:
     fd = backend()
-    fd.gradient(X[None])
-    assert fd.forward_passes == 2 * S * D
+    sync(fd.gradient(X[None]), mlp)
+    assert fd.cost.forward == 2 * S * D
     fd = backend(richardson=True)
-    fd.token_jvp(X[None], X[None])
-    assert fd.forward_passes == 4 * S
+    sync(fd.token_jvp(X[None], X[None]), mlp)
+    assert fd.cost.forward == 4 * S
 
 
 def test_step_scale_falls_back_for_zero_rows() -> None:
@@ -104,8 +107,6 @@ def test_step_scale_falls_back_for_zero_rows() -> None:
 
 def test_forward_scheme_shares_each_point_and_is_first_order() -> None:
     """One-sided differences: one run per derivative plus f(point) once per point, error O(t)."""
-    from blackbox_sal.gradients.finite_differences import FiniteDifferences
-
     rng = np.random.default_rng(3)
     a = rng.normal(size=(4, 3))
 
@@ -121,8 +122,8 @@ def test_forward_scheme_shares_each_point_and_is_first_order() -> None:
     errors = []
     for step in (1e-2, 5e-3):
         calls[0] = 0
-        fd = FiniteDifferences(f, np.ones(4), rel_step=step, scheme="forward")
-        got = fd.token_jvp(points, blocks)
+        fd = FiniteDifferences(ClassScore(0), None, np.ones(4), rel_step=step, scheme="forward", cost=Cost())
+        got = sync(fd.token_jvp(points, blocks), f)
         assert calls[0] == 5 * 4 + 5  # a run per (point, token), f(point) once per point
         errors.append(np.abs(got - exact).max())
     assert errors[0] < 0.05 * np.abs(exact).max()

@@ -6,14 +6,18 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from work import sync
 
 from blackbox_sal.config import ExplainConfig
+from blackbox_sal.differences import step_scale
 from blackbox_sal.errors import UsageError
-from blackbox_sal.gradients.finite_differences import FiniteDifferences, step_scale
-from blackbox_sal.methods import METHODS, Attribution, Problem
+from blackbox_sal.gradients.finite_differences import FiniteDifferences
+from blackbox_sal.methods import METHODS
+from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.methods.gradient_methods import DEGENERATE_NOTE, identical_rows
 from blackbox_sal.methods.integrated_gradients import AUTO_LEVELS, SAME_AS_BASELINE_NOTE
 from blackbox_sal.methods.quadrature import QUADRATURES, clenshaw_curtis
+from blackbox_sal.scores import ClassScore
 
 Scalar = Callable[[np.ndarray], np.ndarray]
 
@@ -26,9 +30,9 @@ def run(f: Scalar, x: np.ndarray, base: np.ndarray | None = None,
     spec = np.zeros(len(x), bool) if special is None else special
     config = ExplainConfig(**cfg).validated()  # type: ignore[arg-type]
     scale = step_scale(x, 1.0)
-    fd = FiniteDifferences(f, scale, rel_step=config.fd_step or 1e-2, richardson=config.richardson)
-    problem = Problem(fd, x, base, spec, float(f(x[None])[0]), scale, config)
-    return METHODS[config.method](problem)
+    fd = FiniteDifferences(ClassScore(0), None, scale, rel_step=config.fd_step or 1e-2, richardson=config.richardson)
+    problem = Problem(fd, x, base, spec, float(f(x[None])[0]), scale, config, config.reduction())
+    return sync(METHODS[config.method].run(problem), f, batch=config.batch_size)
 
 
 def captum_example(points: np.ndarray) -> np.ndarray:

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from work import on_model
 
 from blackbox_sal import load_model
-from blackbox_sal.gradients.finite_differences import FiniteDifferences, step_scale
-from blackbox_sal.gradients.graph import GraphBackend, gradient_session
-from blackbox_sal.model.objective import Objective
+from blackbox_sal.differences import step_scale
+from blackbox_sal.gradients.finite_differences import FiniteDifferences
+from blackbox_sal.gradients.graph_backend import GraphBackend
+from blackbox_sal.runs import Seq
+from blackbox_sal.scores import ClassScore
 
 CACHE = Path(__file__).resolve().parent.parent / "benchmarks" / ".cache"
 pytestmark = pytest.mark.heavy
@@ -30,9 +33,10 @@ def test_real_export_split_and_graph(name: str) -> None:
     ids = np.array(model.tokenizer.encode("the quick brown fox jumps over the lazy dog").ids)
     ids = ids[: model.max_length or len(ids)]
     types = np.zeros_like(ids)
-    f = Objective(model, ids, types, 0, "logit", 64, n_classes=2)
+    f, seq = ClassScore(0, "logit", 2), Seq(ids, types)
     x = model.embed(ids)[None]
     directions = np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
-    graph = GraphBackend(f, gradient_session(model), 64).token_jvp(x, directions)
-    fd = FiniteDifferences(f, step_scale(x[0], model.row_norm), richardson=True).token_jvp(x, directions)
+    graph = on_model(model, GraphBackend(f, seq, f.n_classes).token_jvp(x, directions))
+    fd = on_model(model, FiniteDifferences(f, seq, step_scale(x[0], model.row_norm), richardson=True)
+                  .token_jvp(x, directions))
     np.testing.assert_allclose(graph, fd, rtol=1e-2, atol=1e-3)

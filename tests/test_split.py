@@ -9,7 +9,8 @@ import pytest
 import tiny
 
 from blackbox_sal.errors import ModelError
-from blackbox_sal.graph.split import EMBEDS, split_embedding
+from blackbox_sal.surgery.names import EMBEDS
+from blackbox_sal.surgery.split import split_embedding
 
 D = 8
 

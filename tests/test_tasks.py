@@ -13,7 +13,7 @@ import tiny
 
 from blackbox_sal import ExplainConfig, explain, load_model, render_json, render_terminal
 from blackbox_sal.errors import UsageError
-from blackbox_sal.model.text_model import NEXT_TOKEN
+from blackbox_sal.surgery.names import NEXT_TOKEN
 
 D = 6
 TABLE = tiny.table(D, seed=7)
@@ -59,14 +59,14 @@ def test_next_token_target_by_token(lm_dir: Path) -> None:
 
 
 def test_generation_is_attributed_step_by_step(lm_dir: Path) -> None:
-    from blackbox_sal import explain_generation, render_generation_json, render_generation_terminal
+    from blackbox_sal import explain_generation, render_json, render_terminal
 
     model = load_model(lm_dir)
     g = explain_generation(model, PROMPT, 3, ExplainConfig(method="grad-x-input", backend="graph"))
     assert len(g.generated) == len(g.steps) == 3 and g.text.startswith(PROMPT)
     vocab = {i: w for w, i in tiny.VOCAB.items()}
     ids = list(tiny.tokenizer().encode(PROMPT).ids)
-    for k, (token, step) in enumerate(zip(g.generated, g.steps, strict=True)):
+    for token, step in zip(g.generated, g.steps, strict=True):
         logits = np.tanh(TABLE[ids].astype(np.float64).sum(0)) @ TABLE.T
         assert token.index == int(np.argmax(logits)) and token.label == vocab[token.index]
         assert len(step.tokens) == len(ids) and step.target.index == token.index
@@ -74,10 +74,11 @@ def test_generation_is_attributed_step_by_step(lm_dir: Path) -> None:
         np.testing.assert_allclose([t.score for t in step.tokens],
                                    (tiny.causal_lm_grad(x, TABLE, token.index) * x).sum(-1), rtol=1e-4, atol=1e-5)
         ids.append(token.index)
-        assert k < 3
-    doc = json.loads(render_generation_json(g))
+    # the continuation is the generated words, in order (the word-level vocabulary decodes them with spaces)
+    assert g.text[len(PROMPT):].split() == [t.label for t in g.generated]
+    doc = json.loads(render_json(g))
     assert [s["target"]["index"] for s in doc["generation"]["steps"]] == [t.index for t in g.generated]
-    matrix = render_generation_terminal(g)
+    matrix = render_terminal(g)
     assert matrix.count("\n") >= len(ids) + 4
     with pytest.raises(UsageError, match="causal LM"):
         explain_generation(load_model(tiny.write_model_dir(lm_dir.parent / "clf", tiny.tanh_mlp(
@@ -119,7 +120,7 @@ def test_generation_text_is_decoded_across_the_bytes_of_a_character(tmp_path: Pa
     """' é日' is six byte-level tokens (space, 2 bytes, 3 bytes): each decodes alone to U+FFFD,
     together to the characters. The text must read ' é日', each character's span on the token
     that completes it; a generation stopped inside a character keeps its bytes as U+FFFD."""
-    from blackbox_sal import explain_generation, render_generation_terminal
+    from blackbox_sal import explain_generation, render_terminal
 
     model = load_model(successor_lm(tmp_path / "bytes", "the cat", " é日"))
     assert model.task == "next-token"
@@ -130,7 +131,7 @@ def test_generation_text_is_decoded_across_the_bytes_of_a_character(tmp_path: Pa
     assert spans == [(" ", 7, 8), ("", 8, 8), ("é", 8, 9), ("", 9, 9), ("", 9, 9)]
     for step in g.steps:  # only the last token drives the next: grad x input = M[last, next] = 10
         np.testing.assert_allclose([t.score for t in step.tokens], [0.0] * (len(step.tokens) - 1) + [10.0], atol=1e-5)
-    matrix = render_generation_terminal(g)
+    matrix = render_terminal(g)
     assert "\ufffd" not in matrix and f"<{g.generated[1].index}>" in matrix and "continuation: ' é日'" in matrix
     cut = explain_generation(model, "the cat", 4, ExplainConfig(method="grad-x-input", backend="graph"))
     assert cut.text == "the cat é\ufffd"
@@ -139,7 +140,7 @@ def test_generation_text_is_decoded_across_the_bytes_of_a_character(tmp_path: Pa
 def test_similarity_is_attributed_to_both_texts(tmp_path: Path) -> None:
     """An encoder (tanh MLP, mean over tokens -> [batch, 4]): the cosine of two texts'
     embeddings, each text explained with the other's embedding fixed."""
-    from blackbox_sal import explain_similarity, render_similarity_json, render_similarity_terminal
+    from blackbox_sal import explain_similarity, render_json, render_terminal
 
     w1, b1, w2 = tiny.mlp_weights(D, 5, 4, seed=2)
     model = load_model(tiny.write_model_dir(tmp_path / "enc", tiny.tanh_mlp(TABLE, w1, b1, w2)))
@@ -162,10 +163,10 @@ def test_similarity_is_attributed_to_both_texts(tmp_path: Path) -> None:
     for f_side, g_side in zip(fd.texts, graph.texts, strict=True):
         np.testing.assert_allclose([t.score for t in g_side.tokens], [t.score for t in f_side.tokens],
                                    rtol=1e-3, atol=1e-5)
-    doc = json.loads(render_similarity_json(sim))
+    doc = json.loads(render_json(sim))
     assert doc["similarity"]["cosine"] == pytest.approx(want, rel=1e-5)
     assert [t["text"] for t in doc["similarity"]["texts"]] == [a, b]
-    assert "cosine similarity of the two texts' embeddings" in render_similarity_terminal(sim)
+    assert "cosine similarity of the two texts' embeddings" in render_terminal(sim)
 
 
 def multiple_choice_model(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray):  # type: ignore[no-untyped-def]
@@ -196,7 +197,7 @@ def multiple_choice_model(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray):  # ty
 
 
 def test_multiple_choice_scores_each_pair_and_explains_the_best(tmp_path: Path) -> None:
-    from blackbox_sal import explain_choices, render_choices_json, render_choices_terminal
+    from blackbox_sal import explain_choices, render_json, render_terminal
 
     w1, b1, w2 = tiny.mlp_weights(D, 5, 1, seed=4)
     model = load_model(tiny.write_model_dir(tmp_path / "mc", multiple_choice_model(w1, b1, w2)))
@@ -214,9 +215,9 @@ def test_multiple_choice_scores_each_pair_and_explains_the_best(tmp_path: Path) 
     np.testing.assert_allclose([t.score for t in result.explanation.tokens],
                                (tiny.tanh_mlp_grad(x, w1, b1, w2, 0) * x).sum(-1), rtol=1e-4, atol=1e-5)
     assert result.explanation.tokens[-1].text == choices[result.predicted]  # the answer's own token is scored
-    doc = json.loads(render_choices_json(result))
+    doc = json.loads(render_json(result))
     assert doc["choices"]["predicted"] == result.predicted and len(doc["choices"]["choices"]) == 4
-    assert f"* {result.predicted}: " in render_choices_terminal(result)
+    assert f"* {result.predicted}: " in render_terminal(result)
     with pytest.raises(UsageError, match="at least two"):
         explain_choices(model, context, ["good"])
     classifier = load_model(tiny.write_model_dir(tmp_path / "clf", tiny.tanh_mlp(TABLE, *tiny.mlp_weights(D, 4, 3, 1))))

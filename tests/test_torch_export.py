@@ -10,7 +10,7 @@ import pytest
 import tiny
 
 from blackbox_sal import ExplainConfig, explain, load_model
-from blackbox_sal.gradients.graph import gradient_session, run_gradient
+from blackbox_sal.gradient_graph.store import gradient_session
 
 pytestmark = pytest.mark.heavy
 torch = pytest.importorskip("torch")
@@ -63,7 +63,7 @@ def test_exported_gradient_graph_equals_autograd(tmp_path: Path, kind: str) -> N
         ids = rng.integers(4, table.shape[0], length)
         points = (table[ids][None] + rng.normal(0, 0.1, (batch, length, D))).astype(np.float32)
         weights = rng.normal(size=(batch, 3))
-        grad = run_gradient(model, session, points, ids, np.zeros_like(ids), weights)
+        grad = session.gradient(model, points, ids, np.zeros_like(ids), weights).astype(np.float64)
         x = torch.from_numpy(points).requires_grad_(True)
         out = module(x, torch.ones(batch, length, dtype=torch.long))
         (want,) = torch.autograd.grad((out * torch.from_numpy(weights).float()).sum(), x)

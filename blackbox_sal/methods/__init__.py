@@ -1,4 +1,4 @@
-"""Attribution methods: a registry of plain functions ``(Problem) -> Attribution``.
+"""Attribution methods: a registry of :class:`~blackbox_sal.methods.attribution.MethodSpec`.
 
 ========================  ===============================================  =================
 method                    score of token i                                 default reduction
@@ -15,19 +15,15 @@ occlusion                 f(x) - f(x with token i set to its baseline)     (none
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from blackbox_sal.methods.attribution import MethodSpec
+from blackbox_sal.methods.gradient_methods import GRAD_X_INPUT, SALIENCY, SMOOTHGRAD
+from blackbox_sal.methods.integrated_gradients import INTEGRATED_GRADIENTS
+from blackbox_sal.methods.occlusion import OCCLUSION
 
-from blackbox_sal.methods.attribution import Attribution, Problem
-from blackbox_sal.methods.gradient_methods import grad_x_input, saliency, smoothgrad
-from blackbox_sal.methods.integrated_gradients import integrated_gradients
-from blackbox_sal.methods.occlusion import occlusion
-
-METHODS: dict[str, Callable[[Problem], Attribution]] = {
-    "saliency": saliency,
-    "grad-x-input": grad_x_input,
-    "ig": integrated_gradients,
-    "smoothgrad": smoothgrad,
-    "occlusion": occlusion,
+METHODS: dict[str, MethodSpec] = {
+    "saliency": SALIENCY,
+    "grad-x-input": GRAD_X_INPUT,
+    "ig": INTEGRATED_GRADIENTS,
+    "smoothgrad": SMOOTHGRAD,
+    "occlusion": OCCLUSION,
 }
-
-__all__ = ["METHODS", "Attribution", "Problem"]

@@ -1,23 +1,30 @@
-"""What every attribution method receives and returns.
+"""What every attribution method receives, returns, and says about itself.
 
-A method is a plain function ``(Problem) -> Attribution``. It composes the pieces it is given
-(a gradient backend, a baseline, the config) and asks the backend only for what it needs.
+A method is a generator function ``(Problem) -> Work[Attribution]``: it composes the pieces
+it is given (a gradient backend, a baseline, the settings) and asks the backend only for what
+it needs. Its :class:`MethodSpec` carries its facts, so adding a method is one spec.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.gradients.backend import GradientBackend
+from blackbox_sal.runs import Work
+
+if TYPE_CHECKING:  # the config is read, never imported at run time: it validates against the methods
+    from blackbox_sal.config import ExplainConfig
+    from blackbox_sal.gradients.backend import GradientBackend
 
 
 @dataclass(frozen=True)
 class Problem:
     """x, baseline: float32 [S, D] (special tokens equal in both). special: bool [S].
-    target_value: f(x). scale: the finite-difference/noise scale per token [S]."""
+    target_value: f(x). scale: the finite-difference/noise scale per token [S]. reduce: the
+    reduction to use (the config's, or the method's default)."""
 
     backend: GradientBackend
     x: np.ndarray
@@ -26,6 +33,7 @@ class Problem:
     target_value: float
     scale: np.ndarray
     config: ExplainConfig
+    reduce: str | None
 
 
 @dataclass(frozen=True)
@@ -41,3 +49,33 @@ class Attribution:
     delta: float | None = None
     notes: tuple[str, ...] = ()
     nodes: int | None = None
+
+
+def _no_check(config: ExplainConfig) -> None:
+    return None
+
+
+def _reports_nothing(config: ExplainConfig, result: Attribution) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method and its facts.
+
+    run: the method. summary: one line for help texts. default_reduce: the reduction when the
+    config names none (None: the method has no per-dimension step). needs_derivatives: asks a
+    gradient backend for derivatives (else it runs forward passes only). uses_baseline:
+    replaces tokens by a baseline embedding. local: reads gradients at the input point only
+    (no path, no large steps: quantized models give it rounding noise). check: the method's
+    own constraints on its settings (UsageError). report: the settings it reports.
+    """
+
+    run: Callable[[Problem], Work[Attribution]]
+    summary: str
+    default_reduce: str | None
+    needs_derivatives: bool = True
+    uses_baseline: bool = False
+    local: bool = False
+    check: Callable[[ExplainConfig], None] = field(default=_no_check, repr=False)
+    report: Callable[[ExplainConfig, Attribution], dict[str, Any]] = field(default=_reports_nothing, repr=False)

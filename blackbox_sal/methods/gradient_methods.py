@@ -12,14 +12,23 @@ tokens; :func:`identical_rows` detects that and the methods say so.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from blackbox_sal.methods.attribution import Attribution, Problem
+from blackbox_sal.errors import UsageError
+from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
 from blackbox_sal.reductions import LINEAR, REDUCTIONS
+from blackbox_sal.runs import Work
+
+if TYPE_CHECKING:
+    from blackbox_sal.config import ExplainConfig
 
 DEGENERATE_NOTE = ("every token has the same gradient (the model averages its embeddings, e.g. "
                    "global average pooling): gradient norms cannot rank tokens; use grad-x-input "
                    "or ig, which weigh the gradient by each token's own embedding")
+#: the most SmoothGrad samples one explanation may ask for
+MAX_SAMPLES = 10_000
 
 
 def identical_rows(grad: np.ndarray, rtol: float = 1e-2) -> bool:
@@ -36,25 +45,26 @@ def _gradient_attribution(grad: np.ndarray, reduce: str) -> Attribution:
     return Attribution(REDUCTIONS[reduce](grad), reduce, notes=notes)
 
 
-def saliency(problem: Problem) -> Attribution:
+def saliency(problem: Problem) -> Work[Attribution]:
     """reduce(grad_i f(x)), L2 by default: the paper's gradient-norm ranking."""
-    reduce = problem.config.reduce or "l2"
-    return _gradient_attribution(problem.backend.gradient(problem.x[None])[0], reduce)
+    assert problem.reduce is not None
+    grad = yield from problem.backend.gradient(problem.x[None])
+    return _gradient_attribution(grad[0], problem.reduce)
 
 
-def grad_x_input(problem: Problem) -> Attribution:
+def grad_x_input(problem: Problem) -> Work[Attribution]:
     """reduce(x_i * grad_i f(x)), sum by default (= the one-hot gradient at the token)."""
-    reduce = problem.config.reduce or "sum"
-    x = problem.x
-    if reduce in LINEAR:
-        jvp = problem.backend.token_jvp(x[None], x[None])[0]
-        return Attribution(jvp * LINEAR[reduce](x.shape[1]), reduce)
-    grad = problem.backend.gradient(x[None])[0]
+    reduce, x = problem.reduce, problem.x
+    assert reduce is not None
+    if reduce in LINEAR:  # the derivative along x_i at x: a path of one point, alpha 0
+        jvp = yield from problem.backend.path_jvp(x, x, np.zeros(1))
+        return Attribution(jvp[0] * LINEAR[reduce](x.shape[1]), reduce)
+    grad = (yield from problem.backend.gradient(x[None]))[0]
     notes = (DEGENERATE_NOTE,) if identical_rows(grad) else ()
     return Attribution(REDUCTIONS[reduce](x * grad), reduce, notes=notes)
 
 
-def smoothgrad(problem: Problem) -> Attribution:
+def smoothgrad(problem: Problem) -> Work[Attribution]:
     """reduce(mean_k grad_i f(x + noise_k)), L2 by default (Smilkov et al. 2017).
 
     The noise is Gaussian with per-coordinate std ``noise * s_i / sqrt(D)`` (s_i/sqrt(D) is the
@@ -62,10 +72,29 @@ def smoothgrad(problem: Problem) -> Attribution:
     get noise too, as any other input row.
     """
     cfg = problem.config
-    reduce = cfg.reduce or "l2"
+    assert problem.reduce is not None
     s, d = problem.x.shape
     rng = np.random.default_rng(cfg.seed)
     sigma = (cfg.noise * problem.scale / np.sqrt(d))[None, :, None]
-    noisy = (problem.x[None] + sigma * rng.standard_normal((cfg.samples, s, d))).astype(np.float32)
-    grad = problem.backend.gradient(noisy).mean(axis=0)
-    return _gradient_attribution(grad, reduce)
+    total = np.zeros((s, d))
+    for start in range(0, cfg.samples, cfg.batch_size):  # a batch of samples at a time: memory [batch, S, D]
+        k = min(cfg.batch_size, cfg.samples - start)
+        noisy = (problem.x[None] + sigma * rng.standard_normal((k, s, d))).astype(np.float32)
+        total += (yield from problem.backend.gradient(noisy)).sum(axis=0)
+    return _gradient_attribution(total / cfg.samples, problem.reduce)
+
+
+def _check_smoothgrad(cfg: ExplainConfig) -> None:
+    if isinstance(cfg.samples, bool) or not isinstance(cfg.samples, int) or not 1 <= cfg.samples <= MAX_SAMPLES:
+        raise UsageError(f"samples must be an integer from 1 to {MAX_SAMPLES:,}, got {cfg.samples!r}")
+    if not 0 <= cfg.noise < float("inf"):
+        raise UsageError(f"noise must be a finite number >= 0, got {cfg.noise!r}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**63:
+        raise UsageError(f"seed must be an integer from 0 to 2^63 - 1, got {cfg.seed!r}")
+
+
+SALIENCY = MethodSpec(saliency, "the norm of each token's gradient (the paper's ranking)", "l2", local=True)
+GRAD_X_INPUT = MethodSpec(grad_x_input, "each token's embedding times its gradient", "sum", local=True)
+SMOOTHGRAD = MethodSpec(
+    smoothgrad, "gradients averaged over noisy copies of the input", "l2", local=True, check=_check_smoothgrad,
+    report=lambda cfg, result: {"samples": cfg.samples, "noise": cfg.noise, "seed": cfg.seed})

@@ -13,11 +13,24 @@ measures the quadrature error (and, by finite differences, the derivative error)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from blackbox_sal.methods.attribution import Attribution, Problem
+from blackbox_sal.errors import UsageError, unknown_choice
+from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
 from blackbox_sal.methods.quadrature import QUADRATURES
 from blackbox_sal.reductions import LINEAR, REDUCTIONS
+from blackbox_sal.runs import Work
+
+if TYPE_CHECKING:
+    from blackbox_sal.config import ExplainConfig
+
+#: ``steps="auto"``: integrated gradients add nested nodes until they converge
+AUTO = "auto"
+#: the most nodes a fixed rule may use (Gauss-Legendre's nodes cost O(m^2) memory to compute;
+#: 1,024 takes 8 MB, and no text seen here needed more than 257)
+MAX_STEPS = 1024
 
 SAME_AS_BASELINE_NOTE = ("the input equals the baseline, so every attribution is zero; choose "
                          "another --baseline")
@@ -32,19 +45,28 @@ UNCONVERGED = 0.05
 AUTO_LEVELS = (5, 9, 17, 33, 65, 129, 257)
 
 
-def integrated_gradients(problem: Problem) -> Attribution:
+def integrated_gradients(problem: Problem) -> Work[Attribution]:
     cfg = problem.config
-    reduce = cfg.reduce or "sum"
+    reduce = problem.reduce
+    assert reduce is not None
     diff = (problem.x - problem.baseline).astype(np.float32)
-    baseline_value = float(problem.backend.values(problem.baseline[None])[0])
+    baseline_value = float((yield from problem.backend.values(problem.baseline[None]))[0])
     gap = problem.target_value - baseline_value
+    notes: tuple[str, ...]
     if not isinstance(cfg.steps, int):  # AUTO
-        total, per_dim, nodes, notes = _adaptive(problem, diff, gap, reduce)
+        total, per_dim, nodes, notes = yield from _adaptive(problem, diff, gap, reduce)
     else:
         node_a, weights = QUADRATURES[cfg.quadrature](cfg.steps)
-        totals, dims = _at_nodes(problem, diff, node_a, reduce)
-        total = weights @ totals
-        per_dim = None if dims is None else np.tensordot(weights, dims, axes=1)
+        if reduce in LINEAR:
+            total, per_dim = weights @ (yield from problem.backend.path_jvp(problem.baseline, diff, node_a)), None
+        else:  # the weighted sum of diff * gradient, a batch of nodes at a time: memory [S, D]
+            per_dim = np.zeros(diff.shape)
+            for start in range(0, cfg.steps, cfg.batch_size):
+                chunk = slice(start, start + cfg.batch_size)
+                _, dims = yield from _at_nodes(problem, diff, node_a[chunk], reduce)
+                assert dims is not None
+                per_dim += np.tensordot(weights[chunk], dims, axes=1)
+            total = per_dim.sum(axis=-1)
         nodes, notes = cfg.steps, ()
     scores = total * LINEAR[reduce](problem.x.shape[1]) if per_dim is None else REDUCTIONS[reduce](per_dim)
     delta = float(total.sum() - gap)
@@ -60,18 +82,18 @@ def integrated_gradients(problem: Problem) -> Attribution:
 
 
 def _at_nodes(problem: Problem, diff: np.ndarray, alphas: np.ndarray,
-              reduce: str) -> tuple[np.ndarray, np.ndarray | None]:
+              reduce: str) -> Work[tuple[np.ndarray, np.ndarray | None]]:
     """Per-token directional derivatives along row i of diff at x' + a diff for each a: [m, S];
     with a non-linear reduction also the per-dimension terms diff * gradient, float32 [m, S, D]."""
-    path = (problem.baseline[None] + alphas[:, None, None].astype(np.float32) * diff[None]).astype(np.float32)
     if reduce in LINEAR:
-        return problem.backend.token_jvp(path, np.broadcast_to(diff, path.shape)), None
-    dims = (diff * problem.backend.gradient(path)).astype(np.float32)
+        return (yield from problem.backend.path_jvp(problem.baseline, diff, alphas)), None
+    path = (problem.baseline[None] + alphas[:, None, None].astype(np.float32) * diff[None]).astype(np.float32)
+    dims = (diff * (yield from problem.backend.gradient(path))).astype(np.float32)
     return dims.sum(axis=-1, dtype=np.float64), dims
 
 
 def _adaptive(problem: Problem, diff: np.ndarray, gap: float,
-              reduce: str) -> tuple[np.ndarray, np.ndarray | None, int, tuple[str, ...]]:
+              reduce: str) -> Work[tuple[np.ndarray, np.ndarray | None, int, tuple[str, ...]]]:
     """IG on nested Clenshaw-Curtis rules, each level reusing the nodes of the one before, until
     the error estimate is at most tolerance x sum |totals|. The estimate is the larger of the
     completeness delta (exact, but for the sum only) and the L1 change c_k of the token totals
@@ -90,7 +112,7 @@ def _adaptive(problem: Problem, diff: np.ndarray, gap: float,
     for m in AUTO_LEVELS:
         index = np.arange(0, finest + 1, finest // (m - 1))
         new = [int(i) for i in index if int(i) not in totals]
-        t, d = _at_nodes(problem, diff, grid[new], reduce)
+        t, d = yield from _at_nodes(problem, diff, grid[new], reduce)
         totals.update(zip(new, t, strict=True))
         if d is not None:
             dims.update(zip(new, d, strict=True))
@@ -113,3 +135,30 @@ def _adaptive(problem: Problem, diff: np.ndarray, gap: float,
     return total, per_dim, AUTO_LEVELS[-1], (
         f"steps auto reached {AUTO_LEVELS[-1]} nodes without meeting the tolerance ({tol:g}): the error "
         f"estimate is {estimates[-1]:.3g} against attributions of total size {size:.3g}",)
+
+
+def _check(cfg: ExplainConfig) -> None:
+    if cfg.quadrature not in QUADRATURES:
+        raise unknown_choice("quadrature", cfg.quadrature, QUADRATURES)
+    if cfg.steps == AUTO:
+        if cfg.quadrature not in ("gauss-legendre", "clenshaw-curtis"):
+            raise UsageError(f"steps 'auto' adds nested Clenshaw-Curtis nodes; it does not combine "
+                             f"with the {cfg.quadrature} rule (give a number of steps instead)")
+    elif isinstance(cfg.steps, bool) or not isinstance(cfg.steps, int) or not 1 <= cfg.steps <= MAX_STEPS:
+        raise UsageError(f"steps must be an integer from 1 to {MAX_STEPS:,} or 'auto', got {cfg.steps!r}")
+    elif cfg.quadrature in ("trapezoid", "clenshaw-curtis") and cfg.steps < 2:
+        raise UsageError(f"the {cfg.quadrature} rule needs steps >= 2")
+    if not 0 < cfg.tolerance < 1:
+        raise UsageError(f"tolerance must be in (0, 1), got {cfg.tolerance!r}")
+
+
+def _report(cfg: ExplainConfig, result: Attribution) -> dict[str, object]:
+    if cfg.steps == AUTO:
+        return {"steps": result.nodes, "quadrature": "clenshaw-curtis", "steps_auto": True,
+                "tolerance": cfg.tolerance}
+    return {"steps": result.nodes, "quadrature": cfg.quadrature}
+
+
+INTEGRATED_GRADIENTS = MethodSpec(
+    integrated_gradients, "gradients integrated along the straight path from the baseline", "sum",
+    uses_baseline=True, check=_check, report=_report)

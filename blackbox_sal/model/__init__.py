@@ -1,6 +1,2 @@
-"""Loading a model directory, running it on embeddings, and the explained scalar."""
-
-from blackbox_sal.model.objective import SCORES, Objective, resolve_target
-from blackbox_sal.model.text_model import TextModel, load_model
-
-__all__ = ["SCORES", "Objective", "TextModel", "load_model", "resolve_target"]
+"""Model folders: safe reading (:mod:`.files`), sessions (:mod:`.session`), loading
+(:mod:`.loading`) into a :class:`~blackbox_sal.model.text_model.TextModel`, probe runs."""

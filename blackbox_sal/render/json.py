@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+from functools import singledispatch
 from typing import Any
 
 from blackbox_sal.result import SCHEMA_VERSION, Choices, Explanation, Generation, Similarity
+from blackbox_sal.text.printable import json_safe
 from blackbox_sal.text.words import Span
 
 
@@ -60,31 +62,45 @@ def to_dict(e: Explanation) -> dict[str, Any]:
     return out
 
 
-def render_json(e: Explanation) -> str:
-    return json.dumps(to_dict(e), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+def render_json(result: object) -> str:
+    """Any result (Explanation, Generation, Similarity, Choices) as one JSON document."""
+    return json_safe(json.dumps(document(result), indent=2, ensure_ascii=False, allow_nan=False)) + "\n"
 
 
-def render_generation_json(g: Generation) -> str:
+@singledispatch
+def document(result: object) -> dict[str, Any]:
+    """The JSON document of a result, as Python data."""
+    raise TypeError(f"no JSON rendering for {type(result).__name__}")
+
+
+@document.register
+def _explanation(e: Explanation) -> dict[str, Any]:
+    return to_dict(e)
+
+
+@document.register
+def _generation(g: Generation) -> dict[str, Any]:
     """{"schema_version", "generation": {"prompt", "text", "generated": [{index, label, value}],
     "steps": [one explanation object per generated token]}}."""
-    doc = {"schema_version": SCHEMA_VERSION, "generation": {
+    return {"schema_version": SCHEMA_VERSION, "generation": {
         "prompt": g.prompt, "text": g.text,
         "generated": [{"index": t.index, "label": t.label, "value": _num(t.value)} for t in g.generated],
         "steps": [to_dict(step) for step in g.steps]}}
-    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def render_similarity_json(sim: Similarity) -> str:
+@document.register
+def _similarity(sim: Similarity) -> dict[str, Any]:
     """{"schema_version", "similarity": {"cosine", "texts": [two explanation objects]}}."""
-    doc = {"schema_version": SCHEMA_VERSION,
-           "similarity": {"cosine": _num(sim.cosine), "texts": [to_dict(e) for e in sim.texts]}}
-    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return {"schema_version": SCHEMA_VERSION,
+            "similarity": {"cosine": _num(sim.cosine), "texts": [to_dict(e) for e in sim.texts]}}
 
 
-def render_choices_json(c: Choices) -> str:
-    """{"schema_version", "choices": {"text", "choices": [{index, label, value}], "predicted",
-    "explanation": the explanation object of the best choice's (text, choice) pair}}."""
-    doc = {"schema_version": SCHEMA_VERSION, "choices": {
-        "text": c.text, "choices": [{"index": t.index, "label": t.label, "value": _num(t.value)} for t in c.choices],
+@document.register
+def _choices(c: Choices) -> dict[str, Any]:
+    """{"schema_version", "choices": {"text", "score", "choices": [{index, label, value}],
+    "predicted", "explanation": the explanation object of the best choice's (text, choice)
+    pair}}; ``score`` is what the choices are ranked by."""
+    return {"schema_version": SCHEMA_VERSION, "choices": {
+        "text": c.text, "score": c.score,
+        "choices": [{"index": t.index, "label": t.label, "value": _num(t.value)} for t in c.choices],
         "predicted": c.predicted, "explanation": to_dict(c.explanation)}}
-    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

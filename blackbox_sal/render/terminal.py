@@ -2,12 +2,18 @@
 
 Green backgrounds push the target up, red ones push it down; the strength is the score over
 the largest absolute score. Without colour (NO_COLOR, a pipe, a file) the same content comes
-as plain text. Pure: the caller decides ``color``.
+as plain text. Pure: the caller decides ``color``. Every string that came from a model folder
+or the user (names, labels, tokens, the text) goes through
+:func:`~blackbox_sal.text.printable.printable` first, so only the renderer's own colour codes
+reach the terminal.
 """
 
 from __future__ import annotations
 
+from functools import singledispatch
+
 from blackbox_sal.result import Choices, Explanation, Generation, Similarity
+from blackbox_sal.text.printable import printable as safe
 from blackbox_sal.text.words import Span
 
 _RESET = "\033[0m"
@@ -28,10 +34,10 @@ def _heatmap(text: str, spans: tuple[Span, ...], peak: float) -> str:
     for s in ordinary:
         if s.start < pos:  # overlapping offsets (rare tokenizers): skip the overlap
             continue
-        out.append(text[pos : s.start])
-        out.append(f"{_background(s.score, peak)}{text[s.start : s.end]}{_RESET}")
+        out.append(safe(text[pos : s.start]))
+        out.append(f"{_background(s.score, peak)}{safe(text[s.start : s.end])}{_RESET}")
         pos = s.end
-    out.append(text[pos:])
+    out.append(safe(text[pos:]))
     return "".join(out)
 
 
@@ -39,19 +45,26 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.4g}"
 
 
-def render_terminal(e: Explanation, color: bool = False) -> str:
-    """The explanation as terminal text; ANSI colours only when ``color``."""
+@singledispatch
+def render_terminal(result: object, color: bool = False) -> str:
+    """Any result (Explanation, Generation, Similarity, Choices) as terminal text; ANSI
+    colours only when ``color``."""
+    raise TypeError(f"no terminal rendering for {type(result).__name__}")
+
+
+@render_terminal.register
+def _explanation(e: Explanation, color: bool = False) -> str:
     spans = e.words if e.words is not None else e.tokens
     peak = max((abs(s.score) for s in spans), default=0.0)
     def class_name(label: str | None, index: int) -> str:
         if label is None:
             return f"class {index}"
-        return repr(label) if e.task == "next-token" else label  # tokens: show their spaces
+        return repr(label) if e.task == "next-token" else safe(label)  # tokens: show their spaces
 
     target, pred = class_name(e.target.label, e.target.index), class_name(e.prediction.label, e.prediction.index)
     reduce = f" ({e.reduce})" if e.reduce else ""
     lines = [
-        f"model {e.model} | method {e.method}{reduce} | backend {e.backend}",
+        f"model {safe(e.model)} | method {e.method}{reduce} | backend {e.backend}",
         f"cosine similarity to the other text, its embedding held fixed: f(x) = {e.target_value:.4g}"
         if e.task == "similarity" else
         f"prediction: {pred}   target: {target}   f(x) = {e.target_value:.4g} ({e.settings.get('score', 'logit')})",
@@ -67,11 +80,12 @@ def render_terminal(e: Explanation, color: bool = False) -> str:
     lines.append("")
     if color:
         lines += [_heatmap(e.text, spans, peak), ""]
-    width = max((len(s.text) for s in spans), default=0)
+    names = [safe(s.text) for s in spans]
+    width = max((len(t) for t in names), default=0)
     width = min(max(width, 5), 24)
-    for s in spans:
+    for s, text in zip(spans, names, strict=True):
         n = round(_BAR_WIDTH * abs(s.score) / peak) if peak > 0 else 0
-        name = (s.text if len(s.text) <= width else s.text[: width - 1] + "~").ljust(width)
+        name = (text if len(text) <= width else text[: width - 1] + "~").ljust(width)
         if color:
             bar = ("\033[32m" if s.score >= 0 else "\033[31m") + "█" * n + _RESET
             name = f"\033[2m{name}{_RESET}" if s.special else name
@@ -79,11 +93,12 @@ def render_terminal(e: Explanation, color: bool = False) -> str:
             bar = ("+" if s.score >= 0 else "-") * n
         lines.append(f"  {name}  {s.score:+10.4f}  {bar}")
     for note in e.notes:
-        lines.append(f"note: {note}")
+        lines.append(f"note: {safe(note)}")
     return "\n".join(lines) + "\n"
 
 
-def render_generation_terminal(g: Generation) -> str:
+@render_terminal.register
+def _generation(g: Generation, color: bool = False) -> str:
     """A generated continuation as a matrix: one row per input token, one column per generated
     token (its attribution to that row's token; blank where the token came later)."""
     if not g.steps:
@@ -95,7 +110,7 @@ def render_generation_terminal(g: Generation) -> str:
     # a token that is part of a character (byte-level tokenizers) decodes alone to U+FFFD: its id
     cols = [f"<{t.index}>" if t.label is None or "\ufffd" in t.label else repr(t.label)[:10] for t in g.generated]
     colw = max(8, *(len(c) for c in cols))
-    lines = [f"model {first.model} | method {first.method}{reduce} | backend {first.backend} | generation",
+    lines = [f"model {safe(first.model)} | method {first.method}{reduce} | backend {first.backend} | generation",
              f"prompt: {g.prompt!r}", f"continuation: {g.text[len(g.prompt):]!r}", "",
              " " * (width + 2) + "".join(c.rjust(colw + 1) for c in cols)]
     for row, span in enumerate(last):
@@ -103,24 +118,29 @@ def render_generation_terminal(g: Generation) -> str:
         for step in g.steps:
             cells.append(f"{step.tokens[row].score:+.3f}".rjust(colw + 1) if row < len(step.tokens) else
                          " " * (colw + 1))
-        text = span.text.replace("\n", "\\n").replace("\t", "\\t") or "..."  # "": its character comes later
+        text = safe(span.text) or "..."  # "": its character comes later
         name = text if len(text) <= width else text[: width - 1] + "~"
         lines.append(f"  {name.ljust(width)}" + "".join(cells))
     notes = [n for step in g.steps for n in step.notes]
-    lines += [f"note: {n}" for n in dict.fromkeys(notes)]
+    lines += [f"note: {safe(n)}" for n in dict.fromkeys(notes)]
     return "\n".join(lines) + "\n"
 
 
-def render_similarity_terminal(sim: Similarity, color: bool = False) -> str:
+@render_terminal.register
+def _similarity(sim: Similarity, color: bool = False) -> str:
     """Both texts of a similarity, each attributed with the other held fixed."""
     head = f"cosine similarity of the two texts' embeddings: {sim.cosine:.4f}\n\n"
     return head + "\n".join(f"text {k + 1}: {e.text!r}\n" + render_terminal(e, color)
                              for k, e in enumerate(sim.texts))
 
 
-def render_choices_terminal(c: Choices, color: bool = False) -> str:
+@render_terminal.register
+def _choices(c: Choices, color: bool = False) -> str:
     """The choices with their scores, then the explanation of the best one."""
-    lines = [f"multiple choice: {c.text!r}"]
+    target = c.explanation.target
+    by = c.score if c.explanation.prediction.scores and len(c.explanation.prediction.scores) == 1 else \
+        f"{safe(target.label) if target.label is not None else f'class {target.index}'} {c.score}"
+    lines = [f"multiple choice: {c.text!r}   (ranked by {by})"]
     for choice in c.choices:
         mark = "*" if choice.index == c.predicted else " "
         lines.append(f" {mark} {choice.index}: {choice.label!r}  score {choice.value:+.4g}")

@@ -1,4 +1,4 @@
-"""Build an exported gradient graph: the model plus d(target)/d(inputs_embeds), in ONNX.
+"""The gradient graph of a model body: the body plus d(target)/d(inputs_embeds), in ONNX.
 
 Interface of the result (standard ONNX domain only, dynamic batch and sequence axes)::
 
@@ -8,37 +8,31 @@ Interface of the result (standard ONNX domain only, dynamic batch and sequence a
     grad[b] = d/d inputs_embeds[b] of sum_c target_weights[b, c] * output[b, c]
 
 so one class (a one-hot row), a margin (+1/-1) or the chain-rule seed of a softmax score is
-one run. The reverse pass is ours (:mod:`blackbox_sal.graph.reverse`): shapes come from
-probe runs of the forward graph, so broadcasting is undone statically, and the forward
-part is left as exported, so onnxruntime's fusions (Gelu, MatMul+scale) still apply to it.
+one run. Building takes two steps around a probe run (which needs a session, so it happens
+outside this package): :func:`forward_part` keeps what the output needs, then
+:func:`gradient_model` adds the reverse pass (:mod:`blackbox_sal.surgery.reverse`) with
+shapes from the probe. The forward part is left as exported, so onnxruntime's fusions
+(Gelu, MatMul+scale) still apply to it.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from blackbox_sal.errors import ModelError
-from blackbox_sal.graph.prune import prune
-from blackbox_sal.graph.reverse import probe, reverse
-from blackbox_sal.graph.split import EMBEDS
+from blackbox_sal.surgery.facts import Facts
+from blackbox_sal.surgery.names import EMBEDS, GRAD, WEIGHTS
+from blackbox_sal.surgery.prune import clear_shapes, prune
+from blackbox_sal.surgery.reverse import reverse
 
-WEIGHTS = "target_weights"
-GRAD = "grad"
 #: bump when the builder changes what it emits: cached graphs of other versions are rebuilt
-BUILDER_VERSION = 7
+BUILDER_VERSION = 8
 
 
-def build_gradient(body: onnx.ModelProto, output: str, probes: Sequence[Mapping[str, np.ndarray]]) -> onnx.ModelProto:
-    """The gradient graph of ``body`` (which takes ``inputs_embeds``) for ``output``.
-
-    ``probes``: two or more feeds of the body with different batch sizes and lengths (none of
-    them 1), from which shapes are read. Pure: ``body`` is not modified. Raises ModelError
-    naming the operator without a rule (quantized models, exotic ops): use finite differences.
-    """
+def forward_part(body: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """``body`` reduced to what ``output`` needs, with no stale intermediate shapes (pure)."""
     if EMBEDS not in {i.name for i in body.graph.input}:
         raise ModelError(f"the model has no {EMBEDS!r} input to differentiate")
     model = onnx.ModelProto()
@@ -49,12 +43,19 @@ def build_gradient(body: onnx.ModelProto, output: str, probes: Sequence[Mapping[
     del model.graph.output[:]
     model.graph.output.extend(outs)
     prune(model.graph, keep_inputs=frozenset(i.name for i in model.graph.input))
-    facts = probe(model, probes)
+    clear_shapes(model.graph)
+    return model
+
+
+def gradient_model(forward: onnx.ModelProto, output: str, facts: Facts) -> onnx.ModelProto:
+    """The gradient graph of ``forward`` (from :func:`forward_part`) for ``output``, with shapes
+    from ``facts`` (probe runs of ``forward``). Pure. ModelError names an operator without a
+    rule (quantized models, exotic ops): finite differences then take over."""
     rank = facts.rank(output)
     if rank not in (1, 2):
         raise ModelError(f"output {output!r} has rank {rank}; a gradient graph needs [batch, classes] or [batch]")
     seed = WEIGHTS if rank == 2 else "bbs_seed"
-    grad_model = reverse(model, EMBEDS, output, seed, GRAD, facts)
+    grad_model = reverse(forward, EMBEDS, output, seed, GRAD, facts)
     graph = grad_model.graph
     graph.input.append(helper.make_tensor_value_info(WEIGHTS, onnx.TensorProto.FLOAT, ["batch", "classes"]))
     if rank == 1:  # weights [B, 1] seed a [B] output
@@ -62,6 +63,7 @@ def build_gradient(body: onnx.ModelProto, output: str, probes: Sequence[Mapping[
         graph.initializer.append(flat)
         graph.node.insert(0, helper.make_node("Reshape", [WEIGHTS, flat.name], [seed], name="bbs_seed"))
     prune(graph, keep_inputs=frozenset(i.name for i in graph.input))
+    clear_shapes(graph)
     try:
         onnx.checker.check_model(grad_model)
     except onnx.checker.ValidationError as exc:

@@ -35,31 +35,22 @@ import onnx
 from onnx import helper, numpy_helper
 
 from blackbox_sal.errors import ModelError
-from blackbox_sal.graph.prune import prune
+from blackbox_sal.surgery.index import GraphIndex, attr_int
+from blackbox_sal.surgery.prune import prune
+from blackbox_sal.surgery.quantized import QUANTIZED_OPS
 
 
-def float_twin(model: onnx.ModelProto, integer_ops: frozenset[str]) -> tuple[onnx.ModelProto, int]:
+def float_twin(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """``model`` with every DynamicQuantizeLinear/MatMulInteger/Cast/Mul chain replaced by a
     float MatMul on dequantized weights and every QDQ pair and dequantized constant made
-    float, and the number replaced (pure). ModelError when an operator of ``integer_ops``
-    remains (other quantization schemes)."""
+    float, and the number replaced (pure). ModelError when a quantized operator remains
+    (other quantization schemes)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
     qdq = _float_qdq(g) + _float_nbits(g)
-    consts = {t.name: t for t in g.initializer}
-    for node in g.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = node.attribute[0].t
-    producer = {o: n for n in g.node for o in n.output}
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
-
-    def only(name: str, op: str) -> onnx.NodeProto | None:
-        found = users.get(name, [])
-        return found[0] if len(found) == 1 and found[0].op_type == op else None
+    index = GraphIndex.of(g)
+    consts, producer, only = index.constants, index.producer, index.only_user
 
     replaced: dict[int, onnx.NodeProto] = {}  # id(Mul node) -> its float MatMul
     dead: set[int] = set()
@@ -107,7 +98,7 @@ def float_twin(model: onnx.ModelProto, integer_ops: frozenset[str]) -> tuple[onn
     del g.node[:]
     g.node.extend(kept)
     prune(g, keep_inputs=frozenset(i.name for i in g.input))
-    left = sorted({n.op_type for n in g.node} & integer_ops)
+    left = sorted({n.op_type for n in g.node} & QUANTIZED_OPS)
     if left:
         raise ModelError(f"no float twin for this quantization: {', '.join(left)} remain (dequantized are "
                          f"onnxruntime's dynamic MatMulInteger scheme, the QDQ format and MatMulNBits without g_idx)")
@@ -118,16 +109,12 @@ def _float_qdq(g: onnx.GraphProto) -> int:
     """In place: each DequantizeLinear of a constant becomes a float initializer of the same
     name, each QuantizeLinear -> DequantizeLinear pair an Identity of the float input. Returns
     how many DequantizeLinear nodes went."""
-    consts = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    users: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
+    index = GraphIndex.of(g)
+    consts, producer = {t.name: t for t in g.initializer}, index.producer
     kept: list[onnx.NodeProto] = []
     done = 0
     for n in g.node:
-        if n.op_type != "DequantizeLinear" or any(a.name == "block_size" and a.i for a in n.attribute):
+        if n.op_type != "DequantizeLinear" or attr_int(n, "block_size", 0):
             kept.append(n)
             continue
         source = producer.get(n.input[0])
@@ -137,14 +124,14 @@ def _float_qdq(g: onnx.GraphProto) -> int:
             scale = numpy_helper.to_array(consts[n.input[1]]).astype(np.float32)
             zero = (numpy_helper.to_array(consts[n.input[2]]).astype(np.float32) if len(params) > 1
                     else np.zeros_like(scale))
-            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            axis = attr_int(n, "axis", 1)
             if scale.ndim == 1 and q.ndim > 0:  # per channel along axis
                 shape = [1] * q.ndim
                 shape[axis] = scale.shape[0]
                 scale, zero = scale.reshape(shape), zero.reshape(shape)
             g.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), n.output[0]))
             done += 1
-        elif source is not None and source.op_type == "QuantizeLinear" and users.get(source.output[0]) == 1:
+        elif source is not None and source.op_type == "QuantizeLinear" and len(index.users[source.output[0]]) == 1:
             kept.append(helper.make_node("Identity", [source.input[0]], list(n.output),
                                          name=f"{n.name or n.output[0]}__float"))
             done += 1
@@ -155,12 +142,12 @@ def _float_qdq(g: onnx.GraphProto) -> int:
     return done
 
 
-def weight_only(model: onnx.ModelProto, integer_ops: frozenset[str]) -> bool:
+def weight_only(model: onnx.ModelProto) -> bool:
     """True when the model's only integer operators are MatMulNBits that the twin rewrites and
     that compute in float (accuracy_level 0 or 1): the float twin is then the same function."""
     consts = {t.name for t in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type in integer_ops]
-    return bool(nodes) and all(_nbits_parts(n, consts) is not None and _attr_int(n, "accuracy_level", 0) <= 1
+    nodes = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+    return bool(nodes) and all(_nbits_parts(n, consts) is not None and attr_int(n, "accuracy_level", 0) <= 1
                                for n in nodes)
 
 
@@ -168,14 +155,10 @@ def _nbits_parts(n: onnx.NodeProto, consts: Container[str]) -> tuple[str, ...] |
     """(a, b, scales, zero_points, bias) of a MatMulNBits the twin can rewrite: constant
     weights, no g_idx, 2/4/8 bits; else None."""
     a, b, scales, zeros, g_idx, bias = (list(n.input) + [""] * 6)[:6]
-    if (n.op_type != "MatMulNBits" or g_idx or _attr_int(n, "bits", 4) not in (2, 4, 8)
-            or _attr_int(n, "block_size", 0) <= 0 or any(i and i not in consts for i in (b, scales, zeros, bias))):
+    if (n.op_type != "MatMulNBits" or g_idx or attr_int(n, "bits", 4) not in (2, 4, 8)
+            or attr_int(n, "block_size", 0) <= 0 or any(i and i not in consts for i in (b, scales, zeros, bias))):
         return None
     return a, b, scales, zeros, bias
-
-
-def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((int(a.i) for a in node.attribute if a.name == name), default)
 
 
 def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
@@ -197,8 +180,8 @@ def _float_nbits(g: onnx.GraphProto) -> int:
             kept.append(n)
             continue
         a, b, scales, zeros, bias = parts
-        bits, block = _attr_int(n, "bits", 4), _attr_int(n, "block_size", 0)
-        k, cols = _attr_int(n, "K", 0), _attr_int(n, "N", 0)
+        bits, block = attr_int(n, "bits", 4), attr_int(n, "block_size", 0)
+        k, cols = attr_int(n, "K", 0), attr_int(n, "N", 0)
         blocks = -(-k // block)
         codes = _unpack(numpy_helper.to_array(consts[b]).reshape(cols, blocks, -1), bits)
         codes = codes.reshape(cols, blocks, block).astype(np.float32)

@@ -1,8 +1,10 @@
-"""The explained scalar f(embeddings): one output of the model, turned into a score.
+"""The explained scalar: a model's raw outputs [N, C] turned into one number per row.
 
-For one tokenized text, an :class:`Objective` maps embedding points [N, S, D] to the target
-scalar [N]. Scores (``SCORES``): ``logit`` is the raw output value; ``probability`` and
-``log-probability`` apply a softmax over the output's classes first.
+Scores (``SCORES``): ``logit`` is the raw output value; ``probability`` and
+``log-probability`` apply a softmax over the output's classes first. An :class:`Objective`
+names one scalar: a class's score (:class:`ClassScore`) or the cosine similarity of the output
+to a reference vector (:class:`Cosine`, sentence embeddings). Each also gives the seed a
+gradient graph is started from, d scalar / d outputs, by the chain rule.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from blackbox_sal.errors import UsageError
-from blackbox_sal.model.text_model import TextModel
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -31,7 +33,7 @@ SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def _one_hot(z: np.ndarray, target: int) -> np.ndarray:
-    out = np.zeros_like(z, dtype=np.float64)
+    out = np.zeros(z.shape, dtype=np.float64)
     out[:, target] = 1.0
     return out
 
@@ -41,8 +43,7 @@ def _probability_seed(z: np.ndarray, target: int) -> np.ndarray:
     return p[:, target : target + 1] * (_one_hot(z, target) - p)
 
 
-#: score name -> d score / d outputs for outputs [N, C] and the target class: the weights a
-#: gradient graph is seeded with (chain rule through the softmax)
+#: score name -> d score / d outputs for outputs [N, C] and the target class
 SCORE_SEEDS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
     "logit": _one_hot,
     "probability": _probability_seed,
@@ -63,47 +64,73 @@ def cosine_seed(z: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return reference[None] / (nz * nr) - cosine(z, reference)[:, None] * z / nz**2
 
 
-@dataclass(frozen=True)
-class Objective:
-    """f(points) = SCORES[score](model outputs)[:, target] for one tokenized text, or with a
-    ``reference`` vector [C] the cosine similarity of the outputs to it (sentence embeddings).
+class Objective(Protocol):
+    """One explained scalar of the model's outputs."""
 
-    ids, type_ids: int64 [S], shared by every point. batch_size bounds each session run.
-    n_classes: the width C of the explained output.
-    ``calls`` counts the rows evaluated (forward passes), for cost reports.
-    """
+    @property
+    def score(self) -> str:
+        """The name results report as the score (logit, probability, log-probability, cosine)."""
+        ...
 
-    model: TextModel
-    ids: np.ndarray
-    type_ids: np.ndarray
-    target: int
-    score: str
-    batch_size: int
-    n_classes: int = 0
-    calls: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
-    reference: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    def outputs(self, points: np.ndarray) -> np.ndarray:
-        """Raw model outputs for points [N, S, D]: float64 [N, C]."""
-        self.calls[0] += points.shape[0]
-        return self.model.run(points, self.ids, self.type_ids, self.batch_size)
-
-    def __call__(self, points: np.ndarray) -> np.ndarray:
-        """The target scalar for points [N, S, D]: float64 [N]."""
-        if self.reference is not None:
-            return cosine(self.outputs(points), self.reference)
-        return SCORES[self.score](self.outputs(points))[:, self.target]
+    def scalar(self, outputs: np.ndarray) -> np.ndarray:
+        """The scalar for outputs [N, C]: float64 [N]."""
+        ...
 
     @property
     def seed_reads_outputs(self) -> bool:
-        """Whether :meth:`seed` needs the outputs (a forward pass) rather than the target alone."""
-        return self.reference is not None or self.score != "logit"
+        """Whether :meth:`seed` needs the outputs (one forward pass) rather than the target alone."""
+        ...
 
     def seed(self, outputs: np.ndarray) -> np.ndarray:
         """d scalar / d outputs [N, C]: the weights a gradient graph is seeded with."""
-        if self.reference is not None:
-            return cosine_seed(outputs, self.reference)
-        return SCORE_SEEDS[self.score](outputs, self.target)
+        ...
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """SCORES[score](outputs)[:, target]: a class's logit, probability or log-probability."""
+
+    target: int
+    score: str = "logit"
+    n_classes: int = 1
+
+    def scalar(self, outputs: np.ndarray) -> np.ndarray:
+        return SCORES[self.score](np.asarray(outputs, np.float64))[:, self.target]
+
+    @property
+    def seed_reads_outputs(self) -> bool:
+        return self.score != "logit"
+
+    def seed(self, outputs: np.ndarray) -> np.ndarray:
+        return SCORE_SEEDS[self.score](np.asarray(outputs, np.float64), self.target)
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """The cosine similarity of the output (an embedding [C]) to a fixed ``reference`` [C]."""
+
+    reference: np.ndarray = field(repr=False)
+    score: str = "cosine"
+
+    def scalar(self, outputs: np.ndarray) -> np.ndarray:
+        return cosine(np.asarray(outputs, np.float64), self.reference)
+
+    @property
+    def seed_reads_outputs(self) -> bool:
+        return True
+
+    def seed(self, outputs: np.ndarray) -> np.ndarray:
+        return cosine_seed(np.asarray(outputs, np.float64), self.reference)
+
+
+def seed_without_outputs(objective: Objective, n: int, n_classes: int) -> np.ndarray:
+    """The seed of an objective that does not read the outputs, for n rows: [n, C]."""
+    return objective.seed(np.zeros((n, n_classes)))
+
+
+def _is_index(text: str) -> bool:
+    digits = text.strip().removeprefix("-")
+    return digits.isascii() and digits.isdigit()
 
 
 def resolve_target(target: str | int | None, labels: tuple[str, ...] | None,
@@ -115,14 +142,14 @@ def resolve_target(target: str | int | None, labels: tuple[str, ...] | None,
     names = list(labels or ())
     if isinstance(target, str) and target in names:
         return names.index(target)
-    if isinstance(target, str) and lookup is not None and not target.strip().lstrip("-").isdigit():
+    if isinstance(target, str) and lookup is not None and not _is_index(target):
         found = lookup(target)
         if found is None:
             raise UsageError(f"target {target!r} is not a single token of the vocabulary; "
                              f"give one token, or its index")
         return found
     text = str(target).strip()
-    if text.lstrip("-").isdigit():
+    if _is_index(text):
         index = int(text)
         if 0 <= index < n_classes:
             return index

@@ -37,9 +37,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from blackbox_sal.errors import ModelError
-from blackbox_sal.graph.prune import node_inputs, prune
-
-EMBEDS = "inputs_embeds"
+from blackbox_sal.surgery.index import GraphIndex, attr_int
+from blackbox_sal.surgery.names import EMBEDS
+from blackbox_sal.surgery.prune import node_inputs, prune
 
 #: Ops allowed between ``input_ids`` and the lookup's indices that change the dtype or
 #: nothing at all.
@@ -89,16 +89,6 @@ class Lookup:
     requantize: tuple[str, str] | None = None
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    found = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    found[node.output[0]] = attr.t
-    return found
-
-
 def _reached_from(graph: onnx.GraphProto, start: str) -> dict[str, list[onnx.NodeProto]]:
     """Names computed from ``start`` through PASS_THROUGH / MIRRORED ops, each with the chain
     of nodes that leads to it (``start`` itself has an empty chain)."""
@@ -110,18 +100,11 @@ def _reached_from(graph: onnx.GraphProto, start: str) -> dict[str, list[onnx.Nod
     return reached
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    for attr in node.attribute:
-        if attr.name == name:
-            return int(attr.i)
-    return default
-
-
 def _dequantize(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto], q: np.ndarray,
                 axis_map: int) -> np.ndarray | None:
     """Apply a DequantizeLinear whose scale and zero point are constants to ``q`` (a table);
     ``axis_map``: the table axis the node's per-axis parameters run along. None if it cannot."""
-    if _attr(node, "block_size", 0) or any(i and i not in consts for i in node.input[1:]):
+    if attr_int(node, "block_size", 0) or any(i and i not in consts for i in node.input[1:]):
         return None
     scale = numpy_helper.to_array(consts[node.input[1]]).astype(np.float32)
     zero = (numpy_helper.to_array(consts[node.input[2]]).astype(np.float32)
@@ -141,18 +124,14 @@ def find_lookup(graph: onnx.GraphProto, ids_name: str) -> Lookup:
     Several candidates (rare: a second table indexed by the ids) resolve to the largest table.
     """
     reached = _reached_from(graph, ids_name)
-    consts = _constants(graph)
-    producer = {o: n for n in graph.node for o in n.output}
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    index = GraphIndex.of(graph)
+    consts, producer, users = index.constants, index.producer, index.users
     candidates: list[Lookup] = []
     refused: list[str] = []
     for node in graph.node:
         if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in reached:
             continue
-        if _attr(node, "axis", 0) != 0:
+        if attr_int(node, "axis", 0) != 0:
             continue
         chain = tuple(reached[node.input[1]])
         source = node.input[0]
@@ -185,7 +164,7 @@ def find_lookup(graph: onnx.GraphProto, ids_name: str) -> Lookup:
         elif source in producer and producer[source].op_type == "DequantizeLinear":
             dq = producer[source]  # the table is dequantized from constants before the lookup
             q = consts.get(dq.input[0])
-            table = (_dequantize(dq, consts, numpy_helper.to_array(q), _attr(dq, "axis", 1) % 2)
+            table = (_dequantize(dq, consts, numpy_helper.to_array(q), attr_int(dq, "axis", 1) % 2)
                      if q is not None and len(q.dims) == 2 else None)
             if table is not None:
                 candidates.append(Lookup(node, table, chain, (node,), node.output[0], True))

@@ -54,3 +54,10 @@ def prune(graph: onnx.GraphProto, keep_inputs: frozenset[str] = frozenset()) -> 
     kept_info = [v for v in graph.value_info if v.name in produced]
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
+
+
+def clear_shapes(graph: onnx.GraphProto) -> None:
+    """Drop, in place, the shapes recorded for intermediate tensors (``value_info``). An
+    export's static shapes (a fixed [1, 64] input, say) go stale once the graph is rewritten,
+    and onnxruntime's optimizer would fold ``Shape`` nodes from them; it infers them anew."""
+    del graph.value_info[:]

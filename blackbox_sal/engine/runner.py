@@ -1,0 +1,139 @@
+"""Executing run requests on one model: rows of the same kind and length, from any number of
+requests, packed into onnxruntime runs of at most ``rows`` rows (and ``tokens`` tokens).
+
+=========  ==========================================  =======================================
+request    one run's inputs                             sessions
+=========  ==========================================  =======================================
+Forward    points [k, S, D], each row's ids             the model
+Gradient   points, ids, seed weights [k, C]             the gradient graph
+PathJvp    each request's anchor and delta once         the gradient graph in path form
+           [R, S, D], the row's request and alpha [k]
+=========  ==========================================  =======================================
+
+Lazy points are built a run at a time, so memory is bounded by the run size whatever the
+number of rows. Results are handed back per request, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+
+from blackbox_sal.gradient_graph.session import GradientSession
+from blackbox_sal.gradient_graph.store import gradient_session
+from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.progress import Progress
+from blackbox_sal.runs import Forward, Gradient, PathJvp, Request, Seq
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Rows start..stop of request ``index``."""
+
+    index: int
+    start: int
+    stop: int
+
+
+class Runner:
+    """Runs requests against ``model`` (and its gradient graph, found on first need).
+
+    rows: the most rows per run. tokens: the most rows x tokens per run (None: no limit).
+    progress: show a bar for large groups (None: when stderr is a terminal).
+    """
+
+    def __init__(self, model: TextModel, rows: int, tokens: int | None = None, progress: bool | None = None) -> None:
+        self.model, self.rows, self.tokens, self.progress = model, max(rows, 1), tokens, progress
+
+    def capacity(self, length: int) -> int:
+        """Rows per run for sequences of ``length`` tokens."""
+        if self.tokens is None:
+            return self.rows
+        return max(1, min(self.rows, self.tokens // max(length, 1)))
+
+    def execute(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        """The result of every request, in order; rows of one kind and length share runs."""
+        groups: dict[tuple[type, int], list[int]] = {}
+        for k, request in enumerate(requests):
+            if request.seq is None:
+                raise ValueError("a request to a model needs its token sequence")
+            groups.setdefault((type(request), len(request.seq)), []).append(k)
+        results: list[np.ndarray | None] = [None] * len(requests)
+        for (kind, length), members in groups.items():
+            run = {Forward: self._forward, Gradient: self._gradient, PathJvp: self._path_jvp}[kind]
+            self._group([requests[k] for k in members], members, length, run, results)
+        return [r if r is not None else np.zeros(0) for r in results]
+
+    def _group(self, group: list[Request], members: list[int], length: int,
+               run: Callable[[list[Request], list[_Piece]], np.ndarray], results: list[np.ndarray | None]) -> None:
+        """Run one group's rows in runs of at most :meth:`capacity` rows; scatter the results."""
+        cap = self.capacity(length)
+        total = sum(r.n for r in group)
+        parts: list[list[np.ndarray]] = [[] for _ in group]
+        pieces: list[_Piece] = []
+        filled = 0
+        with Progress(total, f"{group[0].label}:", enabled=self.progress) as bar:
+            for k, request in enumerate(group):
+                start = 0
+                while start < request.n:
+                    stop = min(request.n, start + cap - filled)
+                    pieces.append(_Piece(k, start, stop))
+                    filled += stop - start
+                    start = stop
+                    if filled == cap:
+                        self._flush(group, pieces, run, parts, bar)
+                        pieces, filled = [], 0
+            if pieces:
+                self._flush(group, pieces, run, parts, bar)
+        for k, member in enumerate(members):
+            results[member] = np.concatenate(parts[k]) if parts[k] else np.zeros((0,))
+
+    @staticmethod
+    def _flush(group: list[Request], pieces: list[_Piece], run: Callable[[list[Request], list[_Piece]], np.ndarray],
+               parts: list[list[np.ndarray]], bar: Progress) -> None:
+        out = run(group, pieces)
+        at = 0
+        for piece in pieces:
+            rows = piece.stop - piece.start
+            parts[piece.index].append(out[at : at + rows])
+            at += rows
+        bar.advance(at)
+
+    def _int_rows(self, group: list[Request], pieces: list[_Piece]) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's ids and type ids [k, S]."""
+        seqs = [cast(Seq, group[p.index].seq) for p in pieces]
+        counts = [p.stop - p.start for p in pieces]
+        ids = np.concatenate([np.broadcast_to(s.ids, (c, len(s))) for s, c in zip(seqs, counts, strict=True)])
+        types = np.concatenate([np.broadcast_to(s.type_ids, (c, len(s))) for s, c in zip(seqs, counts, strict=True)])
+        return ids, types
+
+    def _forward(self, group: list[Request], pieces: list[_Piece]) -> np.ndarray:
+        requests = cast(list[Forward], group)
+        points = np.concatenate([requests[p.index].points.take(p.start, p.stop) for p in pieces])
+        ids, types = self._int_rows(group, pieces)
+        return self.model.forward(points, ids, types)
+
+    def _gradient(self, group: list[Request], pieces: list[_Piece]) -> np.ndarray:
+        requests = cast(list[Gradient], group)
+        points = np.concatenate([requests[p.index].points.take(p.start, p.stop) for p in pieces])
+        weights = np.concatenate([requests[p.index].weights[p.start : p.stop] for p in pieces])
+        ids, types = self._int_rows(group, pieces)
+        return self._graph().gradient(self.model, points, ids, types, weights)
+
+    def _path_jvp(self, group: list[Request], pieces: list[_Piece]) -> np.ndarray:
+        requests = cast(list[PathJvp], group)
+        owners = sorted({p.index for p in pieces})
+        slot = {k: j for j, k in enumerate(owners)}
+        anchors = np.stack([requests[k].anchor for k in owners])
+        deltas = np.stack([requests[k].delta for k in owners])
+        rows = np.concatenate([np.full(p.stop - p.start, slot[p.index], np.int64) for p in pieces])
+        alphas = np.concatenate([requests[p.index].alphas[p.start : p.stop] for p in pieces])
+        weights = np.concatenate([requests[p.index].weights[p.start : p.stop] for p in pieces])
+        ids, types = self._int_rows(group, pieces)
+        return self._graph().path_jvp(self.model, anchors, deltas, rows, alphas, ids, types, weights)
+
+    def _graph(self) -> GradientSession:
+        return gradient_session(self.model)

@@ -1,0 +1,48 @@
+"""Building a loaded model's gradient graph: probe runs for shapes, then the reverse pass.
+
+The surgery itself is pure (:mod:`blackbox_sal.surgery.gradient`); this module feeds it: the
+forward part of the body runs on two small random inputs of different batch size and length
+(:func:`probe_feeds`), every intermediate tensor fetched (:mod:`blackbox_sal.model.probe`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from blackbox_sal.errors import ModelError
+from blackbox_sal.model.probe import probe
+from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.surgery.gradient import forward_part, gradient_model
+
+log = logging.getLogger("blackbox_sal")
+
+
+def probe_feeds(model: TextModel, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Two feeds of different batch size and length (neither 1), for reading shapes."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for batch, length in ((2, 5), (3, 7)):
+        ids = rng.integers(0, model.table.shape[0], length)
+        x = np.repeat(model.embed(ids)[None], batch, axis=0)
+        feeds.append(model.feeds(x + rng.normal(0, 0.01, x.shape), ids, np.zeros_like(ids)))
+    return feeds
+
+
+def gradient_of(body: onnx.ModelProto, output: str, feeds: Sequence[Mapping[str, np.ndarray]]) -> onnx.ModelProto:
+    """The (unverified) gradient graph of a body taking inputs_embeds, for ``output``, with
+    shapes read from probe runs on ``feeds`` (two or more, of different batch sizes and
+    lengths, none of them 1)."""
+    forward = forward_part(body, output)
+    return gradient_model(forward, output, probe(forward, feeds))
+
+
+def build_gradient(model: TextModel) -> onnx.ModelProto:
+    """The (unverified) gradient graph of a loaded model's body for its explained output."""
+    if model.body is None:
+        raise ModelError("this model keeps no graph to differentiate")
+    log.info("building the gradient graph of %s", model.name)
+    return gradient_of(model.body, model.output, probe_feeds(model))

@@ -1,0 +1,98 @@
+"""Running a gradient graph: full gradients, and per-token derivatives along a path.
+
+A gradient graph has the interface of :mod:`blackbox_sal.surgery.gradient`. Where the onnx
+package is installed it is run in its path form (:mod:`blackbox_sal.surgery.path`): the
+points are built inside the graph from each request's anchor and direction, and on a GPU the
+per-token derivatives are reduced there too, so only [rows, S] numbers cross back to the
+host. On the CPU the [rows, S, D] gradient is fetched and reduced in float64 on the host
+(measured no slower there, and the same numbers as before the path form existed). Without
+the onnx package (an edge install) the plain interface runs and points are built on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from blackbox_sal.errors import ModelError
+from blackbox_sal.model.session import create_session, on_cuda, run
+from blackbox_sal.model.text_model import TextModel, int_feeds
+from blackbox_sal.surgery.names import ALPHA, ANCHOR, DELTA, EMBEDS, GRAD, ROW, TOKEN_JVP, WEIGHTS
+
+
+@dataclass(frozen=True)
+class GradientSession:
+    """A gradient graph loaded for one model. ``path_form``: the session takes the path inputs;
+    ``reduce_on_device``: per-token derivatives come from the graph's ``token_jvp`` output
+    (GPU) rather than from the gradient reduced on the host (CPU)."""
+
+    session: ort.InferenceSession
+    path_form: bool
+    reduce_on_device: bool
+
+    @classmethod
+    def create(cls, grad_model: bytes, model: TextModel) -> GradientSession:
+        """Load a serialized gradient graph on the model's device, in path form where it can be."""
+        path = _path_form(grad_model)
+        session = create_session(path if path is not None else grad_model, model.device_request, model.threads)
+        return cls(session, path is not None, path is not None and on_cuda(session))
+
+    def input_names(self) -> set[str]:
+        return {i.name for i in self.session.get_inputs()}
+
+    def output_names(self) -> set[str]:
+        return {o.name for o in self.session.get_outputs()}
+
+    def gradient(self, model: TextModel, points: np.ndarray, ids: np.ndarray, type_ids: np.ndarray,
+                 weights: np.ndarray) -> np.ndarray:
+        """d(weights . output)/d points for points [k, S, D], weights [k, C]: float32 [k, S, D]."""
+        k = points.shape[0]
+        points = np.ascontiguousarray(points, dtype=np.float32)
+        feeds = int_feeds(model.int_inputs, ids, type_ids, k)
+        if self.path_form:
+            feeds.update({ANCHOR: points, DELTA: points, ROW: np.arange(k, dtype=np.int64),
+                          ALPHA: np.zeros(k, np.float32)})
+        else:
+            feeds[EMBEDS] = points
+        feeds[WEIGHTS] = np.ascontiguousarray(weights, dtype=np.float32)
+        return np.asarray(run(self.session, [GRAD], feeds, "the gradient graph")[0])
+
+    def path_jvp(self, model: TextModel, anchors: np.ndarray, deltas: np.ndarray, rows: np.ndarray,
+                 alphas: np.ndarray, ids: np.ndarray, type_ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Row k: at anchors[rows[k]] + alphas[k] deltas[rows[k]], the derivative of weights[k] .
+        output along row i of deltas[rows[k]], per token i. anchors, deltas [R, S, D]; rows,
+        alphas [k]; ids/type ids [k, S]; weights [k, C]. Returns float64 [k, S]."""
+        k = rows.shape[0]
+        anchors = np.ascontiguousarray(anchors, dtype=np.float32)
+        deltas = np.ascontiguousarray(deltas, dtype=np.float32)
+        feeds = int_feeds(model.int_inputs, ids, type_ids, k)
+        feeds[WEIGHTS] = np.ascontiguousarray(weights, dtype=np.float32)
+        if self.reduce_on_device:
+            feeds.update({ANCHOR: anchors, DELTA: deltas, ROW: rows.astype(np.int64),
+                          ALPHA: alphas.astype(np.float32)})
+            return np.asarray(run(self.session, [TOKEN_JVP], feeds, "the gradient graph")[0], dtype=np.float64)
+        if self.path_form:
+            feeds.update({ANCHOR: anchors, DELTA: deltas, ROW: rows.astype(np.int64),
+                          ALPHA: alphas.astype(np.float32)})
+        else:
+            a = alphas.astype(np.float32)[:, None, None]
+            feeds[EMBEDS] = (anchors[rows] + a * deltas[rows]).astype(np.float32)
+        grad = np.asarray(run(self.session, [GRAD], feeds, "the gradient graph")[0])
+        return np.einsum("psd,psd->ps", grad.astype(np.float64), deltas[rows].astype(np.float64))
+
+
+def _path_form(grad_model: bytes) -> bytes | None:
+    """The serialized path form of a gradient graph, or None without the onnx package or for
+    a graph that cannot take it (a shipped graph of an old opset)."""
+    try:
+        import onnx
+
+        from blackbox_sal.surgery.path import path_model
+    except ImportError:  # an edge install: onnxruntime, numpy and tokenizers only
+        return None
+    try:
+        return path_model(onnx.load_from_string(grad_model)).SerializeToString()
+    except ModelError:
+        return None

@@ -1,0 +1,26 @@
+"""Names of the tensors blackbox-sal reads, writes and adds to graphs."""
+
+from __future__ import annotations
+
+#: the float input every explained body takes: token embeddings [batch, seq, dim]
+EMBEDS = "inputs_embeds"
+IDS = "input_ids"
+MASK = "attention_mask"
+TYPES = "token_type_ids"
+POSITIONS = "position_ids"
+#: inputs filled automatically, by name; any other required input is an error at load time
+KNOWN_INPUTS = (EMBEDS, IDS, MASK, TYPES, POSITIONS)
+#: the output a causal LM is explained through: its logits at the last position [batch, vocab]
+NEXT_TOKEN = "next_token_logits"
+
+# the gradient graph's interface
+#: seed weights over the explained output [batch, classes]
+WEIGHTS = "target_weights"
+#: d(sum_c weights[b, c] output[b, c]) / d inputs_embeds[b]: [batch, seq, dim]
+GRAD = "grad"
+# the path form of a gradient graph (surgery.path): points are built inside the graph
+ANCHOR = "path_anchor"  # [requests, seq, dim]
+DELTA = "path_delta"  # [requests, seq, dim]
+ROW = "path_row"  # [batch] int64: which request each row belongs to
+ALPHA = "path_alpha"  # [batch] float
+TOKEN_JVP = "token_jvp"  # [batch, seq]: per-token derivative along the delta's rows
