@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from blackbox_sal import __version__
+from blackbox_sal import __version__  # the one place the version is written
 from blackbox_sal.config import AUTO, FD_SCHEMES, LONG, ExplainConfig
 from blackbox_sal.errors import InputError, SalError, UsageError
 from blackbox_sal.explain import explain

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tiny
@@ -21,7 +22,7 @@ def cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None)
                           input=stdin, timeout=300, env={**os.environ, **(env or {})})
 
 
-def top3(doc: dict) -> set[str]:
+def top3(doc: dict[str, Any]) -> set[str]:
     ranked = sorted(doc["tokens"], key=lambda t: t["score"], reverse=True)
     return {t["text"].lower() for t in ranked[:3]}
 

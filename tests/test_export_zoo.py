@@ -151,5 +151,5 @@ def test_multiple_choice_export(tmp_path: Path, exporter: str) -> None:
     pairs = [model.tokenizer.encode(context, c).ids for c in choices]
     with torch.no_grad():
         want = [float(m(torch.tensor([[p]]), torch.ones(1, 1, len(p), dtype=torch.long))[0, 0]) for p in pairs]
-    np.testing.assert_allclose([c.value for c in result.choices], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.array([c.value for c in result.choices], float), np.array(want), rtol=1e-4, atol=1e-5)
     assert result.explanation.backend == "graph"

@@ -37,7 +37,9 @@ def run(f: Scalar, x: np.ndarray, base: np.ndarray | None = None,
 
 def captum_example(points: np.ndarray) -> np.ndarray:
     """Captum's IG example: ReLU(ReLU(x1) - 1 - ReLU(x2)), x1 and x2 as two 1-D tokens."""
-    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    def relu(v: np.ndarray) -> np.ndarray:
+        return np.maximum(v, 0.0)
+
     x1, x2 = points[:, 0, 0].astype(np.float64), points[:, 1, 0].astype(np.float64)
     return relu(relu(x1) - 1 - relu(x2))
 
@@ -237,3 +239,69 @@ def test_identical_rows() -> None:
     g[1, 0] += 0.5
     assert not identical_rows(g)
     assert not identical_rows(g[:1])
+
+
+def test_smoothgrad_noise_per_coordinate_is_noise_times_the_rms_coordinate() -> None:
+    """f = 1/2 sum_i (x_i . a)^2 has gradient (x_i . a) a, linear in x: SmoothGrad's mean
+    gradient is the gradient at the mean noisy point, known exactly once the draws are. The
+    noise of token i is noise * |x_i| / sqrt(D) per coordinate, from default_rng(seed)."""
+    a = np.array([0.5, -1.0, 2.0, 0.3])
+
+    def quad(points: np.ndarray) -> np.ndarray:
+        return 0.5 * ((points.astype(np.float64) @ a) ** 2).sum(axis=1)
+
+    samples, noise, seed = 4, 0.8, 5
+    out = run(quad, X, method="smoothgrad", noise=noise, samples=samples, seed=seed, reduce="sum",
+              richardson=True, batch_size=3)  # two batches of samples: the draws continue across them
+    sigma = noise * np.linalg.norm(X.astype(np.float64), axis=1) / np.sqrt(X.shape[1])
+    draws = np.random.default_rng(seed).standard_normal((samples, *X.shape))
+    noisy = X[None] + sigma[None, :, None] * draws
+    want = ((noisy.astype(np.float32).astype(np.float64) @ a)[..., None] * a).mean(axis=0).sum(-1)
+    np.testing.assert_allclose(out.scores, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule,nodes", [
+    ("riemann-left", [0.0, 0.25, 0.5, 0.75]), ("riemann-right", [0.25, 0.5, 0.75, 1.0]),
+    ("riemann-middle", [0.125, 0.375, 0.625, 0.875]), ("trapezoid", [0.0, 1 / 3, 2 / 3, 1.0]),
+])
+def test_quadrature_nodes_and_weights(rule: str, nodes: list[float]) -> None:
+    a, w = QUADRATURES[rule](4)
+    np.testing.assert_allclose(a, nodes, atol=1e-15)
+    want = [1 / 6, 1 / 3, 1 / 3, 1 / 6] if rule == "trapezoid" else [0.25] * 4
+    np.testing.assert_allclose(w, want, atol=1e-15)
+
+
+def test_riemann_rules_integrate_a_line_with_opposite_errors() -> None:
+    """On f = sum x_i . b + (x_i . a)^2 the IG integrand is linear in alpha: the left rule
+    under-, the right rule over-estimates by the same amount, the middle rule is exact."""
+    a, b = np.array([0.5, -1.0, 2.0, 0.3]), np.array([0.2, 0.1, -0.4, 1.0])
+
+    def f(points: np.ndarray) -> np.ndarray:
+        p = points.astype(np.float64)
+        return (p @ b + (p @ a) ** 2).sum(axis=1)
+
+    x = X.astype(np.float64)
+    exact = x @ b + (x @ a) ** 2  # zero baseline: IG_i = f_i(x_i) - f_i(0)
+    left, right, middle = (run(f, X, method="ig", quadrature=q, steps=4, richardson=True).scores
+                           for q in ("riemann-left", "riemann-right", "riemann-middle"))
+    np.testing.assert_allclose(middle, exact, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(exact - left, right - exact, rtol=1e-3, atol=1e-4)
+    assert np.all(np.abs(right - left) > 0.05 * np.abs(x @ a) ** 2)
+
+
+def test_a_method_is_one_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new method needs one MethodSpec in the registry: the config accepts it, and it
+    reports its own settings and default reduction."""
+    from blackbox_sal.methods.attribution import MethodSpec
+
+    def gradient_sum(problem: Problem):  # type: ignore[no-untyped-def]
+        grad = yield from problem.backend.gradient(problem.x[None])
+        return Attribution(grad[0].sum(-1) * 2.0, problem.reduce)
+
+    spec = MethodSpec(gradient_sum, "twice the summed gradient", "sum",
+                      report=lambda cfg, result: {"samples": 7})
+    monkeypatch.setitem(METHODS, "twice", spec)
+    out = run(mlp, X, method="twice", richardson=True)
+    np.testing.assert_allclose(out.scores, 2 * mlp_grad(X).sum(-1), rtol=1e-5)
+    assert out.reduce == "sum"
+    assert spec.report(ExplainConfig(method="twice"), out) == {"samples": 7}

@@ -320,3 +320,27 @@ def test_long_text_is_refused_or_explained_in_windows(mlp_dir: Path) -> None:
     assert ig.settings["gradient_passes"] == sum(int(p.settings["gradient_passes"]) for p in per_window)
     with pytest.raises(InputError, match="cannot overlap by 10"):
         explain(model, LONG_TEXT, ExplainConfig(long="window", window_overlap=10))
+
+
+def test_windows_stitch_a_token_by_its_mean_over_the_windows_that_hold_it(tmp_path: Path) -> None:
+    """A convolution reads each token's neighbours, so a token near a window's edge scores
+    differently in each window that holds it: the stitched score is the mean of those."""
+    w = np.random.default_rng(8).normal(size=(4, 2)).astype(np.float32)
+    d = tiny.write_model_dir(tmp_path / "conv", tiny.conv_tanh(TABLE, w, kernel=5), with_cls=True,
+                             config={"max_length": 12})
+    model = load_model(d)
+    cfg = ExplainConfig(method="grad-x-input", long="window", window_overlap=4)
+    e = explain(model, LONG_TEXT, cfg)
+    assert e.windows is not None and len(e.windows) >= 3
+    seen: dict[tuple[int, int], list[float]] = {}
+    for window in e.windows:
+        part = explain(model, LONG_TEXT[window.start:window.end], ExplainConfig(method="grad-x-input",
+                                                                                target=e.target.index))
+        for t in part.tokens:
+            if not t.special:
+                seen.setdefault((t.start + window.start, t.end + window.start), []).append(t.score)
+    shared = [v for v in seen.values() if len(v) > 1]
+    assert shared and max(np.ptp(v) for v in shared) > 1e-3  # the windows disagree on shared tokens
+    for t in e.tokens:
+        if not t.special:
+            assert t.score == pytest.approx(float(np.mean(seen[(t.start, t.end)])), rel=1e-9, abs=1e-12)

@@ -16,7 +16,9 @@ import tiny
 
 from blackbox_sal import ExplainConfig, explain, load_model
 from blackbox_sal.errors import UnavailableError
+from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradients.finite_differences import QUANTIZED_STEP
+from blackbox_sal.model.text_model import TextModel
 
 D, H = 8, 16
 
@@ -303,5 +305,6 @@ def test_weight_only_with_integer_compute_stays_quantized(nbits_dir: Path, tmp_p
     assert explain(model, tiny.TEXT, ExplainConfig(method="occlusion")).tokens
 
 
-def _grad(model, graph, points, ids, types, weights):  # type: ignore[no-untyped-def]
+def _grad(model: TextModel, graph: GradientSession, points: np.ndarray, ids: np.ndarray, types: np.ndarray,
+          weights: np.ndarray) -> np.ndarray:
     return graph.gradient(model, points, ids, types, weights).astype(np.float64)

@@ -58,7 +58,7 @@ def test_minilm_sentiment_fp32_graph_and_int8_finite_differences() -> None:
     b = explain(int8, text, ExplainConfig(method="ig", steps=16, target="fresh"))
     assert b.backend == "fd" and any(n.startswith("the model is quantized") for n in b.notes)
     ranks = [np.argsort(np.argsort([t.score for t in e.tokens if not t.special])) for e in (a, b)]
-    assert np.corrcoef(*ranks)[0, 1] > 0.5
+    assert np.corrcoef(ranks[0], ranks[1])[0, 1] > 0.5
     encoder = load_model(built("minilm-encoder", "build_minilm.py"))
     assert encoder.session.get_outputs()[0].shape[-1] == 384
 
@@ -75,7 +75,7 @@ def test_minilm_qdq_float_twin_has_a_verified_graph_close_to_fp32() -> None:
     b = explain(twin, text, ExplainConfig(method="ig", steps=32, target=a.target.index))
     assert b.backend == "graph" and abs(b.convergence_delta or 0) < 0.01 * abs(b.target_value - (b.baseline_value or 0))
     ranks = [np.argsort(np.argsort([t.score for t in e.tokens if not t.special])) for e in (a, b)]
-    assert np.corrcoef(*ranks)[0, 1] > 0.8
+    assert np.corrcoef(ranks[0], ranks[1])[0, 1] > 0.8
 
 
 def test_real_tasks_end_to_end() -> None:
@@ -97,7 +97,7 @@ def test_real_tasks_end_to_end() -> None:
     mc = explain_choices(sentiment, "After two hours of this film I felt",
                          ["delighted and moved.", "bored and cheated."],
                          ExplainConfig(method="grad-x-input", target="fresh"))
-    assert mc.predicted == 0 and mc.choices[0].value > mc.choices[1].value
+    assert mc.predicted == 0 and (mc.choices[0].value or 0.0) > (mc.choices[1].value or 0.0)
 
     review = " ".join(["The first hour is slow and the jokes fall flat, but the last act is wonderful."] * 25)
     long = explain(sentiment, review, ExplainConfig(method="grad-x-input", long="window"))

@@ -8,6 +8,8 @@ lengths (the probes that read shapes use others).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -66,7 +68,7 @@ def check(m: onnx.ModelProto, shapes: tuple[tuple[int, int], ...] = ((1, 3), (2,
         np.testing.assert_allclose(grad.reshape(-1), fd, rtol=2e-2, atol=2e-3)
 
 
-def n(op: str, inputs: list[str], out: str, **attrs: object) -> onnx.NodeProto:
+def n(op: str, inputs: list[str], out: str, **attrs: Any) -> onnx.NodeProto:
     return helper.make_node(op, inputs, [out], **attrs)
 
 

@@ -209,7 +209,7 @@ def test_multiple_choice_scores_each_pair_and_explains_the_best(tmp_path: Path) 
         return tiny.tokenizer().encode(context, choice).ids
 
     want = [float(np.tanh(TABLE[pair_ids(c)].astype(np.float64) @ w1 + b1).sum(0) @ w2[:, 0]) for c in choices]
-    np.testing.assert_allclose([c.value for c in result.choices], want, rtol=1e-5)
+    np.testing.assert_allclose(np.array([c.value for c in result.choices], float), want, rtol=1e-5)
     assert result.predicted == int(np.argmax(want))
     x = TABLE[pair_ids(choices[result.predicted])]
     np.testing.assert_allclose([t.score for t in result.explanation.tokens],
@@ -263,3 +263,29 @@ def test_a_token_classifier_is_not_taken_for_a_causal_lm(tmp_path: Path) -> None
     onnx.checker.check_model(m)
     with pytest.raises(ModelError, match="expected \\[batch, classes\\]"):
         load_model(tiny.write_model_dir(tmp_path / "ner", m))
+
+
+def test_multiple_choice_ranks_by_the_score_asked_for(tmp_path: Path) -> None:
+    """A classifier scoring (context, choice) pairs by class 1: the highest logit is not the
+    highest probability here, and the ranking follows --score, which the result names."""
+    from blackbox_sal import explain_choices, render_json, render_terminal
+
+    w1, b1, w2 = tiny.mlp_weights(D, 5, 3, seed=0)
+    model = load_model(tiny.write_model_dir(tmp_path / "cls", tiny.tanh_mlp(TABLE, w1, b1, w2), ["a", "b", "c"]))
+    context, choices = "the film was", ["good", "bad", "awful", "great"]
+    outputs = []
+    for c in choices:
+        x = TABLE[tiny.tokenizer().encode(context, c).ids].astype(np.float64)
+        outputs.append(np.tanh(x @ w1 + b1).sum(0) @ w2)
+    z = np.array(outputs)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert np.argmax(z[:, 1]) != np.argmax(p[:, 1])  # the case the ranking must get right
+    for score, want in (("logit", z[:, 1]), ("probability", p[:, 1]), ("log-probability", np.log(p[:, 1]))):
+        result = explain_choices(model, context, choices, ExplainConfig(method="grad-x-input", target="b",
+                                                                        score=score))
+        assert result.score == score and result.predicted == int(np.argmax(want))
+        np.testing.assert_allclose(np.array([c.value for c in result.choices], float), want, rtol=1e-5)
+        assert result.explanation.settings["score"] == score
+        assert json.loads(render_json(result))["choices"]["score"] == score
+        assert f"(ranked by b {score})" in render_terminal(result)

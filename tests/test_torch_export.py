@@ -57,7 +57,7 @@ def test_exported_gradient_graph_equals_autograd(tmp_path: Path, kind: str) -> N
                           max_length=64)
     model = load_model(folder)
     session = gradient_session(model)  # the shipped graph, verified against finite differences
-    assert model.config["gradient_model"] == "grad.onnx"
+    assert model.config.gradient_model == "grad.onnx"
     rng = np.random.default_rng(1)
     for batch, length in ((1, 5), (3, 9), (2, 20)):
         ids = rng.integers(4, table.shape[0], length)

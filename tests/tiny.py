@@ -37,7 +37,8 @@ def table(dim: int, seed: int = 0) -> np.ndarray:
     return t
 
 
-def _model(nodes: list, inits: dict[str, np.ndarray], inputs: list, n_out: int | str) -> onnx.ModelProto:
+def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], inputs: list[onnx.ValueInfoProto],
+           n_out: int | str) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, "tiny", inputs,
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n_out])],
@@ -128,8 +129,8 @@ def bert_like(emb: np.ndarray, pos: np.ndarray, types: np.ndarray, w: np.ndarray
     rng = np.random.default_rng(1)
     inits = {
         "table": emb, "pos_table": pos, "type_table": types, "W": w,
-        "gamma": (1 + 0.1 * rng.normal(size=d)).astype(np.float32),
-        "beta": (0.1 * rng.normal(size=d)).astype(np.float32),
+        "gamma": (1 + 0.1 * rng.normal(size=(d,))).astype(np.float32),
+        "beta": (0.1 * rng.normal(size=(d,))).astype(np.float32),
         "zero": np.array(0, np.int64), "one": np.array(1, np.int64),
         "axes": np.array([1], np.int64), "neg1": np.array([-1], np.int64),
     }
@@ -149,7 +150,7 @@ def no_lookup(dim: int) -> onnx.ModelProto:
 
 
 def write_model_dir(path: Path, model: onnx.ModelProto, labels: list[str] | None = None,
-                    with_cls: bool = False, config: dict | None = None) -> Path:
+                    with_cls: bool = False, config: dict[str, object] | None = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path / "model.onnx"))
     tokenizer(with_cls).save(str(path / "tokenizer.json"))
@@ -228,7 +229,7 @@ def conv_tanh(emb: np.ndarray, w: np.ndarray, kernel: int = 5) -> onnx.ModelProt
     ]
     rng = np.random.default_rng(6)
     inits = {"table": emb, "K": rng.normal(0, 0.4, (w.shape[0], d, kernel)).astype(np.float32),
-             "kb": rng.normal(0, 0.1, w.shape[0]).astype(np.float32), "W": w, "axes": np.array([2], np.int64)}
+             "kb": rng.normal(0, 0.1, (w.shape[0],)).astype(np.float32), "W": w, "axes": np.array([2], np.int64)}
     return _model(nodes, inits, [_ids_input()], w.shape[1])
 
 

@@ -1,0 +1,161 @@
+"""The engine: many pieces of work packed into shared runs give what one at a time gives."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiny
+
+from blackbox_sal import (
+    Choices,
+    ExplainConfig,
+    Generation,
+    SalError,
+    Similarity,
+    explain,
+    explain_choices,
+    explain_generation,
+    explain_many,
+    explain_similarity,
+    load_model,
+)
+from blackbox_sal.engine.drive import drive_many
+from blackbox_sal.engine.runner import Runner
+from blackbox_sal.errors import InputError, UsageError
+from blackbox_sal.explain import text_explanation
+from blackbox_sal.gradient_graph.session import GradientSession
+from blackbox_sal.gradient_graph.store import gradient_session
+from blackbox_sal.result import Explanation
+from blackbox_sal.tasks import generation, multiple_choice, similarity
+
+D = 6
+TABLE = tiny.table(D, seed=3)
+W1, B1, W2 = tiny.mlp_weights(D, 7, 3, seed=3)
+TEXTS = ["the film was good", "bad", "the plot was great and the film awful", "good good bad",
+         "the film", "awful plot and bad film and the good", "great"]
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(0)
+    m = tiny.bert_like(TABLE, rng.normal(size=(32, D)).astype(np.float32), rng.normal(size=(2, D)).astype(np.float32),
+                       rng.normal(size=(D, 3)).astype(np.float32))
+    return tiny.write_model_dir(tmp_path_factory.mktemp("bert"), m, ["x", "y", "z"], with_cls=True)
+
+
+def scores(e: Explanation | SalError) -> np.ndarray:
+    assert isinstance(e, Explanation), e
+    return np.array([t.score for t in e.tokens])
+
+
+@pytest.mark.parametrize("cfg", [
+    ExplainConfig(method="ig", steps=12), ExplainConfig(method="ig", steps="auto"),
+    ExplainConfig(method="grad-x-input"), ExplainConfig(method="saliency"),
+    ExplainConfig(method="smoothgrad", samples=3), ExplainConfig(method="occlusion"),
+    ExplainConfig(method="ig", steps=6, backend="fd"), ExplainConfig(method="grad-x-input", backend="fd"),
+    ExplainConfig(method="ig", steps=8, reduce="l2", score="probability"),
+    ExplainConfig(method="grad-x-input", target="y", score="log-probability"),
+], ids=lambda c: f"{c.method}-{c.backend}-{c.reduce}-{c.score}-{c.steps}")
+def test_engine_equals_one_at_a_time(bert_dir: Path, cfg: ExplainConfig) -> None:
+    model = load_model(bert_dir)
+    alone = [explain(model, t, cfg) for t in TEXTS]
+    together = list(explain_many(model, TEXTS, replace(cfg, batch_size=16), window=5))
+    assert len(together) == len(TEXTS)
+    for a, b in zip(alone, together, strict=True):
+        assert isinstance(b, Explanation)
+        np.testing.assert_allclose(scores(b), scores(a), rtol=1e-6, atol=1e-7)
+        assert b.target == a.target and b.target_value == pytest.approx(a.target_value, rel=1e-6)
+        assert b.provenance.forward_passes == a.provenance.forward_passes
+        assert b.provenance.gradient_passes == a.provenance.gradient_passes
+
+
+def test_mixed_targets_lengths_and_bad_rows_in_one_job(bert_dir: Path) -> None:
+    """Per-text targets, texts of many lengths, and texts that fail: each fails alone, with
+    its own error, and the others come out in order, as if explained one by one."""
+    model = load_model(bert_dir)
+    cfg = ExplainConfig(method="ig", steps=10, batch_size=8)
+    rows = [("the film was good", "x"), ("", None), ("bad", "z"), ("good", "nope"), (TEXTS[2], 1)]
+    runner = Runner(model, rows=8)
+    works = [text_explanation(model, text, replace(cfg, target=target)) for text, target in rows]
+    out = list(drive_many(works, runner, window=3))
+    assert isinstance(out[1], InputError) and "empty" in str(out[1])
+    assert isinstance(out[3], UsageError) and "unknown target label 'nope'" in str(out[3])
+    for k in (0, 2, 4):
+        text, target = rows[k]
+        alone = explain(model, text, replace(cfg, target=target))
+        np.testing.assert_allclose(scores(out[k]), scores(alone), rtol=1e-6, atol=1e-7)
+        assert isinstance(out[k], Explanation) and out[k].target.index == alone.target.index  # type: ignore[union-attr]
+
+
+def test_tasks_packed_together_equal_alone(tmp_path: Path) -> None:
+    """Generation steps, similarity sides and multiple-choice pairs as engine work."""
+    lm = load_model(tiny.write_model_dir(tmp_path / "lm", tiny.causal_lm(TABLE)))
+    cfg = ExplainConfig(method="ig", steps=8)
+    gens = list(drive_many([generation(lm, p, 2, cfg) for p in ("the film was", "bad plot", "good")], Runner(lm, 64)))
+    for prompt, packed in zip(("the film was", "bad plot", "good"), gens, strict=True):
+        assert isinstance(packed, Generation)
+        alone = explain_generation(lm, prompt, 2, cfg)
+        assert [t.index for t in packed.generated] == [t.index for t in alone.generated]
+        for a, b in zip(alone.steps, packed.steps, strict=True):
+            np.testing.assert_allclose(scores(b), scores(a), rtol=1e-6, atol=1e-7)
+    enc = load_model(tiny.write_model_dir(tmp_path / "enc", tiny.tanh_mlp(TABLE, W1, B1, W2)))
+    pairs = [("the film was good", "great plot"), ("bad", "awful film and the plot")]
+    sims = list(drive_many([similarity(enc, first, second, cfg) for first, second in pairs], Runner(enc, 64)))
+    for (first, second), sim in zip(pairs, sims, strict=True):
+        assert isinstance(sim, Similarity)
+        lone = explain_similarity(enc, first, second, cfg)
+        assert sim.cosine == pytest.approx(lone.cosine, rel=1e-9)
+        for x, y in zip(lone.texts, sim.texts, strict=True):
+            np.testing.assert_allclose(scores(y), scores(x), rtol=1e-6, atol=1e-7)
+    cls = replace(cfg, target=0)
+    mc = list(drive_many([multiple_choice(enc, "the film was", ["good", "bad"], cls),
+                          multiple_choice(enc, "plot", ["great", "awful", "bad"], cls)], Runner(enc, 64)))
+    for choice, (text, options) in zip(mc, (("the film was", ["good", "bad"]), ("plot", ["great", "awful", "bad"])),
+                                       strict=True):
+        assert isinstance(choice, Choices)
+        single = explain_choices(enc, text, options, cls)
+        assert choice.predicted == single.predicted
+        np.testing.assert_allclose(scores(choice.explanation), scores(single.explanation), rtol=1e-6)
+
+
+def test_runs_respect_the_row_and_token_budget(bert_dir: Path) -> None:
+    model = load_model(bert_dir)
+    seen: list[int] = []
+    original = model.forward
+
+    def counting(embeds: np.ndarray, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
+        seen.append(embeds.shape[0] * embeds.shape[1])
+        return original(embeds, ids, types)
+
+    object.__setattr__(model, "forward", counting)
+    runner = Runner(model, rows=64, tokens=40)
+    list(drive_many([text_explanation(model, t, ExplainConfig(method="occlusion")) for t in TEXTS], runner))
+    assert seen and max(seen) <= 40
+
+
+def test_path_form_reduces_on_the_device_as_on_the_host(bert_dir: Path) -> None:
+    """On a GPU the per-token derivatives come from the graph's token_jvp output; the same
+    graph on the CPU reduced on the host gives the same numbers."""
+    model = load_model(bert_dir)
+    host = gradient_session(model)
+    assert host.path_form and not host.reduce_on_device
+    device = GradientSession(host.session, True, True)
+    rng = np.random.default_rng(0)
+    ids = np.array(tiny.tokenizer(with_cls=True).encode(TEXTS[2]).ids)
+    s = len(ids)
+    anchors = rng.normal(size=(2, s, D)).astype(np.float32)
+    deltas = rng.normal(size=(2, s, D)).astype(np.float32)
+    rows = np.array([0, 1, 1, 0, 1])
+    alphas = rng.uniform(size=5)
+    ids2, types2 = np.tile(ids, (5, 1)), np.zeros((5, s), np.int64)
+    weights = rng.normal(size=(5, 3))
+    a = host.path_jvp(model, anchors, deltas, rows, alphas, ids2, types2, weights)
+    b = device.path_jvp(model, anchors, deltas, rows, alphas, ids2, types2, weights)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    # and both equal the full gradient at the path points, dotted with the directions
+    points = anchors[rows] + alphas.astype(np.float32)[:, None, None] * deltas[rows]
+    grad = host.gradient(model, points, ids2, types2, weights).astype(np.float64)
+    np.testing.assert_allclose(a, np.einsum("psd,psd->ps", grad, deltas[rows]), rtol=1e-6, atol=1e-7)

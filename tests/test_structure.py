@@ -1,0 +1,137 @@
+"""The package's shape: every module imports alone, lower layers never import higher ones,
+the public API is pinned, and importing or configuring loads no heavy dependency."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import blackbox_sal
+
+PACKAGE = Path(blackbox_sal.__file__).resolve().parent
+
+#: lowest first; a module may import from its own entry or any before it (typing-only imports
+#: under ``if TYPE_CHECKING:`` do not count: they never run)
+LAYERS = [
+    {"errors", "progress", "reductions", "differences", "runs", "scores", "text"},
+    {"result", "surgery", "baselines"},
+    {"model"},
+    {"gradient_graph"},
+    {"gradients"},
+    {"methods"},
+    {"config"},
+    {"engine"},
+    {"explain"},
+    {"tasks", "torch_export"},
+    {"render"},
+    {"cli", "__main__", "__init__"},
+]
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[1] if module.count(".") else "__init__"
+    top = top.removesuffix(".py")
+    return next(k for k, names in enumerate(LAYERS) if top in names)
+
+
+def modules() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts[-1] != "__main__":  # the entry point runs the command line when imported
+            names.append(".".join(parts))
+    return names
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """blackbox_sal modules a file imports outside ``if TYPE_CHECKING:`` blocks."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for child in node.body for n in ast.walk(child))
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("blackbox_sal"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("blackbox_sal"))
+    return found
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in modules():
+        layer_of(name if name != "blackbox_sal" else "blackbox_sal.__init__")
+
+
+def test_lower_layers_never_import_higher_ones() -> None:
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        own = layer_of(rel)
+        for target in runtime_imports(path):
+            if target == "blackbox_sal":  # only for __version__, which the lazy root defines itself
+                if "from blackbox_sal import __version__" not in path.read_text():
+                    bad.append(f"{rel} imports the package root")
+            elif layer_of(target) > own:
+                bad.append(f"{rel} (layer {own}) imports {target} (layer {layer_of(target)})")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_submodule_imports_alone_in_a_fresh_interpreter() -> None:
+    """Each module is imported with no blackbox_sal module loaded before it: a hidden cycle
+    ('partially initialized module') shows here whatever the import order elsewhere."""
+    script = (
+        "import importlib, json, sys\n"
+        "failed = {}\n"
+        f"for name in {modules()!r}:\n"
+        "    for loaded in [m for m in sys.modules if m == 'blackbox_sal' or m.startswith('blackbox_sal.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        failed[name] = repr(exc)\n"
+        "print(json.dumps(failed))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {}
+
+
+def test_importing_the_package_and_validating_a_config_load_no_heavy_dependency() -> None:
+    script = ("import sys, blackbox_sal\n"
+              "heavy = lambda: sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules)\n"
+              "first = heavy()\n"
+              "from blackbox_sal.config import ExplainConfig\n"
+              "ExplainConfig(method='ig', steps=16).validated()\n"
+              "print(first, heavy())\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[] []"
+
+
+def test_public_api_is_pinned() -> None:
+    assert blackbox_sal.__all__ == [
+        "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label", "ModelError", "Prediction",
+        "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError", "UsageError", "Window",
+        "__version__", "default_model_path", "explain", "explain_choices", "explain_generation", "explain_many",
+        "explain_similarity", "export_gradient", "export_torch", "load_model", "render_html", "render_json",
+        "render_terminal",
+    ]
+    for name in blackbox_sal.__all__:
+        assert getattr(blackbox_sal, name) is not None
+
+
+def test_renamed_renderers_still_work_for_a_release_with_a_warning() -> None:
+    import pytest
+
+    with pytest.warns(DeprecationWarning, match="use render_json"):
+        old = blackbox_sal.render_similarity_json
+    assert old is blackbox_sal.render_json
