@@ -73,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=FORMATS, default="terminal", help="output format")
     e.add_argument("--output", metavar="FILE", help="write the output to FILE")
     e.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N",
-                   help="rows per onnxruntime run; bounds memory (default: %(default)s)")
+                   help="rows per onnxruntime run; bounds memory (default: 64 on the CPU; on CUDA as many "
+                        "as --tokens-per-run allows)")
+    e.add_argument("--tokens-per-run", type=int, default=defaults.tokens_per_run, metavar="N",
+                   help="the most rows x tokens in one gradient run (default: no limit on the CPU, 16384 on "
+                        "CUDA; forward-only runs take 4 times as many)")
     e.add_argument("--device", choices=DEVICES, default="auto",
                    help="cpu, cuda, or auto = cuda when a GPU is usable (default: auto)")
     e.add_argument("--model-output", metavar="NAME",
@@ -143,7 +147,8 @@ def _config(a: argparse.Namespace) -> ExplainConfig:
     return ExplainConfig(
         method=a.method, backend=a.backend, target=a.target, score=a.score, steps=a.steps,
         tolerance=a.tolerance, quadrature=a.quadrature, baseline=a.baseline, reduce=a.reduce, words=a.words,
-        batch_size=a.batch_size, fd_step=a.fd_step, richardson=a.richardson, fd_scheme=a.fd_scheme,
+        batch_size=a.batch_size, tokens_per_run=a.tokens_per_run, fd_step=a.fd_step, richardson=a.richardson,
+        fd_scheme=a.fd_scheme,
         samples=a.samples, noise=a.noise, seed=a.seed, long=a.long, window_overlap=a.window_overlap,
         progress=False if a.quiet else None,
     ).validated()

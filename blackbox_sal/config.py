@@ -9,7 +9,10 @@ whichever is chosen, so a setting is valid or not whatever method reads it.
 Documented maxima (bad input never runs for minutes or exhausts memory):
 
 ==================  ===================================================================
-batch_size          1 .. 4,096 rows per onnxruntime run (memory is bounded by it)
+batch_size          1 .. 4,096 rows per onnxruntime run (memory is bounded by it); default 64
+                    on the CPU, and on CUDA as many as ``tokens_per_run`` allows
+tokens_per_run      1 .. 10,000,000 rows x tokens per gradient run; default none on the CPU,
+                    16,384 on CUDA (forward-only runs take 4 times as many)
 steps               1 .. 1,024 integration nodes, or "auto" (at most 257)
 samples             1 .. 10,000 SmoothGrad samples (run batch_size at a time)
 max_chars           1 .. 10,000,000 characters per text (default 100,000)
@@ -39,6 +42,8 @@ FD_SCHEMES = SCHEMES
 AUTO = "auto"
 #: the most rows one onnxruntime run may take
 MAX_BATCH_SIZE = 4096
+#: the most rows x tokens one gradient run may be given
+MAX_TOKENS_PER_RUN = 10_000_000
 #: the highest character limit a caller may set
 MAX_CHARS_LIMIT = 10_000_000
 
@@ -60,7 +65,10 @@ class ExplainConfig:
     reduce: per-token reduction (l2, l1, sum, mean, max); None = the method's own default
         (l2 for saliency and smoothgrad, sum for grad-x-input and ig).
     words: also merge token scores to words.
-    batch_size: rows per onnxruntime run (bounds memory).
+    batch_size: rows per onnxruntime run (bounds memory); None = the device's default (64 on
+        the CPU; on CUDA as many as tokens_per_run allows, up to 4,096).
+    tokens_per_run: the most rows x tokens per gradient run; None = no limit on the CPU,
+        16,384 on CUDA (see blackbox_sal.engine.runner).
     fd_step: finite-difference step relative to each token embedding's norm; None = 1e-2, or
         the wider quantized-model step for int8 models (see finite_differences).
     richardson: Richardson extrapolation (4 runs per derivative, O(h^4)).
@@ -83,7 +91,8 @@ class ExplainConfig:
     baseline: str = "pad"
     reduce: str | None = None
     words: bool = False
-    batch_size: int = 64
+    batch_size: int | None = None
+    tokens_per_run: int | None = None
     fd_step: float | None = None
     richardson: bool = False
     fd_scheme: str = "central"
@@ -104,7 +113,10 @@ class ExplainConfig:
         if self.reduce is not None and self.reduce not in REDUCTIONS:
             raise unknown_choice("reduction", self.reduce, REDUCTIONS)
         for name, value, high in (("batch_size", self.batch_size, MAX_BATCH_SIZE),
+                                  ("tokens_per_run", self.tokens_per_run, MAX_TOKENS_PER_RUN),
                                   ("max_chars", self.max_chars, MAX_CHARS_LIMIT)):
+            if value is None and name != "max_chars":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
                 raise UsageError(f"{name} must be an integer from 1 to {high:,}, got {value!r}")
         for spec in METHODS.values():

@@ -17,7 +17,7 @@ from blackbox_sal.baselines import make_baseline
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.differences import step_scale
 from blackbox_sal.engine.drive import drive_many, drive_one
-from blackbox_sal.engine.runner import Runner
+from blackbox_sal.engine.runner import Runner, rows_per_run, run_size
 from blackbox_sal.errors import InputError, ModelError, SalError, UsageError
 from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.gradients.backend import BACKENDS, VALUES_ONLY, Setting
@@ -53,8 +53,9 @@ def explain_many(model: TextModel, texts: Iterable[str], config: ExplainConfig |
 
 
 def runner(model: TextModel, cfg: ExplainConfig) -> Runner:
-    """The engine's runner for ``model`` with the config's run sizes."""
-    return Runner(model, rows=cfg.batch_size, progress=cfg.progress)
+    """The engine's runner for ``model`` with the config's run sizes on the model's device."""
+    rows, tokens = run_size(cfg.batch_size, cfg.tokens_per_run, model.device)
+    return Runner(model, rows=rows, tokens=tokens, progress=cfg.progress)
 
 
 def text_explanation(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Explanation]:
@@ -118,21 +119,26 @@ def explanation(model: TextModel, tokens: Tokens, cfg: ExplainConfig,
     seq = Seq(tokens.ids, tokens.type_ids)
     x = model.embed(tokens.ids)
     cost = Cost()
-    outputs = yield from ask(Forward(seq, ArrayPoints(x[None]), "prediction"))  # [1, C]
-    cost.forward += 1
+    baseline = make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x)
+    # the prediction, and f(baseline) where the method needs it, in one run: [1 or 2, C]
+    points = np.stack([x, baseline]) if spec.baseline_value else x[None]
+    both = yield from ask(Forward(seq, ArrayPoints(points), "prediction"))
+    cost.forward += len(points)
+    outputs = both[:1]
     asked = question.answer(model, outputs, cfg)
     target_value = float(asked.objective.scalar(outputs)[0])
-    baseline = make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x)
+    baseline_value = float(asked.objective.scalar(both[1:])[0]) if spec.baseline_value else None
     scale = step_scale(x, model.row_norm)
+    rows = rows_per_run(*run_size(cfg.batch_size, cfg.tokens_per_run, model.device), len(tokens))
     backend_spec = BACKENDS[cfg.backend] if spec.needs_derivatives else VALUES_ONLY
     backend, backend_notes = backend_spec.make(Setting(
         asked.objective, seq, scale, outputs.shape[1], cost, fd_step=cfg.fd_step, richardson=cfg.richardson,
         fd_scheme=cfg.fd_scheme, quantized=model.quantized, local_method=spec.local,
         graph_unavailable=_graph_unavailable(model) if backend_spec.wants_graph and not model.quantized else None))
     result = yield from spec.run(Problem(backend, x, baseline, tokens.special, target_value, scale, cfg,
-                                         cfg.reduction()))
+                                         cfg.reduction(), rows, baseline_value))
     provenance = replace(
-        Provenance(score=asked.objective.score, batch_size=cfg.batch_size, forward_passes=cost.forward,
+        Provenance(score=asked.objective.score, batch_size=rows, forward_passes=cost.forward,
                    device=model.device, baseline=cfg.baseline if spec.uses_baseline else None),
         **spec.report(cfg, result), **backend.provenance())
     return Explanation(

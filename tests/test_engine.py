@@ -121,19 +121,32 @@ def test_tasks_packed_together_equal_alone(tmp_path: Path) -> None:
         np.testing.assert_allclose(scores(choice.explanation), scores(single.explanation), rtol=1e-6)
 
 
-def test_runs_respect_the_row_and_token_budget(bert_dir: Path) -> None:
+def test_runs_respect_the_row_and_token_budget(bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradient runs take at most ``tokens`` rows x tokens, forward runs four times that."""
     model = load_model(bert_dir)
-    seen: list[int] = []
+    forward: list[int] = []
+    gradient: list[int] = []
     original = model.forward
 
     def counting(embeds: np.ndarray, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
-        seen.append(embeds.shape[0] * embeds.shape[1])
+        forward.append(embeds.shape[0] * embeds.shape[1])
         return original(embeds, ids, types)
 
     object.__setattr__(model, "forward", counting)
+    path_jvp = GradientSession.path_jvp
+
+    def counting_path(self: GradientSession, model: object, anchors: np.ndarray, deltas: np.ndarray,
+                      rows: np.ndarray, *rest: np.ndarray) -> np.ndarray:
+        gradient.append(len(rows) * anchors.shape[1])
+        return path_jvp(self, model, anchors, deltas, rows, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(GradientSession, "path_jvp", counting_path)
     runner = Runner(model, rows=64, tokens=40)
-    list(drive_many([text_explanation(model, t, ExplainConfig(method="occlusion")) for t in TEXTS], runner))
-    assert seen and max(seen) <= 40
+    for method in ("occlusion", "ig"):
+        works = [text_explanation(model, t, ExplainConfig(method=method, steps=20)) for t in TEXTS]
+        assert all(isinstance(r, Explanation) for r in drive_many(works, runner))
+    assert forward and max(forward) <= 160 and max(forward) > 40
+    assert gradient and max(gradient) <= 40
 
 
 def test_path_form_reduces_on_the_device_as_on_the_host(bert_dir: Path) -> None:

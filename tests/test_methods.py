@@ -31,8 +31,9 @@ def run(f: Scalar, x: np.ndarray, base: np.ndarray | None = None,
     config = ExplainConfig(**cfg).validated()  # type: ignore[arg-type]
     scale = step_scale(x, 1.0)
     fd = FiniteDifferences(ClassScore(0), None, scale, rel_step=config.fd_step or 1e-2, richardson=config.richardson)
-    problem = Problem(fd, x, base, spec, float(f(x[None])[0]), scale, config, config.reduction())
-    return sync(METHODS[config.method].run(problem), f, batch=config.batch_size)
+    rows = config.batch_size or 64
+    problem = Problem(fd, x, base, spec, float(f(x[None])[0]), scale, config, config.reduction(), rows)
+    return sync(METHODS[config.method].run(problem), f, batch=rows)
 
 
 def captum_example(points: np.ndarray) -> np.ndarray:

@@ -28,6 +28,31 @@ from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.progress import Progress
 from blackbox_sal.runs import Forward, Gradient, PathJvp, Request, Seq
 
+#: rows per run on the CPU when the config names none (memory grows with it; speed hardly does)
+CPU_ROWS = 64
+#: on CUDA, the most rows x tokens in one gradient run when the config names none: small
+#: batches are launch-bound there (a 6-layer BERT's gradient graph has ~2,000 nodes), so runs
+#: are sized by tokens, not rows (a 233-token text's 23,300 finite-difference rows take 70 a run)
+CUDA_TOKENS = 16_384
+#: forward-only runs keep no activations for a backward pass: they take this many times more
+FORWARD_FACTOR = 4
+#: the most rows one run may take, whatever the sizes
+MAX_ROWS = 4096
+
+
+def run_size(batch_size: int | None, tokens_per_run: int | None, device: str) -> tuple[int, int | None]:
+    """(rows, tokens) per run on ``device`` for the configured sizes (None: the device's default)."""
+    if device == "cuda":
+        return batch_size or MAX_ROWS, tokens_per_run or CUDA_TOKENS
+    return batch_size or CPU_ROWS, tokens_per_run
+
+
+def rows_per_run(rows: int, tokens: int | None, length: int, forward: bool = False) -> int:
+    """Rows in one run of sequences of ``length`` tokens, within both budgets."""
+    if tokens is None:
+        return max(1, min(rows, MAX_ROWS))
+    return max(1, min(rows, MAX_ROWS, tokens * (FORWARD_FACTOR if forward else 1) // max(length, 1)))
+
 
 @dataclass(frozen=True)
 class _Piece:
@@ -41,18 +66,17 @@ class _Piece:
 class Runner:
     """Runs requests against ``model`` (and its gradient graph, found on first need).
 
-    rows: the most rows per run. tokens: the most rows x tokens per run (None: no limit).
-    progress: show a bar for large groups (None: when stderr is a terminal).
+    rows: the most rows per run. tokens: the most rows x tokens per gradient run (None: no
+    limit; forward runs take FORWARD_FACTOR times more). progress: show a bar for large groups
+    (None: when stderr is a terminal).
     """
 
     def __init__(self, model: TextModel, rows: int, tokens: int | None = None, progress: bool | None = None) -> None:
         self.model, self.rows, self.tokens, self.progress = model, max(rows, 1), tokens, progress
 
-    def capacity(self, length: int) -> int:
+    def capacity(self, length: int, forward: bool = False) -> int:
         """Rows per run for sequences of ``length`` tokens."""
-        if self.tokens is None:
-            return self.rows
-        return max(1, min(self.rows, self.tokens // max(length, 1)))
+        return rows_per_run(self.rows, self.tokens, length, forward)
 
     def execute(self, requests: Sequence[Request]) -> list[np.ndarray]:
         """The result of every request, in order; rows of one kind and length share runs."""
@@ -70,7 +94,7 @@ class Runner:
     def _group(self, group: list[Request], members: list[int], length: int,
                run: Callable[[list[Request], list[_Piece]], np.ndarray], results: list[np.ndarray | None]) -> None:
         """Run one group's rows in runs of at most :meth:`capacity` rows; scatter the results."""
-        cap = self.capacity(length)
+        cap = self.capacity(length, forward=isinstance(group[0], Forward))
         total = sum(r.n for r in group)
         parts: list[list[np.ndarray]] = [[] for _ in group]
         pieces: list[_Piece] = []

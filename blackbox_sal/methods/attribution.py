@@ -24,7 +24,9 @@ if TYPE_CHECKING:  # the config is read, never imported at run time: it validate
 class Problem:
     """x, baseline: float32 [S, D] (special tokens equal in both). special: bool [S].
     target_value: f(x). scale: the finite-difference/noise scale per token [S]. reduce: the
-    reduction to use (the config's, or the method's default)."""
+    reduction to use (the config's, or the method's default). rows: the rows one run takes
+    for this text (methods that ask in several steps use it to bound memory). baseline_value:
+    f(baseline), when it was computed with the prediction (one run fewer)."""
 
     backend: GradientBackend
     x: np.ndarray
@@ -34,6 +36,8 @@ class Problem:
     scale: np.ndarray
     config: ExplainConfig
     reduce: str | None
+    rows: int = 64
+    baseline_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,9 @@ class MethodSpec:
     config names none (None: the method has no per-dimension step). needs_derivatives: asks a
     gradient backend for derivatives (else it runs forward passes only). uses_baseline:
     replaces tokens by a baseline embedding. local: reads gradients at the input point only
-    (no path, no large steps: quantized models give it rounding noise). check: the method's
-    own constraints on its settings (UsageError). report: the settings it reports.
+    (no path, no large steps: quantized models give it rounding noise). baseline_value: needs
+    f(baseline), which the caller computes in the prediction's run. check: the method's own
+    constraints on its settings (UsageError). report: the settings it reports.
     """
 
     run: Callable[[Problem], Work[Attribution]]
@@ -77,5 +82,6 @@ class MethodSpec:
     needs_derivatives: bool = True
     uses_baseline: bool = False
     local: bool = False
+    baseline_value: bool = False
     check: Callable[[ExplainConfig], None] = field(default=_no_check, repr=False)
     report: Callable[[ExplainConfig, Attribution], dict[str, Any]] = field(default=_reports_nothing, repr=False)

@@ -77,8 +77,8 @@ def smoothgrad(problem: Problem) -> Work[Attribution]:
     rng = np.random.default_rng(cfg.seed)
     sigma = (cfg.noise * problem.scale / np.sqrt(d))[None, :, None]
     total = np.zeros((s, d))
-    for start in range(0, cfg.samples, cfg.batch_size):  # a batch of samples at a time: memory [batch, S, D]
-        k = min(cfg.batch_size, cfg.samples - start)
+    for start in range(0, cfg.samples, problem.rows):  # a run of samples at a time: memory [rows, S, D]
+        k = min(problem.rows, cfg.samples - start)
         noisy = (problem.x[None] + sigma * rng.standard_normal((k, s, d))).astype(np.float32)
         total += (yield from problem.backend.gradient(noisy)).sum(axis=0)
     return _gradient_attribution(total / cfg.samples, problem.reduce)

@@ -50,7 +50,8 @@ def integrated_gradients(problem: Problem) -> Work[Attribution]:
     reduce = problem.reduce
     assert reduce is not None
     diff = (problem.x - problem.baseline).astype(np.float32)
-    baseline_value = float((yield from problem.backend.values(problem.baseline[None]))[0])
+    baseline_value = (problem.baseline_value if problem.baseline_value is not None else
+                      float((yield from problem.backend.values(problem.baseline[None]))[0]))
     gap = problem.target_value - baseline_value
     notes: tuple[str, ...]
     if not isinstance(cfg.steps, int):  # AUTO
@@ -61,8 +62,8 @@ def integrated_gradients(problem: Problem) -> Work[Attribution]:
             total, per_dim = weights @ (yield from problem.backend.path_jvp(problem.baseline, diff, node_a)), None
         else:  # the weighted sum of diff * gradient, a batch of nodes at a time: memory [S, D]
             per_dim = np.zeros(diff.shape)
-            for start in range(0, cfg.steps, cfg.batch_size):
-                chunk = slice(start, start + cfg.batch_size)
+            for start in range(0, cfg.steps, problem.rows):
+                chunk = slice(start, start + problem.rows)
                 _, dims = yield from _at_nodes(problem, diff, node_a[chunk], reduce)
                 assert dims is not None
                 per_dim += np.tensordot(weights[chunk], dims, axes=1)
@@ -161,4 +162,4 @@ def _report(cfg: ExplainConfig, result: Attribution) -> dict[str, object]:
 
 INTEGRATED_GRADIENTS = MethodSpec(
     integrated_gradients, "gradients integrated along the straight path from the baseline", "sum",
-    uses_baseline=True, check=_check, report=_report)
+    uses_baseline=True, baseline_value=True, check=_check, report=_report)
