@@ -34,6 +34,18 @@ def constant_tensors(graph: onnx.GraphProto) -> set[str]:
     return consts
 
 
+def node_inputs(n: onnx.NodeProto) -> list[str]:
+    """A node's inputs, with the outer-scope names its subgraphs (Loop, Scan, If bodies) read."""
+    names = list(n.input)
+    for a in n.attribute:
+        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            inner = {i.name for i in sub.input} | {i.name for i in sub.initializer}
+            for x in sub.node:
+                inner.update(x.output)
+            names += [i for x in sub.node for i in node_inputs(x) if i and i not in inner]
+    return names
+
+
 def path_ops(model_path: Path) -> dict[str, object]:
     from blackbox_sal.graph.reverse import NON_DIFFERENTIABLE, RULES
 
@@ -50,7 +62,7 @@ def path_ops(model_path: Path) -> dict[str, object]:
     graph_inputs = {i.name for i in g.input if i.name not in init_names}
     depends_on_input = set(graph_inputs)
     for n in g.node:
-        if any(i in depends_on_input for i in n.input):
+        if any(i in depends_on_input for i in node_inputs(n)):
             depends_on_input.update(n.output)
 
     bow = model_path.parent / "bow.json"
@@ -66,7 +78,7 @@ def path_ops(model_path: Path) -> dict[str, object]:
                 tables.append(f"{n.input[0]}" + (f" (computed by {chain[0]})" if chain else " (initializer)"))
     active = set(starts)
     for n in g.node:
-        if n.op_type not in NON_DIFFERENTIABLE and any(i in active for i in n.input):
+        if n.op_type not in NON_DIFFERENTIABLE and any(i in active for i in node_inputs(n)):
             active.update(o for o in n.output if o and types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES)
     outputs = [o.name for o in g.output if o.type.tensor_type.elem_type in FLOAT_TYPES]
     needed = set(outputs)
@@ -74,7 +86,7 @@ def path_ops(model_path: Path) -> dict[str, object]:
     for n in reversed(g.node):
         if any(o in needed and o in active for o in n.output) and not any(o in starts for o in n.output):
             on_path.append(n)
-            needed.update(i for i in n.input if i in active)
+            needed.update(i for i in node_inputs(n) if i in active)
     on_path.reverse()
     ops = Counter(n.op_type for n in on_path)
     sub_ops: Counter[str] = Counter()
