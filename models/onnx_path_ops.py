@@ -60,9 +60,11 @@ def path_ops(model_path: Path) -> dict[str, object]:
     consts = constant_tensors(g)
     init_names = {i.name for i in g.initializer}
     graph_inputs = {i.name for i in g.input if i.name not in init_names}
-    depends_on_input = set(graph_inputs)
+    # the word ids: input_ids where the model has it; values, not shapes (Shape -> Range position
+    # ids and the like do not count)
+    depends_on_input = {"input_ids"} if "input_ids" in graph_inputs else set(graph_inputs)
     for n in g.node:
-        if any(i in depends_on_input for i in node_inputs(n)):
+        if n.op_type not in ("Shape", "Size") and any(i in depends_on_input for i in node_inputs(n)):
             depends_on_input.update(n.output)
 
     bow = model_path.parent / "bow.json"
