@@ -31,15 +31,15 @@ int64 [5], ``embeddings`` float32 [5, S, D] (the looked-up vectors, zero past th
 from __future__ import annotations
 
 import argparse
-from importlib.metadata import version
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from framework_common import CACHE, Timer, describe_onnx, load_split, reference_rows, save_reference, write_config  # noqa: E402
-from train_sentiment_cnn import build_tokenizer  # noqa: E402
+from framework_common import CACHE, Timer, describe_onnx, load_split, reference_rows, save_reference, write_config
+from train_sentiment_cnn import build_tokenizer
 
 DIM, HIDDEN, KERNEL = 64, 128, 3
 
@@ -129,7 +129,7 @@ def main() -> None:
                      output_names=["logits"], return_mode="file", output_path=str(folder / "model.onnx"))
     sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_logits = []
-    for (t, _), row in zip(test, xte, strict=True):  # one text at a time, unpadded, as an explainer runs it
+    for t, _ in test:  # one text at a time, unpadded, as an explainer runs it
         ids = np.array([tok.encode(t).ids or [1]], np.int32)
         onnx_logits.append(sess.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0])
     onnx_logits = np.concatenate(onnx_logits)

@@ -45,7 +45,6 @@ keras-cnn each text is run unpadded, and positions past ``lengths`` are zero in 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import string
 import sys
@@ -55,7 +54,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from framework_common import CACHE, Timer, describe_onnx, load_split, reference_rows, save_reference, write_config  # noqa: E402
+from framework_common import CACHE, Timer, describe_onnx, load_split, reference_rows, save_reference, write_config
 
 MAX_TOKENS = 10000
 SEQ = 64
@@ -162,7 +161,8 @@ def main() -> None:
         print(f"{name}: {len(hist.history['loss'])} epochs; held-out accuracy {acc:.4f} (ONNX"
               f"{', each text unpadded' if kind != 'tutorial' else ''}), {keras_acc:.4f} (Keras, padded to {SEQ}); "
               f"max |ONNX - Keras| logits (padded) = "
-              f"{np.abs(sess.run([out_name], {in_name: xte[:256]})[0] - model.predict(xte[:256], verbose=0)).max():.2e}")
+              f"{np.abs(sess.run([out_name], {in_name: xte[:256]})[0] - model.predict(xte[:256], verbose=0)).max():.2e}"
+              )
         tok.save(str(folder / "tokenizer.json"))
         (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
         write_config(folder, name, acc, max_length=SEQ if kind == "tutorial" else 512)
@@ -187,7 +187,8 @@ def reference(model, kind: str, folder: Path, rows: list[tuple[str, int]], ids_o
             tape.watch(emb)
             h = emb
             for layer in rest:
-                h = layer(h, mask=tf.constant(x != 0)) if kind == "lstm" and layer is rest[0] else layer(h, training=False)
+                masked = kind == "lstm" and layer is rest[0]  # the Embedding's mask, passed by hand
+                h = layer(h, mask=tf.constant(x != 0)) if masked else layer(h, training=False)
             target = int(tf.argmax(h[0]))
             y = h[0, target]
         grads[i, : x.shape[1]] = tape.gradient(y, emb).numpy()[0]

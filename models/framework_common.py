@@ -65,7 +65,7 @@ def save_reference(folder: Path, rows: list[tuple[str, int]], outputs: np.ndarra
         **{k: np.asarray(v) for k, v in extra.items()},
     }
     np.savez(folder / "reference.npz", **arrays)
-    print(f"  reference.npz: " + ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items()))
+    print("  reference.npz: " + ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items()))
 
 
 def describe_onnx(path: Path) -> None:

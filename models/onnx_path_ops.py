@@ -52,7 +52,7 @@ def path_ops(model_path: Path) -> dict[str, object]:
     model = onnx.load(str(model_path))
     try:
         model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - contrib ops may stop inference; types then come from outputs only
+    except Exception:
         pass
     g = model.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
@@ -97,7 +97,8 @@ def path_ops(model_path: Path) -> dict[str, object]:
             for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
                 sub_ops.update(x.op_type for x in sub.node)
     missing = sorted(op for op in ops if op not in RULES and op not in NON_DIFFERENTIABLE)
-    return {"model": str(model_path), "starts": starts, "inputs": sorted(graph_inputs), "tables": tables, "outputs": outputs,
+    return {"model": str(model_path), "starts": starts, "inputs": sorted(graph_inputs), "tables": tables,
+            "outputs": outputs,
             "ops": dict(ops), "subgraph_ops": dict(sub_ops), "missing_rules": missing,
             "domains": sorted({n.domain or "ai.onnx" for n in on_path})}
 
@@ -115,7 +116,8 @@ def main() -> None:
         print(f"{info['model']}\n  from {info['starts']} {info['tables']}\n  to {info['outputs']}\n"
               f"  ops on the path: {', '.join(f'{k} x{v}' for k, v in sorted(info['ops'].items()))}")
         if info["subgraph_ops"]:
-            print(f"  inside their subgraphs: {', '.join(f'{k} x{v}' for k, v in sorted(info['subgraph_ops'].items()))}")
+            inner = ", ".join(f"{k} x{v}" for k, v in sorted(info["subgraph_ops"].items()))
+            print(f"  inside their subgraphs: {inner}")
         print(f"  domains: {info['domains']}\n  without a reverse rule: {info['missing_rules'] or 'none'}")
 
 
