@@ -78,9 +78,7 @@ def gradient_session(model: TextModel) -> ort.InferenceSession:
 
 
 def _shipped(model: TextModel, name: str) -> ort.InferenceSession:
-    path = (model.folder or Path(".")) / name
-    if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
-        raise ModelError(f"config.json names gradient_model {name!r}, which is not a file in the model folder")
+    path = files.gradient_model_path(model.folder, name)
     proto = files.read_onnx(path)
     session = create_session(proto.SerializeToString(), model.device_request, model.threads)
     _check_interface(model, session)

@@ -172,10 +172,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     a device that is not there.
     """
     found = files.locate(path)
-    try:
-        tokenizer = Tokenizer.from_file(str(found.tokenizer_path))
-    except Exception as exc:  # tokenizers raises a bare Exception on malformed files
-        raise ModelError(f"cannot read {str(found.tokenizer_path)!r}: {exc}") from exc
+    tokenizer = files.read_tokenizer(found.tokenizer_path)
     tokenizer.no_truncation()
     tokenizer.no_padding()
     proto = files.read_onnx(found.onnx_path)
@@ -197,7 +194,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     if EMBEDS in input_names:
         if found.embeddings_path is None:
             raise ModelError(f"the model takes {EMBEDS!r} but there is no embeddings.npy beside it")
-        table, body, origin, original = files.read_table(found.embeddings_path), proto, "given", None
+        table, body, origin, original = files.read_table(found.embeddings_path, proto), proto, "given", None
         quantized = quantized_ops(proto)
     else:
         split = split_embedding(proto, IDS)
