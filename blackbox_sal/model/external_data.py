@@ -9,7 +9,9 @@ initializers, node attributes such as a ``Constant``'s ``value`` and ``sparse_va
 subgraphs of ``If`` / ``Loop`` / ``Scan``, the bodies and default attributes of the model's
 local functions, training-info graphs), checks each against its shape, checks each external
 entry, checks the total against the caps, and only then reads the bytes from the model folder
-and puts them inline. What it returns has nothing left to resolve: no tensor is external.
+and puts them inline. What it returns has nothing left to resolve: no tensor is external, and
+sparse initializers and sparse Constants are dense, as onnxruntime would make them (its own
+sparse handling inside model-local functions can crash it).
 
 An external entry must name a regular file inside the model folder by a relative path of
 plain names (no absolute path, drive, ``..``, backslash or NUL; at most
