@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from blackbox_sal import ExplainConfig, default_model_path, explain, load_model
-from blackbox_sal.graph.split import EMBEDS
+from blackbox_sal.surgery.names import EMBEDS
 
 TEXT = ("I went in expecting a dull, lifeless remake, but this film surprised me at every turn: "
         "the performances are warm and funny, the script is sharp, and although the last act drags "

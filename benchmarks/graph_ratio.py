@@ -30,8 +30,10 @@ import onnxruntime as ort
 from timing import median_time
 
 from blackbox_sal import load_model
-from blackbox_sal.gradients.graph import build_model_gradient, gradient_session
-from blackbox_sal.graph.gradient import GRAD, WEIGHTS
+from blackbox_sal.gradient_graph.build import build_gradient
+from blackbox_sal.gradient_graph.store import gradient_session
+from blackbox_sal.model.session import create_session
+from blackbox_sal.surgery.names import GRAD, WEIGHTS
 
 HERE = Path(__file__).resolve().parent
 PRODUCTS = {"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Conv", "FusedConv", "ConvTranspose", "NchwcConv"}
@@ -77,7 +79,10 @@ def main() -> None:
         if model.quantized:  # integer ops: no gradient graph to time
             print(f"{model.name:<12} skipped: quantized ({', '.join(model.quantized)})")
             continue
-        session = gradient_session(model)
+        gradient_session(model)  # built (or found) and verified
+        shipped = model.config.gradient_model  # e.g. from export_torch
+        graph = onnx.load(str(d / shipped)) if shipped else build_gradient(model)
+        session = create_session(graph.SerializeToString(), "cpu", args.threads)  # the plain interface
         ids = rng.integers(4, model.table.shape[0], args.seq)
         x = np.repeat(model.embed(ids)[None], args.batch, axis=0)
         x = (x + rng.normal(0, 0.01, x.shape)).astype(np.float32)
@@ -95,12 +100,10 @@ def main() -> None:
             tf.append(median_time(fwd, args.repeats))
             tg.append(median_time(both, args.repeats))
             ratios.append(tg[-1] / tf[-1])
-        shipped = model.config.get("gradient_model")  # e.g. from export_torch
-        nodes = len((onnx.load(str(d / str(shipped))) if shipped else build_model_gradient(model)).graph.node)
+        nodes = len(graph.graph.node)
         print(f"{model.name:<12}{model.dim:>5}{nodes:>13}{statistics.median(tf) * 1e3:>12.2f}"
               f"{statistics.median(tg) * 1e3:>13.2f}{statistics.median(ratios):>8.2f}")
         if args.breakdown:
-            graph = onnx.load(str(d / str(shipped))) if shipped else build_model_gradient(model)
             assert model.body is not None
             f_mm, f_rest = kernel_ms(model.body, model.output, feeds, args.threads)
             g_mm, g_rest = kernel_ms(graph, GRAD, gfeeds, args.threads)

@@ -6,7 +6,10 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+
+import numpy as np
 
 from blackbox_sal import __version__  # the one place the version is written
 from blackbox_sal.config import AUTO, FD_SCHEMES, LONG, ExplainConfig
@@ -22,6 +25,7 @@ from blackbox_sal.model.session import DEVICES
 from blackbox_sal.reductions import REDUCTIONS
 from blackbox_sal.render import FORMATS, render_html, render_json, render_terminal
 from blackbox_sal.scores import SCORES
+from blackbox_sal.surgery.pooling import POOLINGS
 from blackbox_sal.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.text.printable import printable
 
@@ -110,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
                         "overlapping windows and stitch them (classifiers; default: %(default)s)")
     e.add_argument("--window-overlap", type=int, metavar="N",
                    help="tokens consecutive windows share (default: a quarter of the limit)")
+    e.add_argument("--pooling", choices=POOLINGS,
+                   help="a model whose output is token states [batch, seq, hidden]: pool them into one embedding "
+                        "(default: what the folder's config says, else mean over the attention mask)")
+    e.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="L2-normalise the pooled embedding (default: what the folder says, else no)")
+    e.add_argument("--direction", metavar="FILE",
+                   help="a model whose output is an embedding: explain its projection on the vector in FILE "
+                        "(.npy, or numbers separated by spaces or commas)")
     e.add_argument("--dequantize", action="store_true",
                    help="explain a quantized model's float twin (dynamic or QDQ int8; weights dequantized, "
                         "activations in float): exact gradients of the deployed weights (4-bit MatMulNBits "
@@ -150,8 +162,23 @@ def _config(a: argparse.Namespace) -> ExplainConfig:
         batch_size=a.batch_size, tokens_per_run=a.tokens_per_run, fd_step=a.fd_step, richardson=a.richardson,
         fd_scheme=a.fd_scheme,
         samples=a.samples, noise=a.noise, seed=a.seed, long=a.long, window_overlap=a.window_overlap,
-        progress=False if a.quiet else None,
+        progress=False if a.quiet else None, direction=_direction(a.direction) if a.direction else None,
     ).validated()
+
+
+def _direction(path: str) -> tuple[float, ...]:
+    """A direction vector from a .npy file or a text file of numbers; UsageError otherwise."""
+    try:
+        if path.endswith(".npy"):
+            values = np.load(path, allow_pickle=False)
+        else:
+            with open(path, encoding="utf-8") as fh:
+                values = np.array([float(v) for v in fh.read(64 * 1024**2).replace(",", " ").split()])
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read a direction from {path!r}: {str(exc).splitlines()[0][:200]}") from exc
+    if values.ndim != 1 or values.dtype.kind not in "fiu":
+        raise UsageError(f"{path!r} must hold one vector of numbers, got {values.dtype} {list(values.shape)}")
+    return tuple(float(v) for v in values)
 
 
 def _render(fmt: str, result: object, to_terminal: bool) -> str:
@@ -182,8 +209,8 @@ def _explain(a: argparse.Namespace) -> None:
     config = _config(a)  # validate names before loading anything
     if sum(x is not None for x in (a.generate, a.similar_to, a.choice)) > 1:
         raise UsageError("--generate, --similar-to and --choice are different tasks: give one")
-    model = load_model(a.model or default_model_path(), device=a.device,
-                       output=a.model_output, verify=not a.no_verify, dequantize=a.dequantize)
+    model = load_model(a.model or default_model_path(), device=a.device, output=a.model_output,
+                       verify=not a.no_verify, dequantize=a.dequantize, pooling=a.pooling, normalize=a.normalize)
     result: object
     if a.choice is not None:
         result = explain_choices(model, text, [_text(c, "--choice") for c in a.choice], config)
@@ -220,10 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     try:
-        if args.command == "explain":
-            _explain(args)
-        elif args.command == "grad":
-            _grad(args)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            # a model's overflowing numbers are reported once, as non-finite scores or an error
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if args.command == "explain":
+                _explain(args)
+            elif args.command == "grad":
+                _grad(args)
     except SalError as exc:
         print(f"blackbox-sal: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code

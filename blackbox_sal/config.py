@@ -44,6 +44,8 @@ AUTO = "auto"
 MAX_BATCH_SIZE = 4096
 #: the most rows x tokens one gradient run may be given
 MAX_TOKENS_PER_RUN = 10_000_000
+#: the longest direction vector a projection may be explained along
+MAX_DIRECTION = 1_000_000
 #: the highest character limit a caller may set
 MAX_CHARS_LIMIT = 10_000_000
 
@@ -79,6 +81,8 @@ class ExplainConfig:
     long: what to do with a text over the model's token limit: error (exit 2), or window
         (explain overlapping windows and stitch them; classifiers only).
     window_overlap: tokens two consecutive windows share (None = a quarter of the limit).
+    direction: for a model whose output is an embedding, explain its projection on this
+        vector (as long as the output) instead of a class.
     """
 
     method: str = "ig"
@@ -103,6 +107,8 @@ class ExplainConfig:
     long: str = "error"
     window_overlap: int | None = None
     progress: bool | None = None
+    #: for an embedding model: explain the output's projection on this vector
+    direction: tuple[float, ...] | None = None
 
     def validated(self) -> ExplainConfig:
         """Self, after checking every name and number; UsageError (exit 2) otherwise."""
@@ -136,6 +142,11 @@ class ExplainConfig:
             raise UsageError(f"window_overlap must be an integer >= 0, got {self.window_overlap!r}")
         if not isinstance(self.baseline, str) or not self.baseline.strip():
             raise UsageError("baseline must be pad, zero, unk, mask or a token")
+        if self.direction is not None and (
+                not self.direction or len(self.direction) > MAX_DIRECTION
+                or not all(isinstance(v, float | int) and math.isfinite(v) for v in self.direction)
+                or not any(self.direction)):
+            raise UsageError(f"direction must be 1 to {MAX_DIRECTION:,} finite numbers, not all zero")
         if isinstance(self.target, float) and not math.isfinite(self.target):
             raise UsageError(f"target must be a label or an index, got {self.target!r}")
         return self

@@ -22,13 +22,13 @@ from blackbox_sal.errors import InputError, ModelError, SalError, UsageError
 from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.gradients.backend import BACKENDS, VALUES_ONLY, Setting
 from blackbox_sal.methods import METHODS
-from blackbox_sal.methods.attribution import Problem
+from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Label, Prediction, Provenance, Window
 from blackbox_sal.runs import ArrayPoints, Cost, Forward, Seq, Work, ask, ask_all
-from blackbox_sal.scores import ClassScore, Cosine, Objective, resolve_target
+from blackbox_sal.scores import ClassScore, Cosine, Objective, Projection, resolve_target
 from blackbox_sal.text.tokenization import Tokens, stitch, tokenize, tokenize_windows
-from blackbox_sal.text.words import merge_words, token_spans
+from blackbox_sal.text.words import Span, merge_words, token_spans
 
 
 def explain(model: TextModel, text: str, config: ExplainConfig | None = None) -> Explanation:
@@ -60,6 +60,8 @@ def runner(model: TextModel, cfg: ExplainConfig) -> Runner:
 
 def text_explanation(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Explanation]:
     """The work of explaining one text (tokenized here, so bad text ends this work only)."""
+    if model.features is not None:
+        return (yield from feature_explanation(model, text, cfg))
     tokens = tokenize(model.tokenizer, text, None, cfg.max_chars)
     if model.max_length is not None and len(tokens) > model.max_length:
         if cfg.long != "window":
@@ -71,7 +73,8 @@ def text_explanation(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Ex
         if model.task != "classification":
             raise UsageError(f"--long window splits a text for a classifier, not a {model.task} model")
         return (yield from _windows(model, text, cfg))
-    return (yield from explanation(model, tokens, cfg))
+    question = ProjectionQuestion(np.asarray(cfg.direction, np.float64)) if cfg.direction else ClassQuestion()
+    return (yield from explanation(model, tokens, cfg, question))
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,12 @@ class ClassQuestion:
 
     def answer(self, model: TextModel, outputs: np.ndarray, cfg: ExplainConfig) -> Asked:
         n_classes = outputs.shape[1]
+        if model.task == "embedding" and self.target is None and cfg.target is None:
+            raise UsageError(f"the model outputs a sentence embedding ({n_classes} values): say what to explain: "
+                             f"--similar-to TEXT (a cosine), --direction FILE (a projection) or --target DIM")
+        if model.labels is not None and len(model.labels) != n_classes:
+            raise ModelError(f"config.json names {len(model.labels)} labels but output {model.output!r} has "
+                             f"{n_classes} classes: they do not belong together")
         target = self.target if self.target is not None else resolve_target(
             cfg.target, model.labels, n_classes, int(np.argmax(outputs[0])),
             model.class_of if model.task == "next-token" else None)
@@ -109,17 +118,41 @@ class SimilarityQuestion:
         return Asked(Cosine(self.reference), Label(0, "cosine"), Prediction(0, "cosine", (), ()), "similarity")
 
 
-Question = ClassQuestion | SimilarityQuestion
+@dataclass(frozen=True)
+class ProjectionQuestion:
+    """Explain the projection of the output (an embedding [C]) on a direction [C]."""
+
+    direction: np.ndarray
+
+    def answer(self, model: TextModel, outputs: np.ndarray, cfg: ExplainConfig) -> Asked:
+        if self.direction.shape != (outputs.shape[1],):
+            raise UsageError(f"the direction has {self.direction.size} values; the model's output has "
+                             f"{outputs.shape[1]}")
+        return Asked(Projection(self.direction), Label(0, "projection"), Prediction(0, "projection", (), ()),
+                     model.task)
 
 
-def explanation(model: TextModel, tokens: Tokens, cfg: ExplainConfig,
-                question: Question = ClassQuestion()) -> Work[Explanation]:
-    """The work of explaining one tokenized text within the model's limit."""
+Question = ClassQuestion | SimilarityQuestion | ProjectionQuestion
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """What the attribution of one input produced, before it is laid over the text."""
+
+    method: str
+    backend: str
+    asked: Asked
+    result: Attribution
+    provenance: Provenance
+    target_value: float
+    notes: tuple[str, ...]  # the backend's
+
+
+def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, special: np.ndarray,
+              cfg: ExplainConfig, question: Question, baseline_name: str) -> Work[Attributed]:
+    """The work of attributing one input: x, baseline [S, D], special [S] over ``seq``."""
     spec = METHODS[cfg.method]
-    seq = Seq(tokens.ids, tokens.type_ids)
-    x = model.embed(tokens.ids)
     cost = Cost()
-    baseline = make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x)
     # the prediction, and f(baseline) where the method needs it, in one run: [1 or 2, C]
     points = np.stack([x, baseline]) if spec.baseline_value else x[None]
     both = yield from ask(Forward(seq, ArrayPoints(points), "prediction"))
@@ -127,27 +160,111 @@ def explanation(model: TextModel, tokens: Tokens, cfg: ExplainConfig,
     outputs = both[:1]
     asked = question.answer(model, outputs, cfg)
     target_value = float(asked.objective.scalar(outputs)[0])
+    if not np.isfinite(outputs).all():
+        raise ModelError(f"the model's output on this text is not finite ({_non_finite(outputs[0])}): nothing "
+                         f"to explain (a model that overflows, or an input it was not built for)")
     baseline_value = float(asked.objective.scalar(both[1:])[0]) if spec.baseline_value else None
     scale = step_scale(x, model.row_norm)
-    rows = rows_per_run(*run_size(cfg.batch_size, cfg.tokens_per_run, model.device), len(tokens))
+    rows = rows_per_run(*run_size(cfg.batch_size, cfg.tokens_per_run, model.device), len(seq))
     backend_spec = BACKENDS[cfg.backend] if spec.needs_derivatives else VALUES_ONLY
     backend, backend_notes = backend_spec.make(Setting(
         asked.objective, seq, scale, outputs.shape[1], cost, fd_step=cfg.fd_step, richardson=cfg.richardson,
         fd_scheme=cfg.fd_scheme, quantized=model.quantized, local_method=spec.local,
         graph_unavailable=_graph_unavailable(model) if backend_spec.wants_graph and not model.quantized else None))
-    result = yield from spec.run(Problem(backend, x, baseline, tokens.special, target_value, scale, cfg,
+    result = yield from spec.run(Problem(backend, x, baseline, special, target_value, scale, cfg,
                                          cfg.reduction(), rows, baseline_value))
     provenance = replace(
         Provenance(score=asked.objective.score, batch_size=rows, forward_passes=cost.forward,
-                   device=model.device, baseline=cfg.baseline if spec.uses_baseline else None),
+                   device=model.device, baseline=baseline_name if spec.uses_baseline else None),
         **spec.report(cfg, result), **backend.provenance())
+    return Attributed(cfg.method, backend.name, asked, result, provenance, target_value, backend_notes)
+
+
+def explanation(model: TextModel, tokens: Tokens, cfg: ExplainConfig,
+                question: Question = ClassQuestion()) -> Work[Explanation]:
+    """The work of explaining one tokenized text within the model's limit."""
+    ids, type_ids, mask = model.pad(tokens.ids, tokens.type_ids)  # a fixed-length export: padded, masked
+    padding = len(ids) - len(tokens)
+    x = model.embed(ids)
+    special = np.concatenate([tokens.special, np.ones(padding, bool)])
+    baseline = np.concatenate([make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x[:len(tokens)]),
+                               x[len(tokens):]])  # the padding is kept, as special tokens are
+    done = yield from attribute(model, Seq(ids, type_ids, mask), x, baseline, special, cfg, question, cfg.baseline)
+    scores = done.result.scores[:len(tokens)]
+    return _explanation(model, done, tokens.text, token_spans(tokens, scores),
+                        merge_words(tokens, scores) if cfg.words else None,
+                        _padding_note(model, len(tokens)), _finite_note(scores))
+
+
+def feature_explanation(model: TextModel, text: str, cfg: ExplainConfig,
+                        question: Question = ClassQuestion()) -> Work[Explanation]:
+    """The work of explaining a feature model's input (a text made into its vector, or its
+    numbers): the features are its tokens, each word (or number) shown with its feature's
+    score, shared equally among the occurrences of a word. The baseline is the zero vector
+    (no word, a blank input)."""
+    featurizer = model.features
+    assert featurizer is not None
+    if cfg.baseline not in ("pad", "zero"):
+        raise UsageError(f"a {featurizer.kind} model's baseline is the zero vector (no words, a blank input): "
+                         f"--baseline {cfg.baseline} does not apply")
+    if not text or not text.strip():
+        raise InputError("the text is empty")
+    if len(text) > cfg.max_chars:
+        raise InputError(f"the text has {len(text):,} characters; at most {cfg.max_chars:,} are accepted")
+    vector, pieces = featurizer.featurize(text)
+    x = vector[:, None].astype(np.float32)
+    n = featurizer.size
+    seq = Seq(np.zeros(n, np.int64), np.zeros(n, np.int64))
+    done = yield from attribute(model, seq, x, np.zeros_like(x), np.zeros(n, bool), cfg, question, "zero")
+    scores = done.result.scores
+    shares = np.bincount([p.feature for p in pieces if p.feature is not None], minlength=n)
+    spans = tuple(Span(text[p.start:p.end], p.start, p.end,
+                       0.0 if p.feature is None else float(scores[p.feature] / shares[p.feature]), False)
+                  for p in pieces)
+    if not spans:
+        raise InputError("the text has no words the model knows")
+    said = (f"a {featurizer.kind} model: its {n:,} features are the input; each word shows its feature's score "
+            f"(shared equally among a word's occurrences), against the zero vector",)
+    return _explanation(model, done, text, spans, None, said, _finite_note(scores))
+
+
+def _explanation(model: TextModel, done: Attributed, text: str, tokens: tuple[Span, ...],
+                 words: tuple[Span, ...] | None, before: tuple[str, ...], after: tuple[str, ...]) -> Explanation:
+    """The Explanation of an attributed input laid over its text; notes in reading order."""
+    result = done.result
     return Explanation(
-        text=tokens.text, model=model.name, method=cfg.method, backend=backend.name, reduce=result.reduce,
-        target=asked.target, prediction=asked.prediction, target_value=target_value,
-        tokens=token_spans(tokens, result.scores),
-        words=merge_words(tokens, result.scores) if cfg.words else None,
-        baseline_value=result.baseline_value, convergence_delta=result.delta, provenance=provenance,
-        notes=model_notes(model) + backend_notes + result.notes, task=asked.task)
+        text=text, model=model.name, method=done.method, backend=done.backend, reduce=result.reduce,
+        target=done.asked.target, prediction=done.asked.prediction, target_value=done.target_value,
+        tokens=tokens, words=words, baseline_value=result.baseline_value, convergence_delta=result.delta,
+        provenance=done.provenance, notes=model_notes(model) + before + done.notes + result.notes + after,
+        task=done.asked.task)
+
+
+def _padding_note(model: TextModel, n: int) -> tuple[str, ...]:
+    """What a fixed-shape export needs said: the padding, and runs of its own batch size."""
+    notes: tuple[str, ...] = ()
+    if model.fixed_length is not None and n < model.fixed_length:
+        how = ("under the attention mask" if "attention_mask" in model.int_inputs else
+               "with the pad token, which the model reads (it has no attention mask)")
+        notes += (f"the model takes exactly {model.fixed_length} tokens: the text's {n} were padded {how}; "
+                  f"the padding is kept in the baseline and not shown",)
+    if model.fixed_batch is not None:
+        notes += (f"the model takes exactly {model.fixed_batch} row(s) per run: rows are run "
+                  f"{model.fixed_batch} at a time",)
+    return notes
+
+
+def _non_finite(values: np.ndarray) -> str:
+    bad = values[~np.isfinite(values)]
+    return f"{bad.size} of {values.size} values are {', '.join(sorted({str(v) for v in bad}))}"
+
+
+def _finite_note(scores: np.ndarray) -> tuple[str, ...]:
+    """A note when some token scores are not finite (they are null in JSON)."""
+    if np.isfinite(scores).all():
+        return ()
+    return (f"{int((~np.isfinite(scores)).sum())} of {scores.size} token scores are not finite (the model's "
+            f"derivatives overflow along the path): they are shown as nan, and null in JSON",)
 
 
 def _graph_unavailable(model: TextModel) -> str | None:
@@ -162,6 +279,10 @@ def _graph_unavailable(model: TextModel) -> str | None:
 
 def model_notes(model: TextModel) -> tuple[str, ...]:
     """What every explanation of this model should say about how it was loaded."""
+    if model.notes:
+        return model.notes
+    if model.pooling:
+        return (f"the model's token states were pooled into one embedding: {model.pooling}",)
     if model.weight_only:
         return (f"the model's low-bit weights ({', '.join(model.weight_only)}) were dequantized into float "
                 f"MatMuls: its activations are float, so that is the same function (checked on a probe sentence) "

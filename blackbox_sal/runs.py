@@ -42,10 +42,12 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Seq:
     """The integer side of a model input, shared by every row of a request: ids and type ids
-    int64 [S]. The engine makes the mask, positions and other integer feeds from it."""
+    int64 [S], and the attention mask [S] (None: every token attended; 0 marks the padding of
+    a fixed-length model). The engine makes the positions and other feeds from it."""
 
     ids: np.ndarray
     type_ids: np.ndarray
+    mask: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])

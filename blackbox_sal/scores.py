@@ -123,6 +123,24 @@ class Cosine:
         return cosine_seed(np.asarray(outputs, np.float64), self.reference)
 
 
+@dataclass(frozen=True)
+class Projection:
+    """The output (an embedding [C]) projected on a fixed ``direction`` [C]: output . direction."""
+
+    direction: np.ndarray = field(repr=False)
+    score: str = "projection"
+
+    def scalar(self, outputs: np.ndarray) -> np.ndarray:
+        return np.asarray(outputs, np.float64) @ self.direction
+
+    @property
+    def seed_reads_outputs(self) -> bool:
+        return False
+
+    def seed(self, outputs: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.direction, np.shape(outputs)).astype(np.float64)
+
+
 def seed_without_outputs(objective: Objective, n: int, n_classes: int) -> np.ndarray:
     """The seed of an objective that does not read the outputs, for n rows: [n, C]."""
     return objective.seed(np.zeros((n, n_classes)))

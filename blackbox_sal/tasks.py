@@ -155,7 +155,7 @@ def explain_similarity(model: TextModel, text: str, reference: str,
 
 
 def similarity(model: TextModel, text: str, reference: str, cfg: ExplainConfig) -> Work[Similarity]:
-    if model.task != "classification":
+    if model.task not in ("classification", "embedding"):
         raise UsageError("similarity needs a model whose output is one embedding per text ([batch, dim])")
     pair = [tokenize(model.tokenizer, t, model.max_length, cfg.max_chars) for t in (text, reference)]
     vectors = [o[0] for o in (yield from ask_all([_forward(model, t) for t in pair]))]

@@ -590,7 +590,7 @@ def model_truncated(root: Path) -> Path:
 def gradient_model_symlink_outside(root: Path) -> Path:
     """config.json names grad.onnx, a link to a valid gradient graph outside the folder."""
     from blackbox_sal import load_model
-    from blackbox_sal.gradients.graph import build_model_gradient
+    from blackbox_sal.gradient_graph.build import build_gradient as build_model_gradient
 
     folder = write(root, mlp())
     grad = build_model_gradient(load_model(folder, verify=False))

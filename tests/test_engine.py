@@ -128,9 +128,9 @@ def test_runs_respect_the_row_and_token_budget(bert_dir: Path, monkeypatch: pyte
     gradient: list[int] = []
     original = model.forward
 
-    def counting(embeds: np.ndarray, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
+    def counting(embeds: np.ndarray, ids: np.ndarray, types: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         forward.append(embeds.shape[0] * embeds.shape[1])
-        return original(embeds, ids, types)
+        return original(embeds, ids, types, mask)
 
     object.__setattr__(model, "forward", counting)
     path_jvp = GradientSession.path_jvp

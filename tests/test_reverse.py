@@ -199,9 +199,9 @@ def test_output_independent_of_the_input_gives_zeros() -> None:
 
 
 def test_unsupported_operator_is_named() -> None:
-    m = model([n("Sin", ["inputs_embeds"], "s"), n("ReduceSum", ["s", "axes1"], "y", keepdims=0)],
+    m = model([n("Atan", ["inputs_embeds"], "s"), n("ReduceSum", ["s", "axes1"], "y", keepdims=0)],
               {"axes1": _ints(1)})
-    with pytest.raises(ModelError, match="no gradient rule for operator 'Sin'"):
+    with pytest.raises(ModelError, match="no gradient rule for operator 'Atan'"):
         build_gradient(m, "y", probes())
 
 

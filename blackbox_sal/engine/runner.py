@@ -75,8 +75,8 @@ class Runner:
         self.model, self.rows, self.tokens, self.progress = model, max(rows, 1), tokens, progress
 
     def capacity(self, length: int, forward: bool = False) -> int:
-        """Rows per run for sequences of ``length`` tokens."""
-        return rows_per_run(self.rows, self.tokens, length, forward)
+        """Rows per run for sequences of ``length`` tokens (a fixed-batch export's own size)."""
+        return self.model.fixed_batch or rows_per_run(self.rows, self.tokens, length, forward)
 
     def execute(self, requests: Sequence[Request]) -> list[np.ndarray]:
         """The result of every request, in order; rows of one kind and length share runs."""
@@ -126,26 +126,31 @@ class Runner:
             at += rows
         bar.advance(at)
 
-    def _int_rows(self, group: list[Request], pieces: list[_Piece]) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's ids and type ids [k, S]."""
+    def _int_rows(self, group: list[Request], pieces: list[_Piece]) -> tuple[np.ndarray, np.ndarray,
+                                                                               np.ndarray | None]:
+        """Each row's ids, type ids and mask [k, S] (mask None: all ones)."""
         seqs = [cast(Seq, group[p.index].seq) for p in pieces]
         counts = [p.stop - p.start for p in pieces]
-        ids = np.concatenate([np.broadcast_to(s.ids, (c, len(s))) for s, c in zip(seqs, counts, strict=True)])
-        types = np.concatenate([np.broadcast_to(s.type_ids, (c, len(s))) for s, c in zip(seqs, counts, strict=True)])
-        return ids, types
+
+        def rows(arrays: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate([np.broadcast_to(a, (c, len(a))) for a, c in zip(arrays, counts, strict=True)])
+
+        masks = None if all(s.mask is None for s in seqs) else rows(
+            [s.mask if s.mask is not None else np.ones(len(s), np.int64) for s in seqs])
+        return rows([s.ids for s in seqs]), rows([s.type_ids for s in seqs]), masks
 
     def _forward(self, group: list[Request], pieces: list[_Piece]) -> np.ndarray:
         requests = cast(list[Forward], group)
         points = np.concatenate([requests[p.index].points.take(p.start, p.stop) for p in pieces])
-        ids, types = self._int_rows(group, pieces)
-        return self.model.forward(points, ids, types)
+        ids, types, masks = self._int_rows(group, pieces)
+        return self.model.forward(points, ids, types, masks)
 
     def _gradient(self, group: list[Request], pieces: list[_Piece]) -> np.ndarray:
         requests = cast(list[Gradient], group)
         points = np.concatenate([requests[p.index].points.take(p.start, p.stop) for p in pieces])
         weights = np.concatenate([requests[p.index].weights[p.start : p.stop] for p in pieces])
-        ids, types = self._int_rows(group, pieces)
-        return self._graph().gradient(self.model, points, ids, types, weights)
+        ids, types, masks = self._int_rows(group, pieces)
+        return self._graph().gradient(self.model, points, ids, types, weights, masks)
 
     def _path_jvp(self, group: list[Request], pieces: list[_Piece]) -> np.ndarray:
         requests = cast(list[PathJvp], group)
@@ -156,8 +161,8 @@ class Runner:
         rows = np.concatenate([np.full(p.stop - p.start, slot[p.index], np.int64) for p in pieces])
         alphas = np.concatenate([requests[p.index].alphas[p.start : p.stop] for p in pieces])
         weights = np.concatenate([requests[p.index].weights[p.start : p.stop] for p in pieces])
-        ids, types = self._int_rows(group, pieces)
-        return self._graph().path_jvp(self.model, anchors, deltas, rows, alphas, ids, types, weights)
+        ids, types, masks = self._int_rows(group, pieces)
+        return self._graph().path_jvp(self.model, anchors, deltas, rows, alphas, ids, types, weights, masks)
 
     def _graph(self) -> GradientSession:
         return gradient_session(self.model)

@@ -22,10 +22,12 @@ log = logging.getLogger("blackbox_sal")
 
 
 def probe_feeds(model: TextModel, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Two feeds of different batch size and length (neither 1), for reading shapes."""
+    """Two feeds of different batch size and length (neither 1), for reading shapes; a
+    fixed-shape export gets its own sizes in both."""
     rng = np.random.default_rng(seed)
     feeds = []
     for batch, length in ((2, 5), (3, 7)):
+        batch, length = model.fixed_batch or batch, model.fixed_length or length
         ids = rng.integers(0, model.table.shape[0], length)
         x = np.repeat(model.embed(ids)[None], batch, axis=0)
         feeds.append(model.feeds(x + rng.normal(0, 0.01, x.shape), ids, np.zeros_like(ids)))

@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 
 from blackbox_sal.errors import ModelError
-from blackbox_sal.model.session import create_session, on_cuda, run
-from blackbox_sal.model.text_model import TextModel, int_feeds
+from blackbox_sal.model.session import batches, create_session, on_cuda, run
+from blackbox_sal.model.text_model import TextModel, fill, int_feeds, per_row
 from blackbox_sal.surgery.names import ALPHA, ANCHOR, DELTA, EMBEDS, GRAD, ROW, TOKEN_JVP, WEIGHTS
 
 
@@ -46,11 +46,16 @@ class GradientSession:
         return {o.name for o in self.session.get_outputs()}
 
     def gradient(self, model: TextModel, points: np.ndarray, ids: np.ndarray, type_ids: np.ndarray,
-                 weights: np.ndarray) -> np.ndarray:
+                 weights: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """d(weights . output)/d points for points [k, S, D], weights [k, C]: float32 [k, S, D]."""
         k = points.shape[0]
+        if model.fixed_batch is not None and k != model.fixed_batch:  # a fixed-batch export: its own run sizes
+            ids, type_ids, mask = per_row(k, ids, type_ids, mask)
+            return np.concatenate([self.gradient(model, *fill(model.fixed_batch, rows, points, ids, type_ids, weights,
+                                                              mask))[: rows.stop - rows.start]
+                                   for rows in batches(k, model.fixed_batch)])
         points = np.ascontiguousarray(points, dtype=np.float32)
-        feeds = int_feeds(model.int_inputs, ids, type_ids, k)
+        feeds = int_feeds(model.int_inputs, ids, type_ids, k, mask, model.mask_rank)
         if self.path_form:
             feeds.update({ANCHOR: points, DELTA: points, ROW: np.arange(k, dtype=np.int64),
                           ALPHA: np.zeros(k, np.float32)})
@@ -60,14 +65,20 @@ class GradientSession:
         return np.asarray(run(self.session, [GRAD], feeds, "the gradient graph")[0])
 
     def path_jvp(self, model: TextModel, anchors: np.ndarray, deltas: np.ndarray, rows: np.ndarray,
-                 alphas: np.ndarray, ids: np.ndarray, type_ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+                 alphas: np.ndarray, ids: np.ndarray, type_ids: np.ndarray, weights: np.ndarray,
+                 mask: np.ndarray | None = None) -> np.ndarray:
         """Row k: at anchors[rows[k]] + alphas[k] deltas[rows[k]], the derivative of weights[k] .
         output along row i of deltas[rows[k]], per token i. anchors, deltas [R, S, D]; rows,
-        alphas [k]; ids/type ids [k, S]; weights [k, C]. Returns float64 [k, S]."""
+        alphas [k]; ids/type ids/mask [k, S]; weights [k, C]. Returns float64 [k, S]."""
         k = rows.shape[0]
+        if model.fixed_batch is not None and k != model.fixed_batch:  # a fixed-batch export: its own run sizes
+            ids, type_ids, mask = per_row(k, ids, type_ids, mask)
+            return np.concatenate([self.path_jvp(model, anchors, deltas, *fill(
+                model.fixed_batch, part, rows, alphas, ids, type_ids, weights, mask))[: part.stop - part.start]
+                                   for part in batches(k, model.fixed_batch)])
         anchors = np.ascontiguousarray(anchors, dtype=np.float32)
         deltas = np.ascontiguousarray(deltas, dtype=np.float32)
-        feeds = int_feeds(model.int_inputs, ids, type_ids, k)
+        feeds = int_feeds(model.int_inputs, ids, type_ids, k, mask, model.mask_rank)
         feeds[WEIGHTS] = np.ascontiguousarray(weights, dtype=np.float32)
         if self.reduce_on_device:
             feeds.update({ANCHOR: anchors, DELTA: deltas, ROW: rows.astype(np.int64),

@@ -63,11 +63,7 @@ def gradient_session(model: TextModel) -> GradientSession:
 
 
 def _shipped(model: TextModel, name: str) -> GradientSession:
-    folder = (model.folder or Path(".")).resolve()
-    path = folder / name
-    if (Path(name).is_absolute() or ".." in Path(name).parts or path.is_symlink() or not path.is_file()
-            or folder not in path.resolve().parents):
-        raise ModelError(f"config.json names gradient_model {name!r}, which is not a file in the model folder")
+    path = files.gradient_model_path(model.folder or Path("."), name)
     graph = GradientSession.create(files.read_onnx(path).SerializeToString(), model)
     _check_interface(model, graph)
     verify(model, graph)

@@ -33,11 +33,8 @@ def verify(model: TextModel, graph: GradientSession, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     errors: list[float] = []
     offsets = RICHARDSON * VERIFY_STEP
-    for length in VERIFY_LENGTHS:
-        s = min(length, model.max_length or length)
-        ids = rng.integers(0, model.table.shape[0], s)
-        types = np.zeros(s, np.int64)
-        embeds = model.embed(ids)
+    for ids, embeds in _points(model, rng):
+        types = np.zeros(len(ids), np.int64)
         n_classes = model.forward(embeds[None], ids, types).shape[1]
         w = rng.normal(size=(n_classes,))
         for x in (embeds, (0.5 * embeds).astype(np.float32)):
@@ -55,3 +52,25 @@ def verify(model: TextModel, graph: GradientSession, seed: int = 0) -> None:
         raise ModelError(
             f"the gradient graph disagrees with finite differences on {model.device} in {bad} of "
             f"{len(errors)} directions (relative errors {', '.join(f'{e:.2g}' for e in errors)}); refusing it")
+
+
+#: texts a feature model's check starts from (its vectors are what it sees in use)
+_TEXTS = ("The quick brown fox jumps over the lazy dog, and the film was good.",
+          "A dull, lifeless remake: the plot is thin, but the acting is wonderful and the music great.")
+
+
+def _points(model: TextModel, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The token ids and embeddings [S, D] the check starts from: random token sequences of
+    VERIFY_LENGTHS (a fixed-length export's own length); for a feature model, the vectors of
+    two texts (or random numbers), since an all-ones bag of words saturates a classifier."""
+    if model.features is None:
+        out = []
+        for length in VERIFY_LENGTHS:
+            s = model.fixed_length or min(length, model.max_length or length)
+            ids = rng.integers(0, model.table.shape[0], s)
+            out.append((ids, model.embed(ids)))
+        return out
+    n = model.features.size
+    vectors = ([model.features.featurize(t)[0] for t in _TEXTS] if model.features.kind != "numbers" else
+               [rng.uniform(0.0, 1.0, n) for _ in VERIFY_LENGTHS])
+    return [(np.zeros(n, np.int64), np.asarray(v, np.float32)[:, None]) for v in vectors]

@@ -51,7 +51,7 @@ class ModelFiles:
 
     name: str
     onnx_path: Path
-    tokenizer_path: Path
+    tokenizer_path: Path | None  # None: the folder has none (a model that tokenizes itself, or takes numbers)
     config: dict[str, Any]
     embeddings_path: Path | None
 
@@ -76,8 +76,6 @@ def locate(path: str | os.PathLike[str]) -> ModelFiles:
     else:
         folder, onnx_path = p.parent, p
     tokenizer_path = _in_folder(folder, "tokenizer.json")
-    if tokenizer_path is None:
-        raise ModelError(f"no tokenizer.json beside the model in {str(folder)!r}")
     config: dict[str, Any] = {}
     config_path = _in_folder(folder, "config.json")
     if config_path is not None:
@@ -116,6 +114,14 @@ def _check_config(config: dict[str, Any], folder: Path) -> None:
         value = config.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise bad(key, "an integer")
+    kind = config.get("input_kind")
+    if kind is not None and kind not in ("text", "bag-of-words", "features"):
+        raise bad("input_kind", 'one of "text", "bag-of-words", "features"')
+    names = config.get("feature_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(v, str) for v in names)):
+        raise bad("feature_names", "a list of strings")
+    if config.get("binary") is not None and not isinstance(config["binary"], bool):
+        raise bad("binary", "true or false")
     grad = config.get("gradient_model")
     if grad is not None:
         if not isinstance(grad, str):
@@ -179,6 +185,13 @@ def _read_capped(path: Path, cap: int = MAX_SIDE_FILE_BYTES) -> bytes:
 
 def _size(n: int) -> str:
     return f"{n // 1024**3} GiB" if n >= 1024**3 else f"{n // 1024**2} MiB"
+
+
+def require_tokenizer(found: ModelFiles) -> Path:
+    """The folder's tokenizer.json; ModelError when it has none."""
+    if found.tokenizer_path is None:
+        raise ModelError(f"no tokenizer.json beside the model in {str(found.onnx_path.parent)!r}")
+    return found.tokenizer_path
 
 
 def read_tokenizer(path: Path) -> Tokenizer:
@@ -302,3 +315,15 @@ def default_model_path() -> Path:
             return candidate
     raise ModelError("the bundled default model is missing from this installation; "
                      "pass --model PATH (or rebuild it with models/train_sentiment_cnn.py)")
+
+
+def read_side_json(folder: Path, name: str) -> Any:
+    """A JSON side file of the model folder (``1_Pooling/config.json``, say), read with the same
+    checks as config.json; None when the folder has none. ModelError when it is unreadable."""
+    path = _in_folder(folder, name)
+    if path is None:
+        return None
+    try:
+        return json.loads(_read_capped(path))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelError(f"{str(path)!r} is not valid JSON: {str(exc).splitlines()[0][:200]}") from exc

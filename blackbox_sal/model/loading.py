@@ -23,24 +23,31 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
+from blackbox_sal.baselines import baseline_token
 from blackbox_sal.differences import mean_row_norm
 from blackbox_sal.errors import ModelError, UsageError
 from blackbox_sal.model import files
-from blackbox_sal.model.model_config import ModelConfig
-from blackbox_sal.model.session import create_session, first_line, run
+from blackbox_sal.model.features import Featurizer, tokenizer_pattern
+from blackbox_sal.model.model_config import ModelConfig, pooling_folder, sentence_transformers_pooling
+from blackbox_sal.model.session import create_session, run
 from blackbox_sal.model.text_model import TextModel, int_feeds
 from blackbox_sal.surgery.dequantize import float_twin, weight_only
+from blackbox_sal.surgery.features import embeds_input, split_pipeline, vocabulary
+from blackbox_sal.surgery.index import attr_str
 from blackbox_sal.surgery.interfaces import input_rank, last_position, single_choice
-from blackbox_sal.surgery.names import EMBEDS, IDS, KNOWN_INPUTS, NEXT_TOKEN
+from blackbox_sal.surgery.names import EMBEDS, IDS, KNOWN_INPUTS, MASK, NEXT_TOKEN
+from blackbox_sal.surgery.pooling import SENTENCE, pooled
 from blackbox_sal.surgery.quantized import quantized_ops
 from blackbox_sal.surgery.split import split_embedding
 
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and the film was good."
 _INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def load_model(path: str | Path, *, device: str = "auto", output: str | None = None,
-               verify: bool = True, threads: int = 0, dequantize: bool = False) -> TextModel:
+               verify: bool = True, threads: int = 0, dequantize: bool = False,
+               pooling: str | None = None, normalize: bool | None = None) -> TextModel:
     """Load a model directory or ``.onnx`` file (see :mod:`blackbox_sal.model.files`).
 
     device: auto | cpu | cuda. output: the output to explain (default: the first).
@@ -50,13 +57,22 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     gradients; UsageError for a model that is not quantized. A weight-only model (MatMulNBits
     computing in float) is always loaded dequantized: that is the same function, checked
     against the file on a probe sentence unless verify is False.
+    pooling, normalize: for a feature-extraction export (token states [batch, seq, hidden]),
+    how they become one sentence embedding (mean, cls, max; L2-normalised or not); None =
+    what the folder says (config.json, or sentence-transformers' modules.json and pooling
+    config), else mean, not normalised.
     Raises ModelError (exit 3) when the model cannot be used, UnavailableError (exit 4) for
     a device that is not there.
     """
     found = files.locate(path)
-    tokenizer = _tokenizer(found.tokenizer_path)
     config = ModelConfig.parse(found.config)
     proto = files.read_onnx(found.onnx_path)
+    if config.input_kind != "text" or any(i.type.tensor_type.elem_type == onnx.TensorProto.STRING
+                                          for i in proto.graph.input):
+        return _feature_model(found, config, proto, device, output, verify, threads)
+    tokenizer = files.read_tokenizer(files.require_tokenizer(found))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
     twin_of: tuple[str, ...] = ()
     deployed: onnx.ModelProto | None = None
     dequantized: tuple[str, ...] = ()
@@ -76,7 +92,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     if EMBEDS in {i.name for i in proto.graph.input}:
         if found.embeddings_path is None:
             raise ModelError(f"the model takes {EMBEDS!r} but there is no embeddings.npy beside it")
-        table, body, origin, original = files.read_table(found.embeddings_path), proto, "given", None
+        table, body, origin, original = files.read_table(found.embeddings_path, proto), proto, "given", None
     else:
         split = split_embedding(proto, IDS)
         table, body, original = split.table, split.body, proto
@@ -91,18 +107,30 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     source = output or next(iter(outputs))
     if source not in outputs:
         raise ModelError(f"the model has no output {source!r} (outputs: {', '.join(outputs)})")
+    int_inputs, mask_rank = _int_inputs(session)
+    fixed_batch, fixed_length = _fixed_dims(session)
     model = TextModel(
         name=found.name, tokenizer=tokenizer, table=table, session=session, output=source,
-        labels=config.labels, max_length=config.max_length or _static_length(proto),
-        origin=origin, int_inputs=_int_inputs(session), row_norm=mean_row_norm(table), body=body,
+        labels=config.labels, max_length=config.max_length or fixed_length,
+        origin=origin, int_inputs=int_inputs, row_norm=mean_row_norm(table), body=body,
         config=config, folder=found.onnx_path.parent, device_request=device, threads=threads,
         quantized=quantized, task="multiple-choice" if choices else "classification", twin_of=twin_of,
-        weight_only=dequantized,
+        weight_only=dequantized, fixed_length=fixed_length, fixed_batch=fixed_batch, mask_rank=mask_rank,
+        pad_id=_pad_id(tokenizer),
     )
-    if len(outputs[source].shape or ()) == 3 and _per_position(model, source):  # a causal LM's logits
+    per_position = _per_position(model, source) if len(outputs[source].shape or ()) == 3 else None
+    if per_position == "logits":  # a causal LM's
         body = last_position(body, source)
         model = replace(model, task="next-token", output=NEXT_TOKEN, body=body,
                         session=create_session(body.SerializeToString(), device, threads))
+    elif per_position == "states" and (pooling is not None or _looks_like_states(model, outputs[source].shape)):
+        # token states: pooled into a sentence embedding
+        mode, norm, said = _pooling(found.onnx_path.parent, config, pooling, normalize)
+        body = pooled(body, source, mode, norm, MASK if MASK in model.int_inputs else None, model.mask_rank)
+        model = replace(model, task="embedding", output=SENTENCE, body=body, pooling=said,
+                        session=create_session(body.SerializeToString(), device, threads))
+    ids, types, mask = _probe(model)
+    model.forward(model.embed(ids)[None], ids, types, mask)  # the explained output is [batch, classes]
     if verify and original is not None:
         _check_against(model, original, source)
     if verify and deployed is not None:
@@ -110,20 +138,97 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     return model
 
 
-def _tokenizer(path: Path) -> Tokenizer:
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a bare Exception on malformed files
-        raise ModelError(f"cannot read {str(path)!r}: {first_line(exc)}") from exc
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
+def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.ModelProto, device: str,
+                   output: str | None, verify: bool, threads: int) -> TextModel:
+    """A model whose input is a feature vector (see :mod:`blackbox_sal.model.features`), loaded
+    as a text model whose tokens are its features, each a one-dimensional embedding."""
+    original: onnx.ModelProto | None = None
+    if any(i.type.tensor_type.elem_type == onnx.TensorProto.STRING for i in proto.graph.input):
+        pipe = split_pipeline(proto)
+        front = create_session(pipe.front.SerializeToString(), "cpu", threads)
+        pattern = attr_str(pipe.tokenizer, "tokenexp", "") if pipe.tokenizer is not None else ""
+        if not pattern:
+            raise ModelError("the pipeline tokenizes without a pattern (tokenexp): blackbox-sal cannot find its "
+                             "words in the text")
+        words = vocabulary(pipe.vectorizer)
+        columns = [""] * pipe.size
+        for word, column in words.items():
+            columns[column] = word
+        featurizer = Featurizer(
+            "pipeline", pipe.size, tuple(columns), front=front, front_output=pipe.features,
+            pattern=tokenizer_pattern(pattern), vocabulary=words,
+            lowercase=pipe.normalizer is None or attr_str(pipe.normalizer, "case_change_action", "") == "LOWER")
+        body, origin, original = embeds_input(pipe.body, pipe.features, pipe.size), "a scikit-learn pipeline", proto
+        tokenizer = _placeholder_tokenizer()
+    else:
+        floats = [i for i in proto.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+        dims = floats[0].type.tensor_type.shape.dim if len(floats) == 1 else []
+        if len(floats) != 1 or len(dims) != 2 or len(proto.graph.input) != 1:
+            raise ModelError(f"config.json says input_kind {config.input_kind!r}: the model must take one float "
+                             f"input [batch, features]")
+        if config.input_kind == "bag-of-words":
+            tokenizer = files.read_tokenizer(files.require_tokenizer(found))
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+            size = dims[1].dim_value or tokenizer.get_vocab_size(with_added_tokens=True)
+            vocab = {i: w for w, i in tokenizer.get_vocab(with_added_tokens=True).items()}
+            featurizer = Featurizer("bag-of-words", size, tuple(vocab.get(k, f"<{k}>") for k in range(size)),
+                                    tokenizer=tokenizer, binary=config.binary)
+        else:
+            size = dims[1].dim_value
+            if size <= 0:
+                raise ModelError("a features model must fix its number of features (input [batch, F])")
+            names = config.feature_names or tuple(f"x{k}" for k in range(size))
+            if len(names) != size:
+                raise ModelError(f"config.json names {len(names)} features; the model takes {size}")
+            featurizer, tokenizer = Featurizer("numbers", size, tuple(names)), _placeholder_tokenizer()
+        body, origin = embeds_input(proto, floats[0].name, size), f"{config.input_kind} input {floats[0].name!r}"
+    session = create_session(body.SerializeToString(), device, threads)
+    outputs = [o for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(double)")]
+    source = output or (outputs[0].name if outputs else session.get_outputs()[0].name)
+    if source not in {o.name for o in session.get_outputs()}:
+        raise ModelError(f"the model has no output {source!r} (outputs: "
+                         f"{', '.join(o.name for o in session.get_outputs())})")
+    int_inputs, mask_rank = _int_inputs(session)
+    model = TextModel(
+        name=found.name, tokenizer=tokenizer, table=np.ones((featurizer.size, 1), np.float32), session=session,
+        output=source, labels=config.labels, max_length=featurizer.size, origin=origin, int_inputs=int_inputs,
+        row_norm=1.0, body=body, config=config, folder=found.onnx_path.parent, device_request=device,
+        threads=threads, quantized=quantized_ops(proto), fixed_length=featurizer.size, mask_rank=mask_rank,
+        features=featurizer, notes=_feature_notes(body))
+    if verify and original is not None:  # the pipeline's own vectorizer feeding the body == the whole model
+        vector, _ = featurizer.featurize(_PROBE_TEXT)
+        got = model.forward(vector[None, :, None], np.zeros(featurizer.size, np.int64), np.zeros(featurizer.size,
+                                                                                                  np.int64))
+        whole = create_session(original.SerializeToString(), "cpu", threads)
+        want = np.asarray(run(whole, [source], {whole.get_inputs()[0].name: np.array([[_PROBE_TEXT]], dtype=object)},
+                              "the original model")[0], np.float64).reshape(got.shape)
+        if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+            raise ModelError("the pipeline cut at its features disagrees with the whole model: cannot explain it")
+    return model
 
 
-def _int_inputs(session: Any) -> dict[str, Any]:
-    """name -> numpy dtype of every integer input the body takes; ModelError for inputs
+def _feature_notes(body: onnx.ModelProto) -> tuple[str, ...]:
+    if any(n.op_type == "Normalizer" for n in body.graph.node):
+        return ("the model normalises its feature vector (a Normalizer): its output is the same all along the "
+                "straight path from the zero vector, so integrated gradients cannot attribute it there (their "
+                "completeness delta is the whole difference); grad-x-input and occlusion can",)
+    return ()
+
+
+def _placeholder_tokenizer() -> Tokenizer:
+    """A tokenizer for a model that needs none of its own (it tokenizes itself, or takes numbers)."""
+    from tokenizers import models
+
+    return Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+
+
+def _int_inputs(session: Any) -> tuple[dict[str, Any], int]:
+    """name -> numpy dtype of every input the body takes besides the embeddings, and the
+    attention mask's rank (4: an additive float mask [batch, 1, 1, seq]); ModelError for inputs
     blackbox-sal cannot fill."""
     int_inputs: dict[str, Any] = {}
+    mask_rank = 2
     for inp in session.get_inputs():
         if inp.name == EMBEDS:
             if inp.type != "tensor(float)":
@@ -132,43 +237,95 @@ def _int_inputs(session: Any) -> dict[str, Any]:
         if inp.name not in KNOWN_INPUTS:
             raise ModelError(f"the model needs an input {inp.name!r} that blackbox-sal cannot fill "
                              f"(it fills {', '.join(KNOWN_INPUTS)})")
+        if inp.name == MASK and inp.type in _FLOAT_TYPES:
+            mask_rank = len(inp.shape or ())
+            if mask_rank not in (2, 4):
+                raise ModelError(f"input {MASK!r} is a float mask of rank {mask_rank}; blackbox-sal fills [batch, seq] "
+                                 f"masks and additive [batch, 1, 1, seq] ones")
+            int_inputs[inp.name] = _FLOAT_TYPES[inp.type]
+            continue
         if inp.type not in _INT_TYPES:
             raise ModelError(f"input {inp.name!r} has type {inp.type}; expected int64 or int32")
         int_inputs[inp.name] = _INT_TYPES[inp.type]
-    return int_inputs
+    return int_inputs, mask_rank
 
 
-def _static_length(proto: onnx.ModelProto) -> int | None:
-    """A static sequence axis on the ids or embeddings input: a hard token limit."""
-    for inp in proto.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        if inp.name in (IDS, EMBEDS) and len(dims) >= 2 and dims[1].dim_value > 0:
-            return int(dims[1].dim_value)
-    return None
+def _fixed_dims(session: Any) -> tuple[int | None, int | None]:
+    """(batch, length) where the embeddings input fixes them: a fixed-shape export."""
+    inp = next(i for i in session.get_inputs() if i.name == EMBEDS)
+    shape = list(inp.shape or ())
+    static = [d if isinstance(d, int) and d > 0 else None for d in shape[:2]] + [None, None]
+    return static[0], static[1]
 
 
-def _probe_ids(model: TextModel) -> np.ndarray:
-    return np.array(model.tokenizer.encode(_PROBE_TEXT).ids, dtype=np.int64)[: model.max_length or None]
+def _pooling(folder: Path, config: ModelConfig, mode: str | None,
+             normalize: bool | None) -> tuple[str, bool, str]:
+    """How token states become a sentence embedding, and where that was read (for the notes)."""
+    modules = files.read_side_json(folder, "modules.json")
+    sub = pooling_folder(modules)
+    found = sentence_transformers_pooling(modules, files.read_side_json(folder, f"{sub}/config.json")
+                                          if sub else None)
+    if mode is not None:
+        where = "as asked"
+    elif config.pooling is not None:
+        mode, where = config.pooling, "as config.json says"
+    elif found is not None:
+        mode, where = found[0], "as the folder's sentence-transformers pooling config says"
+    else:
+        mode, where = "mean", "the default (mean over the attention mask, as sentence-transformers does)"
+    if normalize is None:
+        normalize = config.normalize if config.normalize is not None else bool(found and found[1])
+    return mode, normalize, f"{mode} pooling{', L2-normalised' if normalize else ''}, {where}"
 
 
-def _per_position(model: TextModel, output: str) -> bool:
-    """Whether a rank-3 output is [batch, seq, vocab]: one row per input position, as wide as
-    the embedding table (a token classifier's [batch, seq, labels] is not a causal LM)."""
-    ids = _probe_ids(model)
-    feeds = model.feeds(model.embed(ids)[None], ids, np.zeros_like(ids))
+#: token states narrower than this are taken for per-token labels, not pooled (unless asked)
+MIN_STATE_WIDTH = 32
+
+
+def _looks_like_states(model: TextModel, shape: Any) -> bool:
+    """Whether a [batch, seq, width] output holds token states to pool rather than per-token
+    labels: no labels of that number in config.json, and a width of at least MIN_STATE_WIDTH."""
+    width = shape[2] if len(shape) == 3 and isinstance(shape[2], int) else None
+    if model.labels is not None and width is not None and len(model.labels) == width:
+        return False
+    return width is None or width >= MIN_STATE_WIDTH
+
+
+def _pad_id(tokenizer: Tokenizer) -> int | None:
+    try:
+        return baseline_token(tokenizer, "pad")
+    except UsageError:
+        return None
+
+
+def _probe(model: TextModel) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A real sentence as ids, type ids and mask (padded for a fixed-length export)."""
+    ids = np.array(model.tokenizer.encode(_PROBE_TEXT).ids, dtype=np.int64)[: model.max_length or None]
+    return model.pad(ids, np.zeros_like(ids))
+
+
+def _per_position(model: TextModel, output: str) -> str | None:
+    """What a rank-3 output holds: "logits" for [batch, seq, vocab], one row per input position
+    as wide as the embedding table (a causal LM); "states" for other rows per position
+    ([batch, seq, hidden]: token states to pool); None for anything else."""
+    ids, types, mask = _probe(model)
+    feeds = model.feeds(model.embed(ids)[None], ids, types, mask)
     try:
         shape = np.shape(run(model.session, [output], feeds)[0])
     except ModelError as exc:
-        raise ModelError(f"the model fails on a probe sentence: {exc}") from exc
-    return len(shape) == 3 and shape[1] == len(ids) and shape[2] == model.table.shape[0]
+        wanted = ", ".join(f"{i.name} {i.shape}" for i in model.session.get_inputs())
+        raise ModelError(f"the model fails on a probe sentence ({exc}); it wants {wanted}") from exc
+    if len(shape) != 3 or shape[1] != len(ids):
+        return None
+    return "logits" if shape[2] == model.table.shape[0] else "states"
 
 
 def _check_against(model: TextModel, original: onnx.ModelProto, source: str, what: str = "") -> None:
     """The loaded model must compute what ``original`` (the file's graph, taking ids) does on a
     real sentence; else refuse the split (or, with ``what``, that model)."""
-    ids = _probe_ids(model)
-    types = np.zeros_like(ids)
-    got = model.forward(model.embed(ids)[None], ids, types)
+    ids, types, mask = _probe(model)
+    got = np.asarray(run(model.session, [source], model.feeds(model.embed(ids)[None], ids, types, mask))[0],
+                     dtype=np.float64)
     session = create_session(original.SerializeToString(), model.device_request, model.threads)
     feeds = {}
     for inp in session.get_inputs():
@@ -177,11 +334,9 @@ def _check_against(model: TextModel, original: onnx.ModelProto, source: str, wha
             continue
         if inp.name not in KNOWN_INPUTS:
             raise ModelError(f"the original model needs an input {inp.name!r} that blackbox-sal cannot fill")
-        feeds.update(int_feeds({inp.name: _INT_TYPES.get(inp.type, np.int64)}, ids, types, 1))
-    want = np.asarray(run(session, [source], feeds, "the original model")[0], dtype=np.float64)
-    if model.task == "next-token":
-        want = want[:, -1]
-    want = want.reshape(got.shape)
+        dtype = _INT_TYPES.get(inp.type) or _FLOAT_TYPES.get(inp.type, np.int64)
+        feeds.update(int_feeds({inp.name: dtype}, ids, types, 1, mask, len(inp.shape or ()) if inp.name == MASK else 2))
+    want = np.asarray(run(session, [source], feeds, "the original model")[0], dtype=np.float64).reshape(got.shape)
     err = float(np.max(np.abs(got - want))) if want.size else 0.0
     if not err <= 1e-4 * (1.0 + float(np.max(np.abs(want)))):
         if what:

@@ -27,6 +27,15 @@ class ModelConfig:
     labels: tuple[str, ...] | None = None
     max_length: int | None = None
     gradient_model: str | None = None
+    #: how a feature-extraction export's token states become one embedding (mean, cls, max)
+    pooling: str | None = None
+    normalize: bool | None = None
+    #: text (the default), bag-of-words (a float [batch, F] input fed from tokenizer ids) or
+    #: features (a float [batch, F] input of numbers)
+    input_kind: str = "text"
+    #: bag-of-words: presence (true, the default) or counts
+    binary: bool = True
+    feature_names: tuple[str, ...] | None = None
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -40,7 +49,47 @@ class ModelConfig:
             max_length=next((v for k in LENGTH_KEYS if isinstance(v := raw.get(k), int)
                              and not isinstance(v, bool) and v > 0), None),
             gradient_model=shipped,
+            pooling=_pooling(raw.get("pooling")),
+            normalize=raw.get("normalize") if isinstance(raw.get("normalize"), bool) else None,
+            input_kind=str(raw.get("input_kind") or "text"),
+            binary=raw.get("binary") is not False,
+            feature_names=tuple(raw["feature_names"]) if isinstance(raw.get("feature_names"), list) else None,
         )
+
+
+def _pooling(value: Any) -> str | None:
+    if value is None:
+        return None
+    if value not in ("mean", "cls", "max"):
+        raise ModelError(f"config.json pooling must be mean, cls or max, got {value!r}")
+    return str(value)
+
+
+def sentence_transformers_pooling(modules: Any, pooling: Any) -> tuple[str, bool] | None:
+    """(mode, normalize) from a sentence-transformers folder's ``modules.json`` and its pooling
+    module's ``config.json``; None when the folder has no such files. ModelError for a pooling
+    blackbox-sal does not compute (several modes at once, mean over sqrt(length))."""
+    if not isinstance(modules, list) or not isinstance(pooling, dict):
+        return None
+    modes = [mode for key, mode in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
+                                    ("pooling_mode_max_tokens", "max")) if pooling.get(key) is True]
+    other = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True
+             and k not in ("pooling_mode_mean_tokens", "pooling_mode_cls_token", "pooling_mode_max_tokens")]
+    if other or len(modes) != 1:
+        raise ModelError(f"the model's sentence-transformers pooling ({', '.join(modes + other) or 'none'}) is not "
+                         f"one of mean, cls, max: choose one with --pooling")
+    normalize = any(isinstance(m, dict) and str(m.get("type", "")).endswith(".Normalize") for m in modules)
+    return modes[0], normalize
+
+
+def pooling_folder(modules: Any) -> str | None:
+    """The folder of the pooling module named in a sentence-transformers ``modules.json``."""
+    if not isinstance(modules, list):
+        return None
+    for m in modules:
+        if isinstance(m, dict) and str(m.get("type", "")).endswith(".Pooling") and isinstance(m.get("path"), str):
+            return str(m["path"])
+    return None
 
 
 def _labels(raw: dict[str, Any]) -> tuple[str, ...] | None:

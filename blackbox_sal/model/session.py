@@ -32,6 +32,9 @@ CPU = "CPUExecutionProvider"
 CUDA_OPTIONS: dict[str, str] = {"use_tf32": "0"}
 
 _preloaded: list[bool] = []
+# onnxruntime's own warnings (unused initializers, fallbacks) go to stderr through its default
+# logger before any session option applies: errors only, the library says what matters itself
+ort.set_default_logger_severity(3)
 
 
 def cuda_device_count() -> int:

@@ -15,6 +15,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from blackbox_sal.errors import ModelError
+from blackbox_sal.model.features import Featurizer
 from blackbox_sal.model.model_config import ModelConfig
 from blackbox_sal.model.session import batches, on_cuda, run
 from blackbox_sal.surgery.names import EMBEDS, IDS, MASK, POSITIONS, TYPES
@@ -24,16 +25,23 @@ from blackbox_sal.surgery.names import EMBEDS, IDS, MASK, POSITIONS, TYPES
 TASKS = ("classification", "next-token", "multiple-choice")
 
 
-def int_feeds(int_inputs: dict[str, Any], ids: np.ndarray, type_ids: np.ndarray, rows: int) -> dict[str, np.ndarray]:
-    """The integer feeds a session wants (``int_inputs``: name -> numpy dtype) for ``rows``
-    rows of ids/type ids ([S], shared, or [rows, S]): an all-ones mask, the type ids,
-    positions 0..S-1 and the ids themselves (e.g. for Shape(input_ids) inside the body)."""
+def int_feeds(int_inputs: dict[str, Any], ids: np.ndarray, type_ids: np.ndarray, rows: int,
+              mask: np.ndarray | None = None, mask_rank: int = 2) -> dict[str, np.ndarray]:
+    """The other feeds a session wants (``int_inputs``: name -> numpy dtype) for ``rows`` rows
+    of ids/type ids/mask ([S], shared, or [rows, S]; mask None: all ones): the mask, the type
+    ids, positions 0..S-1 and the ids themselves (e.g. for Shape(input_ids) inside the body).
+    A float mask of rank 4 is additive, as some exports take it: 0 on tokens, the float32
+    minimum on padding, [rows, 1, 1, S]."""
     ids2 = np.broadcast_to(ids, (rows, ids.shape[-1])) if ids.ndim == 1 else ids
     types2 = np.broadcast_to(type_ids, ids2.shape) if type_ids.ndim == 1 else type_ids
+    ones = np.ones(ids2.shape, np.int64)
+    mask2 = ones if mask is None else np.broadcast_to(mask, ids2.shape) if mask.ndim == 1 else mask
     feeds: dict[str, np.ndarray] = {}
     for name, dtype in int_inputs.items():
-        if name == MASK:
-            value = np.ones(ids2.shape, dtype=dtype)
+        if name == MASK and np.dtype(dtype).kind == "f" and mask_rank == 4:
+            value = np.where(mask2 > 0, 0.0, np.finfo(np.float32).min).astype(dtype)[:, None, None, :]
+        elif name == MASK:
+            value = mask2.astype(dtype)
         elif name == TYPES:
             value = types2.astype(dtype)
         elif name == POSITIONS:
@@ -79,11 +87,27 @@ class TextModel:
     #: loaded graph computes the deployed function itself (checked), so it is not "quantized"
     weight_only: tuple[str, ...] = ()
     #: classification ([batch, classes] output), next-token (a causal LM's [batch, seq,
-    #: vocab] logits, explained at the last position; classes are vocabulary tokens), or
-    #: multiple-choice (one (context, choice) sequence scored at a time)
+    #: vocab] logits, explained at the last position; classes are vocabulary tokens),
+    #: multiple-choice (one (context, choice) sequence scored at a time), or embedding (token
+    #: states pooled into a sentence embedding)
     task: str = "classification"
     #: built lazily and kept with the model (the gradient graph), keyed by purpose
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: a fixed-shape export: the number of tokens it takes exactly (texts are padded to it,
+    #: under the mask), and the rows one run must have
+    fixed_length: int | None = None
+    fixed_batch: int | None = None
+    #: the attention mask's rank: 2 ([batch, seq]), or 4 for an additive float mask [batch, 1, 1, seq]
+    mask_rank: int = 2
+    #: the pad token's id (None: the tokenizer names none; the table's row 0 is used)
+    pad_id: int | None = None
+    #: for an embedding model: how its token states were pooled, and where that was read
+    pooling: str | None = None
+    #: for a feature model (bag of words, a scikit-learn pipeline, numbers): how its input
+    #: vector is made; its features are the "tokens", each a one-dimensional embedding
+    features: Featurizer | None = field(default=None, repr=False, compare=False)
+    #: what every explanation of this model should say, found when it was loaded
+    notes: tuple[str, ...] = ()
 
     @property
     def dim(self) -> int:
@@ -118,13 +142,28 @@ class TextModel:
                 return int(ids[0])
         return None
 
+    def pad(self, ids: np.ndarray, type_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """ids and type ids [S] padded to a fixed-length export's length with the pad token,
+        and the mask (0 on the padding); as they are (mask None) for any other model."""
+        if self.fixed_length is None or len(ids) >= self.fixed_length:
+            return ids, type_ids, None
+        n = self.fixed_length - len(ids)
+        pad = np.full(n, self.pad_id if self.pad_id is not None else 0, ids.dtype)
+        return (np.concatenate([ids, pad]), np.concatenate([type_ids, np.zeros(n, type_ids.dtype)]),
+                np.concatenate([np.ones(len(ids), np.int64), np.zeros(n, np.int64)]))
+
     def embed(self, ids: np.ndarray) -> np.ndarray:
-        """Look token ids [S] up in the table: float32 [S, D]."""
+        """Look token ids [S] up in the table: float32 [S, D]. ModelError for an id the table
+        lacks (a tokenizer with holes in its vocabulary, say)."""
+        if ids.size and (int(ids.max()) >= self.table.shape[0] or int(ids.min()) < 0):
+            raise ModelError(f"the tokenizer gave token id {int(ids.max())}, but the embedding table has "
+                             f"{self.table.shape[0]} rows: they do not belong together")
         return self.table[ids]
 
-    def feeds(self, embeds: np.ndarray, ids: np.ndarray, type_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Session feeds for ``embeds`` [k, S, D] and ids/type ids ([S] shared, or [k, S])."""
-        feeds = int_feeds(self.int_inputs, ids, type_ids, embeds.shape[0])
+    def feeds(self, embeds: np.ndarray, ids: np.ndarray, type_ids: np.ndarray,
+              mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Session feeds for ``embeds`` [k, S, D] and ids/type ids/mask ([S] shared, or [k, S])."""
+        feeds = int_feeds(self.int_inputs, ids, type_ids, embeds.shape[0], mask, self.mask_rank)
         feeds[EMBEDS] = np.ascontiguousarray(embeds, dtype=np.float32)
         return feeds
 
@@ -139,13 +178,40 @@ class TextModel:
                 f"expected [batch, classes] (choose another output with --model-output)")
         return out.astype(np.float64)
 
-    def forward(self, embeds: np.ndarray, ids: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
-        """The explained output for ``embeds`` [k, S, D], in one run: float64 [k, C]."""
-        out = run(self.session, [self.output], self.feeds(embeds, ids, type_ids))[0]
-        return self.as_classes(out, embeds.shape[0])
+    def forward(self, embeds: np.ndarray, ids: np.ndarray, type_ids: np.ndarray,
+                mask: np.ndarray | None = None) -> np.ndarray:
+        """The explained output for ``embeds`` [k, S, D], in one run (runs of exactly
+        ``fixed_batch`` rows for a fixed-batch export): float64 [k, C]."""
+        k = embeds.shape[0]
+        if self.fixed_batch is not None and k != self.fixed_batch:
+            ids, type_ids, mask = per_row(k, ids, type_ids, mask)
+            return np.concatenate([self.forward(*fill(self.fixed_batch, rows, embeds, ids, type_ids, mask))[
+                : rows.stop - rows.start] for rows in batches(k, self.fixed_batch)], axis=0)
+        out = run(self.session, [self.output], self.feeds(embeds, ids, type_ids, mask))[0]
+        return self.as_classes(out, k)
 
-    def run(self, embeds: np.ndarray, ids: np.ndarray, type_ids: np.ndarray, batch_size: int) -> np.ndarray:
-        """The explained output for ``embeds`` [N, S, D] that share ``ids``/``type_ids`` [S],
-        ``batch_size`` rows per run: float64 [N, C]."""
-        return np.concatenate([self.forward(embeds[rows], ids, type_ids)
+    def run(self, embeds: np.ndarray, ids: np.ndarray, type_ids: np.ndarray, batch_size: int,
+            mask: np.ndarray | None = None) -> np.ndarray:
+        """The explained output for ``embeds`` [N, S, D] that share ``ids``/``type_ids``/``mask``
+        [S], ``batch_size`` rows per run: float64 [N, C]."""
+        return np.concatenate([self.forward(embeds[rows], ids, type_ids, mask)
                                for rows in batches(embeds.shape[0], batch_size)], axis=0)
+
+
+def per_row(k: int, ids: np.ndarray, type_ids: np.ndarray,
+            mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """ids, type ids and mask with one row each for k rows ([S] ones repeated)."""
+    def rows(a: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(a, (k, a.shape[-1])) if a.ndim == 1 else a
+    return rows(ids), rows(type_ids), None if mask is None else rows(mask)
+
+
+def fill(n: int, rows: slice, first: np.ndarray, *per_row: np.ndarray | None) -> tuple[Any, ...]:
+    """``rows`` of ``first`` and of each array in ``per_row`` (all with one entry per row;
+    None stays None), as exactly n rows: the last row repeated to fill a fixed-batch run."""
+    def take(a: np.ndarray | None) -> np.ndarray | None:
+        if a is None:
+            return a
+        part = a[rows]
+        return np.concatenate([part, np.repeat(part[-1:], n - len(part), axis=0)]) if len(part) < n else part
+    return (take(first), *(take(a) for a in per_row))

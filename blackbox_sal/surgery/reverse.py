@@ -20,7 +20,8 @@ from blackbox_sal.surgery.builder import Builder
 from blackbox_sal.surgery.facts import Facts
 from blackbox_sal.surgery.gelu import fold_gelus
 from blackbox_sal.surgery.index import opset_of
-from blackbox_sal.surgery.rules import RULES
+from blackbox_sal.surgery.prune import node_inputs
+from blackbox_sal.surgery.rules import LEFT_TO_FINITE_DIFFERENCES, RULES
 
 #: ops whose outputs carry no gradient even when a float input is differentiated
 NON_DIFFERENTIABLE = {
@@ -46,15 +47,15 @@ def reverse(model: onnx.ModelProto, wrt: str, output: str, seed: str, grad: str,
     result.CopyFrom(model)
     graph = result.graph
     active = {wrt}
-    for node in graph.node:
-        if node.op_type not in NON_DIFFERENTIABLE and any(i in active for i in node.input):
+    for node in graph.node:  # a subgraph (Loop, Scan, If) reading an active tensor makes its node active too
+        if node.op_type not in NON_DIFFERENTIABLE and any(i in active for i in node_inputs(node)):
             active.update(o for o in node.output if o and facts.is_float(o))
     needed = {output}
     differentiated: list[onnx.NodeProto] = []
     for node in reversed(graph.node):
         if any(o in needed and o in active for o in node.output):
             differentiated.append(node)
-            needed.update(i for i in node.input if i in active)
+            needed.update(i for i in node_inputs(node) if i in active)
     differentiated = fold_gelus(graph, facts, differentiated)
     b = Builder(opset)
     adjoints: dict[str, list[str]] = {output: [seed]}
@@ -64,8 +65,9 @@ def reverse(model: onnx.ModelProto, wrt: str, output: str, seed: str, grad: str,
             continue
         rule = RULES.get(node.op_type)
         if rule is None:
-            raise ModelError(f"no gradient rule for operator {node.op_type!r} (node {node.name or node.output[0]!r}); "
-                             "finite differences work for any model")
+            why = LEFT_TO_FINITE_DIFFERENCES.get(node.op_type, "")
+            raise ModelError(f"no gradient rule for operator {node.op_type!r} (node {node.name or node.output[0]!r})"
+                             f"{': ' + why if why else ''}; finite differences work for any model")
         want = [bool(i) and i in active and i in needed for i in node.input]
         for name, g in zip(node.input, rule(b, facts, node, grads, want), strict=False):
             if g is not None and name in active:

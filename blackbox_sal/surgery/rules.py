@@ -98,6 +98,12 @@ UNARY: dict[str, Callable[[Builder, Facts, str, str], str] | None] = {
                                     to=helper.np_dtype_to_tensor_dtype(f.dtypes[y])),
     "Erf": lambda b, f, x, y: b.op("Mul", [b.scalar(2 / math.sqrt(math.pi), f.rank(x), f.dtypes[x]),
                                           b.op("Exp", [b.op("Neg", [b.op("Mul", [x, x])])])]),
+    # softplus' = sigmoid(x); softsign' = 1 / (1 + |x|)^2
+    "Softplus": lambda b, f, x, y: b.op("Sigmoid", [x]),
+    "Softsign": lambda b, f, x, y: b.op("Reciprocal", [b.op("Mul", [d := b.op("Add", [_one(b, f, x),
+                                                                                       b.op("Abs", [x])]), d])]),
+    "Sin": lambda b, f, x, y: b.op("Cos", [x]),
+    "Cos": lambda b, f, x, y: b.op("Neg", [b.op("Sin", [x])]),
 }
 
 
@@ -227,10 +233,19 @@ def _conv(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: l
         raise ModelError("no gradient rule for Conv with differentiated weights")
     spatial = f.rank(x) - 2
     strides = attr_ints(n, "strides", [1] * spatial) or []
-    if attr_str(n, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise ModelError("no gradient rule for Conv with auto_pad SAME_*")
+    auto_pad = attr_str(n, "auto_pad", "NOTSET")
     pads = attr_ints(n, "pads", [0] * 2 * spatial) or []
     dil = attr_ints(n, "dilations", [1] * spatial) or []
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):  # stride 1: the padding is (k - 1) d whatever the length
+        if any(s != 1 for s in strides):
+            raise ModelError("no gradient rule for a strided Conv with auto_pad SAME_* (its padding depends on "
+                             "the length)")
+        kernel = f.shapes[n.input[1]][0][2:]
+        total = [(k - 1) * d for k, d in zip(kernel, dil, strict=True)]
+        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+        pads = begin + [t - s for t, s in zip(total, begin, strict=True)]
+    elif auto_pad not in ("NOTSET", "VALID"):
+        raise ModelError(f"no gradient rule for Conv with auto_pad {auto_pad}")
     attrs: dict[str, object] = {"pads": pads, "dilations": dil, "group": attr_int(n, "group", 1)}
     if all(s == 1 for s in strides):  # the transposed convolution has exactly x's extent
         return [b.op("ConvTranspose", [g, n.input[1]], **attrs)]
@@ -432,6 +447,165 @@ def _reduce(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want:
     return [b.op("Expand", [g, b.shape(x)])] + [None] * (len(n.input) - 1)
 
 
+def _extremum(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    """Max / Min of several inputs (broadcast): g goes to the inputs equal to the result."""
+    g, y = gy[0], n.output[0]
+    assert g is not None
+    out: list[str | None] = [None] * len(n.input)
+    for k, x in enumerate(n.input):
+        if want[k]:
+            on = b.op("Cast", [b.op("Equal", [x, y])], to=helper.np_dtype_to_tensor_dtype(f.dtypes[y]))
+            out[k] = unbroadcast(b, f, b.op("Mul", [g, on]), x, y)
+    return out
+
+
+def _mean(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    g, y = gy[0], n.output[0]
+    assert g is not None
+    part = b.op("Mul", [g, b.scalar(1.0 / len(n.input), f.rank(y), f.dtypes[y])])
+    return [unbroadcast(b, f, part, x, y) if w else None for x, w in zip(n.input, want, strict=True)]
+
+
+def _global_pool(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    """GlobalAveragePool / GlobalMaxPool: y [N, C, 1...] over the spatial axes of x [N, C, ...]."""
+    g, x, y = gy[0], n.input[0], n.output[0]
+    assert g is not None
+    spatial = list(range(2, f.rank(x)))
+    if n.op_type == "GlobalMaxPool":
+        on = b.op("Cast", [b.op("Equal", [x, y])], to=helper.np_dtype_to_tensor_dtype(f.dtypes[x]))
+        return [b.op("Mul", [on, g])]
+    counts = {int(np.prod([s[a] for a in spatial])) for s in f.shapes[x]}
+    if len(counts) == 1:
+        scaled = b.op("Mul", [g, b.scalar(1.0 / max(counts.pop(), 1), f.rank(x), f.dtypes[x])])
+    else:
+        count = b.reduce("ReduceProd", b.op("Gather", [b.shape(x), b.ints(spatial)]), [0], keepdims=False)
+        scaled = b.op("Div", [g, b.op("Cast", [count], to=helper.np_dtype_to_tensor_dtype(f.dtypes[x]))])
+    return [b.op("Expand", [scaled, b.shape(x)])]
+
+
+def _prelu(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    g, x, slope, y = gy[0], n.input[0], n.input[1], n.output[0]
+    assert g is not None
+    if want[1]:
+        raise ModelError("no gradient rule for PRelu with a differentiated slope")
+    return [unbroadcast(b, f, b.op("Where", [b.op("Greater", [x, zero_like(b, f, x)]), g,
+                                              b.op("Mul", [g, slope])]), x, y), None]
+
+
+def _elu(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    """y = x (x > 0), alpha (e^x - 1) else: y' = 1, or y + alpha."""
+    g, x, y = gy[0], n.input[0], n.output[0]
+    assert g is not None
+    alpha = b.scalar(attr_float(n, "alpha", 1.0), f.rank(x), f.dtypes[x])
+    return [b.op("Where", [b.op("Greater", [x, zero_like(b, f, x)]), g, b.op("Mul", [g, b.op("Add", [y, alpha])])])]
+
+
+def _hard_sigmoid(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    """y = clip(alpha x + beta, 0, 1): y' = alpha inside (0, 1), else 0."""
+    g, x, y = gy[0], n.input[0], n.output[0]
+    assert g is not None
+    r, dt = f.rank(x), f.dtypes[x]
+    inside = b.op("And", [b.op("Greater", [y, zero_like(b, f, y)]), b.op("Less", [y, _one(b, f, y)])])
+    return [b.op("Where", [inside, b.op("Mul", [g, b.scalar(attr_float(n, "alpha", 0.2), r, dt)]),
+                           zero_like(b, f, x)])]
+
+
+def _einsum(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    """Two operands, each subscript letter once per term, no ellipsis: the adjoint of one
+    operand is the einsum of g with the other, its subscripts as the output."""
+    g = gy[0]
+    assert g is not None
+    equation = attr_str(n, "equation", "").replace(" ", "")
+    if "->" not in equation or "." in equation or len(n.input) != 2:
+        raise ModelError(f"no gradient rule for Einsum {equation!r} (two operands, an explicit output, no ellipsis)")
+    terms, result = equation.split("->")
+    first, second = terms.split(",")
+    if any(len(set(t)) != len(t) for t in (first, second, result)) or not set(first) <= set(second + result) \
+            or not set(second) <= set(first + result):
+        raise ModelError(f"no gradient rule for Einsum {equation!r} (a letter summed within one operand)")
+    out: list[str | None] = [None, None]
+    if want[0]:
+        out[0] = b.op("Einsum", [g, n.input[1]], equation=f"{result},{second}->{first}")
+    if want[1]:
+        out[1] = b.op("Einsum", [n.input[0], g], equation=f"{first},{result}->{second}")
+    return out
+
+
+def _reduce_extra(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    """ReduceSumSquare (2 x g) and ReduceLogSumExp (g softmax(x)) over the reduced axes."""
+    g, x, y = gy[0], n.input[0], n.output[0]
+    assert g is not None
+    axes, keep = _reduce_axes(b, f, n)
+    if not keep:
+        g, y = b.unsqueeze(g, axes), b.unsqueeze(y, axes)
+    spread = b.op("Expand", [g, b.shape(x)])
+    if n.op_type == "ReduceSumSquare":
+        local = b.op("Mul", [x, b.scalar(2.0, f.rank(x), f.dtypes[x])])
+    else:
+        local = b.op("Exp", [b.op("Sub", [x, y])])
+    return [b.op("Mul", [spread, local])] + [None] * (len(n.input) - 1)
+
+
+def _ml_floats(n: onnx.NodeProto, name: str) -> np.ndarray:
+    for a in n.attribute:
+        if a.name == name:
+            return np.array(list(a.floats), np.float32)
+    return np.zeros(0, np.float32)
+
+
+def _linear_classifier(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None],
+                       want: list[bool]) -> list[str | None]:
+    """ONNX-ML LinearClassifier: scores Z = post(X W^T + b) for W [C, F]; post NONE, LOGISTIC
+    (elementwise sigmoid) or SOFTMAX over the classes. The label output carries no gradient."""
+    g, x = gy[1] if len(gy) > 1 else None, n.input[0]
+    if g is None:
+        return [None]
+    post = attr_str(n, "post_transform", "NONE")
+    weights = _ml_floats(n, "coefficients")
+    width = f.shapes[x][0][-1]
+    if weights.size % max(width, 1) or post not in ("NONE", "LOGISTIC", "SOFTMAX"):
+        raise ModelError(f"no gradient rule for LinearClassifier with post_transform {post} or "
+                         f"{weights.size} coefficients for {width} features")
+    w = b.const(weights.reshape(-1, width))  # [C, F]
+    z = n.output[1]
+    if post == "LOGISTIC":  # dz/draw = z (1 - z)
+        g = b.op("Mul", [g, b.op("Mul", [z, b.op("Sub", [_one(b, f, z), z])])])
+    elif post == "SOFTMAX":
+        t = b.op("Mul", [g, z])
+        g = b.op("Sub", [t, b.op("Mul", [z, b.reduce("ReduceSum", t, [1], keepdims=True)])])
+    return [b.op("MatMul", [g, w])]
+
+
+def _normalizer(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], want: list[bool]) -> list[str | None]:
+    """ONNX-ML Normalizer, per row: L2 y = x / |x|: dx = (g - y (g . y)) / |x|; L1 y = x / sum|x|:
+    dx = (g - sign(x) (g . y)) / sum|x| (an all-zero row, which it leaves zero, gets a gradient of 0)."""
+    g, x, y = gy[0], n.input[0], n.output[0]
+    assert g is not None
+    norm = attr_str(n, "norm", "MAX")
+    if norm not in ("L1", "L2"):
+        raise ModelError(f"no gradient rule for Normalizer with norm {norm}")
+    size = b.reduce("ReduceL2" if norm == "L2" else "ReduceL1", x, [1], keepdims=True)
+    size = b.op("Max", [size, b.scalar(1e-30, 2, f.dtypes[x])])
+    dot = b.reduce("ReduceSum", b.op("Mul", [g, y]), [1], keepdims=True)
+    along = y if norm == "L2" else b.op("Sign", [x])
+    return [b.op("Div", [b.op("Sub", [g, b.op("Mul", [along, dot])]), size])]
+
+
+#: operators left to finite differences, and why (measured or read off the operator)
+LEFT_TO_FINITE_DIFFERENCES = {
+    "LSTM": "a recurrent layer's adjoint runs its recurrence backwards, which standard ONNX can only spell as a "
+            "Loop of its own; finite differences on the Keras LSTM agree with tf.GradientTape to 7e-5",
+    "GRU": "as LSTM: a recurrence backwards, left to finite differences",
+    "RNN": "as LSTM: a recurrence backwards, left to finite differences",
+    "Loop": "a loop's adjoint is a second loop run backwards over stored iterations; finite differences on "
+            "the Keras LSTM export (a Loop) agree with tf.GradientTape to 7e-5",
+    "Scan": "as Loop",
+    "If": "a branch taken on data",
+    "TopK": "a selection whose indices change with the input",
+    "MaxPool": "windowed maxima: left to finite differences (text models pool globally: GlobalMaxPool, ReduceMax)",
+}
+
+
 RULES: dict[str, Rule] = {
     **{op: _unary(local) for op, local in UNARY.items()},
     "Add": _add, "Sub": _add, "Sum": _add, "Mul": _mul, "Div": _div, "Pow": _pow,
@@ -443,4 +617,9 @@ RULES: dict[str, Rule] = {
     "Gather": _gather, "Where": _where,
     "ReduceSum": _reduce, "ReduceMean": _reduce, "ReduceMax": _reduce, "ReduceMin": _reduce, "ReduceL2": _reduce,
     "Clip": _clip, "CumSum": _cumsum,
+    "Max": _extremum, "Min": _extremum, "Mean": _mean,
+    "GlobalAveragePool": _global_pool, "GlobalMaxPool": _global_pool,
+    "PRelu": _prelu, "Elu": _elu, "HardSigmoid": _hard_sigmoid, "Einsum": _einsum,
+    "ReduceSumSquare": _reduce_extra, "ReduceLogSumExp": _reduce_extra,
+    "LinearClassifier": _linear_classifier, "Normalizer": _normalizer,
 }

@@ -37,15 +37,21 @@ import onnx
 from onnx import helper, numpy_helper
 
 from blackbox_sal.errors import ModelError
+from blackbox_sal.surgery.fold import fold
 from blackbox_sal.surgery.index import GraphIndex, attr_int
 from blackbox_sal.surgery.names import EMBEDS
-from blackbox_sal.surgery.prune import node_inputs, prune
+from blackbox_sal.surgery.prune import clear_shapes, node_inputs, prune
 
 #: Ops allowed between ``input_ids`` and the lookup's indices that change the dtype or
 #: nothing at all.
 PASS_THROUGH = ("Cast", "Identity")
 #: Shape-only ops between ``input_ids`` and the lookup: the body repeats them.
 MIRRORED = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+#: Elementwise integer arithmetic on the ids, with constants: Keras's negative-index wrap
+#: ``where(ids < 0, ids + V, ids)`` comes out of tf2onnx as Less, Not, Cast, Mul, Add. It leaves
+#: valid ids as they are (the loader checks the split against the original model).
+INDEX_ARITHMETIC = ("Add", "Sub", "Mul", "Mod", "Where", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+                    "Equal", "Not", "And", "Or", "Clip", "Max", "Min", "Abs")
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 _INT8_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
@@ -61,6 +67,7 @@ class EmbeddingSplit:
     needs_ids: whether the body still reads ``input_ids`` (e.g. ``Shape(input_ids)``).
     lookup: the name of the Gather node that was removed.
     quantized_table: whether the table was stored in 8 bits.
+    table_ops: the operators that computed the table from constants (folded at load).
     """
 
     table: np.ndarray
@@ -68,6 +75,7 @@ class EmbeddingSplit:
     needs_ids: bool
     lookup: str
     quantized_table: bool = False
+    table_ops: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,16 +95,29 @@ class Lookup:
     output: str
     quantized: bool
     requantize: tuple[str, str] | None = None
+    #: the operators that computed the table from constants (empty for a stored table)
+    ops: tuple[str, ...] = ()
 
 
-def _reached_from(graph: onnx.GraphProto, start: str) -> dict[str, list[onnx.NodeProto]]:
-    """Names computed from ``start`` through PASS_THROUGH / MIRRORED ops, each with the chain
-    of nodes that leads to it (``start`` itself has an empty chain)."""
-    reached: dict[str, list[onnx.NodeProto]] = {start: []}
+def _reached_from(graph: onnx.GraphProto, start: str, constants: set[str]) -> dict[str, tuple[onnx.NodeProto, ...]]:
+    """Names computed from ``start`` through PASS_THROUGH / MIRRORED / INDEX_ARITHMETIC ops
+    (with constants), each with the nodes that lead to it, in graph order (``start``: none)."""
+    reached: dict[str, tuple[onnx.NodeProto, ...]] = {start: ()}
     for node in graph.node:  # topological order: one pass suffices
-        if node.op_type in PASS_THROUGH + MIRRORED and node.input and node.input[0] in reached:
-            for out in node.output:
-                reached[out] = [*reached[node.input[0]], node]
+        if not node.input or (node.input[0] not in reached and node.op_type not in INDEX_ARITHMETIC):
+            continue
+        if node.op_type in PASS_THROUGH + MIRRORED and node.input[0] in reached:
+            chain = reached[node.input[0]]
+        elif node.op_type in INDEX_ARITHMETIC and all(i in reached or i in constants for i in node.input if i) \
+                and any(i in reached for i in node.input):
+            seen: dict[int, onnx.NodeProto] = {}
+            for i in node.input:
+                seen.update((id(n), n) for n in reached.get(i, ()))
+            chain = tuple(seen.values())
+        else:
+            continue
+        for out in node.output:
+            reached[out] = (*chain, node)
     return reached
 
 
@@ -119,62 +140,65 @@ def _dequantize(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto], q: np
 
 
 def find_lookup(graph: onnx.GraphProto, ids_name: str) -> Lookup:
-    """The word-embedding lookup fed by ``ids_name``.
-
-    Several candidates (rare: a second table indexed by the ids) resolve to the largest table.
-    """
-    reached = _reached_from(graph, ids_name)
+    """The word-embedding lookup fed by ``ids_name``: a Gather (axis 0) whose indices come from
+    the ids and whose table is a constant 2-D tensor or a function of constants alone (folded,
+    :mod:`blackbox_sal.surgery.fold`). Several candidates (rare: a second table indexed by the
+    ids) resolve to the largest table. ModelError names every Gather the search rejected."""
     index = GraphIndex.of(graph)
-    consts, producer, users = index.constants, index.producer, index.users
+    reached = _reached_from(graph, ids_name, set(index.constants))
+    consts, users = index.constants, index.users
     candidates: list[Lookup] = []
     refused: list[str] = []
     for node in graph.node:
         if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in reached:
             continue
+        where = f"Gather {node.name or node.output[0]!r} on {node.input[0]!r}"
         if attr_int(node, "axis", 0) != 0:
+            refused.append(f"{where}: it gathers along axis {attr_int(node, 'axis', 0)}, not the rows")
             continue
-        chain = tuple(reached[node.input[1]])
+        chain = tuple(n for n in reached[node.input[1]])
         source = node.input[0]
-        if source in consts and len(consts[source].dims) == 2:
-            proto = consts[source]
-            array = numpy_helper.to_array(proto)
-            after = users.get(node.output[0], [])
-            if proto.data_type in _FLOAT_TYPES:
-                candidates.append(Lookup(node, array.astype(np.float32), chain, (node,), node.output[0], False))
-            elif proto.data_type in _INT8_TYPES and len(after) == 1 and after[0].op_type == "DequantizeLinear":
-                dq = after[0]  # per-axis parameters can only run along the output's last axis: the columns
-                table = _dequantize(dq, consts, array, 1)
-                if table is not None:
-                    candidates.append(Lookup(node, table, chain, (node, dq), dq.output[0], True))
-                else:
-                    refused.append(f"{source!r} (8-bit, with a DequantizeLinear we cannot fold)")
-            elif proto.data_type in _INT8_TYPES:
-                # the 8-bit lookup feeds integer ops directly (quantize_dynamic fuses it into a
-                # MatMulInteger); its parameters follow onnxruntime's naming: X_quantized, X_scale, X_zero_point
-                base = source.removesuffix("_quantized")
-                scale, zero = f"{base}_scale", f"{base}_zero_point"
-                dq = helper.make_node("DequantizeLinear", [source, scale, zero], ["_"], axis=1)
-                table = _dequantize(dq, consts, array, 1) if scale in consts and zero in consts else None
-                if table is not None:
-                    candidates.append(Lookup(node, table, chain, (node,), node.output[0], True, (scale, zero)))
-                else:
-                    refused.append(f"{source!r} (8-bit, without a DequantizeLinear or {scale!r}/{zero!r})")
-            else:
-                refused.append(f"{source!r} ({onnx.TensorProto.DataType.Name(proto.data_type)})")
-        elif source in producer and producer[source].op_type == "DequantizeLinear":
-            dq = producer[source]  # the table is dequantized from constants before the lookup
-            q = consts.get(dq.input[0])
-            table = (_dequantize(dq, consts, numpy_helper.to_array(q), attr_int(dq, "axis", 1) % 2)
-                     if q is not None and len(q.dims) == 2 else None)
+        folded = fold(index, source)
+        if folded.value is None:
+            refused.append(f"{where}: {folded.why}")
+            continue
+        array, ops = folded.value, folded.ops
+        if array.ndim != 2:
+            refused.append(f"{where}: the table has {array.ndim} dimensions, not 2")
+            continue
+        after = users.get(node.output[0], [])
+        if array.dtype.kind == "f":
+            candidates.append(Lookup(node, array.astype(np.float32), chain, (node,), node.output[0],
+                                     folded.low_bit, ops=ops))
+        elif array.dtype in (np.int8, np.uint8) and len(after) == 1 and after[0].op_type == "DequantizeLinear":
+            dq = after[0]  # per-axis parameters can only run along the output's last axis: the columns
+            table = _dequantize(dq, consts, array, 1)
             if table is not None:
-                candidates.append(Lookup(node, table, chain, (node,), node.output[0], True))
+                candidates.append(Lookup(node, table, chain, (node, dq), dq.output[0], True,
+                                         ops=(*ops, "DequantizeLinear")))
+            else:
+                refused.append(f"{where}: 8-bit, with a DequantizeLinear whose parameters are not constants")
+        elif array.dtype in (np.int8, np.uint8):
+            # the 8-bit lookup feeds integer ops directly (quantize_dynamic fuses it into a
+            # MatMulInteger); its parameters follow onnxruntime's naming: X_quantized, X_scale, X_zero_point
+            base = source.removesuffix("_quantized")
+            scale, zero = f"{base}_scale", f"{base}_zero_point"
+            dq = helper.make_node("DequantizeLinear", [source, scale, zero], ["_"], axis=1)
+            table = _dequantize(dq, consts, array, 1) if scale in consts and zero in consts else None
+            if table is not None:
+                candidates.append(Lookup(node, table, chain, (node,), node.output[0], True, (scale, zero),
+                                         ops=("DequantizeLinear",)))
+            else:
+                refused.append(f"{where}: 8-bit, without a DequantizeLinear or {scale!r}/{zero!r}")
+        else:
+            refused.append(f"{where}: the table is {array.dtype}, not float")
     if not candidates:
-        tried = f" (found tables we cannot use: {', '.join(refused)})" if refused else ""
+        tried = f" (rejected: {'; '.join(refused)})" if refused else ""
         raise ModelError(
-            f"no word-embedding lookup found{tried}: looked for a Gather on a constant 2-D table "
-            f"(float, or 8-bit with a DequantizeLinear) whose indices come from {ids_name!r} directly "
-            f"or through {'/'.join(PASS_THROUGH + MIRRORED)}. Export the model with an 'inputs_embeds' "
-            f"input instead and put the table beside it as embeddings.npy")
+            f"no word-embedding lookup found{tried}: looked for a Gather whose indices come from {ids_name!r} "
+            f"(directly or through casts, reshapes and index arithmetic) on a 2-D float table that is a constant "
+            f"or computed from constants (an 8-bit table with its scale, say). Export the model with an "
+            f"'inputs_embeds' input instead and put the table beside it as embeddings.npy")
     return max(candidates, key=lambda c: c.table.shape[0])
 
 
@@ -203,6 +227,8 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
     del g.node[:]
     g.node.extend(kept)
     mirrored = [n for n in found.chain if n.op_type in MIRRORED]
+    if any(n.op_type in INDEX_ARITHMETIC for n in found.chain) and mirrored:
+        raise ModelError("the ids are both reshaped and computed on before the lookup: cannot split this model")
     # the name the float embeddings take in the body; an 8-bit lookup is re-quantized from it
     floats = f"{emb_out}__float" if found.requantize else (emb_out if mirrored else EMBEDS)
     for node in g.node:
@@ -239,8 +265,9 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
         onnx.checker.check_model(body)
     except onnx.checker.ValidationError as exc:  # a bug in the surgery, or a model onnx rejects
         raise ModelError(f"the split model does not pass onnx.checker: {exc}") from exc
+    clear_shapes(g)
     return EmbeddingSplit(table=table, body=body, needs_ids=needs_ids, lookup=found.gather.name,
-                          quantized_table=found.quantized)
+                          quantized_table=found.quantized, table_ops=found.ops)
 
 
 def _per_column(g: onnx.GraphProto, name: str) -> bool:
