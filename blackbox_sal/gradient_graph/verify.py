@@ -8,6 +8,8 @@ directional derivatives must match Richardson finite differences of the model it
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from blackbox_sal.differences import RICHARDSON, combine
@@ -59,18 +61,18 @@ _TEXTS = ("The quick brown fox jumps over the lazy dog, and the film was good.",
           "A dull, lifeless remake: the plot is thin, but the acting is wonderful and the music great.")
 
 
-def _points(model: TextModel, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The token ids and embeddings [S, D] the check starts from: random token sequences of
-    VERIFY_LENGTHS (a fixed-length export's own length); for a feature model, the vectors of
-    two texts (or random numbers), since an all-ones bag of words saturates a classifier."""
-    if model.features is None:
-        out = []
-        for length in VERIFY_LENGTHS:
+def _points(model: TextModel, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The token ids and embeddings [S, D] the check starts from, drawn as the check goes:
+    random token sequences of VERIFY_LENGTHS (a fixed-length export's own length); for a
+    feature model, the vectors of two texts (or random numbers), since an all-ones bag of
+    words saturates a classifier."""
+    for k, length in enumerate(VERIFY_LENGTHS):
+        if model.features is None:
             s = model.fixed_length or min(length, model.max_length or length)
             ids = rng.integers(0, model.table.shape[0], s)
-            out.append((ids, model.embed(ids)))
-        return out
-    n = model.features.size
-    vectors = ([model.features.featurize(t)[0] for t in _TEXTS] if model.features.kind != "numbers" else
-               [rng.uniform(0.0, 1.0, n) for _ in VERIFY_LENGTHS])
-    return [(np.zeros(n, np.int64), np.asarray(v, np.float32)[:, None]) for v in vectors]
+            yield ids, model.embed(ids)
+            continue
+        n = model.features.size
+        vector = (model.features.featurize(_TEXTS[k])[0] if model.features.kind != "numbers" else
+                  rng.uniform(0.0, 1.0, n))
+        yield np.zeros(n, np.int64), np.asarray(vector, np.float32)[:, None]
