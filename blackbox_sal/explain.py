@@ -165,7 +165,7 @@ def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, s
                          f"to explain (a model that overflows, or an input it was not built for)")
     baseline_value = float(asked.objective.scalar(both[1:])[0]) if spec.baseline_value else None
     scale = step_scale(x, model.row_norm)
-    rows = rows_per_run(*run_size(cfg.batch_size, cfg.tokens_per_run, model.device), len(seq))
+    rows = model.fixed_batch or rows_per_run(*run_size(cfg.batch_size, cfg.tokens_per_run, model.device), len(seq))
     backend_spec = BACKENDS[cfg.backend] if spec.needs_derivatives else VALUES_ONLY
     backend, backend_notes = backend_spec.make(Setting(
         asked.objective, seq, scale, outputs.shape[1], cost, fd_step=cfg.fd_step, richardson=cfg.richardson,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper
 from tokenizers import Tokenizer
 
 from blackbox_sal.baselines import baseline_token
@@ -145,7 +146,7 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
     original: onnx.ModelProto | None = None
     if any(i.type.tensor_type.elem_type == onnx.TensorProto.STRING for i in proto.graph.input):
         pipe = split_pipeline(proto)
-        front = create_session(pipe.front.SerializeToString(), "cpu", threads)
+        front, relocated = _front_session(pipe.front, threads)
         pattern = attr_str(pipe.tokenizer, "tokenexp", "") if pipe.tokenizer is not None else ""
         if not pattern:
             raise ModelError("the pipeline tokenizes without a pattern (tokenexp): blackbox-sal cannot find its "
@@ -159,6 +160,10 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
             pattern=tokenizer_pattern(pattern), vocabulary=words,
             lowercase=pipe.normalizer is None or attr_str(pipe.normalizer, "case_change_action", "") == "LOWER")
         body, origin, original = embeds_input(pipe.body, pipe.features, pipe.size), "a scikit-learn pipeline", proto
+        if relocated:
+            original = onnx.ModelProto()
+            original.CopyFrom(proto)
+            _locale(original, "C.UTF-8")
         tokenizer = _placeholder_tokenizer()
     else:
         floats = [i for i in proto.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
@@ -206,6 +211,29 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
         if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
             raise ModelError("the pipeline cut at its features disagrees with the whole model: cannot explain it")
     return model
+
+
+def _front_session(front: onnx.ModelProto, threads: int) -> tuple[Any, bool]:
+    """The session of a pipeline's vectorizer, and whether its StringNormalizer's locale had to
+    become C.UTF-8: skl2onnx writes en_US.UTF-8, which machines without that locale refuse."""
+    try:
+        return create_session(front.SerializeToString(), "cpu", threads), False
+    except ModelError as exc:
+        if "locale" not in str(exc):
+            raise
+    relocated = onnx.ModelProto()
+    relocated.CopyFrom(front)
+    _locale(relocated, "C.UTF-8")
+    return create_session(relocated.SerializeToString(), "cpu", threads), True
+
+
+def _locale(model: onnx.ModelProto, name: str) -> None:
+    """Set every StringNormalizer's locale to ``name`` (in place)."""
+    for node in model.graph.node:
+        if node.op_type == "StringNormalizer":
+            kept = [a for a in node.attribute if a.name != "locale"]
+            del node.attribute[:]
+            node.attribute.extend([*kept, helper.make_attribute("locale", name)])
 
 
 def _feature_notes(body: onnx.ModelProto) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ CUDA_OPTIONS: dict[str, str] = {"use_tf32": "0"}
 _preloaded: list[bool] = []
 # onnxruntime's own warnings (unused initializers, fallbacks) go to stderr through its default
 # logger before any session option applies: errors only, the library says what matters itself
-ort.set_default_logger_severity(3)
+ort.set_default_logger_severity(4)
 
 
 def cuda_device_count() -> int:
@@ -100,7 +100,7 @@ def create_session(model: bytes | str, device: str = "auto", threads: int = 0,
     """
     providers = providers_for(device)
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     opts.intra_op_num_threads = threads
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
