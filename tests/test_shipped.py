@@ -32,7 +32,7 @@ def graph_model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], input
     return m
 
 
-def ids_input(name: str = "input_ids", dims: list[object] | None = None) -> onnx.ValueInfoProto:
+def ids_input(name: str = "input_ids", dims: list[str | int | None] | None = None) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.INT64, dims or ["batch", "seq"])
 
 
