@@ -234,3 +234,53 @@ def test_exported_gelu_patterns(spelling: str) -> None:
     reads = {i for node in adjoint for i in node.input}
     # folded: the adjoint reads x only, so onnxruntime can still fuse the forward pattern
     assert bool(reads & {"u", "e", "a", "m", "h"}) == (spelling == "erf(x*c) read twice")
+
+
+def test_rules_added_for_exports_seen_in_the_wild() -> None:
+    """Max/Min/Mean (variadic, broadcast), the smooth activations, PRelu, Elu, HardSigmoid."""
+    check(model([
+        n("Max", ["inputs_embeds", "lo"], "mx"), n("Min", ["mx", "hi"], "mn"),               # a clamp written out
+        n("Softplus", ["mn"], "sp"), n("Softsign", ["inputs_embeds"], "ss"), n("Sin", ["ss"], "si"),
+        n("Cos", ["sp"], "co"), n("Mean", ["si", "co", "inputs_embeds"], "me"),
+        n("PRelu", ["me", "slope"], "pr"), n("Elu", ["pr"], "el", alpha=0.7),
+        n("HardSigmoid", ["el"], "hs", alpha=0.3, beta=0.4), n("Max", ["hs", "el", "ss"], "m3"),
+        n("ReduceSum", ["m3", "axes1"], "y", keepdims=0),
+    ], {"lo": np.array(-0.6, np.float32), "hi": _w(D), "slope": np.array([0.2], np.float32), "axes1": _ints(1)}))
+
+
+def test_global_pools_and_same_padding() -> None:
+    """Keras's Conv1D(padding="same") comes out of jax2onnx and tf2onnx as auto_pad SAME_*;
+    GlobalMaxPool / GlobalAveragePool pool over the length."""
+    for auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        check(model([
+            n("Transpose", ["inputs_embeds"], "t", perm=[0, 2, 1]),
+            n("Conv", ["t", "k", "kb"], "c", auto_pad=auto_pad, kernel_shape=[4]),
+            n("Tanh", ["c"], "tc"), n("GlobalMaxPool", ["tc"], "gm"), n("GlobalAveragePool", ["tc"], "ga"),
+            n("Add", ["gm", "ga"], "g"), n("Squeeze", ["g", "axes2"], "y"),
+        ], {"k": _w(3, D, 4), "kb": _w(3), "axes2": _ints(2)}), shapes=((1, 3), (2, 6), (1, 1)))
+
+
+def test_einsum_and_log_sum_exp() -> None:
+    check(model([
+        n("Einsum", ["inputs_embeds", "w"], "e", equation="bsd,dk->bsk"),
+        n("Einsum", ["e", "inputs_embeds"], "a", equation="bsk,bsd->bkd"),
+        n("ReduceLogSumExp", ["a"], "l", axes=[2], keepdims=0), n("ReduceSumSquare", ["e"], "q", axes=[1], keepdims=0),
+        n("Add", ["l", "q"], "y"),
+    ], {"w": _w(D, 3)}))
+
+
+def test_a_loop_reading_a_differentiated_tensor_is_refused_by_name() -> None:
+    """A Loop body that reads the embeddings from the outer scope: its outputs depend on them,
+    so the reverse pass must not take the loop for a constant (a silent zero gradient)."""
+    body = helper.make_graph(
+        [n("Identity", ["cond_in"], "cond_out"), n("Add", ["acc_in", "inputs_embeds"], "acc_out")], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None)])
+    m = model([helper.make_node("Loop", ["trips", "", "zero"], ["acc"], body=body),
+               n("ReduceSum", ["acc", "axes1"], "y", keepdims=0)],
+              {"trips": np.array(2, np.int64), "zero": np.zeros((1, 1, D), np.float32), "axes1": _ints(1)})
+    with pytest.raises(ModelError, match="no gradient rule for operator 'Loop'.*run backwards"):
+        build_gradient(m, "y", probes())
