@@ -28,8 +28,8 @@ _WHERE = {
     "InputError": "blackbox_sal.errors",
     "ModelError": "blackbox_sal.errors",
     "UnavailableError": "blackbox_sal.errors",
-    "explain": "blackbox_sal.explain",
-    "explain_many": "blackbox_sal.explain",
+    "explain": "blackbox_sal.explaining",
+    "explain_many": "blackbox_sal.explaining",
     "explain_generation": "blackbox_sal.tasks",
     "explain_similarity": "blackbox_sal.tasks",
     "explain_choices": "blackbox_sal.tasks",
@@ -86,7 +86,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from blackbox_sal.config import ExplainConfig
     from blackbox_sal.errors import InputError, ModelError, SalError, UnavailableError, UsageError
-    from blackbox_sal.explain import explain, explain_many
+    from blackbox_sal.explaining import explain, explain_many
     from blackbox_sal.gradient_graph.store import export_gradient
     from blackbox_sal.model.files import default_model_path
     from blackbox_sal.model.loading import load_model

@@ -14,7 +14,7 @@ import numpy as np
 from blackbox_sal import __version__  # the one place the version is written
 from blackbox_sal.config import AUTO, FD_SCHEMES, LONG, ExplainConfig
 from blackbox_sal.errors import InputError, SalError, UsageError
-from blackbox_sal.explain import explain
+from blackbox_sal.explaining import explain
 from blackbox_sal.gradient_graph.store import export_gradient
 from blackbox_sal.gradients.backend import BACKENDS
 from blackbox_sal.methods import METHODS

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.engine.drive import drive_one
 from blackbox_sal.errors import UsageError
-from blackbox_sal.explain import ClassQuestion, SimilarityQuestion, explanation, runner
+from blackbox_sal.explaining import ClassQuestion, SimilarityQuestion, explanation, runner
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.result import Choices, Explanation, Generation, Label, Similarity
 from blackbox_sal.runs import ArrayPoints, Forward, Seq, Work, ask, ask_all

@@ -25,7 +25,7 @@ from blackbox_sal import (
 from blackbox_sal.engine.drive import drive_many
 from blackbox_sal.engine.runner import Runner
 from blackbox_sal.errors import InputError, UsageError
-from blackbox_sal.explain import text_explanation
+from blackbox_sal.explaining import text_explanation
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.result import Explanation

@@ -24,7 +24,7 @@ LAYERS = [
     {"methods"},
     {"config"},
     {"engine"},
-    {"explain"},
+    {"explaining"},
     {"tasks", "torch_export"},
     {"render"},
     {"cli", "__main__", "__init__"},
@@ -127,6 +127,17 @@ def test_public_api_is_pinned() -> None:
     ]
     for name in blackbox_sal.__all__:
         assert getattr(blackbox_sal, name) is not None
+
+
+def test_public_names_stay_what_they_are_once_every_submodule_is_imported() -> None:
+    """A submodule named like a public function would replace it on the lazy package root."""
+    import importlib
+    import types
+
+    for name in modules():
+        importlib.import_module(name)
+    shadowed = [n for n in blackbox_sal.__all__ if isinstance(getattr(blackbox_sal, n), types.ModuleType)]
+    assert shadowed == []
 
 
 def test_renamed_renderers_still_work_for_a_release_with_a_warning() -> None:
