@@ -106,6 +106,29 @@ class ClassScore:
 
 
 @dataclass(frozen=True)
+class Margin:
+    """A margin between two classes: logit[positive] - logit[negative] (a binary classifier's
+    decision function), one gradient run whatever the classes."""
+
+    positive: int
+    negative: int
+    score: str = "margin"
+
+    def scalar(self, outputs: np.ndarray) -> np.ndarray:
+        z = np.asarray(outputs, np.float64)
+        return z[:, self.positive] - z[:, self.negative]
+
+    @property
+    def seed_reads_outputs(self) -> bool:
+        return False
+
+    def seed(self, outputs: np.ndarray) -> np.ndarray:
+        out = np.zeros(np.shape(outputs), np.float64)
+        out[:, self.positive], out[:, self.negative] = 1.0, -1.0
+        return out
+
+
+@dataclass(frozen=True)
 class Cosine:
     """The cosine similarity of the output (an embedding [C]) to a fixed ``reference`` [C]."""
 

@@ -16,7 +16,7 @@ PACKAGE = Path(blackbox_sal.__file__).resolve().parent
 #: lowest first; a module may import from its own entry or any before it (typing-only imports
 #: under ``if TYPE_CHECKING:`` do not count: they never run)
 LAYERS = [
-    {"errors", "progress", "reductions", "differences", "runs", "scores", "text"},
+    {"errors", "progress", "reductions", "differences", "runs", "scores", "text", "datasets"},
     {"result", "surgery", "baselines"},
     {"model"},
     {"gradient_graph"},
@@ -26,6 +26,7 @@ LAYERS = [
     {"engine"},
     {"explaining"},
     {"tasks", "torch_export"},
+    {"evaluation"},
     {"render"},
     {"cli", "__main__", "__init__"},
 ]
