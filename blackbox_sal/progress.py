@@ -19,12 +19,12 @@ class Progress:
     """``with Progress(total, "label") as bar: bar.advance(n)``."""
 
     def __init__(self, total: int, label: str, enabled: bool | None = None,
-                 stream: TextIO | None = None) -> None:
+                 stream: TextIO | None = None, unit: str = "forward passes", minimum: int = MIN_TOTAL) -> None:
         self.stream = stream if stream is not None else sys.stderr
         if enabled is None:
-            enabled = total >= MIN_TOTAL and getattr(self.stream, "isatty", lambda: False)()
+            enabled = total >= minimum and getattr(self.stream, "isatty", lambda: False)()
         self.enabled = enabled
-        self.total, self.label, self.done = max(total, 1), label, 0
+        self.total, self.label, self.done, self.unit = max(total, 1), label, 0, unit
         self.start = self.last = time.monotonic()
 
     def advance(self, n: int) -> None:
@@ -37,7 +37,7 @@ class Progress:
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else 0.0
             self.stream.write(f"\r{self.label} [{bar:<30}] {self.done:,}/{self.total:,} "
-                              f"forward passes, {eta:4.0f}s left ")
+                              f"{self.unit}, {rate:,.1f}/s, {eta:4.0f}s left ")
             self.stream.flush()
 
     def __enter__(self) -> Progress:

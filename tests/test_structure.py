@@ -17,7 +17,7 @@ PACKAGE = Path(blackbox_sal.__file__).resolve().parent
 #: under ``if TYPE_CHECKING:`` do not count: they never run)
 LAYERS = [
     {"errors", "progress", "reductions", "differences", "runs", "scores", "text", "datasets"},
-    {"result", "surgery", "baselines"},
+    {"result", "surgery", "baselines", "render"},
     {"model"},
     {"gradient_graph"},
     {"gradients"},
@@ -26,8 +26,8 @@ LAYERS = [
     {"engine"},
     {"explaining"},
     {"tasks", "torch_export"},
+    {"batch", "batch_ray"},
     {"evaluation"},
-    {"render"},
     {"cli", "__main__", "__init__"},
 ]
 

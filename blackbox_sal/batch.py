@@ -1,0 +1,255 @@
+"""Batch jobs: a dataset of texts explained through the engine into a JSONL or Parquet file,
+resumable at any point.
+
+Rows stream from the input (:mod:`blackbox_sal.datasets`) into the engine, which packs the
+runs of up to ``window`` rows at a time; results come back in input order and each is written
+as one line as soon as it is done: ``{"id", "row", ...the CLI's JSON object}``, or for a row
+that failed ``{"id", "row", "error", "exit_code"}`` (an empty text, one too long, an unknown
+label: the job goes on). A row with ``choices`` is multiple choice, one with ``pair`` a
+similarity, any other an explanation of its text (its ``target`` when it has one).
+
+Resumable and exact: every line is written whole with one ``os.write`` and the file synced
+every few seconds and at the end. Run again with the same command after a kill (SIGKILL
+included), the job reads what is there, drops a partial last line, checks that the output was
+written with the same input, model and settings (``OUTPUT.meta.json``), and goes on from the
+next row: no row lost, none written twice. A Parquet output is kept as JSONL
+(``OUTPUT.partial.jsonl``) while the job runs and converted when it ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.datasets import BadRow, Columns, Row, format_of, read_rows
+from blackbox_sal.engine.drive import drive_many
+from blackbox_sal.errors import InputError, SalError, UsageError
+from blackbox_sal.explaining import runner, text_explanation
+from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.progress import Progress
+from blackbox_sal.render.json import document
+from blackbox_sal.runs import Work
+from blackbox_sal.tasks import multiple_choice, similarity
+
+#: version of the output records (the explanation objects inside keep their schema_version)
+RECORD_VERSION = 1
+#: seconds between syncs of the output file to disk
+SYNC_EVERY = 5.0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a batch job did: rows read this run, explained, failed; rows already in the output
+    from an earlier run (resumed); seconds; texts per second (rows this run / seconds)."""
+
+    rows: int
+    explained: int
+    failed: int
+    resumed: int
+    seconds: float
+    output: Path
+
+    @property
+    def texts_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def work_for(model: TextModel, row: Row | BadRow, cfg: ExplainConfig) -> Work[Any]:
+    """The engine work of one row (a bad row's work fails at once with its reason)."""
+    if isinstance(row, BadRow):
+        return _failing(row.error)
+    c = dataclasses.replace(cfg, target=row.target) if row.target is not None else cfg
+    if row.choices is not None:
+        return multiple_choice(model, row.text, row.choices, c)
+    if row.pair is not None:
+        return similarity(model, row.text, row.pair, c)
+    return text_explanation(model, row.text, c)
+
+
+def _failing(reason: str) -> Work[Any]:
+    raise InputError(reason)
+    yield  # a generator, so the engine sees the error when it starts the work
+
+
+def record(row: Row | BadRow, result: object) -> dict[str, Any]:
+    """The output line of one row."""
+    head: dict[str, Any] = {"id": row.key, "row": row.index}
+    if isinstance(result, SalError):
+        return {**head, "error": str(result), "exit_code": result.exit_code}
+    return {**head, **document(result)}
+
+
+def meta_of(model: TextModel, source: Path, cfg: ExplainConfig, columns: Columns) -> dict[str, Any]:
+    """What an output was written with: a resumed job must match it."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}
+    model_file = (model.folder / "model.onnx") if model.folder else None
+    stamp = ""
+    if model_file is not None and model_file.is_file():
+        st = model_file.stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    return {"record_version": RECORD_VERSION, "input": str(source.resolve()), "model": model.name,
+            "model_file": stamp, "task": model.task, "settings": settings,
+            "columns": dataclasses.asdict(columns)}
+
+
+class Output:
+    """A JSONL file written a whole line at a time, resumable (see the module docstring)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta_path = path.with_name(path.name + ".meta.json")
+        self.resumed = 0
+        self.next_row = 0
+        if path.exists():
+            self._resume(meta)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_meta(meta)
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise UsageError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
+        self.synced = time.monotonic()
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        try:
+            self.meta_path.write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {str(self.meta_path)!r}: {exc.strerror}") from exc
+
+    def _resume(self, meta: dict[str, Any]) -> None:
+        try:
+            known = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise UsageError(f"{str(self.path)!r} exists but was not written by a batch job (no readable "
+                             f"{self.meta_path.name}): remove it or choose another output") from None
+        if json.loads(json.dumps(meta, default=str)) != known:
+            changed = sorted(k for k in set(meta) | set(known) if json.loads(json.dumps(meta.get(k), default=str))
+                             != known.get(k))
+            raise UsageError(f"{str(self.path)!r} was written with another {', '.join(changed)}: remove it (and "
+                             f"{self.meta_path.name}) to start again, or choose another output")
+        kept = 0
+        last_row = -1
+        with open(self.path, "rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break  # a line cut by a kill: dropped below
+                try:
+                    last_row = int(json.loads(line)["row"])
+                except (ValueError, KeyError, TypeError):
+                    break
+                kept += len(line)
+                self.resumed += 1
+        with open(self.path, "r+b") as fh:
+            fh.truncate(kept)
+        self.next_row = last_row + 1
+
+    def write(self, rec: dict[str, Any]) -> None:
+        data = (json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        view = memoryview(data)
+        while view:  # one write in practice; a short write (a full disk) is finished or raises
+            written = os.write(self.fd, view)
+            view = view[written:]
+        if time.monotonic() - self.synced > SYNC_EVERY:
+            os.fsync(self.fd)
+            self.synced = time.monotonic()
+
+    def close(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+
+
+def count_rows(path: Path) -> int | None:
+    """The number of rows, cheaply where the format allows (None: unknown)."""
+    fmt = format_of(path)
+    if fmt == "parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except Exception:  # an unreadable file is reported when it is read
+            return None
+    try:
+        with open(path, "rb") as fh:
+            if fmt == "jsonl":
+                return sum(1 for line in fh if line.strip())
+            lines = (raw.decode("utf-8", "replace") for raw in fh)
+            return max(sum(1 for _ in csv.reader(lines)) - 1, 0)  # records, not lines: a field may hold newlines
+    except OSError:
+        return None
+
+
+def run_batch(model: TextModel, source: str | Path, output: str | Path, cfg: ExplainConfig,
+              columns: Columns | None = None, window: int = 64, limit: int | None = None,
+              progress: bool | None = None) -> Summary:
+    """Explain every row of ``source`` into ``output`` (JSONL; ``.parquet`` at the end), resuming
+    where an earlier run of the same job stopped. ``limit``: at most this many rows in all."""
+    cfg = cfg.validated()
+    columns = columns or Columns()
+    source, output = Path(source), Path(output)
+    parquet = format_of(output) == "parquet" if output.suffix else False
+    lines = output.with_name(output.name + ".partial.jsonl") if parquet else output
+    out = Output(lines, meta_of(model, source, cfg, columns))
+    total = count_rows(source)
+    if limit is not None:
+        total = min(total, limit) if total is not None else limit
+    pending: deque[Row | BadRow] = deque()
+
+    def works() -> Iterator[Work[Any]]:
+        for row in read_rows(source, columns, start=out.next_row):
+            if limit is not None and row.index >= limit:
+                return
+            pending.append(row)
+            yield work_for(model, row, cfg)
+
+    start = time.monotonic()
+    explained = failed = 0
+    try:
+        with Progress(max((total or 0) - out.resumed, 1), "batch", enabled=progress, unit="rows", minimum=1) as bar:
+            for result in drive_many(works(), runner(model, cfg), window):
+                row = pending.popleft()
+                out.write(record(row, result))
+                if isinstance(result, SalError):
+                    failed += 1
+                else:
+                    explained += 1
+                bar.advance(1)
+    finally:
+        out.close()
+    if parquet:
+        _to_parquet(lines, output)
+    return Summary(explained + failed, explained, failed, out.resumed, time.monotonic() - start, output)
+
+
+def _to_parquet(lines: Path, output: Path) -> None:
+    """The finished JSONL as Parquet: columns id, row, error, exit_code, result (the JSON text)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise UsageError('writing Parquet needs pyarrow: pip install "blackbox-sal[parquet]"') from exc
+    ids, rows, errors, codes, results = [], [], [], [], []
+    with open(lines, encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            ids.append(rec.pop("id"))
+            rows.append(rec.pop("row"))
+            errors.append(rec.pop("error", None))
+            codes.append(rec.pop("exit_code", None))
+            results.append(json.dumps(rec, ensure_ascii=False) if rec else None)
+    table = pa.table({"id": pa.array(ids, pa.string()), "row": pa.array(rows, pa.int64()),
+                      "error": pa.array(errors, pa.string()), "exit_code": pa.array(codes, pa.int64()),
+                      "result": pa.array(results, pa.string())})
+    tmp = output.with_name(output.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, output)
+

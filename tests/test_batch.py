@@ -1,0 +1,144 @@
+"""Batch jobs: the engine's results equal one-at-a-time explanations, bad rows are recorded,
+and a job killed at any point resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tiny
+
+from blackbox_sal import ExplainConfig, explain, load_model
+from blackbox_sal.batch import run_batch
+from blackbox_sal.datasets import Columns
+
+D = 6
+TABLE = tiny.table(D, seed=31)
+W1, B1, W2 = tiny.mlp_weights(D, 6, 3, seed=31)
+WORDS = [w for w in tiny.WORDS if w != "<b>"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.write_model_dir(tmp_path_factory.mktemp("m"), tiny.tanh_mlp(TABLE, W1, B1, W2), ["a", "b", "c"],
+                                with_cls=True, config={"max_length": 12})
+
+
+def texts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 9)))) for _ in range(n)]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_job_equals_one_at_a_time_and_records_bad_rows(model_dir: Path, tmp_path: Path) -> None:
+    rows: list[dict[str, object]] = [{"id": f"r{k}", "text": t, "target": ["a", "b", "c", None][k % 4]}
+                                     for k, t in enumerate(texts(30))]
+    rows[3]["text"] = ""                                   # empty
+    rows[7]["text"] = " ".join(["good"] * 20)              # too long for 12 tokens
+    rows[11]["target"] = "nope"                            # unknown label
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    with open(source, "a") as fh:
+        fh.write("{not json\n")                            # a malformed line: row 30
+    model = load_model(model_dir)
+    cfg = ExplainConfig(method="ig", steps=10)
+    summary = run_batch(model, source, tmp_path / "out.jsonl", cfg, Columns(id="id", target="target"), window=7)
+    assert (summary.rows, summary.explained, summary.failed, summary.resumed) == (31, 27, 4, 0)
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert [r["row"] for r in out] == list(range(31))
+    errors = {r["row"]: (r["error"], r["exit_code"]) for r in out if "error" in r}
+    assert errors[3] == ("the text is empty", 2)
+    assert "takes at most 12" in str(errors[7][0]) and errors[7][1] == 2
+    assert "unknown target label 'nope'" in str(errors[11][0]) and "not a JSON object" in str(errors[30][0])
+    for r in out:
+        if "error" in r:
+            continue
+        k = int(r["row"])  # type: ignore[call-overload]
+        target = rows[k]["target"]
+        alone = explain(model, str(rows[k]["text"]), ExplainConfig(method="ig", steps=10,
+                                                                   target=None if target is None else str(target)))
+        record: dict[str, Any] = r
+        assert record["id"] == f"r{k}" and record["target"]["index"] == alone.target.index
+        np.testing.assert_allclose(np.array([t["score"] for t in record["tokens"]]),
+                                   np.array([t.score for t in alone.tokens]), rtol=1e-6, atol=1e-7)
+
+
+def test_csv_with_choices_and_pairs(model_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text('text,options,other\n"the film","good|bad",\n"the plot was",,"great film"\n')
+    model = load_model(model_dir)
+    summary = run_batch(model, source, tmp_path / "out.jsonl", ExplainConfig(method="grad-x-input", target="b"),
+                        Columns(choices="options", pair="other"))
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert summary.failed == 0 and "choices" in out[0] and "similarity" in out[1]
+    assert [c["label"] for c in out[0]["choices"]["choices"]] == ["good", "bad"]  # type: ignore[index]
+
+
+def test_a_changed_job_does_not_append_to_another_jobs_output(model_dir: Path, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts(5)])
+    model = load_model(model_dir)
+    run_batch(model, source, tmp_path / "out.jsonl", ExplainConfig(method="grad-x-input"))
+    from blackbox_sal.errors import UsageError
+
+    with pytest.raises(UsageError, match="was written with another settings"):
+        run_batch(model, source, tmp_path / "out.jsonl", ExplainConfig(method="ig"))
+
+
+def cli(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "blackbox_sal", *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ})
+
+
+def finish(job: subprocess.Popen[bytes], timeout: float = 300) -> tuple[int, str]:
+    """Wait for a job and close its pipe: (exit code, stderr)."""
+    _, err = job.communicate(timeout=timeout)
+    return job.returncode, err.decode()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_killed_at_any_point_and_run_again_it_resumes_exactly(model_dir: Path, tmp_path: Path, seed: int) -> None:
+    """SIGKILL while lines are being written, then the same command again: every row exactly
+    once, in order, each line valid JSON, and the same records as a run never killed."""
+    n = 400
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": k, "text": t} for k, t in enumerate(texts(n, seed))])
+    args = ["batch", str(source), "--model", str(model_dir), "--method", "ig", "--steps", "30", "--window", "4",
+            "--id-column", "id", "--quiet"]
+    clean = tmp_path / "clean.jsonl"
+    code, err = finish(cli(*args, "-o", str(clean), cwd=tmp_path))
+    assert code == 0, err
+    out = tmp_path / "out.jsonl"
+    rng = np.random.default_rng(seed)
+    kept = []
+    for _ in range(2):  # killed twice, at random points
+        job = cli(*args, "-o", str(out), cwd=tmp_path)
+        wanted = int(rng.integers(20, n // 2)) * 300  # bytes written before the kill
+        deadline = time.monotonic() + 120
+        while job.poll() is None and time.monotonic() < deadline:
+            if out.exists() and out.stat().st_size > wanted:
+                job.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        finish(job, 60)
+        kept.append(out.read_bytes().count(b"\n"))
+    assert 0 < kept[0] < n and kept[0] <= kept[1] < n, kept  # the kills came while rows were being written
+    code, err = finish(cli(*args, "-o", str(out), cwd=tmp_path))
+    assert code == 0 and "already there from an earlier run" in err, err
+    lines = out.read_text().splitlines()
+    got = [json.loads(line) for line in lines]
+    assert [r["row"] for r in got] == list(range(n)) and [r["id"] for r in got] == [str(k) for k in range(n)]
+    assert got == read_jsonl(clean)
