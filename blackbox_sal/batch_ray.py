@@ -1,0 +1,130 @@
+"""The batch job through Ray Data, for datasets one machine is too slow for (the ``[ray]`` extra).
+
+The rows are read where the job starts (as the local engine reads them) and handed to Ray
+Data in order; ``map_batches`` runs a callable class whose every actor loads the model once
+(from its path: a config travels to the workers, never a session) and explains its batches
+through the engine, packed as the local job packs them; CPU actors, or one GPU per actor with
+``gpus_per_actor=1``. The results come back in input order and are written exactly as the
+local job writes them, resumable the same way (:mod:`blackbox_sal.batch`): for the same rows
+and settings the two outputs are identical.
+
+On a cluster: ``ray start --head`` on one machine, ``ray start --address HEAD:6379`` on the
+others (each with blackbox-sal and the model folder at the same path), then
+``blackbox-sal batch INPUT -o OUTPUT --engine ray --address HEAD:6379 --model PATH``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from blackbox_sal.batch import Output, Summary, meta_of, record, work_for
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.datasets import BadRow, Columns, Row, read_rows
+from blackbox_sal.engine.drive import drive_many
+from blackbox_sal.errors import UsageError
+from blackbox_sal.explaining import runner
+from blackbox_sal.model.loading import load_model
+from blackbox_sal.model.text_model import TextModel
+
+#: rows per Ray Data batch (one engine pass packs them)
+BATCH_ROWS = 64
+
+
+class Explainer:
+    """What each Ray actor runs: the model loaded once, each batch of rows explained through
+    the engine into the rows' output records (JSON text, in order)."""
+
+    def __init__(self, path: str, load: dict[str, Any], settings: dict[str, Any]) -> None:
+        self.model = load_model(path, **load)
+        self.cfg = ExplainConfig(**settings).validated()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        rows = [_row_of(batch, k) for k in range(len(batch["index"]))]
+        works = [work_for(self.model, row, self.cfg) for row in rows]
+        results = drive_many(works, runner(self.model, self.cfg), len(works))
+        lines = [json.dumps(record(row, result), ensure_ascii=False, allow_nan=False)
+                 for row, result in zip(rows, results, strict=True)]
+        return {"index": batch["index"], "line": lines}
+
+
+def _row_of(batch: dict[str, Any], k: int) -> Row | BadRow:
+    def get(name: str) -> Any:
+        value = batch[name][k]
+        return None if value is None or value == "" else value
+
+    index = int(batch["index"][k])
+    if get("error") is not None:
+        return BadRow(index, str(get("error")), get("id"))
+    choices = get("choices")
+    return Row(index, str(batch["text"][k]), get("id"), get("label"), get("target"), get("pair"),
+               tuple(str(c) for c in choices.split("\x1f")) if choices else None)
+
+
+def _item(row: Row | BadRow) -> dict[str, Any]:
+    if isinstance(row, BadRow):
+        return {"index": row.index, "error": row.error, "id": row.id, "text": "", "label": None, "target": None,
+                "pair": None, "choices": None}
+    return {"index": row.index, "error": None, "id": row.id, "text": row.text, "label": row.label,
+            "target": row.target, "pair": row.pair,
+            "choices": "\x1f".join(row.choices) if row.choices is not None else None}
+
+
+def run_batch_ray(model: TextModel, source: str | Path, output: str | Path, cfg: ExplainConfig,
+                  columns: Columns | None = None, address: str | None = None, limit: int | None = None,
+                  actors: int | None = None, gpus_per_actor: float = 0.0,
+                  load: dict[str, Any] | None = None) -> Summary:
+    """The batch job of :func:`blackbox_sal.batch.run_batch` on Ray (see the module docstring).
+    ``model`` is loaded here too (to check it and to name the output's settings); the actors
+    load it again from its folder with ``load`` (load_model's keyword arguments)."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise UsageError('--engine ray needs Ray Data: pip install "blackbox-sal[ray]"') from exc
+    if model.folder is None:
+        raise UsageError("--engine ray loads the model from its folder on every actor: give a model path")
+    cfg = cfg.validated()
+    columns = columns or Columns()
+    source, output = Path(source), Path(output)
+    out = Output(output, meta_of(model, source, cfg, columns))
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}
+    settings["progress"] = False
+    load = {"device": model.device_request, "threads": model.threads, **(load or {})}
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False,
+                 logging_level=logging.ERROR, **({} if address else {"num_cpus": max(actors or 2, 1)}))
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for row in read_rows(source, columns, start=out.next_row):
+            if limit is not None and row.index >= limit:
+                return
+            yield _item(row)
+
+    items = list(rows())
+    start = time.monotonic()
+    explained = failed = 0
+    try:
+        if items:
+            dataset = ray.data.from_items(items).map_batches(
+                Explainer, fn_constructor_kwargs={"path": str(model.folder), "load": load, "settings": settings},
+                batch_size=BATCH_ROWS, compute=ray.data.ActorPoolStrategy(size=actors or 1), num_gpus=gpus_per_actor,
+                batch_format="pandas")
+            for done in dataset.iter_rows():
+                rec = json.loads(str(done["line"]))
+                out.write(rec)
+                failed += "error" in rec
+                explained += "error" not in rec
+    finally:
+        out.close()
+    return Summary(explained + failed, explained, failed, out.resumed, time.monotonic() - start, output)
+
