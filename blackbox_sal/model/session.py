@@ -14,6 +14,7 @@ first (quietly). Every onnxruntime failure becomes a :class:`ModelError` (exit 3
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import io
 import sys
@@ -32,6 +33,9 @@ CPU = "CPUExecutionProvider"
 CUDA_OPTIONS: dict[str, str] = {"use_tf32": "0"}
 
 _preloaded: list[bool] = []
+#: the RunOptions every run in this context goes with (the engine service sets one per round,
+#: so that a run can be stopped at a deadline from another thread); None: onnxruntime's default
+RUN_OPTIONS: contextvars.ContextVar[ort.RunOptions | None] = contextvars.ContextVar("run_options", default=None)
 # onnxruntime's own warnings (unused initializers, fallbacks) go to stderr through its default
 # logger before any session option applies: errors only, the library says what matters itself
 ort.set_default_logger_severity(4)
@@ -122,7 +126,7 @@ def run(session: ort.InferenceSession, outputs: Sequence[str], feeds: Mapping[st
     """``session.run`` with onnxruntime's failures (an out-of-range index, an allocation too
     large, a shape the graph cannot take) as one ModelError line."""
     try:
-        return list(session.run(list(outputs), dict(feeds)))
+        return list(session.run(list(outputs), dict(feeds), RUN_OPTIONS.get()))
     except MemoryError as exc:
         raise ModelError(f"{what} ran out of memory (lower --batch-size)") from exc
     except Exception as exc:  # onnxruntime's own exception types (Fail, InvalidArgument, RuntimeException)

@@ -1,0 +1,207 @@
+"""The engine as a service: works arriving over time from many callers (the HTTP server's
+requests) share onnxruntime runs.
+
+One thread per model owns its runner. It admits queued works (waiting ``batch_window``
+seconds after the first so that requests arriving together are packed), steps every active
+work to its next request, executes all of them together, and hands each work its results;
+new works join between rounds (continuous batching). Bounded everywhere: at most
+``max_active`` works in flight, at most ``queue_size`` waiting (:class:`Busy` beyond), so
+memory is bounded by the settings. A work past its deadline ends with :class:`DeadlineExceeded`:
+a run in progress is stopped through onnxruntime's ``RunOptions.terminate`` when every work in
+it is past its deadline, and the others are run again. ``stop(drain=True)`` finishes what
+was admitted and queued before the thread ends.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnxruntime as ort
+
+from blackbox_sal.engine.drive import _Active, _step
+from blackbox_sal.engine.runner import Runner
+from blackbox_sal.errors import ModelError, SalError
+from blackbox_sal.model.session import RUN_OPTIONS
+from blackbox_sal.runs import All, Request, Work
+
+
+class Busy(Exception):
+    """The queue is full: the caller should come back later (HTTP 429 with Retry-After)."""
+
+
+class DeadlineExceeded(Exception):
+    """A work did not finish before its deadline (HTTP 504)."""
+
+
+class Stopped(Exception):
+    """The service is stopping and takes no new work (HTTP 503)."""
+
+
+@dataclass
+class _Job:
+    work: Work[Any]
+    future: Future[Any]
+    deadline: float | None
+    active: _Active[Any] = field(init=False)
+
+
+class EngineService:
+    """See the module docstring. ``submit`` is thread-safe; results come back as futures."""
+
+    def __init__(self, runner: Runner, max_active: int = 64, queue_size: int = 256,
+                 batch_window: float = 0.005, clock: Callable[[], float] = time.monotonic) -> None:
+        self.runner, self.max_active, self.batch_window, self.clock = runner, max_active, batch_window, clock
+        self.waiting: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
+        self.jobs: list[_Job] = []
+        self.accepting = True
+        self.running = True
+        self.rounds = 0
+        self.packed = 0  # works executed in rounds with others (for the load test's report)
+        self.thread = threading.Thread(target=self._loop, name="blackbox-sal-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, work: Work[Any], deadline: float | None = None) -> Future[Any]:
+        """Queue a piece of work; its future gets the result, or the SalError it ended with
+        raised, or DeadlineExceeded. Busy when the queue is full, Stopped when stopping."""
+        if not self.accepting:
+            work.close()
+            raise Stopped("the server is stopping")
+        future: Future[Any] = Future()
+        try:
+            self.waiting.put_nowait(_Job(work, future, deadline))
+        except queue.Full:
+            work.close()
+            raise Busy("the queue is full") from None
+        return future
+
+    @property
+    def load(self) -> int:
+        """Works admitted and waiting."""
+        return len(self.jobs) + self.waiting.qsize()
+
+    def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop taking work; with ``drain`` finish what is admitted and queued (up to timeout)."""
+        self.accepting = False
+        if drain:
+            end = self.clock() + timeout
+            while self.load and self.clock() < end:
+                time.sleep(0.01)
+        self.running = False
+        self.thread.join(timeout=5)
+        for job in self.jobs + list(self.waiting.queue):
+            if not job.future.done():
+                job.future.set_exception(Stopped("the server stopped"))
+
+    def _admit(self) -> None:
+        if not self.jobs:  # idle: wait for the first, then a short window for others to join it
+            try:
+                self._start(self.waiting.get(timeout=0.05))
+            except queue.Empty:
+                return
+            if self.batch_window > 0:
+                time.sleep(self.batch_window)
+        while len(self.jobs) < self.max_active:
+            try:
+                self._start(self.waiting.get_nowait())
+            except queue.Empty:
+                break
+
+    def _start(self, job: _Job) -> None:
+        job.active = _Active(len(self.jobs), job.work)
+        done: dict[int, Any] = {}
+        if _step(job.active, done):
+            self.jobs.append(job)
+        else:
+            _finish(job, done[job.active.index])
+
+    def _loop(self) -> None:
+        while self.running:
+            try:
+                self._admit()
+                self._expire()
+                if self.jobs:
+                    self._round()
+            except Exception as exc:  # a bug must not kill the thread silently: fail the works in flight
+                for job in self.jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                self.jobs = []
+
+    def _expire(self) -> None:
+        now = self.clock()
+        for job in [j for j in self.jobs if j.deadline is not None and now > j.deadline]:
+            job.work.close()
+            job.future.set_exception(DeadlineExceeded("the request's deadline passed"))
+            self.jobs.remove(job)
+
+    def _round(self) -> None:
+        """Execute every active job's request together, stopped at the latest deadline among
+        them; step each job once."""
+        flat: list[Request] = []
+        spans: list[tuple[int, int]] = []
+        for job in self.jobs:
+            asked = job.active.asked
+            requests = list(asked.requests) if isinstance(asked, All) else [asked]
+            spans.append((len(flat), len(requests)))
+            flat.extend(r for r in requests if r is not None)
+        options = ort.RunOptions()
+        deadlines = [j.deadline for j in self.jobs]
+        timer = None
+        if all(d is not None for d in deadlines):  # stop the run once every job in it is late
+            wait = max(d for d in deadlines if d is not None) - self.clock()
+            timer = threading.Timer(max(wait, 0.0), lambda: setattr(options, "terminate", True))
+            timer.start()
+        token = RUN_OPTIONS.set(options)
+        try:
+            results = self.runner.execute(flat)
+        except SalError as exc:
+            if options.terminate:  # stopped at the deadline: _expire ends the late jobs
+                return
+            self._one_by_one(exc)
+            return
+        finally:
+            RUN_OPTIONS.reset(token)
+            if timer is not None:
+                timer.cancel()
+        self.rounds += 1
+        self.packed += len(self.jobs) if len(self.jobs) > 1 else 0
+        done: dict[int, Any] = {}
+        for job, (start, count) in zip(list(self.jobs), spans, strict=True):
+            job.active.send = results[start:start + count] if isinstance(job.active.asked, All) else results[start]
+            if not _step(job.active, done):
+                _finish(job, done.pop(job.active.index))
+                self.jobs.remove(job)
+
+    def _one_by_one(self, error: SalError) -> None:
+        """A shared run failed: run each job's request alone to find the one it was."""
+        for job in list(self.jobs):
+            asked = job.active.asked
+            requests = list(asked.requests) if isinstance(asked, All) else [asked]
+            try:
+                results = self.runner.execute([r for r in requests if r is not None])
+            except SalError as exc:
+                job.work.close()
+                job.future.set_exception(exc)
+                self.jobs.remove(job)
+                continue
+            job.active.send = results if isinstance(asked, All) else results[0]
+            done: dict[int, Any] = {}
+            if not _step(job.active, done):
+                _finish(job, done.pop(job.active.index))
+                self.jobs.remove(job)
+
+
+def _finish(job: _Job, outcome: Any) -> None:
+    if isinstance(outcome, BaseException):
+        job.future.set_exception(outcome)
+    else:
+        job.future.set_result(outcome)
+
+
+__all__ = ["Busy", "DeadlineExceeded", "EngineService", "ModelError", "Stopped"]
