@@ -216,6 +216,9 @@ def test_word_importance_of_an_additive_model_is_each_words_own_score(tmp_path: 
         assert means == sorted(means, reverse=True)
         assert result.top()[0] == result.words[0] and result.bottom()[0] == result.words[-1]
         assert [label for label, _ in result.by_class] == ["0"]
+    coarse = word_importance(model, texts, ExplainConfig(method="ig", steps=1, quadrature="riemann-left"))
+    ((first, count),) = coarse.notes  # one kind of note (its numbers differ per text), counted over texts
+    assert first.startswith("integrated gradients have not converged") and count == 25
     frequent = word_importance(model, texts, ExplainConfig(method="grad-x-input"), min_count=10)
     assert all(s.count >= 10 for s in frequent.words)
     table = word_importance_table(frequent)

@@ -555,8 +555,9 @@ class WordImportance:
 
     target: the explained class (a label), or "predicted" (each text its own prediction: read
     the per-class tables). words: types seen at least ``min_count`` times, by mean, highest
-    first; by_class: the same per predicted class. notes: each distinct note of the
-    explanations with how many had it. skipped: (row key, reason)."""
+    first; by_class: the same per predicted class. notes: per kind of note of the
+    explanations (the text before its first colon), the first one and how many texts had
+    one. skipped: (row key, reason)."""
 
     model: str
     method: str
@@ -625,7 +626,7 @@ def word_importance(model: TextModel, rows: Iterable[Row | BadRow | str], config
 
     overall: dict[str, _Running] = {}
     per_class: dict[str, dict[str, _Running]] = {}
-    notes: dict[str, int] = {}
+    notes: dict[str, tuple[str, int]] = {}
     n = 0
     for k, result in enumerate(explain_many(model, kept_texts(), cfg, window)):
         if isinstance(result, UsageError):
@@ -642,15 +643,17 @@ def word_importance(model: TextModel, rows: Iterable[Row | BadRow | str], config
             word = span.text.lower()
             overall.setdefault(word, _Running()).add(span.score)
             table.setdefault(word, _Running()).add(span.score)
-        for note in result.notes:
-            notes[note] = notes.get(note, 0) + 1
+        for note in result.notes:  # notes of a kind differ in their numbers: counted by kind, the first kept
+            kind = note.split(":")[0]
+            first, count = notes.get(kind, (note, 0))
+            notes[kind] = (first, count + 1)
     target = "predicted" if cfg.target is None else str(cfg.target)
     if model.labels is not None and target.isdigit() and int(target) < len(model.labels):
         target = model.labels[int(target)]
     return WordImportance(
         model.name, cfg.method, target, n, min_count, _ranked(overall, min_count),
         tuple((label, _ranked(t, min_count)) for label, t in sorted(per_class.items())),
-        tuple(sorted(notes.items(), key=lambda kv: -kv[1])), tuple(skipped), top)
+        tuple(sorted(notes.values(), key=lambda kv: -kv[1])), tuple(skipped), top)
 
 
 # --------------------------------------------------------------------------- renderers
@@ -845,7 +848,7 @@ def word_importance_table(result: WordImportance, top: int | None = None) -> str
         lines += ["", f"texts predicted {label}:"]
         lines += _stat_columns(result.top(top, stats), result.bottom(top, stats), ("highest", "lowest"))
     for note, count in result.notes:
-        lines.append(f"note ({count} of {result.n} texts): {note}")
+        lines.append(f"note ({count} of {result.n} texts; the first): {note}")
     if result.skipped:
         lines.append(f"note: {len(result.skipped)} text(s) skipped (the first, {result.skipped[0][0]}: "
                      f"{result.skipped[0][1]})")
