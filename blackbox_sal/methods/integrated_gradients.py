@@ -78,7 +78,8 @@ def integrated_gradients(problem: Problem) -> Work[Attribution]:
             abs(gap), 1e-6 * (1 + abs(problem.target_value))):
         notes += (f"integrated gradients have not converged: the completeness delta ({delta:+.4g}) is "
                   f"{abs(delta) / max(abs(gap), 1e-30):.0%} of f(x) - f(x') ({gap:+.4g}); the gradient changes "
-                  f"fast along the path (or finite differences are noisy): raise --steps or try another --baseline",)
+                  f"fast along the path (or finite differences are noisy): use --steps auto (it adds nodes until "
+                  f"the scores converge), raise --steps, or try another --baseline",)
     return Attribution(scores, reduce, baseline_value, delta, notes, nodes)
 
 

@@ -1,0 +1,133 @@
+"""What the evaluation analyses share: rows in, gradients of many output weightings at one
+point (the gradient graph, else finite differences), labels, Pearson, plots.
+
+Gradients are engine work (:mod:`blackbox_sal.runs`): :func:`gradients_at` yields one
+:class:`~blackbox_sal.runs.Gradient` request of K rows (the same point, K seed weightings of
+the outputs) when a verified gradient graph can be had, so a dataset's points share runs;
+otherwise K finite-difference full gradients (2 x S x D forward passes each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.datasets import BadRow, Row
+from blackbox_sal.differences import step_scale
+from blackbox_sal.errors import ModelError, UnavailableError, UsageError
+from blackbox_sal.gradient_graph.store import gradient_session
+from blackbox_sal.gradients.backend import BACKENDS, Setting
+from blackbox_sal.model.files import read_side_json
+from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.runs import ArrayPoints, Cost, Gradient, Seq, Work, ask
+from blackbox_sal.scores import Projection
+
+#: what a missing matplotlib says
+PLOT_HINT = 'plots need matplotlib: pip install "blackbox-sal[plot]"'
+
+
+def as_rows(items: Iterable[Row | BadRow | str]) -> Iterator[Row | BadRow]:
+    """Dataset rows (from :func:`blackbox_sal.datasets.read_rows`) or plain texts, as rows."""
+    for k, item in enumerate(items):
+        yield Row(k, item) if isinstance(item, str) else item
+
+
+def graph_unavailable(model: TextModel, backend: str) -> str | None:
+    """Why gradients come from finite differences for ``backend`` (auto, graph, fd) on this
+    model; None when a verified gradient graph is used. UnavailableError for ``graph`` when none
+    can be had."""
+    if backend not in BACKENDS:
+        raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "fd":
+        return "finite differences were asked for"
+    reason = (f"the model is quantized ({', '.join(model.quantized)})" if model.quantized else None)
+    if reason is None:
+        try:
+            gradient_session(model)
+        except ModelError as exc:
+            reason = str(exc)
+    if reason is not None and backend == "graph":
+        raise UnavailableError(f"--backend graph: {reason}")
+    return reason
+
+
+def gradients_at(model: TextModel, seq: Seq, x: np.ndarray, weights: np.ndarray, cfg: ExplainConfig,
+                 unavailable: str | None, cost: Cost | None = None) -> Work[np.ndarray]:
+    """d(weights[k] . outputs) / d x at the one point x [S, D], for each row of weights [K, C]:
+    [K, S, D]. With a gradient graph (``unavailable`` None) one request of K rows; else K
+    finite-difference gradients (the weights fixed at x: the chain rule of any score)."""
+    cost = cost if cost is not None else Cost()
+    k = weights.shape[0]
+    if unavailable is None:
+        points = np.broadcast_to(x, (k, *x.shape))
+        grad = yield from ask(Gradient(seq, ArrayPoints(points), np.asarray(weights, np.float64)))
+        cost.gradient += k
+        return grad
+    out = []
+    for row in weights:
+        backend, _ = BACKENDS["fd"].make(Setting(
+            Projection(np.asarray(row, np.float64)), seq, step_scale(x, model.row_norm), weights.shape[1], cost,
+            fd_step=cfg.fd_step, richardson=cfg.richardson, fd_scheme=cfg.fd_scheme, quantized=model.quantized))
+        out.append((yield from backend.gradient(x[None]))[0])
+    return np.stack(out)
+
+
+def label_index(model: TextModel, label: str | None, n_classes: int) -> int | None:
+    """The class a dataset's label names: a label of the model, or an index; None when absent or
+    unknown (then accuracy against labels is left out for that row)."""
+    if label is None:
+        return None
+    text = label.strip()
+    if model.labels is not None and text in model.labels:
+        return model.labels.index(text)
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and 0 <= value < n_classes else None
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's correlation of two vectors (nan when either is constant)."""
+    a = np.asarray(a, np.float64).ravel() - np.mean(a)
+    b = np.asarray(b, np.float64).ravel() - np.mean(b)
+    denom = float(np.sqrt((a @ a) * (b @ b)))
+    return float(a @ b / denom) if denom > 0 else float("nan")
+
+
+def config_value(model: TextModel, key: str) -> Any:
+    """A key of the model folder's config.json (read with the loader's checks), or None."""
+    if model.folder is None:
+        return None
+    raw = read_side_json(model.folder, "config.json")
+    return raw.get(key) if isinstance(raw, dict) else None
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend; UsageError with the install hint when missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise UsageError(PLOT_HINT) from exc
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a figure as PNG or SVG (by the file's suffix) and close it."""
+    out = Path(path)
+    if out.suffix.lower() not in (".png", ".svg"):
+        raise UsageError(f"{str(out)!r}: a plot is written as .png or .svg")
+    try:
+        fig.savefig(out, dpi=100, bbox_inches="tight")
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(out)!r}: {exc.strerror}") from exc
+    finally:
+        pyplot().close(fig)
+    return out
