@@ -15,6 +15,7 @@ import numpy as np
 
 from blackbox_sal.baselines import make_baseline
 from blackbox_sal.config import ExplainConfig
+from blackbox_sal.diagnostics import special_tokens_note
 from blackbox_sal.differences import step_scale
 from blackbox_sal.engine.drive import drive_many, drive_one
 from blackbox_sal.engine.runner import Runner, rows_per_run, run_size
@@ -236,7 +237,8 @@ def _explanation(model: TextModel, done: Attributed, text: str, tokens: tuple[Sp
         text=text, model=model.name, method=done.method, backend=done.backend, reduce=result.reduce,
         target=done.asked.target, prediction=done.asked.prediction, target_value=done.target_value,
         tokens=tokens, words=words, baseline_value=result.baseline_value, convergence_delta=result.delta,
-        provenance=done.provenance, notes=model_notes(model) + before + done.notes + result.notes + after,
+        provenance=done.provenance,
+        notes=model_notes(model) + before + done.notes + result.notes + after + special_tokens_note(tokens),
         task=done.asked.task)
 
 

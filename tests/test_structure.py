@@ -16,7 +16,7 @@ PACKAGE = Path(blackbox_sal.__file__).resolve().parent
 #: lowest first; a module may import from its own entry or any before it (typing-only imports
 #: under ``if TYPE_CHECKING:`` do not count: they never run)
 LAYERS = [
-    {"errors", "progress", "reductions", "differences", "runs", "scores", "text", "datasets"},
+    {"errors", "progress", "reductions", "differences", "runs", "scores", "text", "datasets", "diagnostics"},
     {"result", "surgery", "baselines", "render"},
     {"model"},
     {"gradient_graph"},
