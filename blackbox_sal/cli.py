@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from blackbox_sal import __version__  # the one place the version is written
 from blackbox_sal.batch import run_batch
 from blackbox_sal.config import AUTO, FD_SCHEMES, LONG, ExplainConfig
 from blackbox_sal.datasets import Columns
-from blackbox_sal.errors import InputError, SalError, UsageError
+from blackbox_sal.errors import InputError, SalError, UnavailableError, UsageError
 from blackbox_sal.explaining import explain
 from blackbox_sal.gradient_graph.store import export_gradient
 from blackbox_sal.gradients.backend import BACKENDS
@@ -28,6 +29,7 @@ from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.reductions import REDUCTIONS
 from blackbox_sal.render import FORMATS, render_html, render_json, render_terminal
 from blackbox_sal.scores import SCORES
+from blackbox_sal.server.protocol import Limits
 from blackbox_sal.surgery.pooling import POOLINGS
 from blackbox_sal.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.text.printable import printable
@@ -37,11 +39,11 @@ EPILOG = """exit codes: 0 ok, 2 bad usage or input, 3 model cannot be loaded or 
 Environment: NO_COLOR disables colour in the terminal format."""
 
 
-def _model_options(p: argparse.ArgumentParser, required: bool = False) -> None:
+def _model_options(p: argparse.ArgumentParser, required: bool = False, serving: bool = False) -> None:
     """How the model is found and loaded (shared by every command that loads one)."""
     if required:
         p.add_argument("--model", metavar="PATH", help="model directory or .onnx file")
-    else:
+    elif not serving:
         p.add_argument("--model", metavar="PATH",
                        help="model directory or .onnx file (default: the bundled sentiment CNN)")
     p.add_argument("--device", choices=DEVICES, default="auto",
@@ -177,6 +179,41 @@ def _parser() -> argparse.ArgumentParser:
                    help="local (this process), or ray: Ray Data with one model per actor (the [ray] extra)")
     b.add_argument("--address", metavar="ADDRESS", help="--engine ray: the cluster to join (default: a local Ray)")
 
+    s = sub.add_parser(
+        "serve", help="answer predict and explain requests over HTTP (the [serve] extra)",
+        description="Serve MODEL... over HTTP: KServe V1 (/v1/models/NAME:predict, :explain), the V2 inference "
+                    "protocol (/v2/models/NAME/infer, /v2/models/NAME-explainer/infer), health and metadata "
+                    "routes, /openapi.json and a web page at /. Each MODEL is PATH or NAME=PATH (the name "
+                    "defaults to the folder's); the method options are the requests' defaults. Concurrent "
+                    "requests share onnxruntime runs. SIGTERM turns readiness off and drains.",
+        epilog=EPILOG + "\nHTTP statuses: 400 bad request, 404 unknown model or route, 413 too large, 422 the model "
+                        "cannot explain the text,\n429 queue full, 503 not ready or stopping, 504 deadline passed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("models", metavar="MODEL", nargs="*", help="PATH or NAME=PATH (default: the bundled model)")
+    _model_options(s, serving=True)
+    _method_options(s)
+    defaults = Limits()
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback only)")
+    s.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    s.add_argument("--deadline", type=float, default=defaults.deadline, metavar="SECONDS",
+                   help="the longest a request may take; its work is stopped then (504) (default: %(default)g)")
+    s.add_argument("--max-body", type=int, default=defaults.max_body, metavar="BYTES",
+                   help="largest request body (413 beyond) (default: %(default)s)")
+    s.add_argument("--max-chars", type=int, default=defaults.max_chars, metavar="N",
+                   help="longest text in characters (413 beyond) (default: %(default)s)")
+    s.add_argument("--max-instances", type=int, default=defaults.max_instances, metavar="N",
+                   help="texts per request (413 beyond) (default: %(default)s)")
+    s.add_argument("--max-active", type=int, default=defaults.max_active, metavar="N",
+                   help="texts the engine works on together, their runs shared (default: %(default)s)")
+    s.add_argument("--queue", type=int, default=defaults.queue_size, metavar="N",
+                   help="texts waiting beyond those (429 beyond) (default: %(default)s)")
+    s.add_argument("--batch-window", type=float, default=defaults.batch_window, metavar="SECONDS",
+                   help="how long the engine waits after a first text for others to join its runs "
+                        "(default: %(default)g)")
+    s.add_argument("--max-connections", type=int, default=256, metavar="N",
+                   help="open connections (503 beyond) (default: %(default)s)")
+    s.add_argument("--access-log", action="store_true", help="log every request")
+
     g = sub.add_parser(
         "grad", help="build, verify and write a model's gradient graph",
         description="Build the ONNX gradient graph of MODEL (inputs_embeds, the model's inputs, "
@@ -309,6 +346,45 @@ def _explain(a: argparse.Namespace) -> None:
         raise UsageError(f"cannot write {a.output!r}: {exc.strerror}") from exc
 
 
+def _serve(a: argparse.Namespace) -> None:
+    config = _config(a)
+    limits = Limits(max_body=a.max_body, max_chars=a.max_chars, max_instances=a.max_instances,
+                    max_active=a.max_active, queue_size=a.queue, deadline=a.deadline,
+                    batch_window=a.batch_window).validated()
+    if not 1 <= a.max_connections <= 100_000 or not 0 < a.port < 65536:
+        raise UsageError("--max-connections must be from 1 to 100,000 and --port from 1 to 65,535")
+    try:
+        from blackbox_sal.server.app import Server
+        from blackbox_sal.server.process import run
+    except ImportError as exc:
+        raise UnavailableError(f"serve needs the [serve] extra (pip install 'blackbox-sal[serve]'): "
+                               f"{exc.name} is missing") from exc
+    named: dict[str, TextModel] = {}
+    for spec in a.models or [str(default_model_path())]:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path, name = spec, ""
+        model = load_model(path, device=a.device, output=a.model_output, verify=not a.no_verify,
+                           dequantize=a.dequantize, pooling=a.pooling, normalize=a.normalize)
+        name = name or _served_name(path)
+        if not name or "/" in name or ":" in name or name in named:
+            raise UsageError(f"model name {name!r} is empty, repeated or has '/' or ':' (give NAME=PATH)")
+        named[name] = model
+    server = Server(named, config, limits)
+    print(printable(f"blackbox-sal: serving {', '.join(named)} on http://{a.host}:{a.port}/ "
+                    f"(Ctrl-C or SIGTERM drains and stops)"), file=sys.stderr)
+    run(server, a.host, a.port, max_connections=a.max_connections, access_log=a.access_log)
+
+
+def _served_name(path: str) -> str:
+    p = Path(path)
+    if p.name == "model.onnx":
+        p = p.parent
+    elif p.suffix == ".onnx":
+        p = p.with_suffix("")
+    return "default" if p.resolve() == default_model_path().resolve() else p.name
+
+
 def _grad(a: argparse.Namespace) -> None:
     model = load_model(a.model or default_model_path(), device=a.device, output=a.model_output)
     path = export_gradient(model, a.output)
@@ -328,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             # a model's overflowing numbers are reported once, as non-finite scores or an error
             warnings.simplefilter("ignore", RuntimeWarning)
-            {"explain": _explain, "batch": _batch, "grad": _grad}[args.command](args)
+            {"explain": _explain, "batch": _batch, "grad": _grad, "serve": _serve}[args.command](args)
     except SalError as exc:
         print(f"blackbox-sal: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code

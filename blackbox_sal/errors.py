@@ -42,6 +42,10 @@ class InputError(SalError):
     exit_code = 2
 
 
+class TooLongError(InputError):
+    """A text over the character or token limit (exit code 2; a server answers 413)."""
+
+
 class ModelError(SalError):
     """The model cannot be loaded or used (exit code 3)."""
 

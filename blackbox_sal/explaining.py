@@ -19,7 +19,7 @@ from blackbox_sal.diagnostics import special_tokens_note
 from blackbox_sal.differences import step_scale
 from blackbox_sal.engine.drive import drive_many, drive_one
 from blackbox_sal.engine.runner import Runner, rows_per_run, run_size
-from blackbox_sal.errors import InputError, ModelError, SalError, UsageError
+from blackbox_sal.errors import InputError, ModelError, SalError, TooLongError, UsageError
 from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.gradients.backend import BACKENDS, VALUES_ONLY, Setting
 from blackbox_sal.methods import METHODS
@@ -66,8 +66,8 @@ def text_explanation(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Ex
     tokens = tokenize(model.tokenizer, text, None, cfg.max_chars)
     if model.max_length is not None and len(tokens) > model.max_length:
         if cfg.long != "window":
-            raise InputError(f"the text has {len(tokens)} tokens; the model takes at most {model.max_length} "
-                             f"(--long window explains it in overlapping windows)")
+            raise TooLongError(f"the text has {len(tokens)} tokens; the model takes at most {model.max_length} "
+                               f"(--long window explains it in overlapping windows)")
         if model.task == "next-token":
             raise UsageError("--long window splits a text for a classifier; a causal LM predicts from the end "
                              f"of its prompt: shorten the prompt to {model.max_length} tokens")
@@ -211,7 +211,7 @@ def feature_explanation(model: TextModel, text: str, cfg: ExplainConfig,
     if not text or not text.strip():
         raise InputError("the text is empty")
     if len(text) > cfg.max_chars:
-        raise InputError(f"the text has {len(text):,} characters; at most {cfg.max_chars:,} are accepted")
+        raise TooLongError(f"the text has {len(text):,} characters; at most {cfg.max_chars:,} are accepted")
     vector, pieces = featurizer.featurize(text)
     x = vector[:, None].astype(np.float32)
     n = featurizer.size
@@ -294,6 +294,30 @@ def model_notes(model: TextModel) -> tuple[str, ...]:
     return (f"explained the float twin of a quantized model ({', '.join(model.twin_of)} replaced): its int8 weights "
             f"exactly, its activations in float, so gradients are exact for the deployed weights; the int8 model's "
             f"own outputs differ by its activation rounding",)
+
+
+def prediction_work(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Prediction]:
+    """The work of predicting on one text (one forward row; no attribution): what a server's
+    ``:predict`` answers. A text over the model's limit is refused as :func:`explain` does."""
+    if model.features is not None:
+        if not text or not text.strip():
+            raise InputError("the text is empty")
+        if len(text) > cfg.max_chars:
+            raise TooLongError(f"the text has {len(text):,} characters; at most {cfg.max_chars:,} are accepted")
+        vector, _ = model.features.featurize(text)
+        n = model.features.size
+        seq = Seq(np.zeros(n, np.int64), np.zeros(n, np.int64))
+        outputs = yield Forward(seq, ArrayPoints(vector[None, :, None].astype(np.float32)))
+    else:
+        tokens = tokenize(model.tokenizer, text, None, cfg.max_chars)
+        if model.max_length is not None and len(tokens) > model.max_length:
+            raise TooLongError(f"the text has {len(tokens)} tokens; the model takes at most {model.max_length}")
+        ids, type_ids, mask = model.pad(tokens.ids, tokens.type_ids)
+        outputs = yield Forward(Seq(ids, type_ids, mask), ArrayPoints(model.embed(ids)[None]))
+    values = np.asarray(outputs, np.float64)[0]
+    if not np.isfinite(values).all():
+        raise ModelError(f"the model's output is not finite ({_non_finite(values)})")
+    return prediction(model, values)
 
 
 def prediction(model: TextModel, outputs: np.ndarray) -> Prediction:

@@ -28,6 +28,7 @@ LAYERS = [
     {"tasks", "torch_export"},
     {"batch", "batch_ray"},
     {"evaluation"},
+    {"server"},
     {"cli", "__main__", "__init__"},
 ]
 

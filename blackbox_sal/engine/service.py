@@ -57,7 +57,9 @@ class EngineService:
     def __init__(self, runner: Runner, max_active: int = 64, queue_size: int = 256,
                  batch_window: float = 0.005, clock: Callable[[], float] = time.monotonic) -> None:
         self.runner, self.max_active, self.batch_window, self.clock = runner, max_active, batch_window, clock
-        self.waiting: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self.waiting: queue.Queue[_Job] = queue.Queue()
+        self.lock = threading.Lock()
         self.jobs: list[_Job] = []
         self.accepting = True
         self.running = True
@@ -69,16 +71,21 @@ class EngineService:
     def submit(self, work: Work[Any], deadline: float | None = None) -> Future[Any]:
         """Queue a piece of work; its future gets the result, or the SalError it ended with
         raised, or DeadlineExceeded. Busy when the queue is full, Stopped when stopping."""
-        if not self.accepting:
-            work.close()
-            raise Stopped("the server is stopping")
-        future: Future[Any] = Future()
-        try:
-            self.waiting.put_nowait(_Job(work, future, deadline))
-        except queue.Full:
-            work.close()
-            raise Busy("the queue is full") from None
-        return future
+        return self.submit_all([work], deadline)[0]
+
+    def submit_all(self, works: list[Work[Any]], deadline: float | None = None) -> list[Future[Any]]:
+        """Queue all of ``works`` or none of them (Busy when they do not all fit)."""
+        with self.lock:
+            if not self.accepting:
+                _close(works)
+                raise Stopped("the server is stopping")
+            if self.waiting.qsize() + len(works) > self.queue_size:
+                _close(works)
+                raise Busy("the queue is full")
+            jobs = [_Job(work, Future(), deadline) for work in works]
+            for job in jobs:  # never blocks: only this lock's holder adds, and there is room
+                self.waiting.put_nowait(job)
+        return [job.future for job in jobs]
 
     @property
     def load(self) -> int:
@@ -87,7 +94,8 @@ class EngineService:
 
     def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop taking work; with ``drain`` finish what is admitted and queued (up to timeout)."""
-        self.accepting = False
+        with self.lock:
+            self.accepting = False
         if drain:
             end = self.clock() + timeout
             while self.load and self.clock() < end:
@@ -195,6 +203,11 @@ class EngineService:
             if not _step(job.active, done):
                 _finish(job, done.pop(job.active.index))
                 self.jobs.remove(job)
+
+
+def _close(works: list[Work[Any]]) -> None:
+    for work in works:
+        work.close()
 
 
 def _finish(job: _Job, outcome: Any) -> None:

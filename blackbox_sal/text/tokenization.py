@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from blackbox_sal.errors import InputError
+from blackbox_sal.errors import InputError, TooLongError
 
 #: the longest text accepted, in characters, whatever the model's token limit
 MAX_CHARS = 100_000
@@ -39,7 +39,7 @@ def _check_text(text: str, max_chars: int) -> None:
     if not text or not text.strip():
         raise InputError("the text is empty")
     if len(text) > max_chars:
-        raise InputError(f"the text has {len(text):,} characters; at most {max_chars:,} are accepted")
+        raise TooLongError(f"the text has {len(text):,} characters; at most {max_chars:,} are accepted")
 
 
 def tokenize(tokenizer: Tokenizer, text: str, max_length: int | None,
@@ -120,7 +120,7 @@ def _tokens(text: str, enc: Encoding, max_length: int | None) -> Tokens:
     if n == 0 or special.all():
         raise InputError("the text has no tokens the model knows")
     if max_length is not None and n > max_length:
-        raise InputError(f"the text has {n} tokens; the model takes at most {max_length}")
+        raise TooLongError(f"the text has {n} tokens; the model takes at most {max_length}")
     return Tokens(
         text=text,
         ids=np.array(enc.ids, dtype=np.int64),

@@ -1,0 +1,370 @@
+"""The server's routes (Starlette): health, model metadata, KServe V1 predict and explain, the
+V2 inference protocol (the model, and its explainer as a model), the OpenAPI document and the
+web page. Every model's work goes through its :class:`~blackbox_sal.engine.service.EngineService`,
+so concurrent requests share onnxruntime runs. See :mod:`blackbox_sal.server.protocol` for the
+statuses; no route loads or changes a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from blackbox_sal import __version__
+from blackbox_sal.batch import work_for
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.engine.service import Busy, DeadlineExceeded, EngineService, Stopped
+from blackbox_sal.errors import ModelError, SalError
+from blackbox_sal.explaining import prediction_work, runner
+from blackbox_sal.gradient_graph.store import gradient_session
+from blackbox_sal.gradients.backend import BACKENDS
+from blackbox_sal.methods import METHODS
+from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.result import Prediction
+from blackbox_sal.runs import Work
+from blackbox_sal.server.openapi import openapi_document
+from blackbox_sal.server.protocol import (
+    HttpError,
+    Limits,
+    config_of,
+    explanation_object,
+    infer_rows,
+    instance_rows,
+    parse_json,
+    status_of,
+)
+
+EXPLAINER = "-explainer"  # the V2 explainer of model NAME is the model NAME-explainer
+
+
+@dataclass
+class Served:
+    """One model the server answers for, with its engine."""
+
+    name: str
+    model: TextModel
+    service: EngineService
+    graph: bool  # whether a verified gradient graph is ready (the exact backend)
+
+    def metadata(self) -> dict[str, Any]:
+        m = self.model
+        return {
+            "name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+                        {"name": "label", "datatype": "BYTES", "shape": [-1]}],
+            "task": m.task, "output": m.output, "labels": list(m.labels) if m.labels else None,
+            "max_length": m.max_length, "device": m.device,
+            "methods": {name: spec.summary for name, spec in METHODS.items()},
+            "backends": [b for b in BACKENDS if b != "graph" or self.graph],
+            "explainer": self.name + EXPLAINER,
+        }
+
+
+class Server:
+    """The models, their engines and the server's state (ready, draining). ``app`` is the
+    ASGI application; ``stop`` drains and ends the engines."""
+
+    def __init__(self, models: dict[str, TextModel], defaults: ExplainConfig | None = None,
+                 limits: Limits | None = None) -> None:
+        self.defaults = dataclasses.replace(defaults or ExplainConfig(), progress=False).validated()
+        self.limits = limits or Limits()
+        self.served: dict[str, Served] = {}
+        for name, model in models.items():
+            graph = _warm(model, self.defaults)
+            self.served[name] = Served(name, model, EngineService(
+                runner(model, self.defaults), max_active=self.limits.max_active,
+                queue_size=self.limits.queue_size, batch_window=self.limits.batch_window), graph)
+        self.ready = True
+        self.in_flight = 0  # requests being answered (draining waits for them)
+        self.reading = asyncio.Semaphore(self.limits.max_reading)
+        routes = [
+            Route("/", self.page, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.health_ready, methods=["GET"]),
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/models", self.models, methods=["GET"]),
+            Route("/v2/models/{name}", self.model_metadata, methods=["GET"]),
+            Route("/v2/models/{name}/ready", self.model_ready, methods=["GET"]),
+            Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{name}", self.v1, methods=["GET", "POST"]),
+        ]
+        self.app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception,
+                                                                Exception: _internal})
+        self.openapi_doc = openapi_document(self)
+
+    def stop(self, drain: bool = True) -> None:
+        """Readiness off; with ``drain`` the queued and admitted work is finished first."""
+        self.ready = False
+        for served in self.served.values():
+            served.service.stop(drain=drain, timeout=self.limits.deadline)
+
+    def drain_started(self) -> None:
+        """SIGTERM: readiness off, new work refused (503); the work in flight goes on."""
+        self.ready = False
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        return HTMLResponse(resources.files("blackbox_sal.server").joinpath("page.html").read_text("utf-8"),
+                            headers={"Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
+                                                                "script-src 'unsafe-inline'"})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(self.openapi_doc)
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def health_ready(self, request: Request) -> Response:
+        return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503,
+                            headers=None if self.ready else {"Retry-After": "5"})
+
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse({"name": "blackbox-sal", "version": __version__, "extensions": ["explain"]})
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"models": list(self.served)})
+
+    async def model_metadata(self, request: Request) -> Response:
+        return await _answer(lambda: self._metadata(request.path_params["name"]))
+
+    async def _metadata(self, name: str) -> Response:
+        if name.endswith(EXPLAINER) and name[:-len(EXPLAINER)] in self.served:
+            served = self.served[name[:-len(EXPLAINER)]]
+            return JSONResponse({"name": name, "versions": ["1"], "platform": "blackbox-sal",
+                                 "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                                 "outputs": [{"name": "explanation", "datatype": "BYTES", "shape": [-1]}],
+                                 "explains": served.name})
+        return JSONResponse(self._served(name).metadata())
+
+    async def model_ready(self, request: Request) -> Response:
+        async def ready() -> Response:
+            name = request.path_params["name"]
+            self._served(name[:-len(EXPLAINER)] if name.endswith(EXPLAINER) else name)
+            return JSONResponse({"name": name, "ready": self.ready}, status_code=200 if self.ready else 503)
+        return await _answer(ready)
+
+    async def v1(self, request: Request) -> Response:
+        """``GET /v1/models/NAME``, ``POST /v1/models/NAME:predict`` and ``NAME:explain``."""
+        target = request.path_params["name"]
+        if request.method == "GET":
+            return await _answer(lambda: self._v1_status(target))
+        name, _, verb = target.rpartition(":")
+        if verb not in ("predict", "explain") or not name:
+            return _error(404, f"no route POST /v1/models/{target}: use NAME:predict or NAME:explain")
+        return await _answer(lambda: self._v1(request, name, verb))
+
+    async def _v1_status(self, name: str) -> Response:
+        self._served(name)
+        return JSONResponse({"name": name, "ready": self.ready})
+
+    async def _v1(self, request: Request, name: str, verb: str) -> Response:
+        served = self._served(name)
+        data = await self._body(request)
+        _known(data, {"instances", "parameters", "id"})
+        rows = instance_rows(data, self.limits.max_instances, self.limits.max_chars)
+        cfg, deadline = self._settings(data.get("parameters"))
+        if verb == "predict":
+            if any(r.pair is not None or r.choices is not None or r.target is not None for r in rows):
+                raise HttpError(400, ":predict takes texts: target, pair and choices are for :explain")
+            predictions = await self._run(served, [prediction_work(served.model, r.text, cfg) for r in rows],
+                                          deadline)
+            return JSONResponse({"predictions": [_prediction(p) for p, _ in predictions]})
+        results = await self._run(served, [work_for(served.model, r, cfg) for r in rows], deadline)
+        return _json({"explanations": [explanation_object(r, s) for r, s in results]})
+
+    async def infer(self, request: Request) -> Response:
+        """V2 ``infer``: on NAME, the predictions (scores FP32 [n, C], label BYTES [n]); on
+        NAME-explainer, the explanations (one BYTES output of JSON objects)."""
+        return await _answer(lambda: self._infer(request, request.path_params["name"]))
+
+    async def _infer(self, request: Request, name: str) -> Response:
+        explainer = name.endswith(EXPLAINER) and name[:-len(EXPLAINER)] in self.served
+        served = self._served(name[:-len(EXPLAINER)] if explainer else name)
+        data = await self._body(request)
+        _known(data, {"inputs", "outputs", "parameters", "id"})
+        rows = infer_rows(data, self.limits.max_instances, self.limits.max_chars)
+        cfg, deadline = self._settings(data.get("parameters"))
+        head: dict[str, Any] = {"model_name": name, "model_version": "1"}
+        if isinstance(data.get("id"), str):
+            head["id"] = data["id"]
+        n = len(rows)
+        if explainer:
+            results = await self._run(served, [work_for(served.model, r, cfg) for r in rows], deadline)
+            objects = [json.dumps(explanation_object(r, s), ensure_ascii=False, allow_nan=False) for r, s in results]
+            return _json({**head, "outputs": [{"name": "explanation", "datatype": "BYTES", "shape": [n],
+                                               "data": objects}]})
+        predictions = await self._run(served, [prediction_work(served.model, r.text, cfg) for r in rows], deadline)
+        scores = [[float(v) for v in p.scores] for p, _ in predictions]
+        width = len(scores[0]) if scores else 0
+        return _json({**head, "outputs": [
+            {"name": "scores", "datatype": "FP32", "shape": [n, width], "data": [v for row in scores for v in row]},
+            {"name": "label", "datatype": "BYTES", "shape": [n],
+             "data": [p.label if p.label is not None else str(p.index) for p, _ in predictions]}]})
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _served(self, name: str) -> Served:
+        if name not in self.served:
+            raise HttpError(404, f"no model named {name!r} (served: {', '.join(self.served)})")
+        return self.served[name]
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        """The request's JSON object, read within the body limit (413 beyond it, before
+        anything is parsed), at most ``max_reading`` bodies at a time."""
+        limit = self.limits.max_body
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise HttpError(400, "Content-Length is not a number")
+            if int(length) > limit:
+                raise HttpError(413, f"the body has {int(length):,} bytes; at most {limit:,} are accepted")
+        async with self.reading:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HttpError(413, f"the body has over {limit:,} bytes; at most {limit:,} are accepted")
+                chunks.append(chunk)
+            return parse_json(b"".join(chunks))
+
+    def _settings(self, parameters: Any) -> tuple[ExplainConfig, float]:
+        """The request's config and its deadline (``parameters.deadline`` seconds, at most the
+        server's)."""
+        deadline = self.limits.deadline
+        if isinstance(parameters, dict) and "deadline" in parameters:
+            parameters = dict(parameters)
+            asked = parameters.pop("deadline")
+            if isinstance(asked, bool) or not isinstance(asked, int | float) or not 0 < asked <= deadline:
+                raise HttpError(400, f"deadline must be a number of seconds above 0 and at most {deadline:g}")
+            deadline = float(asked)
+        return config_of(parameters, self.defaults, self.limits.max_chars), deadline
+
+    async def _run(self, served: Served, works: Sequence[Work[Any]], seconds: float) -> list[tuple[Any, float]]:
+        """Every work's result and the seconds it took, through the model's engine; the first
+        failure (in instance order) becomes the request's status."""
+        if not self.ready:
+            for work in works:
+                work.close()
+            raise HttpError(503, "the server is not ready (starting or stopping)", retry_after=5)
+        start = time.monotonic()
+        try:
+            futures = served.service.submit_all(list(works), deadline=start + seconds)
+        except Busy:
+            raise HttpError(429, "the server is busy: its queue is full", retry_after=1) from None
+        except Stopped:
+            raise HttpError(503, "the server is stopping", retry_after=5) from None
+        self.in_flight += 1
+        try:
+            done = [_timed(f, start) for f in futures]
+            results = await asyncio.gather(*(asyncio.wrap_future(f) for f in done), return_exceptions=True)
+        finally:
+            self.in_flight -= 1
+        out = []
+        for k, result in enumerate(results):
+            if isinstance(result, BaseException):
+                raise _failure(result, k, len(results)) from None
+            out.append(result)
+        return out
+
+
+def _warm(model: TextModel, cfg: ExplainConfig) -> bool:
+    """Build (or read) the model's verified gradient graph before the server is ready, so no
+    request waits for it. False when the model has none (finite differences answer)."""
+    if cfg.backend == "fd" or model.features is not None:
+        return False
+    try:
+        gradient_session(model)
+    except ModelError:
+        if cfg.backend == "graph":
+            raise
+        return False
+    return True
+
+
+def _timed(future: Future[Any], start: float) -> Future[tuple[Any, float]]:
+    """A future of (result, seconds from ``start`` until it was done)."""
+    out: Future[tuple[Any, float]] = Future()
+
+    def done(f: Future[Any]) -> None:
+        exc = f.exception()
+        if exc is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result((f.result(), time.monotonic() - start))
+    future.add_done_callback(done)
+    return out
+
+
+def _failure(exc: BaseException, k: int, n: int) -> HttpError:
+    where = f"instance {k}: " if n > 1 else ""
+    if isinstance(exc, HttpError):
+        return exc
+    if isinstance(exc, DeadlineExceeded):
+        return HttpError(504, "the request's deadline passed; its work was stopped")
+    if isinstance(exc, Stopped):
+        return HttpError(503, "the server stopped", retry_after=5)
+    if isinstance(exc, SalError):
+        return HttpError(status_of(exc), where + str(exc))
+    raise exc
+
+
+def _known(data: dict[str, Any], keys: set[str]) -> None:
+    extra = sorted(set(data) - keys)
+    if extra:
+        raise HttpError(400, f"unknown field {', '.join(map(repr, extra))} (known: {', '.join(sorted(keys))})")
+
+
+def _prediction(p: Prediction) -> dict[str, Any]:
+    return {"index": p.index, "label": p.label, "scores": [_finite(v) for v in p.scores],
+            "top": [{"index": t.index, "label": t.label, "value": _finite(t.value)} for t in p.top]}
+
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def _json(data: dict[str, Any]) -> Response:
+    return Response(json.dumps(data, ensure_ascii=False, allow_nan=False), media_type="application/json")
+
+
+def _error(status: int, message: str, retry_after: int | None = None) -> Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+async def _answer(handler: Callable[[], Awaitable[Response]]) -> Response:
+    try:
+        return await handler()
+    except HttpError as exc:
+        return _error(exc.status, exc.message, exc.retry_after)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _error(404, f"no route {request.method} {request.url.path}")
+    if exc.status_code == 405:
+        return _error(405, f"{request.method} is not allowed on {request.url.path}")
+    return _error(exc.status_code, str(exc.detail))
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    return _error(500, f"internal error ({type(exc).__name__}); this is a bug in blackbox-sal")

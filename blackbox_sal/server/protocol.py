@@ -1,0 +1,185 @@
+"""What the server's routes take and give, independent of the web framework.
+
+Requests (KServe V1, and the V2 inference protocol's "explainer as a model" form, as MLServer
+runs explainers) become rows and an :class:`~blackbox_sal.config.ExplainConfig`; results
+become the CLI's JSON objects with the version and the time each took. Every failure is an
+:class:`HttpError` with its status and a one-line message, never a traceback:
+
+======  ============================================================================
+status  when
+======  ============================================================================
+400     malformed JSON or request, unknown parameter or value, a text the model cannot
+        take (empty, not the model's kind), unknown label
+404     unknown model or route
+413     body over the limit; a text over the character or token limit
+422     the model cannot explain this text (it fails when run, its output is not finite)
+429     the queue is full (Retry-After)
+503     not ready, or draining on SIGTERM (Retry-After)
+504     the request's deadline passed (the work in flight was stopped)
+======  ============================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from blackbox_sal import __version__
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.datasets import Row
+from blackbox_sal.errors import InputError, ModelError, SalError, TooLongError, UnavailableError, UsageError
+from blackbox_sal.render.json import document
+
+#: request parameters that map onto ExplainConfig fields (the rest are refused)
+PARAMETERS = frozenset(f.name for f in dataclasses.fields(ExplainConfig)) - {"progress", "max_chars",
+                                                                             "batch_size", "tokens_per_run"}
+
+
+class HttpError(Exception):
+    """A failure with its HTTP status (and, for 429/503, when to come back)."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.retry_after = status, message, retry_after
+
+
+def status_of(error: SalError) -> int:
+    """The HTTP status of a library error."""
+    if isinstance(error, TooLongError):
+        return 413
+    if isinstance(error, (InputError, UsageError, UnavailableError)):
+        return 400
+    if isinstance(error, ModelError):
+        return 422
+    return 500
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise HttpError(400, f"the body is not valid JSON: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    return data
+
+
+def config_of(parameters: Any, defaults: ExplainConfig, max_chars: int) -> ExplainConfig:
+    """The request's ExplainConfig: the server's defaults with the request's parameters."""
+    if parameters is None:
+        parameters = {}
+    if not isinstance(parameters, dict):
+        raise HttpError(400, "parameters must be a JSON object")
+    unknown = sorted(set(parameters) - PARAMETERS)
+    if unknown:
+        raise HttpError(400, f"unknown parameter {', '.join(map(repr, unknown))} "
+                             f"(known: {', '.join(sorted(PARAMETERS))})")
+    values = dict(parameters)
+    if "direction" in values and values["direction"] is not None:
+        if not isinstance(values["direction"], list):
+            raise HttpError(400, "direction must be a list of numbers")
+        values["direction"] = tuple(values["direction"])
+    try:
+        return dataclasses.replace(defaults, **values, max_chars=max_chars).validated()
+    except SalError as exc:
+        raise HttpError(400, str(exc)) from None
+    except TypeError as exc:
+        raise HttpError(400, f"a parameter has the wrong type: {exc}") from None
+
+
+def _text(value: Any, where: str, max_chars: int) -> str:
+    if not isinstance(value, str):
+        raise HttpError(400, f"{where} must be a string")
+    if len(value) > max_chars:  # before tokenizing: a tokenizer's work grows with the text
+        raise HttpError(413, f"{where} has {len(value):,} characters; at most {max_chars:,} are accepted")
+    return value
+
+
+def instance_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list[Row]:
+    """KServe V1 ``{"instances": [...]}``: each a text, or ``{"text", "target", "pair", "choices"}``."""
+    instances = data.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise HttpError(400, 'the body must hold "instances": a non-empty list of texts or objects')
+    if len(instances) > max_instances:
+        raise HttpError(413, f"{len(instances):,} instances; at most {max_instances:,} per request")
+    rows = []
+    for k, item in enumerate(instances):
+        where = f"instance {k}"
+        if isinstance(item, str):
+            rows.append(Row(k, _text(item, where, max_chars)))
+            continue
+        if not isinstance(item, dict):
+            raise HttpError(400, f"{where} must be a text or an object with a text")
+        extra = set(item) - {"text", "target", "pair", "choices", "id"}
+        if extra:
+            raise HttpError(400, f"{where} has unknown fields {', '.join(sorted(extra))}")
+        target = item.get("target")
+        if target is not None and not isinstance(target, str | int):
+            raise HttpError(400, f"{where}: target must be a label or an index")
+        pair = item.get("pair")
+        choices = item.get("choices")
+        if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
+            raise HttpError(400, f"{where}: choices must be a list of texts")
+        rows.append(Row(k, _text(item.get("text"), f"{where} text", max_chars),
+                        str(item["id"]) if item.get("id") is not None else None, None,
+                        None if target is None else str(target),
+                        None if pair is None else _text(pair, f"{where} pair", max_chars),
+                        None if choices is None else tuple(_text(c, f"{where} choice", max_chars) for c in choices)))
+    return rows
+
+
+def infer_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list[Row]:
+    """The V2 inference protocol: one BYTES input holding the texts."""
+    inputs = data.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise HttpError(400, 'the body must hold "inputs": one BYTES input with the texts')
+    tensor = inputs[0]
+    if tensor.get("datatype") != "BYTES" or not isinstance(tensor.get("data"), list):
+        raise HttpError(400, 'the input must be {"name", "datatype": "BYTES", "shape", "data": [texts]}')
+    texts = tensor["data"]
+    if not texts:
+        raise HttpError(400, "the input holds no texts")
+    if len(texts) > max_instances:
+        raise HttpError(413, f"{len(texts):,} texts; at most {max_instances:,} per request")
+    return [Row(k, _text(t, f"text {k}", max_chars)) for k, t in enumerate(texts)]
+
+
+def explanation_object(result: object, seconds: float) -> dict[str, Any]:
+    """The CLI's JSON object of a result, with the version that made it and the time it took."""
+    return {**document(result), "producer": {"version": __version__, "seconds": round(seconds, 6)}}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the server accepts, per request and in all (see the README's server section).
+
+    max_body: bytes per request body. max_chars: characters per text. max_instances: texts
+    per request. max_active: works (texts) the engine runs together. queue_size: works waiting
+    beyond those (429 beyond). deadline: seconds a request may take at most (504 beyond).
+    batch_window: seconds the engine waits after a first text for others to share its runs.
+    max_reading: request bodies read and parsed at the same time (the rest wait their turn).
+    """
+
+    max_body: int = 64 * 1024**2
+    max_chars: int = 100_000
+    max_instances: int = 256
+    max_active: int = 64
+    queue_size: int = 256
+    deadline: float = 30.0
+    batch_window: float = 0.005
+    max_reading: int = 4
+
+    def validated(self) -> Limits:
+        """Itself, or UsageError naming the setting out of range."""
+        ranges: dict[str, tuple[float, float]] = {
+            "max_body": (1, 2**31), "max_chars": (1, 10_000_000), "max_instances": (1, 4096),
+            "max_active": (1, 4096), "queue_size": (1, 1_000_000), "deadline": (0.001, 3600),
+            "batch_window": (0, 1), "max_reading": (1, 1024)}
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                flag = "--" + {"queue_size": "queue"}.get(name, name).replace("_", "-")
+                raise UsageError(f"{flag} must be from {low:g} to {high:g}, got {value}")
+        return self
