@@ -37,13 +37,13 @@ class _Uvicorn(uvicorn.Server):
         self.draining = True
         self.sal.drain_started()
         log.info("%s: readiness off; finishing %d requests in flight", signal.Signals(sig).name, self.sal.in_flight)
-        threading.Thread(target=self._drain_then_exit, args=(sig, frame), daemon=True).start()
+        threading.Thread(target=self._drain_then_exit, daemon=True).start()
 
-    def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
+    def _drain_then_exit(self) -> None:
         end = time.monotonic() + self.sal.limits.deadline + 1
         while self.sal.in_flight and time.monotonic() < end:
             time.sleep(0.02)
-        super().handle_exit(sig, frame)
+        self.should_exit = True  # a drained stop exits 0 (uvicorn would re-raise the signal it captured)
 
 
 def run(server: Server, host: str = "127.0.0.1", port: int = 8080, max_connections: int = 256,
