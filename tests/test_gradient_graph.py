@@ -280,3 +280,44 @@ def test_single_regression_output(tmp_path: Path) -> None:
     z = x @ w
     assert e.backend == "graph" and e.prediction.scores == pytest.approx([np.tanh(z).sum()], rel=1e-5)
     np.testing.assert_allclose([t.score for t in e.tokens], (1 - np.tanh(z) ** 2) * z, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("segment", [1, 2, 5, 7])
+def test_probe_in_segments_sees_what_one_piece_sees(tmp_path: Path, segment: int) -> None:
+    """A big graph is probed a segment of nodes at a time (onnxruntime's session start grows
+    faster than linearly with the outputs a probe asks for): same shapes, dtypes, constants and
+    small integer tensors as one run, on the bundled CNN and a BERT-like graph."""
+    from blackbox_sal.gradient_graph.build import probe_feeds
+    from blackbox_sal.model.probe import probe
+    from blackbox_sal.surgery.gradient import forward_part
+
+    bert = tmp_path / "bert"
+    tiny.write_model_dir(bert, tiny.bert_like(TABLE, RNG.normal(size=(32, D)).astype(np.float32),
+                                              RNG.normal(size=(2, D)).astype(np.float32),
+                                              RNG.normal(size=(D, 3)).astype(np.float32)))
+    for model in (load_model(default_model_path()), load_model(bert)):
+        assert model.body is not None
+        forward = forward_part(model.body, model.output)
+        feeds = probe_feeds(model)
+        whole, parts = probe(forward, feeds, segment=10**9), probe(forward, feeds, segment=segment)
+        assert len(forward.graph.node) > segment
+        assert whole.shapes == parts.shapes and whole.dtypes == parts.dtypes
+        assert whole.values.keys() == parts.values.keys() and whole.small_ints.keys() == parts.small_ints.keys()
+        for name, value in whole.values.items():
+            np.testing.assert_array_equal(value, parts.values[name])
+        for name, arrays in whole.small_ints.items():
+            for a, b in zip(arrays, parts.small_ints[name], strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_a_graph_over_the_node_limit_is_explained_by_finite_differences(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    from blackbox_sal.gradient_graph import build
+
+    monkeypatch.setattr(build, "MAX_GRAPH_NODES", 3)
+    monkeypatch.setenv("BLACKBOX_SAL_CACHE", str(tmp_path))
+    model = load_model(default_model_path())
+    with pytest.raises(ModelError, match="nodes; gradient graphs are built for at most 3"):
+        build_model_gradient(model)
+    e = explain(model, TEXT, ExplainConfig(method="saliency"))
+    assert e.backend == "fd" and any("finite differences" in n for n in e.notes)
