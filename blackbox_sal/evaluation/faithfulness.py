@@ -29,7 +29,9 @@ All the removals of one text (every bin, every curve point, every leave-one-out 
 :class:`~blackbox_sal.runs.Forward` request, built lazily a run at a time, and the requests of
 all texts and methods are driven together. Results are means over the texts that both passes
 completed; the others are counted with their reasons. ``"random"`` in ``methods`` adds the
-reference row a method should beat: token scores drawn uniformly at random (seeded).
+reference row a method should beat: token scores drawn uniformly at random (seeded). Between
+the two passes every text's tokens and scores are kept (a few numbers per token), so memory
+grows with the dataset; texts over the model's token limit are counted as failed (no windows).
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ for the node that holds it). Every node that first reads one or more weights sta
 holding them. A one-dimensional float initializer of more than one value (a bias, a
 LayerNorm scale or shift) goes with the layer of the nearest weight-reading node at or before
 its own first reader (a bias added after its MatMul goes with that MatMul; one read before
-any weight goes with the first layer). Scalars, single values, integer tensors and tensors
-no node reads are never re-drawn. Layers are ordered **from the output down**: the layer
-whose node comes last first. The embedding table (the split lookup's, outside the body) is
-the last stage.
+any weight goes with the first layer). Scalars, single values, integer tensors, tensors no
+node reads and values held in Constant nodes (not initializers) are never re-drawn. Layers
+are ordered **from the output down**: the layer whose node comes last first. The embedding
+table (the split lookup's, outside the body) is the last stage.
 
 **Re-draw.** Every tensor of a layer is replaced by draws from a normal distribution with that
 tensor's own mean and standard deviation (so a tensor with no spread, e.g. a LayerNorm scale
