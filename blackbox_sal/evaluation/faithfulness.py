@@ -1,0 +1,538 @@
+"""Faithfulness of token attributions: do the tokens a method ranks first matter to the model?
+
+Each text is explained by each method (through the engine, so the rows of many texts share
+onnxruntime runs). Its ordinary (non-special) tokens are ranked by score, highest first (ties
+in text order; a score that is not finite ranks last). Tokens are **removed** by replacing
+their embeddings with the baseline embedding (``baseline``, one for every method so they are
+compared on the same footing; special tokens and padding keep their own), never by
+re-tokenizing an edited text. With f the explained class's score under ``score``
+(default ``probability``, as ERASER reports it), x the input and n its ordinary tokens:
+
+- comprehensiveness at bin b: f(x) - f(x with its top k tokens removed), k = max(1, ceil(b n));
+- sufficiency at bin b: f(x) - f(x with every ordinary token but the top k removed);
+- AOPC: each one's mean over the bins (ERASER: DeYoung et al. 2020, "ERASER: A Benchmark to
+  Evaluate Rationalized NLP Models");
+- deletion curve: f(x with the top k tokens removed), insertion curve: f(the all-baseline
+  input with the top k tokens put back), at ``curve_points`` fractions q evenly spaced over
+  [0, 1] (both ends included), k = floor(q n + 1/2). Their areas are the trapezoid rule over
+  q in [0, 1], so normalised on the token axis: the curve's mean height, in the units of f
+  (deletion: lower is better; insertion: higher is better);
+- leave-one-out rank correlation: Spearman's rho between the method's token scores and
+  f(x) - f(x with token i removed), which *is* occlusion with the same baseline and score;
+- IG completeness: |delta| / |f(x) - f(x')| of every explanation that reports a completeness
+  delta (in the method's own score), mean and max over the texts;
+- cost: wall and CPU seconds per explanation (each method's pass over the dataset is timed
+  alone, after a warm-up explanation that loads the sessions and the gradient graph) and
+  the forward and gradient-graph passes per explanation.
+
+All the removals of one text (every bin, every curve point, every leave-one-out copy) are one
+:class:`~blackbox_sal.runs.Forward` request, built lazily a run at a time, and the requests of
+all texts and methods are driven together. Results are means over the texts that both passes
+completed; the others are counted with their reasons. ``"random"`` in ``methods`` adds the
+reference row a method should beat: token scores drawn uniformly at random (seeded). Between
+the two passes every text's tokens and scores are kept (a few numbers per token), so memory
+grows with the dataset; texts over the model's token limit are counted as failed (no windows).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blackbox_sal.baselines import baseline_token, make_baseline
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.engine.drive import drive_many, drive_one
+from blackbox_sal.errors import InputError, ModelError, SalError, UsageError, unknown_choice
+from blackbox_sal.evaluation.correlation import mean_defined, spearman
+from blackbox_sal.explaining import ClassQuestion, explanation, runner, text_explanation
+from blackbox_sal.methods import METHODS
+from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.result import Explanation
+from blackbox_sal.runs import Forward, LazyPoints, Seq, Work, ask
+from blackbox_sal.scores import SCORES
+from blackbox_sal.text.tokenization import Tokens, tokenize
+
+#: ERASER's bins: fractions of the ordinary tokens
+BINS = (0.01, 0.05, 0.10, 0.20, 0.50)
+CURVE_POINTS = 10
+#: the reference "method": token scores drawn uniformly at random
+RANDOM = "random"
+#: the most curve points
+MAX_CURVE_POINTS = 1000
+
+
+@dataclass(frozen=True)
+class MethodFaithfulness:
+    """One method's row: means over the ``texts`` evaluated (see the module docstring).
+
+    name: the row's label (the method, with its settings where two rows share a method).
+    config: None for the random reference. backend: the backends its explanations used.
+    failures: (reason, count) of the texts that could not be evaluated. comprehensiveness,
+    sufficiency: per bin; their AOPCs. deletion, insertion: the mean curves at the result's
+    fractions, and their areas. loo_spearman: mean over the ``loo_texts`` texts where it is
+    defined (two or more ordinary tokens, neither side constant). completeness_mean/max:
+    |delta| / |f(x) - f(x')| over ``completeness_texts`` explanations (None: no delta).
+    seconds_per_text, cpu_seconds_per_text: wall and process time per explanation;
+    forward_passes, gradient_passes: per explanation (None: none used).
+    """
+
+    name: str
+    method: str
+    config: ExplainConfig | None
+    backend: str | None
+    texts: int
+    failures: tuple[tuple[str, int], ...]
+    comprehensiveness: tuple[float, ...]
+    sufficiency: tuple[float, ...]
+    comprehensiveness_aopc: float | None
+    sufficiency_aopc: float | None
+    deletion: tuple[float, ...]
+    insertion: tuple[float, ...]
+    deletion_area: float | None
+    insertion_area: float | None
+    loo_spearman: float | None
+    loo_texts: int
+    completeness_mean: float | None
+    completeness_max: float | None
+    completeness_texts: int
+    seconds_per_text: float | None
+    cpu_seconds_per_text: float | None
+    forward_passes: float | None
+    gradient_passes: float | None
+
+    @property
+    def failed(self) -> int:
+        return sum(count for _, count in self.failures)
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """Faithfulness of several methods on one model and dataset (one row per method).
+
+    score: what f is (probability, logit, log-probability) of the explained class. baseline:
+    what removed tokens become. bins: ERASER's fractions. fractions: the curves' x axis.
+    texts: how many texts were given.
+    """
+
+    model: str
+    score: str
+    baseline: str
+    bins: tuple[float, ...]
+    fractions: tuple[float, ...]
+    texts: int
+    methods: tuple[MethodFaithfulness, ...]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextFaithfulness:
+    """One text under one ranking: per bin, per curve point, and the leave-one-out rho."""
+
+    target: int
+    value: float  # f(x)
+    baseline_value: float  # f(all ordinary tokens removed)
+    comprehensiveness: np.ndarray
+    sufficiency: np.ndarray
+    deletion: np.ndarray
+    insertion: np.ndarray
+    loo: np.ndarray  # f(x) - f(x without token i), per ordinary token in text order
+    loo_spearman: float | None
+
+
+def bin_size(fraction: float, n: int) -> int:
+    """Tokens in a bin: the top ceil(fraction n), at least one, at most n."""
+    return min(n, max(1, math.ceil(fraction * n - 1e-9)))
+
+
+def curve_size(fraction: float, n: int) -> int:
+    """Tokens removed (or put back) at a curve point: round(fraction n), halves up."""
+    return min(n, max(0, math.floor(fraction * n + 0.5)))
+
+
+def ranking(scores: np.ndarray, ordinary: np.ndarray) -> np.ndarray:
+    """The ordinary positions ordered by score, highest first (ties in text order; a score
+    that is not finite last)."""
+    s = np.asarray(scores, np.float64)[ordinary]
+    key = np.where(np.isfinite(s), s, -np.inf)
+    return ordinary[np.argsort(-key, kind="stable")]
+
+
+def removals(model: TextModel, tokens: Tokens, scores: np.ndarray, target: int | None,
+             bins: Sequence[float], fractions: Sequence[float], score: str = "probability",
+             baseline: str = "pad") -> Work[TextFaithfulness]:
+    """The work of evaluating one ranking of one text: ``scores`` [len(tokens)] rank its
+    ordinary tokens; ``target`` is the explained class (None: the predicted one). Every
+    removal is a row of one Forward request."""
+    ids, type_ids, mask = model.pad(tokens.ids, tokens.type_ids)
+    x = model.embed(ids)
+    special = np.concatenate([tokens.special, np.ones(len(ids) - len(tokens), bool)])
+    base = np.concatenate([make_baseline(baseline, model.tokenizer, model.table, tokens, x[:len(tokens)]),
+                           x[len(tokens):]])
+    ordinary = np.flatnonzero(~special)
+    n = len(ordinary)
+    if n == 0:
+        raise InputError("the text has no ordinary tokens to remove")
+    full = np.zeros(len(ids))
+    full[:len(tokens)] = scores
+    order = ranking(full, ordinary)
+    index: dict[bytes, int] = {}
+    masks: list[np.ndarray] = []
+
+    def row(removed: np.ndarray) -> int:
+        """The row of the copy of x with ``removed`` positions set to the baseline."""
+        m = np.zeros(len(ids), bool)
+        m[removed] = True
+        key = m.tobytes()
+        if key not in index:
+            index[key] = len(masks)
+            masks.append(m)
+        return index[key]
+
+    whole, empty = row(ordinary[:0]), row(ordinary)
+    loo = [row(ordinary[i:i + 1]) for i in range(n)]
+    ks = [bin_size(b, n) for b in bins]
+    comp, suff = [row(order[:k]) for k in ks], [row(order[k:]) for k in ks]
+    kc = [curve_size(q, n) for q in fractions]
+    dele, ins = [row(order[:k]) for k in kc], [row(order[k:]) for k in kc]
+    stacked = np.stack(masks)
+
+    def copies(start: int, stop: int) -> np.ndarray:
+        return np.where(stacked[start:stop, :, None], base[None], x[None])
+
+    outputs = yield from ask(Forward(Seq(ids, type_ids, mask), LazyPoints(len(masks), copies),
+                                     "faithfulness forward passes"))
+    if not np.isfinite(outputs).all():
+        raise ModelError("the model's output is not finite on a copy of this text with tokens removed")
+    n_classes = outputs.shape[1]
+    if n_classes == 1 and score != "logit":
+        raise UsageError(f"the model has one output: its {score} is constant; evaluate with score='logit'")
+    t = int(np.argmax(outputs[whole])) if target is None else target
+    if not 0 <= t < n_classes:
+        raise ModelError(f"class {t} is not among the model's {n_classes} outputs")
+    f = SCORES[score](outputs)[:, t]
+    fx = float(f[whole])
+    loo_values = fx - f[loo]
+    return TextFaithfulness(t, fx, float(f[empty]), fx - f[comp], fx - f[suff], f[dele], f[ins], loo_values,
+                            spearman(full[ordinary], loo_values))
+
+
+def trapezoid(x: Sequence[float] | np.ndarray, y: np.ndarray) -> float:
+    """The trapezoid rule's area under y over x."""
+    xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return float(np.sum((ys[1:] + ys[:-1]) / 2 * np.diff(xs)))
+
+
+def faithfulness(model: TextModel, texts: Iterable[str], methods: Sequence[ExplainConfig | str],
+                 bins: Sequence[float] = BINS, curve_points: int = CURVE_POINTS, score: str = "probability",
+                 baseline: str = "pad", seed: int = 0, window: int = 64) -> Faithfulness:
+    """Evaluate how faithful each method's explanations are on ``texts`` (see the module
+    docstring). ``methods``: configs, method names (default settings) or ``"random"``.
+    ``score``: what f is; ``baseline``: what removed tokens become; ``seed``: the random
+    reference's draws. UsageError for bad settings; a text that fails is counted, not raised."""
+    items = list(texts)
+    configs = method_configs(methods)
+    bins_t = tuple(float(b) for b in bins)
+    if not bins_t or not all(0 < b <= 1 for b in bins_t):
+        raise UsageError(f"bins are fractions of the tokens in (0, 1], got {list(bins)}")
+    if isinstance(curve_points, bool) or not isinstance(curve_points, int) or \
+            not 2 <= curve_points <= MAX_CURVE_POINTS:
+        raise UsageError(f"curve_points must be an integer from 2 to {MAX_CURVE_POINTS}, got {curve_points!r}")
+    if score not in SCORES:
+        raise unknown_choice("score", score, SCORES)
+    if model.features is not None:
+        raise UsageError(f"faithfulness removes tokens by replacing their embeddings; a {model.features.kind} "
+                         f"model's input is one vector of features, with no token embeddings")
+    baseline_token(model.tokenizer, baseline)  # a baseline the tokenizer lacks fails now, not per text
+    fractions = tuple(float(q) for q in np.linspace(0.0, 1.0, curve_points))
+    real = [c for c in configs if c is not None]
+    _warm_up(model, items, real)
+
+    explained: list[list[tuple[Tokens, np.ndarray, int | None, Explanation | None] | SalError]] = []
+    timing: list[tuple[float, float]] = []
+    for cfg in configs:
+        if cfg is None:
+            explained.append([_random(model, text, seed, k) for k, text in enumerate(items)])
+            timing.append((0.0, 0.0))
+            continue
+        wall, cpu = time.perf_counter(), time.process_time()
+        done = list(drive_many((_explained(model, text, cfg) for text in items), runner(model, cfg), window))
+        timing.append((time.perf_counter() - wall, time.process_time() - cpu))
+        explained.append([d if isinstance(d, SalError) else (d[0], _scores(d[1]), d[1].target.index, d[1])
+                          for d in done])
+
+    works = [removals(model, e[0], e[1], e[2], bins_t, fractions, score, baseline)
+             for per_method in explained for e in per_method if not isinstance(e, SalError)]
+    evaluated = iter(drive_many(works, runner(model, real[0] if real else ExplainConfig()), window))
+    rows = []
+    for name, cfg, per_method, (wall, cpu) in zip(row_names(configs), configs, explained, timing, strict=True):
+        pairs: list[tuple[TextFaithfulness, Explanation | None]] = []
+        failures: Counter[str] = Counter()
+        made = 0
+        for e in per_method:
+            if isinstance(e, SalError):
+                failures[str(e)] += 1
+                continue
+            made += 1
+            result = next(evaluated)
+            if isinstance(result, SalError):
+                failures[str(result)] += 1
+            else:
+                pairs.append((result, e[3]))
+        rows.append(_row(name, cfg, pairs, failures, fractions, wall, cpu, made))
+    notes: tuple[str, ...] = (
+        f"f is the {score} of the explained class (each method's target: the predicted class unless its config "
+        f"names one); removed tokens take the {baseline} baseline embedding",)
+    if any(c is None for c in configs):
+        notes += (f"{RANDOM}: token scores drawn uniformly at random (seed {seed}), the reference a method "
+                  f"should beat",)
+    return Faithfulness(model.name, score, baseline, bins_t, fractions, len(items), tuple(rows), notes)
+
+
+def method_configs(methods: Sequence[ExplainConfig | str]) -> list[ExplainConfig | None]:
+    if isinstance(methods, str | ExplainConfig) or not methods:
+        raise UsageError("methods: a non-empty list of ExplainConfig, method names or 'random'")
+    out: list[ExplainConfig | None] = []
+    for m in methods:
+        if m == RANDOM:
+            out.append(None)
+            continue
+        cfg = ExplainConfig(method=m) if isinstance(m, str) else m
+        if cfg.method not in METHODS:
+            raise unknown_choice("method", cfg.method, [*METHODS, RANDOM])
+        cfg = cfg.validated()
+        if cfg.direction is not None:
+            raise UsageError("faithfulness explains a class's score, not a projection (direction)")
+        out.append(cfg)
+    return out
+
+
+def row_names(configs: Sequence[ExplainConfig | None]) -> list[str]:
+    """Row labels: the method, with the settings that differ from the defaults where two rows
+    share a method (and a number where even those agree)."""
+    plain = [RANDOM if c is None else c.method for c in configs]
+    default = ExplainConfig()
+    names = []
+    for name, cfg in zip(plain, configs, strict=True):
+        if cfg is None or plain.count(name) == 1:
+            names.append(name)
+            continue
+        diffs = [f"{f.name}={getattr(cfg, f.name)}" for f in fields(cfg)
+                 if f.name != "method" and getattr(cfg, f.name) != getattr(default, f.name)]
+        names.append(f"{name} ({', '.join(diffs)})" if diffs else name)
+    return [n if names.count(n) == 1 else f"{n} #{names[:k + 1].count(n)}" for k, n in enumerate(names)]
+
+
+def _warm_up(model: TextModel, texts: Sequence[str], configs: Sequence[ExplainConfig]) -> None:
+    """Load the sessions (and the gradient graph, built or read once) before anything is timed."""
+    first = next((t for t in texts if t.strip()), None)
+    if first is None or not configs:
+        return
+    backends = {c.backend for c in configs if METHODS[c.method].needs_derivatives} or {"auto"}
+    for backend in sorted(backends):
+        method = "grad-x-input" if any(METHODS[c.method].needs_derivatives for c in configs) else "occlusion"
+        cfg = ExplainConfig(method=method, backend=backend, score=configs[0].score,
+                            batch_size=configs[0].batch_size, tokens_per_run=configs[0].tokens_per_run)
+        try:
+            drive_one(text_explanation(model, first, cfg), runner(model, cfg))
+        except SalError:
+            pass  # the timed pass meets the same error and counts it
+
+
+def _explained(model: TextModel, text: str, cfg: ExplainConfig) -> Work[tuple[Tokens, Explanation]]:
+    tokens = tokenize(model.tokenizer, text, None, cfg.max_chars)
+    if model.max_length is not None and len(tokens) > model.max_length:
+        raise InputError(f"the text has {len(tokens)} tokens; the model takes at most {model.max_length} "
+                         f"(faithfulness does not explain in windows)")
+    done = yield from explanation(model, tokens, cfg, ClassQuestion())
+    return tokens, done
+
+
+def _random(model: TextModel, text: str, seed: int,
+            k: int) -> tuple[Tokens, np.ndarray, int | None, Explanation | None] | SalError:
+    try:
+        tokens = tokenize(model.tokenizer, text, None)
+        if model.max_length is not None and len(tokens) > model.max_length:
+            raise InputError(f"the text has {len(tokens)} tokens; the model takes at most {model.max_length} "
+                             f"(faithfulness does not explain in windows)")
+    except SalError as exc:
+        return exc
+    return tokens, np.random.default_rng([seed, k]).uniform(size=len(tokens)), None, None
+
+
+def _scores(e: Explanation) -> np.ndarray:
+    return np.array([t.score for t in e.tokens], np.float64)
+
+
+def _row(name: str, cfg: ExplainConfig | None, pairs: list[tuple[TextFaithfulness, Explanation | None]],
+         failures: Counter[str], fractions: tuple[float, ...], wall: float, cpu: float,
+         made: int) -> MethodFaithfulness:
+    results = [r for r, _ in pairs]
+    explanations = [e for _, e in pairs if e is not None]
+
+    def mean(attr: str) -> tuple[float, ...]:
+        return tuple(float(v) for v in np.mean([getattr(r, attr) for r in results], axis=0)) if results else ()
+
+    comp, suff, dele, ins = mean("comprehensiveness"), mean("sufficiency"), mean("deletion"), mean("insertion")
+    loo, loo_n = mean_defined(r.loo_spearman for r in results)
+    ratios = [abs(e.convergence_delta) / abs(e.target_value - e.baseline_value) for e in explanations
+              if e.convergence_delta is not None and e.baseline_value is not None
+              and abs(e.target_value - e.baseline_value) > 0]
+    grads = [e.provenance.gradient_passes for e in explanations if e.provenance.gradient_passes is not None]
+    real = cfg is not None and made > 0
+    return MethodFaithfulness(
+        name=name, method=RANDOM if cfg is None else cfg.method, config=cfg,
+        backend=",".join(sorted({e.backend for e in explanations})) or None, texts=len(results),
+        failures=tuple(sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))),
+        comprehensiveness=comp, sufficiency=suff,
+        comprehensiveness_aopc=float(np.mean(comp)) if comp else None,
+        sufficiency_aopc=float(np.mean(suff)) if suff else None,
+        deletion=dele, insertion=ins,
+        deletion_area=trapezoid(fractions, np.array(dele)) if dele else None,
+        insertion_area=trapezoid(fractions, np.array(ins)) if ins else None,
+        loo_spearman=loo, loo_texts=loo_n,
+        completeness_mean=float(np.mean(ratios)) if ratios else None,
+        completeness_max=float(np.max(ratios)) if ratios else None, completeness_texts=len(ratios),
+        seconds_per_text=wall / made if real else None, cpu_seconds_per_text=cpu / made if real else None,
+        forward_passes=float(np.mean([e.provenance.forward_passes for e in explanations])) if explanations else None,
+        gradient_passes=float(np.mean(grads)) if grads else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def fmt_number(value: float | None, digits: int = 4) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    if value != 0 and (abs(value) < 10 ** -(digits - 1) or abs(value) >= 10**6):
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}f}"
+
+
+def _percent(b: float) -> str:
+    return f"{b * 100:g}%"
+
+
+def faithfulness_table(result: Faithfulness) -> str:
+    """The methods side by side in one plain-text table (a column per method)."""
+    ms = result.methods
+    lines: list[tuple[str, list[str]]] = []
+
+    def add(label: str, values: Iterable[str]) -> None:
+        lines.append((label, list(values)))
+
+    def section(label: str) -> None:
+        lines.append((label, [""] * len(ms)))
+
+    add("texts evaluated", (f"{m.texts}" for m in ms))
+    add("texts failed", (f"{m.failed}" for m in ms))
+    add("backend", (m.backend or "-" for m in ms))
+    section("comprehensiveness (higher is better)")
+    for k, b in enumerate(result.bins):
+        add(f"  {_percent(b)}", (fmt_number(m.comprehensiveness[k]) if m.comprehensiveness else "-" for m in ms))
+    add("  AOPC", (fmt_number(m.comprehensiveness_aopc) for m in ms))
+    section("sufficiency (lower is better)")
+    for k, b in enumerate(result.bins):
+        add(f"  {_percent(b)}", (fmt_number(m.sufficiency[k]) if m.sufficiency else "-" for m in ms))
+    add("  AOPC", (fmt_number(m.sufficiency_aopc) for m in ms))
+    add("deletion area (lower is better)", (fmt_number(m.deletion_area) for m in ms))
+    add("insertion area (higher is better)", (fmt_number(m.insertion_area) for m in ms))
+    add("leave-one-out Spearman", (fmt_number(m.loo_spearman, 3) for m in ms))
+    add("IG |delta| / |f(x)-f(x')| mean", (fmt_number(m.completeness_mean, 3) for m in ms))
+    add("IG |delta| / |f(x)-f(x')| max", (fmt_number(m.completeness_max, 3) for m in ms))
+    add("seconds per explanation", (fmt_number(m.seconds_per_text, 4) for m in ms))
+    add("CPU seconds per explanation", (fmt_number(m.cpu_seconds_per_text, 4) for m in ms))
+    add("forward passes per explanation", (fmt_number(m.forward_passes, 1) for m in ms))
+    add("gradient passes per explanation", (fmt_number(m.gradient_passes, 1) for m in ms))
+    left = max(len(label) for label, _ in lines)
+    widths = [max(len(m.name), *(len(v[k]) for _, v in lines)) for k, m in enumerate(ms)]
+    header = (f"faithfulness of {result.model} on {result.texts} texts | f = {result.score} of the explained "
+              f"class | removed tokens -> {result.baseline} embedding")
+    out = [header, "", " " * left + "  " + "  ".join(m.name.rjust(w) for m, w in zip(ms, widths, strict=True))]
+    out += [(label.ljust(left) + "  " + "  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True))).rstrip()
+            for label, values in lines]
+    failed = [(m.name, reason, count) for m in ms for reason, count in m.failures]
+    if failed:
+        out += ["", "failed texts:"] + [f"  {name}: {count} x {reason}" for name, reason, count in failed]
+    out += ["", *(f"note: {n}" for n in result.notes)]
+    return "\n".join(out)
+
+
+def json_float(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def faithfulness_dict(result: Faithfulness) -> dict[str, Any]:
+    """The result as JSON-ready values (numbers that are not finite, and missing ones, are None)."""
+    def floats(values: Iterable[float]) -> list[float | None]:
+        return [json_float(v) for v in values]
+
+    return {
+        "model": result.model, "score": result.score, "baseline": result.baseline,
+        "bins": list(result.bins), "fractions": list(result.fractions), "texts": result.texts,
+        "methods": [{
+            "name": m.name, "method": m.method, "backend": m.backend,
+            "settings": None if m.config is None else {f.name: getattr(m.config, f.name) for f in fields(m.config)
+                                                      if f.name != "direction"},
+            "texts": m.texts, "failed": m.failed,
+            "failures": [{"reason": reason, "count": count} for reason, count in m.failures],
+            "comprehensiveness": floats(m.comprehensiveness), "sufficiency": floats(m.sufficiency),
+            "comprehensiveness_aopc": json_float(m.comprehensiveness_aopc),
+            "sufficiency_aopc": json_float(m.sufficiency_aopc),
+            "deletion": floats(m.deletion), "insertion": floats(m.insertion),
+            "deletion_area": json_float(m.deletion_area), "insertion_area": json_float(m.insertion_area),
+            "loo_spearman": json_float(m.loo_spearman), "loo_texts": m.loo_texts,
+            "completeness_mean": json_float(m.completeness_mean), "completeness_max": json_float(m.completeness_max),
+            "completeness_texts": m.completeness_texts,
+            "seconds_per_text": json_float(m.seconds_per_text),
+            "cpu_seconds_per_text": json_float(m.cpu_seconds_per_text),
+            "forward_passes": json_float(m.forward_passes), "gradient_passes": json_float(m.gradient_passes),
+        } for m in result.methods],
+        "notes": list(result.notes),
+    }
+
+
+def faithfulness_plot(result: Faithfulness, path: str | Path) -> Path:
+    """Draw the deletion and insertion curves of every method side by side, to ``path`` (the
+    format follows its suffix: .png, .svg, .pdf). Needs matplotlib (the ``plot`` extra)."""
+    fig = figure_class()(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, attr, area, title in ((axes[0], "deletion", "deletion_area", "deletion (lower is better)"),
+                                  (axes[1], "insertion", "insertion_area", "insertion (higher is better)")):
+        for m in result.methods:
+            curve = getattr(m, attr)
+            if curve:
+                ax.plot(result.fractions, curve, marker="o", markersize=3,
+                        label=f"{m.name} ({fmt_number(getattr(m, area), 3)})")
+        ax.set_title(title)
+        ax.set_xlabel("fraction of tokens, in rank order")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel(f"{result.score} of the explained class")
+    fig.suptitle(f"{result.model}: {result.texts} texts, removed tokens -> {result.baseline}")
+    return save_figure(fig, path)
+
+
+def figure_class() -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise UsageError('plots need matplotlib: pip install "blackbox-sal[plot]"') from exc
+    return Figure
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure; UsageError when the file cannot be written."""
+    out = Path(path)
+    try:
+        fig.savefig(out)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot write the plot {str(out)!r}: {exc}") from exc
+    return out
