@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from blackbox_sal import __version__  # the one place the version is written
 from blackbox_sal.batch import run_batch
 from blackbox_sal.config import AUTO, FD_SCHEMES, LONG, ExplainConfig
-from blackbox_sal.datasets import Columns
+from blackbox_sal.datasets import BadRow, Columns, Row, read_rows, sniff_columns
 from blackbox_sal.errors import InputError, SalError, UnavailableError, UsageError
 from blackbox_sal.explaining import explain
 from blackbox_sal.gradient_graph.store import export_gradient
@@ -63,12 +67,18 @@ def _model_options(p: argparse.ArgumentParser, required: bool = False, serving: 
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or cost messages")
 
 
-def _method_options(p: argparse.ArgumentParser) -> None:
-    """What is explained and how (shared by explain, batch and the evaluation commands)."""
+def _method_options(p: argparse.ArgumentParser, many: str | None = None) -> None:
+    """What is explained and how (shared by explain, batch and the evaluation commands).
+    ``many``: --method may be given several times (its help says what the default is)."""
     defaults = ExplainConfig()
-    p.add_argument("--method", choices=list(METHODS), default=defaults.method,
-                   help="attribution method (default: %(default)s): " + "; ".join(
-                       f"{name} = {spec.summary}" for name, spec in METHODS.items()))
+    if many is not None:
+        p.add_argument("--method", choices=list(METHODS), action="append", dest="methods",
+                       help=f"attribution method, once per method compared (default: {many}): " + "; ".join(
+                           f"{name} = {spec.summary}" for name, spec in METHODS.items()))
+    else:
+        p.add_argument("--method", choices=list(METHODS), default=defaults.method,
+                       help="attribution method (default: %(default)s): " + "; ".join(
+                           f"{name} = {spec.summary}" for name, spec in METHODS.items()))
     p.add_argument("--backend", choices=list(BACKENDS), default=defaults.backend,
                    help="how derivatives are taken (default: %(default)s): " + "; ".join(
                        f"{name} = {spec.summary}" for name, spec in BACKENDS.items()))
@@ -131,7 +141,10 @@ def _column_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--choices-column", metavar="NAME",
                    help="answer choices per row (a JSON list, or texts separated by |): multiple choice")
     p.add_argument("--feature-columns", metavar="NAMES",
-                   help="a model that takes numbers: the columns that make its input, comma-separated")
+                   help="a model that takes numbers: the columns that make its input, comma-separated "
+                        "(default for such a model: every column but the id, label and target columns)")
+    p.add_argument("--label-column", metavar="NAME",
+                   help="the true label per row (global: accuracies, and per-class averages by label)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -178,6 +191,86 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local (this process), or ray: Ray Data with one model per actor (the [ray] extra)")
     b.add_argument("--address", metavar="ADDRESS", help="--engine ray: the cluster to join (default: a local Ray)")
+
+    def data_command(name: str, help_: str, description: str, many: str | None = None) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_, description=description, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        c.add_argument("data", metavar="DATA", help="the dataset: .jsonl, .csv or .parquet")
+        _model_options(c)
+        _method_options(c, many)
+        _column_options(c)
+        c.add_argument("--limit", type=int, metavar="N", help="at most the first N rows")
+        _report_options(c)
+        return c
+
+    gl = data_command(
+        "global", "what a model relies on across a dataset (the paper's global analysis)",
+        "What MODEL relies on across DATA. A bag-of-words model (its input is a multi-hot vector): the "
+        "average gradient g, its top words each way and the linear surrogate sign(x . g + b) with its "
+        "agreement with the model (the paper's section 5.2). A model that takes numbers: the mean "
+        "Jacobian per class (section 5.3), with --compare, its correlation with another model's. A "
+        "text model: every text explained with --method, and per word the mean score, count and "
+        "spread, overall and per predicted class.")
+    gl.add_argument("--top", type=int, default=15, metavar="K", help="words shown each way (default: %(default)s)")
+    gl.add_argument("--min-count", type=int, default=3, metavar="N",
+                    help="text models: words seen fewer times are left out (default: %(default)s)")
+    gl.add_argument("--fit", metavar="DATA",
+                    help="bag-of-words: fit the surrogate's b on these rows (e.g. the training split) "
+                         "instead of DATA itself (in-sample, optimistic)")
+    gl.add_argument("--over", choices=("all", "own"), default="all",
+                    help="models that take numbers: average each class's Jacobian over every row, or over "
+                         "the rows of that class (by label where given, else by prediction) (default: all)")
+    gl.add_argument("--compare", metavar="MODEL",
+                    help="models that take numbers: correlate the mean Jacobians with this model's (e.g. a "
+                         "logistic regression, whose Jacobian is its weights)")
+
+    ev = data_command(
+        "eval", "how faithful each method's explanations are (ERASER metrics, curves)",
+        "How faithful each method's explanations of MODEL are over DATA: ERASER comprehensiveness and "
+        "sufficiency over bins of the top tokens and their AOPC, deletion and insertion curves with their "
+        "areas, the rank correlation with leave-one-out changes, IG completeness, and time per "
+        "explanation; methods side by side. Tokens are removed by replacing their embeddings with the "
+        "removal baseline (never by editing the text).",
+        many="all five")
+    ev.add_argument("--random", action="store_true", help="add a row of random token rankings, for reference")
+    ev.add_argument("--bins", default="0.01,0.05,0.1,0.2,0.5", metavar="FRACTIONS",
+                    help="fractions of the tokens removed or kept (default: %(default)s)")
+    ev.add_argument("--curve-points", type=int, default=10, metavar="N",
+                    help="points of the deletion and insertion curves (default: %(default)s)")
+    ev.add_argument("--eval-score", choices=list(SCORES), default="probability",
+                    help="what f is in the metrics (default: %(default)s)")
+    ev.add_argument("--removal", default="pad", metavar="pad|zero|unk|mask|TOKEN",
+                    help="what a removed token's embedding becomes (default: %(default)s)")
+
+    sa = data_command(
+        "sanity", "sanity checks: cascading model randomization, backend and method agreement",
+        "Sanity checks of the explanations of MODEL over DATA (Adebayo et al. 2018): the weights are "
+        "re-drawn layer by layer from the output down, and at every stage each method's rank "
+        "correlation with its original attributions is reported (a method that does not change is "
+        "not explaining the model); plus the agreement of the gradient graph with finite differences, "
+        "and of methods with each other.",
+        many="ig, grad-x-input, saliency, occlusion")
+    sa.add_argument("--stages", metavar="K|LIST",
+                    help="the first K randomization stages, or a comma-separated list (default: all)")
+    sa.add_argument("--no-backends", action="store_true", help="skip comparing the graph with finite differences")
+    sa.add_argument("--agreement-texts", type=int, default=10, metavar="N",
+                    help="texts the backend comparison uses (finite differences of a full gradient are costly) "
+                         "(default: %(default)s)")
+
+    sw = sub.add_parser(
+        "swaps", help="which single-token substitutions would change the prediction most",
+        description="The one-hot view of TEXT: for each position, the first-order change of the target if the "
+                    "token were replaced by each vocabulary word, (E_v - E_x) . grad, over the whole vocabulary "
+                    "at once; the top K per position are checked by running the model on the substituted text "
+                    "(estimated against actual change).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sw.add_argument("text", metavar="TEXT", help="the text ('-' reads standard input)")
+    _model_options(sw)
+    _method_options(sw)
+    sw.add_argument("--top", type=int, default=5, metavar="K", help="substitutions per position (default: %(default)s)")
+    sw.add_argument("--toward", choices=("both", "increase", "decrease"), default="both",
+                    help="substitutions that raise the target, lower it, or the largest either way (default: both)")
+    _report_options(sw, plot=False)
 
     s = sub.add_parser(
         "serve", help="answer predict and explain requests over HTTP (the [serve] extra)",
@@ -230,6 +323,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report_options(p: argparse.ArgumentParser, plot: bool = True) -> None:
+    p.add_argument("--format", choices=("terminal", "json"), default="terminal", help="output format")
+    p.add_argument("--output", metavar="FILE", help="write the output to FILE")
+    if plot:
+        p.add_argument("--plot", metavar="FILE", help="also draw it to FILE (.png, .svg, .pdf; the [plot] extra)")
+
+
 def _steps(text: str) -> int | str:
     if text == AUTO:
         return AUTO
@@ -241,7 +341,8 @@ def _steps(text: str) -> int | str:
 
 def _config(a: argparse.Namespace) -> ExplainConfig:
     return ExplainConfig(
-        method=a.method, backend=a.backend, target=a.target, score=a.score, steps=a.steps,
+        method=getattr(a, "method", None) or ExplainConfig().method, backend=a.backend, target=a.target,
+        score=a.score, steps=a.steps,
         tolerance=a.tolerance, quadrature=a.quadrature, baseline=a.baseline, reduce=a.reduce, words=a.words,
         batch_size=a.batch_size, tokens_per_run=a.tokens_per_run, fd_step=a.fd_step, richardson=a.richardson,
         fd_scheme=a.fd_scheme,
@@ -296,8 +397,8 @@ def _load(a: argparse.Namespace) -> TextModel:
 
 def _columns(a: argparse.Namespace) -> Columns:
     features = tuple(c.strip() for c in a.feature_columns.split(",") if c.strip()) if a.feature_columns else None
-    return Columns(text=a.text_column, id=a.id_column, target=a.target_column, pair=a.pair_column,
-                   choices=a.choices_column, features=features)
+    return Columns(text=a.text_column, id=a.id_column, label=a.label_column, target=a.target_column,
+                   pair=a.pair_column, choices=a.choices_column, features=features)
 
 
 def _batch(a: argparse.Namespace) -> None:
@@ -385,6 +486,121 @@ def _served_name(path: str) -> str:
     return "default" if p.resolve() == default_model_path().resolve() else p.name
 
 
+def _rows(a: argparse.Namespace, model: TextModel, path: str | None = None) -> list[Row | BadRow]:
+    """The rows of DATA (or ``path``) the command works on, at most --limit."""
+    if a.limit is not None and not 1 <= a.limit <= 10_000_000:
+        raise UsageError(f"--limit must be from 1 to 10,000,000, got {a.limit}")
+    source = path or a.data
+    columns = _columns(a)
+    if model.features is not None and model.features.kind == "numbers" and columns.features is None:
+        taken = {a.id_column, a.label_column, a.target_column}
+        columns = replace(columns, features=tuple(c for c in sniff_columns(source) if c not in taken))
+    return list(itertools.islice(read_rows(source, columns), a.limit))
+
+
+def _texts(rows: list[Row | BadRow]) -> list[str]:
+    bad = [r for r in rows if isinstance(r, BadRow)]
+    if bad:
+        print(printable(f"blackbox-sal: {len(bad):,} rows left out ({bad[0].error}, ...)"), file=sys.stderr)
+    return [r.text for r in rows if isinstance(r, Row)]
+
+
+def _report(a: argparse.Namespace, table: str, data: dict[str, Any], plot: Callable[[str], object] | None) -> None:
+    out = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n" if a.format == "json" else table
+    if plot is not None and getattr(a, "plot", None):
+        plot(a.plot)
+        print(printable(f"blackbox-sal: drawn to {a.plot}"), file=sys.stderr)
+    if a.output is None:
+        sys.stdout.write(out if out.endswith("\n") else out + "\n")
+        return
+    try:
+        with open(a.output, "w", encoding="utf-8") as fh:
+            fh.write(out)
+    except OSError as exc:
+        raise UsageError(f"cannot write {a.output!r}: {exc.strerror}") from exc
+
+
+def _global(a: argparse.Namespace) -> None:
+    from blackbox_sal.evaluation import global_analysis as ga
+
+    config = _config(a)
+    model = _load(a)
+    rows = _rows(a, model)
+    kind = model.features.kind if model.features is not None else None
+    if kind in ("bag-of-words", "pipeline"):
+        fit = _rows(a, model, a.fit) if a.fit else None
+        bow = ga.global_bow(model, rows, config, fit_rows=fit, top=a.top)
+        _report(a, ga.global_bow_table(bow), ga.global_bow_dict(bow), lambda path: ga.global_bow_plot(bow, path))
+    elif kind == "numbers":
+        jac = ga.class_jacobians(model, rows, a.over, config)
+        compare = None
+        other: ga.ClassJacobians | None = None
+        if a.compare:
+            second = load_model(a.compare, device=a.device)
+            other = ga.class_jacobians(second, _rows(a, second), a.over, config)
+            compare = ga.jacobian_correlation(jac, other)
+        data = {**ga.class_jacobians_dict(jac),
+                **({"compare": {"model": other.model, **ga.jacobian_correlation_dict(compare)}}
+                   if compare is not None and other is not None else {})}
+        beside = [(f"{other.model}\nmean Jacobian ({other.over})", other)] if other is not None else []
+        _report(a, ga.class_jacobians_table(jac, compare), data,
+                lambda path: ga.class_jacobians_plot(jac, path, beside=beside))
+    else:
+        if a.fit or a.compare:
+            raise UsageError("--fit is for bag-of-words models and --compare for models that take numbers")
+        words = ga.word_importance(model, rows, config, min_count=a.min_count, top=a.top)
+        _report(a, ga.word_importance_table(words, a.top), ga.word_importance_dict(words, a.top),
+                lambda path: ga.word_importance_plot(words, path, a.top))
+
+
+def _methods(a: argparse.Namespace, default: Sequence[str]) -> list[ExplainConfig]:
+    base = _config(a)
+    return [replace(base, method=m).validated() for m in dict.fromkeys(a.methods or default)]
+
+
+def _eval(a: argparse.Namespace) -> None:
+    from blackbox_sal.evaluation import faithfulness as fa
+
+    methods: list[ExplainConfig | str] = [*_methods(a, list(METHODS))]
+    if a.random:
+        methods.append("random")
+    try:
+        bins = [float(b) for b in a.bins.split(",") if b.strip()]
+    except ValueError:
+        raise UsageError(f"--bins takes fractions separated by commas, got {a.bins!r}") from None
+    model = _load(a)
+    result = fa.faithfulness(model, _texts(_rows(a, model)), methods, bins=bins, curve_points=a.curve_points,
+                             score=a.eval_score, baseline=a.removal, seed=a.seed)
+    _report(a, fa.faithfulness_table(result), fa.faithfulness_dict(result),
+            lambda path: fa.faithfulness_plot(result, path))
+
+
+def _sanity(a: argparse.Namespace) -> None:
+    from blackbox_sal.evaluation.sanity import sanity, sanity_dict, sanity_plot, sanity_table
+
+    stages: int | list[int] | None = None
+    if a.stages:
+        try:
+            stages = int(a.stages) if "," not in a.stages else [int(v) for v in a.stages.split(",") if v.strip()]
+        except ValueError:
+            raise UsageError(f"--stages takes a number or numbers separated by commas, got {a.stages!r}") from None
+    methods = _methods(a, ["ig", "grad-x-input", "saliency", "occlusion"])
+    model = _load(a)
+    result = sanity(model, _texts(_rows(a, model)), list(methods), stages=stages, seed=a.seed,
+                    backends=not a.no_backends, agreement_texts=a.agreement_texts)
+    _report(a, sanity_table(result), sanity_dict(result), lambda path: sanity_plot(result, path))
+
+
+def _swaps(a: argparse.Namespace) -> None:
+    from blackbox_sal.evaluation.swaps import swaps, swaps_dict, swaps_table
+
+    text = _text(a.text)
+    config = _config(a)
+    model = _load(a)
+    result = swaps(model, text, config, top=a.top, direction=a.toward)
+    _report(a, swaps_table(result), swaps_dict(result), None)
+
+
 def _grad(a: argparse.Namespace) -> None:
     model = load_model(a.model or default_model_path(), device=a.device, output=a.model_output)
     path = export_gradient(model, a.output)
@@ -404,7 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             # a model's overflowing numbers are reported once, as non-finite scores or an error
             warnings.simplefilter("ignore", RuntimeWarning)
-            {"explain": _explain, "batch": _batch, "grad": _grad, "serve": _serve}[args.command](args)
+            {"explain": _explain, "batch": _batch, "grad": _grad, "serve": _serve, "global": _global, "eval": _eval,
+             "sanity": _sanity, "swaps": _swaps}[args.command](args)
     except SalError as exc:
         print(f"blackbox-sal: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code

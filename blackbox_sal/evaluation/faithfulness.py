@@ -480,7 +480,7 @@ def faithfulness_dict(result: Faithfulness) -> dict[str, Any]:
         "methods": [{
             "name": m.name, "method": m.method, "backend": m.backend,
             "settings": None if m.config is None else {f.name: getattr(m.config, f.name) for f in fields(m.config)
-                                                      if f.name != "direction"},
+                                                      if f.name not in ("direction", "progress")},
             "texts": m.texts, "failed": m.failed,
             "failures": [{"reason": reason, "count": count} for reason, count in m.failures],
             "comprehensiveness": floats(m.comprehensiveness), "sufficiency": floats(m.sufficiency),
