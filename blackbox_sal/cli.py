@@ -304,7 +304,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="how long the engine waits after a first text for others to join its runs "
                         "(default: %(default)g)")
     s.add_argument("--max-connections", type=int, default=256, metavar="N",
-                   help="open connections (503 beyond) (default: %(default)s)")
+                   help="requests answered at the same time (503 beyond) (default: %(default)s)")
     s.add_argument("--access-log", action="store_true", help="log every request")
 
     g = sub.add_parser(
@@ -451,9 +451,9 @@ def _serve(a: argparse.Namespace) -> None:
     config = _config(a)
     limits = Limits(max_body=a.max_body, max_chars=a.max_chars, max_instances=a.max_instances,
                     max_active=a.max_active, queue_size=a.queue, deadline=a.deadline,
-                    batch_window=a.batch_window).validated()
-    if not 1 <= a.max_connections <= 100_000 or not 0 < a.port < 65536:
-        raise UsageError("--max-connections must be from 1 to 100,000 and --port from 1 to 65,535")
+                    batch_window=a.batch_window, max_connections=a.max_connections).validated()
+    if not 0 < a.port < 65536:
+        raise UsageError(f"--port must be from 1 to 65,535, got {a.port}")
     try:
         from blackbox_sal.server.app import Server
         from blackbox_sal.server.process import run
@@ -474,7 +474,7 @@ def _serve(a: argparse.Namespace) -> None:
     server = Server(named, config, limits)
     print(printable(f"blackbox-sal: serving {', '.join(named)} on http://{a.host}:{a.port}/ "
                     f"(Ctrl-C or SIGTERM drains and stops)"), file=sys.stderr)
-    run(server, a.host, a.port, max_connections=a.max_connections, access_log=a.access_log)
+    run(server, a.host, a.port, access_log=a.access_log)
 
 
 def _served_name(path: str) -> str:

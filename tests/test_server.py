@@ -243,6 +243,21 @@ def test_not_ready_is_503(model: TextModel) -> None:
         s.stop()
 
 
+def test_more_requests_than_the_limit_is_503(model: TextModel) -> None:
+    s = Server({"default": model}, limits=Limits(max_connections=1))
+
+    async def two_at_once() -> list[Any]:
+        transport = httpx.ASGITransport(app=s.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            body = {"instances": [LONG], "parameters": {"method": "smoothgrad", "samples": 200}}
+            return await asyncio.gather(*(c.post("/v1/models/default:explain", json=body) for _ in range(2)))
+    try:
+        statuses = sorted(r.status_code for r in asyncio.run(two_at_once()))
+        assert statuses == [200, 503]
+    finally:
+        s.stop()
+
+
 def test_deadline_stops_the_work(model: TextModel) -> None:
     """SmoothGrad with 10,000 samples on 90 tokens takes half a minute here; a 1-second
     deadline answers 504 near it (the run is stopped by RunOptions.terminate), and the engine

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from blackbox_sal import __version__
 from blackbox_sal.batch import work_for
@@ -105,8 +106,9 @@ class Server:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{name}", self.v1, methods=["GET", "POST"]),
         ]
-        self.app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception,
-                                                                Exception: _internal})
+        self.app = _Bounded(Starlette(routes=routes, exception_handlers={HTTPException: _http_exception,
+                                                                          Exception: _internal}),
+                            self.limits.max_connections)
         self.openapi_doc = openapi_document(self)
 
     def stop(self, drain: bool = True) -> None:
@@ -283,6 +285,27 @@ class Server:
                 raise _failure(result, k, len(results)) from None
             out.append(result)
         return out
+
+
+class _Bounded:
+    """The ASGI app, answering at most ``limit`` requests at a time; beyond, 503 in JSON with
+    Retry-After (uvicorn's own connection limit, set a little above, answers in plain text)."""
+
+    def __init__(self, app: Starlette, limit: int) -> None:
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            await _error(503, f"the server is answering {self.limit:,} requests; try again", 1)(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
 
 
 def _warm(model: TextModel, cfg: ExplainConfig) -> bool:

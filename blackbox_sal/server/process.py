@@ -46,10 +46,9 @@ class _Uvicorn(uvicorn.Server):
         self.should_exit = True  # a drained stop exits 0 (uvicorn would re-raise the signal it captured)
 
 
-def run(server: Server, host: str = "127.0.0.1", port: int = 8080, max_connections: int = 256,
-        access_log: bool = False) -> None:
+def run(server: Server, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False) -> None:
     """Serve until SIGTERM or Ctrl-C (see the module docstring)."""
-    config = uvicorn.Config(server.app, host=host, port=port, limit_concurrency=max_connections,
+    config = uvicorn.Config(server.app, host=host, port=port, limit_concurrency=server.limits.max_connections + 64,
                             access_log=access_log, log_level="info", timeout_graceful_shutdown=5,
                             server_header=False)
     try:

@@ -160,6 +160,7 @@ class Limits:
     beyond those (429 beyond). deadline: seconds a request may take at most (504 beyond).
     batch_window: seconds the engine waits after a first text for others to share its runs.
     max_reading: request bodies read and parsed at the same time (the rest wait their turn).
+    max_connections: requests answered at the same time (503 beyond).
     """
 
     max_body: int = 64 * 1024**2
@@ -170,13 +171,14 @@ class Limits:
     deadline: float = 30.0
     batch_window: float = 0.005
     max_reading: int = 4
+    max_connections: int = 256
 
     def validated(self) -> Limits:
         """Itself, or UsageError naming the setting out of range."""
         ranges: dict[str, tuple[float, float]] = {
             "max_body": (1, 2**31), "max_chars": (1, 10_000_000), "max_instances": (1, 4096),
             "max_active": (1, 4096), "queue_size": (1, 1_000_000), "deadline": (0.001, 3600),
-            "batch_window": (0, 1), "max_reading": (1, 1024)}
+            "batch_window": (0, 1), "max_reading": (1, 1024), "max_connections": (1, 100_000)}
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
             if not low <= value <= high:
