@@ -267,3 +267,13 @@ def test_a_shipped_gradient_graph_is_carried_over(tmp_path: Path) -> None:
     assert onnx.load(str(out / GRAD)) == shipped
     a, b = (explain(load_model(f), tiny.TEXT, ExplainConfig(method="ig")) for f in (d, out))
     same(a, b)
+
+
+def test_strings_of_the_prepared_block_reach_the_terminal_escaped(folders: dict[str, tuple[Path, Path]],
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _copy(folders["default"][1], tmp_path)
+    _edit(folder, twin_of=["\x1b]0;owned\x07MatMulInteger"])
+    assert main(["explain", "good", "--model", str(folder), "--method", "occlusion"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b]0;owned\\x07MatMulInteger" in out
