@@ -34,6 +34,7 @@ _WHERE = {
     "explain_similarity": "blackbox_sal.tasks",
     "explain_choices": "blackbox_sal.tasks",
     "export_gradient": "blackbox_sal.gradient_graph.store",
+    "prepare": "blackbox_sal.gradient_graph.store",
     "default_model_path": "blackbox_sal.model.files",
     "load_model": "blackbox_sal.model.loading",
     "TextModel": "blackbox_sal.model.text_model",
@@ -62,8 +63,8 @@ __all__ = [
     "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label", "ModelError", "Prediction",
     "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError", "UsageError", "Window",
     "__version__", "default_model_path", "explain", "explain_choices", "explain_generation", "explain_many",
-    "explain_similarity", "export_gradient", "export_torch", "load_model", "render_html", "render_json",
-    "render_terminal",
+    "explain_similarity", "export_gradient", "export_torch", "load_model", "prepare", "render_html",
+    "render_json", "render_terminal",
 ]
 
 
@@ -87,7 +88,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from blackbox_sal.config import ExplainConfig
     from blackbox_sal.errors import InputError, ModelError, SalError, UnavailableError, UsageError
     from blackbox_sal.explaining import explain, explain_many
-    from blackbox_sal.gradient_graph.store import export_gradient
+    from blackbox_sal.gradient_graph.store import export_gradient, prepare
     from blackbox_sal.model.files import default_model_path
     from blackbox_sal.model.loading import load_model
     from blackbox_sal.model.text_model import TextModel

@@ -22,7 +22,7 @@ from blackbox_sal.config import AUTO, FD_SCHEMES, LONG, ExplainConfig
 from blackbox_sal.datasets import BadRow, Columns, Row, read_rows, sniff_columns
 from blackbox_sal.errors import InputError, SalError, UnavailableError, UsageError
 from blackbox_sal.explaining import explain
-from blackbox_sal.gradient_graph.store import export_gradient
+from blackbox_sal.gradient_graph.store import export_gradient, prepare
 from blackbox_sal.gradients.backend import BACKENDS
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.quadrature import QUADRATURES
@@ -34,7 +34,7 @@ from blackbox_sal.reductions import REDUCTIONS
 from blackbox_sal.render import FORMATS, render_html, render_json, render_terminal
 from blackbox_sal.scores import SCORES
 from blackbox_sal.server.protocol import Limits
-from blackbox_sal.surgery.pooling import POOLINGS
+from blackbox_sal.surgery.names import POOLINGS
 from blackbox_sal.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.text.printable import printable
 
@@ -316,9 +316,18 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("model", metavar="MODEL", nargs="?",
                    help="model directory or .onnx file (default: the bundled model)")
-    g.add_argument("-o", "--output", metavar="OUT", help="where to write it (default: the cache, printed)")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", metavar="OUT", help="where to write it (default: the cache, printed)")
+    where.add_argument("--folder", metavar="OUT",
+                       help="write a prepared folder instead (a new or empty folder): the loaded model taking "
+                            "inputs_embeds, embeddings.npy, the verified grad.onnx, tokenizer.json and config.json, "
+                            "which an install without onnx (onnxruntime, numpy, tokenizers) loads and explains")
     g.add_argument("--model-output", metavar="NAME", help="model output to differentiate (default: the first)")
     g.add_argument("--device", choices=DEVICES, default="auto", help="device for the check (default: auto)")
+    g.add_argument("--dequantize", action="store_true", help="differentiate a quantized model's float twin")
+    g.add_argument("--pooling", choices=POOLINGS, help="token states: how they are pooled (as explain takes it)")
+    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="token states: L2-normalise the pooled embedding (as explain takes it)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
     return p
 
@@ -602,7 +611,14 @@ def _swaps(a: argparse.Namespace) -> None:
 
 
 def _grad(a: argparse.Namespace) -> None:
-    model = load_model(a.model or default_model_path(), device=a.device, output=a.model_output)
+    model = load_model(a.model or default_model_path(), device=a.device, output=a.model_output,
+                       dequantize=a.dequantize, pooling=a.pooling, normalize=a.normalize)
+    if a.folder is not None:
+        path = prepare(model, a.folder)
+        print(printable(f"prepared {model.name} ({model.output}) in {path}: model.onnx (taking inputs_embeds), "
+                        f"embeddings.npy, grad.onnx (verified against finite differences), tokenizer.json, "
+                        f"config.json"))
+        return
     path = export_gradient(model, a.output)
     print(printable(f"gradient graph of {model.name} ({model.output}): verified against finite differences; "
                     f"written to {path}"))

@@ -752,16 +752,18 @@ def explain_args(folder: Path, method: str = "occlusion", *extra: str) -> list[s
     return ["explain", TEXT, "--model", str(folder), "--method", method, *extra]
 
 
-def drive(calls: list[tuple[list[str], Path]], out: Path, timeout: float = 300) -> list[dict[str, Any]]:
+def drive(calls: list[tuple[list[str], Path]], out: Path, timeout: float = 300,
+          prelude: str = "") -> list[dict[str, Any]]:
     """Run the CLI's ``main`` on each (arguments, working directory) in one subprocess (one
     interpreter start for all: a start costs ~0.4 s), as ``python -m blackbox_sal`` would:
     each call's exit code (1 with the traceback for an exception that escapes) and everything
-    written to file descriptor 2, onnxruntime's own logging included."""
+    written to file descriptor 2, onnxruntime's own logging included. ``prelude``: a line of
+    code run first (``sys.modules['onnx'] = None``, say)."""
     import subprocess
 
     payload = out.with_name(out.name + ".calls")
     payload.write_text(json.dumps([{"args": args, "cwd": str(cwd)} for args, cwd in calls]))
-    subprocess.run([sys.executable, "-c", DRIVER, str(payload), str(out)], timeout=timeout, check=True,
+    subprocess.run([sys.executable, "-c", prelude + "\n" + DRIVER, str(payload), str(out)], timeout=timeout, check=True,
                    env={**os.environ, "NO_COLOR": "1"})
     results: list[dict[str, Any]] = json.loads(out.read_text())
     return results

@@ -124,8 +124,8 @@ def test_public_api_is_pinned() -> None:
         "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label", "ModelError", "Prediction",
         "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError", "UsageError", "Window",
         "__version__", "default_model_path", "explain", "explain_choices", "explain_generation", "explain_many",
-        "explain_similarity", "export_gradient", "export_torch", "load_model", "render_html", "render_json",
-        "render_terminal",
+        "explain_similarity", "export_gradient", "export_torch", "load_model", "prepare", "render_html",
+        "render_json", "render_terminal",
     ]
     for name in blackbox_sal.__all__:
         assert getattr(blackbox_sal, name) is not None
@@ -148,3 +148,77 @@ def test_renamed_renderers_still_work_for_a_release_with_a_warning() -> None:
     with pytest.warns(DeprecationWarning, match="use render_json"):
         old = blackbox_sal.render_similarity_json
     assert old is blackbox_sal.render_json
+
+
+#: a site hook for a fresh interpreter: onnx cannot be imported (sys.modules["onnx"] = None makes
+#: every import of it raise ImportError), and at exit the onnx modules loaded are written to a file
+_NO_ONNX_SITE = '''
+import atexit, json, os, sys
+if os.environ.get("SAL_TEST_BLOCK_ONNX") == "1":
+    sys.modules["onnx"] = None
+def _report():
+    loaded = sorted(m for m in sys.modules if (m == "onnx" or m.startswith("onnx.")) and sys.modules[m] is not None)
+    with open(os.environ["SAL_TEST_ONNX_REPORT"], "w") as fh:
+        json.dump(loaded, fh)
+atexit.register(_report)
+'''
+
+_EXPLAIN_API = '''
+import json, sys
+from blackbox_sal import ExplainConfig, explain, load_model
+result = explain(load_model(sys.argv[1]), sys.argv[2], ExplainConfig(method="grad-x-input"))
+print(json.dumps([result.backend, [t.score for t in result.tokens]]))
+'''
+
+
+def test_a_prepared_folder_is_loaded_and_explained_without_onnx(tmp_path: Path) -> None:
+    """An edge install has no onnx: in fresh interpreters where importing onnx fails, and in ones
+    where it would work, a prepared folder loads and explains through the API and through
+    ``python -m blackbox_sal explain``, and no onnx module is ever loaded."""
+    import os
+
+    from blackbox_sal import ExplainConfig, default_model_path, explain, load_model
+    from blackbox_sal.gradient_graph.store import prepare
+
+    folder = prepare(load_model(default_model_path()), tmp_path / "prepared")
+    text = "A dull, lifeless remake."
+    want = explain(load_model(default_model_path()), text, ExplainConfig(method="grad-x-input"))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_NO_ONNX_SITE)
+    for block in ("1", "0"):
+        report = tmp_path / f"onnx-{block}.json"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+               "SAL_TEST_BLOCK_ONNX": block, "SAL_TEST_ONNX_REPORT": str(report), "NO_COLOR": "1"}
+        api = subprocess.run([sys.executable, "-c", _EXPLAIN_API, str(folder), text], capture_output=True,
+                             text=True, timeout=120, env=env)
+        assert api.returncode == 0, api.stderr
+        assert json.loads(report.read_text()) == []
+        backend, scores = json.loads(api.stdout)
+        assert backend == "graph"
+        assert scores == [t.score for t in want.tokens]
+        cli = subprocess.run([sys.executable, "-m", "blackbox_sal", "explain", text, "--model", str(folder),
+                              "--method", "grad-x-input", "--format", "json"], capture_output=True, text=True,
+                             timeout=120, env=env)
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(report.read_text()) == []
+        assert [t["score"] for t in json.loads(cli.stdout)["tokens"]] == scores
+
+
+#: the modules an explanation of a prepared folder goes through: none may import onnx when imported
+EXPLAIN_PATH = ["blackbox_sal.explaining", "blackbox_sal.tasks", "blackbox_sal.gradient_graph.store",
+                "blackbox_sal.model.loading", "blackbox_sal.model.prepared", "blackbox_sal.model.files",
+                "blackbox_sal.model.wire", "blackbox_sal.model.text_model", "blackbox_sal.model.session",
+                "blackbox_sal.cli"]
+
+
+def test_the_explain_path_imports_without_onnx() -> None:
+    script = ("import importlib, sys\n"
+              "sys.modules['onnx'] = None\n"
+              f"for name in {EXPLAIN_PATH!r}:\n"
+              "    importlib.import_module(name)\n"
+              "print(sorted(m for m in sys.modules if m.startswith('onnx') and m != 'onnxruntime'\n"
+              "             and not m.startswith('onnxruntime.') and sys.modules[m] is not None))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

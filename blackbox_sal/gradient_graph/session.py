@@ -33,9 +33,10 @@ class GradientSession:
     reduce_on_device: bool
 
     @classmethod
-    def create(cls, grad_model: bytes, model: TextModel) -> GradientSession:
-        """Load a serialized gradient graph on the model's device, in path form where it can be."""
-        path = _path_form(grad_model)
+    def create(cls, grad_model: bytes, model: TextModel, path_form: bool = True) -> GradientSession:
+        """Load a serialized gradient graph on the model's device, in path form where it can be
+        (``path_form`` False: in its plain form, as a prepared folder's graph always runs)."""
+        path = _path_form(grad_model) if path_form else None
         session = create_session(path if path is not None else grad_model, model.device_request, model.threads)
         return cls(session, path is not None, path is not None and on_cuda(session))
 

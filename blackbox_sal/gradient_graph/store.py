@@ -14,22 +14,23 @@ Every graph is verified with the session (and device) that will run it before fi
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from blackbox_sal.errors import ModelError, SalError, UsageError
-from blackbox_sal.gradient_graph.build import build_gradient
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradient_graph.verify import verify
 from blackbox_sal.model import files
 from blackbox_sal.model.session import first_line
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.surgery.gradient import BUILDER_VERSION
 from blackbox_sal.surgery.names import GRAD, WEIGHTS
+
+if TYPE_CHECKING:  # onnx is imported where a graph is built: an edge install runs shipped graphs only
+    import onnx
 
 log = logging.getLogger("blackbox_sal")
 
@@ -45,6 +46,8 @@ def cache_dir() -> Path:
 
 def cache_key(body: onnx.ModelProto, output: str) -> str:
     """SHA-256 of what determines the gradient graph: the body, the output, the builder."""
+    from blackbox_sal.surgery.gradient import BUILDER_VERSION
+
     h = hashlib.sha256()
     h.update(f"builder={BUILDER_VERSION};output={output};".encode())
     h.update(body.SerializeToString(deterministic=True))
@@ -64,10 +67,21 @@ def gradient_session(model: TextModel) -> GradientSession:
 
 def _shipped(model: TextModel, name: str) -> GradientSession:
     path = files.gradient_model_path(model.folder or Path("."), name)
-    graph = GradientSession.create(files.read_onnx(path).SerializeToString(), model)
+    if model.config.prepared is not None:  # checked without onnx, run in its plain form (as on the edge)
+        graph = GradientSession.create(files.read_plain_onnx(path), model, path_form=False)
+    else:
+        graph = GradientSession.create(files.read_onnx(path).SerializeToString(), model)
     _check_interface(model, graph)
     verify(model, graph)
     return graph
+
+
+def build_gradient(model: TextModel) -> onnx.ModelProto:
+    """The (unverified) gradient graph of the model (:mod:`.build`, imported here on first use:
+    building needs the onnx package)."""
+    from blackbox_sal.gradient_graph.build import build_gradient as build
+
+    return build(model)
 
 
 def _cache_path(model: TextModel) -> Path:
@@ -125,6 +139,81 @@ def export_gradient(model: TextModel, out: str | os.PathLike[str] | None = None)
     except OSError as exc:
         raise UsageError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
     return path
+
+
+def prepare(model: TextModel, out: str | os.PathLike[str]) -> Path:
+    """Write a prepared folder for ``model`` at ``out`` (a new or empty folder): its body, table,
+    verified gradient graph (the folder's own shipped graph if it has one, else built now),
+    tokenizer.json and a config.json with the ``prepared`` block, so that an install without
+    onnx loads the same model (:mod:`blackbox_sal.model.prepared`). The folder is written beside
+    ``out`` and renamed into place once it loads and gives the model's outputs. Returns ``out``.
+    ModelError when the model cannot be prepared (no graph to write, no verified gradient
+    graph), UsageError when ``out`` cannot be written."""
+    import shutil
+
+    import numpy as np
+
+    from blackbox_sal import __version__
+    from blackbox_sal.model import prepared
+    from blackbox_sal.model.loading import _probe, load_model
+
+    if model.config.prepared is not None or model.body is None:
+        raise ModelError(f"{model.name!r} was loaded from a prepared folder (or keeps no graph): "
+                         f"prepare the original model folder instead")
+    if model.features is not None:
+        raise ModelError("a prepared folder holds a text model taking token embeddings; "
+                         f"{model.name!r} is a {model.features.kind} model")
+    tokenizer = files.read_side_file(model.folder, prepared.TOKENIZER) if model.folder is not None else None
+    if tokenizer is None:
+        raise ModelError(f"no tokenizer.json beside {model.name!r} to copy")
+    if model.config.gradient_model:
+        graph = gradient_session(model)  # checked and verified as the model uses it
+        proto = files.read_onnx(files.gradient_model_path(model.folder or Path("."), model.config.gradient_model))
+    else:
+        proto, graph = _built_and_verified(model)
+    del graph
+    target = Path(out)
+    try:
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise UsageError(f"{str(target)!r} exists and is not an empty folder: choose a new one")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        umask = os.umask(0o022)
+        os.umask(umask)
+        work.chmod(0o777 & ~umask)  # mkdtemp's is 0700: the folder is meant to be shipped
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
+    config: dict[str, object] = {"name": model.name}
+    if model.labels is not None:
+        config["id2label"] = {str(i): label for i, label in enumerate(model.labels)}
+    if model.max_length is not None:
+        config["max_length"] = model.max_length
+    config["gradient_model"] = prepared.GRAD
+    config["prepared"] = prepared.block_of(model, f"blackbox-sal {__version__}").to_json()
+    try:
+        try:
+            (work / prepared.MODEL).write_bytes(model.body.SerializeToString())
+            np.save(work / prepared.TABLE, np.ascontiguousarray(model.table, dtype=np.float32), allow_pickle=False)
+            (work / prepared.GRAD).write_bytes(proto.SerializeToString())
+            (work / prepared.TOKENIZER).write_bytes(tokenizer)
+            (work / prepared.CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
+        again = load_model(work, device=model.device_request, threads=model.threads)
+        gradient_session(again)  # the written graph, read and verified as an edge install will
+        ids, types, mask = _probe(model)
+        x = model.embed(ids)[None]
+        want, got = model.forward(x, ids, types, mask), again.forward(x, ids, types, mask)
+        if not np.allclose(got, want, rtol=1e-6, atol=1e-7):
+            raise ModelError(f"the prepared folder computes other outputs than the model "
+                             f"(max difference {float(np.max(np.abs(got - want))):.3g}); please report it")
+        if target.exists():
+            target.rmdir()
+        os.replace(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return target
 
 
 def _store(data: bytes, path: Path) -> None:

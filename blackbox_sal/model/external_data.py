@@ -33,51 +33,34 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from blackbox_sal.errors import ModelError
+from blackbox_sal.model import wire
+from blackbox_sal.model.wire import BITS, DEFAULT_LOCATION, EXTERNAL_LOCATION, INT64, STRING
 
-GiB = 1024**3
+if TYPE_CHECKING:  # the onnx package is imported where a model is walked, not with this module
+    import onnx
+    from onnx import TensorProto
+
+GiB = wire.GiB
 #: protobuf cannot serialize a message of 2 GiB or more: the model with its external data
 #: inline must stay below it (an entry read twice counts twice)
 MAX_PROTO_BYTES = 2**31 - 1
 #: what every tensor of the model may take at its full size, sparse ones densified
-MAX_TENSOR_BYTES = 4 * GiB
+MAX_TENSOR_BYTES = wire.MAX_TENSOR_BYTES
 #: the longest external-data location accepted (each name in it at most 255 bytes)
 MAX_LOCATION_CHARS = 1024
 _MAX_NAME_BYTES = 255
 _ENTRY_OVERHEAD = 16  # bytes an inlined tensor may add to the message (tag + length)
 
 
-def _bits() -> dict[int, int]:
-    sizes = {"FLOAT": 32, "UINT8": 8, "INT8": 8, "UINT16": 16, "INT16": 16, "INT32": 32, "INT64": 64,
-             "BOOL": 8, "FLOAT16": 16, "DOUBLE": 64, "UINT32": 32, "UINT64": 64, "COMPLEX64": 64,
-             "COMPLEX128": 128, "BFLOAT16": 16, "FLOAT8E4M3FN": 8, "FLOAT8E4M3FNUZ": 8, "FLOAT8E5M2": 8,
-             "FLOAT8E5M2FNUZ": 8, "FLOAT8E8M0": 8, "UINT4": 4, "INT4": 4, "FLOAT4E2M1": 4, "UINT2": 2,
-             "INT2": 2, "FLOAT6E2M3": 6, "FLOAT6E3M2": 6}
-    return {getattr(TensorProto, name): bits for name, bits in sizes.items() if hasattr(TensorProto, name)}
-
-
-#: bits per element of every fixed-size ONNX element type (STRING has none)
-BITS = _bits()
-_FIELD: dict[int, str] = {
-    TensorProto.FLOAT: "float_data", TensorProto.COMPLEX64: "float_data", TensorProto.DOUBLE: "double_data",
-    TensorProto.COMPLEX128: "double_data", TensorProto.INT64: "int64_data", TensorProto.UINT32: "uint64_data",
-    TensorProto.UINT64: "uint64_data", TensorProto.STRING: "string_data"}  # int32_data for the rest
-_TYPED = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
-
-
-def _typed_count(data_type: int, n: int) -> int:
-    """How many entries of its typed field a tensor of ``n`` elements holds."""
-    if data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128):
-        return 2 * n
-    bits = BITS.get(data_type, 0)
-    if bits in (2, 4):  # packed: 8 // bits elements per int32 entry
-        return -(-n * bits // 8)
-    return n
+# element types and their sizes: by type number, in wire (no onnx needed to import this module)
+_FIELD = wire.TYPED_FIELD
+_TYPED = wire.TYPED_FIELDS
+_typed_count = wire.typed_count
 
 
 @dataclass
@@ -157,9 +140,7 @@ def _elements(tensor: TensorProto, what: str) -> int:
     return n
 
 
-def _nbytes(data_type: int, n: int) -> int | None:
-    bits = BITS.get(data_type)
-    return None if bits is None else -(-n * bits // 8)
+_nbytes = wire.nbytes
 
 
 def _check_size(nbytes: int, what: str) -> None:
@@ -187,14 +168,14 @@ def _check_tensor(tensor: TensorProto, where: str, folder: Path) -> tuple[int, E
         raise ModelError(f"{what} is segmented; segmented tensors are not supported")
     n = _elements(tensor, what)
     dtype = tensor.data_type
-    if dtype != TensorProto.STRING and dtype not in BITS:
+    if dtype != STRING and dtype not in BITS:
         raise ModelError(f"{what} has an unknown element type {dtype}")
     nbytes = _nbytes(dtype, n)
     if nbytes is not None:
         _check_size(nbytes, what)
     typed = [name for name in _TYPED if len(getattr(tensor, name))]
     has_raw = tensor.HasField("raw_data")
-    if tensor.data_location == TensorProto.EXTERNAL:
+    if tensor.data_location == EXTERNAL_LOCATION:
         if has_raw or typed:
             raise ModelError(f"{what} is external but also holds data of its own")
         if nbytes is None:
@@ -366,7 +347,7 @@ def _read(path: Path, entries: list[Entry], folder: Path) -> None:
             if len(data) != e.length:
                 raise ModelError(f"{where} is shorter than its entries say (it changed while loading?)")
             e.tensor.raw_data = data
-            e.tensor.data_location = TensorProto.DEFAULT
+            e.tensor.data_location = DEFAULT_LOCATION  # type: ignore[assignment]  # the enum by number
             del e.tensor.external_data[:]
 
 
@@ -385,7 +366,7 @@ def _check_sparse(sparse: onnx.SparseTensorProto, where: str) -> int:
         raise ModelError(f"{what} holds strings; sparse string tensors are not supported")
     _check_size(nbytes, what)
     values, indices = list(sparse.values.dims), list(sparse.indices.dims)
-    if len(values) != 1 or sparse.indices.data_type != TensorProto.INT64 or \
+    if len(values) != 1 or sparse.indices.data_type != INT64 or \
             indices not in ([values[0]], [values[0], len(dims)]):
         raise ModelError(f"{what} has values of shape {values} and int64 indices of shape {indices}; "
                          f"expected [nnz] and [nnz] or [nnz, {len(dims)}]")
@@ -394,6 +375,8 @@ def _check_sparse(sparse: onnx.SparseTensorProto, where: str) -> int:
 
 def _dense(sparse: onnx.SparseTensorProto, where: str) -> TensorProto:
     """A sparse tensor (data inline, shapes checked) as the dense tensor it stands for."""
+    from onnx import numpy_helper
+
     what = f"sparse tensor {_text(sparse.values.name)!r}{where}"
     dims = tuple(int(d) for d in sparse.dims)
     try:
@@ -418,6 +401,8 @@ def _densify(found: Contents) -> None:
     ``value``, as onnxruntime makes them when it loads a model (its sparse handling inside
     model-local functions crashes: a function-body sparse Constant segfaults
     onnxruntime 1.31 in most runs)."""
+    from onnx import helper
+
     for graph, where in found.graphs:
         if graph.sparse_initializer:
             graph.initializer.extend(_dense(s, where) for s in graph.sparse_initializer)

@@ -26,14 +26,16 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 from tokenizers import Tokenizer
 
 from blackbox_sal.errors import ModelError
-from blackbox_sal.model import external_data
+from blackbox_sal.model import external_data, wire
+
+if TYPE_CHECKING:  # onnx is imported where a model is parsed: an edge install has none
+    import onnx
 
 #: protobuf's own limit; a larger model must keep its weights in external data files
 MAX_ONNX_BYTES = 2 * 1024**3
@@ -212,6 +214,8 @@ def read_onnx(path: Path) -> onnx.ModelProto:
     inline), and check the operator domains everywhere, function bodies and subgraphs
     included. Fields this onnx version does not know are dropped: onnxruntime gets only what
     was checked."""
+    import onnx
+
     data = _read_capped(path, MAX_ONNX_BYTES)
     model = onnx.ModelProto()
     try:
@@ -235,6 +239,8 @@ def read_onnx(path: Path) -> onnx.ModelProto:
 def _invalid_text(model: onnx.ModelProto) -> str | None:
     """The first string field that is not valid UTF-8 (protobuf hands such proto2 strings
     over as bytes, which onnx's checker and the graph code choke on), or None."""
+    import onnx
+
     stack: list[Any] = [model]
     while stack:
         message = stack.pop()
@@ -254,21 +260,26 @@ def _invalid_text(model: onnx.ModelProto) -> str | None:
 
 
 def _check_domains(found: external_data.Contents) -> None:
-    bad: dict[str, str] = {}
-    for domain, where in [*found.domains, *((n.domain, w) for n, w in found.nodes)]:
-        if not isinstance(domain, str) or domain not in ALLOWED_DOMAINS:
-            bad.setdefault(domain if isinstance(domain, str) else domain.decode("utf-8", "replace"), where)
-    if bad:
-        listed = ", ".join(f"{d!r}{w}" for d, w in sorted(bad.items())[:5])
-        raise ModelError(f"the model uses operator domains {listed}; only standard ONNX "
-                         f"(and onnxruntime's built-in com.microsoft) operators are accepted")
+    wire.refuse_domains(((d if isinstance(d, str) else d.decode("utf-8", "replace"), w)
+                         for d, w in [*found.domains, *((n.domain, w) for n, w in found.nodes)]), ALLOWED_DOMAINS)
 
 
-def read_table(path: Path, model: onnx.ModelProto | None = None) -> np.ndarray:
+def read_plain_onnx(path: Path) -> bytes:
+    """The bytes of a prepared model's ONNX file (see :mod:`blackbox_sal.model.prepared`),
+    checked without the onnx package (:mod:`blackbox_sal.model.wire`): read capped, every
+    tensor inline (none external, none sparse), operator domains allowed everywhere, strings
+    UTF-8. The bytes go to onnxruntime as they are: nothing is left for it to resolve."""
+    data = _read_capped(path, MAX_ONNX_BYTES)
+    wire.check_model(data, repr(str(path)), ALLOWED_DOMAINS)
+    return data
+
+
+def read_table(path: Path, model: onnx.ModelProto | None = None, width: int | None = None) -> np.ndarray:
     """The embedding table of an inputs_embeds model: float32 [vocab, dim], no pickles.
 
     The header is checked against the file (memory-mapped, not read) and the size cap
-    before any row is read; with ``model``, the width must match its ``inputs_embeds``."""
+    before any row is read; with ``model`` (or ``width``), the width must match its
+    ``inputs_embeds``."""
     try:
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -284,7 +295,8 @@ def read_table(path: Path, model: onnx.ModelProto | None = None) -> np.ndarray:
         raise ModelError(f"{str(path)!r} holds a {shape[0]} x {shape[1]} table, "
                          f"{nbytes / 1024**3:.3g} GiB as float32: over the "
                          f"{external_data.MAX_TENSOR_BYTES / 1024**3:g} GiB limit")
-    width = _embeds_width(model) if model is not None else None
+    if model is not None:
+        width = _embeds_width(model)
     if width is not None and shape[1] != width:
         raise ModelError(f"{str(path)!r} has rows of {shape[1]} values but the model's inputs_embeds "
                          f"takes {width}: they do not belong together")
@@ -315,6 +327,13 @@ def default_model_path() -> Path:
             return candidate
     raise ModelError("the bundled default model is missing from this installation; "
                      "pass --model PATH (or rebuild it with models/train_sentiment_cnn.py)")
+
+
+def read_side_file(folder: Path, name: str) -> bytes | None:
+    """A file of the model folder (``tokenizer.json``, say), read capped with the checks of
+    config.json (:data:`MAX_SIDE_FILE_BYTES`, links only within the folder); None when absent."""
+    path = _in_folder(folder, name)
+    return None if path is None else _read_capped(path)
 
 
 def read_side_json(folder: Path, name: str) -> Any:

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import helper
 from tokenizers import Tokenizer
 
 from blackbox_sal.baselines import baseline_token
@@ -32,14 +30,14 @@ from blackbox_sal.model.features import Featurizer, tokenizer_pattern
 from blackbox_sal.model.model_config import ModelConfig, pooling_folder, sentence_transformers_pooling
 from blackbox_sal.model.session import create_session, run
 from blackbox_sal.model.text_model import TextModel, int_feeds
-from blackbox_sal.surgery.dequantize import float_twin, weight_only
-from blackbox_sal.surgery.features import embeds_input, split_pipeline, vocabulary
-from blackbox_sal.surgery.index import attr_str
-from blackbox_sal.surgery.interfaces import input_rank, last_position, single_choice
-from blackbox_sal.surgery.names import EMBEDS, IDS, KNOWN_INPUTS, MASK, NEXT_TOKEN
-from blackbox_sal.surgery.pooling import SENTENCE, pooled
-from blackbox_sal.surgery.quantized import quantized_ops
-from blackbox_sal.surgery.split import split_embedding
+from blackbox_sal.surgery.names import EMBEDS, IDS, KNOWN_INPUTS, MASK
+
+if TYPE_CHECKING:  # onnx and the surgery are imported where a graph is rewritten, not with this module
+    import onnx
+
+#: what load_model says where the onnx package is missing (an edge install) and the folder is not prepared
+NO_ONNX = ("this install has no onnx package: it loads prepared folders only "
+           "(blackbox-sal grad MODEL --folder OUT where onnx is installed)")
 
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and the film was good."
 _INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -67,6 +65,22 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     """
     found = files.locate(path)
     config = ModelConfig.parse(found.config)
+    if config.prepared is not None:
+        from blackbox_sal.model.prepared import load_prepared
+
+        return load_prepared(found, config, device=device, output=output, threads=threads, dequantize=dequantize,
+                             pooling=pooling, normalize=normalize)
+    try:
+        import onnx
+    except ImportError:  # an edge install: onnxruntime, numpy and tokenizers only
+        raise ModelError(f"{NO_ONNX}; {str(found.onnx_path.parent)!r} is not a prepared folder") from None
+    from blackbox_sal.surgery.dequantize import float_twin, weight_only
+    from blackbox_sal.surgery.interfaces import input_rank, last_position, single_choice
+    from blackbox_sal.surgery.names import NEXT_TOKEN
+    from blackbox_sal.surgery.pooling import SENTENCE, pooled
+    from blackbox_sal.surgery.quantized import quantized_ops
+    from blackbox_sal.surgery.split import split_embedding
+
     proto = files.read_onnx(found.onnx_path)
     if config.input_kind != "text" or any(i.type.tensor_type.elem_type == onnx.TensorProto.STRING
                                           for i in proto.graph.input):
@@ -143,6 +157,12 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
                    output: str | None, verify: bool, threads: int) -> TextModel:
     """A model whose input is a feature vector (see :mod:`blackbox_sal.model.features`), loaded
     as a text model whose tokens are its features, each a one-dimensional embedding."""
+    import onnx
+
+    from blackbox_sal.surgery.features import embeds_input, split_pipeline, vocabulary
+    from blackbox_sal.surgery.index import attr_str
+    from blackbox_sal.surgery.quantized import quantized_ops
+
     original: onnx.ModelProto | None = None
     if any(i.type.tensor_type.elem_type == onnx.TensorProto.STRING for i in proto.graph.input):
         pipe = split_pipeline(proto)
@@ -216,6 +236,8 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
 def _front_session(front: onnx.ModelProto, threads: int) -> tuple[Any, bool]:
     """The session of a pipeline's vectorizer, and whether its StringNormalizer's locale had to
     become C.UTF-8: skl2onnx writes en_US.UTF-8, which machines without that locale refuse."""
+    import onnx
+
     try:
         return create_session(front.SerializeToString(), "cpu", threads), False
     except ModelError as exc:
@@ -229,6 +251,8 @@ def _front_session(front: onnx.ModelProto, threads: int) -> tuple[Any, bool]:
 
 def _locale(model: onnx.ModelProto, name: str) -> None:
     """Set every StringNormalizer's locale to ``name`` (in place)."""
+    from onnx import helper
+
     for node in model.graph.node:
         if node.op_type == "StringNormalizer":
             kept = [a for a in node.attribute if a.name != "locale"]

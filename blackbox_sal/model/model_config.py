@@ -2,19 +2,108 @@
 
 Keys read (all optional): ``name``, ``id2label`` (or ``labels``, a list), ``max_length`` /
 ``max_position_embeddings`` / ``n_positions`` (the token limit), ``gradient_model`` (a shipped
-gradient graph, a file in the folder). Anything malformed is a ModelError (exit 3); unknown
-keys are ignored (Hugging Face configs carry many).
+gradient graph, a file in the folder), ``prepared`` (a folder written by ``blackbox-sal grad
+--folder``: what loading it needs, see :class:`Prepared`). Anything malformed is a ModelError
+(exit 3); unknown keys are ignored (Hugging Face configs carry many).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from blackbox_sal.errors import ModelError
 
 #: config keys that give the token limit, in the order they are tried
 LENGTH_KEYS = ("max_length", "max_position_embeddings", "n_positions")
+
+
+#: the prepared-folder format this version writes and reads
+PREPARED_FORMAT = 1
+#: what a prepared model's explained output is (TextModel.task)
+PREPARED_TASKS = ("classification", "next-token", "multiple-choice", "embedding")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The ``"prepared"`` block of a prepared folder's config.json: what loading the folder
+    needs to give the same model as the original folder, where every load-time rewrite was
+    done (split, dequantized, one choice at a time, last position, pooled) and is now in
+    ``model.onnx``. ``fixed_length``, ``fixed_batch`` and ``pad_id`` are what the original
+    had; loading checks that the files still say the same.
+
+    output: the explained output of model.onnx. task: classification, next-token,
+    multiple-choice or embedding. origin: how the embeddings input was obtained in the
+    original (the split lookup, or given). pooling: how token states were pooled (the note
+    explanations carry), or None. quantized / twin_of / weight_only: the integer op types the
+    original had, replaced or dequantized (the notes explanations carry). by: the writer.
+    """
+
+    output: str
+    task: str = "classification"
+    origin: str = "given"
+    pooling: str | None = None
+    quantized: tuple[str, ...] = ()
+    twin_of: tuple[str, ...] = ()
+    weight_only: tuple[str, ...] = ()
+    fixed_length: int | None = None
+    fixed_batch: int | None = None
+    pad_id: int | None = None
+    format: int = PREPARED_FORMAT
+    by: str = field(default="", compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "by": self.by, "output": self.output, "task": self.task,
+                "origin": self.origin, "pooling": self.pooling, "quantized": list(self.quantized),
+                "twin_of": list(self.twin_of), "weight_only": list(self.weight_only),
+                "fixed_length": self.fixed_length, "fixed_batch": self.fixed_batch, "pad_id": self.pad_id}
+
+    @classmethod
+    def parse(cls, raw: Any) -> Prepared:
+        """The block as written by :meth:`to_json`; ModelError for anything else."""
+        def bad(key: str, want: str) -> ModelError:
+            return ModelError(f"config.json: prepared.{key} must be {want}")
+
+        if not isinstance(raw, dict):
+            raise ModelError("config.json: 'prepared' must be an object")
+        fmt = raw.get("format")
+        if not isinstance(fmt, int) or isinstance(fmt, bool):
+            raise bad("format", "an integer")
+        if fmt != PREPARED_FORMAT:
+            raise ModelError(f"the folder was prepared in format {fmt}; this blackbox-sal reads format "
+                             f"{PREPARED_FORMAT}: prepare it again with this version")
+
+        def text(key: str, optional: bool = False) -> str | None:
+            value = raw.get(key)
+            if value is None and optional:
+                return None
+            if not isinstance(value, str) or not value:
+                raise bad(key, "a non-empty string" + (" or null" if optional else ""))
+            return value
+
+        def names(key: str) -> tuple[str, ...]:
+            value = raw.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise bad(key, "a list of strings")
+            return tuple(value)
+
+        def count(key: str, low: int) -> int | None:
+            value = raw.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise bad(key, f"an integer >= {low} or null")
+            return value
+
+        task = text("task")
+        if task not in PREPARED_TASKS:
+            raise bad("task", "one of " + ", ".join(PREPARED_TASKS))
+        by = raw.get("by", "")
+        return cls(output=str(text("output")), task=str(task), origin=str(text("origin")),
+                   pooling=text("pooling", optional=True), quantized=names("quantized"), twin_of=names("twin_of"),
+                   weight_only=names("weight_only"), fixed_length=count("fixed_length", 1),
+                   fixed_batch=count("fixed_batch", 1), pad_id=count("pad_id", 0), format=fmt,
+                   by=by if isinstance(by, str) else "")
 
 
 @dataclass(frozen=True)
@@ -36,6 +125,8 @@ class ModelConfig:
     #: bag-of-words: presence (true, the default) or counts
     binary: bool = True
     feature_names: tuple[str, ...] | None = None
+    #: a prepared folder (blackbox-sal grad --folder): what loading it needs; None for any other
+    prepared: Prepared | None = None
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -54,6 +145,7 @@ class ModelConfig:
             input_kind=str(raw.get("input_kind") or "text"),
             binary=raw.get("binary") is not False,
             feature_names=tuple(raw["feature_names"]) if isinstance(raw.get("feature_names"), list) else None,
+            prepared=Prepared.parse(raw["prepared"]) if raw.get("prepared") is not None else None,
         )
 
 

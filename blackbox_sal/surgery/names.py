@@ -12,6 +12,8 @@ POSITIONS = "position_ids"
 KNOWN_INPUTS = (EMBEDS, IDS, MASK, TYPES, POSITIONS)
 #: the output a causal LM is explained through: its logits at the last position [batch, vocab]
 NEXT_TOKEN = "next_token_logits"
+#: how token states can be pooled into one sentence embedding (surgery.pooling)
+POOLINGS = ("mean", "cls", "max")
 
 # the gradient graph's interface
 #: seed weights over the explained output [batch, classes]

@@ -22,8 +22,8 @@ from onnx import helper, numpy_helper
 
 from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.index import opset_of
+from blackbox_sal.surgery.names import POOLINGS
 
-POOLINGS = ("mean", "cls", "max")
 #: the explained output a pooled model gets
 SENTENCE = "sentence_embedding"
 
