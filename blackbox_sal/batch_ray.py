@@ -98,7 +98,7 @@ def run_batch_ray(model: TextModel, source: str | Path, output: str | Path, cfg:
     load = {"device": model.device_request, "threads": model.threads, **(load or {})}
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False,
-                 logging_level=logging.ERROR, **({} if address else {"num_cpus": max(actors or 2, 1)}))
+                 logging_level=logging.ERROR, num_cpus=None if address else max(actors or 2, 1))
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
