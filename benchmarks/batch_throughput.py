@@ -195,6 +195,8 @@ def main() -> int:
     ap.add_argument("--sets", default="short,long")
     ap.add_argument("--short", type=int, default=None, help="short texts (default 64; quick 8)")
     ap.add_argument("--long", type=int, default=None, help="long texts (default 16; quick 4)")
+    ap.add_argument("--cpu-short", type=int, default=None, help="short texts on the CPU (default: --short)")
+    ap.add_argument("--cpu-long", type=int, default=None, help="long texts on the CPU (default: --long)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds, median taken (default 3; quick 2)")
     ap.add_argument("--no-captum", action="store_true")
     args = ap.parse_args()
@@ -248,6 +250,8 @@ def main() -> int:
             continue
         for key in args.sets.split(","):
             n, tokens = sets[key]
+            if device == "cpu":
+                n = (args.cpu_short if key == "short" else args.cpu_long) or n
             with rec.section("throughput", device=device, model=name, tokens=tokens):
                 texts = random_texts(model.tokenizer, n, tokens, seed=tokens)
                 measure(rec, device, "cuda" if device == "cuda" else "cpu", name, model, twin, texts, tokens,

@@ -24,6 +24,7 @@ import sys
 import time
 import traceback
 import types
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -171,7 +172,8 @@ def build(name: str, work: Path, seed: int = 0, quick: bool = False) -> Built:
     start = time.perf_counter()
     ids = torch.randint(len(SPECIALS), VOCAB, (2, 16))
     axes = {0: "batch", 1: "sequence"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on transformers' mask code
         torch.onnx.export(Logits().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)),
                           str(folder / "model.onnx"), input_names=["input_ids", "attention_mask", "token_type_ids"],
                           output_names=["logits"], opset_version=17, dynamo=False,
