@@ -152,6 +152,9 @@ def measure(rec: Recorder, device: str, torch_device: str | None, name: str, mod
         "cpu_s_all": cpu,
         "engine_over_loop": med["loop"] / med["engine"],
         "engine_time_over_replay_time": med["engine"] / med["replay"],
+        # process CPU time is steadier than wall time on a shared machine
+        "engine_cpu_over_replay_cpu": statistics.median(cpu["engine"]) / max(statistics.median(cpu["replay"]), 1e-9),
+        "loop_cpu_over_engine_cpu": statistics.median(cpu["loop"]) / max(statistics.median(cpu["engine"]), 1e-9),
         "engine_over_captum": (med["captum"] / med["engine"]) if "captum" in med else None,
         "loop_over_captum": (med["captum"] / med["loop"]) if "captum" in med else None,
         "runs_per_pass": len(calls), "rows_per_run": [min(rows_per_call), max(rows_per_call)],
@@ -175,6 +178,7 @@ def measure(rec: Recorder, device: str, torch_device: str | None, name: str, mod
                                                        f"loop/Captum {row['loop_over_captum']:.2f}x"
                                                        if "captum" in med else "")
         + "  cpu s: " + " ".join(f"{k} {v:.1f}" for k, v in row["cpu_s"].items())
+        + f" (engine/replay {row['engine_cpu_over_replay_cpu']:.2f}, loop/engine {row['loop_cpu_over_engine_cpu']:.2f})"
         + f"  ({len(calls)} runs of {row['rows_per_run'][0]}-{row['rows_per_run'][1]} rows; "
         f"engine vs loop scores {agree:.1e})", flush=True)
 

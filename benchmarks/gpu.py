@@ -125,10 +125,9 @@ def main() -> int:
 
     for name in args.shapes.split(","):
         run_shape(rec, dev, name, work, sizes, sections, args.quick)
-
-    if "placement" in sections:
-        with rec.section("placement"):
-            placement(rec, dev, work, sizes, args.quick)
+        if name == "minilm" and "placement" in sections:  # cheap: before the larger shape
+            with rec.section("placement"):
+                placement(rec, dev, work, sizes, args.quick)
 
     total = time.perf_counter() - started
     rec.record("done", seconds=total, errors=rec.errors)
@@ -303,38 +302,43 @@ def ig_vs_captum(rec: Recorder, dev: Devices, name: str, model: Any, tokenizer: 
     target = mean_delta["captum"]
     captum_ms = t["captum"]["ms"]
     tried: list[dict[str, Any]] = []
-    chosen: dict[str, bs.ExplainConfig] = {}
-    chosen_delta: dict[str, float] = {}
-    for tol in (1e-2, 1e-3, 1e-4):
-        cfg = bs.ExplainConfig(method="ig", steps="auto", tolerance=tol, backend="graph", progress=False)
-        es = [bs.explain(model, text, cfg) for text in texts]
-        d = float(np.mean([abs(e.convergence_delta) for e in es]))
-        tried.append({"steps": "auto", "tolerance": tol, "abs_delta": d, "nodes": [e.settings["steps"] for e in es]})
-        if d <= target:
-            chosen[f"auto tol {tol:g}"], chosen_delta[f"auto tol {tol:g}"] = cfg, d
-            break
-    for n in (16, 24, 32, 40):
-        cfg = bs.ExplainConfig(method="ig", steps=n, backend="graph", progress=False)
-        d = float(np.mean([abs(bs.explain(model, text, cfg).convergence_delta) for text in texts]))
-        tried.append({"steps": n, "abs_delta": d})
-        if d <= target:
-            chosen[f"gauss-legendre {n}"], chosen_delta[f"gauss-legendre {n}"] = cfg, d
-            break
-    rec.record("ig_equal_accuracy_search", model=name, tokens=length, captum_abs_delta=target, tried=tried)
-    if not chosen:
-        rec.record("ig_equal_accuracy", model=name, tokens=length, captum_abs_delta=target,
-                   note="no setting tried reaches Captum's |delta|")
-        print(f"ig equal accuracy {name} {length} tokens: no setting tried reaches Captum's |delta| {target:.2e}")
-        return
-    timed = loops({k: (lambda text, c=c: bs.explain(model, text, c)) for k, c in chosen.items()}, texts, sizes.loops)
+    # per family (auto, fixed nodes): the first setting that reaches Captum's |delta|; where none
+    # does (both sides at the float32 floor: random weights are nearly linear along the path),
+    # the one with the smallest |delta|, timed all the same and marked reached=False
+    chosen: dict[str, tuple[Any, float, bool]] = {}
+    span: list[float] = []
+    for settings in ([("auto", tol) for tol in (1e-2, 1e-3, 1e-4)], [(n, 0.01) for n in (16, 24, 32, 40)]):
+        best: tuple[str, Any, float] | None = None
+        for steps, tol in settings:
+            cfg = bs.ExplainConfig(method="ig", steps=steps, tolerance=tol, backend="graph", progress=False)
+            es = [bs.explain(model, text, cfg) for text in texts]
+            d = float(np.mean([abs(e.convergence_delta) for e in es]))
+            span += [abs(e.target_value - (e.baseline_value or 0.0)) for e in es]
+            key = f"auto tol {tol:g}" if steps == "auto" else f"gauss-legendre {steps}"
+            tried.append({"setting": key, "abs_delta": d, "nodes": [e.settings["steps"] for e in es]})
+            if best is None or d < best[2]:
+                best = (key, cfg, d)
+            if d <= target:
+                chosen[key] = (cfg, d, True)
+                break
+        else:
+            if best is not None:
+                chosen[best[0]] = (best[1], best[2], False)
+    rec.record("ig_equal_accuracy_search", model=name, tokens=length, captum_abs_delta=target, tried=tried,
+               mean_abs_f_x_minus_f_baseline=float(np.mean(span)))
+    timed = loops({k: (lambda text, c=c[0]: bs.explain(model, text, c)) for k, c in chosen.items()}, texts,
+                  sizes.loops)
+    reached = [k for k in timed if chosen[k][2]]
     for key, tk in timed.items():
-        best = min(timed, key=lambda k: timed[k]["ms"]) == key
+        cheapest = bool(reached) and min(reached, key=lambda k: timed[k]["ms"]) == key
         r = captum_ms / tk["ms"]
-        rec.record("ig_equal_accuracy", model=name, tokens=length, setting=key, ours_ms=tk["ms"],
-                   ours_ms_range=_range(tk), captum_ms=captum_ms, captum_over_ours=r, goal=1.5, ok=r >= 1.5,
-                   cheapest=best, captum_abs_delta=target, ours_abs_delta=chosen_delta[key])
-        print(f"ig equal accuracy {name:<9} {length:>4} tokens  {key:<18} ours {_ms(tk['ms'])}  "
-              f"Captum/ours {_x(r)} (goal 1.5x){'  cheapest' if best else ''}", flush=True)
+        rec.record("ig_equal_accuracy", model=name, tokens=length, setting=key, reached=chosen[key][2],
+                   ours_ms=tk["ms"], ours_ms_range=_range(tk), captum_ms=captum_ms, captum_over_ours=r, goal=1.5,
+                   ok=chosen[key][2] and r >= 1.5, cheapest=cheapest, captum_abs_delta=target,
+                   ours_abs_delta=chosen[key][1])
+        print(f"ig equal accuracy {name:<9} {length:>4} tokens  {key:<18} |delta| {chosen[key][1]:.1e} vs Captum "
+              f"{target:.1e} ({'reached' if chosen[key][2] else 'NOT reached'})  ours {_ms(tk['ms'])}  "
+              f"Captum/ours {_x(r)} (goal 1.5x){'  cheapest' if cheapest else ''}", flush=True)
 
 
 # --------------------------------------------------------------------------- fd vs graph
