@@ -42,4 +42,6 @@ if [ "$t" -gt 20 ]; then
   echo "batch_throughput.py: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 fi
 ls -l "$out"/gpu "$out"/batch
+echo "== summary"
+python3 benchmarks/summarize.py "$out/gpu/gpu.jsonl" "$out/batch/batch.jsonl"
 echo "gpu_device.sh done in $((SECONDS - start)) s"
