@@ -9,9 +9,9 @@ computed from initializers alone (an initializer, or ``Cast`` / ``Mul`` / ``Dequ
 ``bow.json`` beside the model) it starts at the bag-of-words tensor that file names. It ends at
 the model's outputs of float type. Ops on the path are those reached forward from the start
 (through float tensors, not through operators that have no derivative) and backward from the
-outputs, as blackbox_sal.graph.reverse selects them. Ops inside subgraphs (``Loop``, ``Scan``,
-``If``) are listed separately. Rules are read from blackbox_sal.graph.reverse.RULES; ops in its
-NON_DIFFERENTIABLE set are not needed.
+outputs, as blackbox_sal.surgery.reverse selects them. Ops inside subgraphs (``Loop``, ``Scan``,
+``If``) are listed separately. Rules are read from blackbox_sal.surgery.rules.RULES; ops in
+blackbox_sal.surgery.reverse.NON_DIFFERENTIABLE are not needed.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def node_inputs(n: onnx.NodeProto) -> list[str]:
 
 
 def path_ops(model_path: Path) -> dict[str, object]:
-    from blackbox_sal.graph.reverse import NON_DIFFERENTIABLE, RULES
+    from blackbox_sal.surgery.reverse import NON_DIFFERENTIABLE
+    from blackbox_sal.surgery.rules import RULES
 
     model = onnx.load(str(model_path))
     try:

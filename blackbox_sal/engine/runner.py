@@ -30,6 +30,10 @@ from blackbox_sal.runs import Forward, Gradient, PathJvp, Request, Seq
 
 #: rows per run on the CPU when the config names none (memory grows with it; speed hardly does)
 CPU_ROWS = 64
+#: and the most rows x tokens in one gradient run on the CPU: 64 rows of 128 tokens. Without it
+#: a long text's runs grew with its length (a 233-token MiniLM text's IG peaked at 3.2 GB in
+#: 64-row runs; 16-row runs were as fast)
+CPU_TOKENS = 8192
 #: on CUDA, the most rows x tokens in one gradient run when the config names none: small
 #: batches are launch-bound there (a 6-layer BERT's gradient graph has ~2,000 nodes), so runs
 #: are sized by tokens, not rows (a 233-token text's 23,300 finite-difference rows take 70 a run)
@@ -44,7 +48,7 @@ def run_size(batch_size: int | None, tokens_per_run: int | None, device: str) ->
     """(rows, tokens) per run on ``device`` for the configured sizes (None: the device's default)."""
     if device == "cuda":
         return batch_size or MAX_ROWS, tokens_per_run or CUDA_TOKENS
-    return batch_size or CPU_ROWS, tokens_per_run
+    return batch_size or CPU_ROWS, tokens_per_run or (None if batch_size else CPU_TOKENS)
 
 
 def rows_per_run(rows: int, tokens: int | None, length: int, forward: bool = False) -> int:

@@ -96,13 +96,17 @@ def _cached_or_built(model: TextModel) -> GradientSession:
     if not path.is_file() and failed.is_file():  # no graph can be had: say so, don't retry
         raise ModelError(failed.read_text(encoding="utf-8", errors="replace").strip())
     if path.is_file():
+        cached: GradientSession | None = None
         try:
-            graph = GradientSession.create(path.read_bytes(), model)
-            _check_interface(model, graph)
+            cached = GradientSession.create(path.read_bytes(), model)
+            _check_interface(model, cached)
             log.debug("gradient graph from the cache: %s", path)
-            return graph
         except (ModelError, OSError):
             log.info("ignoring an unreadable cached gradient graph: %s", path)
+        if cached is not None:
+            if model.device != "cpu":  # verified where it was built: check it where it runs, every time
+                verify(model, cached)
+            return cached
     try:
         proto, graph = _built_and_verified(model)
     except ModelError as exc:
