@@ -64,9 +64,13 @@ def test_engine_equals_one_at_a_time(bert_dir: Path, cfg: ExplainConfig) -> None
     alone = [explain(model, t, cfg) for t in TEXTS]
     together = list(explain_many(model, TEXTS, replace(cfg, batch_size=16), window=5))
     assert len(together) == len(TEXTS)
+    # on the CPU a row's numbers do not depend on the rows run beside it; CUDA's kernels differ
+    # with the batch size, and finite differences divide that float32 noise by their step
+    # (measured on an H200: up to 2.3e-3 relative, 1.9e-4 absolute)
+    rtol, atol = (5e-3, 5e-4) if model.device == "cuda" and cfg.backend == "fd" else (1e-6, 1e-7)
     for a, b in zip(alone, together, strict=True):
         assert isinstance(b, Explanation)
-        np.testing.assert_allclose(scores(b), scores(a), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(scores(b), scores(a), rtol=rtol, atol=atol)
         assert b.target == a.target and b.target_value == pytest.approx(a.target_value, rel=1e-6)
         assert b.provenance.forward_passes == a.provenance.forward_passes
         assert b.provenance.gradient_passes == a.provenance.gradient_passes
@@ -152,7 +156,7 @@ def test_runs_respect_the_row_and_token_budget(bert_dir: Path, monkeypatch: pyte
 def test_path_form_reduces_on_the_device_as_on_the_host(bert_dir: Path) -> None:
     """On a GPU the per-token derivatives come from the graph's token_jvp output; the same
     graph on the CPU reduced on the host gives the same numbers."""
-    model = load_model(bert_dir)
+    model = load_model(bert_dir, device="cpu")
     host = gradient_session(model)
     assert host.path_form and not host.reduce_on_device
     device = GradientSession(host.session, True, True)

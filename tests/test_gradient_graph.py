@@ -151,7 +151,9 @@ def test_bert_like_graph_matches_finite_differences(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     m = tiny.bert_like(TABLE, rng.normal(size=(32, D)).astype(np.float32), rng.normal(size=(2, D)).astype(np.float32),
                        rng.normal(size=(D, 2)).astype(np.float32))
-    model = load_model(tiny.write_model_dir(tmp_path / "bert", m, with_cls=True))
+    # the rules' maths, checked on the CPU: on CUDA the float32 finite differences are noisier
+    # (its reductions run in another order), and the graph is checked there by verify() on load
+    model = load_model(tiny.write_model_dir(tmp_path / "bert", m, with_cls=True), device="cpu")
     for text in ("good", TEXT):
         ids = ids_of(text, cls=True)
         f = objective(model, text, target=1, ids=ids)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import tokenizers
 from tokenizers import Encoding, Tokenizer
 
-from blackbox_sal.errors import InputError, TooLongError
+from blackbox_sal.errors import InputError, TooLongError, UnavailableError
 
 #: the longest text accepted, in characters, whatever the model's token limit
 MAX_CHARS = 100_000
@@ -85,7 +86,14 @@ def tokenize_windows(tokenizer: Tokenizer, text: str, max_length: int, overlap: 
         raise InputError(f"a window of {max_length} tokens cannot overlap by {overlap}")
     windowed.enable_truncation(max_length, stride=overlap)
     first = windowed.encode(text)
-    return [_tokens(text, enc, None) for enc in [first, *first.overflowing]]
+    windows = [_tokens(text, enc, None) for enc in [first, *first.overflowing]]
+    whole = tokenize(tokenizer, text, None, max_chars)
+    covered = {o for w in windows for o, sp in zip(w.offsets, w.special, strict=True) if not sp}
+    if any(o not in covered for o, sp in zip(whole.offsets, whole.special, strict=True) if not sp):
+        raise UnavailableError(f"tokenizers {tokenizers.__version__} returned windows that leave out part of the "
+                               f"text (tokenizers 0.23.1 and 0.23.2 return one overflowing window only): "
+                               f"install another version (pip install 'tokenizers>=0.23.3')")
+    return windows
 
 
 def stitch(windows: list[Tokens]) -> Tokens:
