@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -49,6 +50,17 @@ from blackbox_sal.server.protocol import (
 )
 
 EXPLAINER = "-explainer"  # the V2 explainer of model NAME is the model NAME-explainer
+#: seconds past its deadline after which a request is answered 504 whatever its engine does
+ANSWER_GRACE = 1.0
+
+
+class _ModelName(StringConvertor):
+    """A model's name in a V1 path: no slash, no colon."""
+
+    regex = "[^/:]+"
+
+
+register_url_convertor("model", _ModelName())
 
 
 @dataclass
@@ -103,7 +115,10 @@ class Server:
             Route("/v2/models/{name}/ready", self.model_ready, methods=["GET"]),
             Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/models/{name}", self.v1, methods=["GET", "POST"]),
+            # a name has no colon (the CLI refuses one): NAME:VERB is the POST route alone, so
+            # another method on it is 405 with Allow: POST, as on NAME it is with Allow: GET
+            Route("/v1/models/{name:model}:{verb}", self.v1, methods=["POST"]),
+            Route("/v1/models/{name:model}", self.v1_status, methods=["GET"]),
         ]
         self.app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception,
                                                                 Exception: _internal})
@@ -162,18 +177,19 @@ class Server:
         return await _answer(ready)
 
     async def v1(self, request: Request) -> Response:
-        """``GET /v1/models/NAME``, ``POST /v1/models/NAME:predict`` and ``NAME:explain``."""
-        target = request.path_params["name"]
-        if request.method == "GET":
-            return await _answer(lambda: self._v1_status(target))
-        name, _, verb = target.rpartition(":")
-        if verb not in ("predict", "explain") or not name:
-            return _error(404, f"no route POST /v1/models/{target}: use NAME:predict or NAME:explain")
+        """``POST /v1/models/NAME:predict`` and ``NAME:explain``."""
+        name, verb = request.path_params["name"], request.path_params["verb"]
+        if verb not in ("predict", "explain"):
+            return _error(404, f"no route POST {request.url.path}: use NAME:predict or NAME:explain")
         return await _answer(lambda: self._v1(request, name, verb))
 
-    async def _v1_status(self, name: str) -> Response:
-        self._served(name)
-        return JSONResponse({"name": name, "ready": self.ready})
+    async def v1_status(self, request: Request) -> Response:
+        """``GET /v1/models/NAME``."""
+        async def status() -> Response:
+            name = request.path_params["name"]
+            self._served(name)
+            return JSONResponse({"name": name, "ready": self.ready})
+        return await _answer(status)
 
     async def _v1(self, request: Request, name: str, verb: str) -> Response:
         served = self._served(name)
@@ -232,7 +248,7 @@ class Server:
         limit = self.limits.max_body
         length = request.headers.get("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # isdigit alone takes '²', which int() refuses
                 raise HttpError(400, "Content-Length is not a number")
             if int(length) > limit:
                 raise HttpError(413, f"the body has {int(length):,} bytes; at most {limit:,} are accepted")
@@ -274,7 +290,13 @@ class Server:
         self.in_flight += 1
         try:
             done = [_timed(f, start) for f in futures]
-            results = await asyncio.gather(*(asyncio.wrap_future(f) for f in done), return_exceptions=True)
+            # the engine ends every work by its deadline; the wait's own limit (a second later)
+            # answers the request even if the engine did not (a bug must not leave it open)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(asyncio.wrap_future(f) for f in done), return_exceptions=True),
+                timeout=seconds + ANSWER_GRACE)
+        except asyncio.TimeoutError:
+            raise HttpError(504, "the request's deadline passed") from None
         finally:
             self.in_flight -= 1
         out = []
@@ -304,6 +326,8 @@ def _timed(future: Future[Any], start: float) -> Future[tuple[Any, float]]:
     out: Future[tuple[Any, float]] = Future()
 
     def done(f: Future[Any]) -> None:
+        if not out.set_running_or_notify_cancel():  # the request was cancelled (it timed out, or shutdown)
+            return
         exc = f.exception()
         if exc is not None:
             out.set_exception(exc)
@@ -345,9 +369,10 @@ def _json(data: dict[str, Any]) -> Response:
     return Response(json.dumps(data, ensure_ascii=False, allow_nan=False), media_type="application/json")
 
 
-def _error(status: int, message: str, retry_after: int | None = None) -> Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+def _error(status: int, message: str, retry_after: int | None = None,
+           headers: dict[str, str] | None = None) -> Response:
+    headers = {**(headers or {}), **({"Retry-After": str(retry_after)} if retry_after is not None else {})}
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers or None)
 
 
 async def _answer(handler: Callable[[], Awaitable[Response]]) -> Response:
@@ -361,8 +386,10 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return _error(404, f"no route {request.method} {request.url.path}")
-    if exc.status_code == 405:
-        return _error(405, f"{request.method} is not allowed on {request.url.path}")
+    if exc.status_code == 405:  # with Starlette's Allow header (RFC 9110 requires it on a 405)
+        allow = (exc.headers or {}).get("Allow")
+        return _error(405, f"{request.method} is not allowed on {request.url.path}",
+                      headers={"Allow": allow} if allow else None)
     return _error(exc.status_code, str(exc.detail))
 
 
