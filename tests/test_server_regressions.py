@@ -119,6 +119,7 @@ def test_a_405_names_the_allowed_methods(client: TestClient) -> None:
     r = client.get(EXPLAIN)  # was 404 (no model named 'default:explain'), with Allow: GET, POST on OPTIONS
     assert r.status_code == 405 and _allowed(r) == {"POST"}, r.text
     assert _allowed(client.post("/v1/models/default", json={})) == {"GET", "HEAD"}
+    assert client.get("/v1/models/other:thing").status_code == 404  # no such model, as the template says
 
 
 class _Echo:

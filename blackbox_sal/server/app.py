@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -52,15 +51,6 @@ from blackbox_sal.server.protocol import (
 EXPLAINER = "-explainer"  # the V2 explainer of model NAME is the model NAME-explainer
 #: seconds past its deadline after which a request is answered 504 whatever its engine does
 ANSWER_GRACE = 1.0
-
-
-class _ModelName(StringConvertor):
-    """A model's name in a V1 path: no slash, no colon."""
-
-    regex = "[^/:]+"
-
-
-register_url_convertor("model", _ModelName())
 
 
 @dataclass
@@ -115,10 +105,10 @@ class Server:
             Route("/v2/models/{name}/ready", self.model_ready, methods=["GET"]),
             Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
-            # a name has no colon (the CLI refuses one): NAME:VERB is the POST route alone, so
-            # another method on it is 405 with Allow: POST, as on NAME it is with Allow: GET
-            Route("/v1/models/{name:model}:{verb}", self.v1, methods=["POST"]),
-            Route("/v1/models/{name:model}", self.v1_status, methods=["GET"]),
+            # NAME:VERB (a name is all before the last colon) is POST alone: another method is 405
+            # with Allow: POST (v1_status answers GET); NAME is GET alone (Allow: GET, HEAD)
+            Route("/v1/models/{name}:{verb}", self.v1, methods=["POST"]),
+            Route("/v1/models/{name}", self.v1_status, methods=["GET"]),
         ]
         self.app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception,
                                                                 Exception: _internal})
@@ -184,9 +174,12 @@ class Server:
         return await _answer(lambda: self._v1(request, name, verb))
 
     async def v1_status(self, request: Request) -> Response:
-        """``GET /v1/models/NAME``."""
+        """``GET /v1/models/NAME``; on a served NAME:predict or NAME:explain, 405 (Allow: POST)."""
         async def status() -> Response:
             name = request.path_params["name"]
+            model, _, verb = name.rpartition(":")
+            if model in self.served and verb in ("predict", "explain"):
+                return _error(405, f"GET is not allowed on {request.url.path}", headers={"Allow": "POST"})
             self._served(name)
             return JSONResponse({"name": name, "ready": self.ready})
         return await _answer(status)

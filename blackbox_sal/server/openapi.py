@@ -91,7 +91,8 @@ def _parameters_schema(server: Server) -> dict[str, Any]:
             "long": {"enum": list(LONG), "default": d.long},
             "window_overlap": {"type": ["integer", "null"], "minimum": 0},
             "direction": {"oneOf": [{"type": "array", "minItems": 1, "maxItems": MAX_DIRECTION,
-                                     "items": {"type": "number"}}, {"type": "null"}],
+                                     "items": {"type": "number"}, "contains": {"not": {"const": 0}}},
+                                    {"type": "null"}],
                           "description": "for an embedding model: explain the output's projection on this vector "
                                          "(as long as the output, not all zero)"},
             "deadline": {"type": "number", "exclusiveMinimum": 0, "maximum": server.limits.deadline,
