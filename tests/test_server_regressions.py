@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator, MutableMapping
+from concurrent.futures import Future
 from typing import Any, cast
 
 import numpy as np
@@ -158,3 +160,18 @@ def test_a_work_that_raises_fails_alone() -> None:
         assert isinstance(futures[3].exception(timeout=10), UnicodeEncodeError)
     finally:
         service.stop(drain=False)
+
+
+def test_a_request_is_answered_by_its_deadline_whatever_the_engine_does(
+        server: Server, client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine that never answers (as the one above did) still gives a 504, a second after
+    the request's deadline, not a request open for ever."""
+
+    def never(works: list[Work[Any]], deadline: float | None = None) -> list[Future[Any]]:
+        return [Future() for _ in works]
+
+    monkeypatch.setattr(server.served["default"].service, "submit_all", never)
+    start = time.monotonic()
+    r = client.post(EXPLAIN, json={"instances": ["good"], "parameters": {"deadline": 0.2}})
+    assert r.status_code == 504 and r.json()["status"] == 504, r.text
+    assert time.monotonic() - start < 5
