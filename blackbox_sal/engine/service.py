@@ -122,11 +122,8 @@ class EngineService:
 
     def _start(self, job: _Job) -> None:
         job.active = _Active(len(self.jobs), job.work)
-        done: dict[int, Any] = {}
-        if _step(job.active, done):
+        if _advance(job):
             self.jobs.append(job)
-        else:
-            _finish(job, done[job.active.index])
 
     def _loop(self) -> None:
         while self.running:
@@ -179,11 +176,9 @@ class EngineService:
                 timer.cancel()
         self.rounds += 1
         self.packed += len(self.jobs) if len(self.jobs) > 1 else 0
-        done: dict[int, Any] = {}
         for job, (start, count) in zip(list(self.jobs), spans, strict=True):
             job.active.send = results[start:start + count] if isinstance(job.active.asked, All) else results[start]
-            if not _step(job.active, done):
-                _finish(job, done.pop(job.active.index))
+            if not _advance(job):
                 self.jobs.remove(job)
 
     def _one_by_one(self, error: SalError) -> None:
@@ -199,9 +194,7 @@ class EngineService:
                 self.jobs.remove(job)
                 continue
             job.active.send = results if isinstance(asked, All) else results[0]
-            done: dict[int, Any] = {}
-            if not _step(job.active, done):
-                _finish(job, done.pop(job.active.index))
+            if not _advance(job):
                 self.jobs.remove(job)
 
 
@@ -210,11 +203,23 @@ def _close(works: list[Work[Any]]) -> None:
         work.close()
 
 
-def _finish(job: _Job, outcome: Any) -> None:
+def _advance(job: _Job) -> bool:
+    """Step ``job`` to its next request; False when it ended, its future then set. An error
+    that is not a SalError (a bug, or an input the library does not catch) ends this job
+    alone: raised out of the loop it would leave a job being admitted unanswered (its
+    caller waiting for ever) and fail every other job in flight with it."""
+    done: dict[int, Any] = {}
+    try:
+        if _step(job.active, done):
+            return True
+        outcome = done.pop(job.active.index)
+    except Exception as exc:
+        outcome = exc
     if isinstance(outcome, BaseException):
         job.future.set_exception(outcome)
     else:
         job.future.set_result(outcome)
+    return False
 
 
 __all__ = ["Busy", "DeadlineExceeded", "EngineService", "ModelError", "Stopped"]

@@ -50,6 +50,8 @@ from blackbox_sal.server.protocol import (
 )
 
 EXPLAINER = "-explainer"  # the V2 explainer of model NAME is the model NAME-explainer
+#: seconds past its deadline after which a request is answered 504 whatever its engine does
+ANSWER_GRACE = 1.0
 
 
 @dataclass
@@ -104,7 +106,10 @@ class Server:
             Route("/v2/models/{name}/ready", self.model_ready, methods=["GET"]),
             Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/models/{name}", self.v1, methods=["GET", "POST"]),
+            # NAME:VERB (a name is all before the last colon) is POST alone: another method is 405
+            # with Allow: POST (v1_status answers GET); NAME is GET alone (Allow: GET, HEAD)
+            Route("/v1/models/{name}:{verb}", self.v1, methods=["POST"]),
+            Route("/v1/models/{name}", self.v1_status, methods=["GET"]),
         ]
         self.app = _Bounded(Starlette(routes=routes, exception_handlers={HTTPException: _http_exception,
                                                                           Exception: _internal}),
@@ -164,18 +169,22 @@ class Server:
         return await _answer(ready)
 
     async def v1(self, request: Request) -> Response:
-        """``GET /v1/models/NAME``, ``POST /v1/models/NAME:predict`` and ``NAME:explain``."""
-        target = request.path_params["name"]
-        if request.method == "GET":
-            return await _answer(lambda: self._v1_status(target))
-        name, _, verb = target.rpartition(":")
-        if verb not in ("predict", "explain") or not name:
-            return _error(404, f"no route POST /v1/models/{target}: use NAME:predict or NAME:explain")
+        """``POST /v1/models/NAME:predict`` and ``NAME:explain``."""
+        name, verb = request.path_params["name"], request.path_params["verb"]
+        if verb not in ("predict", "explain"):
+            return _error(404, f"no route POST {request.url.path}: use NAME:predict or NAME:explain")
         return await _answer(lambda: self._v1(request, name, verb))
 
-    async def _v1_status(self, name: str) -> Response:
-        self._served(name)
-        return JSONResponse({"name": name, "ready": self.ready})
+    async def v1_status(self, request: Request) -> Response:
+        """``GET /v1/models/NAME``; on a served NAME:predict or NAME:explain, 405 (Allow: POST)."""
+        async def status() -> Response:
+            name = request.path_params["name"]
+            model, _, verb = name.rpartition(":")
+            if model in self.served and verb in ("predict", "explain"):
+                return _error(405, f"GET is not allowed on {request.url.path}", headers={"Allow": "POST"})
+            self._served(name)
+            return JSONResponse({"name": name, "ready": self.ready})
+        return await _answer(status)
 
     async def _v1(self, request: Request, name: str, verb: str) -> Response:
         served = self._served(name)
@@ -234,7 +243,7 @@ class Server:
         limit = self.limits.max_body
         length = request.headers.get("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # isdigit alone takes '²', which int() refuses
                 raise HttpError(400, "Content-Length is not a number")
             if int(length) > limit:
                 raise HttpError(413, f"the body has {int(length):,} bytes; at most {limit:,} are accepted")
@@ -276,7 +285,13 @@ class Server:
         self.in_flight += 1
         try:
             done = [_timed(f, start) for f in futures]
-            results = await asyncio.gather(*(asyncio.wrap_future(f) for f in done), return_exceptions=True)
+            # the engine ends every work by its deadline; the wait's own limit (a second later)
+            # answers the request even if the engine did not (a bug must not leave it open)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(asyncio.wrap_future(f) for f in done), return_exceptions=True),
+                timeout=seconds + ANSWER_GRACE)
+        except asyncio.TimeoutError:
+            raise HttpError(504, "the request's deadline passed") from None
         finally:
             self.in_flight -= 1
         out = []
@@ -327,6 +342,8 @@ def _timed(future: Future[Any], start: float) -> Future[tuple[Any, float]]:
     out: Future[tuple[Any, float]] = Future()
 
     def done(f: Future[Any]) -> None:
+        if not out.set_running_or_notify_cancel():  # the request was cancelled (it timed out, or shutdown)
+            return
         exc = f.exception()
         if exc is not None:
             out.set_exception(exc)
@@ -368,9 +385,10 @@ def _json(data: dict[str, Any]) -> Response:
     return Response(json.dumps(data, ensure_ascii=False, allow_nan=False), media_type="application/json")
 
 
-def _error(status: int, message: str, retry_after: int | None = None) -> Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+def _error(status: int, message: str, retry_after: int | None = None,
+           headers: dict[str, str] | None = None) -> Response:
+    headers = {**(headers or {}), **({"Retry-After": str(retry_after)} if retry_after is not None else {})}
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers or None)
 
 
 async def _answer(handler: Callable[[], Awaitable[Response]]) -> Response:
@@ -384,8 +402,10 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return _error(404, f"no route {request.method} {request.url.path}")
-    if exc.status_code == 405:
-        return _error(405, f"{request.method} is not allowed on {request.url.path}")
+    if exc.status_code == 405:  # with Starlette's Allow header (RFC 9110 requires it on a 405)
+        allow = (exc.headers or {}).get("Allow")
+        return _error(405, f"{request.method} is not allowed on {request.url.path}",
+                      headers={"Allow": allow} if allow else None)
     return _error(exc.status_code, str(exc.detail))
 
 

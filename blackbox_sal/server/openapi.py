@@ -8,8 +8,15 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from blackbox_sal import __version__
+from blackbox_sal.config import AUTO, LONG, MAX_DIRECTION
 from blackbox_sal.gradients.backend import BACKENDS
+from blackbox_sal.gradients.finite_differences import SCHEMES
 from blackbox_sal.methods import METHODS
+from blackbox_sal.methods.gradient_methods import MAX_SAMPLES
+from blackbox_sal.methods.integrated_gradients import MAX_STEPS
+from blackbox_sal.methods.quadrature import QUADRATURES
+from blackbox_sal.reductions import REDUCTIONS
+from blackbox_sal.scores import SCORES
 
 if TYPE_CHECKING:
     from blackbox_sal.server.app import Server
@@ -25,10 +32,16 @@ def _json_body(schema: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
-def _answers(ok: str, *statuses: int) -> dict[str, Any]:
+def _answers(ok: str, *statuses: int, unready: str = "Error") -> dict[str, Any]:
+    """200 with ``ok``, and each of ``statuses`` with an Error (503: with ``unready``, which the
+    readiness routes answer with their own object)."""
     out: dict[str, Any] = {"200": {"description": "OK", "content": {"application/json": {"schema": _ref(ok)}}}}
     for status in statuses:
-        out[str(status)] = {"description": _STATUS[status], "content": {"application/json": {"schema": _ref("Error")}}}
+        out[str(status)] = {"description": _STATUS[status],
+                            "content": {"application/json": {"schema": _ref(unready if status == 503 else "Error")}}}
+        if status in (429, 503):
+            out[str(status)]["headers"] = {"Retry-After": {"description": "seconds to wait before trying again",
+                                                           "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
     return out
 
 
@@ -45,32 +58,43 @@ _WORK = (400, 404, 413, 422, 429, 503, 504)
 
 
 def _parameters_schema(server: Server) -> dict[str, Any]:
-    """The options a request may give in ``parameters``: the ExplainConfig fields, and deadline."""
+    """The options a request may give in ``parameters``: the ExplainConfig fields, and deadline.
+    Names are enums and numbers have the ranges ExplainConfig.validated checks, so a request
+    the document allows is refused only for what a schema cannot say (a label or baseline
+    token the model lacks, combinations: steps 'auto' with a rule other than gauss-legendre
+    or clenshaw-curtis, trapezoid or clenshaw-curtis with 1 step, richardson with forward)."""
     d = server.defaults
-    text_or_int: dict[str, Any] = {"type": ["string", "integer", "null"]}
     return {
         "type": "object", "additionalProperties": False,
         "description": "Options (the CLI's, without dashes); the server's settings are the defaults.",
         "properties": {
             "method": {"enum": list(METHODS), "default": d.method},
             "backend": {"enum": list(BACKENDS), "default": d.backend},
-            "target": {**text_or_int, "description": "the explained class: label or index (default: the prediction)"},
-            "score": {"type": "string", "default": d.score},
-            "steps": {"type": ["integer", "string"], "description": "integrated-gradients nodes, or 'auto'"},
+            "target": {"type": ["string", "integer", "null"],
+                       "description": "the explained class: label or index (default: the prediction)"},
+            "score": {"enum": list(SCORES), "default": d.score},
+            "steps": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_STEPS}, {"const": AUTO}],
+                      "description": "integrated-gradients nodes, or 'auto'"},
             "tolerance": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-            "quadrature": {"type": "string"},
-            "baseline": {"type": "string"},
-            "reduce": {"type": ["string", "null"]},
+            "quadrature": {"enum": list(QUADRATURES), "default": d.quadrature},
+            "baseline": {"type": "string", "pattern": "\\S",
+                         "description": "pad, zero, unk, mask or a single token of the model's vocabulary"},
+            "reduce": {"enum": [*REDUCTIONS, None]},
             "words": {"type": "boolean"},
-            "fd_step": {"type": ["number", "null"]},
+            "fd_step": {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                                  {"type": "null"}]},
             "richardson": {"type": "boolean"},
-            "fd_scheme": {"type": "string"},
-            "samples": {"type": "integer", "minimum": 1},
+            "fd_scheme": {"enum": list(SCHEMES), "default": d.fd_scheme},
+            "samples": {"type": "integer", "minimum": 1, "maximum": MAX_SAMPLES},
             "noise": {"type": "number", "minimum": 0},
-            "seed": {"type": "integer", "minimum": 0},
-            "long": {"type": "string"},
-            "window_overlap": {"type": "integer", "minimum": 0},
-            "direction": {"type": ["array", "null"], "items": {"type": "number"}},
+            "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+            "long": {"enum": list(LONG), "default": d.long},
+            "window_overlap": {"type": ["integer", "null"], "minimum": 0},
+            "direction": {"oneOf": [{"type": "array", "minItems": 1, "maxItems": MAX_DIRECTION,
+                                     "items": {"type": "number"}, "contains": {"not": {"const": 0}}},
+                                    {"type": "null"}],
+                          "description": "for an embedding model: explain the output's projection on this vector "
+                                         "(as long as the output, not all zero)"},
             "deadline": {"type": "number", "exclusiveMinimum": 0, "maximum": server.limits.deadline,
                          "description": "seconds this request may take (at most the server's deadline)"},
         },
@@ -94,73 +118,119 @@ def openapi_document(server: Server) -> dict[str, Any]:
     names = list(server.served)
     explainers = [n + "-explainer" for n in names]
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_chars}
+    parameters = {"anyOf": [_ref("Parameters"), {"type": "null"}], "description": "null: the defaults"}
+    ident = {"type": ["string", "integer", "null"], "description": "yours; not used"}
     instance = {"oneOf": [text, {
         "type": "object", "required": ["text"], "additionalProperties": False,
-        "properties": {"text": text, "id": {"type": ["string", "integer", "null"]},
-                       "target": {"type": ["string", "integer", "null"]}, "pair": text,
-                       "choices": {"type": "array", "items": text, "minItems": 2}}}]}
+        "properties": {"text": text, "id": ident, "target": {"type": ["string", "integer", "null"]},
+                       "pair": {"anyOf": [text, {"type": "null"}]},
+                       "choices": {"type": ["array", "null"], "items": text, "minItems": 2}}}]}
+    text_only = {"oneOf": [text, {"type": "object", "required": ["text"], "additionalProperties": False,
+                                  "properties": {"text": text, "id": ident}}]}
+
+    def instances(item: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "required": ["instances"], "additionalProperties": False,
+                "properties": {"instances": {"type": "array", "minItems": 1, "maxItems": limits.max_instances,
+                                             "items": item},
+                               "parameters": parameters, "id": {"type": "string"}}}
+
+    tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}}}}
     schemas: dict[str, Any] = {
         **_result_schemas(),
-        "Error": {"type": "object", "required": ["error", "status"],
-                  "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
+        "Error": {"type": "object", "required": ["error", "status"], "additionalProperties": False,
+                  "properties": {"error": {"type": "string"}, "status": {"type": "integer", "minimum": 400,
+                                                                          "maximum": 599}}},
         "Parameters": _parameters_schema(server),
-        "Instances": {"type": "object", "required": ["instances"], "additionalProperties": False,
-                      "properties": {"instances": {"type": "array", "minItems": 1, "maxItems": limits.max_instances,
-                                                   "items": instance},
-                                     "parameters": _ref("Parameters"), "id": {"type": "string"}}},
-        "Prediction": {"type": "object", "required": ["index", "label", "scores", "top"], "properties": {
-            "index": {"type": "integer"}, "label": {"type": ["string", "null"]},
-            "scores": {"type": "array", "items": {"type": ["number", "null"]}},
-            "top": {"type": "array", "items": _ref("label")}}},
-        "Predictions": {"type": "object", "required": ["predictions"],
+        "Instances": instances(instance),
+        "PredictInstances": instances(text_only),
+        "Prediction": {"type": "object", "required": ["index", "label", "scores", "top"],
+                       "additionalProperties": False, "properties": {
+                           "index": {"type": "integer", "minimum": 0}, "label": {"type": ["string", "null"]},
+                           "scores": {"type": "array", "items": {"type": ["number", "null"]}},
+                           "top": {"type": "array", "items": _ref("label")}}},
+        "Predictions": {"type": "object", "required": ["predictions"], "additionalProperties": False,
                         "properties": {"predictions": {"type": "array", "items": _ref("Prediction")}}},
-        "Explanations": {"type": "object", "required": ["explanations"],
+        "Explanations": {"type": "object", "required": ["explanations"], "additionalProperties": False,
                          "properties": {"explanations": {"type": "array", "items": _ref("result")}}},
         "InferRequest": {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
-            "id": {"type": "string"}, "parameters": _ref("Parameters"),
-            "outputs": {"type": "array", "items": {"type": "object"}},
+            "id": {"type": "string"}, "parameters": parameters,
+            "outputs": {"type": "array", "items": {"type": "object"}, "description": "ignored: every output comes"},
             "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
-                "type": "object", "required": ["name", "datatype", "shape", "data"], "properties": {
+                "type": "object", "required": ["datatype", "data"],
+                "description": "the texts; name and shape may be left out (the texts' count is their shape)",
+                "properties": {
                     "name": {"type": "string"}, "datatype": {"const": "BYTES"},
                     "shape": {"type": "array", "items": {"type": "integer"}},
                     "data": {"type": "array", "minItems": 1, "maxItems": limits.max_instances, "items": text}}}}}},
-        "InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+        "InferResponse": {"type": "object", "required": ["model_name", "model_version", "outputs"],
+                          "additionalProperties": False, "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
-            "outputs": {"type": "array", "items": {"type": "object", "required": ["name", "datatype", "shape", "data"],
-                                                   "properties": {"name": {"type": "string"},
-                                                                  "datatype": {"type": "string"},
-                                                                  "shape": {"type": "array"},
-                                                                  "data": {"type": "array"}}}}}},
-        "ModelMetadata": {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"]},
-        "Models": {"type": "object", "required": ["models"],
+            "outputs": {"type": "array", "items": {
+                "type": "object", "required": ["name", "datatype", "shape", "data"], "additionalProperties": False,
+                "properties": {"name": {"enum": ["scores", "label", "explanation"]},
+                               "datatype": {"enum": ["FP32", "BYTES"]},
+                               "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                               "data": {"type": "array", "items": {"type": ["number", "string", "null"]}}}}}}},
+        "ModelMetadata": {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+                          "properties": {
+            "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"}, "inputs": {"type": "array", "items": tensor},
+            "outputs": {"type": "array", "items": tensor}, "task": {"type": "string"}, "output": {"type": "string"},
+            "labels": {"type": ["array", "null"], "items": {"type": "string"}},
+            "max_length": {"type": ["integer", "null"]}, "device": {"type": "string"},
+            "methods": {"type": "object", "additionalProperties": {"type": "string"}},
+            "backends": {"type": "array", "items": {"enum": list(BACKENDS)}},
+            "explainer": {"type": "string", "description": "the name of this model's explainer (V2)"},
+            "explains": {"type": "string", "description": "on an explainer: the model it explains"}}},
+        "Models": {"type": "object", "required": ["models"], "additionalProperties": False,
                    "properties": {"models": {"type": "array", "items": {"type": "string"}}}},
-        "Health": {"type": "object"},
+        "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"],
+                           "additionalProperties": False, "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}}}},
+        "Live": {"type": "object", "required": ["live"], "additionalProperties": False,
+                 "properties": {"live": {"type": "boolean"}}},
+        "Ready": {"type": "object", "required": ["ready"], "additionalProperties": False,
+                  "properties": {"ready": {"type": "boolean"}}},
+        "ModelReady": {"type": "object", "required": ["name", "ready"], "additionalProperties": False,
+                       "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}},
     }
 
     def name_param(values: list[str]) -> list[dict[str, Any]]:
         return [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": values}}]
 
-    def get(summary: str, ok: str, *statuses: int, params: list[str] | None = None) -> dict[str, Any]:
-        op: dict[str, Any] = {"get": {"summary": summary, "responses": _answers(ok, *statuses)}}
+    def get(summary: str, ok: str, *statuses: int, params: list[str] | None = None,
+            unready: str = "Error") -> dict[str, Any]:
+        op: dict[str, Any] = {"get": {"summary": summary, "responses": _answers(ok, *statuses, unready=unready)}}
         if params is not None:
             op["get"]["parameters"] = name_param(params)
         return op
 
-    def post(summary: str, body: str, ok: str) -> dict[str, Any]:
+    def post(summary: str, body: str, ok: str) -> dict[str, Any]:  # every status of a request with work
         return {"post": {"summary": summary, "requestBody": _json_body(body), "responses": _answers(ok, *_WORK)}}
 
     paths: dict[str, Any] = {
-        "/v2/health/live": get("the process answers", "Health"),
-        "/v2/health/ready": get("the models are loaded and the server is not stopping", "Health", 503),
+        "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {
+            "description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/v2": get("the server's name, version and extensions", "ServerMetadata"),
+        "/v2/health/live": get("the process answers", "Live"),
+        "/v2/health/ready": get("the models are loaded and the server is not stopping", "Ready", 503,
+                                unready="Ready"),
         "/v2/models": get("the models served", "Models"),
         "/v1/models": get("the models served (KServe V1)", "Models"),
+        "/v1/models/{name}": get("whether a model is served and ready (KServe V1)", "ModelReady", 404,
+                                 params=names),
         "/v2/models/{name}": get("a model's metadata: inputs, labels, methods, backends, device", "ModelMetadata",
                                  404, params=names + explainers),
-        "/v2/models/{name}/ready": get("whether a model is ready", "Health", 404, 503, params=names + explainers),
+        "/v2/models/{name}/ready": get("whether a model is ready", "ModelReady", 404, 503, params=names + explainers,
+                                       unready="ModelReady"),
     }
     for name in names:  # KServe V1's verbs follow a colon in the path segment, so each is its own path
         paths[f"/v1/models/{name}:predict"] = post(
-            "predict (KServe V1): instances are texts", "Instances", "Predictions")
+            "predict (KServe V1): instances are texts ({text, id} objects at most)", "PredictInstances",
+            "Predictions")
         paths[f"/v1/models/{name}:explain"] = post(
             "explain (KServe V1): instances are texts, or {text, target, pair, choices}", "Instances",
             "Explanations")

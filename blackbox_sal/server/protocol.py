@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,14 +57,63 @@ def status_of(error: SalError) -> int:
     return 500
 
 
+#: a JSON escape of a UTF-16 surrogate, \ud800 to \udfff: in a body that is UTF-8, the only way to
+#: a string with a lone surrogate
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json(body: bytes) -> dict[str, Any]:
+    """The body's JSON object; 400 when it is not one, not UTF-8 (RFC 8259), or when a string
+    in it holds a lone surrogate (``"\\udc00"``): such a string is not text, the tokenizer
+    refuses it and no answer echoing it could be encoded."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        text = body.decode("utf-8")  # strict: json.loads(bytes) would let encoded surrogates through
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        raise HttpError(400, "the body is not UTF-8") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise HttpError(400, f"the body is not valid JSON: {str(exc).splitlines()[0][:200]}") from None
     if not isinstance(data, dict):
         raise HttpError(400, "the body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(text) and not _unicode(data):  # escaped pairs (emoji) are fine
+        raise HttpError(400, "the body holds a string with a lone UTF-16 surrogate (an escape \\ud800 to "
+                             "\\udfff not in a pair): it is not text")
     return data
+
+
+def _unicode(data: Any) -> bool:
+    """Whether every string in ``data`` (keys too) can be encoded as UTF-8."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+_STR, _NUM = (str,), (int, float)
+#: each parameter's JSON types (bool is not a number here); ExplainConfig.validated checks the values
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    **{name: (_STR, "a string") for name in ("method", "backend", "score", "quadrature", "baseline",
+                                             "fd_scheme", "long")},
+    "reduce": ((str, type(None)), "a string or null"),
+    "target": ((str, int, type(None)), "a label, an index or null"),
+    "steps": ((str, int), "an integer or 'auto'"),
+    **{name: (_NUM, "a number") for name in ("tolerance", "noise")},
+    "fd_step": ((int, float, type(None)), "a number or null"),
+    **{name: ((bool,), "true or false") for name in ("words", "richardson")},
+    **{name: ((int,), "an integer") for name in ("samples", "seed")},
+    "window_overlap": ((int, type(None)), "an integer or null"),
+    "direction": ((list, type(None)), "a list of numbers or null"),
+}
 
 
 def config_of(parameters: Any, defaults: ExplainConfig, max_chars: int) -> ExplainConfig:
@@ -77,8 +127,12 @@ def config_of(parameters: Any, defaults: ExplainConfig, max_chars: int) -> Expla
         raise HttpError(400, f"unknown parameter {', '.join(map(repr, unknown))} "
                              f"(known: {', '.join(sorted(PARAMETERS))})")
     values = dict(parameters)
+    for name, value in values.items():
+        kinds, what = _KINDS.get(name, ((), ""))
+        if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            raise HttpError(400, f"parameter {name} must be {what}, got {json.dumps(value)[:80]}")
     if "direction" in values and values["direction"] is not None:
-        if not isinstance(values["direction"], list):
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values["direction"]):
             raise HttpError(400, "direction must be a list of numbers")
         values["direction"] = tuple(values["direction"])
     try:
@@ -92,6 +146,8 @@ def config_of(parameters: Any, defaults: ExplainConfig, max_chars: int) -> Expla
 def _text(value: Any, where: str, max_chars: int) -> str:
     if not isinstance(value, str):
         raise HttpError(400, f"{where} must be a string")
+    if not value:  # before any work, so that no other outcome (a 504) can come first
+        raise HttpError(400, f"{where} is empty")
     if len(value) > max_chars:  # before tokenizing: a tokenizer's work grows with the text
         raise HttpError(413, f"{where} has {len(value):,} characters; at most {max_chars:,} are accepted")
     return value
@@ -99,6 +155,7 @@ def _text(value: Any, where: str, max_chars: int) -> str:
 
 def instance_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list[Row]:
     """KServe V1 ``{"instances": [...]}``: each a text, or ``{"text", "target", "pair", "choices"}``."""
+    _request_id(data)
     instances = data.get("instances")
     if not isinstance(instances, list) or not instances:
         raise HttpError(400, 'the body must hold "instances": a non-empty list of texts or objects')
@@ -115,6 +172,8 @@ def instance_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> l
         extra = set(item) - {"text", "target", "pair", "choices", "id"}
         if extra:
             raise HttpError(400, f"{where} has unknown fields {', '.join(sorted(extra))}")
+        if not isinstance(item.get("id"), str | int | None) or isinstance(item.get("id"), bool):
+            raise HttpError(400, f"{where}: id must be a string, an integer or null")
         target = item.get("target")
         if target is not None and not isinstance(target, str | int):
             raise HttpError(400, f"{where}: target must be a label or an index")
@@ -132,18 +191,30 @@ def instance_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> l
 
 def infer_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list[Row]:
     """The V2 inference protocol: one BYTES input holding the texts."""
+    _request_id(data)
+    outputs = data.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise HttpError(400, '"outputs" must be a list of objects')
     inputs = data.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise HttpError(400, 'the body must hold "inputs": one BYTES input with the texts')
     tensor = inputs[0]
-    if tensor.get("datatype") != "BYTES" or not isinstance(tensor.get("data"), list):
-        raise HttpError(400, 'the input must be {"name", "datatype": "BYTES", "shape", "data": [texts]}')
+    shape = tensor.get("shape", [])
+    if (tensor.get("datatype") != "BYTES" or not isinstance(tensor.get("data"), list)
+            or not isinstance(tensor.get("name", ""), str)
+            or not (isinstance(shape, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in shape))):
+        raise HttpError(400, 'the input must be {"name", "datatype": "BYTES", "shape": [n], "data": [texts]}')
     texts = tensor["data"]
     if not texts:
         raise HttpError(400, "the input holds no texts")
     if len(texts) > max_instances:
         raise HttpError(413, f"{len(texts):,} texts; at most {max_instances:,} per request")
     return [Row(k, _text(t, f"text {k}", max_chars)) for k, t in enumerate(texts)]
+
+
+def _request_id(data: dict[str, Any]) -> None:
+    if not isinstance(data.get("id", ""), str):
+        raise HttpError(400, "the request's id must be a string")
 
 
 def explanation_object(result: object, seconds: float) -> dict[str, Any]:
