@@ -31,7 +31,7 @@ it with numpy functions); :mod:`blackbox_sal.engine` runs many against a model.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
@@ -167,6 +167,43 @@ class PathJvp:
 
 
 Request = Forward | Gradient | PathJvp
+
+
+@dataclass(frozen=True)
+class RowRange:
+    """Rows start..stop of other points."""
+
+    points: Points
+    start: int
+    stop: int
+
+    @property
+    def n(self) -> int:
+        return self.stop - self.start
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        return self.points.take(self.start + start, self.start + stop)
+
+    def gather(self, index: np.ndarray) -> np.ndarray:
+        return self.points.gather(np.asarray(index) + self.start)
+
+
+def split(request: Request, rows: int) -> list[Request]:
+    """``request`` as consecutive requests of at most ``rows`` rows each; their results,
+    concatenated along the first axis, are the request's."""
+    if request.n <= rows:
+        return [request]
+    pieces: list[Request] = []
+    for start in range(0, request.n, rows):
+        stop = min(request.n, start + rows)
+        if isinstance(request, Forward):
+            pieces.append(replace(request, points=RowRange(request.points, start, stop)))
+        elif isinstance(request, Gradient):
+            pieces.append(replace(request, points=RowRange(request.points, start, stop),
+                                  weights=request.weights[start:stop]))
+        else:
+            pieces.append(replace(request, alphas=request.alphas[start:stop], weights=request.weights[start:stop]))
+    return pieces
 
 
 def as_points(points: np.ndarray | Points) -> Points:

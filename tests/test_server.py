@@ -31,7 +31,7 @@ from starlette.testclient import TestClient  # noqa: E402
 import blackbox_sal as bs  # noqa: E402
 from blackbox_sal.engine.service import EngineService  # noqa: E402
 from blackbox_sal.errors import InputError, ModelError, TooLongError, UnavailableError, UsageError  # noqa: E402
-from blackbox_sal.explaining import runner, text_explanation  # noqa: E402
+from blackbox_sal.explaining import prediction_work, runner, text_explanation  # noqa: E402
 from blackbox_sal.methods import METHODS  # noqa: E402
 from blackbox_sal.model.files import default_model_path  # noqa: E402
 from blackbox_sal.model.loading import load_model  # noqa: E402
@@ -146,7 +146,7 @@ def test_v2_infer(client: TestClient) -> None:
 
 @pytest.mark.parametrize(("body", "status", "message"), [
     (b"{", 400, "not valid JSON"),
-    (b"\xff\xfe", 400, "not valid JSON"),
+    (b"\xff\xfe", 400, "not UTF-8"),
     (b"[1]", 400, "JSON object"),
     (b"[" * 100_000, 413, "bytes"),  # over max_body before it is parsed
     (json.dumps({"instances": []}).encode(), 400, "non-empty list"),
@@ -162,7 +162,7 @@ def test_v2_infer(client: TestClient) -> None:
     (json.dumps({"instances": ["ok"], "parameters": {"deadline": -1}}).encode(), 400, "deadline"),
     (json.dumps({"instances": ["ok"], "parameters": {"samples": "many"}}).encode(), 400, None),
     (json.dumps({"instances": [{"text": "ok", "target": "zzz"}]}).encode(), 400, "unknown target label"),
-    (json.dumps({"instances": ["ok", ""]}).encode(), 400, "instance 1: the text is empty"),
+    (json.dumps({"instances": ["ok", ""]}).encode(), 400, "instance 1 is empty"),
 ])
 def test_bad_requests(client: TestClient, body: bytes, status: int, message: str | None) -> None:
     got = client.post("/v1/models/default:explain", content=body, headers={"content-type": "application/json"})
@@ -197,7 +197,8 @@ def test_unknown_model_route_and_method(client: TestClient) -> None:
                 client.post("/v2/models/nope-explainer/infer", json={}), client.get("/v2/models/nope/ready"),
                 client.post("/v1/models/default:train", json={}), client.get("/nothing")):
         assert got.status_code == 404 and got.json()["status"] == 404
-    assert client.get("/v1/models/default:explain").status_code == 404  # GET asks for a model's status
+    got = client.get("/v1/models/default:explain")
+    assert got.status_code == 405 and got.headers["allow"] == "POST"
     got = client.put("/v2/models/default/infer")
     assert got.status_code == 405 and "not allowed" in got.json()["error"]
 
@@ -354,7 +355,7 @@ def test_sigterm_turns_readiness_off_and_drains() -> None:
 
         def ask_slow() -> None:
             slow["answer"] = get(base + "/v1/models/default:explain",
-                                 {"instances": [LONG], "parameters": {"method": "smoothgrad", "samples": 600}})
+                                 {"instances": [LONG], "parameters": {"method": "smoothgrad", "samples": 4000}})
         thread = threading.Thread(target=ask_slow)
         thread.start()
         time.sleep(0.5)
@@ -365,9 +366,51 @@ def test_sigterm_turns_readiness_off_and_drains() -> None:
         assert status == 503 and "not ready" in refused["error"]
         thread.join(timeout=120)
         status, answer = slow["answer"]
-        assert status == 200 and answer["explanations"][0]["settings"]["samples"] == 600
+        assert status == 200 and answer["explanations"][0]["settings"]["samples"] == 4000
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_service_cuts_big_requests_into_pieces_and_the_results_are_whole(model: TextModel,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces of 3 rows, one per job per round: more rounds, and every method's answers equal
+    the library's."""
+    def served(cfg: bs.ExplainConfig) -> tuple[list[list[float]], int]:
+        service = EngineService(runner(model, cfg), batch_window=0.0)
+        try:
+            futures = service.submit_all([text_explanation(model, t, cfg) for t in TEXTS])
+            return [[t.score for t in f.result(timeout=60).tokens] for f in futures], service.rounds
+        finally:
+            service.stop(drain=False)
+
+    for cfg in (bs.ExplainConfig(method="ig", steps=10), bs.ExplainConfig(method="occlusion"),
+                bs.ExplainConfig(method="grad-x-input", backend="fd"),
+                bs.ExplainConfig(method="smoothgrad", samples=4, seed=2)):
+        cfg = cfg.validated()
+        _, whole_rounds = served(cfg)
+        with monkeypatch.context() as m:
+            m.setattr(EngineService, "_piece", lambda self, request: 3)
+            got, rounds = served(cfg)
+        assert rounds > whole_rounds
+        for text, scores_ in zip(TEXTS, got, strict=True):
+            np.testing.assert_allclose(scores_, [t.score for t in bs.explain(model, text, cfg).tokens],
+                                       rtol=1e-6, atol=1e-7)
+
+
+def test_a_heavy_request_does_not_hold_up_a_light_one(model: TextModel) -> None:
+    """A text explained by finite differences with 1,024 nodes and Richardson (tens of
+    thousands of rows) runs a few runs per round; a prediction submitted after it is answered
+    while it is still running."""
+    heavy_cfg = bs.ExplainConfig(method="ig", backend="fd", steps=1024, richardson=True).validated()
+    service = EngineService(runner(model, heavy_cfg), batch_window=0.0)
+    try:
+        heavy = service.submit(text_explanation(model, LONG, heavy_cfg))
+        time.sleep(0.2)
+        light = service.submit(prediction_work(model, TEXTS[0], heavy_cfg))
+        assert light.result(timeout=30).label == bs.explain(model, TEXTS[0]).prediction.label
+        assert not heavy.done()
+    finally:
+        service.stop(drain=False)

@@ -24,7 +24,7 @@ from blackbox_sal.engine.runner import Runner
 from blackbox_sal.engine.service import EngineService
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.loading import load_model
-from blackbox_sal.runs import Request, Work
+from blackbox_sal.runs import ArrayPoints, Forward, Request, Seq, Work
 from blackbox_sal.server.app import Server
 from blackbox_sal.server.protocol import Limits
 
@@ -127,12 +127,19 @@ def test_a_405_names_the_allowed_methods(client: TestClient) -> None:
 class _Echo:
     """A runner stand-in: every request's result is an empty array."""
 
+    def capacity(self, length: int, forward: bool = False) -> int:
+        return 64
+
     def execute(self, requests: list[Request]) -> list[np.ndarray]:
         return [np.zeros(0) for _ in requests]
 
 
+def _request() -> Request:
+    return Forward(Seq(np.zeros(2, np.int64), np.zeros(2, np.int64)), ArrayPoints(np.zeros((1, 2, 3), np.float32)))
+
+
 def _good() -> Work[str]:
-    yield cast(Request, object())
+    yield _request()
     return "done"
 
 
@@ -142,7 +149,7 @@ def _bad_at_once() -> Work[str]:
 
 
 def _bad_later() -> Work[str]:
-    yield cast(Request, object())
+    yield _request()
     raise UnicodeEncodeError("utf-8", "\udc00", 0, 1, "surrogates not allowed")
 
 

@@ -22,13 +22,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 from blackbox_sal.engine.drive import _Active, _step
 from blackbox_sal.engine.runner import Runner
 from blackbox_sal.errors import ModelError, SalError
 from blackbox_sal.model.session import RUN_OPTIONS
-from blackbox_sal.runs import All, Request, Work
+from blackbox_sal.runs import All, Forward, Request, Work, split
 
 
 class Busy(Exception):
@@ -45,10 +46,27 @@ class Stopped(Exception):
 
 @dataclass
 class _Job:
+    """A work in the service, and what is left to run of its current request(s): ``pending``
+    pieces (slot, rows) and the results of those run, per slot."""
+
     work: Work[Any]
     future: Future[Any]
     deadline: float | None
     active: _Active[Any] = field(init=False)
+    pending: list[tuple[int, Request]] = field(default_factory=list)
+    parts: list[list[np.ndarray]] = field(default_factory=list)
+
+    def plan(self, piece: Callable[[Request], int]) -> None:
+        """Cut the request(s) just asked into pieces of at most ``piece(request)`` rows."""
+        asked = self.active.asked
+        requests = list(asked.requests) if isinstance(asked, All) else [asked]
+        self.pending = [(k, p) for k, r in enumerate(requests) if r is not None for p in split(r, piece(r))]
+        self.parts = [[] for _ in requests]
+
+    def answer(self) -> Any:
+        """The current request's result(s), from its pieces."""
+        joined = [np.concatenate(p) if len(p) > 1 else (p[0] if p else np.zeros(0)) for p in self.parts]
+        return joined if isinstance(self.active.asked, All) else joined[0]
 
 
 class EngineService:
@@ -122,8 +140,27 @@ class EngineService:
 
     def _start(self, job: _Job) -> None:
         job.active = _Active(len(self.jobs), job.work)
-        if _advance(job):
+        if _advance(job) and self._plan(job):
             self.jobs.append(job)
+
+    def _plan(self, job: _Job) -> bool:
+        """Cut the job's new request into pieces; False (the job ended with the error) when
+        the request is malformed."""
+        try:
+            job.plan(self._piece)
+            return True
+        except Exception as exc:
+            job.work.close()
+            job.future.set_exception(exc)
+            return False
+
+    def _piece(self, request: Request) -> int:
+        """The rows of a request one job runs per round: two runs' worth. A job asking for
+        many rows (finite differences over a long text) takes many rounds, and the jobs beside
+        it are answered between them instead of waiting for it (no head-of-line blocking)."""
+        if request.seq is None:
+            return max(request.n, 1)
+        return 2 * self.runner.capacity(len(request.seq), forward=isinstance(request, Forward))
 
     def _loop(self) -> None:
         while self.running:
@@ -146,15 +183,17 @@ class EngineService:
             self.jobs.remove(job)
 
     def _round(self) -> None:
-        """Execute every active job's request together, stopped at the latest deadline among
-        them; step each job once."""
+        """Execute the next pieces of every active job's request together (stopped at the
+        latest deadline among them); step each job whose request is complete."""
+        self._step_complete()  # requests of no rows
+        if not self.jobs:
+            return
         flat: list[Request] = []
-        spans: list[tuple[int, int]] = []
+        owners: list[tuple[_Job, int]] = []
         for job in self.jobs:
-            asked = job.active.asked
-            requests = list(asked.requests) if isinstance(asked, All) else [asked]
-            spans.append((len(flat), len(requests)))
-            flat.extend(r for r in requests if r is not None)
+            slot, piece = job.pending.pop(0)
+            flat.append(piece)
+            owners.append((job, slot))
         options = ort.RunOptions()
         deadlines = [j.deadline for j in self.jobs]
         timer = None
@@ -167,8 +206,10 @@ class EngineService:
             results = self.runner.execute(flat)
         except SalError as exc:
             if options.terminate:  # stopped at the deadline: _expire ends the late jobs
+                for (job, slot), piece in zip(owners, flat, strict=True):
+                    job.pending.insert(0, (slot, piece))
                 return
-            self._one_by_one(exc)
+            self._one_by_one(exc, owners, flat)
             return
         finally:
             RUN_OPTIONS.reset(token)
@@ -176,26 +217,31 @@ class EngineService:
                 timer.cancel()
         self.rounds += 1
         self.packed += len(self.jobs) if len(self.jobs) > 1 else 0
-        for job, (start, count) in zip(list(self.jobs), spans, strict=True):
-            job.active.send = results[start:start + count] if isinstance(job.active.asked, All) else results[start]
-            if not _advance(job):
-                self.jobs.remove(job)
+        for (job, slot), result in zip(owners, results, strict=True):
+            job.parts[slot].append(result)
+        self._step_complete()
 
-    def _one_by_one(self, error: SalError) -> None:
-        """A shared run failed: run each job's request alone to find the one it was."""
+    def _step_complete(self) -> None:
+        """Step every job whose request has all its results, until each asks for rows or ends."""
         for job in list(self.jobs):
-            asked = job.active.asked
-            requests = list(asked.requests) if isinstance(asked, All) else [asked]
+            while not job.pending:
+                job.active.send = job.answer()
+                if not _advance(job) or not self._plan(job):
+                    self.jobs.remove(job)
+                    break
+
+    def _one_by_one(self, error: SalError, owners: list[tuple[_Job, int]], flat: list[Request]) -> None:
+        """A shared run failed: run each job's piece alone to find the one it was."""
+        for (job, slot), piece in zip(owners, flat, strict=True):
             try:
-                results = self.runner.execute([r for r in requests if r is not None])
+                (result,) = self.runner.execute([piece])
             except SalError as exc:
                 job.work.close()
                 job.future.set_exception(exc)
                 self.jobs.remove(job)
                 continue
-            job.active.send = results if isinstance(asked, All) else results[0]
-            if not _advance(job):
-                self.jobs.remove(job)
+            job.parts[slot].append(result)
+        self._step_complete()
 
 
 def _close(works: list[Work[Any]]) -> None:

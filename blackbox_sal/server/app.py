@@ -29,7 +29,7 @@ from blackbox_sal import __version__
 from blackbox_sal.batch import work_for
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.engine.service import Busy, DeadlineExceeded, EngineService, Stopped
-from blackbox_sal.errors import ModelError, SalError
+from blackbox_sal.errors import ModelError, SalError, UsageError
 from blackbox_sal.explaining import prediction_work, runner
 from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.gradients.backend import BACKENDS
@@ -88,6 +88,8 @@ class Server:
         self.limits = limits or Limits()
         self.served: dict[str, Served] = {}
         for name, model in models.items():
+            if not name or any(c in name for c in "/:?#%") or name != name.strip():
+                raise UsageError(f"model name {name!r} cannot be part of a route: use letters, digits, '-', '_', '.'")
             graph = _warm(model, self.defaults)
             self.served[name] = Served(name, model, EngineService(
                 runner(model, self.defaults), max_active=self.limits.max_active,
