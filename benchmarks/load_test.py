@@ -487,7 +487,7 @@ def report(results: dict[str, Any]) -> None:
         print()
     tail = [("server lifetime peak RSS (VmHWM)", f"{results['rss_mib_lifetime_peak_VmHWM']:.0f} MiB"),
             ("SIGTERM", f"exit {results['sigterm_exit']} after {results['sigterm_seconds']:.2f} s "
-                        "(uvicorn re-raises the signal once drained: -15)")]
+                        "(0: drained)")]
     if "ratio_server_to_batch" in results and len(results["runs"]) > 1:
         q = results["ratio_server_to_batch"]
         tail.append(("server / batch over the runs", f"min {q['min']:.2f}, median {q['median']:.2f}, "
