@@ -445,15 +445,19 @@ def _explain(a: argparse.Namespace) -> None:
         result = explain_generation(model, text, a.generate, config)
     else:
         result = explain(model, text, config)
-    out = _render(a.format, result, to_terminal=a.output is None)
-    if a.output is None:
+    _write(_render(a.format, result, to_terminal=a.output is None), a.output)
+
+
+def _write(out: str, path: str | None) -> None:
+    """The output to standard output, or to ``path`` (UsageError when it cannot be written)."""
+    if path is None:
         sys.stdout.write(out)
         return
     try:
-        with open(a.output, "w", encoding="utf-8") as fh:
+        with open(path, "w", encoding="utf-8") as fh:
             fh.write(out)
     except OSError as exc:
-        raise UsageError(f"cannot write {a.output!r}: {exc.strerror}") from exc
+        raise UsageError(f"cannot write {path!r}: {exc.strerror}") from exc
 
 
 def _serve(a: argparse.Namespace) -> None:
@@ -519,14 +523,7 @@ def _report(a: argparse.Namespace, table: str, data: dict[str, Any], plot: Calla
     if plot is not None and getattr(a, "plot", None):
         plot(a.plot)
         print(printable(f"blackbox-sal: drawn to {a.plot}"), file=sys.stderr)
-    if a.output is None:
-        sys.stdout.write(out if out.endswith("\n") else out + "\n")
-        return
-    try:
-        with open(a.output, "w", encoding="utf-8") as fh:
-            fh.write(out)
-    except OSError as exc:
-        raise UsageError(f"cannot write {a.output!r}: {exc.strerror}") from exc
+    _write(out if out.endswith("\n") else out + "\n", a.output)
 
 
 def _global(a: argparse.Namespace) -> None:
