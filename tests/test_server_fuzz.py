@@ -108,8 +108,9 @@ def test_fuzz_no_server_error_and_documented_answers(api: Any, mode: str) -> Non
 
 
 def _fuzz(strategy: Any, label: str) -> None:
-    @given(case=strategy)
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+    # hypothesis is typed, but absent where only the test extra is installed (mypy sees Any)
+    @given(case=strategy)  # type: ignore[untyped-decorator, unused-ignore]
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),  # type: ignore[untyped-decorator, unused-ignore]
               derandomize=RANDOM is None, database=None)
     def fuzz(case: Any) -> None:
         try:
