@@ -194,9 +194,10 @@ def _failed(reason: str) -> Work[Any]:
     yield  # a generator
 
 
-def _point(model: TextModel, row: Row, cfg: ExplainConfig, objective: Objective | None,
-           unavailable: str | None, gradient: bool) -> Work[_Point]:
-    """One row: its vector, the model's outputs, and (``gradient``) d f / d x."""
+def _feature_outputs(model: TextModel, row: Row) -> Work[tuple[np.ndarray, np.ndarray, Seq, np.ndarray]]:
+    """A feature model's vector for ``row`` [F], its input (the vector as float32 [F, 1]), the
+    sequence that stands for it, and the model's raw outputs [C]; ModelError when they are
+    not finite."""
     featurizer = model.features
     assert featurizer is not None
     vector, _ = featurizer.featurize(row.text)
@@ -205,6 +206,13 @@ def _point(model: TextModel, row: Row, cfg: ExplainConfig, objective: Objective 
     outputs = (yield from ask(Forward(seq, ArrayPoints(x[None]), "prediction")))[0]
     if not np.isfinite(outputs).all():
         raise ModelError("the model's output on this row is not finite")
+    return vector, x, seq, outputs
+
+
+def _point(model: TextModel, row: Row, cfg: ExplainConfig, objective: Objective | None,
+           unavailable: str | None, gradient: bool) -> Work[_Point]:
+    """One row: its vector, the model's outputs, and (``gradient``) d f / d x."""
+    vector, x, seq, outputs = yield from _feature_outputs(model, row)
     grad = None
     if gradient:
         asked = _asked(model, outputs.shape[0], cfg, objective)
@@ -427,14 +435,7 @@ class ClassJacobians:
 def _jacobian_point(model: TextModel, row: Row, cfg: ExplainConfig, unavailable: str | None) -> Work[
         tuple[np.ndarray, np.ndarray, str | None]]:
     """One row's outputs [C] and Jacobian [C, F]: the C rows in one gradient request."""
-    featurizer = model.features
-    assert featurizer is not None
-    vector, _ = featurizer.featurize(row.text)
-    x = vector[:, None].astype(np.float32)
-    seq = _feature_seq(featurizer.size)
-    outputs = (yield from ask(Forward(seq, ArrayPoints(x[None]), "prediction")))[0]
-    if not np.isfinite(outputs).all():
-        raise ModelError("the model's output on this row is not finite")
+    _, x, seq, outputs = yield from _feature_outputs(model, row)
     jac = yield from gradients_at(model, seq, x, np.eye(outputs.shape[0]), cfg, unavailable)
     return outputs, jac[:, :, 0].astype(np.float64), row.label
 
