@@ -507,8 +507,19 @@ def _rows(a: argparse.Namespace, model: TextModel, path: str | None = None) -> l
     columns = _columns(a)
     if model.features is not None and model.features.kind == "numbers" and columns.features is None:
         taken = {a.id_column, a.label_column, a.target_column}
-        columns = replace(columns, features=tuple(c for c in sniff_columns(source) if c not in taken))
-    return list(itertools.islice(read_rows(source, columns), a.limit))
+        features = tuple(c for c in sniff_columns(source) if c not in taken)
+        if len(features) != model.features.size:
+            raise UsageError(f"the model takes {model.features.size:,} numbers; {source} has {len(features):,} columns "
+                             f"besides the id, label and target columns: name the label column with --label-column, "
+                             f"or list the features with --feature-columns")
+        columns = replace(columns, features=features)
+    rows = list(itertools.islice(read_rows(source, columns), a.limit))
+    if not rows:
+        raise UsageError(f"{source} has no rows")
+    bad = [r for r in rows if isinstance(r, BadRow)]
+    if len(bad) == len(rows):
+        raise UsageError(f"no row of {source} can be used (the first, row {bad[0].index}: {bad[0].error})")
+    return rows
 
 
 def _texts(rows: list[Row | BadRow]) -> list[str]:
@@ -521,7 +532,9 @@ def _texts(rows: list[Row | BadRow]) -> list[str]:
 def _report(a: argparse.Namespace, table: str, data: dict[str, Any], plot: Callable[[str], object] | None) -> None:
     out = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n" if a.format == "json" else table
     if plot is not None and getattr(a, "plot", None):
-        plot(a.plot)
+        with warnings.catch_warnings():  # matplotlib's advice (an empty legend...) is not the user's business
+            warnings.simplefilter("ignore")
+            plot(a.plot)
         print(printable(f"blackbox-sal: drawn to {a.plot}"), file=sys.stderr)
     _write(out if out.endswith("\n") else out + "\n", a.output)
 
@@ -538,11 +551,11 @@ def _global(a: argparse.Namespace) -> None:
         bow = ga.global_bow(model, rows, config, fit_rows=fit, top=a.top)
         _report(a, ga.global_bow_table(bow), ga.global_bow_dict(bow), lambda path: ga.global_bow_plot(bow, path))
     elif kind == "numbers":
+        second = load_model(a.compare, device=a.device) if a.compare else None  # a bad path fails first
         jac = ga.class_jacobians(model, rows, a.over, config)
         compare = None
         other: ga.ClassJacobians | None = None
-        if a.compare:
-            second = load_model(a.compare, device=a.device)
+        if second is not None:
             other = ga.class_jacobians(second, _rows(a, second), a.over, config)
             compare = ga.jacobian_correlation(jac, other)
         data = {**ga.class_jacobians_dict(jac),

@@ -135,3 +135,17 @@ def test_bad_arguments_exit_2(tmp_path: Path, args: list[str], message: str) -> 
     data = jsonl(tmp_path / "d.jsonl", [{"text": t} for t, _ in REVIEWS[:2]])
     r = cli(*[str(data) if a == "DATA" else a for a in args], "-q")
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_datasets_with_nothing_usable_exit_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    wrong = jsonl(tmp_path / "wrong.jsonl", [{"txt": "a fine film"}])
+    digits = tmp_path / "d.csv"
+    digits.write_text(",".join(f"p{i}" for i in range(64)) + ",label\n" + ",".join(["1"] * 64) + ",3\n")
+    for args, message in ((["eval", str(empty)], "has no rows"),
+                          (["global", str(wrong)], "no row of"),
+                          (["sanity", str(wrong)], "no text in column 'text'"),
+                          (["global", str(digits), "--model", str(MODELS / "digits-mlp")], "--label-column")):
+        r = cli(*args, "-q")
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
