@@ -46,6 +46,8 @@ MAX_BATCH_SIZE = 4096
 MAX_TOKENS_PER_RUN = 10_000_000
 #: the longest direction vector a projection may be explained along
 MAX_DIRECTION = 1_000_000
+#: the largest magnitude a direction's value may have: it reaches the model as float32 weights
+FLOAT32_MAX = 3.4028234663852886e38
 #: the highest character limit a caller may set
 MAX_CHARS_LIMIT = 10_000_000
 
@@ -144,9 +146,11 @@ class ExplainConfig:
             raise UsageError("baseline must be pad, zero, unk, mask or a token")
         if self.direction is not None and (
                 not self.direction or len(self.direction) > MAX_DIRECTION
-                or not all(isinstance(v, float | int) and math.isfinite(v) for v in self.direction)
+                or not all(isinstance(v, float | int) and math.isfinite(v) and abs(v) <= FLOAT32_MAX
+                           for v in self.direction)
                 or not any(self.direction)):
-            raise UsageError(f"direction must be 1 to {MAX_DIRECTION:,} finite numbers, not all zero")
+            raise UsageError(f"direction must be 1 to {MAX_DIRECTION:,} finite numbers within float32's range "
+                             f"(|v| <= {FLOAT32_MAX:.4g}), not all zero")
         if isinstance(self.target, float) and not math.isfinite(self.target):
             raise UsageError(f"target must be a label or an index, got {self.target!r}")
         return self

@@ -118,6 +118,25 @@ def test_per_instance_target(client: TestClient, model: TextModel) -> None:
     np.testing.assert_allclose(scores(objects["explanations"][0]), [t.score for t in ref.tokens], rtol=1e-5)
 
 
+def test_ids_are_echoed(client: TestClient) -> None:
+    """An instance's id comes back beside its own answer (as a string; none where it gave
+    none), and the request's id at the top, for :explain and :predict alike."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(bs.__file__).parent / "render" / "explanation.schema.json").read_text())
+    instances = [{"text": TEXTS[0], "id": "a"}, TEXTS[1], {"text": TEXTS[2], "id": 7}]
+    for verb, key in ((":explain", "explanations"), (":predict", "predictions")):
+        got = client.post(f"/v1/models/default{verb}", json={"instances": instances, "id": "req-1"}).json()
+        assert got["id"] == "req-1"
+        assert [o.get("id") for o in got[key]] == ["a", None, "7"]
+        assert "id" not in client.post(f"/v1/models/default{verb}", json={"instances": TEXTS[:1]}).json()
+    for obj in got["predictions"]:
+        assert obj["label"] in ("rotten", "fresh")
+    explained = client.post("/v1/models/default:explain", json={"instances": instances}).json()["explanations"]
+    assert [o["text"] for o in explained] == [TEXTS[0], TEXTS[1], TEXTS[2]]
+    for obj in explained:
+        jsonschema.validate(obj, schema)
+
+
 def test_predict_equals_the_model(client: TestClient, model: TextModel) -> None:
     got = client.post("/v1/models/default:predict", json={"instances": TEXTS}).json()["predictions"]
     for text, p in zip(TEXTS, got, strict=True):

@@ -147,6 +147,9 @@ def test_a_feature_extraction_export_is_pooled_as_its_folder_says(tmp_path: Path
     along = explain(model, a, ExplainConfig(method="grad-x-input", direction=tuple(direction)))
     np.testing.assert_allclose([t.score for t in along.tokens], [t.score for t in dim.tokens], rtol=1e-6, atol=1e-9)
     assert along.target_value == pytest.approx(ea[7] / np.linalg.norm(ea), rel=1e-5)
+    direction[7] = 1e39  # finite in float64, infinite as the float32 weights it becomes: refused, not null scores
+    with pytest.raises(UsageError, match="within float32's range"):
+        explain(model, a, ExplainConfig(method="grad-x-input", direction=tuple(direction)))
     cls = load_model(d, pooling="cls", normalize=False)  # asked: the first token's state, as it is
     e = explain(cls, a, ExplainConfig(method="grad-x-input", target=3))
     assert e.target_value == pytest.approx(states(a)[0, 3], rel=1e-5)

@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from blackbox_sal import __version__
 from blackbox_sal.batch import work_for
 from blackbox_sal.config import ExplainConfig
+from blackbox_sal.datasets import Row
 from blackbox_sal.engine.service import Busy, DeadlineExceeded, EngineService, Stopped
 from blackbox_sal.errors import ModelError, SalError, UsageError
 from blackbox_sal.explaining import prediction_work, runner
@@ -199,9 +200,11 @@ class Server:
                 raise HttpError(400, ":predict takes texts: target, pair and choices are for :explain")
             predictions = await self._run(served, [prediction_work(served.model, r.text, cfg) for r in rows],
                                           deadline)
-            return JSONResponse({"predictions": [_prediction(p) for p, _ in predictions]})
+            return _json({**_echo_id(data), "predictions": [
+                {**_id(row), **_prediction(p)} for row, (p, _) in zip(rows, predictions, strict=True)]})
         results = await self._run(served, [work_for(served.model, r, cfg) for r in rows], deadline)
-        return _json({"explanations": [explanation_object(r, s) for r, s in results]})
+        return _json({**_echo_id(data), "explanations": [
+            {**_id(row), **explanation_object(r, s)} for row, (r, s) in zip(rows, results, strict=True)]})
 
     async def infer(self, request: Request) -> Response:
         """V2 ``infer``: on NAME, the predictions (scores FP32 [n, C], label BYTES [n]); on
@@ -215,9 +218,7 @@ class Server:
         _known(data, {"inputs", "outputs", "parameters", "id"})
         rows = infer_rows(data, self.limits.max_instances, self.limits.max_chars)
         cfg, deadline = self._settings(data.get("parameters"))
-        head: dict[str, Any] = {"model_name": name, "model_version": "1"}
-        if isinstance(data.get("id"), str):
-            head["id"] = data["id"]
+        head: dict[str, Any] = {"model_name": name, "model_version": "1", **_echo_id(data)}
         n = len(rows)
         if explainer:
             results = await self._run(served, [work_for(served.model, r, cfg) for r in rows], deadline)
@@ -372,6 +373,16 @@ def _known(data: dict[str, Any], keys: set[str]) -> None:
     extra = sorted(set(data) - keys)
     if extra:
         raise HttpError(400, f"unknown field {', '.join(map(repr, extra))} (known: {', '.join(sorted(keys))})")
+
+
+def _id(row: Row) -> dict[str, Any]:
+    """An instance's own id, echoed beside its answer where it gave one."""
+    return {} if row.id is None else {"id": row.id}
+
+
+def _echo_id(data: dict[str, Any]) -> dict[str, Any]:
+    """The request's id, echoed in its answer where it gave one."""
+    return {"id": data["id"]} if isinstance(data.get("id"), str) else {}
 
 
 def _prediction(p: Prediction) -> dict[str, Any]:

@@ -119,7 +119,8 @@ def openapi_document(server: Server) -> dict[str, Any]:
     explainers = [n + "-explainer" for n in names]
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_chars}
     parameters = {"anyOf": [_ref("Parameters"), {"type": "null"}], "description": "null: the defaults"}
-    ident = {"type": ["string", "integer", "null"], "description": "yours; not used"}
+    ident = {"type": ["string", "integer", "null"],
+             "description": "yours: echoed (as a string) in this instance's answer"}
     instance = {"oneOf": [text, {
         "type": "object", "required": ["text"], "additionalProperties": False,
         "properties": {"text": text, "id": ident, "target": {"type": ["string", "integer", "null"]},
@@ -147,13 +148,16 @@ def openapi_document(server: Server) -> dict[str, Any]:
         "PredictInstances": instances(text_only),
         "Prediction": {"type": "object", "required": ["index", "label", "scores", "top"],
                        "additionalProperties": False, "properties": {
+                           "id": {"type": "string", "description": "the instance's id, where it gave one"},
                            "index": {"type": "integer", "minimum": 0}, "label": {"type": ["string", "null"]},
                            "scores": {"type": "array", "items": {"type": ["number", "null"]}},
                            "top": {"type": "array", "items": _ref("label")}}},
         "Predictions": {"type": "object", "required": ["predictions"], "additionalProperties": False,
-                        "properties": {"predictions": {"type": "array", "items": _ref("Prediction")}}},
+                        "properties": {"predictions": {"type": "array", "items": _ref("Prediction")},
+                                       "id": {"type": "string", "description": "the request's id, where it gave one"}}},
         "Explanations": {"type": "object", "required": ["explanations"], "additionalProperties": False,
-                         "properties": {"explanations": {"type": "array", "items": _ref("result")}}},
+                         "properties": {"explanations": {"type": "array", "items": _ref("result")},
+                                        "id": {"type": "string", "description": "the request's id, where it gave one"}}},
         "InferRequest": {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
             "id": {"type": "string"}, "parameters": parameters,
             "outputs": {"type": "array", "items": {"type": "object"}, "description": "ignored: every output comes"},
