@@ -13,6 +13,8 @@ interleaved rounds (median of --repeats, with the range):
 
 - loop: bs.explain on each text;
 - engine: bs.explain_many over all texts (rows of many texts packed into shared runs);
+- engine_Nlane: the engine with the other number of lanes than the device's default (2 on
+  CUDA, where one lane's host work overlaps the other's runs; 1 on the CPU);
 - replay: onnxruntime alone running the same packed rows: every session.run call the engine
   made in one pass (output names and feeds, recorded by wrapping the sessions' run method)
   replayed on the raw sessions; engine time / replay time is the engine's overhead
@@ -89,11 +91,14 @@ def timed(run: Callable[[], Any]) -> tuple[float, float]:
 
 
 def measure(rec: Recorder, device: str, torch_device: str | None, name: str, model: Any, twin: Any,
-            texts: list[str], tokens: int, repeats: int) -> None:
+            texts: list[str], tokens: int, repeats: int, tokens_per_run: int | None = None) -> None:
     import blackbox_sal as bs
+    from blackbox_sal.engine.drive import drive_many, lanes_for
+    from blackbox_sal.explaining import runner as runner_of
+    from blackbox_sal.explaining import text_explanation
     from blackbox_sal.gradient_graph.store import gradient_session
 
-    cfg = bs.ExplainConfig(method="ig", steps=50, backend="graph", progress=False)
+    cfg = bs.ExplainConfig(method="ig", steps=50, backend="graph", progress=False, tokens_per_run=tokens_per_run)
     load_before = uptime()
     first = bs.explain(model, texts[0], cfg)  # builds or loads the gradient graph; warms the sessions
     graph = gradient_session(model)
@@ -116,11 +121,20 @@ def measure(rec: Recorder, device: str, torch_device: str | None, name: str, mod
             if not isinstance(r, bs.Explanation):
                 raise RuntimeError(str(r))
 
+    lanes = lanes_for(runner_of(model, cfg))
+    other = 3 - lanes
+
+    def engine_other() -> None:  # the engine with the other number of lanes (drive.py)
+        for r in drive_many((text_explanation(model, t, cfg) for t in texts), runner_of(model, cfg), lanes=other):
+            if not isinstance(r, bs.Explanation):
+                raise RuntimeError(str(r))
+
     def replay() -> None:
         for session, outputs, feeds in calls:
             type(session).run(session, outputs, feeds)
 
-    runs: dict[str, Callable[[], Any]] = {"loop": loop, "engine": engine, "replay": replay}
+    runs: dict[str, Callable[[], Any]] = {"loop": loop, "engine": engine, f"engine_{other}lane": engine_other,
+                                          "replay": replay}
     cap = None
     if twin is not None:
         cap = CaptumIG(twin, model.tokenizer, torch_device or "cpu")
@@ -146,11 +160,13 @@ def measure(rec: Recorder, device: str, torch_device: str | None, name: str, mod
     tps = {k: n / v for k, v in med.items()}
     row: dict[str, Any] = {
         "device": device, "model": name, "texts": n, "tokens": tokens, "repeats": repeats, "steps": 50,
+        "lanes": lanes, "tokens_per_run": tokens_per_run,
         "texts_per_s": tps,
         "texts_per_s_range": {k: [n / max(v), n / min(v)] for k, v in wall.items()},
         "wall_s": med, "wall_s_all": wall, "cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
         "cpu_s_all": cpu,
         "engine_over_loop": med["loop"] / med["engine"],
+        f"engine_{other}lane_over_loop": med["loop"] / med[f"engine_{other}lane"],
         "engine_time_over_replay_time": med["engine"] / med["replay"],
         # process CPU time is steadier than wall time on a shared machine
         "engine_cpu_over_replay_cpu": statistics.median(cpu["engine"]) / max(statistics.median(cpu["replay"]), 1e-9),
@@ -171,7 +187,8 @@ def measure(rec: Recorder, device: str, torch_device: str | None, name: str, mod
                         "engine >= 3x Captum (short), >= 1.5x (long)": (row["engine_over_captum"] or 0)
                         >= (3.0 if tokens < 100 else 1.5)}
     rec.record("throughput", **row)
-    print(f"{device:<4} {name:<8} {n:>3} texts x {tokens:>3} tokens  texts/s: " + "  ".join(
+    print(f"{device:<4} {name:<8} {n:>3} texts x {tokens:>3} tokens ({lanes} lane(s), tokens/run "
+          f"{tokens_per_run or 'default'})  texts/s: " + "  ".join(
         f"{k} {v:.1f} [{row['texts_per_s_range'][k][0]:.1f}-{row['texts_per_s_range'][k][1]:.1f}]"
         for k, v in tps.items()) + f"\n     engine/loop {row['engine_over_loop']:.2f}x  engine time/replay time "
         f"{row['engine_time_over_replay_time']:.2f}" + (f"  engine/Captum {row['engine_over_captum']:.2f}x  "
@@ -203,6 +220,8 @@ def main() -> int:
     ap.add_argument("--cpu-long", type=int, default=None, help="long texts on the CPU (default: --long)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds, median taken (default 3; quick 2)")
     ap.add_argument("--no-captum", action="store_true")
+    ap.add_argument("--tokens-per-run", default="", help="comma-separated rows x tokens budgets to measure on the "
+                    "GPU, e.g. 16384,65536 (default: the device's own)")
     args = ap.parse_args()
 
     dev = detect_devices(args.allow_cpu)
@@ -252,14 +271,16 @@ def main() -> int:
                        model_device=model.device)
         if model is None:
             continue
+        budgets = [int(b) if b else None for b in args.tokens_per_run.split(",")] if device == "cuda" else [None]
         for key in args.sets.split(","):
             n, tokens = sets[key]
             if device == "cpu":
                 n = (args.cpu_short if key == "short" else args.cpu_long) or n
-            with rec.section("throughput", device=device, model=name, tokens=tokens):
-                texts = random_texts(model.tokenizer, n, tokens, seed=tokens)
-                measure(rec, device, "cuda" if device == "cuda" else "cpu", name, model, twin, texts, tokens,
-                        repeats)
+            for budget in budgets:
+                with rec.section("throughput", device=device, model=name, tokens=tokens, tokens_per_run=budget):
+                    texts = random_texts(model.tokenizer, n, tokens, seed=tokens)
+                    measure(rec, device, "cuda" if device == "cuda" else "cpu", name, model, twin, texts, tokens,
+                            repeats, budget)
         del model, twin
     total = time.perf_counter() - started
     rec.record("done", seconds=total, errors=rec.errors, uptime=uptime())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,11 +26,12 @@ from blackbox_sal import (
 )
 from blackbox_sal.engine.drive import drive_many
 from blackbox_sal.engine.runner import Runner
-from blackbox_sal.errors import InputError, UsageError
+from blackbox_sal.errors import InputError, ModelError, UsageError
 from blackbox_sal.explaining import text_explanation
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.result import Explanation
+from blackbox_sal.runs import Request, Work
 from blackbox_sal.tasks import generation, multiple_choice, similarity
 
 D = 6
@@ -92,6 +95,66 @@ def test_mixed_targets_lengths_and_bad_rows_in_one_job(bert_dir: Path) -> None:
         alone = explain(model, text, replace(cfg, target=target))
         np.testing.assert_allclose(scores(out[k]), scores(alone), rtol=1e-6, atol=1e-7)
         assert isinstance(out[k], Explanation) and out[k].target.index == alone.target.index  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("window", [1, 3, 64])
+def test_two_lanes_give_what_one_lane_gives(bert_dir: Path, window: int) -> None:
+    """Two lanes (two halves of the window whose rounds alternate, runs on a worker thread
+    while this one steps the other half) give every piece what one lane gives, in input
+    order, errors included; and the runs do execute on the worker thread."""
+    model = load_model(bert_dir)
+    cfg = ExplainConfig(method="ig", steps=10, batch_size=8)
+    rows = [("the film was good", "x"), ("", None), ("bad", "z"), ("good", "nope"), (TEXTS[2], 1),
+            (TEXTS[5], None), (TEXTS[3], "y")]
+
+    def works() -> list[Work[Explanation]]:
+        return [text_explanation(model, text, replace(cfg, target=target)) for text, target in rows]
+
+    one = list(drive_many(works(), Runner(model, rows=8), window=window, lanes=1))
+    runner = Runner(model, rows=8)
+    threads: list[str] = []
+    execute = runner.execute
+
+    def spy(requests: Sequence[Request]) -> list[np.ndarray]:
+        threads.append(threading.current_thread().name)
+        return execute(requests)
+
+    runner.execute = spy  # type: ignore[method-assign]
+    two = list(drive_many(works(), runner, window=window, lanes=2))
+    assert len(one) == len(two) == len(rows)
+    for a, b in zip(one, two, strict=True):
+        assert type(a) is type(b) and (str(a) == str(b) if isinstance(a, SalError) else True)
+        if isinstance(a, Explanation):
+            np.testing.assert_allclose(scores(b), scores(a), rtol=1e-6, atol=1e-7)
+            assert b.target == a.target  # type: ignore[union-attr]
+    assert threads and all(t.startswith("blackbox-sal-runs") for t in threads)
+    with pytest.raises(ValueError, match="lanes must be 1 or 2"):
+        next(drive_many(works(), runner, lanes=3))
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_run_that_fails_is_split_to_find_its_piece(bert_dir: Path, lanes: int) -> None:
+    """A shared run that fails (here: any run holding the 5-token text's rows) is run again
+    piece by piece: that piece ends with the error, the others with their results."""
+    model = load_model(bert_dir)
+    cfg = ExplainConfig(method="grad-x-input", batch_size=8)
+    bad = "good good bad"
+    bad_length = len(model.tokenizer.encode(bad).ids)
+    runner = Runner(model, rows=8)
+    execute = runner.execute
+
+    def failing(requests: Sequence[Request]) -> list[np.ndarray]:
+        if any(r.seq is not None and len(r.seq) == bad_length for r in requests):
+            raise ModelError("the run failed")
+        return execute(requests)
+
+    runner.execute = failing  # type: ignore[method-assign]
+    texts = [t for t in TEXTS if len(model.tokenizer.encode(t).ids) != bad_length]
+    out = list(drive_many([text_explanation(model, t, cfg) for t in [*texts[:2], bad, *texts[2:]]], runner,
+                          window=4, lanes=lanes))
+    assert isinstance(out[2], ModelError) and "the run failed" in str(out[2])
+    for text, got in zip([*texts[:2], *texts[2:]], out[:2] + out[3:], strict=True):
+        np.testing.assert_allclose(scores(got), scores(explain(model, text, cfg)), rtol=1e-6, atol=1e-7)
 
 
 def test_tasks_packed_together_equal_alone(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,15 +55,21 @@ def cache_key(body: onnx.ModelProto, output: str) -> str:
     return h.hexdigest()
 
 
+_BUILDING = threading.Lock()
+
+
 def gradient_session(model: TextModel) -> GradientSession:
     """The model's verified gradient graph: shipped, cached or built once, then kept with the
     model. Raises ModelError when no verified graph can be had."""
     if "gradient" in model.cache:
         cached: GradientSession = model.cache["gradient"]
         return cached
-    session = _shipped(model, model.config.gradient_model) if model.config.gradient_model else _cached_or_built(model)
-    model.cache["gradient"] = session
-    return session
+    with _BUILDING:  # one thread builds it (the engine's lanes and the server ask from several)
+        if "gradient" not in model.cache:
+            model.cache["gradient"] = (_shipped(model, model.config.gradient_model) if model.config.gradient_model
+                                       else _cached_or_built(model))
+        session: GradientSession = model.cache["gradient"]
+        return session
 
 
 def _shipped(model: TextModel, name: str) -> GradientSession:
