@@ -119,6 +119,7 @@ def openapi_document(server: Server) -> dict[str, Any]:
     explainers = [n + "-explainer" for n in names]
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_chars}
     parameters = {"anyOf": [_ref("Parameters"), {"type": "null"}], "description": "null: the defaults"}
+    echoed = {"type": "string", "description": "the request's id, where it gave one"}
     ident = {"type": ["string", "integer", "null"],
              "description": "yours: echoed (as a string) in this instance's answer"}
     instance = {"oneOf": [text, {
@@ -154,10 +155,10 @@ def openapi_document(server: Server) -> dict[str, Any]:
                            "top": {"type": "array", "items": _ref("label")}}},
         "Predictions": {"type": "object", "required": ["predictions"], "additionalProperties": False,
                         "properties": {"predictions": {"type": "array", "items": _ref("Prediction")},
-                                       "id": {"type": "string", "description": "the request's id, where it gave one"}}},
+                                       "id": echoed}},
         "Explanations": {"type": "object", "required": ["explanations"], "additionalProperties": False,
                          "properties": {"explanations": {"type": "array", "items": _ref("result")},
-                                        "id": {"type": "string", "description": "the request's id, where it gave one"}}},
+                                        "id": echoed}},
         "InferRequest": {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
             "id": {"type": "string"}, "parameters": parameters,
             "outputs": {"type": "array", "items": {"type": "object"}, "description": "ignored: every output comes"},
