@@ -104,20 +104,23 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         proto = single_choice(proto)
     quantized = quantized_ops(proto)
     original: onnx.ModelProto | None
+    serialized = b""
     if EMBEDS in {i.name for i in proto.graph.input}:
         if found.embeddings_path is None:
             raise ModelError(f"the model takes {EMBEDS!r} but there is no embeddings.npy beside it")
         table, body, origin, original = files.read_table(found.embeddings_path, proto), proto, "given", None
     else:
         split = split_embedding(proto, IDS)
-        table, body, original = split.table, split.body, proto
+        table, body, original, serialized = split.table, split.body, proto, split.serialized
         origin = f"split at {split.lookup}" + (" (an 8-bit table, dequantized)" if split.quantized_table else "")
+        del split
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if vocab > table.shape[0]:
         raise ModelError(f"the tokenizer has {vocab} tokens but the embedding table only "
                          f"{table.shape[0]} rows: they do not belong together")
 
-    session = create_session(body.SerializeToString(), device, threads)
+    session = create_session(serialized or body.SerializeToString(), device, threads)
+    del serialized  # a large model's bytes: not kept while the rest loads
     outputs = {o.name: o for o in session.get_outputs()}
     source = output or next(iter(outputs))
     if source not in outputs:

@@ -6,7 +6,8 @@ nobody reads any more); onnxruntime would still load them, and some would still 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import onnx
 
@@ -32,21 +33,27 @@ def node_inputs(node: onnx.NodeProto) -> set[str]:
     return {n for n in node.input if n} | set(subgraph_inputs(node))
 
 
+def remove(repeated: Any, indices: Iterable[int]) -> None:
+    """Delete, in place, the elements at ``indices`` of a repeated protobuf field. The others
+    are not copied (clearing the field and extending it with the kept ones would copy each:
+    a model's weights, twice over while both lists live)."""
+    for k in sorted(set(indices), reverse=True):
+        del repeated[k]
+
+
 def prune(graph: onnx.GraphProto, keep_inputs: frozenset[str] = frozenset()) -> None:
     """Drop, in place, nodes and initializers no output depends on, and unused graph inputs
     (except those named in ``keep_inputs``)."""
     needed = {o.name for o in graph.output}
-    live: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):  # graph.node is topologically sorted
+    dead: list[int] = []
+    for k in range(len(graph.node) - 1, -1, -1):  # graph.node is topologically sorted
+        node = graph.node[k]
         if any(o in needed for o in node.output):
-            live.append(node)
             needed |= node_inputs(node)
-    live.reverse()
-    del graph.node[:]
-    graph.node.extend(live)
-    kept_init = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_init)
+        else:
+            dead.append(k)
+    remove(graph.node, dead)
+    remove(graph.initializer, [k for k, t in enumerate(graph.initializer) if t.name not in needed])
     kept_inputs = [i for i in graph.input if i.name in needed or i.name in keep_inputs]
     del graph.input[:]
     graph.input.extend(kept_inputs)

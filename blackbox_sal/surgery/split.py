@@ -30,7 +30,7 @@ When nothing matches, :class:`ModelError` says what was looked for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -40,7 +40,7 @@ from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.fold import fold
 from blackbox_sal.surgery.index import GraphIndex, attr_int
 from blackbox_sal.surgery.names import EMBEDS
-from blackbox_sal.surgery.prune import clear_shapes, node_inputs, prune
+from blackbox_sal.surgery.prune import clear_shapes, node_inputs, prune, remove
 
 #: Ops allowed between ``input_ids`` and the lookup's indices that change the dtype or
 #: nothing at all.
@@ -68,6 +68,7 @@ class EmbeddingSplit:
     lookup: the name of the Gather node that was removed.
     quantized_table: whether the table was stored in 8 bits.
     table_ops: the operators that computed the table from constants (folded at load).
+    serialized: ``body`` serialized (what onnx.checker passed), for the session that runs it.
     """
 
     table: np.ndarray
@@ -76,6 +77,7 @@ class EmbeddingSplit:
     lookup: str
     quantized_table: bool = False
     table_ops: tuple[str, ...] = ()
+    serialized: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -222,10 +224,9 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
     g = body.graph
     emb_out = found.output
     removed = {(n.name, tuple(n.output)) for n in found.removed}
-    at = next(k for k, n in enumerate(g.node) if (n.name, tuple(n.output)) in removed)
-    kept = [n for n in g.node if (n.name, tuple(n.output)) not in removed]
-    del g.node[:]
-    g.node.extend(kept)
+    gone = [k for k, n in enumerate(g.node) if (n.name, tuple(n.output)) in removed]
+    at = gone[0]
+    remove(g.node, gone)
     mirrored = [n for n in found.chain if n.op_type in MIRRORED]
     if any(n.op_type in INDEX_ARITHMETIC for n in found.chain) and mirrored:
         raise ModelError("the ids are both reshaped and computed on before the lookup: cannot split this model")
@@ -261,13 +262,14 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
     g.input.insert(0, embeds)
     prune(g, keep_inputs=frozenset(i.name for i in g.input if i.name != ids_name))
     needs_ids = any(i.name == ids_name for i in g.input)
+    clear_shapes(g)
+    serialized = body.SerializeToString()  # once: for the checker, and for the session that runs it
     try:
-        onnx.checker.check_model(body)
+        onnx.checker.check_model(serialized)
     except onnx.checker.ValidationError as exc:  # a bug in the surgery, or a model onnx rejects
         raise ModelError(f"the split model does not pass onnx.checker: {exc}") from exc
-    clear_shapes(g)
     return EmbeddingSplit(table=table, body=body, needs_ids=needs_ids, lookup=found.gather.name,
-                          quantized_table=found.quantized, table_ops=found.ops)
+                          quantized_table=found.quantized, table_ops=found.ops, serialized=serialized)
 
 
 def _per_column(g: onnx.GraphProto, name: str) -> bool:
