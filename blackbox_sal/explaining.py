@@ -48,7 +48,9 @@ def explain_many(model: TextModel, texts: Iterable[str], config: ExplainConfig |
                  window: int = 64) -> Iterator[Explanation | SalError]:
     """Explain many texts at once, in order: each item is the text's Explanation, or the
     SalError it ended with (an empty text, an unknown label...). Up to ``window`` texts are
-    in flight together and their rows share onnxruntime runs; results equal :func:`explain`'s."""
+    in flight together and their rows share onnxruntime runs (on CUDA in two lanes whose runs
+    overlap each other's host work: :mod:`blackbox_sal.engine.drive`); results equal
+    :func:`explain`'s."""
     cfg = (config or ExplainConfig()).validated()
     return drive_many((text_explanation(model, t, cfg) for t in texts), runner(model, cfg), window)
 
