@@ -132,6 +132,27 @@ def test_two_lanes_give_what_one_lane_gives(bert_dir: Path, window: int) -> None
         next(drive_many(works(), runner, lanes=3))
 
 
+def test_lanes_run_with_the_callers_run_options(bert_dir: Path) -> None:
+    """The worker threads run with the caller's context: run options set by the caller (a
+    deadline's terminate flag) reach every run, so a stopped job stops in both lanes."""
+    import onnxruntime as ort
+
+    from blackbox_sal.model.session import RUN_OPTIONS
+
+    model = load_model(bert_dir)
+    cfg = ExplainConfig(method="ig", steps=10, batch_size=8)
+    options = ort.RunOptions()
+    options.terminate = True
+    token = RUN_OPTIONS.set(options)
+    try:
+        out = list(drive_many([text_explanation(model, t, cfg) for t in TEXTS], Runner(model, rows=8), lanes=2))
+    finally:
+        RUN_OPTIONS.reset(token)
+    assert all(isinstance(r, ModelError) for r in out), out
+    assert all(isinstance(r, Explanation)
+               for r in drive_many([text_explanation(model, t, cfg) for t in TEXTS], Runner(model, rows=8), lanes=2))
+
+
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_a_run_that_fails_is_split_to_find_its_piece(bert_dir: Path, lanes: int) -> None:
     """A shared run that fails (here: any run holding the 5-token text's rows) is run again
