@@ -70,6 +70,7 @@ def drive_many(works: Iterable[Work[T]], runner: Runner, window: int = 64,
     count = lanes_for(runner) if lanes is None else lanes
     if count not in (1, 2):
         raise ValueError(f"lanes must be 1 or 2, got {lanes!r}")
+    count = min(count, max(window, 1))  # a window of one piece has one lane
     source = enumerate(works)
     per_lane = max(1, window // count)
     all_lanes: list[_Lane[T]] = [_Lane() for _ in range(count)]
