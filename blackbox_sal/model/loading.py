@@ -103,7 +103,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     if choices:  # [batch, choices, seq]: score one sequence at a time, as a batch of [batch, 1, seq]
         proto = single_choice(proto)
     quantized = quantized_ops(proto)
-    original: onnx.ModelProto | None
+    original: bytes | None
     serialized = b""
     if EMBEDS in {i.name for i in proto.graph.input}:
         if found.embeddings_path is None:
@@ -111,9 +111,13 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         table, body, origin, original = files.read_table(found.embeddings_path, proto), proto, "given", None
     else:
         split = split_embedding(proto, IDS)
-        table, body, original, serialized = split.table, split.body, proto, split.serialized
+        table, body, serialized = split.table, split.body, split.serialized
         origin = f"split at {split.lookup}" + (" (an 8-bit table, dequantized)" if split.quantized_table else "")
         del split
+        # the original is kept only as the bytes its check needs: the parsed proto is as large
+        # again, and a large model's load peaked with both (BERT-base: 2.95 GB -> see README)
+        original = proto.SerializeToString() if verify else None
+        del proto
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if vocab > table.shape[0]:
         raise ModelError(f"the tokenizer has {vocab} tokens but the embedding table only "
@@ -152,7 +156,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     if verify and original is not None:
         _check_against(model, original, source)
     if verify and deployed is not None:
-        _check_against(model, deployed, source, what="the dequantized weight-only model")
+        _check_against(model, deployed.SerializeToString(), source, what="the dequantized weight-only model")
     return model
 
 
@@ -375,13 +379,13 @@ def _per_position(model: TextModel, output: str) -> str | None:
     return "logits" if shape[2] == model.table.shape[0] else "states"
 
 
-def _check_against(model: TextModel, original: onnx.ModelProto, source: str, what: str = "") -> None:
-    """The loaded model must compute what ``original`` (the file's graph, taking ids) does on a
-    real sentence; else refuse the split (or, with ``what``, that model)."""
+def _check_against(model: TextModel, original: bytes, source: str, what: str = "") -> None:
+    """The loaded model must compute what ``original`` (the file's graph, taking ids,
+    serialized) does on a real sentence; else refuse the split (or, with ``what``, that model)."""
     ids, types, mask = _probe(model)
     got = np.asarray(run(model.session, [source], model.feeds(model.embed(ids)[None], ids, types, mask))[0],
                      dtype=np.float64)
-    session = create_session(original.SerializeToString(), model.device_request, model.threads)
+    session = create_session(original, model.device_request, model.threads)
     feeds = {}
     for inp in session.get_inputs():
         if inp.name == EMBEDS:
