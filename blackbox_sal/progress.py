@@ -1,18 +1,24 @@
 """A small progress bar on stderr for long work (no dependency).
 
 Shown only when stderr is a terminal and the work is large enough to wait for; it redraws at
-most ten times a second and erases itself when done.
+most ten times a second and erases itself when done. One bar is on screen at a time: a bar
+entered while another is showing (a batch job's runs inside its rows, the engine's two lanes
+at once) stays quiet.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from types import TracebackType
 from typing import TextIO
 
 #: work below this many forward passes finishes too fast to need a bar
 MIN_TOTAL = 200
+
+_SHOWING: list[Progress] = []  # the bar on screen (at most one)
+_LOCK = threading.Lock()
 
 
 class Progress:
@@ -41,6 +47,12 @@ class Progress:
             self.stream.flush()
 
     def __enter__(self) -> Progress:
+        if self.enabled:
+            with _LOCK:
+                if _SHOWING:
+                    self.enabled = False
+                else:
+                    _SHOWING.append(self)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -48,3 +60,5 @@ class Progress:
         if self.enabled:
             self.stream.write("\r\033[K")
             self.stream.flush()
+            with _LOCK:
+                _SHOWING.remove(self)
