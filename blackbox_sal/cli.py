@@ -106,7 +106,8 @@ def _method_options(p: argparse.ArgumentParser, many: str | None = None) -> None
                         "as --tokens-per-run allows)")
     p.add_argument("--tokens-per-run", type=int, default=defaults.tokens_per_run, metavar="N",
                    help="the most rows x tokens in one gradient run (default: 8192 on the CPU, none when "
-                        "--batch-size is given; 16384 on CUDA; forward-only runs take 4 times as many)")
+                        "--batch-size is given; 16384 on CUDA, where many texts keep up to two runs in "
+                        "flight; forward-only runs take 4 times as many)")
     p.add_argument("--fd-step", type=float, default=defaults.fd_step, metavar="H",
                    help="finite-difference step relative to each token embedding's norm "
                         "(default: 0.01, or 0.3 for quantized models)")

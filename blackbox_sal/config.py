@@ -12,7 +12,8 @@ Documented maxima (bad input never runs for minutes or exhausts memory):
 batch_size          1 .. 4,096 rows per onnxruntime run (memory is bounded by it); default 64
                     on the CPU, and on CUDA as many as ``tokens_per_run`` allows
 tokens_per_run      1 .. 10,000,000 rows x tokens per gradient run; default 8,192 on the CPU
-                    (none when batch_size is given), 16,384 on CUDA (forward-only runs take 4x)
+                    (none when batch_size is given), 16,384 on CUDA (forward-only runs take 4x;
+                    many texts on CUDA keep up to two runs in flight: twice the memory)
 steps               1 .. 1,024 integration nodes, or "auto" (at most 257)
 samples             1 .. 10,000 SmoothGrad samples (run batch_size at a time)
 max_chars           1 .. 10,000,000 characters per text (default 100,000)
@@ -72,7 +73,8 @@ class ExplainConfig:
     batch_size: rows per onnxruntime run (bounds memory); None = the device's default (64 on
         the CPU; on CUDA as many as tokens_per_run allows, up to 4,096).
     tokens_per_run: the most rows x tokens per gradient run; None = 8,192 on the CPU (no limit
-        when batch_size is given), 16,384 on CUDA (see blackbox_sal.engine.runner).
+        when batch_size is given), 16,384 on CUDA (see blackbox_sal.engine.runner). Many texts
+        on CUDA keep up to two runs in flight (blackbox_sal.engine.drive): twice the memory.
     fd_step: finite-difference step relative to each token embedding's norm; None = 1e-2, or
         the wider quantized-model step for int8 models (see finite_differences).
     richardson: Richardson extrapolation (4 runs per derivative, O(h^4)).
