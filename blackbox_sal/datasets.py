@@ -138,7 +138,7 @@ def _row(index: int, record: dict[str, Any], columns: Columns) -> Row | BadRow:
         elif isinstance(raw, str) and raw.strip():
             try:
                 parsed = json.loads(raw) if raw.lstrip().startswith("[") else raw.split("|")
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON after all (or beyond what Python parses)
                 parsed = raw.split("|")
             choices = tuple(str(c) for c in parsed)
     return Row(index, text, ident, _field(record, columns.label), _field(record, columns.target),
@@ -153,6 +153,12 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any] | str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             yield f"not a JSON object: {exc.msg} at column {exc.colno}"
+            continue
+        except ValueError:  # the one json.loads raises beyond JSONDecodeError: Python's int_max_str_digits
+            yield "not a JSON object: it holds an integer of more than 4,300 digits"
+            continue
+        except RecursionError:
+            yield "not a JSON object: nested too deeply"
             continue
         yield record if isinstance(record, dict) else f"not a JSON object but {type(record).__name__}"
 

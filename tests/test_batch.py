@@ -55,16 +55,20 @@ def test_a_job_equals_one_at_a_time_and_records_bad_rows(model_dir: Path, tmp_pa
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     with open(source, "a") as fh:
         fh.write("{not json\n")                            # a malformed line: row 30
+        fh.write('{"text": "good", "id": ' + "9" * 5000 + "}\n")  # over Python's int digits: row 31
+        fh.write("[" * 100_000 + "]" * 100_000 + "\n")    # nested past the recursion limit: row 32
     model = load_model(model_dir)
     cfg = ExplainConfig(method="ig", steps=10)
     summary = run_batch(model, source, tmp_path / "out.jsonl", cfg, Columns(id="id", target="target"), window=7)
-    assert (summary.rows, summary.explained, summary.failed, summary.resumed) == (31, 27, 4, 0)
+    assert (summary.rows, summary.explained, summary.failed, summary.resumed) == (33, 27, 6, 0)
     out = read_jsonl(tmp_path / "out.jsonl")
-    assert [r["row"] for r in out] == list(range(31))
+    assert [r["row"] for r in out] == list(range(33))
     errors = {r["row"]: (r["error"], r["exit_code"]) for r in out if "error" in r}
     assert errors[3] == ("the text is empty", 2)
     assert "takes at most 12" in str(errors[7][0]) and errors[7][1] == 2
     assert "unknown target label 'nope'" in str(errors[11][0]) and "not a JSON object" in str(errors[30][0])
+    assert errors[31] == ("not a JSON object: it holds an integer of more than 4,300 digits", 2)
+    assert errors[32] == ("not a JSON object: nested too deeply", 2)
     for r in out:
         if "error" in r:
             continue
@@ -87,6 +91,17 @@ def test_csv_with_choices_and_pairs(model_dir: Path, tmp_path: Path) -> None:
     out = read_jsonl(tmp_path / "out.jsonl")
     assert summary.failed == 0 and "choices" in out[0] and "similarity" in out[1]
     assert [c["label"] for c in out[0]["choices"]["choices"]] == ["good", "bad"]  # type: ignore[index]
+
+
+def test_a_choices_field_that_is_not_json_after_all_is_split_on_bars(tmp_path: Path) -> None:
+    """A field starting with "[" is read as a JSON list; one Python cannot parse (an integer
+    of 5,000 digits raised a ValueError out of the reader) is split on "|" like any other."""
+    from blackbox_sal.datasets import read_rows
+
+    source = tmp_path / "in.csv"
+    source.write_text('text,options\n"the film","[' + "9" * 5000 + '|bad"\n"a plot","[""x"", ""y""]"\n')
+    rows = list(read_rows(source, Columns(choices="options")))
+    assert [getattr(r, "choices", None) for r in rows] == [("[" + "9" * 5000, "bad"), ("x", "y")]
 
 
 def test_a_changed_job_does_not_append_to_another_jobs_output(model_dir: Path, tmp_path: Path) -> None:

@@ -62,6 +62,17 @@ def test_a_lone_surrogate_is_400(client: TestClient, url: str, body: str) -> Non
     assert r.status_code == 400 and "surrogate" in r.json()["error"], r.text
 
 
+@pytest.mark.parametrize("body", [
+    '{"instances": [{"text": "good", "id": ' + "9" * 5000 + "}]}",  # json.loads: ValueError, not JSONDecodeError
+    '{"instances": ["good"], "parameters": {"steps": ' + "1" * 4301 + "}}",
+])
+def test_an_integer_over_pythons_digit_limit_is_400(client: TestClient, body: str) -> None:
+    """Found by hand: an instance id of 5,000 digits was a 500 (Python refuses to parse
+    integers of over 4,300 digits, with a ValueError the JSON check did not expect)."""
+    r = _post(client, EXPLAIN, body)
+    assert r.status_code == 400 and "4300 digits" in r.json()["error"], r.text
+
+
 def test_surrogate_pairs_and_escaped_backslashes_are_text(client: TestClient) -> None:
     r = _post(client, EXPLAIN, '{"instances": ["great \\ud83d\\ude00", "a \\\\udc00 path"]}')
     assert r.status_code == 200, r.text
