@@ -624,6 +624,7 @@ CONFIGS: dict[str, object] = {
     "gradient-model-nul": {"gradient_model": "grad.onnx\x00"},
     "gradient-model-absolute": {"gradient_model": "/etc/hostname"},
     "deep-nesting": "[" * 100_000 + "]" * 100_000,
+    "int-over-4300-digits": '{"max_length": ' + "9" * 5000 + "}",
     "not-utf8": b'{"name": "\xff"}',
     "not-an-object": [1, 2],
 }

@@ -181,6 +181,22 @@ def test_bad_side_files_are_refused(case: str, driven: dict[str, dict[str, Any]]
     assert SAYS.get(case, "") in line
 
 
+@pytest.mark.parametrize("text", ['{"pooling_mode_mean_tokens": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000,
+                                  '{"a": "\\ud800"', b"\xff\xfe"])
+def test_a_bad_json_side_file_is_one_model_error(tmp_path: Path, text: str | bytes) -> None:
+    """1_Pooling/config.json and friends: an integer over Python's 4,300 digits (a plain
+    ValueError, which escaped as a traceback), nesting past the recursion limit, broken JSON,
+    bytes that are not UTF-8: each is one ModelError naming the file."""
+    from blackbox_sal.errors import ModelError
+    from blackbox_sal.model.files import read_side_json
+
+    side = tmp_path / "1_Pooling"
+    side.mkdir()
+    (side / "config.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ModelError, match="is not valid JSON"):
+        read_side_json(tmp_path, "1_Pooling/config.json")
+
+
 #: what some refusals must say (the file was refused for the right reason, not by luck)
 SAYS = {"tokenizer-over-cap": "larger than 64 MiB", "npy-wrong-width": "do not belong together",
         "npy-1e9-rows-sparse": "over the 4 GiB limit", "npy-1e9-rows-header": "more data than the file holds",

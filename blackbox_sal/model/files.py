@@ -344,5 +344,5 @@ def read_side_json(folder: Path, name: str) -> Any:
         return None
     try:
         return json.loads(_read_capped(path))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 4,301-digit integer
         raise ModelError(f"{str(path)!r} is not valid JSON: {str(exc).splitlines()[0][:200]}") from exc
