@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from blackbox_sal.config import ExplainConfig
-from blackbox_sal.datasets import BadRow, Columns, Row, format_of, read_rows
+from blackbox_sal.datasets import MAX_FIELD, BadRow, Columns, Row, format_of, read_rows
 from blackbox_sal.engine.drive import drive_many
 from blackbox_sal.errors import InputError, SalError, UsageError
 from blackbox_sal.explaining import runner, text_explanation
@@ -129,9 +129,11 @@ class Output:
     def _resume(self, meta: dict[str, Any]) -> None:
         try:
             known = json.loads(self.meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
+            known = None
+        if not isinstance(known, dict):
             raise UsageError(f"{str(self.path)!r} exists but was not written by a batch job (no readable "
-                             f"{self.meta_path.name}): remove it or choose another output") from None
+                             f"{self.meta_path.name}): remove it or choose another output")
         if json.loads(json.dumps(meta, default=str)) != known:
             changed = sorted(k for k in set(meta) | set(known) if json.loads(json.dumps(meta.get(k), default=str))
                              != known.get(k))
@@ -144,9 +146,12 @@ class Output:
                 if not line.endswith(b"\n"):
                     break  # a line cut by a kill: dropped below
                 try:
-                    last_row = int(json.loads(line)["row"])
-                except (ValueError, KeyError, TypeError):
+                    row = json.loads(line)["row"]
+                except (ValueError, KeyError, TypeError, RecursionError):
                     break
+                if isinstance(row, bool) or not isinstance(row, int) or row != last_row + 1:
+                    break  # every record is the next row: anything else was not written by this job
+                last_row = row
                 kept += len(line)
                 self.resumed += 1
         with open(self.path, "r+b") as fh:
@@ -154,7 +159,8 @@ class Output:
         self.next_row = last_row + 1
 
     def write(self, rec: dict[str, Any]) -> None:
-        data = (json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        # a lone surrogate in an input's id (or an error quoting it) is written as its JSON escape
+        data = (json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8", "backslashreplace")
         view = memoryview(data)
         while view:  # one write in practice; a short write (a full disk) is finished or raises
             written = os.write(self.fd, view)
@@ -182,9 +188,10 @@ def count_rows(path: Path) -> int | None:
         with open(path, "rb") as fh:
             if fmt == "jsonl":
                 return sum(1 for line in fh if line.strip())
+            csv.field_size_limit(MAX_FIELD)  # as the reader has it
             lines = (raw.decode("utf-8", "replace") for raw in fh)
             return max(sum(1 for _ in csv.reader(lines)) - 1, 0)  # records, not lines: a field may hold newlines
-    except OSError:
+    except (OSError, csv.Error):  # a field over MAX_FIELD: the reader says so when it gets there
         return None
 
 

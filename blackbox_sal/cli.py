@@ -369,8 +369,9 @@ def _direction(path: str) -> tuple[float, ...]:
         else:
             with open(path, encoding="utf-8") as fh:
                 values = np.array([float(v) for v in fh.read(64 * 1024**2).replace(",", " ").split()])
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read a direction from {path!r}: {str(exc).splitlines()[0][:200]}") from exc
+    except (OSError, ValueError, EOFError) as exc:  # UnicodeDecodeError is a ValueError; EOFError: an empty .npy
+        message = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(f"cannot read a direction from {path!r}: {message}") from exc
     if values.ndim != 1 or values.dtype.kind not in "fiu":
         raise UsageError(f"{path!r} must hold one vector of numbers, got {values.dtype} {list(values.shape)}")
     return tuple(float(v) for v in values)

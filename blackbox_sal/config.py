@@ -129,6 +129,12 @@ class ExplainConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
                 raise UsageError(f"{name} must be an integer from 1 to {high:,}, got {value!r}")
+        for name, number in (("tolerance", self.tolerance), ("noise", self.noise), ("fd_step", self.fd_step)):
+            if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)):
+                raise UsageError(f"{name} must be a number, got {number!r}")
+        for name, flag in (("words", self.words), ("richardson", self.richardson)):
+            if not isinstance(flag, bool):
+                raise UsageError(f"{name} must be true or false, got {flag!r}")
         for spec in METHODS.values():
             spec.check(self)
         if self.fd_step is not None and not 0 < self.fd_step < 1:
@@ -146,9 +152,13 @@ class ExplainConfig:
             raise UsageError(f"window_overlap must be an integer >= 0, got {self.window_overlap!r}")
         if not isinstance(self.baseline, str) or not self.baseline.strip():
             raise UsageError("baseline must be pad, zero, unk, mask or a token")
+        try:
+            self.baseline.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (undecodable bytes in argv arrive as such)
+            raise UsageError("baseline is not valid Unicode (a lone surrogate)") from None
         if self.direction is not None and (
                 not self.direction or len(self.direction) > MAX_DIRECTION
-                or not all(isinstance(v, float | int) and math.isfinite(v) and abs(v) <= FLOAT32_MAX
+                or not all(isinstance(v, float | int) and abs(v) <= FLOAT32_MAX and math.isfinite(v)
                            for v in self.direction)
                 or not any(self.direction)):
             raise UsageError(f"direction must be 1 to {MAX_DIRECTION:,} finite numbers within float32's range "

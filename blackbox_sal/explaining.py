@@ -28,7 +28,7 @@ from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Label, Prediction, Provenance, Window
 from blackbox_sal.runs import ArrayPoints, Cost, Forward, Seq, Work, ask, ask_all
 from blackbox_sal.scores import ClassScore, Cosine, Objective, Projection, resolve_target
-from blackbox_sal.text.tokenization import Tokens, stitch, tokenize, tokenize_windows
+from blackbox_sal.text.tokenization import Tokens, check_text, stitch, tokenize, tokenize_windows
 from blackbox_sal.text.words import Span, merge_words, token_spans
 
 
@@ -210,10 +210,7 @@ def feature_explanation(model: TextModel, text: str, cfg: ExplainConfig,
     if cfg.baseline not in ("pad", "zero"):
         raise UsageError(f"a {featurizer.kind} model's baseline is the zero vector (no words, a blank input): "
                          f"--baseline {cfg.baseline} does not apply")
-    if not text or not text.strip():
-        raise InputError("the text is empty")
-    if len(text) > cfg.max_chars:
-        raise TooLongError(f"the text has {len(text):,} characters; at most {cfg.max_chars:,} are accepted")
+    check_text(text, cfg.max_chars)
     vector, pieces = featurizer.featurize(text)
     x = vector[:, None].astype(np.float32)
     n = featurizer.size

@@ -93,6 +93,32 @@ def test_csv_with_choices_and_pairs(model_dir: Path, tmp_path: Path) -> None:
     assert [c["label"] for c in out[0]["choices"]["choices"]] == ["good", "bad"]  # type: ignore[index]
 
 
+def test_odd_rows_are_rows_with_errors_and_a_tampered_output_resumes_from_its_last_good_row(
+        model_dir: Path, tmp_path: Path) -> None:
+    """A CSV field over csv's default 128 KiB (counting the rows raised csv.Error), lone
+    surrogates in the text and in the id (the output could not be encoded), then an output
+    whose last line is not the next row (1e999, a row far ahead): the job resumes after the
+    last good row, not past every input."""
+    model = load_model(model_dir)
+    cfg = ExplainConfig(method="grad-x-input")
+    big = tmp_path / "big.csv"
+    big.write_text('text,id\n"' + "good " * 40_000 + '",a\ngood bad,b\n')
+    run_batch(model, big, tmp_path / "big.jsonl", cfg, Columns(id="id"))
+    out = read_jsonl(tmp_path / "big.jsonl")
+    assert "at most 100,000 are accepted" in str(out[0]["error"]) and "tokens" in out[1]
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"text": "good \udc00", "id": "x"}, {"text": "good", "id": "\udc00"},
+                                               {"text": "bad", "id": "z"}])
+    run_batch(model, odd, tmp_path / "odd-out.jsonl", cfg, Columns(id="id"))
+    out = read_jsonl(tmp_path / "odd-out.jsonl")
+    assert "lone surrogate" in str(out[0]["error"]) and out[1]["id"] == "\udc00" and "tokens" in out[1]
+    for tail in ('{"row": 1e999}', '{"row": 1' + "0" * 400 + "}"):
+        lines = (tmp_path / "odd-out.jsonl").read_text().splitlines()
+        (tmp_path / "odd-out.jsonl").write_text(lines[0] + "\n" + tail + "\n")
+        summary = run_batch(model, odd, tmp_path / "odd-out.jsonl", cfg, Columns(id="id"))
+        assert (summary.resumed, summary.rows) == (1, 2)
+        assert [r["row"] for r in read_jsonl(tmp_path / "odd-out.jsonl")] == [0, 1, 2]
+
+
 def test_a_choices_field_that_is_not_json_after_all_is_split_on_bars(tmp_path: Path) -> None:
     """A field starting with "[" is read as a JSON list; one Python cannot parse (an integer
     of 5,000 digits raised a ValueError out of the reader) is split on "|" like any other."""

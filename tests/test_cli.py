@@ -104,6 +104,8 @@ def test_saliency_announces_its_cost() -> None:
     (["explain", "good " * 600], 2, "the model takes at most 512"),
     (["explain", "good", "--model", "/no/such/dir"], 3, "model not found"),
     (["explain", "good", "--method", "shap"], 2, "invalid choice"),
+    (["explain", "good", "--baseline", os.fsdecode(b"\xff")], 2, "baseline is not valid Unicode"),
+    (["explain", "good", "--direction", os.devnull], 2, "direction must be 1 to"),
 ])
 def test_bad_input_gives_one_clear_line_and_its_exit_code(args: list[str], code: int, message: str) -> None:
     r = cli(*args)
@@ -111,6 +113,13 @@ def test_bad_input_gives_one_clear_line_and_its_exit_code(args: list[str], code:
     assert message in r.stderr
     assert "Traceback" not in r.stderr
     assert r.stdout == ""
+
+
+def test_an_empty_npy_direction_is_one_line(tmp_path: Path) -> None:
+    """numpy raises EOFError on an empty .npy: it was a traceback."""
+    (tmp_path / "d.npy").write_bytes(b"")
+    r = cli("explain", "good", "--direction", str(tmp_path / "d.npy"))
+    assert r.returncode == 2 and "cannot read a direction from" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_models_exit_3(tmp_path: Path) -> None:

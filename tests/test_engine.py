@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -177,6 +178,33 @@ def test_a_run_that_fails_is_split_to_find_its_piece(bert_dir: Path, lanes: int)
     assert isinstance(out[2], ModelError) and "the run failed" in str(out[2])
     for text, got in zip([*texts[:2], *texts[2:]], out[:2] + out[3:], strict=True):
         np.testing.assert_allclose(scores(got), scores(explain(model, text, cfg)), rtol=1e-6, atol=1e-7)
+
+
+def test_what_is_not_a_text_is_one_input_error_in_its_place(bert_dir: Path) -> None:
+    """Numbers, bytes, lists, None and lone surrogates among the texts: each ends with its own
+    InputError and the texts around it are explained (they raised AttributeError or the
+    tokenizer's TypeError out of the whole iteration)."""
+    model = load_model(bert_dir)
+    cfg = ExplainConfig(method="grad-x-input")
+    items: list[Any] = ["the film was good", 5, b"bad", ["x"], "good \udc00", None, "bad"]
+    out = list(explain_many(model, items, cfg))
+    assert [type(o).__name__ for o in out] == ["Explanation", *["InputError"] * 5, "Explanation"]
+    assert [str(o) for o in out[1:6]] == [
+        "the text must be a string, not int", "the text must be a string, not bytes",
+        "the text must be a string, not list", "the text is not valid Unicode (a lone surrogate at character 5)",
+        "the text is empty"]
+    np.testing.assert_allclose(scores(out[6]), scores(explain(model, "bad", cfg)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"direction": (10**400,)}, "direction must be"),  # an int with no float: OverflowError before
+    ({"tolerance": "x"}, "tolerance must be a number"), ({"noise": "x"}, "noise must be a number"),
+    ({"fd_step": "x"}, "fd_step must be a number"), ({"words": "no"}, "words must be true or false"),
+    ({"baseline": "\udc00"}, "baseline is not valid Unicode"),
+])
+def test_config_values_of_the_wrong_kind_are_usage_errors(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        ExplainConfig(**values).validated()
 
 
 def test_tasks_packed_together_equal_alone(tmp_path: Path) -> None:

@@ -36,18 +36,26 @@ class Tokens:
         return len(self.strings)
 
 
-def _check_text(text: str, max_chars: int) -> None:
+def check_text(text: str, max_chars: int) -> None:
+    """InputError (exit 2) for what is not a text to explain: not a string, empty, over
+    ``max_chars`` characters, or holding a lone surrogate."""
+    if text is not None and not isinstance(text, str):
+        raise InputError(f"the text must be a string, not {type(text).__name__}")
     if not text or not text.strip():
         raise InputError("the text is empty")
     if len(text) > max_chars:
         raise TooLongError(f"the text has {len(text):,} characters; at most {max_chars:,} are accepted")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\udc00"): not text, and the tokenizer refuses it
+        raise InputError(f"the text is not valid Unicode (a lone surrogate at character {exc.start})") from None
 
 
 def tokenize(tokenizer: Tokenizer, text: str, max_length: int | None,
              max_chars: int = MAX_CHARS) -> Tokens:
     """Tokenize ``text`` with the model's special tokens; InputError (exit 2) when it is empty,
     over ``max_chars`` characters, or over ``max_length`` tokens."""
-    _check_text(text, max_chars)
+    check_text(text, max_chars)
     return _tokens(text, tokenizer.encode(text), max_length)
 
 
@@ -60,8 +68,8 @@ def tokenize_pair(tokenizer: Tokenizer, first: str, second: str, max_length: int
     """Tokenize a pair (a context and one answer choice) with the model's pair template
     (e.g. [CLS] first [SEP] second [SEP], type ids 0 then 1); offsets point into
     ``first + PAIR_SEPARATOR + second``."""
-    _check_text(first, max_chars)
-    _check_text(second, max_chars)
+    check_text(first, max_chars)
+    check_text(second, max_chars)
     enc = tokenizer.encode(first, second)
     shift = len(first) + len(PAIR_SEPARATOR)
     offsets = [(a + shift, b + shift) if seq == 1 else (a, b)
@@ -79,7 +87,7 @@ def tokenize_windows(tokenizer: Tokenizer, text: str, max_length: int, overlap: 
                      max_chars: int = MAX_CHARS) -> list[Tokens]:
     """``text`` as consecutive windows of at most ``max_length`` tokens (special tokens
     included, added to each window), each sharing ``overlap`` ordinary tokens with the next."""
-    _check_text(text, max_chars)
+    check_text(text, max_chars)
     windowed = Tokenizer.from_str(tokenizer.to_str())  # truncation settings stay off the model's tokenizer
     added = windowed.num_special_tokens_to_add(is_pair=False)
     if max_length - added <= overlap:
