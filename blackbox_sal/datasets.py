@@ -13,6 +13,7 @@ Parquet needs pyarrow (``pip install "blackbox-sal[parquet]"``).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -169,14 +170,16 @@ def _lines(path: Path) -> Iterator[str]:
     except OSError as exc:
         raise UsageError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
     with fh:
-        for raw in fh:
+        for k, raw in enumerate(fh):
+            if k == 0 and raw.startswith(codecs.BOM_UTF8):  # as editors on Windows write UTF-8
+                raw = raw[len(codecs.BOM_UTF8):]
             yield raw.decode("utf-8", errors="replace")
 
 
 def _csv(path: Path) -> Iterator[dict[str, Any]]:
     csv.field_size_limit(MAX_FIELD)
     try:
-        fh = open(path, encoding="utf-8", errors="replace", newline="")
+        fh = open(path, encoding="utf-8-sig", errors="replace", newline="")  # -sig: a spreadsheet's BOM
     except OSError as exc:
         raise UsageError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
     with fh:

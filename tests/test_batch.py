@@ -119,6 +119,18 @@ def test_odd_rows_are_rows_with_errors_and_a_tampered_output_resumes_from_its_la
         assert [r["row"] for r in read_jsonl(tmp_path / "odd-out.jsonl")] == [0, 1, 2]
 
 
+def test_files_that_start_with_a_byte_order_mark_read_as_without(tmp_path: Path) -> None:
+    """Spreadsheets and Windows editors write UTF-8 with a BOM: the CSV's first column was
+    named '\ufefftext' (no column 'text'), the JSONL's first line was not JSON."""
+    from blackbox_sal.datasets import read_rows
+
+    (tmp_path / "a.csv").write_bytes(b"\xef\xbb\xbftext,id\ngood film,1\n")
+    (tmp_path / "a.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "good film", "id": 1}\n')
+    for name in ("a.csv", "a.jsonl"):
+        rows = list(read_rows(tmp_path / name, Columns(id="id")))
+        assert [(getattr(r, "text", None), r.id) for r in rows] == [("good film", "1")], name
+
+
 def test_a_choices_field_that_is_not_json_after_all_is_split_on_bars(tmp_path: Path) -> None:
     """A field starting with "[" is read as a JSON list; one Python cannot parse (an integer
     of 5,000 digits raised a ValueError out of the reader) is split on "|" like any other."""

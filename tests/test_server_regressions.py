@@ -73,6 +73,12 @@ def test_an_integer_over_pythons_digit_limit_is_400(client: TestClient, body: st
     assert r.status_code == 400 and "4300 digits" in r.json()["error"], r.text
 
 
+def test_a_pair_and_choices_together_are_400(client: TestClient) -> None:
+    """Found by a probe: the pair was silently dropped when choices were given."""
+    r = _post(client, EXPLAIN, '{"instances": [{"text": "good", "pair": "bad", "choices": ["a", "b"]}]}')
+    assert r.status_code == 400 and "a pair or choices, not both" in r.json()["error"], r.text
+
+
 def test_surrogate_pairs_and_escaped_backslashes_are_text(client: TestClient) -> None:
     r = _post(client, EXPLAIN, '{"instances": ["great \\ud83d\\ude00", "a \\\\udc00 path"]}')
     assert r.status_code == 200, r.text

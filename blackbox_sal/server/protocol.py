@@ -179,6 +179,8 @@ def instance_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> l
             raise HttpError(400, f"{where}: target must be a label or an index")
         pair = item.get("pair")
         choices = item.get("choices")
+        if pair is not None and choices is not None:
+            raise HttpError(400, f"{where}: give a pair or choices, not both")
         if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
             raise HttpError(400, f"{where}: choices must be a list of texts")
         rows.append(Row(k, _text(item.get("text"), f"{where} text", max_chars),
