@@ -65,9 +65,8 @@ from blackbox_sal.gradient_graph.store import cache_dir, cache_key, gradient_ses
 from blackbox_sal.methods import METHODS
 from blackbox_sal.model import files
 from blackbox_sal.model.session import create_session, run
-from blackbox_sal.model.text_model import TextModel, int_feeds
+from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.result import Explanation
-from blackbox_sal.surgery.names import ALPHA, ANCHOR, DELTA, EMBEDS, ROW, WEIGHTS
 from blackbox_sal.surgery.prune import node_inputs
 
 FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
@@ -317,13 +316,7 @@ def same_outputs(model: TextModel, graph: GradientSession, seed: int = 0) -> Non
     expected = model.forward(points, ids, types)
     if model.output not in graph.output_names():
         raise ModelError(f"it has no output {model.output!r} to compare with the model's")
-    feeds = int_feeds(model.int_inputs, ids, types, rows, None, model.mask_rank)
-    if graph.path_form:
-        feeds.update({ANCHOR: points, DELTA: points, ROW: np.arange(rows, dtype=np.int64),
-                      ALPHA: np.zeros(rows, np.float32)})
-    else:
-        feeds[EMBEDS] = points
-    feeds[WEIGHTS] = np.zeros(expected.shape, np.float32)
+    feeds = graph.point_feeds(model, points, ids, types, np.zeros(expected.shape, np.float32))
     got = model.as_classes(run(graph.session, [model.output], feeds, "the gradient graph")[0], rows)
     scale = float(np.max(np.abs(expected))) + 1e-30
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-5 * scale):

@@ -55,6 +55,14 @@ class GradientSession:
             return np.concatenate([self.gradient(model, *fill(model.fixed_batch, rows, points, ids, type_ids, weights,
                                                               mask))[: rows.stop - rows.start]
                                    for rows in batches(k, model.fixed_batch)])
+        feeds = self.point_feeds(model, points, ids, type_ids, weights, mask)
+        return np.asarray(run(self.session, [GRAD], feeds, "the gradient graph")[0])
+
+    def point_feeds(self, model: TextModel, points: np.ndarray, ids: np.ndarray, type_ids: np.ndarray,
+                    weights: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The feeds that run the graph at points [k, S, D] with seed weights [k, C], in
+        either form (the path form: each point its own anchor, at alpha 0)."""
+        k = points.shape[0]
         points = np.ascontiguousarray(points, dtype=np.float32)
         feeds = int_feeds(model.int_inputs, ids, type_ids, k, mask, model.mask_rank)
         if self.path_form:
@@ -63,7 +71,7 @@ class GradientSession:
         else:
             feeds[EMBEDS] = points
         feeds[WEIGHTS] = np.ascontiguousarray(weights, dtype=np.float32)
-        return np.asarray(run(self.session, [GRAD], feeds, "the gradient graph")[0])
+        return feeds
 
     def path_jvp(self, model: TextModel, anchors: np.ndarray, deltas: np.ndarray, rows: np.ndarray,
                  alphas: np.ndarray, ids: np.ndarray, type_ids: np.ndarray, weights: np.ndarray,
