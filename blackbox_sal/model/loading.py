@@ -30,6 +30,7 @@ from blackbox_sal.model.features import Featurizer, tokenizer_pattern
 from blackbox_sal.model.model_config import ModelConfig, pooling_folder, sentence_transformers_pooling
 from blackbox_sal.model.session import create_session, run
 from blackbox_sal.model.text_model import TextModel, int_feeds
+from blackbox_sal.model.tokenizer_files import load_tokenizer
 from blackbox_sal.surgery.names import EMBEDS, IDS, KNOWN_INPUTS, MASK
 
 if TYPE_CHECKING:  # onnx and the surgery are imported where a graph is rewritten, not with this module
@@ -85,7 +86,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     if config.input_kind != "text" or any(i.type.tensor_type.elem_type == onnx.TensorProto.STRING
                                           for i in proto.graph.input):
         return _feature_model(found, config, proto, device, output, verify, threads)
-    tokenizer = files.read_tokenizer(files.require_tokenizer(found))
+    tokenizer = load_tokenizer(found)
+    pad_id = _pad_id(tokenizer)  # before padding is turned off: tokenizer.json's padding declares the pad
     tokenizer.no_truncation()
     tokenizer.no_padding()
     twin_of: tuple[str, ...] = ()
@@ -138,7 +140,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         config=config, folder=found.onnx_path.parent, device_request=device, threads=threads,
         quantized=quantized, task="multiple-choice" if choices else "classification", twin_of=twin_of,
         weight_only=dequantized, fixed_length=fixed_length, fixed_batch=fixed_batch, mask_rank=mask_rank,
-        pad_id=_pad_id(tokenizer),
+        pad_id=pad_id,
     )
     per_position = _per_position(model, source) if len(outputs[source].shape or ()) == 3 else None
     if per_position == "logits":  # a causal LM's
@@ -199,7 +201,7 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
             raise ModelError(f"config.json says input_kind {config.input_kind!r}: the model must take one float "
                              f"input [batch, features]")
         if config.input_kind == "bag-of-words":
-            tokenizer = files.read_tokenizer(files.require_tokenizer(found))
+            tokenizer = load_tokenizer(found)
             tokenizer.no_truncation()
             tokenizer.no_padding()
             size = dims[1].dim_value or tokenizer.get_vocab_size(with_added_tokens=True)
