@@ -175,8 +175,8 @@ def prepare(model: TextModel, out: str | os.PathLike[str]) -> Path:
         raise ModelError("a prepared folder holds a text model taking token embeddings; "
                          f"{model.name!r} is a {model.features.kind} model")
     tokenizer = files.read_side_file(model.folder, prepared.TOKENIZER) if model.folder is not None else None
-    if tokenizer is None:
-        raise ModelError(f"no tokenizer.json beside {model.name!r} to copy")
+    if tokenizer is None:  # read from another form (vocab.txt, SentencePiece, a character map): written out
+        tokenizer = model.tokenizer.to_str().encode("utf-8")
     if model.config.gradient_model:
         graph = gradient_session(model)  # checked and verified as the model uses it
         proto = files.read_onnx(files.gradient_model_path(model.folder or Path("."), model.config.gradient_model))
