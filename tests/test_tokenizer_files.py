@@ -207,3 +207,28 @@ def test_a_character_model_is_explained_end_to_end(tmp_path: Path) -> None:
     total = sum(t.score for t in result.tokens)
     assert total == pytest.approx(result.target_value - result.baseline_value, abs=1e-3)
     assert result.target.label == ("pos" if result.prediction.index == 1 else "neg")
+
+
+def test_character_maps_nested_in_side_files_as_packages_ship_them(tmp_path: Path) -> None:
+    # torchtext's itos list, a package's {"input": {...}, "target": {...}}, a char_to_idx member
+    forms = {"lemma_vocab.json": {"itos": ["<pad>", "<unk>", "a", "b"], "code_to_id": {"AB": 0}},
+             "model.maps.json": {"input": {"_": 0, "a": 2, "b": 3, "<unk>": 1}, "target": {"x": 0}},
+             "rawi.vocab.json": {"char_to_idx": {"<PAD>": 0, "<UNK>": 1, "a": 2, "b": 3}, "diac_to_idx": {}}}
+    for name, data in forms.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).write_text(json.dumps(data))
+        read = read_folder_tokenizer(folder, {})
+        assert read is not None and read.form.startswith(name), name
+        assert read.tokenizer.encode("abz").ids == [2, 3, 1], name
+    both = tmp_path / "both"
+    both.mkdir()
+    for name, data in forms.items():
+        (both / name).write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=r"several character maps .*lemma_vocab.json \('itos'\).*\"characters\""):
+        read_folder_tokenizer(both, {})
+    # a JSON file of other things is not taken for a vocabulary
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "label_map.json").write_text(json.dumps({"positive": 0, "negative": 1}))
+    assert read_folder_tokenizer(other, {}) is None

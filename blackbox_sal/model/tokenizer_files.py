@@ -16,9 +16,12 @@ vocab.json + merges.txt     BPE; byte-level (GPT-2, RoBERTa) when the vocabulary
 \\*.model (SentencePiece)    the model protobuf decoded here (no ``sentencepiece`` package):
                             Unigram or BPE pieces with their scores, the precompiled
                             normalization map, the ▁ whitespace convention, byte fallback
-a character map             ``{char: id}`` in a JSON file (char2id.json, chars.json,
-                            vocab.json with single-character keys, ...) or in config.json
-                            (``char2id``, ``char_to_id``, ``vocab``: an object or a list)
+a character map             ``{char: id}`` or a list of characters, in config.json
+                            (``char2id``, ``char_to_id``, ``vocab``) or in a JSON file
+                            (char2id.json, chars.json, vocab.json of single characters, or
+                            any *.json whose name says vocab/char/map/token), itself or
+                            under a member (``stoi``, ``itos``, ``char_to_idx``, ``input``,
+                            ``tokens``, ...); several such files: refused, config says which
 ==========================  ==============================================================
 
 A vocabulary whose every entry (bracketed specials such as ``<pad>`` or ``[UNK]`` aside) is
@@ -61,6 +64,16 @@ CHARACTER_FILES = ("char2id.json", "char_to_id.json", "chars.json", "characters.
                    "vocab.json")
 #: config.json keys that hold a character map
 CHARACTER_KEYS = ("char2id", "char_to_id", "vocab")
+#: members of a JSON side file that hold its character map (torchtext's stoi/itos, packages' own)
+MAP_KEYS = ("char2id", "char_to_id", "char_to_idx", "stoi", "itos", "chars", "characters", "vocab", "tokens",
+            "input")
+#: words in a JSON file's name that say it may hold a vocabulary
+MAP_WORDS = ("vocab", "char", "map", "alphabet", "stoi", "itos", "token")
+#: JSON side files that are never a character map
+NOT_MAPS = frozenset({"config.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
+                      "added_tokens.json", "generation_config.json", "modules.json"})
+#: the most folder entries looked at for a character map
+MAX_LISTED = 64
 #: the most entries a vocabulary may hold (a bound on memory for untrusted files)
 MAX_VOCAB = 4_000_000
 
@@ -100,11 +113,55 @@ def read_folder_tokenizer(folder: Path, config: dict[str, Any]) -> FolderTokeniz
         if key in config:
             return _characters(_map_or_list(config[key], f"config.json {key!r}"), folder / "config.json",
                                declared, {})
-    for name in CHARACTER_FILES:
-        if (raw := files.read_side_file(folder, name)) is not None:
-            mapping = _json_map(raw, name)
-            if _single_characters(mapping):
-                return _characters(mapping, folder / name, declared, {})
+    found = _character_files(folder)
+    if len(found) > 1:
+        names = ", ".join(f"{name} ({where})" for name, where, _ in found)
+        raise ModelError(f"several character maps in {str(folder)!r}: {names}; say which in config.json: "
+                         "\"tokenizer\": {\"characters\": \"FILE\"}")
+    if found:
+        name, where, mapping = found[0]
+        return _characters(mapping, folder / name, declared, {}, where=where)
+    return None
+
+
+def _character_files(folder: Path) -> list[tuple[str, str, dict[str, int]]]:
+    """JSON side files that hold a character map (see :func:`_nested_map`): the known names,
+    else any JSON file whose name says vocabulary or characters. (name, where in it, map)."""
+    names = list(CHARACTER_FILES)
+    try:
+        listed = sorted(p.name for p in folder.iterdir())[:MAX_LISTED]
+    except OSError:
+        listed = []
+    names += [n for n in listed if n.endswith(".json") and n not in names and n not in NOT_MAPS
+              and any(word in n.lower() for word in MAP_WORDS)]
+    found = []
+    for name in names[:MAX_LISTED]:
+        raw = files.read_side_file(folder, name)
+        if raw is None:
+            continue
+        try:
+            data = json.loads(_utf8(raw, name))
+        except (ValueError, RecursionError, ModelError):
+            continue
+        nested = _nested_map(data)
+        if nested is not None:
+            found.append((name, *nested))
+    return found
+
+
+def _nested_map(data: Any) -> tuple[str, dict[str, int]] | None:
+    """A character map held by a JSON document: the document itself ({char: id} or a list),
+    else its first member under one of :data:`MAP_KEYS` that is one. (where, map)."""
+    candidates = [("the file", data)]
+    if isinstance(data, dict):
+        candidates += [(repr(k), data[k]) for k in MAP_KEYS if k in data]
+    for where, value in candidates:
+        try:
+            mapping = _map_or_list(value, where)
+        except ModelError:
+            continue
+        if _single_characters(mapping):
+            return where, mapping
     return None
 
 
@@ -423,7 +480,7 @@ def _character_form(spec: Any, folder: Path, declared: dict[str, str]) -> Folder
 
 
 def _characters(vocab: dict[str, int], path: Path, declared: dict[str, str], explicit: dict[str, str],
-                lower: bool = False) -> FolderTokenizer:
+                lower: bool = False, where: str = "") -> FolderTokenizer:
     """One token per character, each looked up in ``vocab``; multi-character entries are the
     special tokens (``<pad>``, ``[UNK]``, ...)."""
     guesses = {"unk": ("<unk>", "[UNK]", "<UNK>", "UNK", "<oov>", "[OOV]", "<OOV>"),
@@ -445,7 +502,8 @@ def _characters(vocab: dict[str, int], path: Path, declared: dict[str, str], exp
     # every character is its own token, spaces included: the Split keeps each match alone
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    form = f"{path.name} (character map, {len(vocab):,} entries" + (", lower-cased)" if lower else ")")
+    inside = f" {where}" if where and where != "the file" else ""
+    form = f"{path.name}{inside} (character map, {len(vocab):,} entries" + (", lower-cased)" if lower else ")")
     return _finish(tok, form, specials, [t for t in vocab if len(t) > 1])
 
 

