@@ -343,3 +343,42 @@ def test_sessions_are_made_and_run_by_the_model_runtime_alone() -> None:
                 for node in ast.walk(ast.parse(text))):
             made.append(f"{rel} creates or runs sessions of its own")
     assert made == []
+
+
+_LOGGER_PROBE = '''
+import sys
+import onnxruntime as ort
+calls = []
+original = ort.set_default_logger_severity
+ort.set_default_logger_severity = lambda level: calls.append(level) or original(level)
+from blackbox_sal import ExplainConfig, default_model_path, explain, load_model
+model = load_model(sys.argv[1] if len(sys.argv) > 1 else default_model_path())
+explain(model, model.tokenizer.decode([1, 2, 3]) or "good", ExplainConfig(method="grad-x-input"))
+print(calls)
+'''
+
+
+def test_importing_and_loading_leave_onnxruntime_s_default_logger_alone(tmp_path: Path) -> None:
+    """A library leaves its host's process-wide settings alone: onnxruntime's default logger is
+    never set, and the warnings of a model's own sessions are silenced by their session options
+    (an unused initializer warns through the default logger unless the session says otherwise)."""
+    import numpy as np
+    import onnx
+    import tiny
+    from onnx import numpy_helper
+
+    r = subprocess.run([sys.executable, "-c", _LOGGER_PROBE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    body = tiny.tanh_mlp(tiny.table(6), *tiny.mlp_weights(6, 7, 3, seed=5))
+    body.graph.initializer.append(numpy_helper.from_array(np.ones(3, np.float32), "never_read"))
+    folder = tiny.write_model_dir(tmp_path / "unused", body, ["a", "b", "c"])
+    assert "never_read" in {i.name for i in onnx.load(str(folder / "model.onnx")).graph.initializer}
+    r = subprocess.run([sys.executable, "-c", _LOGGER_PROBE, str(folder)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout.strip(), r.stderr) == ("[]", "")
+    raw = subprocess.run([sys.executable, "-c", "import onnxruntime as ort, sys\n"
+                          "ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])",
+                          str(folder / "model.onnx")], capture_output=True, text=True, timeout=60)
+    assert "never_read" in raw.stderr  # the warning the session options silence is real
