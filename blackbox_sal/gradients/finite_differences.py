@@ -77,11 +77,6 @@ class FiniteDifferences:
         norms = np.broadcast_to(np.linalg.norm(delta.astype(np.float64), axis=-1), (len(alphas), delta.shape[0]))
         return self._token_jvp(PathPoints(anchor, delta, alphas), norms, lambda p, i: delta[i])
 
-    def token_jvp(self, points: np.ndarray, blocks: np.ndarray) -> Work[np.ndarray]:
-        """[P, S]: entry (p, i) is the derivative at points[p] along blocks[p, i] placed in row i."""
-        norms = np.linalg.norm(blocks.astype(np.float64), axis=-1)
-        return self._token_jvp(ArrayPoints(points), norms, lambda p, i: blocks[p, i])
-
     def _token_jvp(self, points: Points, block_norms: np.ndarray,
                    block: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Work[np.ndarray]:
         """Per-token derivatives at each point along block(p, i) [k, D], whose norms are
@@ -99,17 +94,6 @@ class FiniteDifferences:
 
             out[active] = yield from self._differences(points, pi, ti, deltas, t, "token derivatives")
         return out.reshape(p, s)
-
-    def jvp(self, points: np.ndarray, directions: np.ndarray) -> Work[np.ndarray]:
-        """[P]: the derivative at points[p] along the whole of directions[p] (central differences)."""
-        norms = np.linalg.norm(directions.reshape(len(points), -1).astype(np.float64), axis=1)
-        size = np.linalg.norm(self.scale)  # the whole input's norm
-        t = np.where(norms > 0, self.rel_step * size / np.where(norms > 0, norms, 1.0), 0.0)
-        coeffs = RICHARDSON if self.richardson else CENTRAL
-        rows = [points + (c * t)[:, None, None].astype(np.float32) * directions for c in coeffs]
-        vals = yield from self._values(ArrayPoints(np.concatenate(rows)))
-        safe_t = np.where(t > 0, t, 1.0)
-        return np.where(t > 0, combine(vals.reshape(len(coeffs), len(points)).T, safe_t), 0.0)
 
     def gradient(self, points: np.ndarray) -> Work[np.ndarray]:
         """[P, S, D]: the full gradient, one derivative per coordinate."""

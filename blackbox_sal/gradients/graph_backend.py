@@ -53,11 +53,6 @@ class GraphBackend:
         self.cost.gradient += len(points)
         return grad
 
-    def token_jvp(self, points: np.ndarray, blocks: np.ndarray) -> Work[np.ndarray]:
-        """[P, S]: grad_i f(points[p]) . blocks[p, i], from the full gradient (host reduction)."""
-        grad = yield from self.gradient(points)
-        return np.einsum("psd,psd->ps", grad.astype(np.float64), blocks.astype(np.float64))
-
     def path_jvp(self, anchor: np.ndarray, delta: np.ndarray, alphas: np.ndarray) -> Work[np.ndarray]:
         request = PathJvp(self.seq, anchor, delta, np.asarray(alphas, np.float64), np.zeros((0, 0)))
         weights = yield from self._seed(request.points)
