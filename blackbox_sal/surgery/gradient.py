@@ -28,7 +28,7 @@ from blackbox_sal.surgery.prune import clear_shapes, prune
 from blackbox_sal.surgery.reverse import reverse
 
 #: bump when the builder changes what it emits: cached graphs of other versions are rebuilt
-BUILDER_VERSION = 8
+BUILDER_VERSION = 9
 
 
 def forward_part(body: onnx.ModelProto, output: str) -> onnx.ModelProto:
