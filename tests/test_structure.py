@@ -382,3 +382,16 @@ def test_importing_and_loading_leave_onnxruntime_s_default_logger_alone(tmp_path
                           "ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])",
                           str(folder / "model.onnx")], capture_output=True, text=True, timeout=60)
     assert "never_read" in raw.stderr  # the warning the session options silence is real
+
+
+def test_scipy_is_imported_by_the_evaluation_alone() -> None:
+    """The edge install (onnxruntime, numpy, tokenizers) explains without scipy: only the
+    evaluation commands, which need the full install anyway, may import it."""
+    users = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n == "scipy" or n.startswith("scipy.") for n in names):
+                users.append(str(path.relative_to(PACKAGE)))
+    assert users and all(u.startswith("evaluation/") for u in users), users
