@@ -18,11 +18,11 @@ import tiny
 from work import on_model
 
 from blackbox_sal import load_model
-from blackbox_sal.differences import step_scale
 from blackbox_sal.gradients.finite_differences import FiniteDifferences
 from blackbox_sal.gradients.graph_backend import GraphBackend
-from blackbox_sal.runs import Seq
-from blackbox_sal.scores import ClassScore
+from blackbox_sal.vocabulary.differences import step_scale
+from blackbox_sal.vocabulary.runs import Seq
+from blackbox_sal.vocabulary.scores import ClassScore
 
 pytestmark = pytest.mark.heavy
 torch = pytest.importorskip("torch")

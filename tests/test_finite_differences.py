@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from work import sync
 
-from blackbox_sal.differences import mean_row_norm, step_scale
 from blackbox_sal.gradients.finite_differences import FiniteDifferences
-from blackbox_sal.runs import Cost
-from blackbox_sal.scores import ClassScore
+from blackbox_sal.vocabulary.differences import mean_row_norm, step_scale
+from blackbox_sal.vocabulary.runs import Cost
+from blackbox_sal.vocabulary.scores import ClassScore
 
 RNG = np.random.default_rng(0)
 S, D = 5, 6

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from work import sync
 
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.differences import step_scale
-from blackbox_sal.errors import UsageError
 from blackbox_sal.gradients.finite_differences import FiniteDifferences
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.methods.gradient_methods import DEGENERATE_NOTE, identical_rows
 from blackbox_sal.methods.integrated_gradients import AUTO_LEVELS, SAME_AS_BASELINE_NOTE
 from blackbox_sal.methods.quadrature import QUADRATURES, clenshaw_curtis
-from blackbox_sal.scores import ClassScore
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.differences import step_scale
+from blackbox_sal.vocabulary.errors import UsageError
+from blackbox_sal.vocabulary.scores import ClassScore
 
 Scalar = Callable[[np.ndarray], np.ndarray]
 

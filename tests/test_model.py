@@ -12,8 +12,8 @@ import tiny
 from onnx import helper
 
 from blackbox_sal import ExplainConfig, explain, load_model
-from blackbox_sal.errors import InputError, ModelError, UsageError
 from blackbox_sal.surgery.split import split_embedding
+from blackbox_sal.vocabulary.errors import InputError, ModelError, UsageError
 
 D, H = 6, 7
 RNG = np.random.default_rng(5)

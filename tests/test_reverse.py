@@ -16,9 +16,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.gradient_graph.build import gradient_of as build_gradient
 from blackbox_sal.surgery.names import GRAD, WEIGHTS
+from blackbox_sal.vocabulary.errors import ModelError
 
 D = 4
 RNG = np.random.default_rng(5)

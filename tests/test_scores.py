@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from blackbox_sal.scores import SCORE_SEEDS, SCORES
+from blackbox_sal.vocabulary.scores import SCORE_SEEDS, SCORES
 
 
 def test_log_softmax_and_probability_of_huge_logits_are_exact() -> None:

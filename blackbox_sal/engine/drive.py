@@ -1,7 +1,7 @@
 """Driving attribution work to the end: one piece (:func:`drive_one`), or many at once with
 their requests packed together (:func:`drive_many`).
 
-Each piece of work is a generator (:mod:`blackbox_sal.runs`). In a round, every active piece
+Each piece of work is a generator (:mod:`blackbox_sal.vocabulary.runs`). In a round, every active piece
 is stepped to its next request; the runner executes all of them together (rows of the same
 kind and length share onnxruntime runs), and each piece receives its results. A piece that
 fails (a SalError: an unknown label, a text the model cannot take) ends with its error; the
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from blackbox_sal.engine.runner import Runner
-from blackbox_sal.errors import SalError
-from blackbox_sal.runs import All, Request, Work
+from blackbox_sal.vocabulary.errors import SalError
+from blackbox_sal.vocabulary.runs import All, Request, Work
 
 T = TypeVar("T")
 

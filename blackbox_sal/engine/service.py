@@ -27,9 +27,9 @@ import onnxruntime as ort
 
 from blackbox_sal.engine.drive import Active
 from blackbox_sal.engine.runner import Runner
-from blackbox_sal.errors import ModelError, SalError
 from blackbox_sal.model.session import RUN_OPTIONS
-from blackbox_sal.runs import All, Forward, Request, Work, split
+from blackbox_sal.vocabulary.errors import ModelError, SalError
+from blackbox_sal.vocabulary.runs import All, Forward, Request, Work, split
 
 
 class Busy(Exception):

@@ -11,9 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.datasets import BadRow, Row
-from blackbox_sal.errors import InputError
 from blackbox_sal.evaluation.common import label_index
 from blackbox_sal.evaluation.feature_gradients import (
     Asked,
@@ -25,8 +22,11 @@ from blackbox_sal.evaluation.feature_gradients import (
     require_features,
 )
 from blackbox_sal.evaluation.linear_surrogate import Surrogate, surrogates
+from blackbox_sal.jobs.datasets import BadRow, Row
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.scores import Margin, Objective
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import InputError
+from blackbox_sal.vocabulary.scores import Margin, Objective
 
 
 @dataclass(frozen=True)

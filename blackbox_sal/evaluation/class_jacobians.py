@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.datasets import BadRow, Row
+from blackbox_sal.api.explaining import runner
 from blackbox_sal.engine.drive import drive_many
-from blackbox_sal.errors import InputError, SalError, UsageError
 from blackbox_sal.evaluation.common import as_rows, config_value, gradients_at, graph_unavailable, label_index, pearson
 from blackbox_sal.evaluation.feature_gradients import analysis_config, failed, feature_outputs, require_features
-from blackbox_sal.explaining import runner
+from blackbox_sal.jobs.datasets import BadRow, Row
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.runs import Work
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import InputError, SalError, UsageError
+from blackbox_sal.vocabulary.runs import Work
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.datasets import BadRow, Row
+from blackbox_sal.api.explaining import runner
 from blackbox_sal.engine.drive import drive_many
-from blackbox_sal.errors import InputError, ModelError, SalError, UsageError
 from blackbox_sal.evaluation.common import as_rows, gradients_at, graph_unavailable
-from blackbox_sal.explaining import runner
+from blackbox_sal.jobs.datasets import BadRow, Row
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.runs import ArrayPoints, Forward, Seq, Work, ask
-from blackbox_sal.scores import ClassScore, Margin, Objective, resolve_target
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, UsageError
+from blackbox_sal.vocabulary.runs import ArrayPoints, Forward, Seq, Work, ask
+from blackbox_sal.vocabulary.scores import ClassScore, Margin, Objective, resolve_target
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ each a one-dimensional embedding, so a point is [F, 1]):
 
 - :func:`average_gradient`: g = the mean over the rows of d f / d x, the full gradient of one
   scalar f with respect to the feature vector x. f is, by default, a two-class model's margin
-  logit[1] - logit[0] (:class:`~blackbox_sal.scores.Margin`: its sign is the prediction);
+  logit[1] - logit[0] (:class:`~blackbox_sal.vocabulary.scores.Margin`: its sign is the prediction);
   with ``target``, that class's score (``config.score``); a one-output model's output; or any
-  :class:`~blackbox_sal.scores.Objective` given. As the paper does, the derivative is taken
+  :class:`~blackbox_sal.vocabulary.scores.Objective` given. As the paper does, the derivative is taken
   at the binary x for every coordinate, present or absent, as if x were continuous.
 - :func:`global_bow`: g, its top positive and negative features (words), and the linear
   surrogate "positive when x . g + b > 0" compared with the model's predictions (f > 0 for a

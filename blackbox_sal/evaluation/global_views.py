@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_sal.errors import UsageError
 from blackbox_sal.evaluation.bag_of_words import BagOfWords
 from blackbox_sal.evaluation.class_jacobians import ClassJacobians, JacobianCorrelation, as_array
 from blackbox_sal.evaluation.common import pyplot, save_figure
 from blackbox_sal.evaluation.feature_gradients import AverageGradient
 from blackbox_sal.evaluation.word_importance import WordImportance, WordStat
+from blackbox_sal.vocabulary.errors import UsageError
 
 
 def _f(value: float | None, spec: str = "+.4f") -> str:

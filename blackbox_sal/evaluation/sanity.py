@@ -52,20 +52,20 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from blackbox_sal.config import ExplainConfig
+from blackbox_sal.api.explaining import runner, text_explanation
 from blackbox_sal.engine.drive import drive_many
-from blackbox_sal.errors import ModelError, SalError, UsageError
 from blackbox_sal.evaluation.correlation import mean_defined, spearman
 from blackbox_sal.evaluation.faithfulness import fmt_number, json_float, method_configs, row_names
-from blackbox_sal.explaining import runner, text_explanation
 from blackbox_sal.gradient_graph.build import build_gradient
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradient_graph.store import cache_dir, cache_key, gradient_session
 from blackbox_sal.methods import METHODS
 from blackbox_sal.model import files
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import Explanation
 from blackbox_sal.surgery.prune import node_inputs
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import ModelError, SalError, UsageError
+from blackbox_sal.vocabulary.result import Explanation
 
 FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 #: what the last stage re-draws

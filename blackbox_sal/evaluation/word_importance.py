@@ -9,13 +9,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.datasets import BadRow, Row
-from blackbox_sal.errors import SalError, UsageError
+from blackbox_sal.api.explaining import explain_many
 from blackbox_sal.evaluation.common import as_rows
 from blackbox_sal.evaluation.feature_gradients import analysis_config
-from blackbox_sal.explaining import explain_many
+from blackbox_sal.jobs.datasets import BadRow, Row
 from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import SalError, UsageError
 
 
 @dataclass(frozen=True)

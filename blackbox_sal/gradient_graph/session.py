@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.model.session import batches, create_session, on_cuda, run
 from blackbox_sal.model.text_model import TextModel, fill, int_feeds, per_row
 from blackbox_sal.surgery.names import ALPHA, ANCHOR, DELTA, EMBEDS, GRAD, ROW, TOKEN_JVP, WEIGHTS
+from blackbox_sal.vocabulary.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from blackbox_sal.errors import ModelError, SalError, UsageError
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradient_graph.verify import verify
 from blackbox_sal.model import files
 from blackbox_sal.model.session import first_line
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.surgery.names import GRAD, WEIGHTS
+from blackbox_sal.vocabulary.errors import ModelError, SalError, UsageError
 
 if TYPE_CHECKING:  # onnx is imported where a graph is built: an edge install runs shipped graphs only
     import onnx

@@ -1,7 +1,7 @@
 """Vectorized finite differences: derivatives from forward passes alone.
 
 Works on any model onnxruntime can run (quantized ones included) and needs nothing but the
-model's outputs. The formulas and their errors are in :mod:`blackbox_sal.differences`:
+model's outputs. The formulas and their errors are in :mod:`blackbox_sal.vocabulary.differences`:
 central differences (2 runs per derivative, O(h^2)), Richardson extrapolation (4 runs,
 O(h^4)), or one-sided differences (1 run per derivative plus f(x) once per point, O(h): for
 IG's L token derivatives per node, L + 1 runs instead of 2 L).
@@ -12,7 +12,7 @@ is zero). In float32 the truncation error (~h^2) and the round-off (~eps/h) bala
 h ~ eps^(1/3) ~ 5e-3 relative; the default ``rel_step`` 1e-2 sits there (measured: rank 1.00,
 ~1e-3 relative error on fp32 MiniLM).
 
-All perturbed copies are lazy (:class:`~blackbox_sal.runs.LazyPoints`): the engine builds them
+All perturbed copies are lazy (:class:`~blackbox_sal.vocabulary.runs.LazyPoints`): the engine builds them
 a run at a time, so memory is bounded whatever the number of derivatives. Directions that are
 zero (e.g. special tokens kept in an IG baseline) cost nothing.
 """
@@ -25,9 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_sal.differences import CENTRAL, FORWARD, RICHARDSON, combine
-from blackbox_sal.runs import ArrayPoints, Cost, Forward, LazyPoints, PathPoints, Points, Seq, Work, as_points, ask
-from blackbox_sal.scores import Objective
+from blackbox_sal.vocabulary.differences import CENTRAL, FORWARD, RICHARDSON, combine
+from blackbox_sal.vocabulary.runs import (
+    ArrayPoints,
+    Cost,
+    Forward,
+    LazyPoints,
+    PathPoints,
+    Points,
+    Seq,
+    Work,
+    as_points,
+    ask,
+)
+from blackbox_sal.vocabulary.scores import Objective
 
 log = logging.getLogger("blackbox_sal")
 
@@ -44,7 +55,7 @@ class FiniteDifferences:
     """The finite-difference :class:`~blackbox_sal.gradients.backend.GradientBackend`.
 
     f: the target scalar. seq: the token sequence every point shares. scale: s_i per token
-    [S] (:func:`blackbox_sal.differences.step_scale`). rel_step: h_i / s_i. richardson: 4
+    [S] (:func:`blackbox_sal.vocabulary.differences.step_scale`). rel_step: h_i / s_i. richardson: 4
     runs per derivative instead of 2, O(h^4) error. scheme: central or forward. cost: counts
     the rows sent to the model.
     """

@@ -3,7 +3,7 @@
 One run of the graph gives the outputs and d(target)/d(inputs_embeds) for a whole batch, at
 a few times the cost of a forward pass, whatever the embedding width. Per-token derivatives
 along a path (integrated gradients, grad x input) are asked for as such
-(:class:`~blackbox_sal.runs.PathJvp`), so the engine can reduce them where the gradient is.
+(:class:`~blackbox_sal.vocabulary.runs.PathJvp`), so the engine can reduce them where the gradient is.
 
 Scores other than the logit need the chain rule through the softmax: their seed over the
 classes depends on the outputs, so those cost one extra forward pass per point.
@@ -15,8 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_sal.runs import ArrayPoints, Cost, Forward, Gradient, PathJvp, Points, Seq, Work, as_points, ask
-from blackbox_sal.scores import Objective, seed_without_outputs
+from blackbox_sal.vocabulary.runs import (
+    ArrayPoints,
+    Cost,
+    Forward,
+    Gradient,
+    PathJvp,
+    Points,
+    Seq,
+    Work,
+    as_points,
+    ask,
+)
+from blackbox_sal.vocabulary.scores import Objective, seed_without_outputs
 
 
 class GraphBackend:

@@ -14,8 +14,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from blackbox_sal.baselines import baseline_token
-from blackbox_sal.errors import ModelError, UsageError
 from blackbox_sal.surgery.names import EMBEDS, KNOWN_INPUTS, MASK
+from blackbox_sal.vocabulary.errors import ModelError, UsageError
 
 INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from blackbox_sal.differences import mean_row_norm
-from blackbox_sal.errors import ModelError, UsageError
 from blackbox_sal.model import files
 from blackbox_sal.model.features import Featurizer, tokenizer_pattern
 from blackbox_sal.model.inputs import FLOAT_TYPES, INT_TYPES, fixed_dims, int_inputs, pad_id
@@ -32,6 +30,8 @@ from blackbox_sal.model.prepared import load_prepared
 from blackbox_sal.model.session import create_session, run
 from blackbox_sal.model.text_model import PROBE_TEXT, Runtime, TextModel, int_feeds
 from blackbox_sal.surgery.names import EMBEDS, IDS, KNOWN_INPUTS, MASK
+from blackbox_sal.vocabulary.differences import mean_row_norm
+from blackbox_sal.vocabulary.errors import ModelError, UsageError
 
 if TYPE_CHECKING:  # onnx and the surgery are imported where a graph is rewritten, not with this module
     import onnx

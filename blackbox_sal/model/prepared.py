@@ -27,14 +27,14 @@ the edge runs.
 
 from __future__ import annotations
 
-from blackbox_sal.differences import mean_row_norm
-from blackbox_sal.errors import ModelError, UsageError
 from blackbox_sal.model import files
 from blackbox_sal.model.inputs import fixed_dims, int_inputs, pad_id
 from blackbox_sal.model.model_config import ModelConfig, Prepared
 from blackbox_sal.model.session import create_session
 from blackbox_sal.model.text_model import Runtime, TextModel
 from blackbox_sal.surgery.names import EMBEDS
+from blackbox_sal.vocabulary.differences import mean_row_norm
+from blackbox_sal.vocabulary.errors import ModelError, UsageError
 
 #: the file names of a prepared folder
 MODEL, TABLE, GRAD, TOKENIZER, CONFIG = "model.onnx", "embeddings.npy", "grad.onnx", "tokenizer.json", "config.json"

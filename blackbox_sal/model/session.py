@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from blackbox_sal.errors import ModelError, UnavailableError, unknown_choice
+from blackbox_sal.vocabulary.errors import ModelError, UnavailableError, unknown_choice
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"

@@ -24,12 +24,12 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from blackbox_sal.differences import mean_row_norm
-from blackbox_sal.errors import ModelError
 from blackbox_sal.model.features import Featurizer
 from blackbox_sal.model.model_config import ModelConfig
 from blackbox_sal.model.session import batches, create_session, on_cuda, run
 from blackbox_sal.surgery.names import EMBEDS, IDS, MASK, POSITIONS, TYPES
+from blackbox_sal.vocabulary.differences import mean_row_norm
+from blackbox_sal.vocabulary.errors import ModelError
 
 #: tasks (what the explained output is): a class score, the next token of a causal LM, or
 #: the score of one (context, choice) sequence of a multiple-choice model

@@ -27,10 +27,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.builder import Builder, unbroadcast, unbroadcast_shapes, zero_like
 from blackbox_sal.surgery.facts import Facts
 from blackbox_sal.surgery.index import attr_float, attr_int, attr_ints, attr_str, has_attr, input_at
+from blackbox_sal.vocabulary.errors import ModelError
 
 Rule = Callable[[Builder, Facts, onnx.NodeProto, list[str | None], list[bool]], list[str | None]]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blackbox_sal.errors import UsageError
+from blackbox_sal.vocabulary.errors import UsageError
 
 FORMATS = ("jsonl", "csv", "parquet")
 #: the longest field a CSV row may hold (csv's default, 128 KiB, is below the text limit)
