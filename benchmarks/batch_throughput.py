@@ -93,9 +93,9 @@ def timed(run: Callable[[], Any]) -> tuple[float, float]:
 def measure(rec: Recorder, device: str, torch_device: str | None, name: str, model: Any, twin: Any,
             texts: list[str], tokens: int, repeats: int, tokens_per_run: int | None = None) -> None:
     import blackbox_sal as bs
+    from blackbox_sal.api.explaining import runner as runner_of
+    from blackbox_sal.api.explaining import text_explanation
     from blackbox_sal.engine.drive import drive_many, lanes_for
-    from blackbox_sal.explaining import runner as runner_of
-    from blackbox_sal.explaining import text_explanation
     from blackbox_sal.gradient_graph.store import gradient_session
 
     cfg = bs.ExplainConfig(method="ig", steps=50, backend="graph", progress=False, tokens_per_run=tokens_per_run)

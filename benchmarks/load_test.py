@@ -257,10 +257,10 @@ def percentile(values: list[float], q: float) -> float:
 BATCH = """
 import json, resource, sys, time
 import blackbox_sal as bs
-from blackbox_sal.batch import run_batch
-from blackbox_sal.config import ExplainConfig
+from blackbox_sal.jobs.batch import run_batch
+from blackbox_sal.vocabulary.config import ExplainConfig
 from blackbox_sal.gradient_graph.store import gradient_session
-from blackbox_sal.errors import ModelError
+from blackbox_sal.vocabulary.errors import ModelError
 a = json.loads(sys.argv[1])
 model = bs.load_model(a["model"] or bs.default_model_path())
 try:

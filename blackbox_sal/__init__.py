@@ -22,17 +22,17 @@ __version__ = "0.2.0"
 
 #: public name -> the module that defines it
 _WHERE = {
-    "ExplainConfig": "blackbox_sal.config",
-    "SalError": "blackbox_sal.errors",
-    "UsageError": "blackbox_sal.errors",
-    "InputError": "blackbox_sal.errors",
-    "ModelError": "blackbox_sal.errors",
-    "UnavailableError": "blackbox_sal.errors",
-    "explain": "blackbox_sal.explaining",
-    "explain_many": "blackbox_sal.explaining",
-    "explain_generation": "blackbox_sal.tasks",
-    "explain_similarity": "blackbox_sal.tasks",
-    "explain_choices": "blackbox_sal.tasks",
+    "ExplainConfig": "blackbox_sal.vocabulary.config",
+    "SalError": "blackbox_sal.vocabulary.errors",
+    "UsageError": "blackbox_sal.vocabulary.errors",
+    "InputError": "blackbox_sal.vocabulary.errors",
+    "ModelError": "blackbox_sal.vocabulary.errors",
+    "UnavailableError": "blackbox_sal.vocabulary.errors",
+    "explain": "blackbox_sal.api.explaining",
+    "explain_many": "blackbox_sal.api.explaining",
+    "explain_generation": "blackbox_sal.api.tasks",
+    "explain_similarity": "blackbox_sal.api.tasks",
+    "explain_choices": "blackbox_sal.api.tasks",
     "export_gradient": "blackbox_sal.gradient_graph.store",
     "prepare": "blackbox_sal.gradient_graph.store",
     "default_model_path": "blackbox_sal.model.files",
@@ -41,16 +41,16 @@ _WHERE = {
     "render_terminal": "blackbox_sal.render.terminal",
     "render_json": "blackbox_sal.render.json",
     "render_html": "blackbox_sal.render.html",
-    "Explanation": "blackbox_sal.result",
-    "Provenance": "blackbox_sal.result",
-    "Label": "blackbox_sal.result",
-    "Prediction": "blackbox_sal.result",
-    "Window": "blackbox_sal.result",
-    "Generation": "blackbox_sal.result",
-    "Similarity": "blackbox_sal.result",
-    "Choices": "blackbox_sal.result",
+    "Explanation": "blackbox_sal.vocabulary.result",
+    "Provenance": "blackbox_sal.vocabulary.result",
+    "Label": "blackbox_sal.vocabulary.result",
+    "Prediction": "blackbox_sal.vocabulary.result",
+    "Window": "blackbox_sal.vocabulary.result",
+    "Generation": "blackbox_sal.vocabulary.result",
+    "Similarity": "blackbox_sal.vocabulary.result",
+    "Choices": "blackbox_sal.vocabulary.result",
     "Span": "blackbox_sal.text.words",
-    "export_torch": "blackbox_sal.torch_export",
+    "export_torch": "blackbox_sal.gradient_graph.torch_export",
 }
 
 #: names of 0.1, kept for one release: each task's renderer is now the one renderer per format
@@ -85,17 +85,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from blackbox_sal.config import ExplainConfig
-    from blackbox_sal.errors import InputError, ModelError, SalError, UnavailableError, UsageError
-    from blackbox_sal.explaining import explain, explain_many
+    from blackbox_sal.api.explaining import explain, explain_many
+    from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
     from blackbox_sal.gradient_graph.store import export_gradient, prepare
+    from blackbox_sal.gradient_graph.torch_export import export_torch
     from blackbox_sal.model.files import default_model_path
     from blackbox_sal.model.loading import load_model
     from blackbox_sal.model.text_model import TextModel
     from blackbox_sal.render.html import render_html
     from blackbox_sal.render.json import render_json
     from blackbox_sal.render.terminal import render_terminal
-    from blackbox_sal.result import (
+    from blackbox_sal.text.words import Span
+    from blackbox_sal.vocabulary.config import ExplainConfig
+    from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, UnavailableError, UsageError
+    from blackbox_sal.vocabulary.result import (
         Choices,
         Explanation,
         Generation,
@@ -105,6 +108,3 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         Similarity,
         Window,
     )
-    from blackbox_sal.tasks import explain_choices, explain_generation, explain_similarity
-    from blackbox_sal.text.words import Span
-    from blackbox_sal.torch_export import export_torch

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from tokenizers import Tokenizer
 
-from blackbox_sal.errors import UsageError
 from blackbox_sal.text.tokenization import Tokens
+from blackbox_sal.vocabulary.errors import UsageError
 
 #: baseline name -> token strings tried in order ("zero" uses no token)
 BASELINES: dict[str, tuple[str, ...]] = {

@@ -1,4 +1,4 @@
-"""The ``blackbox-sal`` command line. Exit codes are documented in :mod:`blackbox_sal.errors`."""
+"""The ``blackbox-sal`` command line. Exit codes are documented in :mod:`blackbox_sal.vocabulary.errors`."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ from typing import Any
 import numpy as np
 
 from blackbox_sal import __version__  # the one place the version is written
-from blackbox_sal.batch import run_batch
-from blackbox_sal.config import AUTO, FD_SCHEMES, LONG, ExplainConfig
-from blackbox_sal.datasets import BadRow, Columns, Row, read_rows, sniff_columns
-from blackbox_sal.errors import InputError, SalError, UnavailableError, UsageError
-from blackbox_sal.explaining import explain
+from blackbox_sal.api.explaining import explain
+from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.gradient_graph.store import export_gradient, prepare
 from blackbox_sal.gradients.backend import BACKENDS
+from blackbox_sal.jobs.batch import run_batch
+from blackbox_sal.jobs.datasets import BadRow, Columns, Row, read_rows, sniff_columns
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.quadrature import QUADRATURES
 from blackbox_sal.model.files import default_model_path
@@ -32,11 +31,12 @@ from blackbox_sal.model.session import DEVICES
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.reductions import REDUCTIONS
 from blackbox_sal.render import FORMATS, render_html, render_json, render_terminal
-from blackbox_sal.scores import SCORES
 from blackbox_sal.server.protocol import Limits
 from blackbox_sal.surgery.names import POOLINGS
-from blackbox_sal.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.text.printable import printable
+from blackbox_sal.vocabulary.config import AUTO, FD_SCHEMES, LONG, ExplainConfig
+from blackbox_sal.vocabulary.errors import InputError, SalError, UnavailableError, UsageError
+from blackbox_sal.vocabulary.scores import SCORES
 
 EPILOG = """exit codes: 0 ok, 2 bad usage or input, 3 model cannot be loaded or used,
 4 backend or device not available, 1 internal error (a bug), 130 interrupted.
@@ -419,7 +419,7 @@ def _batch(a: argparse.Namespace) -> None:
             raise UsageError(f"{name} must be from 1 to 10,000,000, got {value}")
     model = _load(a)
     if a.engine == "ray":
-        from blackbox_sal.batch_ray import run_batch_ray
+        from blackbox_sal.jobs.batch_ray import run_batch_ray
 
         summary = run_batch_ray(model, a.input, a.output, config, _columns(a), a.address, limit=a.limit)
     else:

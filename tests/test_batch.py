@@ -17,8 +17,8 @@ import pytest
 import tiny
 
 from blackbox_sal import ExplainConfig, explain, load_model
-from blackbox_sal.batch import run_batch
-from blackbox_sal.datasets import Columns
+from blackbox_sal.jobs.batch import run_batch
+from blackbox_sal.jobs.datasets import Columns
 
 D = 6
 TABLE = tiny.table(D, seed=31)
@@ -122,7 +122,7 @@ def test_odd_rows_are_rows_with_errors_and_a_tampered_output_resumes_from_its_la
 def test_files_that_start_with_a_byte_order_mark_read_as_without(tmp_path: Path) -> None:
     """Spreadsheets and Windows editors write UTF-8 with a BOM: the CSV's first column was
     named '\ufefftext' (no column 'text'), the JSONL's first line was not JSON."""
-    from blackbox_sal.datasets import read_rows
+    from blackbox_sal.jobs.datasets import read_rows
 
     (tmp_path / "a.csv").write_bytes(b"\xef\xbb\xbftext,id\ngood film,1\n")
     (tmp_path / "a.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "good film", "id": 1}\n')
@@ -134,7 +134,7 @@ def test_files_that_start_with_a_byte_order_mark_read_as_without(tmp_path: Path)
 def test_a_choices_field_that_is_not_json_after_all_is_split_on_bars(tmp_path: Path) -> None:
     """A field starting with "[" is read as a JSON list; one Python cannot parse (an integer
     of 5,000 digits raised a ValueError out of the reader) is split on "|" like any other."""
-    from blackbox_sal.datasets import read_rows
+    from blackbox_sal.jobs.datasets import read_rows
 
     source = tmp_path / "in.csv"
     source.write_text('text,options\n"the film","[' + "9" * 5000 + '|bad"\n"a plot","[""x"", ""y""]"\n')
@@ -146,7 +146,7 @@ def test_a_changed_job_does_not_append_to_another_jobs_output(model_dir: Path, t
     source = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts(5)])
     model = load_model(model_dir)
     run_batch(model, source, tmp_path / "out.jsonl", ExplainConfig(method="grad-x-input"))
-    from blackbox_sal.errors import UsageError
+    from blackbox_sal.vocabulary.errors import UsageError
 
     with pytest.raises(UsageError, match="was written with another settings"):
         run_batch(model, source, tmp_path / "out.jsonl", ExplainConfig(method="ig"))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from blackbox_sal import ExplainConfig, default_model_path, load_model
-from blackbox_sal.batch import run_batch
-from blackbox_sal.datasets import Columns
+from blackbox_sal.jobs.batch import run_batch
+from blackbox_sal.jobs.datasets import Columns
 
 # Ray warns about its own deprecated settings while it starts: not this library's warnings
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -27,7 +27,7 @@ def local_ray() -> Iterator[None]:
 
 
 def test_ray_equals_the_local_engine(local_ray: None, tmp_path: Path) -> None:
-    from blackbox_sal.batch_ray import run_batch_ray
+    from blackbox_sal.jobs.batch_ray import run_batch_ray
 
     texts = ["An absolute masterpiece.", "", "A dull, lifeless remake.", "The plot is thin, but the acting is great."]
     source = tmp_path / "in.jsonl"

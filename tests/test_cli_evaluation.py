@@ -12,11 +12,11 @@ import pytest
 from test_cli import cli
 
 from blackbox_sal import ExplainConfig, default_model_path, load_model
-from blackbox_sal.datasets import Row
 from blackbox_sal.evaluation import faithfulness as fa
 from blackbox_sal.evaluation import global_analysis as ga
 from blackbox_sal.evaluation.sanity import sanity, sanity_dict
 from blackbox_sal.evaluation.swaps import swaps, swaps_dict
+from blackbox_sal.jobs.datasets import Row
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 REVIEWS = [("a dull, lifeless film and a waste of time", "rotten"),

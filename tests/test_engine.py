@@ -25,15 +25,15 @@ from blackbox_sal import (
     explain_similarity,
     load_model,
 )
+from blackbox_sal.api.explaining import text_explanation
+from blackbox_sal.api.tasks import generation, multiple_choice, similarity
 from blackbox_sal.engine.drive import drive_many
 from blackbox_sal.engine.runner import Runner
-from blackbox_sal.errors import InputError, ModelError, UsageError
-from blackbox_sal.explaining import text_explanation
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradient_graph.store import gradient_session
-from blackbox_sal.result import Explanation
-from blackbox_sal.runs import Request, Work
-from blackbox_sal.tasks import generation, multiple_choice, similarity
+from blackbox_sal.vocabulary.errors import InputError, ModelError, UsageError
+from blackbox_sal.vocabulary.result import Explanation
+from blackbox_sal.vocabulary.runs import Request, Work
 
 D = 6
 TABLE = tiny.table(D, seed=3)

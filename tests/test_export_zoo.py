@@ -18,11 +18,11 @@ import tiny
 from work import on_model
 
 from blackbox_sal import load_model
-from blackbox_sal.differences import step_scale
 from blackbox_sal.gradients.finite_differences import FiniteDifferences
 from blackbox_sal.gradients.graph_backend import GraphBackend
-from blackbox_sal.runs import Seq
-from blackbox_sal.scores import ClassScore
+from blackbox_sal.vocabulary.differences import step_scale
+from blackbox_sal.vocabulary.runs import Seq
+from blackbox_sal.vocabulary.scores import ClassScore
 
 pytestmark = pytest.mark.heavy
 torch = pytest.importorskip("torch")
@@ -104,9 +104,9 @@ def test_export_splits_and_differentiates(tmp_path: Path, arch: str, exporter: s
     f, seq = ClassScore(int(np.argmax(want)), "logit", want.shape[1]), Seq(text_ids, types)
     x = model.embed(text_ids)[None]
     directions = np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
-    graph = on_model(model, GraphBackend(f, seq, f.n_classes).token_jvp(x, directions))
+    graph = on_model(model, GraphBackend(f, seq, f.n_classes).path_jvp(x[0], directions[0], np.zeros(1)))
     fd = on_model(model, FiniteDifferences(f, seq, step_scale(x[0], model.row_norm), richardson=True)
-                  .token_jvp(x, directions))
+                  .path_jvp(x[0], directions[0], np.zeros(1)))
     np.testing.assert_allclose(graph, fd, rtol=1e-2, atol=1e-3)
 
 

@@ -15,7 +15,6 @@ import tiny
 from onnx import TensorProto, helper, numpy_helper
 
 from blackbox_sal import ExplainConfig, load_model
-from blackbox_sal.errors import UsageError
 from blackbox_sal.evaluation.faithfulness import (
     Faithfulness,
     MethodFaithfulness,
@@ -28,8 +27,9 @@ from blackbox_sal.evaluation.faithfulness import (
     removals,
     trapezoid,
 )
-from blackbox_sal.runs import Forward, Request, drive
 from blackbox_sal.text.tokenization import tokenize
+from blackbox_sal.vocabulary.errors import UsageError
+from blackbox_sal.vocabulary.runs import Forward, Request, drive
 
 D = 6
 TABLE = tiny.table(D, seed=5)  # row 0 ([PAD]) is zero: the pad baseline removes a token's contribution

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from work import sync
 
-from blackbox_sal.differences import mean_row_norm, step_scale
 from blackbox_sal.gradients.finite_differences import FiniteDifferences
-from blackbox_sal.runs import Cost
-from blackbox_sal.scores import ClassScore
+from blackbox_sal.vocabulary.differences import mean_row_norm, step_scale
+from blackbox_sal.vocabulary.runs import Cost
+from blackbox_sal.vocabulary.scores import ClassScore
 
 RNG = np.random.default_rng(0)
 S, D = 5, 6
@@ -40,20 +40,25 @@ def test_gradient_matches_closed_form() -> None:
     np.testing.assert_allclose(rich, mlp_grad(X), rtol=1e-5, atol=1e-6)
 
 
-def test_token_jvp_is_gradient_dot_block() -> None:
+def along(fd: FiniteDifferences, points: np.ndarray, blocks: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """[P, S]: entry (p, i) is the derivative at points[p] along blocks[p, i] placed in row i
+    (each point a path of one node, at alpha 0)."""
+    return np.concatenate([sync(fd.path_jvp(p, b, np.zeros(1)), mlp, batch=batch)
+                           for p, b in zip(points, blocks, strict=True)])
+
+
+def test_path_jvp_is_gradient_dot_block() -> None:
     blocks = RNG.normal(size=(2, S, D)).astype(np.float32)
     pts = np.stack([X, X + 0.1]).astype(np.float32)
     want = np.stack([(mlp_grad(p) * b).sum(-1) for p, b in zip(pts, blocks, strict=True)])
-    np.testing.assert_allclose(sync(backend().token_jvp(pts, blocks), mlp), want, rtol=0, atol=5e-4)
+    np.testing.assert_allclose(along(backend(), pts, blocks), want, rtol=0, atol=5e-4)
 
 
 def test_sum_of_token_derivatives_is_whole_direction_derivative() -> None:
-    """The built-in check: per-token directional derivatives add up to the whole one."""
+    """Per-token directional derivatives add up to the derivative along the whole direction."""
     direction = RNG.normal(size=(1, S, D)).astype(np.float32)
-    fd = backend()
-    per_token = sync(fd.token_jvp(X[None], direction), mlp).sum()
-    whole = sync(fd.jvp(X[None], direction), mlp)[0]
-    assert per_token == pytest.approx(whole, rel=1e-3)
+    per_token = along(backend(), X[None], direction).sum()
+    assert per_token == pytest.approx(float((mlp_grad(X) * direction[0]).sum()), rel=1e-3)
 
 
 def test_error_shrinks_as_h_squared() -> None:
@@ -72,10 +77,9 @@ def test_richardson_is_more_accurate() -> None:
 
 
 def test_batched_equals_one_by_one() -> None:
-    blocks = np.broadcast_to(X, (3, S, D))
-    pts = (X[None] * np.array([0.2, 0.6, 1.0])[:, None, None]).astype(np.float32)
-    a = sync(backend().token_jvp(pts, blocks), mlp, batch=1)
-    b = sync(backend().token_jvp(pts, blocks), mlp, batch=1000)
+    alphas = np.array([0.2, 0.6, 1.0])
+    a = sync(backend().path_jvp(np.zeros_like(X), X, alphas), mlp, batch=1)
+    b = sync(backend().path_jvp(np.zeros_like(X), X, alphas), mlp, batch=1000)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
 
 
@@ -83,7 +87,7 @@ def test_zero_directions_cost_nothing() -> None:
     fd = backend()
     blocks = np.zeros((1, S, D), np.float32)
     blocks[0, 2] = X[2]
-    out = sync(fd.token_jvp(X[None], blocks), mlp)
+    out = along(fd, X[None], blocks)
     assert fd.cost.forward == 2  # one pair of runs, for the one non-zero block
     assert out[0, [0, 1, 3, 4]].tolist() == [0.0, 0.0, 0.0, 0.0]
     assert out[0, 2] == pytest.approx(float((mlp_grad(X)[2] * X[2]).sum()), abs=5e-4)
@@ -94,7 +98,7 @@ def test_forward_pass_counts_match_the_cost_table() -> None:
     sync(fd.gradient(X[None]), mlp)
     assert fd.cost.forward == 2 * S * D
     fd = backend(richardson=True)
-    sync(fd.token_jvp(X[None], X[None]), mlp)
+    along(fd, X[None], X[None])
     assert fd.cost.forward == 4 * S
 
 
@@ -123,7 +127,7 @@ def test_forward_scheme_shares_each_point_and_is_first_order() -> None:
     for step in (1e-2, 5e-3):
         calls[0] = 0
         fd = FiniteDifferences(ClassScore(0), None, np.ones(4), rel_step=step, scheme="forward", cost=Cost())
-        got = sync(fd.token_jvp(points, blocks), f)
+        got = np.concatenate([sync(fd.path_jvp(p, b, np.zeros(1)), f) for p, b in zip(points, blocks, strict=True)])
         assert calls[0] == 5 * 4 + 5  # a run per (point, token), f(point) once per point
         errors.append(np.abs(got - exact).max())
     assert errors[0] < 0.05 * np.abs(exact).max()

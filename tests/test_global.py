@@ -16,8 +16,6 @@ import tiny
 from onnx import TensorProto, helper, numpy_helper
 
 from blackbox_sal import ExplainConfig, load_model
-from blackbox_sal.datasets import BadRow, Columns, Row, read_rows
-from blackbox_sal.errors import UsageError
 from blackbox_sal.evaluation.global_analysis import (
     average_gradient,
     best_threshold,
@@ -36,8 +34,10 @@ from blackbox_sal.evaluation.global_analysis import (
     word_importance_plot,
     word_importance_table,
 )
+from blackbox_sal.jobs.datasets import BadRow, Columns, Row, read_rows
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.scores import Margin
+from blackbox_sal.vocabulary.errors import UsageError
+from blackbox_sal.vocabulary.scores import Margin
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 CACHE = MODELS / ".cache"

@@ -14,17 +14,17 @@ from onnx import helper
 from work import on_model
 
 from blackbox_sal import ExplainConfig, TextModel, default_model_path, explain, load_model
-from blackbox_sal.differences import step_scale
-from blackbox_sal.errors import ModelError, UnavailableError
 from blackbox_sal.gradient_graph import store as graph_mod
 from blackbox_sal.gradient_graph.build import build_gradient as build_model_gradient
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.gradients.finite_differences import FiniteDifferences
 from blackbox_sal.gradients.graph_backend import GraphBackend
-from blackbox_sal.runs import Seq, T, Work
-from blackbox_sal.scores import ClassScore
 from blackbox_sal.surgery.names import ALPHA, ANCHOR, DELTA, GRAD, ROW
+from blackbox_sal.vocabulary.differences import step_scale
+from blackbox_sal.vocabulary.errors import ModelError, UnavailableError
+from blackbox_sal.vocabulary.runs import Seq, T, Work
+from blackbox_sal.vocabulary.scores import ClassScore
 
 D, H = 6, 7
 RNG = np.random.default_rng(11)
@@ -242,7 +242,7 @@ def test_strided_conv_graph_over_odd_and_even_lengths(tmp_path: Path) -> None:
         blocks = np.random.default_rng(0).normal(size=x.shape)
         grad = on(f, graph_backend(f).gradient(x))
         np.testing.assert_allclose(np.einsum("psd,psd->ps", grad, blocks),
-                                   on(f, fd_backend(f).token_jvp(x, blocks)), rtol=1e-3, atol=1e-5)
+                                   on(f, fd_backend(f).path_jvp(x[0], blocks[0], np.zeros(1))), rtol=1e-3, atol=1e-5)
 
 
 def test_model_without_a_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 from work import sync
 
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.differences import step_scale
-from blackbox_sal.errors import UsageError
 from blackbox_sal.gradients.finite_differences import FiniteDifferences
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.methods.gradient_methods import DEGENERATE_NOTE, identical_rows
 from blackbox_sal.methods.integrated_gradients import AUTO_LEVELS, SAME_AS_BASELINE_NOTE
 from blackbox_sal.methods.quadrature import QUADRATURES, clenshaw_curtis
-from blackbox_sal.scores import ClassScore
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.differences import step_scale
+from blackbox_sal.vocabulary.errors import UsageError
+from blackbox_sal.vocabulary.scores import ClassScore
 
 Scalar = Callable[[np.ndarray], np.ndarray]
 
@@ -306,3 +307,85 @@ def test_a_method_is_one_spec(monkeypatch: pytest.MonkeyPatch) -> None:
     np.testing.assert_allclose(out.scores, 2 * mlp_grad(X).sum(-1), rtol=1e-5)
     assert out.reduce == "sum"
     assert spec.report(ExplainConfig(method="twice"), out) == {"samples": 7}
+
+
+def test_ig_auto_stops_at_the_first_level_whose_documented_estimate_meets_the_tolerance() -> None:
+    """The stopping rule, recomputed from fixed Clenshaw-Curtis rules of 5, 9, 17, ... nodes:
+    the estimate at level k is max(|completeness delta|, c_k) with c_k the L1 change of the
+    token totals since level k-1 (from the third level min(c_k, c_k^2 / c_(k-1))); auto stops
+    at the first level where it is at most tolerance x sum |totals|."""
+    levels = {m: run(mlp, X, method="ig", steps=m, quadrature="clenshaw-curtis", richardson=True)
+              for m in AUTO_LEVELS[:6]}
+    gap = float(mlp(X[None])[0] - mlp(np.zeros_like(X)[None])[0])
+    for tol in (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5):
+        changes: list[float] = []
+        want = None
+        for previous, m in itertools.pairwise(AUTO_LEVELS[:6]):
+            total = levels[m].scores
+            changes.append(float(np.abs(total - levels[previous].scores).sum()))
+            change = changes[-1] if len(changes) == 1 else min(changes[-1], changes[-1] ** 2 / changes[-2])
+            if max(abs(float(total.sum()) - gap), change) <= tol * float(np.abs(total).sum()):
+                want = m
+                break
+        out = run(mlp, X, method="ig", steps="auto", tolerance=tol, richardson=True)
+        assert (tol, out.nodes, out.notes) == (tol, want, ())
+
+
+def test_ig_auto_does_not_claim_convergence_while_completeness_fails() -> None:
+    """Finite differences with a coarse step (fd_step 0.5) carry a systematic error: the levels
+    agree with each other while the completeness delta stays. The estimate includes the delta,
+    so it never meets the tolerance; it fails to halve at two levels in a row, which the rule
+    can first see at 33 nodes (estimates at 9, 17, 33), and auto stops there and says so."""
+    x = 0.5 * X
+    out = run(mlp, x, method="ig", steps="auto", tolerance=1e-3, fd_step=0.5)
+    assert out.nodes == 33
+    assert len(out.notes) == 1 and "stopped shrinking" in out.notes[0]
+    assert abs(out.delta) > 1e-3 * np.abs(out.scores).sum()  # type: ignore[arg-type]
+
+
+def test_ig_says_not_converged_above_five_percent_of_the_gap_and_not_below() -> None:
+    """Closed form of the rules' error: riemann-left on 2 nodes takes the exact gradients at
+    alpha 0 and 1/2, trapezoid on 2 at 0 and 1. At 0.3 X their completeness deltas are 22.9 %
+    and 3.8 % of f(x) - f(x'): only the first is reported as not converged (threshold 5 %)."""
+    x = (0.3 * X).astype(np.float32)
+    gap = float(mlp(x[None])[0] - mlp(np.zeros_like(x)[None])[0])
+    rules = {"riemann-left": (mlp_grad(0 * x) + mlp_grad(0.5 * x)) / 2,
+             "trapezoid": (mlp_grad(0 * x) + mlp_grad(x)) / 2}
+    shares = {}
+    for quadrature, mean_gradient in rules.items():
+        out = run(mlp, x, method="ig", steps=2, quadrature=quadrature, richardson=True)
+        delta = float((mean_gradient * x).sum()) - gap
+        assert out.delta == pytest.approx(delta, abs=1e-5)
+        shares[quadrature] = round(abs(delta) / abs(gap), 3)
+        noted = [n for n in out.notes if "have not converged" in n]
+        assert len(noted) == (shares[quadrature] > 0.05)
+    assert shares == {"riemann-left": 0.229, "trapezoid": 0.038}
+
+
+def test_ig_mean_reduction_is_the_sum_over_the_embedding_width() -> None:
+    """reduce="mean": each token's score is the mean of its per-dimension IG terms, i.e. the
+    sum reduction's score divided by D (4 here), against exact gradients on a fine Riemann sum."""
+    alphas = (np.arange(4000) + 0.5) / 4000
+    per_dim = np.mean([mlp_grad(a * X) for a in alphas], axis=0) * X
+    mean = run(mlp, X, method="ig", steps=50, reduce="mean", richardson=True)
+    total = run(mlp, X, method="ig", steps=50, richardson=True)
+    assert mean.reduce == "mean"
+    np.testing.assert_allclose(mean.scores, per_dim.mean(-1), atol=1e-4)
+    np.testing.assert_allclose(mean.scores, total.scores / X.shape[1], rtol=1e-12)
+    assert mean.delta == total.delta  # completeness is of the sum, whatever the reduction
+
+
+def test_ig_auto_keeps_going_while_the_error_shrinks_slowly_but_surely() -> None:
+    """f = sum_i |x_i - 0.3|^1.5 on one-dimensional tokens: the IG integrand has a square-root
+    kink at x = 0.3, so the quadrature error shrinks about 2.8 times per doubling of the nodes
+    (m^-1.5). That is no noise floor (the rule stops only where two levels in a row fail to
+    halve the estimate): auto converges at 129 nodes without a note, each token's score its
+    closed form |x_i - 0.3|^1.5 - 0.3^1.5 (separable f, zero baseline)."""
+    def f(points: np.ndarray) -> np.ndarray:
+        return (np.abs(points[:, :, 0].astype(np.float64) - 0.3) ** 1.5).sum(axis=1)
+
+    x = np.array([[1.0], [0.8]])
+    out = run(f, x, method="ig", steps="auto", tolerance=1e-3, richardson=True)
+    assert (out.nodes, out.notes) == (129, ())
+    exact = np.abs(x[:, 0] - 0.3) ** 1.5 - 0.3**1.5
+    assert np.abs(out.scores - exact).sum() <= 1e-3 * np.abs(exact).sum()

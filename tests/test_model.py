@@ -12,8 +12,8 @@ import tiny
 from onnx import helper
 
 from blackbox_sal import ExplainConfig, explain, load_model
-from blackbox_sal.errors import InputError, ModelError, UsageError
 from blackbox_sal.surgery.split import split_embedding
+from blackbox_sal.vocabulary.errors import InputError, ModelError, UsageError
 
 D, H = 6, 7
 RNG = np.random.default_rng(5)
@@ -344,3 +344,50 @@ def test_windows_stitch_a_token_by_its_mean_over_the_windows_that_hold_it(tmp_pa
     for t in e.tokens:
         if not t.special:
             assert t.score == pytest.approx(float(np.mean(seen[(t.start, t.end)])), rel=1e-9, abs=1e-12)
+
+
+def test_a_model_is_a_frozen_description_and_its_runtime_is_its_own(mlp_dir: Path) -> None:
+    """What the model is cannot change under a reader; what runs it (session, lazily built
+    graphs) belongs to one model, so a model with other weights keeps nothing of the first's."""
+    import dataclasses
+    import threading
+    import time
+
+    model = load_model(mlp_dir)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.output = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        model.int_inputs["extra"] = np.int64  # type: ignore[index]
+    assert model.session is model.runtime.session and model.cache is model.runtime.built
+    assert (model.device_request, model.threads, model.device) == ("auto", 0, "cpu")
+
+    calls: list[int] = []
+
+    def make() -> int:
+        calls.append(1)
+        time.sleep(0.05)  # long enough for every thread to ask while the first is making it
+        return 42
+
+    got: list[int] = []
+    threads = [threading.Thread(target=lambda: got.append(model.runtime.kept("answer", make))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [42] * 6 and calls == [1]
+
+    def broken() -> int:
+        raise ModelError("no")
+
+    with pytest.raises(ModelError):
+        model.runtime.kept("broken", broken)
+    assert "broken" not in model.runtime.built  # a failure keeps nothing: the next caller tries again
+
+    ids, types, mask = model.probe()
+    x = model.embed(ids)[None]
+    twin = model.with_weights(model.body)
+    assert twin.runtime is not model.runtime and twin.runtime.built == {} and "answer" in model.runtime.built
+    np.testing.assert_array_equal(twin.forward(x, ids, types, mask), model.forward(x, ids, types, mask))
+    doubled = model.with_weights(model.body, table=2 * model.table)
+    assert doubled.row_norm == pytest.approx(2 * model.row_norm)
+    np.testing.assert_array_equal(doubled.embed(ids), 2 * model.embed(ids))

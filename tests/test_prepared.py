@@ -22,10 +22,10 @@ import tiny
 
 from blackbox_sal import ExplainConfig, default_model_path, explain, load_model
 from blackbox_sal.cli import main
-from blackbox_sal.errors import ModelError, UsageError
 from blackbox_sal.gradient_graph.store import gradient_session, prepare
 from blackbox_sal.model.prepared import CONFIG, GRAD, MODEL, TABLE, TOKENIZER
-from blackbox_sal.result import Explanation
+from blackbox_sal.vocabulary.errors import ModelError, UsageError
+from blackbox_sal.vocabulary.result import Explanation
 
 D = 8
 METHODS = ("ig", "grad-x-input", "occlusion")
@@ -211,7 +211,7 @@ ONNX_FREE = r"""
 import json, sys
 sys.modules["onnx"] = None  # any import of onnx raises ImportError
 from blackbox_sal import ExplainConfig, explain, load_model
-from blackbox_sal.errors import ModelError
+from blackbox_sal.vocabulary.errors import ModelError
 model = load_model(sys.argv[1])
 scores = [t.score for t in explain(model, sys.argv[2], ExplainConfig(method="ig")).tokens]
 try:

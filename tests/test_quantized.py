@@ -15,10 +15,10 @@ import pytest
 import tiny
 
 from blackbox_sal import ExplainConfig, explain, load_model
-from blackbox_sal.errors import UnavailableError
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradients.finite_differences import QUANTIZED_STEP
 from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.vocabulary.errors import UnavailableError
 
 D, H = 8, 16
 
@@ -73,7 +73,7 @@ def test_cli_on_a_quantized_model(pair: tuple[Path, Path]) -> None:
 
 
 def test_float_twin_has_exact_gradients_of_the_deployed_weights(pair: tuple[Path, Path]) -> None:
-    from blackbox_sal.errors import UsageError
+    from blackbox_sal.vocabulary.errors import UsageError
 
     fp32, int8 = pair
     twin = load_model(int8, dequantize=True)

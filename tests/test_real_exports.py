@@ -14,11 +14,11 @@ import pytest
 from work import on_model
 
 from blackbox_sal import load_model
-from blackbox_sal.differences import step_scale
 from blackbox_sal.gradients.finite_differences import FiniteDifferences
 from blackbox_sal.gradients.graph_backend import GraphBackend
-from blackbox_sal.runs import Seq
-from blackbox_sal.scores import ClassScore
+from blackbox_sal.vocabulary.differences import step_scale
+from blackbox_sal.vocabulary.runs import Seq
+from blackbox_sal.vocabulary.scores import ClassScore
 
 CACHE = Path(__file__).resolve().parent.parent / "benchmarks" / ".cache"
 pytestmark = pytest.mark.heavy
@@ -36,7 +36,7 @@ def test_real_export_split_and_graph(name: str) -> None:
     f, seq = ClassScore(0, "logit", 2), Seq(ids, types)
     x = model.embed(ids)[None]
     directions = np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
-    graph = on_model(model, GraphBackend(f, seq, f.n_classes).token_jvp(x, directions))
+    graph = on_model(model, GraphBackend(f, seq, f.n_classes).path_jvp(x[0], directions[0], np.zeros(1)))
     fd = on_model(model, FiniteDifferences(f, seq, step_scale(x[0], model.row_norm), richardson=True)
-                  .token_jvp(x, directions))
+                  .path_jvp(x[0], directions[0], np.zeros(1)))
     np.testing.assert_allclose(graph, fd, rtol=1e-2, atol=1e-3)

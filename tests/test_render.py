@@ -8,8 +8,8 @@ import re
 import pytest
 
 from blackbox_sal.render import render_html, render_json, render_terminal, to_dict
-from blackbox_sal.result import Explanation, Label, Prediction, Provenance
 from blackbox_sal.text.words import Span
+from blackbox_sal.vocabulary.result import Explanation, Label, Prediction, Provenance
 
 ANSI = re.compile(r"\033\[[0-9;]*m")
 

@@ -16,9 +16,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.gradient_graph.build import gradient_of as build_gradient
 from blackbox_sal.surgery.names import GRAD, WEIGHTS
+from blackbox_sal.vocabulary.errors import ModelError
 
 D = 4
 RNG = np.random.default_rng(5)
@@ -284,3 +284,33 @@ def test_a_loop_reading_a_differentiated_tensor_is_refused_by_name() -> None:
               {"trips": np.array(2, np.int64), "zero": np.zeros((1, 1, D), np.float32), "axes1": _ints(1)})
     with pytest.raises(ModelError, match="no gradient rule for operator 'Loop'.*run backwards"):
         build_gradient(m, "y", probes())
+
+
+@pytest.mark.parametrize("norm", ["L1", "L2"])
+def test_onnx_ml_normalizer(norm: str) -> None:
+    """A scikit-learn pipeline's Normalizer (ONNX-ML, per row of [N, C]): its reverse rule
+    against finite differences, and against its closed form at one point, where the row's
+    norm is 5 (L2) or 7 (L1): dx = (g - y (g . y)) / |x|, with sign(x) for y under L1."""
+    graph = helper.make_graph(
+        [n("ReduceSum", ["inputs_embeds", "axes1"], "s", keepdims=0),
+         helper.make_node("Normalizer", ["s"], ["u"], domain="ai.onnx.ml", norm=norm), n("MatMul", ["u", "w"], "y")],
+        "case", [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", None])],
+        [numpy_helper.from_array(_ints(1), "axes1"), numpy_helper.from_array(_w(D, 3), "w")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)],
+                          ir_version=9)
+    onnx.checker.check_model(m)
+    check(m)
+    g = build_gradient(m, "y", probes())
+    back = ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.array([[[3.0, -4.0, 0.0, 0.0]]], np.float32)  # one token: s = x
+    seed = np.array([[1.0, 0.0, 0.0]], np.float32)
+    (grad,) = back.run([GRAD], {"inputs_embeds": x, WEIGHTS: seed})
+    w = numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == "w"))[:, 0].astype(np.float64)
+    v = x[0, 0].astype(np.float64)
+    size = np.sqrt((v * v).sum()) if norm == "L2" else np.abs(v).sum()
+    y = v / size
+    along = y if norm == "L2" else np.sign(v)
+    np.testing.assert_allclose(grad[0, 0], (w - along * (w @ y)) / size, rtol=1e-5, atol=1e-6)
+    (zero,) = back.run([GRAD], {"inputs_embeds": np.zeros_like(x), WEIGHTS: seed})
+    assert zero.tolist() == np.zeros_like(x).tolist()  # an all-zero row stays zero: its gradient is 0

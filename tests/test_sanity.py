@@ -13,7 +13,6 @@ import tiny
 from onnx import TensorProto, helper, numpy_helper
 
 from blackbox_sal import ExplainConfig, Explanation, default_model_path, explain, load_model
-from blackbox_sal.errors import UsageError
 from blackbox_sal.evaluation.sanity import (
     TABLE,
     Cascade,
@@ -25,6 +24,7 @@ from blackbox_sal.evaluation.sanity import (
     weight_layers,
 )
 from blackbox_sal.gradient_graph.store import cache_dir
+from blackbox_sal.vocabulary.errors import UsageError
 
 D, H = 6, 5
 EMB = tiny.table(D, seed=8)

@@ -29,15 +29,15 @@ import crafted  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 import blackbox_sal as bs  # noqa: E402
+from blackbox_sal.api.explaining import prediction_work, runner, text_explanation  # noqa: E402
 from blackbox_sal.engine.service import EngineService  # noqa: E402
-from blackbox_sal.errors import InputError, ModelError, TooLongError, UnavailableError, UsageError  # noqa: E402
-from blackbox_sal.explaining import prediction_work, runner, text_explanation  # noqa: E402
 from blackbox_sal.methods import METHODS  # noqa: E402
 from blackbox_sal.model.files import default_model_path  # noqa: E402
 from blackbox_sal.model.loading import load_model  # noqa: E402
 from blackbox_sal.model.text_model import TextModel  # noqa: E402
 from blackbox_sal.server.app import Server  # noqa: E402
 from blackbox_sal.server.protocol import Limits, status_of  # noqa: E402
+from blackbox_sal.vocabulary.errors import InputError, ModelError, TooLongError, UnavailableError, UsageError  # noqa: E402
 
 TEXTS = ["a fine film", "the plot was dull but the acting was fine", "dull and boring", "a moving, funny story"]
 LONG = " ".join(["the plot was dull but the acting was fine"] * 10)

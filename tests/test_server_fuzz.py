@@ -34,11 +34,11 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 from starlette.testclient import TestClient  # noqa: E402
 
-from blackbox_sal.config import ExplainConfig  # noqa: E402
 from blackbox_sal.model.files import default_model_path  # noqa: E402
 from blackbox_sal.model.loading import load_model  # noqa: E402
 from blackbox_sal.server.app import Server  # noqa: E402
 from blackbox_sal.server.protocol import Limits  # noqa: E402
+from blackbox_sal.vocabulary.config import ExplainConfig  # noqa: E402
 
 #: examples per operation and mode (12 operations); BLACKBOX_SAL_FUZZ_EXAMPLES=500 for a longer hunt
 EXAMPLES = int(os.environ.get("BLACKBOX_SAL_FUZZ_EXAMPLES", "50"))

@@ -19,14 +19,14 @@ pytest.importorskip("httpx", reason="the server's tests need httpx")
 
 from starlette.testclient import TestClient
 
-from blackbox_sal.config import ExplainConfig
 from blackbox_sal.engine.runner import Runner
 from blackbox_sal.engine.service import EngineService
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.loading import load_model
-from blackbox_sal.runs import ArrayPoints, Forward, Request, Seq, Work
 from blackbox_sal.server.app import Server
 from blackbox_sal.server.protocol import Limits
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.runs import ArrayPoints, Forward, Request, Seq, Work
 
 EXPLAIN = "/v1/models/default:explain"
 

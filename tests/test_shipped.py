@@ -13,9 +13,9 @@ import tiny
 from onnx import TensorProto, helper, numpy_helper
 
 from blackbox_sal import ExplainConfig, explain, explain_similarity, load_model
-from blackbox_sal.errors import ModelError, UnavailableError, UsageError
 from blackbox_sal.gradient_graph import store
 from blackbox_sal.surgery.split import split_embedding
+from blackbox_sal.vocabulary.errors import ModelError, UnavailableError, UsageError
 
 D = 6
 TABLE = tiny.table(D, seed=21)

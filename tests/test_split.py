@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 import tiny
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.names import EMBEDS
 from blackbox_sal.surgery.split import split_embedding
+from blackbox_sal.vocabulary.errors import ModelError
 
 D = 8
 

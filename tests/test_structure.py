@@ -14,29 +14,36 @@ import blackbox_sal
 PACKAGE = Path(blackbox_sal.__file__).resolve().parent
 
 #: lowest first; a module may import from its own entry or any before it (typing-only imports
-#: under ``if TYPE_CHECKING:`` do not count: they never run)
+#: under ``if TYPE_CHECKING:`` do not count: they never run). A folder is one entry, except the
+#: three that group the root's modules by kind, whose modules are placed one by one
+#: (``vocabulary.config``); their faces (``vocabulary``, ``jobs``, ``api``) import nothing.
 LAYERS = [
-    {"errors", "progress", "reductions", "differences", "runs", "scores", "text", "datasets", "diagnostics"},
-    {"result", "surgery", "baselines", "render"},
+    {"vocabulary", "vocabulary.errors", "progress", "reductions", "vocabulary.differences", "vocabulary.runs",
+     "vocabulary.scores", "text", "jobs", "jobs.datasets", "diagnostics", "api"},
+    {"vocabulary.result", "surgery", "baselines", "render"},
     {"model"},
     {"gradient_graph"},
     {"gradients"},
     {"methods"},
-    {"config"},
+    {"vocabulary.config"},
     {"engine"},
-    {"explaining"},
-    {"tasks", "torch_export"},
-    {"batch", "batch_ray"},
+    {"api.explaining"},
+    {"api.tasks"},
+    {"jobs.batch", "jobs.batch_ray"},
     {"evaluation"},
     {"server"},
     {"cli", "__main__", "__init__"},
 ]
+#: the folders whose modules have layers of their own
+GROUPED = ("vocabulary", "jobs", "api")
 
 
 def layer_of(module: str) -> int:
-    top = module.split(".")[1] if module.count(".") else "__init__"
-    top = top.removesuffix(".py")
-    return next(k for k, names in enumerate(LAYERS) if top in names)
+    parts = [p.removesuffix(".py") for p in module.split(".")[1:]] or ["__init__"]
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    key = ".".join(parts[:2]) if parts[0] in GROUPED else parts[0]
+    return next(k for k, names in enumerate(LAYERS) if key in names)
 
 
 def modules() -> list[str]:
@@ -111,7 +118,7 @@ def test_importing_the_package_and_validating_a_config_load_no_heavy_dependency(
     script = ("import sys, blackbox_sal\n"
               "heavy = lambda: sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules)\n"
               "first = heavy()\n"
-              "from blackbox_sal.config import ExplainConfig\n"
+              "from blackbox_sal.vocabulary.config import ExplainConfig\n"
               "ExplainConfig(method='ig', steps=16).validated()\n"
               "print(first, heavy())\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
@@ -206,8 +213,9 @@ def test_a_prepared_folder_is_loaded_and_explained_without_onnx(tmp_path: Path) 
 
 
 #: the modules an explanation of a prepared folder goes through: none may import onnx when imported
-EXPLAIN_PATH = ["blackbox_sal.explaining", "blackbox_sal.tasks", "blackbox_sal.gradient_graph.store",
-                "blackbox_sal.model.loading", "blackbox_sal.model.prepared", "blackbox_sal.model.files",
+EXPLAIN_PATH = ["blackbox_sal.api.explaining", "blackbox_sal.api.tasks", "blackbox_sal.gradient_graph.store",
+                "blackbox_sal.model.loading", "blackbox_sal.model.prepared", "blackbox_sal.model.inputs",
+                "blackbox_sal.model.files",
                 "blackbox_sal.model.wire", "blackbox_sal.model.text_model", "blackbox_sal.model.session",
                 "blackbox_sal.cli"]
 
@@ -222,3 +230,175 @@ def test_the_explain_path_imports_without_onnx() -> None:
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the blackbox_sal modules it imports when run (at the top or inside a function;
+    ``from package import submodule`` counts as importing the submodule)."""
+    known = set(modules()) | {"blackbox_sal"}
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        tree = ast.parse(path.read_text())
+        skip = {id(n) for node in ast.walk(tree)
+                if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                for child in node.body for n in ast.walk(child)}
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("blackbox_sal"):
+                subs = {f"{node.module}.{a.name}" for a in node.names} & known
+                found |= subs or {node.module}
+                if len(subs) < len(node.names):
+                    found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("blackbox_sal"))
+        graph[name] = {t for t in found if t != name and t in known}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                part.add(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                out.append(part)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+#: circles that other branches of issue 20 take apart (the settings spec: config validates names
+#: through the method registry, which imports config; the server app serves the OpenAPI document,
+#: which describes the app). Nothing else may form one; delete an entry once its branch is merged.
+MENDED_ELSEWHERE = [
+    {"blackbox_sal.vocabulary.config", "blackbox_sal.methods", "blackbox_sal.methods.attribution",
+     "blackbox_sal.methods.gradient_methods", "blackbox_sal.methods.integrated_gradients",
+     "blackbox_sal.methods.occlusion"},
+    {"blackbox_sal.server.app", "blackbox_sal.server.openapi"},
+]
+
+
+def test_imports_run_one_way_with_no_circle() -> None:
+    """Every import, also one made inside a function, runs one way: model.loading uses
+    model.prepared (never back), both read a session's interface from model.inputs."""
+    found = circles(import_graph())
+    assert [c for c in found if not any(c <= allowed for allowed in MENDED_ELSEWHERE)] == []
+    graph = import_graph()
+    assert "blackbox_sal.model.prepared" in graph["blackbox_sal.model.loading"]
+    assert "blackbox_sal.model.loading" not in graph["blackbox_sal.model.prepared"]
+
+
+def test_circle_finder_finds_a_circle() -> None:
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_takes_another_modules_private_names() -> None:
+    """A module's underscored names are its own: whoever needs one needs a public surface
+    (the engine's service steps work through drive.Active.step, not drive._step)."""
+    taken = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("blackbox_sal"):
+                taken += [f"{path.relative_to(PACKAGE)} takes {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert taken == []
+
+
+#: the runtime: the only places that create onnxruntime sessions (every other module runs a
+#: model through its TextModel / Runtime, or a gradient graph through its GradientSession)
+SESSION_MAKERS = ("blackbox_sal/model/", "blackbox_sal/gradient_graph/")
+
+
+def test_sessions_are_made_and_run_by_the_model_runtime_alone() -> None:
+    made = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(PACKAGE.parent))
+        text = path.read_text()
+        if "InferenceSession(" in text and rel != "blackbox_sal/model/session.py":
+            made.append(f"{rel} creates an InferenceSession")
+        if not rel.startswith(SESSION_MAKERS) and any(
+                isinstance(node, ast.ImportFrom) and node.module == "blackbox_sal.model.session"
+                and any(a.name in ("create_session", "run") for a in node.names)
+                for node in ast.walk(ast.parse(text))):
+            made.append(f"{rel} creates or runs sessions of its own")
+    assert made == []
+
+
+_LOGGER_PROBE = '''
+import sys
+import onnxruntime as ort
+calls = []
+original = ort.set_default_logger_severity
+ort.set_default_logger_severity = lambda level: calls.append(level) or original(level)
+from blackbox_sal import ExplainConfig, default_model_path, explain, load_model
+model = load_model(sys.argv[1] if len(sys.argv) > 1 else default_model_path())
+explain(model, model.tokenizer.decode([1, 2, 3]) or "good", ExplainConfig(method="grad-x-input"))
+print(calls)
+'''
+
+
+def test_importing_and_loading_leave_onnxruntime_s_default_logger_alone(tmp_path: Path) -> None:
+    """A library leaves its host's process-wide settings alone: onnxruntime's default logger is
+    never set, and the warnings of a model's own sessions are silenced by their session options
+    (an unused initializer warns through the default logger unless the session says otherwise)."""
+    import numpy as np
+    import onnx
+    import tiny
+    from onnx import numpy_helper
+
+    r = subprocess.run([sys.executable, "-c", _LOGGER_PROBE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    body = tiny.tanh_mlp(tiny.table(6), *tiny.mlp_weights(6, 7, 3, seed=5))
+    body.graph.initializer.append(numpy_helper.from_array(np.ones(3, np.float32), "never_read"))
+    folder = tiny.write_model_dir(tmp_path / "unused", body, ["a", "b", "c"])
+    assert "never_read" in {i.name for i in onnx.load(str(folder / "model.onnx")).graph.initializer}
+    r = subprocess.run([sys.executable, "-c", _LOGGER_PROBE, str(folder)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout.strip(), r.stderr) == ("[]", "")
+    raw = subprocess.run([sys.executable, "-c", "import onnxruntime as ort, sys\n"
+                          "ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])",
+                          str(folder / "model.onnx")], capture_output=True, text=True, timeout=60)
+    assert "never_read" in raw.stderr  # the warning the session options silence is real
+
+
+def test_scipy_is_imported_by_the_evaluation_alone() -> None:
+    """The edge install (onnxruntime, numpy, tokenizers) explains without scipy: only the
+    evaluation commands, which need the full install anyway, may import it."""
+    users = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n == "scipy" or n.startswith("scipy.") for n in names):
+                users.append(str(path.relative_to(PACKAGE)))
+    assert users and all(u.startswith("evaluation/") for u in users), users

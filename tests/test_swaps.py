@@ -12,9 +12,9 @@ import pytest
 import tiny
 
 from blackbox_sal import ExplainConfig, default_model_path, load_model
-from blackbox_sal.errors import UsageError
 from blackbox_sal.evaluation.swaps import special_ids, swaps, swaps_dict, swaps_table, top_candidates
 from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.vocabulary.errors import UsageError
 
 TEXT = "the film was good and the plot was bad"
 

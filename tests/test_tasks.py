@@ -12,8 +12,8 @@ import pytest
 import tiny
 
 from blackbox_sal import ExplainConfig, explain, load_model, render_json, render_terminal
-from blackbox_sal.errors import UsageError
 from blackbox_sal.surgery.names import NEXT_TOKEN
+from blackbox_sal.vocabulary.errors import UsageError
 
 D = 6
 TABLE = tiny.table(D, seed=7)
@@ -250,7 +250,7 @@ def test_a_token_classifier_is_not_taken_for_a_causal_lm(tmp_path: Path) -> None
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from blackbox_sal.errors import ModelError
+    from blackbox_sal.vocabulary.errors import ModelError
 
     nodes = [helper.make_node("Gather", ["table", "input_ids"], ["E"]),
              helper.make_node("MatMul", ["E", "W"], ["tags"])]

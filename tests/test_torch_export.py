@@ -45,7 +45,7 @@ class TinyBert(nn.Module):
 
 @pytest.mark.parametrize("kind", ["cnn", "bert"])
 def test_exported_gradient_graph_equals_autograd(tmp_path: Path, kind: str) -> None:
-    from blackbox_sal.torch_export import export_torch
+    from blackbox_sal.gradient_graph.torch_export import export_torch
 
     if kind == "bert":
         pytest.importorskip("transformers")

@@ -187,8 +187,8 @@ def test_a_bad_json_side_file_is_one_model_error(tmp_path: Path, text: str | byt
     """1_Pooling/config.json and friends: an integer over Python's 4,300 digits (a plain
     ValueError, which escaped as a traceback), nesting past the recursion limit, broken JSON,
     bytes that are not UTF-8: each is one ModelError naming the file."""
-    from blackbox_sal.errors import ModelError
     from blackbox_sal.model.files import read_side_json
+    from blackbox_sal.vocabulary.errors import ModelError
 
     side = tmp_path / "1_Pooling"
     side.mkdir()

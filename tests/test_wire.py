@@ -24,9 +24,9 @@ import tiny
 from onnx import TensorProto, helper, numpy_helper
 
 from blackbox_sal import default_model_path, load_model
-from blackbox_sal.errors import ModelError
 from blackbox_sal.gradient_graph.store import prepare
 from blackbox_sal.model import external_data, files, wire
+from blackbox_sal.vocabulary.errors import ModelError
 
 CASES = {**crafted.LEAKS, **crafted.EXTERNAL_ENTRIES, **crafted.TENSORS, **crafted.DOMAINS,
          "function-sparse-constant-inline": crafted.function_sparse_constant_inline}

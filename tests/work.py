@@ -7,13 +7,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from blackbox_sal.differences import step_scale
 from blackbox_sal.engine.drive import drive_one
 from blackbox_sal.engine.runner import Runner
 from blackbox_sal.gradients.finite_differences import FiniteDifferences
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.runs import Forward, Request, T, Work, drive
-from blackbox_sal.scores import ClassScore
+from blackbox_sal.vocabulary.differences import step_scale
+from blackbox_sal.vocabulary.runs import Forward, Request, T, Work, drive
+from blackbox_sal.vocabulary.scores import ClassScore
 
 Scalar = Callable[[np.ndarray], np.ndarray]  # points [N, S, D] -> values [N]
 

@@ -1,7 +1,7 @@
 """Driving attribution work to the end: one piece (:func:`drive_one`), or many at once with
 their requests packed together (:func:`drive_many`).
 
-Each piece of work is a generator (:mod:`blackbox_sal.runs`). In a round, every active piece
+Each piece of work is a generator (:mod:`blackbox_sal.vocabulary.runs`). In a round, every active piece
 is stepped to its next request; the runner executes all of them together (rows of the same
 kind and length share onnxruntime runs), and each piece receives its results. A piece that
 fails (a SalError: an unknown label, a text the model cannot take) ends with its error; the
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from blackbox_sal.engine.runner import Runner
-from blackbox_sal.errors import SalError
-from blackbox_sal.runs import All, Request, Work
+from blackbox_sal.vocabulary.errors import SalError
+from blackbox_sal.vocabulary.runs import All, Request, Work
 
 T = TypeVar("T")
 
@@ -41,18 +41,33 @@ def drive_one(work: Work[T], runner: Runner) -> T:
 
 
 @dataclass
-class _Active(Generic[T]):
+class Active(Generic[T]):
+    """A piece of work being driven: its place in the input (``index``), the request it asked
+    last (None before its first step) and what it is sent at its next step."""
+
     index: int
     work: Work[T]
     asked: Request | All | None = None
     send: Any = field(default=None)
+
+    def step(self, done: dict[int, T | SalError]) -> bool:
+        """Advance to the next request; False (the result or SalError recorded in ``done``
+        under ``index``) when the work ended."""
+        try:
+            self.asked = self.work.send(self.send) if self.asked is not None else next(self.work)
+            return True
+        except StopIteration as stop:
+            done[self.index] = stop.value
+        except SalError as exc:
+            done[self.index] = exc
+        return False
 
 
 @dataclass
 class _Lane(Generic[T]):
     """Some of the active pieces, and the round of theirs that is executing (if any)."""
 
-    active: list[_Active[T]] = field(default_factory=list)
+    active: list[Active[T]] = field(default_factory=list)
     flight: Future[list[Any]] | None = None
     spans: list[tuple[int, int]] = field(default_factory=list)
 
@@ -86,8 +101,8 @@ def drive_many(works: Iterable[Work[T]], runner: Runner, window: int = 64,
                     if item is None:
                         exhausted = True
                         break
-                    entry = _Active(item[0], item[1])
-                    if _step(entry, done):
+                    entry = Active(item[0], item[1])
+                    if entry.step(done):
                         lane.active.append(entry)
             while next_out in done:
                 yield done.pop(next_out)
@@ -107,18 +122,6 @@ def drive_many(works: Iterable[Work[T]], runner: Runner, window: int = 64,
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _step(entry: _Active[T], done: dict[int, T | SalError]) -> bool:
-    """Advance ``entry`` to its next request; False (its result or error recorded) when it ended."""
-    try:
-        entry.asked = entry.work.send(entry.send) if entry.asked is not None else next(entry.work)
-        return True
-    except StopIteration as stop:
-        done[entry.index] = stop.value
-    except SalError as exc:
-        done[entry.index] = exc
-    return False
 
 
 def _submit(lane: _Lane[T], runner: Runner, pool: ThreadPoolExecutor | None) -> None:
@@ -155,11 +158,11 @@ def _land(lane: _Lane[T], runner: Runner, done: dict[int, T | SalError]) -> None
     else:
         for entry, (start, count) in zip(lane.active, lane.spans, strict=True):
             entry.send = results[start:start + count] if isinstance(entry.asked, All) else results[start]
-            _step(entry, done)
+            entry.step(done)
     lane.active = [a for a in lane.active if a.index not in done]
 
 
-def _alone(entry: _Active[T], runner: Runner, done: dict[int, T | SalError]) -> None:
+def _alone(entry: Active[T], runner: Runner, done: dict[int, T | SalError]) -> None:
     asked = entry.asked
     requests = list(asked.requests) if isinstance(asked, All) else [asked]
     try:
@@ -169,4 +172,4 @@ def _alone(entry: _Active[T], runner: Runner, done: dict[int, T | SalError]) -> 
         done[entry.index] = exc
         return
     entry.send = results if isinstance(asked, All) else results[0]
-    _step(entry, done)
+    entry.step(done)

@@ -26,7 +26,7 @@ from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.progress import Progress
-from blackbox_sal.runs import Forward, Gradient, PathJvp, Request, Seq
+from blackbox_sal.vocabulary.runs import Forward, Gradient, PathJvp, Request, Seq
 
 #: rows per run on the CPU when the config names none (memory grows with it; speed hardly does)
 CPU_ROWS = 64

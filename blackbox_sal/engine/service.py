@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from blackbox_sal.engine.drive import _Active, _step
+from blackbox_sal.engine.drive import Active
 from blackbox_sal.engine.runner import Runner
-from blackbox_sal.errors import ModelError, SalError
 from blackbox_sal.model.session import RUN_OPTIONS
-from blackbox_sal.runs import All, Forward, Request, Work, split
+from blackbox_sal.vocabulary.errors import ModelError, SalError
+from blackbox_sal.vocabulary.runs import All, Forward, Request, Work, split
 
 
 class Busy(Exception):
@@ -52,7 +52,7 @@ class _Job:
     work: Work[Any]
     future: Future[Any]
     deadline: float | None
-    active: _Active[Any] = field(init=False)
+    active: Active[Any] = field(init=False)
     pending: list[tuple[int, Request]] = field(default_factory=list)
     parts: list[list[np.ndarray]] = field(default_factory=list)
 
@@ -139,7 +139,7 @@ class EngineService:
                 break
 
     def _start(self, job: _Job) -> None:
-        job.active = _Active(len(self.jobs), job.work)
+        job.active = Active(len(self.jobs), job.work)
         if _advance(job) and self._plan(job):
             self.jobs.append(job)
 
@@ -256,7 +256,7 @@ def _advance(job: _Job) -> bool:
     caller waiting for ever) and fail every other job in flight with it."""
     done: dict[int, Any] = {}
     try:
-        if _step(job.active, done):
+        if job.active.step(done):
             return True
         outcome = done.pop(job.active.index)
     except Exception as exc:

@@ -1,8 +1,8 @@
 """What the evaluation analyses share: rows in, gradients of many output weightings at one
 point (the gradient graph, else finite differences), labels, Pearson, plots.
 
-Gradients are engine work (:mod:`blackbox_sal.runs`): :func:`gradients_at` yields one
-:class:`~blackbox_sal.runs.Gradient` request of K rows (the same point, K seed weightings of
+Gradients are engine work (:mod:`blackbox_sal.vocabulary.runs`): :func:`gradients_at` yields one
+:class:`~blackbox_sal.vocabulary.runs.Gradient` request of K rows (the same point, K seed weightings of
 the outputs) when a verified gradient graph can be had, so a dataset's points share runs;
 otherwise K finite-difference full gradients (2 x S x D forward passes each).
 """
@@ -15,23 +15,23 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.datasets import BadRow, Row
-from blackbox_sal.differences import step_scale
-from blackbox_sal.errors import ModelError, UnavailableError, UsageError
 from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.gradients.backend import BACKENDS, Setting
+from blackbox_sal.jobs.datasets import BadRow, Row
 from blackbox_sal.model.files import read_side_json
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.runs import ArrayPoints, Cost, Gradient, Seq, Work, ask
-from blackbox_sal.scores import Projection
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.differences import step_scale
+from blackbox_sal.vocabulary.errors import ModelError, UnavailableError, UsageError
+from blackbox_sal.vocabulary.runs import ArrayPoints, Cost, Gradient, Seq, Work, ask
+from blackbox_sal.vocabulary.scores import Projection
 
 #: what a missing matplotlib says
 PLOT_HINT = 'plots need matplotlib: pip install "blackbox-sal[plot]"'
 
 
 def as_rows(items: Iterable[Row | BadRow | str]) -> Iterator[Row | BadRow]:
-    """Dataset rows (from :func:`blackbox_sal.datasets.read_rows`) or plain texts, as rows."""
+    """Dataset rows (from :func:`blackbox_sal.jobs.datasets.read_rows`) or plain texts, as rows."""
     for k, item in enumerate(items):
         yield Row(k, item) if isinstance(item, str) else item
 

@@ -1,4 +1,10 @@
-"""Rank correlations of token scores, defined or not (None), and their means over texts."""
+"""Rank correlations of token scores, defined or not (None), and their means over texts.
+
+This is where scipy serves (the full install's evaluation; the edge install has no scipy):
+Spearman with ties as average ranks is scipy.stats' job. The other numerics stay numpy where
+the edge runs them (quadrature nodes) or where they are a few exact lines (Pearson in
+:mod:`.common`, the surrogate's 1-D logistic fit in :mod:`.linear_surrogate`).
+"""
 
 from __future__ import annotations
 

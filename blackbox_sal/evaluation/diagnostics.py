@@ -12,7 +12,7 @@
 - **Input equals the baseline** and **identical gradient rows**: said by the methods
   themselves (``SAME_AS_BASELINE_NOTE``, ``DEGENERATE_NOTE``).
 
-:func:`diagnose` gives the notes for a finished :class:`~blackbox_sal.result.Explanation`
+:func:`diagnose` gives the notes for a finished :class:`~blackbox_sal.vocabulary.result.Explanation`
 that it does not have yet, and :func:`with_diagnostics` adds them.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from blackbox_sal.diagnostics import SPECIAL_NOTE_START, SPECIAL_SHARE, special_share, special_tokens_note
 from blackbox_sal.methods.integrated_gradients import UNCONVERGED
-from blackbox_sal.result import Explanation
+from blackbox_sal.vocabulary.result import Explanation
 
 __all__ = ["SPECIAL_NOTE_START", "SPECIAL_SHARE", "diagnose", "ig_unconverged", "special_share",
            "special_tokens_note", "with_diagnostics"]

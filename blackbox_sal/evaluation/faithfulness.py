@@ -26,7 +26,7 @@ re-tokenizing an edited text. With f the explained class's score under ``score``
   the forward and gradient-graph passes per explanation.
 
 All the removals of one text (every bin, every curve point, every leave-one-out copy) are one
-:class:`~blackbox_sal.runs.Forward` request, built lazily a run at a time, and the requests of
+:class:`~blackbox_sal.vocabulary.runs.Forward` request, built lazily a run at a time, and the requests of
 all texts and methods are driven together. Results are means over the texts that both passes
 completed; the others are counted with their reasons. ``"random"`` in ``methods`` adds the
 reference row a method should beat: token scores drawn uniformly at random (seeded). Between
@@ -46,18 +46,18 @@ from typing import Any
 
 import numpy as np
 
+from blackbox_sal.api.explaining import ClassQuestion, explanation, runner, text_explanation
 from blackbox_sal.baselines import baseline_token, make_baseline
-from blackbox_sal.config import ExplainConfig
 from blackbox_sal.engine.drive import drive_many, drive_one
-from blackbox_sal.errors import InputError, ModelError, SalError, UsageError, unknown_choice
 from blackbox_sal.evaluation.correlation import mean_defined, spearman
-from blackbox_sal.explaining import ClassQuestion, explanation, runner, text_explanation
 from blackbox_sal.methods import METHODS
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import Explanation
-from blackbox_sal.runs import Forward, LazyPoints, Seq, Work, ask
-from blackbox_sal.scores import SCORES
 from blackbox_sal.text.tokenization import Tokens, tokenize
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, UsageError, unknown_choice
+from blackbox_sal.vocabulary.result import Explanation
+from blackbox_sal.vocabulary.runs import Forward, LazyPoints, Seq, Work, ask
+from blackbox_sal.vocabulary.scores import SCORES
 
 #: ERASER's bins: fractions of the ordinary tokens
 BINS = (0.01, 0.05, 0.10, 0.20, 0.50)

@@ -52,22 +52,20 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.differences import mean_row_norm
+from blackbox_sal.api.explaining import runner, text_explanation
 from blackbox_sal.engine.drive import drive_many
-from blackbox_sal.errors import ModelError, SalError, UsageError
 from blackbox_sal.evaluation.correlation import mean_defined, spearman
 from blackbox_sal.evaluation.faithfulness import fmt_number, json_float, method_configs, row_names
-from blackbox_sal.explaining import runner, text_explanation
 from blackbox_sal.gradient_graph.build import build_gradient
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradient_graph.store import cache_dir, cache_key, gradient_session
 from blackbox_sal.methods import METHODS
 from blackbox_sal.model import files
-from blackbox_sal.model.session import create_session, run
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import Explanation
 from blackbox_sal.surgery.prune import node_inputs
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import ModelError, SalError, UsageError
+from blackbox_sal.vocabulary.result import Explanation
 
 FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 #: what the last stage re-draws
@@ -268,13 +266,9 @@ class Cascade:
             return Randomized(self.model, {}, True)
         values = self.values(stage)
         assert self.model.body is not None
-        body = substituted(self.model.body, values)
-        changes: dict[str, Any] = {}
-        if stage > len(self.layers):
-            table = _redraw(self.model.table, np.random.default_rng([self.seed, len(self.layers)]))
-            changes = {"table": table, "row_norm": mean_row_norm(table)}
-        model = replace(self.model, body=body, cache={}, **changes,
-                        session=create_session(body.SerializeToString(), self.model.device_request, self.model.threads))
+        table = (_redraw(self.model.table, np.random.default_rng([self.seed, len(self.layers)]))
+                 if stage > len(self.layers) else None)
+        model = self.model.with_weights(substituted(self.model.body, values), table)
         proto = self._gradient_proto() if graph else None
         if proto is None:
             return Randomized(model, values, False, self._graph_reason if graph else "no gradient graph asked for")
@@ -283,7 +277,7 @@ class Cascade:
             same_outputs(model, session, self.seed)
         except ModelError as exc:
             return Randomized(model, values, False, f"the substituted gradient graph failed its check: {exc}")
-        model.cache["gradient"] = session
+        model.runtime.keep("gradient", session)
         return Randomized(model, values, True)
 
     def _gradient_proto(self) -> onnx.ModelProto | None:
@@ -314,10 +308,7 @@ def same_outputs(model: TextModel, graph: GradientSession, seed: int = 0) -> Non
     points = np.repeat(x[None], rows, axis=0)
     types = np.zeros(length, np.int64)
     expected = model.forward(points, ids, types)
-    if model.output not in graph.output_names():
-        raise ModelError(f"it has no output {model.output!r} to compare with the model's")
-    feeds = graph.point_feeds(model, points, ids, types, np.zeros(expected.shape, np.float32))
-    got = model.as_classes(run(graph.session, [model.output], feeds, "the gradient graph")[0], rows)
+    got = graph.model_output(model, points, ids, types, expected.shape[1])
     scale = float(np.max(np.abs(expected))) + 1e-30
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-5 * scale):
         raise ModelError(f"its output differs from the randomized model's by up to "

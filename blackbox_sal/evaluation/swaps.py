@@ -33,15 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_sal.config import ExplainConfig
+from blackbox_sal.api.explaining import ClassQuestion, ProjectionQuestion, Question, runner
 from blackbox_sal.engine.drive import drive_one
-from blackbox_sal.errors import InputError, ModelError, UsageError
 from blackbox_sal.evaluation.common import gradients_at, graph_unavailable, pearson
-from blackbox_sal.explaining import ClassQuestion, ProjectionQuestion, Question, runner
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import Label, Prediction
-from blackbox_sal.runs import ArrayPoints, Forward, Seq, Work, ask, ask_all
 from blackbox_sal.text.tokenization import tokenize
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import InputError, ModelError, UsageError
+from blackbox_sal.vocabulary.result import Label, Prediction
+from blackbox_sal.vocabulary.runs import ArrayPoints, Forward, Seq, Work, ask, ask_all
 
 #: how candidates are ranked per position
 DIRECTIONS = ("both", "increase", "decrease")

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.model.probe import probe
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.surgery.gradient import forward_part, gradient_model
+from blackbox_sal.vocabulary.errors import ModelError
 
 log = logging.getLogger("blackbox_sal")
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.model.session import batches, create_session, on_cuda, run
 from blackbox_sal.model.text_model import TextModel, fill, int_feeds, per_row
 from blackbox_sal.surgery.names import ALPHA, ANCHOR, DELTA, EMBEDS, GRAD, ROW, TOKEN_JVP, WEIGHTS
+from blackbox_sal.vocabulary.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,16 @@ class GradientSession:
             feeds[EMBEDS] = points
         feeds[WEIGHTS] = np.ascontiguousarray(weights, dtype=np.float32)
         return feeds
+
+    def model_output(self, model: TextModel, points: np.ndarray, ids: np.ndarray, type_ids: np.ndarray,
+                     classes: int) -> np.ndarray:
+        """The graph's own copy of the model's explained output (``classes`` wide) at points
+        [k, S, D]: float64 [k, C] (ModelError where the graph does not return it)."""
+        if model.output not in self.output_names():
+            raise ModelError(f"it has no output {model.output!r} to compare with the model's")
+        k = points.shape[0]
+        feeds = self.point_feeds(model, points, ids, type_ids, np.zeros((k, classes), np.float32))
+        return model.as_classes(run(self.session, [model.output], feeds, "the gradient graph")[0], k)
 
     def path_jvp(self, model: TextModel, anchors: np.ndarray, deltas: np.ndarray, rows: np.ndarray,
                  alphas: np.ndarray, ids: np.ndarray, type_ids: np.ndarray, weights: np.ndarray,

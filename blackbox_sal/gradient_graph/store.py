@@ -18,17 +18,16 @@ import json
 import logging
 import os
 import tempfile
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from blackbox_sal.errors import ModelError, SalError, UsageError
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.gradient_graph.verify import verify
 from blackbox_sal.model import files
 from blackbox_sal.model.session import first_line
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.surgery.names import GRAD, WEIGHTS
+from blackbox_sal.vocabulary.errors import ModelError, SalError, UsageError
 
 if TYPE_CHECKING:  # onnx is imported where a graph is built: an edge install runs shipped graphs only
     import onnx
@@ -55,21 +54,12 @@ def cache_key(body: onnx.ModelProto, output: str) -> str:
     return h.hexdigest()
 
 
-_BUILDING = threading.Lock()
-
-
 def gradient_session(model: TextModel) -> GradientSession:
-    """The model's verified gradient graph: shipped, cached or built once, then kept with the
-    model. Raises ModelError when no verified graph can be had."""
-    if "gradient" in model.cache:
-        cached: GradientSession = model.cache["gradient"]
-        return cached
-    with _BUILDING:  # one thread builds it (the engine's lanes and the server ask from several)
-        if "gradient" not in model.cache:
-            model.cache["gradient"] = (_shipped(model, model.config.gradient_model) if model.config.gradient_model
-                                       else _cached_or_built(model))
-        session: GradientSession = model.cache["gradient"]
-        return session
+    """The model's verified gradient graph: shipped, cached or built once (by one thread, under
+    the model's own lock), then kept with the model's runtime. Raises ModelError when no
+    verified graph can be had."""
+    return model.runtime.kept("gradient", lambda: _shipped(model, model.config.gradient_model)
+                              if model.config.gradient_model else _cached_or_built(model))
 
 
 def _shipped(model: TextModel, name: str) -> GradientSession:
@@ -166,7 +156,7 @@ def prepare(model: TextModel, out: str | os.PathLike[str]) -> Path:
 
     from blackbox_sal import __version__
     from blackbox_sal.model import prepared
-    from blackbox_sal.model.loading import _probe, load_model
+    from blackbox_sal.model.loading import load_model
 
     if model.config.prepared is not None or model.body is None:
         raise ModelError(f"{model.name!r} was loaded from a prepared folder (or keeps no graph): "
@@ -212,7 +202,7 @@ def prepare(model: TextModel, out: str | os.PathLike[str]) -> Path:
             raise UsageError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
         again = load_model(work, device=model.device_request, threads=model.threads)
         gradient_session(again)  # the written graph, read and verified as an edge install will
-        ids, types, mask = _probe(model)
+        ids, types, mask = model.probe()
         x = model.embed(ids)[None]
         want, got = model.forward(x, ids, types, mask), again.forward(x, ids, types, mask)
         if not np.allclose(got, want, rtol=1e-6, atol=1e-7):

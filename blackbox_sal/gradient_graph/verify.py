@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from blackbox_sal.differences import RICHARDSON, combine
-from blackbox_sal.errors import ModelError
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.vocabulary.differences import RICHARDSON, combine
+from blackbox_sal.vocabulary.errors import ModelError
 
 #: relative error allowed per direction, and how many directions may exceed it (a direction
 #: whose finite difference straddles a ReLU or max-pool kink can miss)

@@ -1,7 +1,7 @@
 """The gradient backend protocol, and the registry of backends.
 
 A backend answers, for one explained scalar f over one token sequence, what methods ask, as
-work (:mod:`blackbox_sal.runs`): f's values, per-token derivatives along a path, full
+work (:mod:`blackbox_sal.vocabulary.runs`): f's values, per-token derivatives along a path, full
 gradients. Most attributions need less than the full gradient: gradient x input and
 integrated gradients with a sum reduction need, per token i, only the derivative of f along
 one vector placed in row i; that is L derivatives where the full gradient is L x D. A
@@ -30,11 +30,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from blackbox_sal.errors import UnavailableError
 from blackbox_sal.gradients.finite_differences import DEFAULT_STEP, QUANTIZED_STEP, FiniteDifferences
 from blackbox_sal.gradients.graph_backend import GraphBackend
-from blackbox_sal.runs import Cost, Forward, Points, Seq, Work, as_points, ask
-from blackbox_sal.scores import Objective
+from blackbox_sal.vocabulary.errors import UnavailableError
+from blackbox_sal.vocabulary.runs import Cost, Forward, Points, Seq, Work, as_points, ask
+from blackbox_sal.vocabulary.scores import Objective
 
 
 class GradientBackend(Protocol):

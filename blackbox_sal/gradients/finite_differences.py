@@ -1,7 +1,7 @@
 """Vectorized finite differences: derivatives from forward passes alone.
 
 Works on any model onnxruntime can run (quantized ones included) and needs nothing but the
-model's outputs. The formulas and their errors are in :mod:`blackbox_sal.differences`:
+model's outputs. The formulas and their errors are in :mod:`blackbox_sal.vocabulary.differences`:
 central differences (2 runs per derivative, O(h^2)), Richardson extrapolation (4 runs,
 O(h^4)), or one-sided differences (1 run per derivative plus f(x) once per point, O(h): for
 IG's L token derivatives per node, L + 1 runs instead of 2 L).
@@ -12,7 +12,7 @@ is zero). In float32 the truncation error (~h^2) and the round-off (~eps/h) bala
 h ~ eps^(1/3) ~ 5e-3 relative; the default ``rel_step`` 1e-2 sits there (measured: rank 1.00,
 ~1e-3 relative error on fp32 MiniLM).
 
-All perturbed copies are lazy (:class:`~blackbox_sal.runs.LazyPoints`): the engine builds them
+All perturbed copies are lazy (:class:`~blackbox_sal.vocabulary.runs.LazyPoints`): the engine builds them
 a run at a time, so memory is bounded whatever the number of derivatives. Directions that are
 zero (e.g. special tokens kept in an IG baseline) cost nothing.
 """
@@ -25,9 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_sal.differences import CENTRAL, FORWARD, RICHARDSON, combine
-from blackbox_sal.runs import ArrayPoints, Cost, Forward, LazyPoints, PathPoints, Points, Seq, Work, as_points, ask
-from blackbox_sal.scores import Objective
+from blackbox_sal.vocabulary.differences import CENTRAL, FORWARD, RICHARDSON, combine
+from blackbox_sal.vocabulary.runs import (
+    ArrayPoints,
+    Cost,
+    Forward,
+    LazyPoints,
+    PathPoints,
+    Points,
+    Seq,
+    Work,
+    as_points,
+    ask,
+)
+from blackbox_sal.vocabulary.scores import Objective
 
 log = logging.getLogger("blackbox_sal")
 
@@ -44,7 +55,7 @@ class FiniteDifferences:
     """The finite-difference :class:`~blackbox_sal.gradients.backend.GradientBackend`.
 
     f: the target scalar. seq: the token sequence every point shares. scale: s_i per token
-    [S] (:func:`blackbox_sal.differences.step_scale`). rel_step: h_i / s_i. richardson: 4
+    [S] (:func:`blackbox_sal.vocabulary.differences.step_scale`). rel_step: h_i / s_i. richardson: 4
     runs per derivative instead of 2, O(h^4) error. scheme: central or forward. cost: counts
     the rows sent to the model.
     """
@@ -77,11 +88,6 @@ class FiniteDifferences:
         norms = np.broadcast_to(np.linalg.norm(delta.astype(np.float64), axis=-1), (len(alphas), delta.shape[0]))
         return self._token_jvp(PathPoints(anchor, delta, alphas), norms, lambda p, i: delta[i])
 
-    def token_jvp(self, points: np.ndarray, blocks: np.ndarray) -> Work[np.ndarray]:
-        """[P, S]: entry (p, i) is the derivative at points[p] along blocks[p, i] placed in row i."""
-        norms = np.linalg.norm(blocks.astype(np.float64), axis=-1)
-        return self._token_jvp(ArrayPoints(points), norms, lambda p, i: blocks[p, i])
-
     def _token_jvp(self, points: Points, block_norms: np.ndarray,
                    block: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Work[np.ndarray]:
         """Per-token derivatives at each point along block(p, i) [k, D], whose norms are
@@ -99,17 +105,6 @@ class FiniteDifferences:
 
             out[active] = yield from self._differences(points, pi, ti, deltas, t, "token derivatives")
         return out.reshape(p, s)
-
-    def jvp(self, points: np.ndarray, directions: np.ndarray) -> Work[np.ndarray]:
-        """[P]: the derivative at points[p] along the whole of directions[p] (central differences)."""
-        norms = np.linalg.norm(directions.reshape(len(points), -1).astype(np.float64), axis=1)
-        size = np.linalg.norm(self.scale)  # the whole input's norm
-        t = np.where(norms > 0, self.rel_step * size / np.where(norms > 0, norms, 1.0), 0.0)
-        coeffs = RICHARDSON if self.richardson else CENTRAL
-        rows = [points + (c * t)[:, None, None].astype(np.float32) * directions for c in coeffs]
-        vals = yield from self._values(ArrayPoints(np.concatenate(rows)))
-        safe_t = np.where(t > 0, t, 1.0)
-        return np.where(t > 0, combine(vals.reshape(len(coeffs), len(points)).T, safe_t), 0.0)
 
     def gradient(self, points: np.ndarray) -> Work[np.ndarray]:
         """[P, S, D]: the full gradient, one derivative per coordinate."""

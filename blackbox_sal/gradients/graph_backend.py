@@ -3,7 +3,7 @@
 One run of the graph gives the outputs and d(target)/d(inputs_embeds) for a whole batch, at
 a few times the cost of a forward pass, whatever the embedding width. Per-token derivatives
 along a path (integrated gradients, grad x input) are asked for as such
-(:class:`~blackbox_sal.runs.PathJvp`), so the engine can reduce them where the gradient is.
+(:class:`~blackbox_sal.vocabulary.runs.PathJvp`), so the engine can reduce them where the gradient is.
 
 Scores other than the logit need the chain rule through the softmax: their seed over the
 classes depends on the outputs, so those cost one extra forward pass per point.
@@ -15,8 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_sal.runs import ArrayPoints, Cost, Forward, Gradient, PathJvp, Points, Seq, Work, as_points, ask
-from blackbox_sal.scores import Objective, seed_without_outputs
+from blackbox_sal.vocabulary.runs import (
+    ArrayPoints,
+    Cost,
+    Forward,
+    Gradient,
+    PathJvp,
+    Points,
+    Seq,
+    Work,
+    as_points,
+    ask,
+)
+from blackbox_sal.vocabulary.scores import Objective, seed_without_outputs
 
 
 class GraphBackend:
@@ -52,11 +63,6 @@ class GraphBackend:
         grad = yield from ask(Gradient(self.seq, ArrayPoints(points), weights))
         self.cost.gradient += len(points)
         return grad
-
-    def token_jvp(self, points: np.ndarray, blocks: np.ndarray) -> Work[np.ndarray]:
-        """[P, S]: grad_i f(points[p]) . blocks[p, i], from the full gradient (host reduction)."""
-        grad = yield from self.gradient(points)
-        return np.einsum("psd,psd->ps", grad.astype(np.float64), blocks.astype(np.float64))
 
     def path_jvp(self, anchor: np.ndarray, delta: np.ndarray, alphas: np.ndarray) -> Work[np.ndarray]:
         request = PathJvp(self.seq, anchor, delta, np.asarray(alphas, np.float64), np.zeros((0, 0)))

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from blackbox_sal.runs import Work
+from blackbox_sal.vocabulary.runs import Work
 
 if TYPE_CHECKING:  # the config is read, never imported at run time: it validates against the methods
-    from blackbox_sal.config import ExplainConfig
     from blackbox_sal.gradients.backend import GradientBackend
+    from blackbox_sal.vocabulary.config import ExplainConfig
 
 
 @dataclass(frozen=True)

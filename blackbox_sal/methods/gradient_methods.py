@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from blackbox_sal.errors import UsageError
 from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
 from blackbox_sal.reductions import LINEAR, REDUCTIONS
-from blackbox_sal.runs import Work
+from blackbox_sal.vocabulary.errors import UsageError
+from blackbox_sal.vocabulary.runs import Work
 
 if TYPE_CHECKING:
-    from blackbox_sal.config import ExplainConfig
+    from blackbox_sal.vocabulary.config import ExplainConfig
 
 DEGENERATE_NOTE = ("every token has the same gradient (the model averages its embeddings, e.g. "
                    "global average pooling): gradient norms cannot rank tokens; use grad-x-input "

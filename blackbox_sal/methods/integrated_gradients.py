@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from blackbox_sal.errors import UsageError, unknown_choice
 from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
 from blackbox_sal.methods.quadrature import QUADRATURES
 from blackbox_sal.reductions import LINEAR, REDUCTIONS
-from blackbox_sal.runs import Work
+from blackbox_sal.vocabulary.errors import UsageError, unknown_choice
+from blackbox_sal.vocabulary.runs import Work
 
 if TYPE_CHECKING:
-    from blackbox_sal.config import ExplainConfig
+    from blackbox_sal.vocabulary.config import ExplainConfig
 
 #: ``steps="auto"``: integrated gradients add nested nodes until they converge
 AUTO = "auto"

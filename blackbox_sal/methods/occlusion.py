@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
-from blackbox_sal.runs import LazyPoints, Work
+from blackbox_sal.vocabulary.runs import LazyPoints, Work
 
 
 def occlusion(problem: Problem) -> Work[Attribution]:

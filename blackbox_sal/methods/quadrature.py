@@ -8,6 +8,11 @@ converges about as fast as Gauss-Legendre on smooth integrands, and is nested: t
 nodes contain the 2^(k-1) + 1 nodes, which is what adaptive IG (``steps="auto"``) builds on.
 Each rule maps m (the number of nodes, ``--steps``) to (nodes [m], weights [m]); the
 weights sum to 1.
+
+Gauss-Legendre nodes come from numpy's ``leggauss``, not ``scipy.special.roots_legendre``: the
+edge install (onnxruntime, numpy, tokenizers) runs integrated gradients without scipy; the two
+agree to 2e-14, and numpy's cost (1 ms at the default 50 nodes, 2 s at the 1,024 cap, against
+scipy's 0.1 s there) is paid once per node count (cached).
 """
 
 from __future__ import annotations

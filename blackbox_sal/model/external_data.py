@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.model import wire
 from blackbox_sal.model.wire import BITS, DEFAULT_LOCATION, EXTERNAL_LOCATION, INT64, STRING
+from blackbox_sal.vocabulary.errors import ModelError
 
 if TYPE_CHECKING:  # the onnx package is imported where a model is walked, not with this module
     import onnx

@@ -25,8 +25,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from blackbox_sal.errors import InputError, ModelError
 from blackbox_sal.model.session import first_line, run
+from blackbox_sal.vocabulary.errors import InputError, ModelError
 
 #: the kinds of feature input
 KINDS = ("bag-of-words", "pipeline", "numbers")

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.model import external_data, wire
+from blackbox_sal.vocabulary.errors import ModelError
 
 if TYPE_CHECKING:  # onnx is imported where a model is parsed: an edge install has none
     import onnx

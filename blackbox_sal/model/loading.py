@@ -22,16 +22,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from blackbox_sal.baselines import baseline_token
-from blackbox_sal.differences import mean_row_norm
-from blackbox_sal.errors import ModelError, UsageError
 from blackbox_sal.model import files
 from blackbox_sal.model.features import Featurizer, tokenizer_pattern
+from blackbox_sal.model.inputs import FLOAT_TYPES, INT_TYPES, fixed_dims, int_inputs, pad_id
 from blackbox_sal.model.model_config import ModelConfig, pooling_folder, sentence_transformers_pooling
+from blackbox_sal.model.prepared import load_prepared
 from blackbox_sal.model.session import create_session, run
-from blackbox_sal.model.text_model import TextModel, int_feeds
+from blackbox_sal.model.text_model import PROBE_TEXT, Runtime, TextModel, int_feeds
 from blackbox_sal.model.tokenizer_files import load_tokenizer
 from blackbox_sal.surgery.names import EMBEDS, IDS, KNOWN_INPUTS, MASK
+from blackbox_sal.vocabulary.differences import mean_row_norm
+from blackbox_sal.vocabulary.errors import ModelError, UsageError
 
 if TYPE_CHECKING:  # onnx and the surgery are imported where a graph is rewritten, not with this module
     import onnx
@@ -40,9 +41,6 @@ if TYPE_CHECKING:  # onnx and the surgery are imported where a graph is rewritte
 NO_ONNX = ("this install has no onnx package: it loads prepared folders only "
            "(blackbox-sal grad MODEL --folder OUT where onnx is installed)")
 
-_PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and the film was good."
-_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
-_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def load_model(path: str | Path, *, device: str = "auto", output: str | None = None,
@@ -67,8 +65,6 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     found = files.locate(path)
     config = ModelConfig.parse(found.config)
     if config.prepared is not None:
-        from blackbox_sal.model.prepared import load_prepared
-
         return load_prepared(found, config, device=device, output=output, threads=threads, dequantize=dequantize,
                              pooling=pooling, normalize=normalize)
     try:
@@ -87,7 +83,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
                                           for i in proto.graph.input):
         return _feature_model(found, config, proto, device, output, verify, threads)
     tokenizer = load_tokenizer(found)
-    pad_id = _pad_id(tokenizer)  # before padding is turned off: tokenizer.json's padding declares the pad
+    pad = pad_id(tokenizer)  # before padding is turned off: tokenizer.json's padding declares the pad
     tokenizer.no_truncation()
     tokenizer.no_padding()
     twin_of: tuple[str, ...] = ()
@@ -131,29 +127,29 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     source = output or next(iter(outputs))
     if source not in outputs:
         raise ModelError(f"the model has no output {source!r} (outputs: {', '.join(outputs)})")
-    int_inputs, mask_rank = _int_inputs(session)
-    fixed_batch, fixed_length = _fixed_dims(session)
+    ints, mask_rank = int_inputs(session)
+    fixed_batch, fixed_length = fixed_dims(session)
     model = TextModel(
-        name=found.name, tokenizer=tokenizer, table=table, session=session, output=source,
+        name=found.name, tokenizer=tokenizer, table=table, runtime=Runtime(session, device, threads), output=source,
         labels=config.labels, max_length=config.max_length or fixed_length,
-        origin=origin, int_inputs=int_inputs, row_norm=mean_row_norm(table), body=body,
-        config=config, folder=found.onnx_path.parent, device_request=device, threads=threads,
-        quantized=quantized, task="multiple-choice" if choices else "classification", twin_of=twin_of,
+        origin=origin, int_inputs=ints, row_norm=mean_row_norm(table), body=body,
+        config=config, folder=found.onnx_path.parent, quantized=quantized,
+        task="multiple-choice" if choices else "classification", twin_of=twin_of,
         weight_only=dequantized, fixed_length=fixed_length, fixed_batch=fixed_batch, mask_rank=mask_rank,
-        pad_id=pad_id,
+        pad_id=pad,
     )
     per_position = _per_position(model, source) if len(outputs[source].shape or ()) == 3 else None
     if per_position == "logits":  # a causal LM's
         body = last_position(body, source)
         model = replace(model, task="next-token", output=NEXT_TOKEN, body=body,
-                        session=create_session(body.SerializeToString(), device, threads))
+                        runtime=model.runtime.again(body.SerializeToString()))
     elif per_position == "states" and (pooling is not None or _looks_like_states(model, outputs[source].shape)):
         # token states: pooled into a sentence embedding
         mode, norm, said = _pooling(found.onnx_path.parent, config, pooling, normalize)
         body = pooled(body, source, mode, norm, MASK if MASK in model.int_inputs else None, model.mask_rank)
         model = replace(model, task="embedding", output=SENTENCE, body=body, pooling=said,
-                        session=create_session(body.SerializeToString(), device, threads))
-    ids, types, mask = _probe(model)
+                        runtime=model.runtime.again(body.SerializeToString()))
+    ids, types, mask = model.probe()
     model.forward(model.embed(ids)[None], ids, types, mask)  # the explained output is [batch, classes]
     if verify and original is not None:
         _check_against(model, original, source)
@@ -223,19 +219,19 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
     if source not in {o.name for o in session.get_outputs()}:
         raise ModelError(f"the model has no output {source!r} (outputs: "
                          f"{', '.join(o.name for o in session.get_outputs())})")
-    int_inputs, mask_rank = _int_inputs(session)
+    ints, mask_rank = int_inputs(session)
     model = TextModel(
-        name=found.name, tokenizer=tokenizer, table=np.ones((featurizer.size, 1), np.float32), session=session,
-        output=source, labels=config.labels, max_length=featurizer.size, origin=origin, int_inputs=int_inputs,
-        row_norm=1.0, body=body, config=config, folder=found.onnx_path.parent, device_request=device,
-        threads=threads, quantized=quantized_ops(proto), fixed_length=featurizer.size, mask_rank=mask_rank,
+        name=found.name, tokenizer=tokenizer, table=np.ones((featurizer.size, 1), np.float32),
+        runtime=Runtime(session, device, threads), output=source, labels=config.labels, max_length=featurizer.size,
+        origin=origin, int_inputs=ints, row_norm=1.0, body=body, config=config, folder=found.onnx_path.parent,
+        quantized=quantized_ops(proto), fixed_length=featurizer.size, mask_rank=mask_rank,
         features=featurizer, notes=_feature_notes(body))
     if verify and original is not None:  # the pipeline's own vectorizer feeding the body == the whole model
-        vector, _ = featurizer.featurize(_PROBE_TEXT)
+        vector, _ = featurizer.featurize(PROBE_TEXT)
         got = model.forward(vector[None, :, None], np.zeros(featurizer.size, np.int64), np.zeros(featurizer.size,
                                                                                                   np.int64))
         whole = create_session(original.SerializeToString(), "cpu", threads)
-        want = np.asarray(run(whole, [source], {whole.get_inputs()[0].name: np.array([[_PROBE_TEXT]], dtype=object)},
+        want = np.asarray(run(whole, [source], {whole.get_inputs()[0].name: np.array([[PROBE_TEXT]], dtype=object)},
                               "the original model")[0], np.float64).reshape(got.shape)
         if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
             raise ModelError("the pipeline cut at its features disagrees with the whole model: cannot explain it")
@@ -284,41 +280,6 @@ def _placeholder_tokenizer() -> Tokenizer:
     return Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
 
 
-def _int_inputs(session: Any) -> tuple[dict[str, Any], int]:
-    """name -> numpy dtype of every input the body takes besides the embeddings, and the
-    attention mask's rank (4: an additive float mask [batch, 1, 1, seq]); ModelError for inputs
-    blackbox-sal cannot fill."""
-    int_inputs: dict[str, Any] = {}
-    mask_rank = 2
-    for inp in session.get_inputs():
-        if inp.name == EMBEDS:
-            if inp.type != "tensor(float)":
-                raise ModelError(f"{EMBEDS!r} must be float32, the model declares {inp.type}")
-            continue
-        if inp.name not in KNOWN_INPUTS:
-            raise ModelError(f"the model needs an input {inp.name!r} that blackbox-sal cannot fill "
-                             f"(it fills {', '.join(KNOWN_INPUTS)})")
-        if inp.name == MASK and inp.type in _FLOAT_TYPES:
-            mask_rank = len(inp.shape or ())
-            if mask_rank not in (2, 4):
-                raise ModelError(f"input {MASK!r} is a float mask of rank {mask_rank}; blackbox-sal fills [batch, seq] "
-                                 f"masks and additive [batch, 1, 1, seq] ones")
-            int_inputs[inp.name] = _FLOAT_TYPES[inp.type]
-            continue
-        if inp.type not in _INT_TYPES:
-            raise ModelError(f"input {inp.name!r} has type {inp.type}; expected int64 or int32")
-        int_inputs[inp.name] = _INT_TYPES[inp.type]
-    return int_inputs, mask_rank
-
-
-def _fixed_dims(session: Any) -> tuple[int | None, int | None]:
-    """(batch, length) where the embeddings input fixes them: a fixed-shape export."""
-    inp = next(i for i in session.get_inputs() if i.name == EMBEDS)
-    shape = list(inp.shape or ())
-    static = [d if isinstance(d, int) and d > 0 else None for d in shape[:2]] + [None, None]
-    return static[0], static[1]
-
-
 def _pooling(folder: Path, config: ModelConfig, mode: str | None,
              normalize: bool | None) -> tuple[str, bool, str]:
     """How token states become a sentence embedding, and where that was read (for the notes)."""
@@ -352,24 +313,11 @@ def _looks_like_states(model: TextModel, shape: Any) -> bool:
     return width is None or width >= MIN_STATE_WIDTH
 
 
-def _pad_id(tokenizer: Tokenizer) -> int | None:
-    try:
-        return baseline_token(tokenizer, "pad")
-    except UsageError:
-        return None
-
-
-def _probe(model: TextModel) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A real sentence as ids, type ids and mask (padded for a fixed-length export)."""
-    ids = np.array(model.tokenizer.encode(_PROBE_TEXT).ids, dtype=np.int64)[: model.max_length or None]
-    return model.pad(ids, np.zeros_like(ids))
-
-
 def _per_position(model: TextModel, output: str) -> str | None:
     """What a rank-3 output holds: "logits" for [batch, seq, vocab], one row per input position
     as wide as the embedding table (a causal LM); "states" for other rows per position
     ([batch, seq, hidden]: token states to pool); None for anything else."""
-    ids, types, mask = _probe(model)
+    ids, types, mask = model.probe()
     feeds = model.feeds(model.embed(ids)[None], ids, types, mask)
     try:
         shape = np.shape(run(model.session, [output], feeds)[0])
@@ -384,7 +332,7 @@ def _per_position(model: TextModel, output: str) -> str | None:
 def _check_against(model: TextModel, original: bytes, source: str, what: str = "") -> None:
     """The loaded model must compute what ``original`` (the file's graph, taking ids,
     serialized) does on a real sentence; else refuse the split (or, with ``what``, that model)."""
-    ids, types, mask = _probe(model)
+    ids, types, mask = model.probe()
     got = np.asarray(run(model.session, [source], model.feeds(model.embed(ids)[None], ids, types, mask))[0],
                      dtype=np.float64)
     session = create_session(original, model.device_request, model.threads)
@@ -395,7 +343,7 @@ def _check_against(model: TextModel, original: bytes, source: str, what: str = "
             continue
         if inp.name not in KNOWN_INPUTS:
             raise ModelError(f"the original model needs an input {inp.name!r} that blackbox-sal cannot fill")
-        dtype = _INT_TYPES.get(inp.type) or _FLOAT_TYPES.get(inp.type, np.int64)
+        dtype = INT_TYPES.get(inp.type) or FLOAT_TYPES.get(inp.type, np.int64)
         feeds.update(int_feeds({inp.name: dtype}, ids, types, 1, mask, len(inp.shape or ()) if inp.name == MASK else 2))
     want = np.asarray(run(session, [source], feeds, "the original model")[0], dtype=np.float64).reshape(got.shape)
     err = float(np.max(np.abs(got - want))) if want.size else 0.0

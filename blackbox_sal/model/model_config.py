@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from blackbox_sal.errors import ModelError
+from blackbox_sal.vocabulary.errors import ModelError
 
 #: config keys that give the token limit, in the order they are tried
 LENGTH_KEYS = ("max_length", "max_position_embeddings", "n_positions")

@@ -27,14 +27,14 @@ the edge runs.
 
 from __future__ import annotations
 
-from blackbox_sal.differences import mean_row_norm
-from blackbox_sal.errors import ModelError, UsageError
 from blackbox_sal.model import files
-from blackbox_sal.model.loading import _fixed_dims, _int_inputs, _pad_id, _probe
+from blackbox_sal.model.inputs import fixed_dims, int_inputs, pad_id
 from blackbox_sal.model.model_config import ModelConfig, Prepared
 from blackbox_sal.model.session import create_session
-from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.model.text_model import Runtime, TextModel
 from blackbox_sal.surgery.names import EMBEDS
+from blackbox_sal.vocabulary.differences import mean_row_norm
+from blackbox_sal.vocabulary.errors import ModelError, UsageError
 
 #: the file names of a prepared folder
 MODEL, TABLE, GRAD, TOKENIZER, CONFIG = "model.onnx", "embeddings.npy", "grad.onnx", "tokenizer.json", "config.json"
@@ -69,8 +69,8 @@ def load_prepared(found: files.ModelFiles, config: ModelConfig, *, device: str =
     embeds = next((i for i in session.get_inputs() if i.name == EMBEDS), None)
     if embeds is None:
         raise ModelError(f"a prepared model.onnx must take {EMBEDS!r}; {where!r} does not")
-    int_inputs, mask_rank = _int_inputs(session)
-    fixed_batch, fixed_length = _fixed_dims(session)
+    ints, mask_rank = int_inputs(session)
+    fixed_batch, fixed_length = fixed_dims(session)
     if (fixed_length, fixed_batch) != (block.fixed_length, block.fixed_batch):
         raise ModelError(f"model.onnx takes length {fixed_length} and batch {fixed_batch}, config.json's prepared "
                          f"block says {block.fixed_length} and {block.fixed_batch}: they do not belong together")
@@ -86,19 +86,19 @@ def load_prepared(found: files.ModelFiles, config: ModelConfig, *, device: str =
     if vocab > table.shape[0]:
         raise ModelError(f"the tokenizer has {vocab} tokens but the embedding table only "
                          f"{table.shape[0]} rows: they do not belong together")
-    pad_id = _pad_id(tokenizer)
-    if pad_id != block.pad_id:
-        raise ModelError(f"the tokenizer's pad token is {pad_id}, config.json's prepared block says "
+    pad = pad_id(tokenizer)
+    if pad != block.pad_id:
+        raise ModelError(f"the tokenizer's pad token is {pad}, config.json's prepared block says "
                          f"{block.pad_id}: they do not belong together")
     model = TextModel(
-        name=found.name, tokenizer=tokenizer, table=table, session=session, output=block.output,
-        labels=config.labels, max_length=config.max_length or fixed_length, origin=block.origin,
-        int_inputs=int_inputs, row_norm=mean_row_norm(table), body=None, config=config,
-        folder=found.onnx_path.parent, device_request=device, threads=threads, quantized=block.quantized,
+        name=found.name, tokenizer=tokenizer, table=table, runtime=Runtime(session, device, threads),
+        output=block.output, labels=config.labels, max_length=config.max_length or fixed_length, origin=block.origin,
+        int_inputs=ints, row_norm=mean_row_norm(table), body=None, config=config,
+        folder=found.onnx_path.parent, quantized=block.quantized,
         task=block.task, twin_of=block.twin_of, weight_only=block.weight_only, fixed_length=fixed_length,
-        fixed_batch=fixed_batch, mask_rank=mask_rank, pad_id=pad_id, pooling=block.pooling,
+        fixed_batch=fixed_batch, mask_rank=mask_rank, pad_id=pad, pooling=block.pooling,
     )
-    ids, types, mask = _probe(model)
+    ids, types, mask = model.probe()
     model.forward(model.embed(ids)[None], ids, types, mask)  # the explained output is [batch, classes]
     return model
 

@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.model.session import create_session, run
 from blackbox_sal.surgery.facts import Facts
 from blackbox_sal.surgery.prune import node_inputs
+from blackbox_sal.vocabulary.errors import ModelError
 
 #: nodes per probe session. onnxruntime's session start grows faster than linearly with the
 #: number of graph outputs (measured on a 2-core machine: 20,000 outputs 4 s, 40,000 10 s), and

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from blackbox_sal.errors import ModelError, UnavailableError, unknown_choice
+from blackbox_sal.vocabulary.errors import ModelError, UnavailableError, unknown_choice
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
@@ -36,9 +36,6 @@ _preloaded: list[bool] = []
 #: the RunOptions every run in this context goes with (the engine service sets one per round,
 #: so that a run can be stopped at a deadline from another thread); None: onnxruntime's default
 RUN_OPTIONS: contextvars.ContextVar[ort.RunOptions | None] = contextvars.ContextVar("run_options", default=None)
-# onnxruntime's own warnings (unused initializers, fallbacks) go to stderr through its default
-# logger before any session option applies: errors only, the library says what matters itself
-ort.set_default_logger_severity(4)
 
 
 def cuda_device_count() -> int:
@@ -104,6 +101,8 @@ def create_session(model: bytes | str, device: str = "auto", threads: int = 0,
     """
     providers = providers_for(device)
     opts = ort.SessionOptions()
+    # onnxruntime's own warnings (unused initializers, fallbacks) are silenced for this session
+    # alone: the library says what matters itself, and the host's default logger stays its own
     opts.log_severity_level = 4
     opts.intra_op_num_threads = threads
     if not optimize:

@@ -1,4 +1,11 @@
-"""A text model whose input is token embeddings: the loaded object and how it is run.
+"""A text model whose input is token embeddings: what the model is, and how it runs here.
+
+Two parts, kept apart. :class:`TextModel` is what the model *is*: a frozen description (its
+tokenizer, embedding table, graph, output, labels, task, input interface) that any number
+of threads may read. :class:`Runtime` is how it runs in this process: its onnxruntime session
+on a device, and what is built for it on first use (the gradient graph), each made once under
+the model's own lock. A model derived with other weights (:meth:`TextModel.with_weights`)
+gets a runtime of its own.
 
 Arrays at this boundary: embeddings float32 [N, S, D]; ids and type ids int64, [S] (shared by
 every row) or [N, S] (one sequence per row); outputs float64 [N, C].
@@ -6,26 +13,35 @@ every row) or [N, S] (one sequence per row); outputs float64 [N, C].
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.model.features import Featurizer
 from blackbox_sal.model.model_config import ModelConfig
-from blackbox_sal.model.session import batches, on_cuda, run
+from blackbox_sal.model.session import batches, create_session, on_cuda, run
 from blackbox_sal.surgery.names import EMBEDS, IDS, MASK, POSITIONS, TYPES
+from blackbox_sal.vocabulary.differences import mean_row_norm
+from blackbox_sal.vocabulary.errors import ModelError
 
 #: tasks (what the explained output is): a class score, the next token of a causal LM, or
 #: the score of one (context, choice) sequence of a multiple-choice model
 TASKS = ("classification", "next-token", "multiple-choice")
 
+#: the sentence every loader runs a model on once, to check what it computes
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and the film was good."
 
-def int_feeds(int_inputs: dict[str, Any], ids: np.ndarray, type_ids: np.ndarray, rows: int,
+T = TypeVar("T")
+
+
+def int_feeds(int_inputs: Mapping[str, Any], ids: np.ndarray, type_ids: np.ndarray, rows: int,
               mask: np.ndarray | None = None, mask_rank: int = 2) -> dict[str, np.ndarray]:
     """The other feeds a session wants (``int_inputs``: name -> numpy dtype) for ``rows`` rows
     of ids/type ids/mask ([S], shared, or [rows, S]; mask None: all ones): the mask, the type
@@ -54,10 +70,51 @@ def int_feeds(int_inputs: dict[str, Any], ids: np.ndarray, type_ids: np.ndarray,
     return feeds
 
 
+class Runtime:
+    """How a model runs in this process: its onnxruntime ``session`` (created for
+    ``device_request``, auto | cpu | cuda, with ``threads``; 0 = onnxruntime's choice), and what
+    is built for the model lazily, keyed by purpose (:meth:`kept`). Each model has its own
+    lock, so building one model's gradient graph never waits for another's."""
+
+    def __init__(self, session: ort.InferenceSession, device_request: str = "auto", threads: int = 0) -> None:
+        self.session, self.device_request, self.threads = session, device_request, threads
+        self.built: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Runtime(device={self.device!r}, threads={self.threads}, built={sorted(self.built)})"
+
+    @property
+    def device(self) -> str:
+        return "cuda" if on_cuda(self.session) else "cpu"
+
+    def kept(self, purpose: str, make: Callable[[], T]) -> T:
+        """What is kept for ``purpose``, made by ``make`` on first use: one thread makes it
+        while the others asking for it wait (the engine's lanes and the server's workers ask
+        from several); a ``make`` that raises keeps nothing, so the next caller tries again."""
+        if purpose in self.built:
+            return cast(T, self.built[purpose])
+        with self._lock:
+            if purpose not in self.built:
+                self.built[purpose] = make()
+            return cast(T, self.built[purpose])
+
+    def keep(self, purpose: str, value: Any) -> None:
+        """Keep ``value`` for ``purpose`` (made elsewhere, e.g. a substituted gradient graph)."""
+        with self._lock:
+            self.built[purpose] = value
+
+    def again(self, model: bytes) -> Runtime:
+        """A new runtime for ``model`` (serialized) on the same device and threads, nothing kept."""
+        return Runtime(create_session(model, self.device_request, self.threads), self.device_request, self.threads)
+
+
 @dataclass(frozen=True)
 class TextModel:
     """A loaded model (see :func:`blackbox_sal.model.loading.load_model`).
 
+    What the model is, frozen; how it runs here is its :class:`Runtime` (``runtime``; its
+    ``session``, ``device_request``, ``threads`` and ``cache`` read through as before).
     name: what results report. table: float32 [vocab, dim]. labels: class names by index, or
     None. max_length: the most tokens the model takes, or None. output: the explained output's
     name. origin: how the embeddings input was obtained (the split lookup, or given).
@@ -66,18 +123,16 @@ class TextModel:
     name: str
     tokenizer: Tokenizer = field(repr=False)
     table: np.ndarray = field(repr=False)
-    session: ort.InferenceSession = field(repr=False)
+    runtime: Runtime = field(repr=False, compare=False)
     output: str
     labels: tuple[str, ...] | None
     max_length: int | None
     origin: str
-    int_inputs: dict[str, Any] = field(repr=False)  # name -> numpy int dtype the session wants
+    int_inputs: Mapping[str, Any] = field(repr=False)  # name -> numpy int dtype the session wants
     row_norm: float = 1.0  # mean non-zero row norm of the table: the fallback step scale
     body: Any = field(default=None, repr=False, compare=False)  # the onnx.ModelProto that runs, if kept
     config: ModelConfig = field(default_factory=ModelConfig, repr=False, compare=False)
     folder: Path | None = field(default=None, repr=False, compare=False)
-    device_request: str = field(default="auto", repr=False, compare=False)
-    threads: int = field(default=0, repr=False, compare=False)
     #: the integer op types that make the model quantized; () if float (an 8-bit embedding
     #: table alone does not: the split dequantizes it exactly)
     quantized: tuple[str, ...] = ()
@@ -91,8 +146,6 @@ class TextModel:
     #: multiple-choice (one (context, choice) sequence scored at a time), or embedding (token
     #: states pooled into a sentence embedding)
     task: str = "classification"
-    #: built lazily and kept with the model (the gradient graph), keyed by purpose
-    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     #: a fixed-shape export: the number of tokens it takes exactly (texts are padded to it,
     #: under the mask), and the rows one run must have
     fixed_length: int | None = None
@@ -109,13 +162,45 @@ class TextModel:
     #: what every explanation of this model should say, found when it was loaded
     notes: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:  # a read-only view: the description cannot change under a reader
+        object.__setattr__(self, "int_inputs", MappingProxyType(dict(self.int_inputs)))
+
     @property
     def dim(self) -> int:
         return int(self.table.shape[1])
 
     @property
+    def session(self) -> ort.InferenceSession:
+        return self.runtime.session
+
+    @property
+    def device_request(self) -> str:
+        return self.runtime.device_request
+
+    @property
+    def threads(self) -> int:
+        return self.runtime.threads
+
+    @property
+    def cache(self) -> dict[str, Any]:
+        """What the runtime keeps for this model, by purpose (see :meth:`Runtime.kept`)."""
+        return self.runtime.built
+
+    @property
     def device(self) -> str:
-        return "cuda" if on_cuda(self.session) else "cpu"
+        return self.runtime.device
+
+    def with_weights(self, body: Any, table: np.ndarray | None = None) -> TextModel:
+        """The same model with other weights: ``body`` (an onnx.ModelProto of the same
+        interface) and, if given, another embedding table; a runtime of its own (a new session
+        on the same device, nothing kept)."""
+        changes: dict[str, Any] = {} if table is None else {"table": table, "row_norm": mean_row_norm(table)}
+        return replace(self, body=body, runtime=self.runtime.again(body.SerializeToString()), **changes)
+
+    def probe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:data:`PROBE_TEXT` as ids, type ids and mask (padded for a fixed-length export)."""
+        ids = np.array(self.tokenizer.encode(PROBE_TEXT).ids, dtype=np.int64)[: self.max_length or None]
+        return self.pad(ids, np.zeros_like(ids))
 
     def label(self, index: int) -> str | None:
         """The name of output class ``index``: a label, a vocabulary token, or None."""

@@ -51,7 +51,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from blackbox_sal.errors import ModelError
+from blackbox_sal.vocabulary.errors import ModelError
 from blackbox_sal.model import files
 
 #: the roles of special tokens, and the names files give them

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from blackbox_sal.errors import ModelError
+from blackbox_sal.vocabulary.errors import ModelError
 
 GiB = 1024**3
 #: what every tensor of a model may take at its full size (the onnx path's cap too)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import html
 from functools import singledispatch
 
-from blackbox_sal.result import Choices, Explanation, Generation, Similarity
 from blackbox_sal.text.words import Span
+from blackbox_sal.vocabulary.result import Choices, Explanation, Generation, Similarity
 
 _STYLE = """body{font:15px/1.6 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
 .text{font-size:1.2rem;line-height:2.2;padding:1rem;border:1px solid #ddd;border-radius:6px}

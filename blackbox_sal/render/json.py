@@ -16,9 +16,9 @@ import math
 from functools import singledispatch
 from typing import Any
 
-from blackbox_sal.result import SCHEMA_VERSION, Choices, Explanation, Generation, Similarity
 from blackbox_sal.text.printable import json_safe
 from blackbox_sal.text.words import Span
+from blackbox_sal.vocabulary.result import SCHEMA_VERSION, Choices, Explanation, Generation, Similarity
 
 
 def _num(v: float | None) -> float | None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from functools import singledispatch
 
-from blackbox_sal.result import Choices, Explanation, Generation, Similarity
 from blackbox_sal.text.printable import printable as safe
 from blackbox_sal.text.words import Span
+from blackbox_sal.vocabulary.result import Choices, Explanation, Generation, Similarity
 
 _RESET = "\033[0m"
 _BAR_WIDTH = 24

@@ -26,18 +26,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from blackbox_sal import __version__
-from blackbox_sal.batch import work_for
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.datasets import Row
+from blackbox_sal.api.explaining import prediction_work, runner
 from blackbox_sal.engine.service import Busy, DeadlineExceeded, EngineService, Stopped
-from blackbox_sal.errors import ModelError, SalError, UsageError
-from blackbox_sal.explaining import prediction_work, runner
 from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.gradients.backend import BACKENDS
+from blackbox_sal.jobs.batch import work_for
+from blackbox_sal.jobs.datasets import Row
 from blackbox_sal.methods import METHODS
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import Prediction
-from blackbox_sal.runs import Work
 from blackbox_sal.server.openapi import openapi_document
 from blackbox_sal.server.protocol import (
     HttpError,
@@ -49,6 +45,10 @@ from blackbox_sal.server.protocol import (
     parse_json,
     status_of,
 )
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import ModelError, SalError, UsageError
+from blackbox_sal.vocabulary.result import Prediction
+from blackbox_sal.vocabulary.runs import Work
 
 EXPLAINER = "-explainer"  # the V2 explainer of model NAME is the model NAME-explainer
 #: seconds past its deadline after which a request is answered 504 whatever its engine does

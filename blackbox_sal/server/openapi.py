@@ -8,7 +8,6 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from blackbox_sal import __version__
-from blackbox_sal.config import AUTO, LONG, MAX_DIRECTION
 from blackbox_sal.gradients.backend import BACKENDS
 from blackbox_sal.gradients.finite_differences import SCHEMES
 from blackbox_sal.methods import METHODS
@@ -16,7 +15,8 @@ from blackbox_sal.methods.gradient_methods import MAX_SAMPLES
 from blackbox_sal.methods.integrated_gradients import MAX_STEPS
 from blackbox_sal.methods.quadrature import QUADRATURES
 from blackbox_sal.reductions import REDUCTIONS
-from blackbox_sal.scores import SCORES
+from blackbox_sal.vocabulary.config import AUTO, LONG, MAX_DIRECTION
+from blackbox_sal.vocabulary.scores import SCORES
 
 if TYPE_CHECKING:
     from blackbox_sal.server.app import Server

@@ -1,7 +1,7 @@
 """What the server's routes take and give, independent of the web framework.
 
 Requests (KServe V1, and the V2 inference protocol's "explainer as a model" form, as MLServer
-runs explainers) become rows and an :class:`~blackbox_sal.config.ExplainConfig`; results
+runs explainers) become rows and an :class:`~blackbox_sal.vocabulary.config.ExplainConfig`; results
 become the CLI's JSON objects with the version and the time each took. Every failure is an
 :class:`HttpError` with its status and a one-line message, never a traceback:
 
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from blackbox_sal import __version__
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.datasets import Row
-from blackbox_sal.errors import InputError, ModelError, SalError, TooLongError, UnavailableError, UsageError
+from blackbox_sal.jobs.datasets import Row
 from blackbox_sal.render.json import document
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, TooLongError, UnavailableError, UsageError
 
 #: request parameters that map onto ExplainConfig fields (the rest are refused)
 PARAMETERS = frozenset(f.name for f in dataclasses.fields(ExplainConfig)) - {"progress", "max_chars",

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.facts import Facts
+from blackbox_sal.vocabulary.errors import ModelError
 
 
 class Builder:

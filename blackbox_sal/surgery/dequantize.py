@@ -34,10 +34,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.index import GraphIndex, attr_int
 from blackbox_sal.surgery.prune import prune
 from blackbox_sal.surgery.quantized import QUANTIZED_OPS
+from blackbox_sal.vocabulary.errors import ModelError
 
 
 def float_twin(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

@@ -24,10 +24,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.index import GraphIndex, attr_int
 from blackbox_sal.surgery.names import EMBEDS
 from blackbox_sal.surgery.prune import clear_shapes, prune
+from blackbox_sal.vocabulary.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.facts import Facts
 from blackbox_sal.surgery.names import EMBEDS, GRAD, WEIGHTS
 from blackbox_sal.surgery.prune import clear_shapes, prune
 from blackbox_sal.surgery.reverse import reverse
+from blackbox_sal.vocabulary.errors import ModelError
 
 #: bump when the builder changes what it emits: cached graphs of other versions are rebuilt
-BUILDER_VERSION = 8
+BUILDER_VERSION = 9
 
 
 def forward_part(body: onnx.ModelProto, output: str) -> onnx.ModelProto:

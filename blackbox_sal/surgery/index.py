@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,6 @@ class GraphIndex:
         """The single node reading ``name``, when there is one and it is an ``op_type``."""
         found = self.users.get(name, [])
         return found[0] if len(found) == 1 and found[0].op_type == op_type else None
-
-    def produced_by(self, name: str, op_type: str) -> onnx.NodeProto | None:
-        node = self.producer.get(name)
-        return node if node is not None and node.op_type == op_type else None
 
 
 def attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -79,14 +74,6 @@ def attr_str(node: onnx.NodeProto, name: str, default: str) -> str:
 
 def has_attr(node: onnx.NodeProto, name: str) -> bool:
     return any(a.name == name for a in node.attribute)
-
-
-def attr_value(node: onnx.NodeProto, name: str) -> object:
-    """Any attribute's value (onnx's own decoding), None when absent."""
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return None
 
 
 def input_at(node: onnx.NodeProto, k: int) -> str:

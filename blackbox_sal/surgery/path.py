@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.index import opset_of
 from blackbox_sal.surgery.names import ALPHA, ANCHOR, DELTA, EMBEDS, GRAD, ROW, TOKEN_JVP
+from blackbox_sal.vocabulary.errors import ModelError
 
 
 def path_model(grad_model: onnx.ModelProto) -> onnx.ModelProto:

@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.index import opset_of
 from blackbox_sal.surgery.names import POOLINGS
+from blackbox_sal.vocabulary.errors import ModelError
 
 #: the explained output a pooled model gets
 SENTENCE = "sentence_embedding"

@@ -15,13 +15,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.builder import Builder
 from blackbox_sal.surgery.facts import Facts
 from blackbox_sal.surgery.gelu import fold_gelus
 from blackbox_sal.surgery.index import opset_of
 from blackbox_sal.surgery.prune import node_inputs
 from blackbox_sal.surgery.rules import LEFT_TO_FINITE_DIFFERENCES, RULES
+from blackbox_sal.vocabulary.errors import ModelError
 
 #: ops whose outputs carry no gradient even when a float input is differentiated
 NON_DIFFERENTIABLE = {

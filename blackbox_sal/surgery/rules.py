@@ -27,10 +27,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.builder import Builder, unbroadcast, unbroadcast_shapes, zero_like
 from blackbox_sal.surgery.facts import Facts
 from blackbox_sal.surgery.index import attr_float, attr_int, attr_ints, attr_str, has_attr, input_at
+from blackbox_sal.vocabulary.errors import ModelError
 
 Rule = Callable[[Builder, Facts, onnx.NodeProto, list[str | None], list[bool]], list[str | None]]
 
@@ -584,11 +584,13 @@ def _normalizer(b: Builder, f: Facts, n: onnx.NodeProto, gy: list[str | None], w
     norm = attr_str(n, "norm", "MAX")
     if norm not in ("L1", "L2"):
         raise ModelError(f"no gradient rule for Normalizer with norm {norm}")
-    size = b.reduce("ReduceL2" if norm == "L2" else "ReduceL1", x, [1], keepdims=True)
-    size = b.op("Max", [size, b.scalar(1e-30, 2, f.dtypes[x])])
+    raw = b.reduce("ReduceL2" if norm == "L2" else "ReduceL1", x, [1], keepdims=True)
+    size = b.op("Max", [raw, b.scalar(1e-30, 2, f.dtypes[x])])
     dot = b.reduce("ReduceSum", b.op("Mul", [g, y]), [1], keepdims=True)
     along = y if norm == "L2" else b.op("Sign", [x])
-    return [b.op("Div", [b.op("Sub", [g, b.op("Mul", [along, dot])]), size])]
+    nonzero = b.op("Cast", [b.op("Greater", [raw, b.scalar(0.0, 2, f.dtypes[x])])],
+                   to=helper.np_dtype_to_tensor_dtype(f.dtypes[x]))  # an all-zero row: gradient 0, not g / 1e-30
+    return [b.op("Mul", [b.op("Div", [b.op("Sub", [g, b.op("Mul", [along, dot])]), size]), nonzero])]
 
 
 #: operators left to finite differences, and why (measured or read off the operator)

@@ -36,11 +36,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from blackbox_sal.errors import ModelError
 from blackbox_sal.surgery.fold import fold
 from blackbox_sal.surgery.index import GraphIndex, attr_int
 from blackbox_sal.surgery.names import EMBEDS
 from blackbox_sal.surgery.prune import clear_shapes, node_inputs, prune, remove
+from blackbox_sal.vocabulary.errors import ModelError
 
 #: Ops allowed between ``input_ids`` and the lookup's indices that change the dtype or
 #: nothing at all.

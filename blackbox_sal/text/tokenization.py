@@ -12,7 +12,7 @@ import numpy as np
 import tokenizers
 from tokenizers import Encoding, Tokenizer
 
-from blackbox_sal.errors import InputError, TooLongError, UnavailableError
+from blackbox_sal.vocabulary.errors import InputError, TooLongError, UnavailableError
 
 #: the longest text accepted, in characters, whatever the model's token limit
 MAX_CHARS = 100_000

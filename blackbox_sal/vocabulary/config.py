@@ -27,13 +27,13 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from blackbox_sal.errors import UsageError, unknown_choice
 from blackbox_sal.gradients.backend import BACKENDS
 from blackbox_sal.gradients.finite_differences import SCHEMES
 from blackbox_sal.methods import METHODS
 from blackbox_sal.reductions import REDUCTIONS
-from blackbox_sal.scores import SCORES
 from blackbox_sal.text.tokenization import MAX_CHARS
+from blackbox_sal.vocabulary.errors import UsageError, unknown_choice
+from blackbox_sal.vocabulary.scores import SCORES
 
 #: what to do with a text over the model's token limit
 LONG = ("error", "window")

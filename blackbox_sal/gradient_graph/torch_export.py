@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from blackbox_sal.errors import ModelError, UnavailableError
+from blackbox_sal.vocabulary.errors import ModelError, UnavailableError
 
 #: example batch and length for tracing: odd sizes that no model dimension is likely to share
 #: (torch gives equal example sizes one symbol, which would pin the batch to, say, the classes)

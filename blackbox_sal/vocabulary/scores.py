@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from blackbox_sal.errors import UsageError
+from blackbox_sal.vocabulary.errors import UsageError
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

@@ -18,12 +18,12 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blackbox_sal.errors import UsageError
+from blackbox_sal.vocabulary.errors import UsageError
 
 FORMATS = ("jsonl", "csv", "parquet")
 #: the longest field a CSV row may hold (csv's default, 128 KiB, is below the text limit)
@@ -203,11 +203,6 @@ def _parquet(path: Path) -> Iterator[dict[str, Any]]:
         raise UsageError(f"{str(path)!r} is not a readable Parquet file: {exc}") from exc
     for batch in table.iter_batches(batch_size=1024):
         yield from batch.to_pylist()
-
-
-def rows_of(texts: Sequence[str]) -> list[Row]:
-    """Rows for texts given in memory (the API's side of a dataset)."""
-    return [Row(k, t) for k, t in enumerate(texts)]
 
 
 def sniff_columns(path: str | Path) -> list[str]:

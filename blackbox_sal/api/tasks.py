@@ -1,5 +1,5 @@
 """Tasks built on single explanations: a generated continuation step by step, multiple
-choice, sentence similarity. Each returns a frozen result (:mod:`blackbox_sal.result`); each
+choice, sentence similarity. Each returns a frozen result (:mod:`blackbox_sal.vocabulary.result`); each
 is a piece of engine work, so its runs are packed like any explanation's."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from dataclasses import replace
 import numpy as np
 from tokenizers import Tokenizer, decoders
 
-from blackbox_sal.config import ExplainConfig
+from blackbox_sal.api.explaining import ClassQuestion, SimilarityQuestion, explanation, runner
 from blackbox_sal.engine.drive import drive_one
-from blackbox_sal.errors import UsageError
-from blackbox_sal.explaining import ClassQuestion, SimilarityQuestion, explanation, runner
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import Choices, Explanation, Generation, Label, Similarity
-from blackbox_sal.runs import ArrayPoints, Forward, Seq, Work, ask, ask_all
-from blackbox_sal.scores import SCORES, cosine, resolve_target
 from blackbox_sal.text.tokenization import Tokens, tokenize, tokenize_pair
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import UsageError
+from blackbox_sal.vocabulary.result import Choices, Explanation, Generation, Label, Similarity
+from blackbox_sal.vocabulary.runs import ArrayPoints, Forward, Seq, Work, ask, ask_all
+from blackbox_sal.vocabulary.scores import SCORES, cosine, resolve_target
 
 
 def _forward(model: TextModel, tokens: Tokens) -> Forward:

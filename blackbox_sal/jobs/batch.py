@@ -1,7 +1,7 @@
 """Batch jobs: a dataset of texts explained through the engine into a JSONL or Parquet file,
 resumable at any point.
 
-Rows stream from the input (:mod:`blackbox_sal.datasets`) into the engine, which packs the
+Rows stream from the input (:mod:`blackbox_sal.jobs.datasets`) into the engine, which packs the
 runs of up to ``window`` rows at a time; results come back in input order and each is written
 as one line as soon as it is done: ``{"id", "row", ...the CLI's JSON object}``, or for a row
 that failed ``{"id", "row", "error", "exit_code"}`` (an empty text, one too long, an unknown
@@ -29,16 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.datasets import MAX_FIELD, BadRow, Columns, Row, format_of, read_rows
+from blackbox_sal.api.explaining import runner, text_explanation
+from blackbox_sal.api.tasks import multiple_choice, similarity
 from blackbox_sal.engine.drive import drive_many
-from blackbox_sal.errors import InputError, SalError, UsageError
-from blackbox_sal.explaining import runner, text_explanation
+from blackbox_sal.jobs.datasets import MAX_FIELD, BadRow, Columns, Row, format_of, read_rows
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.progress import Progress
 from blackbox_sal.render.json import document
-from blackbox_sal.runs import Work
-from blackbox_sal.tasks import multiple_choice, similarity
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import InputError, SalError, UsageError
+from blackbox_sal.vocabulary.runs import Work
 
 #: version of the output records (the explanation objects inside keep their schema_version)
 RECORD_VERSION = 1

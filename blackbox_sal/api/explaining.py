@@ -1,7 +1,7 @@
 """Explain predictions: text -> tokens -> embeddings -> backend -> method -> Explanation (long
 texts, optionally: windows -> one Explanation each -> stitched).
 
-Each explanation is a piece of work (:mod:`blackbox_sal.runs`) that the engine drives:
+Each explanation is a piece of work (:mod:`blackbox_sal.vocabulary.runs`) that the engine drives:
 :func:`explain` drives one, :func:`explain_many` many at once, their rows packed into shared
 runs, with the same results.
 """
@@ -14,22 +14,22 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from blackbox_sal.baselines import make_baseline
-from blackbox_sal.config import ExplainConfig
 from blackbox_sal.diagnostics import special_tokens_note
-from blackbox_sal.differences import step_scale
 from blackbox_sal.engine.drive import drive_many, drive_one
 from blackbox_sal.engine.runner import Runner, rows_per_run, run_size
-from blackbox_sal.errors import InputError, ModelError, SalError, TooLongError, UsageError
 from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.gradients.backend import BACKENDS, VALUES_ONLY, Setting
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.result import MAX_SCORES, TOP, Explanation, Label, Prediction, Provenance, Window
-from blackbox_sal.runs import ArrayPoints, Cost, Forward, Seq, Work, ask, ask_all
-from blackbox_sal.scores import ClassScore, Cosine, Objective, Projection, resolve_target
 from blackbox_sal.text.tokenization import Tokens, check_text, stitch, tokenize, tokenize_windows
 from blackbox_sal.text.words import Span, merge_words, token_spans
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.differences import step_scale
+from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, TooLongError, UsageError
+from blackbox_sal.vocabulary.result import MAX_SCORES, TOP, Explanation, Label, Prediction, Provenance, Window
+from blackbox_sal.vocabulary.runs import ArrayPoints, Cost, Forward, Seq, Work, ask, ask_all
+from blackbox_sal.vocabulary.scores import ClassScore, Cosine, Objective, Projection, resolve_target
 
 
 def explain(model: TextModel, text: str, config: ExplainConfig | None = None) -> Explanation:

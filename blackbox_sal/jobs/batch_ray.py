@@ -5,7 +5,7 @@ Data in order; ``map_batches`` runs a callable class whose every actor loads the
 (from its path: a config travels to the workers, never a session) and explains its batches
 through the engine, packed as the local job packs them; CPU actors, or one GPU per actor with
 ``gpus_per_actor=1``. The results come back in input order and are written exactly as the
-local job writes them, resumable the same way (:mod:`blackbox_sal.batch`): for the same rows
+local job writes them, resumable the same way (:mod:`blackbox_sal.jobs.batch`): for the same rows
 and settings the two outputs are identical.
 
 On a cluster: ``ray start --head`` on one machine, ``ray start --address HEAD:6379`` on the
@@ -23,14 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from blackbox_sal.batch import Output, Summary, meta_of, record, work_for
-from blackbox_sal.config import ExplainConfig
-from blackbox_sal.datasets import BadRow, Columns, Row, read_rows
+from blackbox_sal.api.explaining import runner
 from blackbox_sal.engine.drive import drive_many
-from blackbox_sal.errors import UsageError
-from blackbox_sal.explaining import runner
+from blackbox_sal.jobs.batch import Output, Summary, meta_of, record, work_for
+from blackbox_sal.jobs.datasets import BadRow, Columns, Row, read_rows
 from blackbox_sal.model.loading import load_model
 from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import UsageError
 
 #: rows per Ray Data batch (one engine pass packs them)
 BATCH_ROWS = 64
@@ -79,7 +79,7 @@ def run_batch_ray(model: TextModel, source: str | Path, output: str | Path, cfg:
                   columns: Columns | None = None, address: str | None = None, limit: int | None = None,
                   actors: int | None = None, gpus_per_actor: float = 0.0,
                   load: dict[str, Any] | None = None) -> Summary:
-    """The batch job of :func:`blackbox_sal.batch.run_batch` on Ray (see the module docstring).
+    """The batch job of :func:`blackbox_sal.jobs.batch.run_batch` on Ray (see the module docstring).
     ``model`` is loaded here too (to check it and to name the output's settings); the actors
     load it again from its folder with ``load`` (load_model's keyword arguments)."""
     try:
