@@ -90,6 +90,14 @@ def headers_within(seconds: float) -> type[H11Protocol]:
     return _HeadersWithin
 
 
+def uvicorn_config(server: Server, host: str = "127.0.0.1", port: int = 8080) -> uvicorn.Config:
+    """uvicorn's settings for ``server``: its connection limit a little above the server's own
+    (which answers in JSON), our header timeout, no access log of uvicorn's (ours is JSON)."""
+    return uvicorn.Config(server.app, host=host, port=port, limit_concurrency=server.limits.max_connections + 64,
+                          access_log=False, log_level="info", timeout_graceful_shutdown=5,
+                          server_header=False, http=headers_within(server.limits.read_timeout))
+
+
 def run(server: Server, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False) -> None:
     """Serve until SIGTERM or Ctrl-C (see the module docstring)."""
     if access_log and not ACCESS_LOG.handlers:
@@ -99,10 +107,7 @@ def run(server: Server, host: str = "127.0.0.1", port: int = 8080, access_log: b
         ACCESS_LOG.propagate = False
     elif not access_log:  # off, though its parent logger shows INFO (the CLI's messages)
         ACCESS_LOG.setLevel(logging.WARNING)
-    config = uvicorn.Config(server.app, host=host, port=port, limit_concurrency=server.limits.max_connections + 64,
-                            access_log=False, log_level="info", timeout_graceful_shutdown=5,
-                            server_header=False, http=headers_within(server.limits.read_timeout))
     try:
-        _Uvicorn(config, server).run()
+        _Uvicorn(uvicorn_config(server, host, port), server).run()
     finally:
         server.stop(drain=False)
