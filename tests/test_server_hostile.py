@@ -208,6 +208,20 @@ def test_bodies_in_flight_are_bounded_in_bytes(server: Server) -> None:
         assert server.buffered == 0
 
 
+def test_a_client_gone_mid_body_is_no_server_error(server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that closes its connection halfway through a body: before, Starlette's
+    ClientDisconnect escaped as an ASGI exception (a traceback in the server's log, a 500 in the
+    access log); now it is one 400 line in the access log."""
+    with caplog.at_level(logging.INFO, logger="blackbox_sal.access"), serving(server) as port:
+        stalled(port, b'{"instances": ["the').close()
+        deadline = time.monotonic() + 5
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.02)
+    (entry,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "blackbox_sal.access"]
+    assert (entry["route"], entry["status"]) == ("/v1/models/{name}:{verb}", 400)
+    assert server.buffered == 0
+
+
 # -- a tokenizer that panics, a worker that is gone ---------------------------------------------
 
 def test_a_panicking_tokenizer_fails_its_request_alone(server: Server, client: TestClient) -> None:

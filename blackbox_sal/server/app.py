@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -293,6 +293,8 @@ class Server:
         except asyncio.TimeoutError:
             raise HttpError(408, f"the body did not arrive within {self.limits.read_timeout:g} s",
                             close=True) from None
+        except ClientDisconnect:  # no one to answer; the access log says 400, not a traceback in the log
+            raise HttpError(400, "the client closed the connection before its body arrived", close=True) from None
         finally:
             self.buffered -= sum(map(len, chunks))
         return parse_json(b"".join(chunks))
