@@ -280,8 +280,10 @@ def _parser() -> argparse.ArgumentParser:
                     "routes, /openapi.json and a web page at /. Each MODEL is PATH or NAME=PATH (the name "
                     "defaults to the folder's); the method options are the requests' defaults. Concurrent "
                     "requests share onnxruntime runs. SIGTERM turns readiness off and drains.",
-        epilog=EPILOG + "\nHTTP statuses: 400 bad request, 404 unknown model or route, 413 too large, 422 the model "
-                        "cannot explain the text,\n429 queue full, 503 not ready or stopping, 504 deadline passed.",
+        epilog=EPILOG + "\nHTTP statuses: 400 bad request, 404 unknown model or route, 408 body too slow, "
+                        "413 too large, 415 not JSON,\n422 the model cannot explain the text, 429 queue full, "
+                        "503 not ready or stopping, 504 deadline passed.\nIn a request of several instances, one "
+                        "that fails is answered in its place ({\"error\", \"status\"}) while the others succeed.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("models", metavar="MODEL", nargs="*", help="PATH or NAME=PATH (default: the bundled model)")
     _model_options(s, serving=True)

@@ -442,3 +442,9 @@ def test_the_access_log_is_one_json_line_a_request(client: TestClient, caplog: p
         ("/v1/models/{name}:{verb}", "default", 415), ("(none)", None, 404)]
     assert all(e["method"] in ("GET", "POST") and 0 < e["ms"] < 10_000 for e in entries)
     assert "secret" not in "".join(lines) and "\x1b" not in "".join(lines)
+
+
+def test_read_timeout_out_of_range_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from blackbox_sal.cli import main
+    assert main(["serve", "--read-timeout", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "blackbox-sal: error: --read-timeout must be from 0.01 to 3600, got 0.0"
