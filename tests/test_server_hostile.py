@@ -448,3 +448,31 @@ def test_read_timeout_out_of_range_is_exit_2(capsys: pytest.CaptureFixture[str])
     from blackbox_sal.cli import main
     assert main(["serve", "--read-timeout", "0"]) == 2
     assert capsys.readouterr().err.strip() == "blackbox-sal: error: --read-timeout must be from 0.01 to 3600, got 0.0"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread ends so, on purpose
+def test_a_worker_that_ends_anyway_leaves_no_request_waiting(models: dict[str, TextModel],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should even the loop's own handler raise (here: a step and the error conversion both
+    do), the thread ends, and the works it held are failed at once (a 422 naming it), not left
+    to their deadlines; the next request starts a new thread."""
+    import blackbox_sal.engine.service as service_module
+    s = Server({"default": models["default"]})
+    service = s.served["default"].service
+    try:
+        c = TestClient(s.app)
+
+        def broken(exc: BaseException) -> Exception:
+            raise RuntimeError("the handler broke")
+        monkeypatch.setattr(service, "_round", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+        monkeypatch.setattr(service_module, "_as_error", broken)
+        start = time.monotonic()
+        got = c.post("/v1/models/default:predict", json={"instances": [GOOD]})
+        assert time.monotonic() - start < 5 and not service.thread.is_alive()
+        assert got.status_code == 422
+        assert got.json()["error"] == "the engine's worker ended while this request waited; try again"
+        monkeypatch.undo()
+        assert c.post("/v1/models/default:predict", json={"instances": [GOOD]}).status_code == 200
+        assert service.restarts == 1
+    finally:
+        s.stop(drain=False)

@@ -118,10 +118,7 @@ class EngineService:
         the lock): the works it held are failed, since no thread will step them."""
         if not self.running or self.thread.is_alive():
             return
-        for job in self.jobs:
-            if not job.future.done():
-                job.future.set_exception(ModelError("the engine's worker ended while running this request"))
-        self.jobs = []
+        self._orphans()
         self.restarts += 1
         self.beat = self.clock()
         self.thread = self._thread()
@@ -206,19 +203,36 @@ class EngineService:
         return 2 * self.runner.capacity(len(request.seq), forward=isinstance(request, Forward))
 
     def _loop(self) -> None:
-        while self.running:
-            self.beat = self.clock()
+        try:
+            while self.running:
+                self.beat = self.clock()
+                try:
+                    self._admit()
+                    self._expire()
+                    if self.jobs:
+                        self._round()
+                except BaseException as exc:  # nothing may end the thread: fail the works in flight
+                    error = _as_error(exc)
+                    for job in self.jobs:
+                        if not job.future.done():
+                            job.future.set_exception(error)
+                    self.jobs = []
+        finally:
+            if self.running:  # ended all the same (the handler above raised): no one is left waiting on it
+                self._orphans()
+
+    def _orphans(self) -> None:
+        """Fail every work admitted or queued: the thread that would step them has ended."""
+        gone = ModelError("the engine's worker ended while this request waited; try again")
+        jobs, self.jobs = self.jobs, []
+        while True:
             try:
-                self._admit()
-                self._expire()
-                if self.jobs:
-                    self._round()
-            except BaseException as exc:  # nothing may end the thread: fail the works in flight
-                error = _as_error(exc)
-                for job in self.jobs:
-                    if not job.future.done():
-                        job.future.set_exception(error)
-                self.jobs = []
+                jobs.append(self.waiting.get_nowait())
+            except queue.Empty:
+                break
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(gone)
 
     def _expire(self) -> None:
         now = self.clock()
