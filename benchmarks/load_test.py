@@ -21,6 +21,14 @@ machine is usually shared: the load average is printed before and after; repeat 
     python benchmarks/load_test.py                                   # bundled CNN, 32 clients, 30 s
     python benchmarks/load_test.py --model models/.cache/optimum-minilm-cls --steps 16 --json out.json
     python benchmarks/load_test.py --server-args "--batch-window 0.002 --max-active 32"
+
+Hostile clients beside the normal ones (issue 22): ``--stalled N`` connections each send a
+POST's headers and 20 bytes of a 1,000-byte body, then nothing (when the server closes one, a
+408 after its read timeout, it opens another, for the whole load); ``--slow N`` clients send
+each body in 8 pieces over ``--slow-seconds`` (their answers are checked as the normal ones').
+The report keeps the normal clients' latency apart, and counts what the stalled ones got.
+
+    python benchmarks/load_test.py --minutes 1 --clients 8 --stalled 40 --slow 4 --no-batch
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "models" / ".cache" / "rotten-tomatoes" / "test.jsonl"
 ROUTE = "/v1/models/default:explain"
-DOCUMENTED = {200, 400, 404, 413, 422, 429, 503, 504}
+DOCUMENTED = {200, 400, 404, 408, 413, 415, 422, 429, 503, 504}
 FALLBACK = [
     "An absolute masterpiece: the best film I have seen this year.",
     "A dull, lifeless script that wastes a talented cast.",
@@ -115,7 +123,8 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
 class RssMonitor(threading.Thread):
     def __init__(self, pid: int, every: float = 0.25) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every, self.peak, self.samples = pid, every, 0, []
+        self.pid, self.every, self.peak = pid, every, 0
+        self.samples: list[int] = []
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -173,10 +182,10 @@ class Record:
 
 class Client(threading.Thread):
     def __init__(self, port: int, texts: list[str], counter: itertools.count[int], parameters: dict[str, Any],
-                 stop_at: float, timeout: float) -> None:
+                 stop_at: float, timeout: float, slow: float = 0.0) -> None:
         super().__init__(daemon=True)
         self.port, self.texts, self.counter, self.parameters = port, texts, counter, parameters
-        self.stop_at, self.timeout = stop_at, timeout
+        self.stop_at, self.timeout, self.slow = stop_at, timeout, slow
         self.record = Record()
         self.conn: http.client.HTTPConnection | None = None
 
@@ -191,7 +200,7 @@ class Client(threading.Thread):
             rec.sent += 1
             start = time.perf_counter()
             try:
-                self.conn.request("POST", ROUTE, body.encode(), {"Content-Type": "application/json"})
+                self.send(body.encode())
                 response = self.conn.getresponse()
                 data = response.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -211,6 +220,64 @@ class Client(threading.Thread):
                 rec.engine.append(seconds)
         if self.conn is not None:
             self.conn.close()
+
+    def send(self, body: bytes, pieces: int = 8) -> None:
+        """The request, its body at once, or (a slow client) in ``pieces`` over ``slow`` seconds."""
+        assert self.conn is not None
+        if not self.slow:
+            self.conn.request("POST", ROUTE, body, {"Content-Type": "application/json"})
+            return
+        self.conn.putrequest("POST", ROUTE)
+        self.conn.putheader("Content-Type", "application/json")
+        self.conn.putheader("Content-Length", str(len(body)))
+        self.conn.endheaders()
+        step = -(-len(body) // pieces)
+        for i in range(0, len(body), step):
+            time.sleep(self.slow / pieces)
+            self.conn.send(body[i:i + step])
+
+
+class Stalled(threading.Thread):
+    """A connection that sends a POST's headers and 20 bytes of its 1,000-byte body, then
+    waits; when the server answers or closes it, another, until ``stop_at``."""
+
+    def __init__(self, port: int, stop_at: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.stop_at = port, stop_at
+        self.opened = 0
+        self.answers: Counter[str] = Counter()  # the status line's code, "closed" (no answer) or "held to the end"
+
+    def run(self) -> None:
+        head = (f"POST {ROUTE} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                "Content-Length: 1000\r\n\r\n").encode() + b'{"instances": ["never'
+        while time.monotonic() < self.stop_at:
+            try:
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                sock.sendall(head)
+            except OSError:
+                self.answers["refused"] += 1
+                time.sleep(0.1)
+                continue
+            self.opened += 1
+            got = b""
+            try:
+                while time.monotonic() < self.stop_at:
+                    sock.settimeout(max(0.05, min(1.0, self.stop_at - time.monotonic())))
+                    try:
+                        chunk = sock.recv(4096)
+                    except TimeoutError:
+                        continue
+                    if not chunk:
+                        break
+                    got += chunk
+                else:
+                    self.answers["held to the end"] += 1
+                    continue
+                self.answers[got.split(b" ", 2)[1].decode() if got.startswith(b"HTTP/1.1 ") else "closed"] += 1
+            except OSError:
+                self.answers["reset"] += 1
+            finally:
+                sock.close()
 
 
 def check(status: int, content_type: str, data: bytes, text: str) -> tuple[str | None, float]:
@@ -235,14 +302,21 @@ def check(status: int, content_type: str, data: bytes, text: str) -> tuple[str |
 
 
 def run_clients(port: int, texts: list[str], counter: itertools.count[int], n: int, seconds: float,
-                parameters: dict[str, Any], timeout: float) -> tuple[list[Client], float, float]:
+                parameters: dict[str, Any], timeout: float, slow: int = 0, slow_seconds: float = 2.0,
+                stalled: int = 0) -> tuple[list[Client], float, float, list[Client], list[Stalled]]:
+    """The normal clients (with their start and end), and the slow and stalled ones beside them."""
     start = time.monotonic()
     clients = [Client(port, texts, counter, parameters, start + seconds, timeout) for _ in range(n)]
-    for c in clients:
-        c.start()
+    slows = [Client(port, texts, counter, parameters, start + seconds, timeout, slow_seconds) for _ in range(slow)]
+    stalls = [Stalled(port, start + seconds) for _ in range(stalled)]
+    for t in [*stalls, *slows, *clients]:
+        t.start()
     for c in clients:
         c.join()
-    return clients, start, time.monotonic()
+    end = time.monotonic()
+    for t in [*slows, *stalls]:
+        t.join()
+    return clients, start, end, slows, stalls
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -304,6 +378,12 @@ def main() -> None:
     ap.add_argument("--model", help="model directory (default: the bundled sentiment CNN)")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=30.0, help="length of the measured load (default: 30)")
+    ap.add_argument("--minutes", type=float, help="length of the measured load in minutes (instead of --seconds)")
+    ap.add_argument("--stalled", type=int, default=0,
+                    help="connections that send part of a body and stop, beside the clients (default: 0)")
+    ap.add_argument("--slow", type=int, default=0,
+                    help="clients that send each body in 8 pieces over --slow-seconds (default: 0)")
+    ap.add_argument("--slow-seconds", type=float, default=2.0, help="a slow client's time per body (default: 2)")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before it (default: 3)")
     ap.add_argument("--method", default="ig", help="attribution method (default: ig, the batch job's)")
     ap.add_argument("--steps", type=int, help="integrated-gradients nodes (default: the library's, 50)")
@@ -318,6 +398,8 @@ def main() -> None:
     ap.add_argument("--no-batch", action="store_true", help="skip the batch job")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    if args.minutes is not None:
+        args.seconds = 60 * args.minutes
 
     texts, source = read_texts(args.data, args.texts)
     print(f"texts: {len(texts)} from {source}", flush=True)
@@ -339,6 +421,7 @@ def main() -> None:
             run = measure(args, server.pid, port, texts, counter, parameters, tmp)
             results["runs"].append(run)
             failed |= not run["server"]["every_request_answered_once"] or bool(run["server"]["undocumented_5xx"])
+            failed |= bool(run.get("hostile", {}).get("slow", {}).get("wrong"))
             print(f"run {k + 1}: server {run['server']['texts_per_second']:.2f} texts/s"
                   + (f", batch {run['batch']['texts_per_second']:.2f}, ratio {run['ratio_server_to_batch']:.2f}"
                      if "batch" in run else ""), flush=True)
@@ -387,7 +470,8 @@ def measure(args: argparse.Namespace, pid: int, port: int, texts: list[str], cou
     rss_start = proc_status(pid)["VmRSS"]
     cpu_start, threads_start = cpu_seconds(pid), thread_cpu(pid)
     own_start = resource.getrusage(resource.RUSAGE_SELF)
-    clients, start, end = run_clients(port, texts, counter, args.clients, args.seconds, parameters, args.timeout)
+    clients, start, end, slows, stalls = run_clients(port, texts, counter, args.clients, args.seconds, parameters,
+                                                     args.timeout, args.slow, args.slow_seconds, args.stalled)
     cpu_end, threads_end = cpu_seconds(pid), thread_cpu(pid)
     own_end = resource.getrusage(resource.RUSAGE_SELF)
     monitor.done.set()
@@ -432,6 +516,8 @@ def measure(args: argparse.Namespace, pid: int, port: int, texts: list[str], cou
         # what the request spent outside the engine: HTTP, JSON both ways, the event loop
         "outside_engine_ms_p50": 1000 * (percentile(latencies, 50) - percentile(engine, 50)),
     }
+    if slows or stalls:
+        run["hostile"] = hostile(clients, slows, stalls, wall)
     if not args.no_batch:
         n = args.batch_texts or max(32, min(ok, len(texts)))
         print(f"batch job on {n} texts...", flush=True)
@@ -441,6 +527,27 @@ def measure(args: argparse.Namespace, pid: int, port: int, texts: list[str], cou
         run["cpu_ratio_batch_to_server"] = (b["cpu_seconds"] / max(b["explained"], 1)) / (server_cpu / max(ok, 1))
     run["load_average_after"] = load_average()
     return run
+
+
+def hostile(clients: list[Client], slows: list[Client], stalls: list[Stalled], wall: float) -> dict[str, Any]:
+    """What the slow and stalled clients got, and the normal clients' latency beside them."""
+    lat = sorted(x for c in clients for x in c.record.latencies)
+    slow_lat = [x for c in slows for x in c.record.latencies]
+    answers: Counter[str] = Counter()
+    for t in stalls:
+        answers.update(t.answers)
+    return {
+        "normal": {"requests": len(lat), "p50": percentile(lat, 50), "p99": percentile(lat, 99),
+                   "max": max(lat, default=float("nan")), "over_1s": sum(x > 1.0 for x in lat)},
+        "slow": {"clients": len(slows), "sent": sum(c.record.sent for c in slows),
+                 "answered": sum(c.record.answered for c in slows),
+                 "explained": sum(c.record.texts_ok for c in slows),
+                 "statuses": dict(sum((c.record.statuses for c in slows), Counter())),
+                 "wrong": [w for c in slows for w in c.record.wrong][:20],
+                 "p50": percentile(slow_lat, 50), "p99": percentile(slow_lat, 99)},
+        "stalled": {"connections": len(stalls), "opened": sum(t.opened for t in stalls), "answers": dict(answers)},
+        "served_per_second": (len(lat) + len(slow_lat)) / wall,
+    }
 
 
 def report(results: dict[str, Any]) -> None:
@@ -481,6 +588,20 @@ def report(results: dict[str, Any]) -> None:
                                   f"peak RSS {b['peak_rss_kib'] / 1024:.0f} MiB)"),
                 ("server / batch", f"{r['ratio_server_to_batch']:.2f} texts/s; CPU per text: batch's / server's "
                                    f"{r['cpu_ratio_batch_to_server']:.2f}"),
+            ]
+        if "hostile" in r:
+            h = r["hostile"]
+            n, sl, st = h["normal"], h["slow"], h["stalled"]
+            rows += [
+                ("normal clients beside them", f"{n['requests']} requests, p50 {n['p50']*1000:.0f} ms, p99 "
+                                               f"{n['p99']*1000:.0f} ms, max {n['max']*1000:.0f} ms, "
+                                               f"{n['over_1s']} over 1 s"),
+                ("slow clients", f"{sl['clients']}: {sl['sent']} sent / {sl['answered']} answered / "
+                                 f"{sl['explained']} explained, p50 {sl['p50']*1000:.0f} ms, "
+                                 f"statuses {sl['statuses']}, {len(sl['wrong'])} wrong"),
+                ("stalled connections", f"{st['connections']} at a time, {st['opened']} opened; what they got: "
+                                        + ", ".join(f"{k}: {v}" for k, v in sorted(st["answers"].items()))),
+                ("served", f"{h['served_per_second']:.2f} requests/s (normal and slow)"),
             ]
         rows += [("load average before / after", f"{r['load_average_before']} / {r['load_average_after']}")]
         _table(rows)

@@ -280,8 +280,10 @@ def _parser() -> argparse.ArgumentParser:
                     "routes, /openapi.json and a web page at /. Each MODEL is PATH or NAME=PATH (the name "
                     "defaults to the folder's); the method options are the requests' defaults. Concurrent "
                     "requests share onnxruntime runs. SIGTERM turns readiness off and drains.",
-        epilog=EPILOG + "\nHTTP statuses: 400 bad request, 404 unknown model or route, 413 too large, 422 the model "
-                        "cannot explain the text,\n429 queue full, 503 not ready or stopping, 504 deadline passed.",
+        epilog=EPILOG + "\nHTTP statuses: 400 bad request, 404 unknown model or route, 408 body too slow, "
+                        "413 too large, 415 not JSON,\n422 the model cannot explain the text, 429 queue full, "
+                        "503 not ready or stopping, 504 deadline passed.\nIn a request of several instances, one "
+                        "that fails is answered in its place ({\"error\", \"status\"}) while the others succeed.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("models", metavar="MODEL", nargs="*", help="PATH or NAME=PATH (default: the bundled model)")
     _model_options(s, serving=True)
@@ -306,7 +308,11 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: %(default)g)")
     s.add_argument("--max-connections", type=int, default=256, metavar="N",
                    help="requests answered at the same time (503 beyond) (default: %(default)s)")
-    s.add_argument("--access-log", action="store_true", help="log every request")
+    s.add_argument("--read-timeout", type=float, default=defaults.read_timeout, metavar="SECONDS",
+                   help="the longest a request's headers or body may take to arrive (408 beyond) "
+                        "(default: %(default)g)")
+    s.add_argument("--access-log", action="store_true",
+                   help="log every request: one JSON line on stderr (route, model, status, ms)")
 
     g = sub.add_parser(
         "grad", help="build, verify and write a model's gradient graph",
@@ -466,7 +472,8 @@ def _serve(a: argparse.Namespace) -> None:
     config = _config(a)
     limits = Limits(max_body=a.max_body, max_chars=a.max_chars, max_instances=a.max_instances,
                     max_active=a.max_active, queue_size=a.queue, deadline=a.deadline,
-                    batch_window=a.batch_window, max_connections=a.max_connections).validated()
+                    batch_window=a.batch_window, max_connections=a.max_connections,
+                    read_timeout=a.read_timeout).validated()
     if not 0 < a.port < 65536:
         raise UsageError(f"--port must be from 1 to 65,535, got {a.port}")
     try:

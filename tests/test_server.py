@@ -207,7 +207,7 @@ def test_body_limit_holds_without_content_length(client: TestClient) -> None:
         for _ in range(100):
             yield b"x" * 100
         yield b'"]}'
-    got = client.post("/v1/models/default:explain", content=chunks())
+    got = client.post("/v1/models/default:explain", content=chunks(), headers={"content-type": "application/json"})
     assert got.status_code == 413 and "4,096" in got.json()["error"]
 
 

@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 schemathesis = pytest.importorskip(
@@ -133,3 +134,91 @@ def test_other_methods_are_405_with_the_documented_allow(api: Any) -> None:
             assert r.status_code == 405, (method, url, r.status_code, r.text)
             assert r.json()["status"] == 405
             assert {m.strip() for m in r.headers["allow"].split(",")} == documented, (method, url, r.headers)
+
+
+# -- raw requests: bodies, content types, shapes and instances the document does not describe -----
+
+V1_ROUTES = ["/v1/models/default:predict", "/v1/models/default:explain"]
+V2_ROUTES = ["/v2/models/default/infer", "/v2/models/default-explainer/infer"]
+#: statuses a raw request may get: refusals, and 504 only when it asked for its own deadline
+RAW_STATUSES = {200, 400, 404, 408, 413, 415, 422}
+
+
+def _raw_requests() -> Any:
+    """(route, body, content type): mostly JSON of the route's own protocol with something
+    wrong in it (or nothing), some bytes that are not JSON, some content types that are not JSON."""
+    from hypothesis import strategies as st
+
+    def pick(*choices: tuple[int, Any]) -> Any:  # one of the strategies, by weight (one_of weighs them alike)
+        return st.sampled_from([c for w, c in choices for _ in range(w)]).flatmap(lambda c: c)
+
+    words = st.sampled_from(["the film", "was good", "", " ", "dull", "\u00e9t\u00e9", "\ud83d\ude00", "x" * 81,
+                             "\x1b[31m", "a\u0000b"])
+    text = st.lists(words, min_size=1, max_size=3).map(" ".join)
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False))
+    instance = pick((4, text), (1, scalar), (2, st.fixed_dictionaries({"text": text}, optional={
+        "target": st.one_of(st.sampled_from(["POSITIVE", "NEGATIVE", "zzz"]), st.integers(-2, 3)),
+        "pair": text, "choices": st.lists(text, max_size=3), "id": st.one_of(text, st.integers()),
+        "colour": scalar})))
+    parameters = st.fixed_dictionaries({}, optional={
+        "method": st.sampled_from(["gradient", "occlusion", "integrated-gradients", "nope"]),
+        "steps": st.one_of(st.integers(-1, 12), text), "deadline": st.floats(-1, 30), "bogus": scalar})
+    v1 = st.fixed_dictionaries({"instances": pick((8, st.lists(instance, min_size=1, max_size=4)), (1, scalar))},
+                               optional={"parameters": pick((4, parameters), (1, scalar)),
+                                         "id": pick((4, text), (1, scalar))})
+    data = pick((6, st.lists(pick((6, text), (1, scalar)), min_size=1, max_size=4)), (1, scalar))
+    shape = pick((1, st.lists(st.integers(-3, 2**63), min_size=1, max_size=3)), (1, st.lists(st.integers(0, 4),
+                                                                                          max_size=2)),
+                 (3, st.integers(1, 4).map(lambda n: [n])), (1, st.integers(1, 4).map(lambda n: [n, 1])), (1, scalar))
+    tensor = st.fixed_dictionaries({"data": data, "datatype": st.sampled_from(["BYTES"] * 8 + ["FP32", "bytes"])},
+                                   optional={"name": pick((6, text), (1, scalar)), "shape": shape})
+    one = st.lists(tensor, min_size=1, max_size=1)
+    v2 = st.fixed_dictionaries({"inputs": pick((8, one), (1, st.lists(tensor, min_size=2, max_size=2)), (1, scalar))},
+                               optional={
+        "outputs": st.lists(st.fixed_dictionaries({"name": pick((1, text), (4, st.sampled_from(
+            ["scores", "label", "error", "explanation"])))}), max_size=2), "parameters": parameters})
+    def encoded(kind: Any) -> Any:
+        return kind.map(lambda d: json.dumps(d).encode())
+
+    json_type = st.sampled_from(["application/json", "application/json; charset=utf-8", "APPLICATION/JSON"])
+    content_type = pick((12, json_type), (1, st.none()), (2, st.sampled_from(
+        ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=b",
+         "application/json; charset=latin-1", ""])), (1, st.text(st.characters(min_codepoint=32, max_codepoint=126),
+                                                                  max_size=20)))
+    body = pick((4, st.tuples(st.sampled_from(V1_ROUTES), encoded(v1))),
+                (4, st.tuples(st.sampled_from(V2_ROUTES), encoded(v2))),
+                (1, st.tuples(st.sampled_from(V1_ROUTES + V2_ROUTES), st.binary(max_size=64))))
+    return st.tuples(body, content_type)
+
+
+def test_raw_requests_are_answered_or_refused_never_a_500(api: Any) -> None:
+    """Hypothesis posts raw bodies (V1 and V2 objects with wrong types, shapes that lie, texts
+    the model refuses, bytes that are not JSON) under any content type: each answer is JSON,
+    200 or a documented refusal; a 200 answers every instance, each a result or its own error."""
+    client = TestClient(api.app)
+
+    @given(request=_raw_requests())  # type: ignore[untyped-decorator, unused-ignore]
+    @settings(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=list(HealthCheck),  # type: ignore[untyped-decorator, unused-ignore]
+              derandomize=RANDOM is None, database=None)
+    def fuzz(request: tuple[tuple[str, bytes], str | None]) -> None:
+        (route, body), content_type = request
+        got = client.post(route, content=body, headers={} if content_type is None else {"content-type": content_type})
+        data = got.json()
+        asked = b'"deadline"' in body
+        assert got.status_code in RAW_STATUSES or (asked and got.status_code == 504), (route, body, got.text)
+        if got.status_code >= 400:
+            assert data["status"] == got.status_code and isinstance(data["error"], str), data
+            return
+        assert got.headers["content-type"] == "application/json"
+        sent = json.loads(body)
+        if route.startswith("/v1"):
+            answers = data["predictions" if route.endswith("predict") else "explanations"]
+            assert len(answers) == len(sent["instances"])
+            assert all(("error" in a) == ("tokens" not in a and "scores" not in a) for a in answers), answers
+            assert any("error" not in a for a in answers)  # when all fail the request fails
+            return
+        n = len(sent["inputs"][0]["data"])
+        for out in data["outputs"]:
+            assert int(np.prod(out["shape"])) == len(out["data"]) and out["shape"][0] == n, out
+
+    fuzz()

@@ -87,7 +87,7 @@ def test_surrogate_pairs_and_escaped_backslashes_are_text(client: TestClient) ->
 
 def test_a_body_not_utf8_is_400(client: TestClient) -> None:
     for body in (b'{"instances": ["\xed\xb0\x80"]}', '{"instances": ["good"]}'.encode("utf-16")):
-        r = client.post(EXPLAIN, content=body)
+        r = client.post(EXPLAIN, content=body, headers={"content-type": "application/json"})
         assert r.status_code == 400 and "UTF-8" in r.json()["error"], r.text
 
 

@@ -10,6 +10,15 @@ memory is bounded by the settings. A work past its deadline ends with :class:`De
 a run in progress is stopped through onnxruntime's ``RunOptions.terminate`` when every work in
 it is past its deadline, and the others are run again. ``stop(drain=True)`` finishes what
 was admitted and queued before the thread ends.
+
+The thread survives anything a work, a model or a tokenizer throws, ``BaseException``
+included (the Rust tokenizer's ``PanicException`` is one): the work that threw ends alone with a
+:class:`~blackbox_sal.errors.ModelError` naming it. In the worker there is no caller for a
+``KeyboardInterrupt`` or ``SystemExit`` to reach (signals go to the main thread; ``threading``
+swallows ``SystemExit``), so they end their work the same way. Should the thread end anyway,
+:meth:`EngineService.health` says so at once and the next ``submit`` starts a new one (the dead
+thread's works are failed first); a thread stuck in one step past ``stall_after`` seconds (a
+run that ignores ``terminate``, a tokenizer that never returns) is reported too.
 """
 
 from __future__ import annotations
@@ -73,9 +82,10 @@ class EngineService:
     """See the module docstring. ``submit`` is thread-safe; results come back as futures."""
 
     def __init__(self, runner: Runner, max_active: int = 64, queue_size: int = 256,
-                 batch_window: float = 0.005, clock: Callable[[], float] = time.monotonic) -> None:
+                 batch_window: float = 0.005, clock: Callable[[], float] = time.monotonic,
+                 stall_after: float = 60.0) -> None:
         self.runner, self.max_active, self.batch_window, self.clock = runner, max_active, batch_window, clock
-        self.queue_size = queue_size
+        self.queue_size, self.stall_after = queue_size, stall_after
         self.waiting: queue.Queue[_Job] = queue.Queue()
         self.lock = threading.Lock()
         self.jobs: list[_Job] = []
@@ -83,8 +93,35 @@ class EngineService:
         self.running = True
         self.rounds = 0
         self.packed = 0  # works executed in rounds with others (for the load test's report)
-        self.thread = threading.Thread(target=self._loop, name="blackbox-sal-engine", daemon=True)
-        self.thread.start()
+        self.restarts = 0  # threads started again after one ended (health reports them)
+        self.beat = clock()  # when the thread last began a step (a stuck one stops beating)
+        self.options: ort.RunOptions | None = None  # the run in progress, to terminate on stop
+        self.thread = self._thread()
+
+    def _thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self._loop, name="blackbox-sal-engine", daemon=True)
+        thread.start()
+        return thread
+
+    def health(self) -> str | None:
+        """None while the worker thread takes work; else why it does not (gone, or stuck in
+        one step for over ``stall_after`` seconds), without waiting on it."""
+        if not self.thread.is_alive():
+            return "its worker thread has ended" if self.running else "it is stopped"
+        stuck = self.clock() - self.beat
+        if self.jobs and stuck > self.stall_after:
+            return f"its worker has been in one step for {stuck:.0f} s"
+        return None
+
+    def _revive(self) -> None:
+        """Start a new worker thread when the last one ended while running (the caller holds
+        the lock): the works it held are failed, since no thread will step them."""
+        if not self.running or self.thread.is_alive():
+            return
+        self._orphans()
+        self.restarts += 1
+        self.beat = self.clock()
+        self.thread = self._thread()
 
     def submit(self, work: Work[Any], deadline: float | None = None) -> Future[Any]:
         """Queue a piece of work; its future gets the result, or the SalError it ended with
@@ -97,6 +134,7 @@ class EngineService:
             if not self.accepting:
                 _close(works)
                 raise Stopped("the server is stopping")
+            self._revive()
             if self.waiting.qsize() + len(works) > self.queue_size:
                 _close(works)
                 raise Busy("the queue is full")
@@ -114,12 +152,15 @@ class EngineService:
         """Stop taking work; with ``drain`` finish what is admitted and queued (up to timeout)."""
         with self.lock:
             self.accepting = False
-        if drain:
+        if drain:  # a thread that ended or is stuck will never drain: no waiting on it
             end = self.clock() + timeout
-            while self.load and self.clock() < end:
+            while self.load and self.clock() < end and self.health() is None:
                 time.sleep(0.01)
         self.running = False
-        self.thread.join(timeout=5)
+        options = self.options
+        if options is not None:  # the run in progress ends now, not when it would have
+            options.terminate = True
+        self.thread.join(timeout=2)
         for job in self.jobs + list(self.waiting.queue):
             if not job.future.done():
                 job.future.set_exception(Stopped("the server stopped"))
@@ -149,9 +190,8 @@ class EngineService:
         try:
             job.plan(self._piece)
             return True
-        except Exception as exc:
-            job.work.close()
-            job.future.set_exception(exc)
+        except BaseException as exc:  # see _advance
+            _end(job, exc)
             return False
 
     def _piece(self, request: Request) -> int:
@@ -163,17 +203,36 @@ class EngineService:
         return 2 * self.runner.capacity(len(request.seq), forward=isinstance(request, Forward))
 
     def _loop(self) -> None:
-        while self.running:
+        try:
+            while self.running:
+                self.beat = self.clock()
+                try:
+                    self._admit()
+                    self._expire()
+                    if self.jobs:
+                        self._round()
+                except BaseException as exc:  # nothing may end the thread: fail the works in flight
+                    error = _as_error(exc)
+                    for job in self.jobs:
+                        if not job.future.done():
+                            job.future.set_exception(error)
+                    self.jobs = []
+        finally:
+            if self.running:  # ended all the same (the handler above raised): no one is left waiting on it
+                self._orphans()
+
+    def _orphans(self) -> None:
+        """Fail every work admitted or queued: the thread that would step them has ended."""
+        gone = ModelError("the engine's worker ended while this request waited; try again")
+        jobs, self.jobs = self.jobs, []
+        while True:
             try:
-                self._admit()
-                self._expire()
-                if self.jobs:
-                    self._round()
-            except Exception as exc:  # a bug must not kill the thread silently: fail the works in flight
-                for job in self.jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                self.jobs = []
+                jobs.append(self.waiting.get_nowait())
+            except queue.Empty:
+                break
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(gone)
 
     def _expire(self) -> None:
         now = self.clock()
@@ -202,6 +261,7 @@ class EngineService:
             timer = threading.Timer(max(wait, 0.0), lambda: setattr(options, "terminate", True))
             timer.start()
         token = RUN_OPTIONS.set(options)
+        self.options = options
         try:
             results = self.runner.execute(flat)
         except SalError as exc:
@@ -213,6 +273,7 @@ class EngineService:
             return
         finally:
             RUN_OPTIONS.reset(token)
+            self.options = None
             if timer is not None:
                 timer.cancel()
         self.rounds += 1
@@ -235,9 +296,8 @@ class EngineService:
         for (job, slot), piece in zip(owners, flat, strict=True):
             try:
                 (result,) = self.runner.execute([piece])
-            except SalError as exc:
-                job.work.close()
-                job.future.set_exception(exc)
+            except BaseException as exc:  # this job's piece alone failed: it ends alone
+                _end(job, exc)
                 self.jobs.remove(job)
                 continue
             job.parts[slot].append(result)
@@ -247,6 +307,28 @@ class EngineService:
 def _close(works: list[Work[Any]]) -> None:
     for work in works:
         work.close()
+
+
+def _as_error(exc: BaseException) -> Exception:
+    """What a work's caller gets for ``exc``: itself when it is an Exception; a ModelError
+    naming it when it is a BaseException that is not (a ``PanicException`` from the Rust
+    tokenizer, a ``SystemExit`` from model code), which re-raised in the caller's event loop
+    would take the server down."""
+    if isinstance(exc, Exception):
+        return exc
+    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    return ModelError(f"the model or its tokenizer failed on this text ({type(exc).__name__}"
+                      + (f": {detail})" if detail else ")"))
+
+
+def _end(job: _Job, exc: BaseException) -> None:
+    """End ``job`` with ``exc`` (as :func:`_as_error` makes it); closing its work may raise too."""
+    try:
+        job.work.close()
+    except BaseException:  # a work that cannot be closed is ended all the same
+        pass
+    if not job.future.done():
+        job.future.set_exception(_as_error(exc))
 
 
 def _advance(job: _Job) -> bool:
@@ -259,10 +341,10 @@ def _advance(job: _Job) -> bool:
         if job.active.step(done):
             return True
         outcome = done.pop(job.active.index)
-    except Exception as exc:
+    except BaseException as exc:  # a PanicException too: it ends this job, not the thread
         outcome = exc
     if isinstance(outcome, BaseException):
-        job.future.set_exception(outcome)
+        job.future.set_exception(_as_error(outcome))
     else:
         job.future.set_result(outcome)
     return False

@@ -3,6 +3,13 @@ V2 inference protocol (the model, and its explainer as a model), the OpenAPI doc
 web page. Every model's work goes through its :class:`~blackbox_sal.engine.service.EngineService`,
 so concurrent requests share onnxruntime runs. See :mod:`blackbox_sal.server.protocol` for the
 statuses; no route loads or changes a model.
+
+Bodies are JSON alone (415 otherwise: a web page may post ``text/plain`` or a form to a server on
+loopback without a preflight), read within ``read_timeout`` seconds (408 beyond) while the
+bodies being read hold at most ``max_reading`` × ``max_body`` bytes in all (503 beyond): a client
+that stops sending holds only what it sent, for a while, and no other client waits on it. Every
+request ends in one line of the access log (route, model, status, milliseconds; JSON) when it
+is on.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
@@ -20,7 +28,7 @@ from typing import Any
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -38,6 +46,7 @@ from blackbox_sal.server.openapi import openapi_document
 from blackbox_sal.server.protocol import (
     HttpError,
     Limits,
+    check_json_type,
     config_of,
     explanation_object,
     infer_rows,
@@ -53,6 +62,10 @@ from blackbox_sal.vocabulary.runs import Work
 EXPLAINER = "-explainer"  # the V2 explainer of model NAME is the model NAME-explainer
 #: seconds past its deadline after which a request is answered 504 whatever its engine does
 ANSWER_GRACE = 1.0
+#: seconds past the deadline a worker may spend in one step before health reports it stuck
+STALL_GRACE = 5.0
+#: the access log: one JSON object a line (route, model, status, ms); ``process.run`` shows it
+ACCESS_LOG = logging.getLogger("blackbox_sal.access")
 
 
 @dataclass
@@ -94,10 +107,11 @@ class Server:
             graph = _warm(model, self.defaults)
             self.served[name] = Served(name, model, EngineService(
                 runner(model, self.defaults), max_active=self.limits.max_active,
-                queue_size=self.limits.queue_size, batch_window=self.limits.batch_window), graph)
+                queue_size=self.limits.queue_size, batch_window=self.limits.batch_window,
+                stall_after=self.limits.deadline + STALL_GRACE), graph)
         self.ready = True
         self.in_flight = 0  # requests being answered (draining waits for them)
-        self.reading = asyncio.Semaphore(self.limits.max_reading)
+        self.buffered = 0  # bytes of request bodies being read, in all (at most max_reading × max_body)
         routes = [
             Route("/", self.page, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
@@ -116,7 +130,7 @@ class Server:
         ]
         self.app = _Bounded(Starlette(routes=routes, exception_handlers={HTTPException: _http_exception,
                                                                           Exception: _internal}),
-                            self.limits.max_connections)
+                            self.limits.max_connections, {r.endpoint: r.path for r in routes})
         self.openapi_doc = openapi_document(self)
 
     def stop(self, drain: bool = True) -> None:
@@ -143,8 +157,14 @@ class Server:
         return JSONResponse({"live": True})
 
     async def health_ready(self, request: Request) -> Response:
-        return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503,
-                            headers=None if self.ready else {"Retry-After": "5"})
+        """Ready when taking work and every model's worker is; else 503 naming what is not,
+        without waiting on any worker."""
+        problems = {name: why for name, s in self.served.items() if (why := s.service.health()) is not None}
+        ready = self.ready and not problems
+        body: dict[str, Any] = {"ready": ready}
+        if problems:
+            body["models"] = {name: f"not ready: {why}" for name, why in problems.items()}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "5"})
 
     async def server_metadata(self, request: Request) -> Response:
         return JSONResponse({"name": "blackbox-sal", "version": __version__, "extensions": ["explain"]})
@@ -167,8 +187,12 @@ class Server:
     async def model_ready(self, request: Request) -> Response:
         async def ready() -> Response:
             name = request.path_params["name"]
-            self._served(name[:-len(EXPLAINER)] if name.endswith(EXPLAINER) else name)
-            return JSONResponse({"name": name, "ready": self.ready}, status_code=200 if self.ready else 503)
+            why = self._served(name[:-len(EXPLAINER)] if name.endswith(EXPLAINER) else name).service.health()
+            ready = self.ready and why is None
+            body: dict[str, Any] = {"name": name, "ready": ready}
+            if why is not None:
+                body["error"] = f"the model is not ready: {why}"
+            return JSONResponse(body, status_code=200 if ready else 503)
         return await _answer(ready)
 
     async def v1(self, request: Request) -> Response:
@@ -201,10 +225,12 @@ class Server:
             predictions = await self._run(served, [prediction_work(served.model, r.text, cfg) for r in rows],
                                           deadline)
             return _json({**_echo_id(data), "predictions": [
-                {**_id(row), **_prediction(p)} for row, (p, _) in zip(rows, predictions, strict=True)]})
+                {**_id(row), **(_instance_error(p) if isinstance(p, HttpError) else _prediction(p[0]))}
+                for row, p in zip(rows, predictions, strict=True)]})
         results = await self._run(served, [work_for(served.model, r, cfg) for r in rows], deadline)
         return _json({**_echo_id(data), "explanations": [
-            {**_id(row), **explanation_object(r, s)} for row, (r, s) in zip(rows, results, strict=True)]})
+            {**_id(row), **(_instance_error(r) if isinstance(r, HttpError) else explanation_object(*r))}
+            for row, r in zip(rows, results, strict=True)]})
 
     async def infer(self, request: Request) -> Response:
         """V2 ``infer``: on NAME, the predictions (scores FP32 [n, C], label BYTES [n]); on
@@ -222,16 +248,25 @@ class Server:
         n = len(rows)
         if explainer:
             results = await self._run(served, [work_for(served.model, r, cfg) for r in rows], deadline)
-            objects = [json.dumps(explanation_object(r, s), ensure_ascii=False, allow_nan=False) for r, s in results]
+            objects = [json.dumps(_instance_error(r) if isinstance(r, HttpError) else explanation_object(*r),
+                                  ensure_ascii=False, allow_nan=False) for r in results]
             return _json({**head, "outputs": [{"name": "explanation", "datatype": "BYTES", "shape": [n],
                                                "data": objects}]})
-        predictions = await self._run(served, [prediction_work(served.model, r.text, cfg) for r in rows], deadline)
-        scores = [[float(v) for v in p.scores] for p, _ in predictions]
-        width = len(scores[0]) if scores else 0
-        return _json({**head, "outputs": [
+        answers = await self._run(served, [prediction_work(served.model, r.text, cfg) for r in rows], deadline)
+        done = [a[0] for a in answers if not isinstance(a, HttpError)]
+        width = len(done[0].scores) if done else 0
+        # a failed instance's row of scores is null (JSON has no NaN), its label "", and an
+        # "error" output (present only then) holds its message, "" for the others
+        scores = [[None] * width if isinstance(a, HttpError) else [_finite(v) for v in a[0].scores] for a in answers]
+        labels = ["" if isinstance(a, HttpError) else a[0].label if a[0].label is not None else str(a[0].index)
+                  for a in answers]
+        outputs: list[dict[str, Any]] = [
             {"name": "scores", "datatype": "FP32", "shape": [n, width], "data": [v for row in scores for v in row]},
-            {"name": "label", "datatype": "BYTES", "shape": [n],
-             "data": [p.label if p.label is not None else str(p.index) for p, _ in predictions]}]})
+            {"name": "label", "datatype": "BYTES", "shape": [n], "data": labels}]
+        if len(done) < n:
+            outputs.append({"name": "error", "datatype": "BYTES", "shape": [n],
+                            "data": [a.message if isinstance(a, HttpError) else "" for a in answers]})
+        return _json({**head, "outputs": outputs})
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -241,8 +276,10 @@ class Server:
         return self.served[name]
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        """The request's JSON object, read within the body limit (413 beyond it, before
-        anything is parsed), at most ``max_reading`` bodies at a time."""
+        """The request's JSON object: JSON alone (415), within the body limit (413 beyond it,
+        before anything is parsed), in full within ``read_timeout`` seconds (408), while the
+        bodies being read fit ``max_reading`` × ``max_body`` bytes in all (503)."""
+        check_json_type(request.headers.get("content-type"))
         limit = self.limits.max_body
         length = request.headers.get("content-length")
         if length is not None:
@@ -250,14 +287,33 @@ class Server:
                 raise HttpError(400, "Content-Length is not a number")
             if int(length) > limit:
                 raise HttpError(413, f"the body has {int(length):,} bytes; at most {limit:,} are accepted")
-        async with self.reading:
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise HttpError(413, f"the body has over {limit:,} bytes; at most {limit:,} are accepted")
-                chunks.append(chunk)
-            return parse_json(b"".join(chunks))
+        chunks: list[bytes] = []
+        try:
+            await asyncio.wait_for(self._read(request, chunks), timeout=self.limits.read_timeout)
+        except asyncio.TimeoutError:
+            raise HttpError(408, f"the body did not arrive within {self.limits.read_timeout:g} s",
+                            close=True) from None
+        except ClientDisconnect:  # no one to answer; the access log says 400, not a traceback in the log
+            raise HttpError(400, "the client closed the connection before its body arrived", close=True) from None
+        finally:
+            self.buffered -= sum(map(len, chunks))
+        return parse_json(b"".join(chunks))
+
+    async def _read(self, request: Request, chunks: list[bytes]) -> None:
+        """Read the body into ``chunks``, counting its bytes in ``buffered`` as they arrive (the
+        caller gives them back)."""
+        limit, budget = self.limits.max_body, self.limits.max_reading * self.limits.max_body
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"the body has over {limit:,} bytes; at most {limit:,} are accepted",
+                                close=True)
+            if self.buffered + len(chunk) > budget:
+                raise HttpError(503, f"the server is reading {self.buffered:,} bytes of request bodies; "
+                                     "try again", retry_after=1, close=True)
+            self.buffered += len(chunk)
+            chunks.append(chunk)
 
     def _settings(self, parameters: Any) -> tuple[ExplainConfig, float]:
         """The request's config and its deadline (``parameters.deadline`` seconds, at most the
@@ -271,9 +327,11 @@ class Server:
             deadline = float(asked)
         return config_of(parameters, self.defaults, self.limits.max_chars), deadline
 
-    async def _run(self, served: Served, works: Sequence[Work[Any]], seconds: float) -> list[tuple[Any, float]]:
-        """Every work's result and the seconds it took, through the model's engine; the first
-        failure (in instance order) becomes the request's status."""
+    async def _run(self, served: Served, works: Sequence[Work[Any]],
+                   seconds: float) -> list[tuple[Any, float] | HttpError]:
+        """Every work's result and the seconds it took, or its failure, through the model's
+        engine. When every work failed, the first failure (in instance order) becomes the
+        request's status; else each failure is its instance's answer."""
         if not self.ready:
             for work in works:
                 work.close()
@@ -297,33 +355,54 @@ class Server:
             raise HttpError(504, "the request's deadline passed") from None
         finally:
             self.in_flight -= 1
-        out = []
-        for k, result in enumerate(results):
-            if isinstance(result, BaseException):
-                raise _failure(result, k, len(results)) from None
-            out.append(result)
+        out = [_failure(r, k, len(results)) if isinstance(r, BaseException) else r for k, r in enumerate(results)]
+        if all(isinstance(r, HttpError) for r in out):
+            first = out[0]
+            assert isinstance(first, HttpError)
+            raise first
         return out
 
 
 class _Bounded:
     """The ASGI app, answering at most ``limit`` requests at a time; beyond, 503 in JSON with
-    Retry-After (uvicorn's own connection limit, set a little above, answers in plain text)."""
+    Retry-After (uvicorn's own connection limit, set a little above, answers in plain text).
+    Each request ends in one line of :data:`ACCESS_LOG`: its route (the template, ``routes``
+    maps endpoints to them), model, status and milliseconds, as JSON (every character
+    escaped), and nothing of its body."""
 
-    def __init__(self, app: Starlette, limit: int) -> None:
-        self.app, self.limit, self.active = app, limit, 0
+    def __init__(self, app: Starlette, limit: int, routes: dict[Any, str] | None = None) -> None:
+        self.app, self.limit, self.active, self.routes = app, limit, 0, routes or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.active >= self.limit:
-            await _error(503, f"the server is answering {self.limit:,} requests; try again", 1)(scope, receive, send)
-            return
-        self.active += 1
+        start, status = time.monotonic(), [500]
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
         try:
-            await self.app(scope, receive, send)
+            if self.active >= self.limit:
+                await _error(503, f"the server is answering {self.limit:,} requests; try again", 1)(
+                    scope, receive, sending)
+                return
+            self.active += 1
+            try:
+                await self.app(scope, receive, sending)
+            finally:
+                self.active -= 1
         finally:
-            self.active -= 1
+            if ACCESS_LOG.isEnabledFor(logging.INFO):
+                ACCESS_LOG.info(self._line(scope, status[0], time.monotonic() - start))
+
+    def _line(self, scope: Scope, status: int, seconds: float) -> str:
+        route = self.routes.get(scope.get("endpoint"))
+        model = (scope.get("path_params") or {}).get("name")
+        return json.dumps({"method": scope.get("method"), "route": route if route is not None else "(none)",
+                           "model": None if model is None else str(model)[:200], "status": status,
+                           "ms": round(seconds * 1000, 1)})
 
 
 def _warm(model: TextModel, cfg: ExplainConfig) -> bool:
@@ -357,6 +436,7 @@ def _timed(future: Future[Any], start: float) -> Future[tuple[Any, float]]:
 
 
 def _failure(exc: BaseException, k: int, n: int) -> HttpError:
+    """Instance ``k``'s failure as its status and message (a bug's is 500, named)."""
     where = f"instance {k}: " if n > 1 else ""
     if isinstance(exc, HttpError):
         return exc
@@ -366,7 +446,12 @@ def _failure(exc: BaseException, k: int, n: int) -> HttpError:
         return HttpError(503, "the server stopped", retry_after=5)
     if isinstance(exc, SalError):
         return HttpError(status_of(exc), where + str(exc))
-    raise exc
+    return HttpError(500, f"{where}internal error ({type(exc).__name__}); this is a bug in blackbox-sal")
+
+
+def _instance_error(error: HttpError) -> dict[str, Any]:
+    """What stands in place of a failed instance's answer when others succeeded."""
+    return {"error": error.message, "status": error.status}
 
 
 def _known(data: dict[str, Any], keys: set[str]) -> None:
@@ -407,8 +492,8 @@ def _error(status: int, message: str, retry_after: int | None = None,
 async def _answer(handler: Callable[[], Awaitable[Response]]) -> Response:
     try:
         return await handler()
-    except HttpError as exc:
-        return _error(exc.status, exc.message, exc.retry_after)
+    except HttpError as exc:  # a body left half-read cannot be followed by another request
+        return _error(exc.status, exc.message, exc.retry_after, headers={"Connection": "close"} if exc.close else None)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

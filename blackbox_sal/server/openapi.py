@@ -48,13 +48,15 @@ def _answers(ok: str, *statuses: int, unready: str = "Error") -> dict[str, Any]:
 _STATUS = {
     400: "malformed request, unknown parameter or value, a text the model cannot take, unknown label",
     404: "unknown model or route",
+    408: "the body did not arrive in full within the server's read timeout",
     413: "body over the limit, or a text over the character or token limit",
+    415: "the body is not declared Content-Type: application/json",
     422: "the model cannot explain this text (it fails when run, or its output is not finite)",
     429: "the queue is full; Retry-After says when to come back",
     503: "not ready, or stopping (SIGTERM); Retry-After",
     504: "the request's deadline passed and its work was stopped",
 }
-_WORK = (400, 404, 413, 422, 429, 503, 504)
+_WORK = (400, 404, 408, 413, 415, 422, 429, 503, 504)
 
 
 def _parameters_schema(server: Server) -> dict[str, Any]:
@@ -144,6 +146,10 @@ def openapi_document(server: Server) -> dict[str, Any]:
         "Error": {"type": "object", "required": ["error", "status"], "additionalProperties": False,
                   "properties": {"error": {"type": "string"}, "status": {"type": "integer", "minimum": 400,
                                                                           "maximum": 599}}},
+        "InstanceError": {"type": "object", "required": ["error", "status"], "additionalProperties": False,
+                          "description": "in place of an instance that failed while others succeeded",
+                          "properties": {"id": {"type": "string"}, "error": {"type": "string"},
+                                         "status": {"type": "integer", "minimum": 400, "maximum": 599}}},
         "Parameters": _parameters_schema(server),
         "Instances": instances(instance),
         "PredictInstances": instances(text_only),
@@ -154,27 +160,32 @@ def openapi_document(server: Server) -> dict[str, Any]:
                            "scores": {"type": "array", "items": {"type": ["number", "null"]}},
                            "top": {"type": "array", "items": _ref("label")}}},
         "Predictions": {"type": "object", "required": ["predictions"], "additionalProperties": False,
-                        "properties": {"predictions": {"type": "array", "items": _ref("Prediction")},
+                        "properties": {"predictions": {"type": "array", "items": {
+                            "anyOf": [_ref("Prediction"), _ref("InstanceError")]}},
                                        "id": echoed}},
         "Explanations": {"type": "object", "required": ["explanations"], "additionalProperties": False,
-                         "properties": {"explanations": {"type": "array", "items": _ref("result")},
+                         "properties": {"explanations": {"type": "array", "items": {
+                             "anyOf": [_ref("result"), _ref("InstanceError")]}},
                                         "id": echoed}},
         "InferRequest": {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
             "id": {"type": "string"}, "parameters": parameters,
-            "outputs": {"type": "array", "items": {"type": "object"}, "description": "ignored: every output comes"},
+            "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                "name": {"enum": ["scores", "label", "error", "explanation"]}}},
+                "description": "names are checked, then ignored: every output comes"},
             "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
                 "type": "object", "required": ["datatype", "data"],
                 "description": "the texts; name and shape may be left out (the texts' count is their shape)",
                 "properties": {
                     "name": {"type": "string"}, "datatype": {"const": "BYTES"},
-                    "shape": {"type": "array", "items": {"type": "integer"}},
+                    "shape": {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "integer", "minimum": 0},
+                              "description": "[n] or [n, 1] for n texts"},
                     "data": {"type": "array", "minItems": 1, "maxItems": limits.max_instances, "items": text}}}}}},
         "InferResponse": {"type": "object", "required": ["model_name", "model_version", "outputs"],
                           "additionalProperties": False, "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
             "outputs": {"type": "array", "items": {
                 "type": "object", "required": ["name", "datatype", "shape", "data"], "additionalProperties": False,
-                "properties": {"name": {"enum": ["scores", "label", "explanation"]},
+                "properties": {"name": {"enum": ["scores", "label", "error", "explanation"]},
                                "datatype": {"enum": ["FP32", "BYTES"]},
                                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
                                "data": {"type": "array", "items": {"type": ["number", "string", "null"]}}}}}}},
@@ -198,9 +209,12 @@ def openapi_document(server: Server) -> dict[str, Any]:
         "Live": {"type": "object", "required": ["live"], "additionalProperties": False,
                  "properties": {"live": {"type": "boolean"}}},
         "Ready": {"type": "object", "required": ["ready"], "additionalProperties": False,
-                  "properties": {"ready": {"type": "boolean"}}},
+                  "properties": {"ready": {"type": "boolean"}, "models": {
+                     "type": "object", "additionalProperties": {"type": "string"},
+                     "description": "each model whose worker is not taking work, and why"}}},
         "ModelReady": {"type": "object", "required": ["name", "ready"], "additionalProperties": False,
-                       "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}},
+                       "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"},
+                                      "error": {"type": "string"}}},
     }
 
     def name_param(values: list[str]) -> list[dict[str, Any]]:

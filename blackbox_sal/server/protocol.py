@@ -11,12 +11,20 @@ status  when
 400     malformed JSON or request, unknown parameter or value, a text the model cannot
         take (empty, not the model's kind), unknown label
 404     unknown model or route
+408     the body did not arrive in full within ``read_timeout`` seconds
 413     body over the limit; a text over the character or token limit
+415     the body is not declared ``application/json``
 422     the model cannot explain this text (it fails when run, its output is not finite)
 429     the queue is full (Retry-After)
-503     not ready, or draining on SIGTERM (Retry-After)
+503     not ready, or draining on SIGTERM, or too many bytes of bodies being read (Retry-After)
 504     the request's deadline passed (the work in flight was stopped)
 ======  ============================================================================
+
+A request of several instances answers each alone: when some fail and others do not, the
+status is 200 and a failed instance's place holds ``{"error": message, "status": code}`` (V1,
+and the V2 explainer's JSON strings), or, for V2 predictions, a row of null scores, the label
+"" and an ``error`` output of one message per instance ("" where it succeeded). When every
+instance fails, the first failure is the request's status, as one JSON error.
 """
 
 from __future__ import annotations
@@ -41,9 +49,21 @@ PARAMETERS = frozenset(f.name for f in dataclasses.fields(ExplainConfig)) - {"pr
 class HttpError(Exception):
     """A failure with its HTTP status (and, for 429/503, when to come back)."""
 
-    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None, close: bool = False) -> None:
         super().__init__(message)
         self.status, self.message, self.retry_after = status, message, retry_after
+        self.close = close  # the body was left half-read: the connection ends with the answer
+
+
+def check_json_type(content_type: str | None) -> None:
+    """415 unless the body is declared ``application/json`` (with, at most, ``charset=utf-8``):
+    ``text/plain``, a form or no type at all is what a web page can post to another origin
+    without a preflight, so taking them as JSON would let any page drive a server on loopback."""
+    media, _, params = (content_type or "").partition(";")
+    charset = params.strip().lower()
+    if media.strip().lower() != "application/json" or charset not in ("", "charset=utf-8", 'charset="utf-8"'):
+        shown = json.dumps((content_type or "")[:80])
+        raise HttpError(415, f"the body must be JSON, sent as Content-Type: application/json (got {shown})")
 
 
 def status_of(error: SalError) -> int:
@@ -200,18 +220,59 @@ def infer_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list
     inputs = data.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise HttpError(400, 'the body must hold "inputs": one BYTES input with the texts')
+    _known_outputs(outputs)
     tensor = inputs[0]
-    shape = tensor.get("shape", [])
-    if (tensor.get("datatype") != "BYTES" or not isinstance(tensor.get("data"), list)
-            or not isinstance(tensor.get("name", ""), str)
-            or not (isinstance(shape, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in shape))):
+    if not isinstance(tensor.get("data"), list) or not isinstance(tensor.get("name", ""), str):
         raise HttpError(400, 'the input must be {"name", "datatype": "BYTES", "shape": [n], "data": [texts]}')
     texts = tensor["data"]
+    if len(texts) > max_instances:  # before the shape's product, which is bounded by it then
+        raise HttpError(413, f"{len(texts):,} texts; at most {max_instances:,} per request")
+    check_datatype(tensor.get("datatype"), texts)
+    check_shape(tensor.get("shape"), len(texts))
     if not texts:
         raise HttpError(400, "the input holds no texts")
-    if len(texts) > max_instances:
-        raise HttpError(413, f"{len(texts):,} texts; at most {max_instances:,} per request")
     return [Row(k, _text(t, f"text {k}", max_chars)) for k, t in enumerate(texts)]
+
+
+#: the V2 outputs a request may ask for by name (of the model, and of its explainer)
+OUTPUTS = frozenset({"scores", "label", "error", "explanation"})
+
+
+def _known_outputs(outputs: list[dict[str, Any]]) -> None:
+    for output in outputs:
+        name = output.get("name")
+        if not isinstance(name, str) or name not in OUTPUTS:
+            raise HttpError(400, f"unknown output {json.dumps(name)[:80]} (known: {', '.join(sorted(OUTPUTS))})")
+
+
+def check_datatype(datatype: Any, data: list[Any]) -> None:
+    """400 unless the V2 input is ``BYTES`` and its data are strings (texts, flat)."""
+    if datatype != "BYTES":
+        raise HttpError(400, f"the input's datatype must be BYTES (texts), got {json.dumps(datatype)[:80]}")
+    bad = next((k for k, v in enumerate(data) if not isinstance(v, str)), None)
+    if bad is not None:
+        raise HttpError(400, f"the input's datatype is BYTES but element {bad} is "
+                             f"{_json_kind(data[bad])}, not a string (the data are flat: one text each)")
+
+
+def check_shape(shape: Any, count: int) -> None:
+    """400 unless ``shape`` is a list of non-negative integers whose product is ``count``, the
+    number of data elements: ``[n]`` or ``[n, 1]`` for n texts (a missing shape is ``[n]``)."""
+    if shape is None:
+        return
+    if not (isinstance(shape, list) and shape and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)):
+        raise HttpError(400, f"the input's shape must be a non-empty list of integers, got {json.dumps(shape)[:80]}")
+    if any(v < 0 for v in shape):
+        raise HttpError(400, f"the input's shape {shape} has a negative dimension")
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        raise HttpError(400, f"the input's shape must be [n] or [n, 1] for n texts, got {shape}")
+    if shape[0] != count:
+        raise HttpError(400, f"the input's shape {shape} holds {shape[0]:,} elements but its data has {count:,}")
+
+
+def _json_kind(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object",
+            type(None): "null"}.get(type(value), "not a string")
 
 
 def _request_id(data: dict[str, Any]) -> None:
@@ -232,7 +293,10 @@ class Limits:
     per request. max_active: works (texts) the engine runs together. queue_size: works waiting
     beyond those (429 beyond). deadline: seconds a request may take at most (504 beyond).
     batch_window: seconds the engine waits after a first text for others to share its runs.
-    max_reading: request bodies read and parsed at the same time (the rest wait their turn).
+    max_reading: bodies of ``max_body`` bytes being read at once: the bodies being read hold
+    at most ``max_reading`` × ``max_body`` bytes in all (503 beyond); a client that stops
+    sending holds what it sent. read_timeout: seconds a body may take to arrive in full (408
+    beyond; also the longest a connection may take to send a request's headers).
     max_connections: requests answered at the same time (503 beyond).
     """
 
@@ -245,13 +309,15 @@ class Limits:
     batch_window: float = 0.005
     max_reading: int = 4
     max_connections: int = 256
+    read_timeout: float = 10.0
 
     def validated(self) -> Limits:
         """Itself, or UsageError naming the setting out of range."""
         ranges: dict[str, tuple[float, float]] = {
             "max_body": (1, 2**31), "max_chars": (1, 10_000_000), "max_instances": (1, 4096),
             "max_active": (1, 4096), "queue_size": (1, 1_000_000), "deadline": (0.001, 3600),
-            "batch_window": (0, 1), "max_reading": (1, 1024), "max_connections": (1, 100_000)}
+            "batch_window": (0, 1), "max_reading": (1, 1024), "max_connections": (1, 100_000),
+            "read_timeout": (0.01, 3600)}
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
             if not low <= value <= high:
