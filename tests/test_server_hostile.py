@@ -32,9 +32,9 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 from tokenizers import Regex, pre_tokenizers  # noqa: E402
 
-from blackbox_sal.config import ExplainConfig  # noqa: E402
+from blackbox_sal.vocabulary.config import ExplainConfig  # noqa: E402
 from blackbox_sal.engine.service import EngineService, Stopped, _Job  # noqa: E402
-from blackbox_sal.explaining import prediction_work, runner  # noqa: E402
+from blackbox_sal.api.explaining import prediction_work, runner  # noqa: E402
 from blackbox_sal.model.loading import load_model  # noqa: E402
 from blackbox_sal.model.text_model import TextModel  # noqa: E402
 from blackbox_sal.server.app import Server  # noqa: E402

@@ -13,7 +13,7 @@ was admitted and queued before the thread ends.
 
 The thread survives anything a work, a model or a tokenizer throws, ``BaseException``
 included (the Rust tokenizer's ``PanicException`` is one): the work that threw ends alone with a
-:class:`~blackbox_sal.errors.ModelError` naming it. In the worker there is no caller for a
+:class:`~blackbox_sal.vocabulary.errors.ModelError` naming it. In the worker there is no caller for a
 ``KeyboardInterrupt`` or ``SystemExit`` to reach (signals go to the main thread; ``threading``
 swallows ``SystemExit``), so they end their work the same way. Should the thread end anyway,
 :meth:`EngineService.health` says so at once and the next ``submit`` starts a new one (the dead
