@@ -16,13 +16,14 @@ PACKAGE = Path(blackbox_sal.__file__).resolve().parent
 #: lowest first; a module may import from its own entry or any before it (typing-only imports
 #: under ``if TYPE_CHECKING:`` do not count: they never run)
 LAYERS = [
-    {"errors", "progress", "reductions", "differences", "runs", "scores", "text", "datasets", "diagnostics"},
-    {"result", "surgery", "baselines", "render"},
+    {"errors", "progress", "reductions", "differences", "runs", "scores", "text", "datasets", "diagnostics",
+     "choices", "settings"},
+    # the settings spec sits below everything it configures: it names registries, never imports them
+    {"result", "surgery", "baselines", "render", "config"},
     {"model"},
     {"gradient_graph"},
     {"gradients"},
     {"methods"},
-    {"config"},
     {"engine"},
     {"explaining"},
     {"tasks", "torch_export"},
