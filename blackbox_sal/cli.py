@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from blackbox_sal import __version__  # the one place the version is written
-from blackbox_sal.batch import run_batch
+from blackbox_sal.batch import output_format, run_batch
 from blackbox_sal.config import COMMANDS, SETTINGS, ExplainConfig, Limits
 from blackbox_sal.datasets import BadRow, Columns, Row, read_rows, sniff_columns
 from blackbox_sal.errors import InputError, Interrupted, SalError, UnavailableError, UsageError
@@ -28,7 +28,7 @@ from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.loading import load_model
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.render import render_html, render_json, render_terminal
-from blackbox_sal.settings import add_options, check_options, dest_of
+from blackbox_sal.settings import add_options, check_options, conflict, dest_of
 from blackbox_sal.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.text.printable import printable
 
@@ -129,6 +129,7 @@ def _columns(a: argparse.Namespace) -> Columns:
 
 def _batch(a: argparse.Namespace) -> None:
     config = _config(a)
+    output_format(Path(a.output))  # a suffix that names no format is refused before any work
     model = _load(a)
     if a.engine == "ray":
         from blackbox_sal.batch_ray import run_batch_ray
@@ -348,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # the command's own usage, not the top level's (argparse reports extras at the top)
         commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    clash = conflict(args, args.command, SETTINGS)
+    if clash is not None:
+        commands[args.command].error(clash)
     log = logging.getLogger("blackbox_sal")
     if not getattr(args, "quiet", False) and not log.handlers:
         handler = logging.StreamHandler(sys.stderr)

@@ -80,10 +80,6 @@ DATA = ("batch", "global", "eval", "sanity")
 REPORTS = ("global", "eval", "sanity", "swaps")
 
 
-def _summaries(named: dict[str, choices.Named]) -> tuple[tuple[str, str], ...]:
-    return tuple((name, n.summary) for name, n in named.items())
-
-
 _REDUCE_DEFAULTS = ", ".join(f"{n} {m.default_reduce}" for n, m in choices.METHODS.items() if m.default_reduce)
 
 
@@ -92,9 +88,9 @@ class ExplainConfig:
     """What to compute and how: one object shared by the Python API, the CLI and the server.
     Each field is a spec entry; its help is the field's documentation (``docs/cli.md``)."""
 
-    method: str = setting("ig", Choice(tuple(choices.METHODS), "method", _summaries(choices.METHODS)),
+    method: str = setting("ig", Choice(choices.METHODS, "method"),
                           "attribution method", commands=ONE_METHOD, request=True)
-    backend: str = setting("auto", Choice(tuple(choices.BACKENDS), "backend", _summaries(choices.BACKENDS)),
+    backend: str = setting("auto", Choice(choices.BACKENDS, "backend"),
                            "how derivatives are taken", commands=EXPLAINING, request=True)
     target: str | int | None = setting(
         None, Label(), "class to explain, a label or an index; for a causal LM a token (a word means the next "
@@ -235,7 +231,7 @@ LOADING: tuple[Setting, ...] = (
 #: the commands' other options
 OPTIONS: tuple[Setting, ...] = (
     # several methods compared
-    Setting("methods", Choice(tuple(choices.METHODS), "method", _summaries(choices.METHODS)),
+    Setting("methods", Choice(choices.METHODS, "method"),
             "attribution method, once per method compared",
             shown_default="eval: all five; sanity: ig, grad-x-input, saliency, occlusion", flag="--method",
             append=True, dest="methods", commands=("eval", "sanity")),

@@ -33,7 +33,7 @@ import argparse
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,15 +197,25 @@ class Switch(Flag):
 
 @dataclass(frozen=True)
 class Choice(Kind):
-    """One of ``choices``; ``what`` names the list in errors ("unknown method 'x'");
-    ``summaries`` (name -> one line) are listed in the help."""
+    """One of ``names``; ``what`` names the list in errors ("unknown method 'x'"). ``names`` is a
+    tuple, or a registry of names (:mod:`blackbox_sal.choices`) read when checked, whose
+    values' summaries are listed in the help."""
 
-    choices: tuple[str, ...] = ()
+    names: tuple[str, ...] | Mapping[str, Any] = ()
     what: str = ""
-    summaries: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.names)
+
+    @property
+    def summaries(self) -> tuple[tuple[str, str], ...]:
+        if isinstance(self.names, tuple):
+            return ()
+        return tuple((name, str(getattr(v, "summary", v))) for name, v in self.names.items())
 
     def check(self, label: str, value: Any) -> Any:
-        if not isinstance(value, str) or value not in self.choices:
+        if not isinstance(value, str) or value not in self.names:
             raise unknown_choice(self.what or label, str(value), self.choices)
         return value
 
@@ -424,13 +434,9 @@ def request_value(entry: Setting, value: Any) -> Any:
 
 def add_options(parser: argparse.ArgumentParser, command: str, spec: Iterable[Setting]) -> None:
     """Add every option of ``command`` from the spec to its parser, in spec order."""
-    groups: dict[str, Any] = {}
     for entry in spec:
         if command not in entry.commands:
             continue
-        target: Any = parser
-        if entry.exclusive is not None:
-            target = groups.setdefault(entry.exclusive, parser.add_mutually_exclusive_group())
         names = [entry.option] + ([entry.short] if entry.short else [])
         kwargs = {**entry.kind.argparse(), "dest": dest_of(entry),
                   "help": entry.help_text().replace("%", "%%")}
@@ -442,13 +448,26 @@ def add_options(parser: argparse.ArgumentParser, command: str, spec: Iterable[Se
             kwargs["metavar"] = entry.metavar
         if entry.required:
             kwargs["required"] = True
-        target.add_argument(*names, **kwargs)
+        parser.add_argument(*names, **kwargs)
 
 
 def dest_of(entry: Setting) -> str:
     """Where argparse puts an option: its ``dest``, else its flag's name (``--top`` of swaps,
     the entry ``swaps_top``, is ``top``: what the command reads)."""
     return entry.dest or entry.option.lstrip("-").replace("-", "_")
+
+
+def conflict(args: argparse.Namespace, command: str, spec: Iterable[Setting]) -> str | None:
+    """Two options of one ``exclusive`` group given together: argparse's words for it (argparse's
+    own groups are not used: on Python 3.11 a long usage line with one raises ValueError)."""
+    given: dict[str, Setting] = {}
+    for entry in spec:
+        if command in entry.commands and entry.exclusive is not None and getattr(args, dest_of(entry)) is not None:
+            first = given.setdefault(entry.exclusive, entry)
+            if first is not entry:
+                names = "/".join([first.option, *([first.short] if first.short else [])])
+                return f"argument {entry.option}: not allowed with argument {names}"
+    return None
 
 
 def check_options(args: argparse.Namespace, command: str, spec: Iterable[Setting]) -> None:
