@@ -35,6 +35,7 @@ from blackbox_sal.settings import (
     AUTO,
     FLOAT32_MAX,
     Choice,
+    FilePath,
     Flag,
     Integer,
     Label,
@@ -205,10 +206,11 @@ class Limits:
 
 
 _TEXT = Text()
+_PATH = FilePath()
 #: how the model is found and loaded (first in every command's help)
 LOADING: tuple[Setting, ...] = (
     # which model, and how it is loaded
-    Setting("model", _TEXT, "model directory or .onnx file", shown_default="the bundled sentiment CNN",
+    Setting("model", _PATH, "model directory or .onnx file", shown_default="the bundled sentiment CNN",
             commands=ONE_MODEL, metavar="PATH"),
     Setting("device", Choice(choices.DEVICES, "device"), "cpu, cuda, or auto = cuda when a GPU is usable",
             default="auto", commands=(*EXPLAINING, "grad")),
@@ -240,7 +242,7 @@ OPTIONS: tuple[Setting, ...] = (
             commands=("explain",)),
     Setting("report_format", Choice(choices.REPORT_FORMATS, "format"), "output format", default="terminal",
             flag="--format", commands=REPORTS),
-    Setting("output", _TEXT, "write the output to FILE", commands=("explain", *REPORTS), metavar="FILE"),
+    Setting("output", _PATH, "write the output to FILE", commands=("explain", *REPORTS), metavar="FILE"),
     Setting("generate", Integer(1, 1024), "causal LMs: generate up to N tokens greedily and attribute each to the "
             "tokens before it (a matrix; terminal or json)", commands=("explain",), metavar="N"),
     Setting("choice", _TEXT, "multiple choice (give it twice or more): score each (TEXT, ANSWER) pair and explain "
@@ -249,7 +251,7 @@ OPTIONS: tuple[Setting, ...] = (
     Setting("similar_to", _TEXT, "sentence encoders: explain the cosine similarity of TEXT's and this text's "
             "embeddings, over the tokens of both (terminal or json)", commands=("explain",), metavar="TEXT"),
     # batch
-    Setting("batch_output", _TEXT, "where the results go: .jsonl, .csv or .parquet (the suffix picks the format)",
+    Setting("batch_output", _PATH, "where the results go: .jsonl, .csv or .parquet (the suffix picks the format)",
             flag="--output", short="-o", required=True, commands=("batch",), metavar="OUTPUT"),
     # datasets
     Setting("text_column", _TEXT, "the text", default="text", commands=DATA, metavar="NAME"),
@@ -273,18 +275,18 @@ OPTIONS: tuple[Setting, ...] = (
     Setting("address", _TEXT, "--engine ray: the cluster to join", shown_default="a local Ray", commands=("batch",),
             metavar="ADDRESS"),
     # reports
-    Setting("plot", _TEXT, "also draw it to FILE (.png, .svg, .pdf; the [plot] extra)",
+    Setting("plot", _PATH, "also draw it to FILE (.png, .svg, .pdf; the [plot] extra)",
             commands=("global", "eval", "sanity"), metavar="FILE"),
     # global
     Setting("top", Integer(1, 10_000), "words shown each way", default=15, commands=("global",), metavar="K"),
     Setting("min_count", Integer(1, 10_000_000), "text models: words seen fewer times are left out", default=3,
             commands=("global",), metavar="N"),
-    Setting("fit", _TEXT, "bag-of-words: fit the surrogate's b on these rows (e.g. the training split) instead of "
+    Setting("fit", _PATH, "bag-of-words: fit the surrogate's b on these rows (e.g. the training split) instead of "
             "DATA itself (in-sample, optimistic)", commands=("global",), metavar="DATA"),
     Setting("over", Choice(("all", "own"), "averaging"), "models that take numbers: average each class's "
             "Jacobian over every row, or over the rows of that class (by label where given, else by prediction)",
             default="all", commands=("global",)),
-    Setting("compare", _TEXT, "models that take numbers: correlate the mean Jacobians with this model's (e.g. a "
+    Setting("compare", _PATH, "models that take numbers: correlate the mean Jacobians with this model's (e.g. a "
             "logistic regression, whose Jacobian is its weights)", commands=("global",), metavar="MODEL"),
     # eval
     Setting("random", Flag(), "add a row of random token rankings, for reference", default=False,
@@ -316,9 +318,9 @@ OPTIONS: tuple[Setting, ...] = (
     Setting("port", Integer(1, 65_535), "port", default=8080, commands=("serve",)),
     Setting("access_log", Flag(), "log every request", default=False, commands=("serve",)),
     # grad
-    Setting("grad_output", _TEXT, "where to write it", shown_default="the cache, printed", flag="--output",
+    Setting("grad_output", _PATH, "where to write it", shown_default="the cache, printed", flag="--output",
             short="-o", exclusive="where", commands=("grad",), metavar="OUT"),
-    Setting("folder", _TEXT, "write a prepared folder instead (a new or empty folder): the loaded model taking "
+    Setting("folder", _PATH, "write a prepared folder instead (a new or empty folder): the loaded model taking "
             "inputs_embeds, embeddings.npy, the verified grad.onnx, tokenizer.json and config.json, which an "
             "install without onnx (onnxruntime, numpy, tokenizers) loads and explains", exclusive="where",
             commands=("grad",), metavar="OUT"),

@@ -142,6 +142,15 @@ def test_bad_settings_are_one_exact_line(config: ExplainConfig | Limits, message
     assert str(info.value) == message
 
 
+def test_a_path_may_hold_undecodable_bytes_and_a_text_may_not() -> None:
+    from blackbox_sal.settings import FilePath, Text
+
+    name = "\udcff.onnx"  # a POSIX file name with a byte that is not UTF-8, as argv delivers it
+    assert FilePath().check("--model", name) == name
+    with pytest.raises(UsageError, match=r"^--choice is not valid Unicode \(a lone surrogate\)$"):
+        Text().check("--choice", name)
+
+
 def test_the_reduction_default_is_the_methods_own() -> None:
     assert [ExplainConfig(method=m).reduction() for m in choices.METHODS] == ["l2", "sum", "sum", "l2", None]
     assert ExplainConfig(method="saliency", reduce="sum").reduction() == "sum"

@@ -27,7 +27,8 @@ import re
 from typing import Any
 
 from blackbox_sal import __version__
-from blackbox_sal.config import SETTINGS, ExplainConfig, Limits
+from blackbox_sal.config import SETTINGS, ExplainConfig
+from blackbox_sal.config import Limits as Limits  # the server's limits live with the settings spec
 from blackbox_sal.datasets import Row
 from blackbox_sal.errors import InputError, ModelError, SalError, TooLongError, UnavailableError, UsageError
 from blackbox_sal.render.json import document
@@ -202,6 +203,3 @@ def _request_id(data: dict[str, Any]) -> None:
 def explanation_object(result: object, seconds: float) -> dict[str, Any]:
     """The CLI's JSON object of a result, with the version that made it and the time it took."""
     return {**document(result), "producer": {"version": __version__, "seconds": round(seconds, 6)}}
-
-
-__all__ = ["Limits"]  # the server's limits live with the settings spec (blackbox_sal.config)
