@@ -12,22 +12,15 @@ tokens; :func:`identical_rows` detects that and the methods say so.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
 from blackbox_sal.reductions import LINEAR, REDUCTIONS
 from blackbox_sal.runs import Work
 
-if TYPE_CHECKING:
-    pass
-
 DEGENERATE_NOTE = ("every token has the same gradient (the model averages its embeddings, e.g. "
                    "global average pooling): gradient norms cannot rank tokens; use grad-x-input "
                    "or ig, which weigh the gradient by each token's own embedding")
-#: the most SmoothGrad samples one explanation may ask for
-MAX_SAMPLES = 10_000
 
 
 def identical_rows(grad: np.ndarray, rtol: float = 1e-2) -> bool:

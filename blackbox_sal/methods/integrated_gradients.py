@@ -21,15 +21,10 @@ from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
 from blackbox_sal.methods.quadrature import QUADRATURES
 from blackbox_sal.reductions import LINEAR, REDUCTIONS
 from blackbox_sal.runs import Work
+from blackbox_sal.settings import AUTO  # steps="auto"; the most steps is the settings spec's
 
 if TYPE_CHECKING:
     from blackbox_sal.config import ExplainConfig
-
-#: ``steps="auto"``: integrated gradients add nested nodes until they converge
-AUTO = "auto"
-#: the most nodes a fixed rule may use (Gauss-Legendre's nodes cost O(m^2) memory to compute;
-#: 1,024 takes 8 MB, and no text seen here needed more than 257)
-MAX_STEPS = 1024
 
 SAME_AS_BASELINE_NOTE = ("the input equals the baseline, so every attribution is zero; choose "
                          "another --baseline")
