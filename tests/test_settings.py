@@ -456,3 +456,27 @@ def test_the_evaluation_package_exports_what_the_readme_documents() -> None:
     assert ev.__all__ == ["faithfulness", "global_analysis", "sanity", "swaps"]
     assert callable(ev.faithfulness.faithfulness) and callable(ev.swaps.swaps)
     assert callable(ev.global_analysis.word_importance) and callable(ev.sanity.sanity)
+
+
+def test_the_openapi_document_does_not_import_the_app_nor_config_the_registries() -> None:
+    """app -> openapi and registries -> config are one-way arrows, typing imports included."""
+    import ast
+
+    import blackbox_sal
+
+    package = Path(blackbox_sal.__file__).resolve().parent
+
+    def imported(path: Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        return names
+
+    assert not any(m.startswith("blackbox_sal.server.app") for m in imported(package / "server" / "openapi.py"))
+    for low in ("config.py", "settings.py", "choices.py"):
+        assert not {m for m in imported(package / low)
+                    if m.startswith(("blackbox_sal.methods", "blackbox_sal.gradients", "blackbox_sal.scores",
+                                     "blackbox_sal.reductions", "blackbox_sal.model"))}, low
