@@ -303,7 +303,7 @@ class Label(Kind):
         return value
 
     def json_ok(self, value: Any) -> bool:
-        return isinstance(value, str | int)
+        return isinstance(value, str | int) and not isinstance(value, bool)
 
     def schema(self) -> dict[str, Any]:
         return {"type": ["string", "integer"]}

@@ -282,6 +282,8 @@ def test_the_openapi_parameters_are_the_request_entries_and_accept_what_the_serv
     ({"steps": True}, "parameter steps must be an integer or 'auto', got true"),
     ({"noise": "NaN"}, "parameter noise must be a number, got \"NaN\""),
     ({"reduce": 3}, "parameter reduce must be a string or null, got 3"),
+    ({"target": True}, "parameter target must be a label, an index or null, got true"),
+    ({"words": 1}, "parameter words must be true or false, got 1"),
     ({"direction": [1, True]}, "direction must be a list of numbers"),
     ({"deadline": 31}, "deadline must be a number of seconds above 0 and at most 30"),
     ({"batch_size": 8}, "unknown parameter 'batch_size' (known: backend, baseline, deadline, direction, fd_scheme, "
