@@ -20,351 +20,62 @@ from blackbox_sal import __version__  # the one place the version is written
 from blackbox_sal.api.explaining import explain
 from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.gradient_graph.store import export_gradient, prepare
-from blackbox_sal.gradients.backend import BACKENDS
-from blackbox_sal.jobs.batch import run_batch
+from blackbox_sal.jobs.batch import output_format, run_batch
 from blackbox_sal.jobs.datasets import BadRow, Columns, Row, read_rows, sniff_columns
 from blackbox_sal.methods import METHODS
-from blackbox_sal.methods.quadrature import QUADRATURES
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.loading import load_model
-from blackbox_sal.model.session import DEVICES
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.reductions import REDUCTIONS
-from blackbox_sal.render import FORMATS, render_html, render_json, render_terminal
-from blackbox_sal.server.protocol import Limits
-from blackbox_sal.surgery.names import POOLINGS
+from blackbox_sal.render import render_html, render_json, render_terminal
 from blackbox_sal.text.printable import printable
-from blackbox_sal.vocabulary.config import AUTO, FD_SCHEMES, LONG, ExplainConfig
-from blackbox_sal.vocabulary.errors import InputError, SalError, UnavailableError, UsageError
-from blackbox_sal.vocabulary.scores import SCORES
+from blackbox_sal.vocabulary.config import COMMANDS, SETTINGS, ExplainConfig, Limits
+from blackbox_sal.vocabulary.errors import InputError, Interrupted, SalError, UnavailableError, UsageError
+from blackbox_sal.vocabulary.settings import add_options, check_options, conflict, dest_of
 
 EPILOG = """exit codes: 0 ok, 2 bad usage or input, 3 model cannot be loaded or used,
 4 backend or device not available, 1 internal error (a bug), 130 interrupted.
 Environment: NO_COLOR disables colour in the terminal format."""
+SERVE_EPILOG = """
+HTTP statuses: 400 bad request, 404 unknown model or route, 408 body too slow, 413 too large, 415 not JSON,
+422 the model cannot explain the text, 429 queue full, 503 not ready or stopping, 504 deadline passed.
+In a request of several instances, one that fails is answered in its place ({"error", "status"}) while the
+others succeed."""
 
 
-def _model_options(p: argparse.ArgumentParser, required: bool = False, serving: bool = False) -> None:
-    """How the model is found and loaded (shared by every command that loads one)."""
-    if required:
-        p.add_argument("--model", metavar="PATH", help="model directory or .onnx file")
-    elif not serving:
-        p.add_argument("--model", metavar="PATH",
-                       help="model directory or .onnx file (default: the bundled sentiment CNN)")
-    p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="cpu, cuda, or auto = cuda when a GPU is usable (default: auto)")
-    p.add_argument("--model-output", metavar="NAME", help="model output to explain (default: the first)")
-    p.add_argument("--pooling", choices=POOLINGS,
-                   help="a model whose output is token states [batch, seq, hidden]: pool them into one embedding "
-                        "(default: what the folder's config says, else mean over the attention mask)")
-    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="L2-normalise the pooled embedding (default: what the folder says, else no)")
-    p.add_argument("--dequantize", action="store_true",
-                   help="explain a quantized model's float twin (dynamic or QDQ int8; weights dequantized, "
-                        "activations in float): exact gradients of the deployed weights (4-bit MatMulNBits "
-                        "models need no flag: their twin is the same function)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip checking the embedding split against the original model")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress or cost messages")
-
-
-def _method_options(p: argparse.ArgumentParser, many: str | None = None) -> None:
-    """What is explained and how (shared by explain, batch and the evaluation commands).
-    ``many``: --method may be given several times (its help says what the default is)."""
-    defaults = ExplainConfig()
-    if many is not None:
-        p.add_argument("--method", choices=list(METHODS), action="append", dest="methods",
-                       help=f"attribution method, once per method compared (default: {many}): " + "; ".join(
-                           f"{name} = {spec.summary}" for name, spec in METHODS.items()))
-    else:
-        p.add_argument("--method", choices=list(METHODS), default=defaults.method,
-                       help="attribution method (default: %(default)s): " + "; ".join(
-                           f"{name} = {spec.summary}" for name, spec in METHODS.items()))
-    p.add_argument("--backend", choices=list(BACKENDS), default=defaults.backend,
-                   help="how derivatives are taken (default: %(default)s): " + "; ".join(
-                       f"{name} = {spec.summary}" for name, spec in BACKENDS.items()))
-    p.add_argument("--target", metavar="LABEL|INDEX|TOKEN",
-                   help="class to explain (default: the predicted class); for a causal LM a token "
-                        "(a word means the next word: ' Paris')")
-    p.add_argument("--score", choices=list(SCORES), default=defaults.score,
-                   help="the explained scalar (default: %(default)s)")
-    p.add_argument("--steps", type=_steps, default=defaults.steps, metavar="N|auto",
-                   help="integrated-gradients nodes, or auto = nested Clenshaw-Curtis nodes (5, 9, 17, "
-                        "... 257) until the estimated error is within --tolerance (default: %(default)s)")
-    p.add_argument("--tolerance", type=float, default=defaults.tolerance, metavar="T",
-                   help="--steps auto stops when the error estimate is at most T times the sum of "
-                        "|scores| (default: %(default)s)")
-    p.add_argument("--quadrature", choices=list(QUADRATURES), default=defaults.quadrature,
-                   help="integrated-gradients rule (default: %(default)s)")
-    p.add_argument("--baseline", default=defaults.baseline, metavar="pad|zero|unk|mask|TOKEN",
-                   help="baseline for ig and occlusion (default: %(default)s)")
-    p.add_argument("--reduce", choices=list(REDUCTIONS),
-                   help="per-token reduction (default: the method's own: " + ", ".join(
-                       f"{name} {spec.default_reduce}" for name, spec in METHODS.items() if spec.default_reduce) + ")")
-    p.add_argument("--words", action="store_true", help="merge subword scores into words")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N",
-                   help="rows per onnxruntime run; bounds memory (default: 64 on the CPU; on CUDA as many "
-                        "as --tokens-per-run allows)")
-    p.add_argument("--tokens-per-run", type=int, default=defaults.tokens_per_run, metavar="N",
-                   help="the most rows x tokens in one gradient run (default: 8192 on the CPU, none when "
-                        "--batch-size is given; 16384 on CUDA, where many texts keep up to two runs in "
-                        "flight; forward-only runs take 4 times as many)")
-    p.add_argument("--fd-step", type=float, default=defaults.fd_step, metavar="H",
-                   help="finite-difference step relative to each token embedding's norm "
-                        "(default: 0.01, or 0.3 for quantized models)")
-    p.add_argument("--richardson", action="store_true",
-                   help="Richardson extrapolation: 4 runs per derivative, O(h^4) error")
-    p.add_argument("--fd-scheme", choices=FD_SCHEMES, default=defaults.fd_scheme,
-                   help="central differences (O(h^2)), or forward = one-sided (O(h)) with f(x) shared "
-                        "by every token at a point: about half the runs for grad-x-input and ig "
-                        "(default: %(default)s)")
-    p.add_argument("--samples", type=int, default=defaults.samples, metavar="N",
-                   help="SmoothGrad samples (default: %(default)s)")
-    p.add_argument("--noise", type=float, default=defaults.noise, metavar="SIGMA",
-                   help="SmoothGrad noise relative to the embeddings (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (SmoothGrad)")
-    p.add_argument("--long", choices=LONG, default=defaults.long,
-                   help="a text over the model's token limit: error (exit 2), or window = explain "
-                        "overlapping windows and stitch them (classifiers; default: %(default)s)")
-    p.add_argument("--window-overlap", type=int, metavar="N",
-                   help="tokens consecutive windows share (default: a quarter of the limit)")
-    p.add_argument("--direction", metavar="FILE",
-                   help="a model whose output is an embedding: explain its projection on the vector in FILE "
-                        "(.npy, or numbers separated by spaces or commas)")
-
-
-def _column_options(p: argparse.ArgumentParser) -> None:
-    """Which columns of a dataset hold what."""
-    p.add_argument("--text-column", default="text", metavar="NAME", help="the text (default: %(default)s)")
-    p.add_argument("--id-column", metavar="NAME", help="an id written with each result (default: the row number)")
-    p.add_argument("--target-column", metavar="NAME", help="the class to explain, per row")
-    p.add_argument("--pair-column", metavar="NAME",
-                   help="a second text per row: the row is explained as a similarity to it")
-    p.add_argument("--choices-column", metavar="NAME",
-                   help="answer choices per row (a JSON list, or texts separated by |): multiple choice")
-    p.add_argument("--feature-columns", metavar="NAMES",
-                   help="a model that takes numbers: the columns that make its input, comma-separated "
-                        "(default for such a model: every column but the id, label and target columns)")
-    p.add_argument("--label-column", metavar="NAME",
-                   help="the true label per row (global: accuracies, and per-class averages by label)")
-
-
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each command's (its options all come from the settings spec)."""
     p = argparse.ArgumentParser(
         prog="blackbox-sal",
         description="Explain predictions of ONNX text models: which tokens drove the output.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"blackbox-sal {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    e = sub.add_parser(
-        "explain", help="attribute a prediction to the input tokens",
-        description="Attribute the model's prediction on TEXT to its tokens.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("text", metavar="TEXT", help="the text to explain ('-' reads standard input)")
-    _model_options(e)
-    _method_options(e)
-    e.add_argument("--format", choices=FORMATS, default="terminal", help="output format")
-    e.add_argument("--output", metavar="FILE", help="write the output to FILE")
-    e.add_argument("--generate", type=int, metavar="N",
-                   help="causal LMs: generate up to N tokens greedily and attribute each to the "
-                        "tokens before it (a matrix; terminal or json)")
-    e.add_argument("--choice", action="append", metavar="ANSWER",
-                   help="multiple choice (give it twice or more): score each (TEXT, ANSWER) pair and "
-                        "explain the best; a classifier needs --target, the class that scores a pair")
-    e.add_argument("--similar-to", metavar="TEXT",
-                   help="sentence encoders: explain the cosine similarity of TEXT's and this "
-                        "text's embeddings, over the tokens of both (terminal or json)")
-
-    b = sub.add_parser(
-        "batch", help="explain every row of a dataset into a JSONL or Parquet file (resumable)",
-        description="Explain every row of INPUT (JSONL, CSV or Parquet with a text column) into OUTPUT "
-                    "(JSONL, or Parquet): one record per row, the explain command's JSON object with the row's "
-                    "id, or the error a row ended with (the job goes on). Killed at any point and run again "
-                    "with the same command, it continues where it stopped.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("input", metavar="INPUT", help="the dataset: .jsonl, .csv or .parquet")
-    b.add_argument("-o", "--output", metavar="OUTPUT", required=True, help="where the results go: .jsonl or .parquet")
-    _model_options(b)
-    _method_options(b)
-    _column_options(b)
-    b.add_argument("--limit", type=int, metavar="N", help="at most the first N rows")
-    b.add_argument("--window", type=int, default=64, metavar="N",
-                   help="rows in flight together, their runs packed (default: %(default)s; memory grows with it)")
-    b.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="local (this process), or ray: Ray Data with one model per actor (the [ray] extra)")
-    b.add_argument("--address", metavar="ADDRESS", help="--engine ray: the cluster to join (default: a local Ray)")
-
-    def data_command(name: str, help_: str, description: str, many: str | None = None) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_, description=description, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        c.add_argument("data", metavar="DATA", help="the dataset: .jsonl, .csv or .parquet")
-        _model_options(c)
-        _method_options(c, many)
-        _column_options(c)
-        c.add_argument("--limit", type=int, metavar="N", help="at most the first N rows")
-        _report_options(c)
-        return c
-
-    gl = data_command(
-        "global", "what a model relies on across a dataset (the paper's global analysis)",
-        "What MODEL relies on across DATA. A bag-of-words model (its input is a multi-hot vector): the "
-        "average gradient g, its top words each way and the linear surrogate sign(x . g + b) with its "
-        "agreement with the model (the paper's section 5.2). A model that takes numbers: the mean "
-        "Jacobian per class (section 5.3), with --compare, its correlation with another model's. A "
-        "text model: every text explained with --method, and per word the mean score, count and "
-        "spread, overall and per predicted class.")
-    gl.add_argument("--top", type=int, default=15, metavar="K", help="words shown each way (default: %(default)s)")
-    gl.add_argument("--min-count", type=int, default=3, metavar="N",
-                    help="text models: words seen fewer times are left out (default: %(default)s)")
-    gl.add_argument("--fit", metavar="DATA",
-                    help="bag-of-words: fit the surrogate's b on these rows (e.g. the training split) "
-                         "instead of DATA itself (in-sample, optimistic)")
-    gl.add_argument("--over", choices=("all", "own"), default="all",
-                    help="models that take numbers: average each class's Jacobian over every row, or over "
-                         "the rows of that class (by label where given, else by prediction) (default: all)")
-    gl.add_argument("--compare", metavar="MODEL",
-                    help="models that take numbers: correlate the mean Jacobians with this model's (e.g. a "
-                         "logistic regression, whose Jacobian is its weights)")
-
-    ev = data_command(
-        "eval", "how faithful each method's explanations are (ERASER metrics, curves)",
-        "How faithful each method's explanations of MODEL are over DATA: ERASER comprehensiveness and "
-        "sufficiency over bins of the top tokens and their AOPC, deletion and insertion curves with their "
-        "areas, the rank correlation with leave-one-out changes, IG completeness, and time per "
-        "explanation; methods side by side. Tokens are removed by replacing their embeddings with the "
-        "removal baseline (never by editing the text).",
-        many="all five")
-    ev.add_argument("--random", action="store_true", help="add a row of random token rankings, for reference")
-    ev.add_argument("--bins", default="0.01,0.05,0.1,0.2,0.5", metavar="FRACTIONS",
-                    help="fractions of the tokens removed or kept (default: %(default)s)")
-    ev.add_argument("--curve-points", type=int, default=10, metavar="N",
-                    help="points of the deletion and insertion curves (default: %(default)s)")
-    ev.add_argument("--eval-score", choices=list(SCORES), default="probability",
-                    help="what f is in the metrics (default: %(default)s)")
-    ev.add_argument("--removal", default="pad", metavar="pad|zero|unk|mask|TOKEN",
-                    help="what a removed token's embedding becomes (default: %(default)s)")
-
-    sa = data_command(
-        "sanity", "sanity checks: cascading model randomization, backend and method agreement",
-        "Sanity checks of the explanations of MODEL over DATA (Adebayo et al. 2018): the weights are "
-        "re-drawn layer by layer from the output down, and at every stage each method's rank "
-        "correlation with its original attributions is reported (a method that does not change is "
-        "not explaining the model); plus the agreement of the gradient graph with finite differences, "
-        "and of methods with each other.",
-        many="ig, grad-x-input, saliency, occlusion")
-    sa.add_argument("--stages", metavar="K|LIST",
-                    help="the first K randomization stages, or a comma-separated list (default: all)")
-    sa.add_argument("--no-backends", action="store_true", help="skip comparing the graph with finite differences")
-    sa.add_argument("--agreement-texts", type=int, default=10, metavar="N",
-                    help="texts the backend comparison uses (finite differences of a full gradient are costly) "
-                         "(default: %(default)s)")
-
-    sw = sub.add_parser(
-        "swaps", help="which single-token substitutions would change the prediction most",
-        description="The one-hot view of TEXT: for each position, the first-order change of the target if the "
-                    "token were replaced by each vocabulary word, (E_v - E_x) . grad, over the whole vocabulary "
-                    "at once; the top K per position are checked by running the model on the substituted text "
-                    "(estimated against actual change).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sw.add_argument("text", metavar="TEXT", help="the text ('-' reads standard input)")
-    _model_options(sw)
-    _method_options(sw)
-    sw.add_argument("--top", type=int, default=5, metavar="K", help="substitutions per position (default: %(default)s)")
-    sw.add_argument("--toward", choices=("both", "increase", "decrease"), default="both",
-                    help="substitutions that raise the target, lower it, or the largest either way (default: both)")
-    _report_options(sw, plot=False)
-
-    s = sub.add_parser(
-        "serve", help="answer predict and explain requests over HTTP (the [serve] extra)",
-        description="Serve MODEL... over HTTP: KServe V1 (/v1/models/NAME:predict, :explain), the V2 inference "
-                    "protocol (/v2/models/NAME/infer, /v2/models/NAME-explainer/infer), health and metadata "
-                    "routes, /openapi.json and a web page at /. Each MODEL is PATH or NAME=PATH (the name "
-                    "defaults to the folder's); the method options are the requests' defaults. Concurrent "
-                    "requests share onnxruntime runs. SIGTERM turns readiness off and drains.",
-        epilog=EPILOG + "\nHTTP statuses: 400 bad request, 404 unknown model or route, 408 body too slow, "
-                        "413 too large, 415 not JSON,\n422 the model cannot explain the text, 429 queue full, "
-                        "503 not ready or stopping, 504 deadline passed.\nIn a request of several instances, one "
-                        "that fails is answered in its place ({\"error\", \"status\"}) while the others succeed.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("models", metavar="MODEL", nargs="*", help="PATH or NAME=PATH (default: the bundled model)")
-    _model_options(s, serving=True)
-    _method_options(s)
-    defaults = Limits()
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback only)")
-    s.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
-    s.add_argument("--deadline", type=float, default=defaults.deadline, metavar="SECONDS",
-                   help="the longest a request may take; its work is stopped then (504) (default: %(default)g)")
-    s.add_argument("--max-body", type=int, default=defaults.max_body, metavar="BYTES",
-                   help="largest request body (413 beyond) (default: %(default)s)")
-    s.add_argument("--max-chars", type=int, default=defaults.max_chars, metavar="N",
-                   help="longest text in characters (413 beyond) (default: %(default)s)")
-    s.add_argument("--max-instances", type=int, default=defaults.max_instances, metavar="N",
-                   help="texts per request (413 beyond) (default: %(default)s)")
-    s.add_argument("--max-active", type=int, default=defaults.max_active, metavar="N",
-                   help="texts the engine works on together, their runs shared (default: %(default)s)")
-    s.add_argument("--queue", type=int, default=defaults.queue_size, metavar="N",
-                   help="texts waiting beyond those (429 beyond) (default: %(default)s)")
-    s.add_argument("--batch-window", type=float, default=defaults.batch_window, metavar="SECONDS",
-                   help="how long the engine waits after a first text for others to join its runs "
-                        "(default: %(default)g)")
-    s.add_argument("--max-connections", type=int, default=256, metavar="N",
-                   help="requests answered at the same time (503 beyond) (default: %(default)s)")
-    s.add_argument("--read-timeout", type=float, default=defaults.read_timeout, metavar="SECONDS",
-                   help="the longest a request's headers or body may take to arrive (408 beyond) "
-                        "(default: %(default)g)")
-    s.add_argument("--access-log", action="store_true",
-                   help="log every request: one JSON line on stderr (route, model, status, ms)")
-
-    g = sub.add_parser(
-        "grad", help="build, verify and write a model's gradient graph",
-        description="Build the ONNX gradient graph of MODEL (inputs_embeds, the model's inputs, "
-                    "target_weights [batch, classes] -> outputs, grad [batch, seq, dim]), check it "
-                    "against finite differences, and write it. To ship it with the model, put the "
-                    "file in the model folder and add \"gradient_model\": \"FILE\" to config.json.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g.add_argument("model", metavar="MODEL", nargs="?",
-                   help="model directory or .onnx file (default: the bundled model)")
-    where = g.add_mutually_exclusive_group()
-    where.add_argument("-o", "--output", metavar="OUT", help="where to write it (default: the cache, printed)")
-    where.add_argument("--folder", metavar="OUT",
-                       help="write a prepared folder instead (a new or empty folder): the loaded model taking "
-                            "inputs_embeds, embeddings.npy, the verified grad.onnx, tokenizer.json and config.json, "
-                            "which an install without onnx (onnxruntime, numpy, tokenizers) loads and explains")
-    g.add_argument("--model-output", metavar="NAME", help="model output to differentiate (default: the first)")
-    g.add_argument("--device", choices=DEVICES, default="auto", help="device for the check (default: auto)")
-    g.add_argument("--dequantize", action="store_true", help="differentiate a quantized model's float twin")
-    g.add_argument("--pooling", choices=POOLINGS, help="token states: how they are pooled (as explain takes it)")
-    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="token states: L2-normalise the pooled embedding (as explain takes it)")
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
-    return p
-
-
-def _report_options(p: argparse.ArgumentParser, plot: bool = True) -> None:
-    p.add_argument("--format", choices=("terminal", "json"), default="terminal", help="output format")
-    p.add_argument("--output", metavar="FILE", help="write the output to FILE")
-    if plot:
-        p.add_argument("--plot", metavar="FILE", help="also draw it to FILE (.png, .svg, .pdf; the [plot] extra)")
-
-
-def _steps(text: str) -> int | str:
-    if text == AUTO:
-        return AUTO
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of nodes or 'auto', got {text!r}") from None
+    commands: dict[str, argparse.ArgumentParser] = {}
+    for name, command in COMMANDS.items():
+        epilog = EPILOG + (SERVE_EPILOG if name == "serve" else "")
+        commands[name] = sub.add_parser(name, help=command.help, description=command.description, epilog=epilog,
+                                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("explain", "swaps"):
+        commands[name].add_argument("text", metavar="TEXT", help="the text to explain ('-' reads standard input)")
+    commands["batch"].add_argument("input", metavar="INPUT", help="the dataset: .jsonl, .csv or .parquet")
+    for name in ("global", "eval", "sanity"):
+        commands[name].add_argument("data", metavar="DATA", help="the dataset: .jsonl, .csv or .parquet")
+    commands["serve"].add_argument("models", metavar="MODEL", nargs="*",
+                                   help="PATH or NAME=PATH (default: the bundled model)")
+    commands["grad"].add_argument("model", metavar="MODEL", nargs="?",
+                                  help="model directory or .onnx file (default: the bundled model)")
+    for name, parser in commands.items():
+        add_options(parser, name, SETTINGS)
+    return p, commands
 
 
 def _config(a: argparse.Namespace) -> ExplainConfig:
-    return ExplainConfig(
-        method=getattr(a, "method", None) or ExplainConfig().method, backend=a.backend, target=a.target,
-        score=a.score, steps=a.steps,
-        tolerance=a.tolerance, quadrature=a.quadrature, baseline=a.baseline, reduce=a.reduce, words=a.words,
-        batch_size=a.batch_size, tokens_per_run=a.tokens_per_run, fd_step=a.fd_step, richardson=a.richardson,
-        fd_scheme=a.fd_scheme,
-        samples=a.samples, noise=a.noise, seed=a.seed, long=a.long, window_overlap=a.window_overlap,
-        progress=False if a.quiet else None, direction=_direction(a.direction) if a.direction else None,
-    ).validated()
+    """The command's ExplainConfig: every config setting it takes, from its options."""
+    values = {e.name: getattr(a, dest_of(e)) for e in SETTINGS
+              if e.owner == ExplainConfig.__name__ and a.command in e.commands}
+    if values.get("direction") is not None:
+        values["direction"] = _direction(values["direction"])
+    return ExplainConfig(**values, progress=False if a.quiet else None).validated()
 
 
 def _direction(path: str) -> tuple[float, ...]:
@@ -420,9 +131,7 @@ def _columns(a: argparse.Namespace) -> Columns:
 
 def _batch(a: argparse.Namespace) -> None:
     config = _config(a)
-    for name, value in (("--limit", a.limit), ("--window", a.window)):
-        if value is not None and not 1 <= value <= 10_000_000:
-            raise UsageError(f"{name} must be from 1 to 10,000,000, got {value}")
+    output_format(Path(a.output))  # a suffix that names no format is refused before any work
     model = _load(a)
     if a.engine == "ray":
         from blackbox_sal.jobs.batch_ray import run_batch_ray
@@ -470,12 +179,8 @@ def _write(out: str, path: str | None) -> None:
 
 def _serve(a: argparse.Namespace) -> None:
     config = _config(a)
-    limits = Limits(max_body=a.max_body, max_chars=a.max_chars, max_instances=a.max_instances,
-                    max_active=a.max_active, queue_size=a.queue, deadline=a.deadline,
-                    batch_window=a.batch_window, max_connections=a.max_connections,
-                    read_timeout=a.read_timeout).validated()
-    if not 0 < a.port < 65536:
-        raise UsageError(f"--port must be from 1 to 65,535, got {a.port}")
+    limits = Limits(**{e.name: getattr(a, dest_of(e)) for e in SETTINGS
+                       if e.owner == Limits.__name__ and "serve" in e.commands}).validated()
     try:
         from blackbox_sal.server.app import Server
         from blackbox_sal.server.process import run
@@ -510,8 +215,6 @@ def _served_name(path: str) -> str:
 
 def _rows(a: argparse.Namespace, model: TextModel, path: str | None = None) -> list[Row | BadRow]:
     """The rows of DATA (or ``path``) the command works on, at most --limit."""
-    if a.limit is not None and not 1 <= a.limit <= 10_000_000:
-        raise UsageError(f"--limit must be from 1 to 10,000,000, got {a.limit}")
     source = path or a.data
     columns = _columns(a)
     if model.features is not None and model.features.kind == "numbers" and columns.features is None:
@@ -644,7 +347,13 @@ def _grad(a: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser, commands = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the command's own usage, not the top level's (argparse reports extras at the top)
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    clash = conflict(args, args.command, SETTINGS)
+    if clash is not None:
+        commands[args.command].error(clash)
     log = logging.getLogger("blackbox_sal")
     if not getattr(args, "quiet", False) and not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -652,11 +361,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     try:
+        check_options(args, args.command, SETTINGS)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             # a model's overflowing numbers are reported once, as non-finite scores or an error
             warnings.simplefilter("ignore", RuntimeWarning)
             {"explain": _explain, "batch": _batch, "grad": _grad, "serve": _serve, "global": _global, "eval": _eval,
              "sanity": _sanity, "swaps": _swaps}[args.command](args)
+    except Interrupted as exc:  # a job that saved its work says what was saved
+        print(f"blackbox-sal: {printable(str(exc))}", file=sys.stderr)
+        return exc.exit_code
     except SalError as exc:
         print(f"blackbox-sal: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code

@@ -292,9 +292,11 @@ def test_riemann_rules_integrate_a_line_with_opposite_errors() -> None:
 
 
 def test_a_method_is_one_spec(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A new method needs one MethodSpec in the registry: the config accepts it, and it
-    reports its own settings and default reduction."""
+    """A new method needs one MethodSpec in the registry and its name in blackbox_sal.vocabulary.choices
+    (where the settings spec reads it): the config accepts it, and it reports its own settings
+    and default reduction."""
     from blackbox_sal.methods.attribution import MethodSpec
+    from blackbox_sal.vocabulary import choices
 
     def gradient_sum(problem: Problem):  # type: ignore[no-untyped-def]
         grad = yield from problem.backend.gradient(problem.x[None])
@@ -303,6 +305,7 @@ def test_a_method_is_one_spec(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = MethodSpec(gradient_sum, "twice the summed gradient", "sum",
                       report=lambda cfg, result: {"samples": 7})
     monkeypatch.setitem(METHODS, "twice", spec)
+    monkeypatch.setitem(choices.METHODS, "twice", choices.Named(spec.summary, spec.default_reduce))
     out = run(mlp, X, method="twice", richardson=True)
     np.testing.assert_allclose(out.scores, 2 * mlp_grad(X).sum(-1), rtol=1e-5)
     assert out.reduce == "sum"

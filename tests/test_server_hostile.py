@@ -32,14 +32,14 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 from tokenizers import Regex, pre_tokenizers  # noqa: E402
 
-from blackbox_sal.vocabulary.config import ExplainConfig  # noqa: E402
-from blackbox_sal.engine.service import EngineService, Stopped, _Job  # noqa: E402
 from blackbox_sal.api.explaining import prediction_work, runner  # noqa: E402
+from blackbox_sal.engine.service import EngineService, Stopped, _Job  # noqa: E402
 from blackbox_sal.model.loading import load_model  # noqa: E402
 from blackbox_sal.model.text_model import TextModel  # noqa: E402
 from blackbox_sal.server.app import Server  # noqa: E402
 from blackbox_sal.server.process import uvicorn_config  # noqa: E402
 from blackbox_sal.server.protocol import Limits  # noqa: E402
+from blackbox_sal.vocabulary.config import ExplainConfig  # noqa: E402
 
 GOOD = "the film was good"
 #: 30 a's then b: the pattern (a+)+$ backtracks past Oniguruma's retry limit and Rust panics
@@ -447,7 +447,7 @@ def test_the_access_log_is_one_json_line_a_request(client: TestClient, caplog: p
 def test_read_timeout_out_of_range_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     from blackbox_sal.cli import main
     assert main(["serve", "--read-timeout", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "blackbox-sal: error: --read-timeout must be from 0.01 to 3600, got 0.0"
+    assert capsys.readouterr().err.strip() == "blackbox-sal: error: --read-timeout must be from 0.01 to 3,600, got 0.0"
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread ends so, on purpose

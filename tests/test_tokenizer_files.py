@@ -13,8 +13,8 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from tokenizers.implementations import BertWordPieceTokenizer, ByteLevelBPETokenizer  # type: ignore[attr-defined]
 
-from blackbox_sal.vocabulary.errors import ModelError
 from blackbox_sal.model.tokenizer_files import describe_missing, read_folder_tokenizer
+from blackbox_sal.vocabulary.errors import ModelError
 
 CORPUS = [
     "An absolute masterpiece, I loved every minute of it.",

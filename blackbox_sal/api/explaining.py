@@ -17,8 +17,7 @@ from blackbox_sal.baselines import make_baseline
 from blackbox_sal.diagnostics import special_tokens_note
 from blackbox_sal.engine.drive import drive_many, drive_one
 from blackbox_sal.engine.runner import Runner, rows_per_run, run_size
-from blackbox_sal.gradient_graph.store import gradient_session
-from blackbox_sal.gradients.backend import BACKENDS, VALUES_ONLY, Setting
+from blackbox_sal.gradients.backend import GradientBackend, Setting, ValuesOnly, make_backend
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.model.text_model import TextModel
@@ -155,6 +154,7 @@ def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, s
               cfg: ExplainConfig, question: Question, baseline_name: str) -> Work[Attributed]:
     """The work of attributing one input: x, baseline [S, D], special [S] over ``seq``."""
     spec = METHODS[cfg.method]
+    spec.check(cfg)
     cost = Cost()
     # the prediction, and f(baseline) where the method needs it, in one run: [1 or 2, C]
     points = np.stack([x, baseline]) if spec.baseline_value else x[None]
@@ -169,11 +169,13 @@ def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, s
     baseline_value = float(asked.objective.scalar(both[1:])[0]) if spec.baseline_value else None
     scale = step_scale(x, model.row_norm)
     rows = model.fixed_batch or rows_per_run(*run_size(cfg.batch_size, cfg.tokens_per_run, model.device), len(seq))
-    backend_spec = BACKENDS[cfg.backend] if spec.needs_derivatives else VALUES_ONLY
-    backend, backend_notes = backend_spec.make(Setting(
-        asked.objective, seq, scale, outputs.shape[1], cost, fd_step=cfg.fd_step, richardson=cfg.richardson,
-        fd_scheme=cfg.fd_scheme, quantized=model.quantized, local_method=spec.local,
-        graph_unavailable=_graph_unavailable(model) if backend_spec.wants_graph and not model.quantized else None))
+    backend: GradientBackend
+    if spec.needs_derivatives:
+        backend, backend_notes = make_backend(cfg.backend, model, Setting(
+            asked.objective, seq, scale, outputs.shape[1], cost, fd_step=cfg.fd_step, richardson=cfg.richardson,
+            fd_scheme=cfg.fd_scheme, quantized=model.quantized, local_method=spec.local))
+    else:
+        backend, backend_notes = ValuesOnly(asked.objective, seq, cost), ()
     result = yield from spec.run(Problem(backend, x, baseline, special, target_value, scale, cfg,
                                          cfg.reduction(), rows, baseline_value))
     provenance = replace(
@@ -266,16 +268,6 @@ def _finite_note(scores: np.ndarray) -> tuple[str, ...]:
         return ()
     return (f"{int((~np.isfinite(scores)).sum())} of {scores.size} token scores are not finite (the model's "
             f"derivatives overflow along the path): they are shown as nan, and null in JSON",)
-
-
-def _graph_unavailable(model: TextModel) -> str | None:
-    """Why no verified gradient graph can be had for the model (None: one can; built now if
-    need be, and kept with the model)."""
-    try:
-        gradient_session(model)
-    except ModelError as exc:
-        return str(exc)
-    return None
 
 
 def model_notes(model: TextModel) -> tuple[str, ...]:

@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_sal.gradient_graph.store import gradient_session
-from blackbox_sal.gradients.backend import BACKENDS, Setting
+from blackbox_sal.gradients.backend import Setting, choose_backend, make_backend
 from blackbox_sal.jobs.datasets import BadRow, Row
 from blackbox_sal.model.files import read_side_json
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.vocabulary.config import ExplainConfig
 from blackbox_sal.vocabulary.differences import step_scale
-from blackbox_sal.vocabulary.errors import ModelError, UnavailableError, UsageError
+from blackbox_sal.vocabulary.errors import UsageError
 from blackbox_sal.vocabulary.runs import ArrayPoints, Cost, Gradient, Seq, Work, ask
 from blackbox_sal.vocabulary.scores import Projection
 
@@ -38,21 +37,9 @@ def as_rows(items: Iterable[Row | BadRow | str]) -> Iterator[Row | BadRow]:
 
 def graph_unavailable(model: TextModel, backend: str) -> str | None:
     """Why gradients come from finite differences for ``backend`` (auto, graph, fd) on this
-    model; None when a verified gradient graph is used. UnavailableError for ``graph`` when none
-    can be had."""
-    if backend not in BACKENDS:
-        raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "fd":
-        return "finite differences were asked for"
-    reason = (f"the model is quantized ({', '.join(model.quantized)})" if model.quantized else None)
-    if reason is None:
-        try:
-            gradient_session(model)
-        except ModelError as exc:
-            reason = str(exc)
-    if reason is not None and backend == "graph":
-        raise UnavailableError(f"--backend graph: {reason}")
-    return reason
+    model; None when a verified gradient graph is used (:func:`choose_backend` decides).
+    UnavailableError for ``graph`` when none can be had."""
+    return choose_backend(backend, model).reason
 
 
 def gradients_at(model: TextModel, seq: Seq, x: np.ndarray, weights: np.ndarray, cfg: ExplainConfig,
@@ -69,7 +56,7 @@ def gradients_at(model: TextModel, seq: Seq, x: np.ndarray, weights: np.ndarray,
         return grad
     out = []
     for row in weights:
-        backend, _ = BACKENDS["fd"].make(Setting(
+        backend, _ = make_backend("fd", model, Setting(
             Projection(np.asarray(row, np.float64)), seq, step_scale(x, model.row_norm), weights.shape[1], cost,
             fd_step=cfg.fd_step, richardson=cfg.richardson, fd_scheme=cfg.fd_scheme, quantized=model.quantized))
         out.append((yield from backend.gradient(x[None]))[0])

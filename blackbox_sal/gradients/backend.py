@@ -11,28 +11,30 @@ exactly what they need and each backend answers in its cheapest way.
 Shapes: points [P, S, D] float32; anchor, delta [S, D]; alphas [m]; results float64 (a
 graph's full gradient float32).
 
-``BACKENDS`` maps a name to a :class:`BackendSpec`; :func:`make_backend` builds the one a
-config names:
+``BACKENDS`` names the backends a user may ask for; :func:`choose_backend` is the one place
+that decides which answers (every caller asks it), and :func:`make_backend` builds it:
 
 - ``fd``: finite differences (any model; quantized ones with a wider step and a note);
 - ``graph``: an exported gradient graph (exact; one forward+backward run per point); when
   none can be had, UnavailableError (exit 4) with the reason;
 - ``auto``: the graph when one can be had, else finite differences, with a note saying why
   (quantized models go straight to finite differences);
-- ``none``: values only, for methods that need no derivatives (occlusion).
+
+and :class:`ValuesOnly` answers methods that need no derivatives (occlusion).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from blackbox_sal.gradient_graph.store import gradient_session
 from blackbox_sal.gradients.finite_differences import DEFAULT_STEP, QUANTIZED_STEP, FiniteDifferences
 from blackbox_sal.gradients.graph_backend import GraphBackend
-from blackbox_sal.vocabulary.errors import UnavailableError
+from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.vocabulary.errors import ModelError, UnavailableError, unknown_choice
 from blackbox_sal.vocabulary.runs import Cost, Forward, Points, Seq, Work, as_points, ask
 from blackbox_sal.vocabulary.scores import Objective
 
@@ -86,6 +88,39 @@ class ValuesOnly:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """Which backend answers: ``graph`` or ``fd``; ``reason``: why not the graph (None when the
+    graph answers)."""
+
+    name: str
+    reason: str | None = None
+
+
+def choose_backend(requested: str, model: TextModel) -> Decision:
+    """The backend that answers a request for ``requested`` (auto, fd, graph) on ``model``: the
+    verified gradient graph (built now if need be, and kept with the model) when it is asked for
+    or ``auto`` and one can be had; else finite differences, with the reason. Quantized models
+    have no graph (integer ops have no gradients). UnavailableError (exit 4) for ``graph`` when
+    none can be had."""
+    if requested not in BACKENDS:
+        raise unknown_choice("backend", requested, BACKENDS)
+    if requested == "fd":
+        return Decision("fd", "finite differences were asked for")
+    if model.quantized:
+        reason = f"the model is quantized ({', '.join(model.quantized)})"
+        if requested == "graph":
+            raise UnavailableError(f"--backend graph: {reason}; integer ops have no gradients: use --backend fd")
+        return Decision("fd", reason)
+    try:
+        gradient_session(model)
+    except ModelError as exc:
+        if requested == "graph":
+            raise UnavailableError(f"--backend graph: {exc}") from None
+        return Decision("fd", str(exc))
+    return Decision("graph")
+
+
+@dataclass(frozen=True)
 class Setting:
     """What a backend is built from, besides its name: the scalar, the sequence, the step
     scale [S], the output width, the cost counter, and the facts of the model and method
@@ -101,8 +136,6 @@ class Setting:
     fd_scheme: str = "central"
     quantized: tuple[str, ...] = ()
     local_method: bool = False
-    #: why no gradient graph can be had for this model (None: one can)
-    graph_unavailable: str | None = None
 
 
 Made = tuple[GradientBackend, tuple[str, ...]]
@@ -130,42 +163,27 @@ def _fd(s: Setting) -> Made:
                              cost=s.cost), notes
 
 
-def _graph(s: Setting) -> Made:
-    if s.quantized:
-        raise UnavailableError(f"--backend graph: the model is quantized ({', '.join(s.quantized)}); "
-                               "integer ops have no gradients: use --backend fd")
-    if s.graph_unavailable is not None:
-        raise UnavailableError(f"--backend graph: {s.graph_unavailable}")
-    return GraphBackend(s.f, s.seq, s.n_classes, s.cost), ()
-
-
-def _auto(s: Setting) -> Made:
-    if s.quantized:  # no graph to try: say so once, in the finite-difference note
-        return _fd(s)
-    if s.graph_unavailable is None:
-        return _graph(s)
+def make_backend(requested: str, model: TextModel, s: Setting) -> Made:
+    """The backend :func:`choose_backend` decides on, built for ``s``, with its notes (why
+    finite differences answer an ``auto`` request; how a quantized model is differentiated)."""
+    decision = choose_backend(requested, model)
+    if decision.name == "graph":
+        return GraphBackend(s.f, s.seq, s.n_classes, s.cost), ()
     backend, notes = _fd(s)
-    return backend, (f"finite differences were used: {s.graph_unavailable}", *notes)
-
-
-def _none(s: Setting) -> Made:
-    return ValuesOnly(s.f, s.seq, s.cost), ()
+    if requested == "auto" and not s.quantized:  # a quantized model's note says why already
+        notes = (f"finite differences were used: {decision.reason}", *notes)
+    return backend, notes
 
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """A backend the user can name: how it is made, and whether it wants a gradient graph
-    (the caller then builds or finds one first and passes on why none can be had)."""
+    """A backend the user can name, with its one line for help texts."""
 
-    make: Callable[[Setting], Made]
     summary: str
-    wants_graph: bool = False
 
 
 BACKENDS: dict[str, BackendSpec] = {
-    "auto": BackendSpec(_auto, "the gradient graph when one can be had, else finite differences", wants_graph=True),
-    "fd": BackendSpec(_fd, "finite differences: forward passes only, any model"),
-    "graph": BackendSpec(_graph, "an exported gradient graph: exact, built and verified once", wants_graph=True),
+    "auto": BackendSpec("the gradient graph when one can be had, else finite differences"),
+    "fd": BackendSpec("finite differences: forward passes only, any model"),
+    "graph": BackendSpec("an exported gradient graph: exact, built and verified once"),
 }
-#: the backend of methods that need no derivatives (not a user choice)
-VALUES_ONLY = BackendSpec(_none, "no derivatives: values only")

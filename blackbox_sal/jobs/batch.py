@@ -1,4 +1,5 @@
-"""Batch jobs: a dataset of texts explained through the engine into a JSONL or Parquet file,
+"""Batch jobs: a dataset of texts explained through the engine into a JSONL, CSV or Parquet file
+(the output's suffix says which: ``.jsonl``, ``.csv``, ``.parquet``; any other is refused),
 resumable at any point.
 
 Rows stream from the input (:mod:`blackbox_sal.jobs.datasets`) into the engine, which packs the
@@ -12,8 +13,11 @@ Resumable and exact: every line is written whole with one ``os.write`` and the f
 every few seconds and at the end. Run again with the same command after a kill (SIGKILL
 included), the job reads what is there, drops a partial last line, checks that the output was
 written with the same input, model and settings (``OUTPUT.meta.json``), and goes on from the
-next row: no row lost, none written twice. A Parquet output is kept as JSONL
-(``OUTPUT.partial.jsonl``) while the job runs and converted when it ends.
+next row: no row lost, none written twice. A CSV or Parquet output is kept as JSONL
+(``OUTPUT.partial.jsonl``) while the job runs and converted when it ends, to the columns id,
+row, error, exit_code and result (the JSON object as text). Ctrl-C ends the job with
+:class:`~blackbox_sal.vocabulary.errors.Interrupted`, saying how many rows are saved and that the same
+command resumes.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from blackbox_sal.jobs.datasets import MAX_FIELD, BadRow, Columns, Row, format_o
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.progress import Progress
 from blackbox_sal.render.json import document
+from blackbox_sal.vocabulary.choices import BATCH_SUFFIXES
 from blackbox_sal.vocabulary.config import ExplainConfig
-from blackbox_sal.vocabulary.errors import InputError, SalError, UsageError
+from blackbox_sal.vocabulary.errors import InputError, Interrupted, SalError, UsageError
 from blackbox_sal.vocabulary.runs import Work
 
 #: version of the output records (the explanation objects inside keep their schema_version)
@@ -198,13 +203,13 @@ def count_rows(path: Path) -> int | None:
 def run_batch(model: TextModel, source: str | Path, output: str | Path, cfg: ExplainConfig,
               columns: Columns | None = None, window: int = 64, limit: int | None = None,
               progress: bool | None = None) -> Summary:
-    """Explain every row of ``source`` into ``output`` (JSONL; ``.parquet`` at the end), resuming
-    where an earlier run of the same job stopped. ``limit``: at most this many rows in all."""
+    """Explain every row of ``source`` into ``output`` (its suffix picks JSONL, CSV or Parquet; the
+    last two are written at the end), resuming where an earlier run of the same job stopped.
+    ``limit``: at most this many rows in all. Ctrl-C: :class:`~blackbox_sal.vocabulary.errors.Interrupted`."""
     cfg = cfg.validated()
     columns = columns or Columns()
     source, output = Path(source), Path(output)
-    parquet = format_of(output) == "parquet" if output.suffix else False
-    lines = output.with_name(output.name + ".partial.jsonl") if parquet else output
+    fmt, lines = output_lines(output)
     out = Output(lines, meta_of(model, source, cfg, columns))
     total = count_rows(source)
     if limit is not None:
@@ -230,20 +235,49 @@ def run_batch(model: TextModel, source: str | Path, output: str | Path, cfg: Exp
                 else:
                     explained += 1
                 bar.advance(1)
+    except KeyboardInterrupt:
+        saved = out.resumed + explained + failed
+        where = str(lines) + ("" if fmt == "jsonl" else f", {output} is written when the job ends")
+        raise Interrupted(f"interrupted: {saved:,} rows are saved ({where}); run the same command again to "
+                          f"resume from row {saved:,}") from None
     finally:
         out.close()
-    if parquet:
-        _to_parquet(lines, output)
+    finish(fmt, lines, output)
     return Summary(explained + failed, explained, failed, out.resumed, time.monotonic() - start, output)
 
 
-def _to_parquet(lines: Path, output: Path) -> None:
-    """The finished JSONL as Parquet: columns id, row, error, exit_code, result (the JSON text)."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise UsageError('writing Parquet needs pyarrow: pip install "blackbox-sal[parquet]"') from exc
+def output_format(output: Path) -> str:
+    """jsonl, csv or parquet, from the output's suffix; UsageError (exit 2) for any other."""
+    fmt = {suffix: suffix[1:] for suffix in BATCH_SUFFIXES}.get(output.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"{str(output)!r}: the output's suffix picks its format: "
+                         f"{', '.join(BATCH_SUFFIXES)} (got {output.suffix or 'none'!r})")
+    return fmt
+
+
+def output_lines(output: Path) -> tuple[str, Path]:
+    """The output's format and the JSONL file the job appends to (the output itself, or for CSV
+    and Parquet ``OUTPUT.partial.jsonl``, converted by :func:`finish`). UsageError for a suffix
+    that names no format, or Parquet without pyarrow (before any work)."""
+    fmt = output_format(output)
+    if fmt == "parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError as exc:
+            raise UsageError('writing Parquet needs pyarrow: pip install "blackbox-sal[parquet]"') from exc
+    return fmt, output if fmt == "jsonl" else output.with_name(output.name + ".partial.jsonl")
+
+
+def finish(fmt: str, lines: Path, output: Path) -> None:
+    """Write a finished job's CSV or Parquet output from its JSONL (nothing to do for JSONL)."""
+    if fmt == "parquet":
+        _to_parquet(lines, output)
+    elif fmt == "csv":
+        _to_csv(lines, output)
+
+
+def _columns_of(lines: Path) -> tuple[list[Any], list[int], list[str | None], list[int | None], list[str | None]]:
+    """The finished JSONL as columns: id, row, error, exit_code, result (the JSON object as text)."""
     ids, rows, errors, codes, results = [], [], [], [], []
     with open(lines, encoding="utf-8") as fh:
         for line in fh:
@@ -253,6 +287,31 @@ def _to_parquet(lines: Path, output: Path) -> None:
             errors.append(rec.pop("error", None))
             codes.append(rec.pop("exit_code", None))
             results.append(json.dumps(rec, ensure_ascii=False) if rec else None)
+    return ids, rows, errors, codes, results
+
+
+def _to_csv(lines: Path, output: Path) -> None:
+    """The finished JSONL as CSV (RFC 4180, UTF-8): id, row, error, exit_code, result."""
+    tmp = output.with_name(output.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "row", "error", "exit_code", "result"])
+            for record_ in zip(*_columns_of(lines), strict=True):
+                writer.writerow(["" if v is None else v for v in record_])
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(output)!r}: {exc.strerror}") from exc
+
+
+def _to_parquet(lines: Path, output: Path) -> None:
+    """The finished JSONL as Parquet: columns id, row, error, exit_code, result (the JSON text)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise UsageError('writing Parquet needs pyarrow: pip install "blackbox-sal[parquet]"') from exc
+    ids, rows, errors, codes, results = _columns_of(lines)
     table = pa.table({"id": pa.array(ids, pa.string()), "row": pa.array(rows, pa.int64()),
                       "error": pa.array(errors, pa.string()), "exit_code": pa.array(codes, pa.int64()),
                       "result": pa.array(results, pa.string())})

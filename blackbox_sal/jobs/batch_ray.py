@@ -25,7 +25,7 @@ from typing import Any
 
 from blackbox_sal.api.explaining import runner
 from blackbox_sal.engine.drive import drive_many
-from blackbox_sal.jobs.batch import Output, Summary, meta_of, record, work_for
+from blackbox_sal.jobs.batch import Output, Summary, finish, meta_of, output_lines, record, work_for
 from blackbox_sal.jobs.datasets import BadRow, Columns, Row, read_rows
 from blackbox_sal.model.loading import load_model
 from blackbox_sal.model.text_model import TextModel
@@ -92,7 +92,8 @@ def run_batch_ray(model: TextModel, source: str | Path, output: str | Path, cfg:
     cfg = cfg.validated()
     columns = columns or Columns()
     source, output = Path(source), Path(output)
-    out = Output(output, meta_of(model, source, cfg, columns))
+    fmt, lines = output_lines(output)
+    out = Output(lines, meta_of(model, source, cfg, columns))
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}
     settings["progress"] = False
     load = {"device": model.device_request, "threads": model.threads, **(load or {})}
@@ -126,5 +127,6 @@ def run_batch_ray(model: TextModel, source: str | Path, output: str | Path, cfg:
                 explained += "error" not in rec
     finally:
         out.close()
+    finish(fmt, lines, output)
     return Summary(explained + failed, explained, failed, out.resumed, time.monotonic() - start, output)
 

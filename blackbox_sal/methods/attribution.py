@@ -72,8 +72,9 @@ class MethodSpec:
     gradient backend for derivatives (else it runs forward passes only). uses_baseline:
     replaces tokens by a baseline embedding. local: reads gradients at the input point only
     (no path, no large steps: quantized models give it rounding noise). baseline_value: needs
-    f(baseline), which the caller computes in the prediction's run. check: the method's own
-    constraints on its settings (UsageError). report: the settings it reports.
+    f(baseline), which the caller computes in the prediction's run. check: constraints on its
+    settings that the settings spec (blackbox_sal.vocabulary.config) cannot say, checked before it runs
+    (UsageError); ranges and names belong in the spec. report: the settings it reports.
     """
 
     run: Callable[[Problem], Work[Attribution]]

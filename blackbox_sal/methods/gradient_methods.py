@@ -12,23 +12,15 @@ tokens; :func:`identical_rows` detects that and the methods say so.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
 from blackbox_sal.reductions import LINEAR, REDUCTIONS
-from blackbox_sal.vocabulary.errors import UsageError
 from blackbox_sal.vocabulary.runs import Work
-
-if TYPE_CHECKING:
-    from blackbox_sal.vocabulary.config import ExplainConfig
 
 DEGENERATE_NOTE = ("every token has the same gradient (the model averages its embeddings, e.g. "
                    "global average pooling): gradient norms cannot rank tokens; use grad-x-input "
                    "or ig, which weigh the gradient by each token's own embedding")
-#: the most SmoothGrad samples one explanation may ask for
-MAX_SAMPLES = 10_000
 
 
 def identical_rows(grad: np.ndarray, rtol: float = 1e-2) -> bool:
@@ -84,17 +76,8 @@ def smoothgrad(problem: Problem) -> Work[Attribution]:
     return _gradient_attribution(total / cfg.samples, problem.reduce)
 
 
-def _check_smoothgrad(cfg: ExplainConfig) -> None:
-    if isinstance(cfg.samples, bool) or not isinstance(cfg.samples, int) or not 1 <= cfg.samples <= MAX_SAMPLES:
-        raise UsageError(f"samples must be an integer from 1 to {MAX_SAMPLES:,}, got {cfg.samples!r}")
-    if not 0 <= cfg.noise < float("inf"):
-        raise UsageError(f"noise must be a finite number >= 0, got {cfg.noise!r}")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**63:
-        raise UsageError(f"seed must be an integer from 0 to 2^63 - 1, got {cfg.seed!r}")
-
-
 SALIENCY = MethodSpec(saliency, "the norm of each token's gradient (the paper's ranking)", "l2", local=True)
 GRAD_X_INPUT = MethodSpec(grad_x_input, "each token's embedding times its gradient", "sum", local=True)
 SMOOTHGRAD = MethodSpec(
-    smoothgrad, "gradients averaged over noisy copies of the input", "l2", local=True, check=_check_smoothgrad,
+    smoothgrad, "gradients averaged over noisy copies of the input", "l2", local=True,
     report=lambda cfg, result: {"samples": cfg.samples, "noise": cfg.noise, "seed": cfg.seed})

@@ -20,17 +20,11 @@ import numpy as np
 from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
 from blackbox_sal.methods.quadrature import QUADRATURES
 from blackbox_sal.reductions import LINEAR, REDUCTIONS
-from blackbox_sal.vocabulary.errors import UsageError, unknown_choice
 from blackbox_sal.vocabulary.runs import Work
+from blackbox_sal.vocabulary.settings import AUTO  # steps="auto"; the most steps is the settings spec's
 
 if TYPE_CHECKING:
     from blackbox_sal.vocabulary.config import ExplainConfig
-
-#: ``steps="auto"``: integrated gradients add nested nodes until they converge
-AUTO = "auto"
-#: the most nodes a fixed rule may use (Gauss-Legendre's nodes cost O(m^2) memory to compute;
-#: 1,024 takes 8 MB, and no text seen here needed more than 257)
-MAX_STEPS = 1024
 
 SAME_AS_BASELINE_NOTE = ("the input equals the baseline, so every attribution is zero; choose "
                          "another --baseline")
@@ -139,21 +133,6 @@ def _adaptive(problem: Problem, diff: np.ndarray, gap: float,
         f"estimate is {estimates[-1]:.3g} against attributions of total size {size:.3g}",)
 
 
-def _check(cfg: ExplainConfig) -> None:
-    if cfg.quadrature not in QUADRATURES:
-        raise unknown_choice("quadrature", cfg.quadrature, QUADRATURES)
-    if cfg.steps == AUTO:
-        if cfg.quadrature not in ("gauss-legendre", "clenshaw-curtis"):
-            raise UsageError(f"steps 'auto' adds nested Clenshaw-Curtis nodes; it does not combine "
-                             f"with the {cfg.quadrature} rule (give a number of steps instead)")
-    elif isinstance(cfg.steps, bool) or not isinstance(cfg.steps, int) or not 1 <= cfg.steps <= MAX_STEPS:
-        raise UsageError(f"steps must be an integer from 1 to {MAX_STEPS:,} or 'auto', got {cfg.steps!r}")
-    elif cfg.quadrature in ("trapezoid", "clenshaw-curtis") and cfg.steps < 2:
-        raise UsageError(f"the {cfg.quadrature} rule needs steps >= 2")
-    if not 0 < cfg.tolerance < 1:
-        raise UsageError(f"tolerance must be in (0, 1), got {cfg.tolerance!r}")
-
-
 def _report(cfg: ExplainConfig, result: Attribution) -> dict[str, object]:
     if cfg.steps == AUTO:
         return {"steps": result.nodes, "quadrature": "clenshaw-curtis", "steps_auto": True,
@@ -163,4 +142,4 @@ def _report(cfg: ExplainConfig, result: Attribution) -> dict[str, object]:
 
 INTEGRATED_GRADIENTS = MethodSpec(
     integrated_gradients, "gradients integrated along the straight path from the baseline", "sum",
-    uses_baseline=True, baseline_value=True, check=_check, report=_report)
+    uses_baseline=True, baseline_value=True, report=_report)

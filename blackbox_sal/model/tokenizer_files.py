@@ -51,8 +51,8 @@ from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from blackbox_sal.vocabulary.errors import ModelError
 from blackbox_sal.model import files
+from blackbox_sal.vocabulary.errors import ModelError
 
 #: the roles of special tokens, and the names files give them
 ROLES = ("pad", "unk", "cls", "sep", "bos", "eos", "mask")

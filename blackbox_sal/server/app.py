@@ -36,8 +36,7 @@ from starlette.types import Receive, Scope, Send
 from blackbox_sal import __version__
 from blackbox_sal.api.explaining import prediction_work, runner
 from blackbox_sal.engine.service import Busy, DeadlineExceeded, EngineService, Stopped
-from blackbox_sal.gradient_graph.store import gradient_session
-from blackbox_sal.gradients.backend import BACKENDS
+from blackbox_sal.gradients.backend import BACKENDS, choose_backend
 from blackbox_sal.jobs.batch import work_for
 from blackbox_sal.jobs.datasets import Row
 from blackbox_sal.methods import METHODS
@@ -47,15 +46,15 @@ from blackbox_sal.server.protocol import (
     HttpError,
     Limits,
     check_json_type,
-    config_of,
     explanation_object,
     infer_rows,
     instance_rows,
     parse_json,
+    settings_of,
     status_of,
 )
 from blackbox_sal.vocabulary.config import ExplainConfig
-from blackbox_sal.vocabulary.errors import ModelError, SalError, UsageError
+from blackbox_sal.vocabulary.errors import SalError, UsageError
 from blackbox_sal.vocabulary.result import Prediction
 from blackbox_sal.vocabulary.runs import Work
 
@@ -131,7 +130,7 @@ class Server:
         self.app = _Bounded(Starlette(routes=routes, exception_handlers={HTTPException: _http_exception,
                                                                           Exception: _internal}),
                             self.limits.max_connections, {r.endpoint: r.path for r in routes})
-        self.openapi_doc = openapi_document(self)
+        self.openapi_doc = openapi_document(list(self.served), self.defaults, self.limits)
 
     def stop(self, drain: bool = True) -> None:
         """Readiness off; with ``drain`` the queued and admitted work is finished first."""
@@ -318,14 +317,7 @@ class Server:
     def _settings(self, parameters: Any) -> tuple[ExplainConfig, float]:
         """The request's config and its deadline (``parameters.deadline`` seconds, at most the
         server's)."""
-        deadline = self.limits.deadline
-        if isinstance(parameters, dict) and "deadline" in parameters:
-            parameters = dict(parameters)
-            asked = parameters.pop("deadline")
-            if isinstance(asked, bool) or not isinstance(asked, int | float) or not 0 < asked <= deadline:
-                raise HttpError(400, f"deadline must be a number of seconds above 0 and at most {deadline:g}")
-            deadline = float(asked)
-        return config_of(parameters, self.defaults, self.limits.max_chars), deadline
+        return settings_of(parameters, self.defaults, self.limits)
 
     async def _run(self, served: Served, works: Sequence[Work[Any]],
                    seconds: float) -> list[tuple[Any, float] | HttpError]:
@@ -407,16 +399,10 @@ class _Bounded:
 
 def _warm(model: TextModel, cfg: ExplainConfig) -> bool:
     """Build (or read) the model's verified gradient graph before the server is ready, so no
-    request waits for it. False when the model has none (finite differences answer)."""
-    if cfg.backend == "fd" or model.features is not None:
+    request waits for it. False when finite differences answer (:func:`choose_backend`)."""
+    if model.features is not None:  # feature models build their graphs when first asked
         return False
-    try:
-        gradient_session(model)
-    except ModelError:
-        if cfg.backend == "graph":
-            raise
-        return False
-    return True
+    return choose_backend(cfg.backend, model).name == "graph"
 
 
 def _timed(future: Future[Any], start: float) -> Future[tuple[Any, float]]:

@@ -4,22 +4,14 @@ described by the result schema the CLI's JSON follows (``render/explanation.sche
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from blackbox_sal import __version__
-from blackbox_sal.gradients.backend import BACKENDS
-from blackbox_sal.gradients.finite_differences import SCHEMES
-from blackbox_sal.methods import METHODS
-from blackbox_sal.methods.gradient_methods import MAX_SAMPLES
-from blackbox_sal.methods.integrated_gradients import MAX_STEPS
-from blackbox_sal.methods.quadrature import QUADRATURES
-from blackbox_sal.reductions import REDUCTIONS
-from blackbox_sal.vocabulary.config import AUTO, LONG, MAX_DIRECTION
-from blackbox_sal.vocabulary.scores import SCORES
-
-if TYPE_CHECKING:
-    from blackbox_sal.server.app import Server
+from blackbox_sal.vocabulary.choices import BACKENDS
+from blackbox_sal.vocabulary.config import SETTINGS, ExplainConfig, Limits
+from blackbox_sal.vocabulary.settings import Number
 
 _REF = "#/components/schemas/"
 
@@ -59,48 +51,25 @@ _STATUS = {
 _WORK = (400, 404, 408, 413, 415, 422, 429, 503, 504)
 
 
-def _parameters_schema(server: Server) -> dict[str, Any]:
-    """The options a request may give in ``parameters``: the ExplainConfig fields, and deadline.
-    Names are enums and numbers have the ranges ExplainConfig.validated checks, so a request
-    the document allows is refused only for what a schema cannot say (a label or baseline
-    token the model lacks, combinations: steps 'auto' with a rule other than gauss-legendre
-    or clenshaw-curtis, trapezoid or clenshaw-curtis with 1 step, richardson with forward)."""
-    d = server.defaults
-    return {
-        "type": "object", "additionalProperties": False,
-        "description": "Options (the CLI's, without dashes); the server's settings are the defaults.",
-        "properties": {
-            "method": {"enum": list(METHODS), "default": d.method},
-            "backend": {"enum": list(BACKENDS), "default": d.backend},
-            "target": {"type": ["string", "integer", "null"],
-                       "description": "the explained class: label or index (default: the prediction)"},
-            "score": {"enum": list(SCORES), "default": d.score},
-            "steps": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_STEPS}, {"const": AUTO}],
-                      "description": "integrated-gradients nodes, or 'auto'"},
-            "tolerance": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-            "quadrature": {"enum": list(QUADRATURES), "default": d.quadrature},
-            "baseline": {"type": "string", "pattern": "\\S",
-                         "description": "pad, zero, unk, mask or a single token of the model's vocabulary"},
-            "reduce": {"enum": [*REDUCTIONS, None]},
-            "words": {"type": "boolean"},
-            "fd_step": {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-                                  {"type": "null"}]},
-            "richardson": {"type": "boolean"},
-            "fd_scheme": {"enum": list(SCHEMES), "default": d.fd_scheme},
-            "samples": {"type": "integer", "minimum": 1, "maximum": MAX_SAMPLES},
-            "noise": {"type": "number", "minimum": 0},
-            "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
-            "long": {"enum": list(LONG), "default": d.long},
-            "window_overlap": {"type": ["integer", "null"], "minimum": 0},
-            "direction": {"oneOf": [{"type": "array", "minItems": 1, "maxItems": MAX_DIRECTION,
-                                     "items": {"type": "number"}, "contains": {"not": {"const": 0}}},
-                                    {"type": "null"}],
-                          "description": "for an embedding model: explain the output's projection on this vector "
-                                         "(as long as the output, not all zero)"},
-            "deadline": {"type": "number", "exclusiveMinimum": 0, "maximum": server.limits.deadline,
-                         "description": "seconds this request may take (at most the server's deadline)"},
-        },
-    }
+def parameters_schema(defaults: ExplainConfig, limits: Limits) -> dict[str, Any]:
+    """What a request may give in ``parameters``: the settings spec's request entries, with the
+    server's settings as their defaults. Names are enums and numbers have the ranges
+    ExplainConfig.validated checks, so a request the document allows is refused only for what a
+    schema cannot say (a label or baseline token the model lacks, combinations: steps 'auto'
+    with a rule other than gauss-legendre or clenshaw-curtis, trapezoid or clenshaw-curtis with
+    1 step, richardson with forward)."""
+    properties: dict[str, Any] = {}
+    for entry in SETTINGS:
+        if not entry.request:
+            continue
+        if entry.name == "deadline":  # a request may ask for less than the server's deadline
+            entry = replace(entry, kind=Number(0, limits.deadline, low_open=True))
+            properties[entry.name] = entry.json_schema()
+        else:
+            properties[entry.name] = entry.json_schema(getattr(defaults, entry.name))
+    return {"type": "object", "additionalProperties": False,
+            "description": "Options (the CLI's, without dashes); the server's settings are the defaults.",
+            "properties": properties}
 
 
 def _result_schemas() -> dict[str, Any]:
@@ -114,10 +83,9 @@ def _result_schemas() -> dict[str, Any]:
     return schemas
 
 
-def openapi_document(server: Server) -> dict[str, Any]:
-    """The document for this server (its models are named in the path's enum)."""
-    limits = server.limits
-    names = list(server.served)
+def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) -> dict[str, Any]:
+    """The document for a server of the models ``names`` (named in the path's enum), its
+    defaults and limits."""
     explainers = [n + "-explainer" for n in names]
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_chars}
     parameters = {"anyOf": [_ref("Parameters"), {"type": "null"}], "description": "null: the defaults"}
@@ -150,7 +118,7 @@ def openapi_document(server: Server) -> dict[str, Any]:
                           "description": "in place of an instance that failed while others succeeded",
                           "properties": {"id": {"type": "string"}, "error": {"type": "string"},
                                          "status": {"type": "integer", "minimum": 400, "maximum": 599}}},
-        "Parameters": _parameters_schema(server),
+        "Parameters": parameters_schema(defaults, limits),
         "Instances": instances(instance),
         "PredictInstances": instances(text_only),
         "Prediction": {"type": "object", "required": ["index", "label", "scores", "top"],
@@ -270,4 +238,4 @@ def openapi_document(server: Server) -> dict[str, Any]:
     }
 
 
-__all__ = ["openapi_document"]
+__all__ = ["openapi_document", "parameters_schema"]

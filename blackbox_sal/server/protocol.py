@@ -32,18 +32,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from blackbox_sal import __version__
 from blackbox_sal.jobs.datasets import Row
 from blackbox_sal.render.json import document
-from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.config import SETTINGS, ExplainConfig
+from blackbox_sal.vocabulary.config import Limits as Limits  # the server's limits live with the settings spec
 from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, TooLongError, UnavailableError, UsageError
+from blackbox_sal.vocabulary.settings import Setting, request_value
 
-#: request parameters that map onto ExplainConfig fields (the rest are refused)
-PARAMETERS = frozenset(f.name for f in dataclasses.fields(ExplainConfig)) - {"progress", "max_chars",
-                                                                             "batch_size", "tokens_per_run"}
+#: what a request's ``parameters`` may hold, by name (the settings spec's ``request`` entries;
+#: ``deadline`` is the server's, the rest ExplainConfig's); the rest are refused
+REQUEST: dict[str, Setting] = {e.name: e for e in SETTINGS if e.request}
+#: request parameters that map onto ExplainConfig fields
+PARAMETERS = frozenset(name for name, e in REQUEST.items() if e.owner == ExplainConfig.__name__)
 
 
 class HttpError(Exception):
@@ -119,48 +122,26 @@ def _unicode(data: Any) -> bool:
     return True
 
 
-_STR, _NUM = (str,), (int, float)
-#: each parameter's JSON types (bool is not a number here); ExplainConfig.validated checks the values
-_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
-    **{name: (_STR, "a string") for name in ("method", "backend", "score", "quadrature", "baseline",
-                                             "fd_scheme", "long")},
-    "reduce": ((str, type(None)), "a string or null"),
-    "target": ((str, int, type(None)), "a label, an index or null"),
-    "steps": ((str, int), "an integer or 'auto'"),
-    **{name: (_NUM, "a number") for name in ("tolerance", "noise")},
-    "fd_step": ((int, float, type(None)), "a number or null"),
-    **{name: ((bool,), "true or false") for name in ("words", "richardson")},
-    **{name: ((int,), "an integer") for name in ("samples", "seed")},
-    "window_overlap": ((int, type(None)), "an integer or null"),
-    "direction": ((list, type(None)), "a list of numbers or null"),
-}
-
-
-def config_of(parameters: Any, defaults: ExplainConfig, max_chars: int) -> ExplainConfig:
-    """The request's ExplainConfig: the server's defaults with the request's parameters."""
+def settings_of(parameters: Any, defaults: ExplainConfig, limits: Limits) -> tuple[ExplainConfig, float]:
+    """The request's ExplainConfig (the server's defaults with the request's parameters) and its
+    deadline in seconds (``parameters.deadline``, above 0 and at most the server's)."""
     if parameters is None:
         parameters = {}
     if not isinstance(parameters, dict):
         raise HttpError(400, "parameters must be a JSON object")
-    unknown = sorted(set(parameters) - PARAMETERS)
+    unknown = sorted(set(parameters) - set(REQUEST))
     if unknown:
         raise HttpError(400, f"unknown parameter {', '.join(map(repr, unknown))} "
-                             f"(known: {', '.join(sorted(PARAMETERS))})")
-    values = dict(parameters)
-    for name, value in values.items():
-        kinds, what = _KINDS.get(name, ((), ""))
-        if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
-            raise HttpError(400, f"parameter {name} must be {what}, got {json.dumps(value)[:80]}")
-    if "direction" in values and values["direction"] is not None:
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values["direction"]):
-            raise HttpError(400, "direction must be a list of numbers")
-        values["direction"] = tuple(values["direction"])
+                             f"(known: {', '.join(sorted(REQUEST))})")
     try:
-        return dataclasses.replace(defaults, **values, max_chars=max_chars).validated()
+        values = {name: request_value(REQUEST[name], value) for name, value in parameters.items()}
+        deadline = values.pop("deadline", None)
+        if deadline is not None and not 0 < deadline <= limits.deadline:
+            raise UsageError(f"deadline must be a number of seconds above 0 and at most {limits.deadline:g}")
+        config = dataclasses.replace(defaults, **values, max_chars=limits.max_chars).validated()
     except SalError as exc:
         raise HttpError(400, str(exc)) from None
-    except TypeError as exc:
-        raise HttpError(400, f"a parameter has the wrong type: {exc}") from None
+    return config, limits.deadline if deadline is None else float(deadline)
 
 
 def _text(value: Any, where: str, max_chars: int) -> str:
@@ -283,44 +264,3 @@ def _request_id(data: dict[str, Any]) -> None:
 def explanation_object(result: object, seconds: float) -> dict[str, Any]:
     """The CLI's JSON object of a result, with the version that made it and the time it took."""
     return {**document(result), "producer": {"version": __version__, "seconds": round(seconds, 6)}}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What the server accepts, per request and in all (see the README's server section).
-
-    max_body: bytes per request body. max_chars: characters per text. max_instances: texts
-    per request. max_active: works (texts) the engine runs together. queue_size: works waiting
-    beyond those (429 beyond). deadline: seconds a request may take at most (504 beyond).
-    batch_window: seconds the engine waits after a first text for others to share its runs.
-    max_reading: bodies of ``max_body`` bytes being read at once: the bodies being read hold
-    at most ``max_reading`` × ``max_body`` bytes in all (503 beyond); a client that stops
-    sending holds what it sent. read_timeout: seconds a body may take to arrive in full (408
-    beyond; also the longest a connection may take to send a request's headers).
-    max_connections: requests answered at the same time (503 beyond).
-    """
-
-    max_body: int = 64 * 1024**2
-    max_chars: int = 100_000
-    max_instances: int = 256
-    max_active: int = 64
-    queue_size: int = 256
-    deadline: float = 30.0
-    batch_window: float = 0.005
-    max_reading: int = 4
-    max_connections: int = 256
-    read_timeout: float = 10.0
-
-    def validated(self) -> Limits:
-        """Itself, or UsageError naming the setting out of range."""
-        ranges: dict[str, tuple[float, float]] = {
-            "max_body": (1, 2**31), "max_chars": (1, 10_000_000), "max_instances": (1, 4096),
-            "max_active": (1, 4096), "queue_size": (1, 1_000_000), "deadline": (0.001, 3600),
-            "batch_window": (0, 1), "max_reading": (1, 1024), "max_connections": (1, 100_000),
-            "read_timeout": (0.01, 3600)}
-        for name, (low, high) in ranges.items():
-            value = getattr(self, name)
-            if not low <= value <= high:
-                flag = "--" + {"queue_size": "queue"}.get(name, name).replace("_", "-")
-                raise UsageError(f"{flag} must be from {low:g} to {high:g}, got {value}")
-        return self

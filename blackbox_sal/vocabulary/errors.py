@@ -58,6 +58,13 @@ class UnavailableError(SalError):
     exit_code = 4
 
 
+class Interrupted(SalError, KeyboardInterrupt):
+    """Ctrl-C during a job that saves its work, with what was saved and how to go on (exit code
+    130). A KeyboardInterrupt too, so that code catching the interrupt still does."""
+
+    exit_code = 130
+
+
 def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> UsageError:
     """A UsageError for an unknown registry name: lists the choices, suggests the closest."""
     options = sorted(choices)
