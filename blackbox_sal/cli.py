@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -28,7 +29,7 @@ from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.quadrature import QUADRATURES
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.loading import load_model
-from blackbox_sal.model.session import DEVICES
+from blackbox_sal.model.session import DEFAULT_TIMEOUT, DEVICES, time_limit
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.reductions import REDUCTIONS
 from blackbox_sal.render import FORMATS, render_html, render_json, render_terminal
@@ -39,7 +40,8 @@ from blackbox_sal.tasks import explain_choices, explain_generation, explain_simi
 from blackbox_sal.text.printable import printable
 
 EPILOG = """exit codes: 0 ok, 2 bad usage or input, 3 model cannot be loaded or used,
-4 backend or device not available, 1 internal error (a bug), 130 interrupted.
+4 backend or device not available, 5 a model run passed --timeout, 1 internal error (a bug),
+130 interrupted.
 Environment: NO_COLOR disables colour in the terminal format."""
 
 
@@ -65,6 +67,9 @@ def _model_options(p: argparse.ArgumentParser, required: bool = False, serving: 
     p.add_argument("--no-verify", action="store_true",
                    help="skip checking the embedding split against the original model")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or cost messages")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"stop any one model run (loading's checks included) after SECONDS, exit 5 "
+                        f"(default: {DEFAULT_TIMEOUT:g})")
 
 
 def _method_options(p: argparse.ArgumentParser, many: str | None = None) -> None:
@@ -636,18 +641,27 @@ def _grad(a: argparse.Namespace) -> None:
                     f"written to {path}"))
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines as printable text: model names and paths in them come from untrusted folders,
+    and an escape sequence among them must not reach the terminal (as errors do not)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), keep_newlines=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log = logging.getLogger("blackbox_sal")
     if not getattr(args, "quiet", False) and not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("blackbox-sal: %(message)s"))
+        handler.setFormatter(_PrintableFormatter("blackbox-sal: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     try:
-        with np.errstate(all="ignore"), warnings.catch_warnings():
+        with np.errstate(all="ignore"), warnings.catch_warnings(), contextlib.ExitStack() as stack:
             # a model's overflowing numbers are reported once, as non-finite scores or an error
             warnings.simplefilter("ignore", RuntimeWarning)
+            stack.enter_context(time_limit(getattr(args, "timeout", DEFAULT_TIMEOUT)))
             {"explain": _explain, "batch": _batch, "grad": _grad, "serve": _serve, "global": _global, "eval": _eval,
              "sanity": _sanity, "swaps": _swaps}[args.command](args)
     except SalError as exc:

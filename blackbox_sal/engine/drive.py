@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from blackbox_sal.engine.runner import Runner
-from blackbox_sal.errors import SalError
+from blackbox_sal.errors import DeadlineError, SalError
 from blackbox_sal.runs import All, Request, Work
 
 T = TypeVar("T")
@@ -116,6 +116,8 @@ def _step(entry: _Active[T], done: dict[int, T | SalError]) -> bool:
         return True
     except StopIteration as stop:
         done[entry.index] = stop.value
+    except DeadlineError:  # a run past its time limit ends the whole drive, not one work
+        raise
     except SalError as exc:
         done[entry.index] = exc
     return False
@@ -146,6 +148,8 @@ def _land(lane: _Lane[T], runner: Runner, done: dict[int, T | SalError]) -> None
     assert lane.flight is not None
     try:
         results = lane.flight.result()
+    except DeadlineError:  # not a bad row: running each piece alone would only wait as long again
+        raise
     except SalError:  # one piece's rows broke a shared run: run each piece alone to find which
         results = None
     lane.flight = None
@@ -164,6 +168,8 @@ def _alone(entry: _Active[T], runner: Runner, done: dict[int, T | SalError]) -> 
     requests = list(asked.requests) if isinstance(asked, All) else [asked]
     try:
         results = runner.execute([r for r in requests if r is not None])
+    except DeadlineError:
+        raise
     except SalError as exc:
         entry.work.close()
         done[entry.index] = exc

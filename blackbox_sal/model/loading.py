@@ -24,13 +24,14 @@ from tokenizers import Tokenizer
 
 from blackbox_sal.baselines import baseline_token
 from blackbox_sal.differences import mean_row_norm
-from blackbox_sal.errors import ModelError, UsageError
+from blackbox_sal.errors import InputError, ModelError, UsageError
 from blackbox_sal.model import files
-from blackbox_sal.model.features import Featurizer, tokenizer_pattern
+from blackbox_sal.model.features import Featurizer, feature_count, tokenizer_pattern
 from blackbox_sal.model.model_config import ModelConfig, pooling_folder, sentence_transformers_pooling
 from blackbox_sal.model.session import create_session, run
 from blackbox_sal.model.text_model import TextModel, int_feeds
 from blackbox_sal.surgery.names import EMBEDS, IDS, KNOWN_INPUTS, MASK
+from blackbox_sal.text.tokenization import encode
 
 if TYPE_CHECKING:  # onnx and the surgery are imported where a graph is rewritten, not with this module
     import onnx
@@ -179,7 +180,7 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
             raise ModelError("the pipeline tokenizes without a pattern (tokenexp): blackbox-sal cannot find its "
                              "words in the text")
         words = vocabulary(pipe.vectorizer)
-        columns = [""] * pipe.size
+        columns = [""] * feature_count(pipe.size, "the pipeline's vectorizer")
         for word, column in words.items():
             columns[column] = word
         featurizer = Featurizer(
@@ -202,7 +203,8 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
             tokenizer = files.read_tokenizer(files.require_tokenizer(found))
             tokenizer.no_truncation()
             tokenizer.no_padding()
-            size = dims[1].dim_value or tokenizer.get_vocab_size(with_added_tokens=True)
+            size = feature_count(dims[1].dim_value or tokenizer.get_vocab_size(with_added_tokens=True),
+                                 f"input {floats[0].name!r}")
             vocab = {i: w for w, i in tokenizer.get_vocab(with_added_tokens=True).items()}
             featurizer = Featurizer("bag-of-words", size, tuple(vocab.get(k, f"<{k}>") for k in range(size)),
                                     tokenizer=tokenizer, binary=config.binary)
@@ -210,6 +212,7 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
             size = dims[1].dim_value
             if size <= 0:
                 raise ModelError("a features model must fix its number of features (input [batch, F])")
+            feature_count(size, f"input {floats[0].name!r}")
             names = config.feature_names or tuple(f"x{k}" for k in range(size))
             if len(names) != size:
                 raise ModelError(f"config.json names {len(names)} features; the model takes {size}")
@@ -358,8 +361,16 @@ def _pad_id(tokenizer: Tokenizer) -> int | None:
 
 
 def _probe(model: TextModel) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A real sentence as ids, type ids and mask (padded for a fixed-length export)."""
-    ids = np.array(model.tokenizer.encode(_PROBE_TEXT).ids, dtype=np.int64)[: model.max_length or None]
+    """A real sentence as ids, type ids and mask (padded for a fixed-length export); where
+    the tokenizer cannot encode it (no unknown token for its characters, a panic), the first
+    ordinary tokens of the vocabulary."""
+    try:
+        found = encode(model.tokenizer, _PROBE_TEXT).ids
+    except InputError:
+        added = set(model.tokenizer.get_added_tokens_decoder())
+        found = [i for i in range(min(model.tokenizer.get_vocab_size(with_added_tokens=True), 64))
+                 if i not in added][:8] or [0]
+    ids = np.array(found, dtype=np.int64)[: model.max_length or None]
     return model.pad(ids, np.zeros_like(ids))
 
 

@@ -14,11 +14,12 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from blackbox_sal.errors import ModelError
+from blackbox_sal.errors import InputError, ModelError
 from blackbox_sal.model.features import Featurizer
 from blackbox_sal.model.model_config import ModelConfig
 from blackbox_sal.model.session import batches, on_cuda, run
 from blackbox_sal.surgery.names import EMBEDS, IDS, MASK, POSITIONS, TYPES
+from blackbox_sal.text.tokenization import encode
 
 #: tasks (what the explained output is): a class score, the next token of a causal LM, or
 #: the score of one (context, choice) sequence of a multiple-choice model
@@ -137,7 +138,10 @@ class TextModel:
             found = self.tokenizer.token_to_id(text)
             if found is not None:
                 return int(found)
-            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+            try:
+                ids = encode(self.tokenizer, text, add_special_tokens=False).ids
+            except InputError:  # not text the tokenizer can read: not one of its tokens either
+                continue
             if len(ids) == 1:
                 return int(ids[0])
         return None

@@ -30,7 +30,15 @@ from typing import Any
 from blackbox_sal import __version__
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.datasets import Row
-from blackbox_sal.errors import InputError, ModelError, SalError, TooLongError, UnavailableError, UsageError
+from blackbox_sal.errors import (
+    DeadlineError,
+    InputError,
+    ModelError,
+    SalError,
+    TooLongError,
+    UnavailableError,
+    UsageError,
+)
 from blackbox_sal.render.json import document
 
 #: request parameters that map onto ExplainConfig fields (the rest are refused)
@@ -54,6 +62,8 @@ def status_of(error: SalError) -> int:
         return 400
     if isinstance(error, ModelError):
         return 422
+    if isinstance(error, DeadlineError):  # a model run past --timeout, stopped
+        return 504
     return 500
 
 

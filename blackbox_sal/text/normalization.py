@@ -1,0 +1,104 @@
+"""How far a tokenizer's normalizer can expand a text, checked before it runs.
+
+A ``tokenizers`` normalizer rewrites the text before it is split: ``Replace`` puts a string of
+any length in place of each match, and a ``Sequence`` of them multiplies (one ``Replace`` of a
+character by a thousand copies of itself, three times over, makes 10^9 characters of each).
+The Rust library allocates the result, and about 16 bytes of alignment per byte of it, without
+a bound: a short text becomes gigabytes, then an abort. Two checks keep it bounded:
+
+- at load, :func:`check_normalizer` refuses a normalizer whose worst case per character
+  (:func:`expansion`, from its JSON) exceeds :data:`MAX_EXPANSION`: the product over a
+  ``Sequence`` of each step's factor, ``len(content) / len(pattern)`` for a string
+  ``Replace``, ``1 + len(content)`` for a regex one (a regex may match the empty string),
+  ``1 + len(prepend)`` for ``Prepend``, 1 for the steps whose expansion Unicode bounds (NFKC
+  and friends, lowercasing, BERT's, a SentencePiece charsmap: at most 18 characters each,
+  which the second check counts);
+- per text, :func:`check_normalized` adds up the normalized length of each distinct character
+  (times its count) and refuses a text over the character cap once normalized, before the
+  whole text is normalized. The estimate is exact for normalizers that act character by
+  character; a multi-character pattern can exceed it by at most the factor the first check
+  allowed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from blackbox_sal.errors import InputError, ModelError, TooLongError
+
+#: the most characters a normalizer may make of one character, by its own data (Replace, Prepend)
+MAX_EXPANSION = 100
+
+_NOT_PANICS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def expansion(spec: Any) -> float:
+    """The worst-case characters out per character in of a normalizer's JSON ``spec`` (see the
+    module docstring); unknown kinds count 1 (the per-text check still measures them)."""
+    if not isinstance(spec, dict):
+        return 1.0
+    kind = spec.get("type")
+    if kind == "Sequence":
+        factor = 1.0
+        for step in spec.get("normalizers") or []:
+            factor *= expansion(step)
+        return factor
+    if kind == "Replace":
+        pattern, content = spec.get("pattern") or {}, spec.get("content")
+        width = len(content) if isinstance(content, str) else 0
+        if isinstance(pattern, dict) and isinstance(pattern.get("String"), str) and pattern["String"]:
+            return max(1.0, width / len(pattern["String"]))
+        return 1.0 + width
+    if kind == "Prepend":
+        prepend = spec.get("prepend")
+        return 1.0 + (len(prepend) if isinstance(prepend, str) else 0)
+    return 1.0
+
+
+def check_normalizer(tokenizer: Tokenizer, where: str) -> None:
+    """ModelError (exit 3) when the tokenizer's normalizer can make more than MAX_EXPANSION
+    characters of one (``where`` names the file in the message)."""
+    normalizer = tokenizer.normalizer
+    if normalizer is None:
+        return
+    try:
+        spec = json.loads(normalizer.__getstate__())
+    except ValueError:  # a normalizer the library cannot write out: the per-text check remains
+        return
+    factor = expansion(spec)
+    if factor > MAX_EXPANSION:
+        raise ModelError(f"{where}: the tokenizer's normalizer can make up to {factor:,.0f} characters of one "
+                         f"(Replace or Prepend steps); at most {MAX_EXPANSION} are accepted")
+
+
+def normalized_length(tokenizer: Tokenizer, text: str) -> int:
+    """The length of ``text`` once normalized, estimated character by character (exact for
+    normalizers acting on single characters); InputError when the normalizer fails."""
+    normalizer = tokenizer.normalizer
+    if normalizer is None:
+        return len(text)
+    total = 0
+    try:
+        for ch, count in Counter(text).items():
+            total += count * len(normalizer.normalize_str(ch))
+    except Exception as exc:
+        raise InputError(f"the tokenizer's normalizer cannot read the text: {str(exc)[:200]}") from None
+    except BaseException as exc:
+        if isinstance(exc, _NOT_PANICS):
+            raise
+        raise InputError(f"the tokenizer's normalizer failed on the text (a panic in the tokenizers library: "
+                         f"{str(exc)[:200]})") from None
+    return total
+
+
+def check_normalized(tokenizer: Tokenizer, text: str, max_chars: int) -> None:
+    """TooLongError (exit 2; a server answers 413) when ``text`` would be over ``max_chars``
+    characters once normalized."""
+    n = normalized_length(tokenizer, text)
+    if n > max_chars:
+        raise TooLongError(f"the text has {n:,} characters once the tokenizer normalizes it ({len(text):,} as "
+                           f"written); at most {max_chars:,} are accepted")
