@@ -17,7 +17,8 @@ tokens_per_run      1 .. 10,000,000 rows x tokens per gradient run; default 8,19
 steps               1 .. 1,024 integration nodes, or "auto" (at most 257)
 samples             1 .. 10,000 SmoothGrad samples (run batch_size at a time)
 max_chars           1 .. 10,000,000 characters per text (default 100,000)
-fd_step, tolerance  in (0, 1);  noise finite and >= 0;  seed 0 .. 2^63 - 1
+fd_step             1e-6 .. 1 (below, float32 embeddings do not move: all-zero scores)
+tolerance           in (0, 1);  noise finite and >= 0;  seed 0 .. 2^63 - 1
 ==================  ===================================================================
 """
 
@@ -34,6 +35,9 @@ from blackbox_sal.methods import METHODS
 from blackbox_sal.reductions import REDUCTIONS
 from blackbox_sal.scores import SCORES
 from blackbox_sal.text.tokenization import MAX_CHARS
+
+#: the smallest finite-difference step, relative to a token's norm: float32 resolves 2^-23 ~ 1.2e-7
+MIN_FD_STEP = 1e-6
 
 #: what to do with a text over the model's token limit
 LONG = ("error", "window")
@@ -137,8 +141,11 @@ class ExplainConfig:
                 raise UsageError(f"{name} must be true or false, got {flag!r}")
         for spec in METHODS.values():
             spec.check(self)
-        if self.fd_step is not None and not 0 < self.fd_step < 1:
-            raise UsageError(f"fd_step must be in (0, 1), got {self.fd_step!r}")
+        if self.fd_step is not None and not MIN_FD_STEP <= self.fd_step < 1:
+            # a step under float32's resolution (2^-23 of the token's norm) leaves the embeddings
+            # where they are: every difference, and every score, would be zero without a word
+            raise UsageError(f"fd_step must be at least {MIN_FD_STEP:g} (float32 embeddings move by no less) and "
+                             f"below 1, got {self.fd_step!r}")
         if self.fd_scheme not in FD_SCHEMES:
             raise unknown_choice("finite-difference scheme", self.fd_scheme, FD_SCHEMES)
         if self.fd_scheme == "forward" and self.richardson:

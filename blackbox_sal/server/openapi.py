@@ -81,7 +81,7 @@ def _parameters_schema(server: Server) -> dict[str, Any]:
                          "description": "pad, zero, unk, mask or a single token of the model's vocabulary"},
             "reduce": {"enum": [*REDUCTIONS, None]},
             "words": {"type": "boolean"},
-            "fd_step": {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "fd_step": {"oneOf": [{"type": "number", "minimum": 1e-6, "exclusiveMaximum": 1},
                                   {"type": "null"}]},
             "richardson": {"type": "boolean"},
             "fd_scheme": {"enum": list(SCHEMES), "default": d.fd_scheme},
