@@ -36,6 +36,7 @@ from blackbox_sal.model import files
 from blackbox_sal.model.session import first_line
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.surgery.names import GRAD, WEIGHTS
+from blackbox_sal.text.printable import printable
 
 if TYPE_CHECKING:  # onnx is imported where a graph is built: an edge install runs shipped graphs only
     import onnx
@@ -148,7 +149,7 @@ def _trusted(model: TextModel, path: Path) -> GradientSession | None:
         _check_interface(model, cached)
         verify(model, cached)  # a graph changed digest and all is still caught here
     except ModelError as exc:
-        log.warning("the cached gradient graph %s fails its check (%s): building it again", path, exc)
+        log.warning("the cached gradient graph %s fails its check (%s): building it again", path, printable(str(exc)))
         return None
     log.debug("gradient graph from the cache: %s", path)
     return cached

@@ -65,15 +65,16 @@ def check_text(text: str, max_chars: int) -> None:
 _NOT_PANICS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
-def encode(tokenizer: Tokenizer, *texts: str, add_special_tokens: bool = True,
+def encode(tokenizer: Tokenizer, text: str, pair: str | None = None, add_special_tokens: bool = True,
            max_chars: int = MAX_CHARS) -> Encoding:
-    """``tokenizer.encode(*texts)`` after the check of the normalized length
+    """``tokenizer.encode(text, pair)`` after the check of the normalized length
     (:func:`~blackbox_sal.text.normalization.check_normalized`), with the library's errors and
     panics as one InputError (exit 2)."""
-    for text in texts:
-        check_normalized(tokenizer, text, max_chars)
+    for part in (text, pair):
+        if part is not None:
+            check_normalized(tokenizer, part, max_chars)
     try:
-        return tokenizer.encode(*texts, add_special_tokens=add_special_tokens)
+        return tokenizer.encode(text, pair, add_special_tokens=add_special_tokens)
     except Exception as exc:  # tokenizers raises a bare Exception ("Missing [UNK] token from the vocabulary")
         raise InputError(f"the tokenizer cannot encode the text: {_first_line(exc)}") from None
     except BaseException as exc:
