@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -349,3 +351,28 @@ def test_log_lines_escape_what_comes_from_the_model_folder(driven: dict[str, dic
 def test_the_cli_cases_take_seconds(driven: dict[str, dict[str, Any]]) -> None:
     """No case hangs: all of them, two runaway loops included, in one bounded run."""
     assert float(driven["_elapsed"]["stderr"]) < 240
+
+
+# --- item 9: the fuzz harness, a short draw ------------------------------------------------
+
+
+def test_fuzzed_model_folders_end_as_documented(tmp_path: Path) -> None:
+    """Hypothesis draws 12 folders (configs, tokenizers, graphs) and texts; one worker under a
+    3 GiB address-space limit runs each through the CLI and the API (tests/fuzz_models.py):
+    exit 0/2/3/4/5 with one error line, errors of the tree only, nothing killed or hung."""
+    pytest.importorskip("hypothesis", reason="the fuzz harness needs hypothesis (the dev extra)")
+    import fuzz_models
+    from hypothesis import HealthCheck, given, seed, settings
+    from hypothesis import strategies as st
+
+    tally: Counter[str] = Counter()
+
+    @seed(22)
+    @settings(max_examples=1, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(fuzz_models.CASES, min_size=12, max_size=12))
+    def draw(cases: list[dict[str, Any]]) -> None:
+        root = Path(tempfile.mkdtemp(dir=tmp_path))
+        assert fuzz_models.run_cases(cases, root, timeout=120, tally=tally) == []
+
+    draw()
+    assert sum(v for k, v in tally.items() if k.startswith("exit")) == 12
