@@ -310,9 +310,10 @@ def test_config_token_limits_of_zero_or_less_are_refused(driven: dict[str, dict[
 
 
 def test_labels_a_target_could_not_tell_apart_are_refused_naming_them(driven: dict[str, dict[str, Any]]) -> None:
-    assert "config.json labels 0 ('pos') and 1 ('pos') are both a target label could not tell them apart" in _error(
-        driven["labels-duplicate"], 3)
-    assert "labels 0 ('pos') and 1 (' pos ') are the same up to spaces:" in _error(driven["labels-spaces"], 3)
+    assert ("config.json labels 0 and 1 are both 'pos': a target label could not tell them apart; give each class "
+            "its own name") in _error(driven["labels-duplicate"], 3)
+    assert "labels 0 and 1 are 'pos' and ' pos ', the same up to spaces: a target label" in _error(
+        driven["labels-spaces"], 3)
 
 
 def test_batch_refuses_rows_that_are_not_utf8_instead_of_replacing(driven: dict[str, dict[str, Any]]) -> None:

@@ -203,9 +203,9 @@ def _distinct(labels: tuple[str, ...]) -> tuple[str, ...]:
         key = label.strip()
         if key in seen:
             first = labels[seen[key]]
-            same = "both" if first == label else "the same up to spaces:"
-            raise ModelError(f"config.json labels {seen[key]} ({first!r}) and {index} ({label!r}) are {same} "
-                             f"a target label could not tell them apart; give each class its own name")
+            same = f"both {label!r}" if first == label else f"{first!r} and {label!r}, the same up to spaces"
+            raise ModelError(f"config.json labels {seen[key]} and {index} are {same}: a target label could not "
+                             f"tell them apart; give each class its own name")
         seen[key] = index
     return labels
 
