@@ -13,17 +13,16 @@ a bound: a short text becomes gigabytes, then an abort. Two checks keep it bound
   ``1 + len(prepend)`` for ``Prepend``, 1 for the steps whose expansion Unicode bounds (NFKC
   and friends, lowercasing, BERT's, a SentencePiece charsmap: at most 18 characters each,
   which the second check counts);
-- per text, :func:`check_normalized` adds up the normalized length of each distinct character
-  (times its count) and refuses a text over the character cap once normalized, before the
-  whole text is normalized. The estimate is exact for normalizers that act character by
-  character; a multi-character pattern can exceed it by at most the factor the first check
-  allowed.
+- per text, :func:`check_normalized` normalizes the text in pieces of :data:`PIECE` characters,
+  adding up their lengths and stopping as soon as the sum is over the character cap: at most
+  one piece's expansion is ever held, and the text is refused before the tokenizer normalizes
+  it whole. The sum is exact for normalizers that act character by character; a pattern cut
+  at a piece's edge can change it by a few characters.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -32,6 +31,10 @@ from blackbox_sal.errors import InputError, ModelError, TooLongError
 
 #: the most characters a normalizer may make of one character, by its own data (Replace, Prepend)
 MAX_EXPANSION = 100
+
+#: characters normalized at a time by the per-text check (at most MAX_EXPANSION times 18 times
+#: as many come out: a few MB)
+PIECE = 1024
 
 _NOT_PANICS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
@@ -75,16 +78,18 @@ def check_normalizer(tokenizer: Tokenizer, where: str) -> None:
                          f"(Replace or Prepend steps); at most {MAX_EXPANSION} are accepted")
 
 
-def normalized_length(tokenizer: Tokenizer, text: str) -> int:
-    """The length of ``text`` once normalized, estimated character by character (exact for
-    normalizers acting on single characters); InputError when the normalizer fails."""
+def normalized_length(tokenizer: Tokenizer, text: str, stop: int | None = None) -> tuple[int, int]:
+    """(length once normalized, characters of ``text`` read for it): PIECE characters at a time
+    (exact for normalizers acting on single characters), up to the first sum over ``stop``.
+    InputError when the normalizer fails."""
     normalizer = tokenizer.normalizer
     if normalizer is None:
-        return len(text)
-    total = 0
+        return len(text), len(text)
+    total = read = 0
     try:
-        for ch, count in Counter(text).items():
-            total += count * len(normalizer.normalize_str(ch))
+        while read < len(text) and (stop is None or total <= stop):
+            total += len(normalizer.normalize_str(text[read:read + PIECE]))
+            read = min(read + PIECE, len(text))
     except Exception as exc:
         raise InputError(f"the tokenizer's normalizer cannot read the text: {str(exc)[:200]}") from None
     except BaseException as exc:
@@ -92,13 +97,14 @@ def normalized_length(tokenizer: Tokenizer, text: str) -> int:
             raise
         raise InputError(f"the tokenizer's normalizer failed on the text (a panic in the tokenizers library: "
                          f"{str(exc)[:200]})") from None
-    return total
+    return total, read
 
 
 def check_normalized(tokenizer: Tokenizer, text: str, max_chars: int) -> None:
     """TooLongError (exit 2; a server answers 413) when ``text`` would be over ``max_chars``
     characters once normalized."""
-    n = normalized_length(tokenizer, text)
+    n, read = normalized_length(tokenizer, text, stop=max_chars)
     if n > max_chars:
-        raise TooLongError(f"the text has {n:,} characters once the tokenizer normalizes it ({len(text):,} as "
-                           f"written); at most {max_chars:,} are accepted")
+        part = "" if read == len(text) else f", {n:,} from its first {read:,}"
+        raise TooLongError(f"the text would have over {max_chars:,} characters once the tokenizer normalizes it "
+                           f"({len(text):,} as written{part})")
