@@ -170,6 +170,10 @@ for k, call in enumerate(calls):
             except BaseException:
                 traceback.print_exc()
                 rc = 1
+            sys.stdout.flush(); sys.stderr.flush()
+            err.seek(0)
+            cli_err = err.read().decode("utf-8", "replace")
+            os.dup2(devnull, 2)  # the API's own output (a panic's note) is not the CLI's
             try:
                 with time_limit(float(sys.argv[4])):
                     explain(load_model(call["folder"]), call["text"], ExplainConfig(method=call["method"]))
@@ -182,8 +186,7 @@ for k, call in enumerate(calls):
             os.dup2(saved_out, 1); os.dup2(saved_err, 2)
             for fd in (saved_out, saved_err, devnull):
                 os.close(fd)
-        err.seek(0)
-        results.append({"rc": rc, "stderr": err.read().decode("utf-8", "replace"), "api": api})
+        results.append({"rc": rc, "stderr": cli_err, "api": api})
 json.dump(results, open(sys.argv[2], "w"))
 """
 
