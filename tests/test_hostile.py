@@ -204,6 +204,26 @@ def test_the_api_stops_a_runaway_model_within_its_time_limit(tmp_path: Path) -> 
             pass
 
 
+def test_the_watchdog_fires_late_runs_only_and_forgets_finished_ones() -> None:
+    """One alarm past its time terminates its options (and only those); 10,000 disarmed alarms
+    do not pile up in its heap (a batch makes millions of runs within one default limit)."""
+    import onnxruntime as ort
+
+    from blackbox_sal.model.session import _Watchdog
+
+    dog = _Watchdog()
+    late, kept = ort.RunOptions(), ort.RunOptions()
+    fired, spared = dog.arm(late, 0.05), dog.arm(kept, 0.2)
+    dog.disarm(spared)
+    for _ in range(10_000):
+        dog.disarm(dog.arm(ort.RunOptions(), 600.0))
+    assert len(dog.heap) < 200
+    time.sleep(0.5)
+    assert fired.fired and late.terminate and not spared.fired and not kept.terminate
+    dog.disarm(fired)  # after firing: a no-op, not a miscount
+    assert dog.cancelled >= 0 and all(not e[2].fired for e in dog.heap)
+
+
 # --- item 5: the cache as untrusted ---------------------------------------------------------
 
 
