@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from tokenizers import Tokenizer
 
-from blackbox_sal.text.tokenization import Tokens
-from blackbox_sal.vocabulary.errors import UsageError
+from blackbox_sal.text.tokenization import Tokens, encode
+from blackbox_sal.vocabulary.errors import InputError, UsageError
 
 #: baseline name -> token strings tried in order ("zero" uses no token)
 BASELINES: dict[str, tuple[str, ...]] = {
@@ -42,7 +42,10 @@ def baseline_token(tokenizer: Tokenizer, name: str) -> int | None:
     found = tokenizer.token_to_id(name)
     if found is not None:
         return int(found)
-    ids = tokenizer.encode(name, add_special_tokens=False).ids
+    try:
+        ids = encode(tokenizer, name, add_special_tokens=False).ids
+    except InputError:  # the tokenizer cannot read it (no unknown token, a panic): not a token
+        ids = []
     unknown = {tokenizer.token_to_id(t) for t in BASELINES["unk"]} - {None}
     if len(ids) == 1 and ids[0] not in unknown:
         return int(ids[0])

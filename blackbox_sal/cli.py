@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -25,6 +26,7 @@ from blackbox_sal.jobs.datasets import BadRow, Columns, Row, read_rows, sniff_co
 from blackbox_sal.methods import METHODS
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.loading import load_model
+from blackbox_sal.model.session import DEFAULT_TIMEOUT, time_limit
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.render import render_html, render_json, render_terminal
 from blackbox_sal.text.printable import printable
@@ -33,7 +35,8 @@ from blackbox_sal.vocabulary.errors import InputError, Interrupted, SalError, Un
 from blackbox_sal.vocabulary.settings import add_options, check_options, conflict, dest_of
 
 EPILOG = """exit codes: 0 ok, 2 bad usage or input, 3 model cannot be loaded or used,
-4 backend or device not available, 1 internal error (a bug), 130 interrupted.
+4 backend or device not available, 5 a model run passed --timeout, 1 internal error (a bug),
+130 interrupted.
 Environment: NO_COLOR disables colour in the terminal format."""
 SERVE_EPILOG = """
 HTTP statuses: 400 bad request, 404 unknown model or route, 408 body too slow, 413 too large, 415 not JSON,
@@ -346,6 +349,14 @@ def _grad(a: argparse.Namespace) -> None:
                     f"written to {path}"))
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines as printable text: model names and paths in them come from untrusted folders,
+    and an escape sequence among them must not reach the terminal (as errors do not)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), keep_newlines=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, commands = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -357,14 +368,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("blackbox_sal")
     if not getattr(args, "quiet", False) and not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("blackbox-sal: %(message)s"))
+        handler.setFormatter(_PrintableFormatter("blackbox-sal: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     try:
         check_options(args, args.command, SETTINGS)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
+        with np.errstate(all="ignore"), warnings.catch_warnings(), contextlib.ExitStack() as stack:
             # a model's overflowing numbers are reported once, as non-finite scores or an error
             warnings.simplefilter("ignore", RuntimeWarning)
+            stack.enter_context(time_limit(getattr(args, "timeout", DEFAULT_TIMEOUT)))
             {"explain": _explain, "batch": _batch, "grad": _grad, "serve": _serve, "global": _global, "eval": _eval,
              "sanity": _sanity, "swaps": _swaps}[args.command](args)
     except Interrupted as exc:  # a job that saved its work says what was saved

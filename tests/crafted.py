@@ -768,3 +768,129 @@ def drive(calls: list[tuple[list[str], Path]], out: Path, timeout: float = 300,
                    env={**os.environ, "NO_COLOR": "1"})
     results: list[dict[str, Any]] = json.loads(out.read_text())
     return results
+
+
+# --- hostile folders of the second round (issue 22): tests/test_hostile.py -------------------
+
+
+def _with_tokenizer(root: Path, edit: Callable[[dict[str, Any]], None], rows: int = 0) -> Path:
+    """The valid MLP folder (its table ``rows`` longer) whose tokenizer.json is tiny.py's with
+    ``edit`` applied to its JSON."""
+    table = np.vstack([TABLE, tiny.table(D, seed=9)[:rows]]) if rows else TABLE
+    folder = write(root, tiny.tanh_mlp(table, W1, B1, W2))
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    edit(spec)
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return folder
+
+
+#: a Split pattern that backtracks exponentially on a run of a's ending in a b: the regex engine
+#: stops at its retry limit and the Rust tokenizer panics (pyo3_runtime.PanicException)
+PANIC_PATTERN = r"(a|aa)+$"
+PANIC_TEXT = "the film " + "a" * 40 + "b"
+
+
+def panicking_pretokenizer(root: Path) -> Path:
+    return _with_tokenizer(root, lambda s: s.update(pre_tokenizer={
+        "type": "Sequence", "pretokenizers": [s["pre_tokenizer"], {
+            "type": "Split", "pattern": {"Regex": PANIC_PATTERN}, "behavior": "Isolated", "invert": False}]}))
+
+
+def panicking_probe(root: Path) -> Path:
+    """A pattern that panics on ordinary sentences of a dozen words (the loader's probe)."""
+    return _with_tokenizer(root, lambda s: s.update(pre_tokenizer={
+        "type": "Split", "pattern": {"Regex": r"(\w+\s*)+$"}, "behavior": "Isolated", "invert": False}))
+
+
+def _replace(pattern: str, content: str) -> dict[str, Any]:
+    return {"type": "Replace", "pattern": {"String": pattern}, "content": content}
+
+
+def expanding_normalizer(root: Path) -> Path:
+    """Three Replace steps, each making 1,000 characters of one: 10^9 per 'e'."""
+    return _with_tokenizer(root, lambda s: s.update(normalizer={
+        "type": "Sequence", "normalizers": [_replace("e", "e" * 1000)] * 3}))
+
+
+def widening_normalizer(root: Path) -> Path:
+    """One Replace making 50 characters of each 'e' (accepted at load; long texts are refused)."""
+    return _with_tokenizer(root, lambda s: s.update(normalizer=_replace("e", "e" * 50)))
+
+
+def _no_unknown(spec: dict[str, Any], words: list[str]) -> None:
+    spec["model"]["unk_token"] = "<not in the vocabulary>"
+    spec["model"]["vocab"] = {**spec["model"]["vocab"],
+                              **{w: len(spec["model"]["vocab"]) + k for k, w in enumerate(words)}}
+
+
+#: the words of the loader's probe sentence, as WhitespaceSplit cuts them
+PROBE_WORDS = "The quick brown fox jumps over the lazy dog, and the film was good.".split()
+
+
+def no_unknown_token(root: Path) -> Path:
+    """A WordLevel vocabulary whose unknown token is not in it (as good as none); it knows the
+    probe sentence's words."""
+    words = [w for w in PROBE_WORDS if w not in tiny.VOCAB]
+    return _with_tokenizer(root, lambda s: _no_unknown(s, words), rows=len(words))
+
+
+def no_unknown_token_probe(root: Path) -> Path:
+    """The same without the probe sentence's words: the loader's own probe meets unknown ones."""
+    return _with_tokenizer(root, lambda s: _no_unknown(s, []))
+
+
+def loop_forever(root: Path) -> Path:
+    """The MLP whose logits gain 0 * (a Loop of 2^62 steps adding 1): runs until stopped."""
+    m = mlp()
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["v_in", "one_f"], ["v_out"])],
+        "forever", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                    helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                    helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one_f")])
+    logits = next(n for n in m.graph.node if n.output[0] == "logits")
+    logits.output[0] = "raw"
+    m.graph.node.extend([
+        helper.make_node("ReduceSum", ["raw"], ["v0"], keepdims=0),
+        helper.make_node("Loop", ["trips", "true", "v0"], ["v_end"], body=body),
+        helper.make_node("Mul", ["v_end", "zero_f"], ["nothing"]),
+        helper.make_node("Add", ["raw", "nothing"], ["logits"]),
+    ])
+    m.graph.initializer.extend([numpy_helper.from_array(np.array(2**62, np.int64), "trips"),
+                                numpy_helper.from_array(np.array(True), "true"),
+                                numpy_helper.from_array(np.array(0.0, np.float32), "zero_f")])
+    return write(root, m)
+
+
+def huge_static_input(root: Path) -> Path:
+    """input_ids and attention_mask declared [1, 10^9]: 8 GB of int64 per feed."""
+    m = mlp()
+    for inp in m.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        dims[0].dim_value, dims[1].dim_value = 1, 10**9
+    return write(root, m)
+
+
+def huge_features(root: Path) -> Path:
+    """A numbers model declaring 10^9 features (its name tuple would be built first)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10**9])
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["x", "axes"], ["logits"], keepdims=1)], "wide", [x],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])],
+                              [numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", tiny.OPSET)])
+    m.ir_version = 8
+    return write(root, m, {"input_kind": "features", "id2label": {"0": "y"}})
+
+
+def features_model(root: Path) -> Path:
+    """A numbers model of three features: logits = [x0 + 2 x1 - x2]."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "three", [x],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])],
+                              [numpy_helper.from_array(np.array([[1.0], [2.0], [-1.0]], np.float32), "w")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", tiny.OPSET)])
+    m.ir_version = 8
+    return write(root, m, {"input_kind": "features", "id2label": {"0": "y"}})

@@ -291,10 +291,7 @@ def prediction_work(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Pre
     """The work of predicting on one text (one forward row; no attribution): what a server's
     ``:predict`` answers. A text over the model's limit is refused as :func:`explain` does."""
     if model.features is not None:
-        if not text or not text.strip():
-            raise InputError("the text is empty")
-        if len(text) > cfg.max_chars:
-            raise TooLongError(f"the text has {len(text):,} characters; at most {cfg.max_chars:,} are accepted")
+        check_text(text, cfg.max_chars)  # a non-string or a lone surrogate too, as explain() refuses them
         vector, _ = model.features.featurize(text)
         n = model.features.size
         seq = Seq(np.zeros(n, np.int64), np.zeros(n, np.int64))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from blackbox_sal.engine.runner import Runner
-from blackbox_sal.vocabulary.errors import SalError
+from blackbox_sal.vocabulary.errors import DeadlineError, SalError
 from blackbox_sal.vocabulary.runs import All, Request, Work
 
 T = TypeVar("T")
@@ -58,6 +58,8 @@ class Active(Generic[T]):
             return True
         except StopIteration as stop:
             done[self.index] = stop.value
+        except DeadlineError:  # a run past its time limit ends the whole drive, not one work
+            raise
         except SalError as exc:
             done[self.index] = exc
         return False
@@ -149,6 +151,8 @@ def _land(lane: _Lane[T], runner: Runner, done: dict[int, T | SalError]) -> None
     assert lane.flight is not None
     try:
         results = lane.flight.result()
+    except DeadlineError:  # not a bad row: running each piece alone would only wait as long again
+        raise
     except SalError:  # one piece's rows broke a shared run: run each piece alone to find which
         results = None
     lane.flight = None
@@ -167,6 +171,8 @@ def _alone(entry: Active[T], runner: Runner, done: dict[int, T | SalError]) -> N
     requests = list(asked.requests) if isinstance(asked, All) else [asked]
     try:
         results = runner.execute([r for r in requests if r is not None])
+    except DeadlineError:
+        raise
     except SalError as exc:
         entry.work.close()
         done[entry.index] = exc

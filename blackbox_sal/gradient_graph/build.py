@@ -16,6 +16,7 @@ import onnx
 from blackbox_sal.model.probe import probe
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.surgery.gradient import forward_part, gradient_model
+from blackbox_sal.text.printable import printable
 from blackbox_sal.vocabulary.errors import ModelError
 
 log = logging.getLogger("blackbox_sal")
@@ -55,5 +56,6 @@ def build_gradient(model: TextModel) -> onnx.ModelProto:
     if nodes > MAX_GRAPH_NODES:
         raise ModelError(f"the model's graph has {nodes:,} nodes; gradient graphs are built for at most "
                          f"{MAX_GRAPH_NODES:,} (time and memory grow with it): finite differences answer")
-    log.info("building the gradient graph of %s (%s nodes)", model.name, f"{nodes:,}")
+    # the name comes from the model folder: escaped for whatever handler prints it (as errors are)
+    log.info("building the gradient graph of %s (%s nodes)", printable(model.name), f"{nodes:,}")
     return gradient_of(model.body, model.output, probe_feeds(model))

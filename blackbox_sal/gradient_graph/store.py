@@ -9,6 +9,13 @@
    so ``auto`` does not rebuild it every run; ``blackbox-sal grad`` always builds afresh.
 
 Every graph is verified with the session (and device) that will run it before first use.
+
+The cache is as untrusted as a model folder: anyone who can write to it could change the scores.
+Each cached graph has a digest beside it (``grad-<key>.digest``: the SHA-256 of the model's body
+and output, the full cache key, and of the graph's bytes). A cached graph is used only when its
+digest matches *and* it passes the check against finite differences (:mod:`.verify`, a few model
+runs: far less than building the graph); otherwise it is logged, rebuilt and cached again,
+never used.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from blackbox_sal.model import files
 from blackbox_sal.model.session import first_line
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.surgery.names import GRAD, WEIGHTS
+from blackbox_sal.text.printable import printable
 from blackbox_sal.vocabulary.errors import ModelError, SalError, UsageError
 
 if TYPE_CHECKING:  # onnx is imported where a graph is built: an edge install runs shipped graphs only
@@ -93,24 +101,48 @@ def _cached_or_built(model: TextModel) -> GradientSession:
     if not path.is_file() and failed.is_file():  # no graph can be had: say so, don't retry
         raise ModelError(failed.read_text(encoding="utf-8", errors="replace").strip())
     if path.is_file():
-        cached: GradientSession | None = None
-        try:
-            cached = GradientSession.create(path.read_bytes(), model)
-            _check_interface(model, cached)
-            log.debug("gradient graph from the cache: %s", path)
-        except (ModelError, OSError):
-            log.info("ignoring an unreadable cached gradient graph: %s", path)
+        cached = _trusted(model, path)
         if cached is not None:
-            if model.device != "cpu":  # verified where it was built: check it where it runs, every time
-                verify(model, cached)
             return cached
     try:
         proto, graph = _built_and_verified(model)
     except ModelError as exc:
         _store(str(exc).encode("utf-8"), failed)
         raise
-    _store(proto.SerializeToString(), path)
+    data = proto.SerializeToString()
+    _store(data, path)
+    _store(_digest(model, data).encode(), path.with_suffix(".digest"))
     return graph
+
+
+def _digest(model: TextModel, graph: bytes) -> str:
+    """What a cached graph's digest file holds: the full cache key, and the graph's SHA-256."""
+    assert model.body is not None
+    return json.dumps({"model": cache_key(model.body, model.output), "graph": hashlib.sha256(graph).hexdigest()})
+
+
+def _trusted(model: TextModel, path: Path) -> GradientSession | None:
+    """The cached graph at ``path`` if its digest matches and it passes the check against
+    finite differences; else None (said in the log), and the caller rebuilds it."""
+    try:
+        data = path.read_bytes()
+        digest = path.with_suffix(".digest").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        log.warning("the cached gradient graph %s has no readable digest: building it again", path)
+        return None
+    if digest.strip() != _digest(model, data):
+        log.warning("the cached gradient graph %s does not match its digest (changed since it was written): "
+                    "building it again", path)
+        return None
+    try:
+        cached = GradientSession.create(data, model)
+        _check_interface(model, cached)
+        verify(model, cached)  # a graph changed digest and all is still caught here
+    except ModelError as exc:
+        log.warning("the cached gradient graph %s fails its check (%s): building it again", path, printable(str(exc)))
+        return None
+    log.debug("gradient graph from the cache: %s", path)
+    return cached
 
 
 def _built_and_verified(model: TextModel) -> tuple[onnx.ModelProto, GradientSession]:
@@ -136,7 +168,10 @@ def export_gradient(model: TextModel, out: str | os.PathLike[str] | None = None)
         path.with_suffix(".failed").unlink(missing_ok=True)  # a graph now exists after all
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(proto.SerializeToString())
+        data = proto.SerializeToString()
+        path.write_bytes(data)
+        if out is None:  # the cache's graphs carry their digest (see the module docstring)
+            path.with_suffix(".digest").write_text(_digest(model, data), encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
     return path

@@ -5,8 +5,9 @@ true class: evaluation), a target (the class to explain), a second text (``pair`
 similarity or a context/answer pair) and answer choices (``choices``: a JSON list, or texts
 separated by ``|`` in CSV). For a model that takes numbers, ``features`` names the columns
 whose values make its input (in order). Rows are read lazily, so memory does not grow with
-the file; a row that cannot be read (a malformed JSON line, a missing text) comes out as a
-:class:`BadRow` with the reason, and the rows after it still come.
+the file; a row that cannot be read (a malformed JSON line, a missing text, bytes that are not
+UTF-8) comes out as a :class:`BadRow` with the reason, and the rows after it still come:
+nothing is replaced silently.
 
 Parquet needs pyarrow (``pip install "blackbox-sal[parquet]"``).
 """
@@ -41,6 +42,11 @@ class Columns:
     pair: str | None = None
     choices: str | None = None
     features: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        named = [self.text, self.id, self.label, self.target, self.pair, self.choices, *(self.features or ())]
+        if any(name is not None and not name.strip() for name in named):
+            raise UsageError("a column name cannot be empty (--text-column, --id-column, ...)")
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,8 @@ def read_rows(path: str | Path, columns: Columns = Columns(), start: int = 0) ->
         if not checked and fmt != "jsonl":
             _check_columns(path, record, columns)
         checked = True
-        yield _row(index, record, columns)
+        undecodable = _undecodable(record, columns) if fmt == "csv" else None
+        yield BadRow(index, undecodable) if undecodable is not None else _row(index, record, columns)
 
 
 def _check_columns(path: str | Path, record: dict[str, Any], columns: Columns) -> None:
@@ -116,6 +123,22 @@ def _field(record: dict[str, Any], name: str | None) -> str | None:
         return None
     value = record.get(name)
     return None if value is None or value == "" else str(value)
+
+
+def _undecodable(record: dict[str, Any], columns: Columns) -> str | None:
+    """Why a CSV record is refused for bytes that are not UTF-8 (read as lone surrogates, by
+    the surrogateescape error handler), in a column the row uses; None when it is not."""
+    used = [columns.text, columns.id, columns.label, columns.target, columns.pair, columns.choices,
+            *(columns.features or ())]
+    for name in used:
+        value = record.get(name) if name is not None else None
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                byte = ord(value[exc.start]) - 0xDC00
+                return f"column {name!r} is not valid UTF-8 (byte 0x{byte:02x} at character {exc.start})"
+    return None
 
 
 def _row(index: int, record: dict[str, Any], columns: Columns) -> Row | BadRow:
@@ -147,7 +170,12 @@ def _row(index: int, record: dict[str, Any], columns: Columns) -> Row | BadRow:
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any] | str]:
-    for line in _lines(path):
+    for raw in _lines(path):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start} of the line)"
+            continue
         if not line.strip():
             continue
         try:
@@ -164,7 +192,7 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any] | str]:
         yield record if isinstance(record, dict) else f"not a JSON object but {type(record).__name__}"
 
 
-def _lines(path: Path) -> Iterator[str]:
+def _lines(path: Path) -> Iterator[bytes]:
     try:
         fh = open(path, "rb") if str(path) != "-" else sys.stdin.buffer
     except OSError as exc:
@@ -173,13 +201,14 @@ def _lines(path: Path) -> Iterator[str]:
         for k, raw in enumerate(fh):
             if k == 0 and raw.startswith(codecs.BOM_UTF8):  # as editors on Windows write UTF-8
                 raw = raw[len(codecs.BOM_UTF8):]
-            yield raw.decode("utf-8", errors="replace")
+            yield raw
 
 
 def _csv(path: Path) -> Iterator[dict[str, Any]]:
     csv.field_size_limit(MAX_FIELD)
     try:
-        fh = open(path, encoding="utf-8-sig", errors="replace", newline="")  # -sig: a spreadsheet's BOM
+        # -sig: a spreadsheet's BOM; bytes that are not UTF-8 become lone surrogates, and their rows BadRows
+        fh = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
     except OSError as exc:
         raise UsageError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
     with fh:
@@ -187,7 +216,13 @@ def _csv(path: Path) -> Iterator[dict[str, Any]]:
         fh.seek(0)
         delimiter = "\t" if str(path).lower().endswith(".tsv") or sample.count("\t") > sample.count(",") else ","
         try:
-            yield from csv.DictReader(fh, delimiter=delimiter)
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            names = [n for n in reader.fieldnames or [] if n]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:  # DictReader would keep the last of them, silently
+                raise UsageError(f"{str(path)!r} has the column name {', '.join(repr(n) for n in twice)} more than "
+                                 f"once: rename them so that each column is read as meant")
+            yield from reader
         except csv.Error as exc:
             raise UsageError(f"{str(path)!r} is not a readable CSV file: {exc}") from exc
 

@@ -26,7 +26,12 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from blackbox_sal.model.session import first_line, run
+from blackbox_sal.text.tokenization import MAX_CHARS, check_text, encode
 from blackbox_sal.vocabulary.errors import InputError, ModelError
+
+#: the most features a model may take: its names (and vectors) are built before anything runs,
+#: and a crafted input dimension of 10^9 would make a tuple of 10^9 strings
+MAX_FEATURES = 1_000_000
 
 #: the kinds of feature input
 KINDS = ("bag-of-words", "pipeline", "numbers")
@@ -65,11 +70,14 @@ class Featurizer:
     vocabulary: dict[str, int] = field(default_factory=dict, repr=False)
 
     def featurize(self, text: str) -> tuple[np.ndarray, tuple[Piece, ...]]:
+        """InputError for what is not a text (not a string, empty, a lone surrogate: callers
+        check the length against their own cap first)."""
+        check_text(text, len(text) if isinstance(text, str) else 0)
         if self.kind == "numbers":
             return self._numbers(text)
         if self.kind == "bag-of-words":
             assert self.tokenizer is not None
-            enc = self.tokenizer.encode(text, add_special_tokens=False)
+            enc = encode(self.tokenizer, text, add_special_tokens=False, max_chars=max(len(text), MAX_CHARS))
             vector = np.zeros(self.size, np.float32)
             for i in enc.ids:
                 if not 0 <= i < self.size:
@@ -100,6 +108,13 @@ class Featurizer:
         if not np.isfinite(vector).all():
             raise InputError("the input numbers must be finite")
         return vector, tuple(Piece(m.start(), m.end(), k) for k, m in enumerate(found))
+
+
+def feature_count(size: int, what: str) -> int:
+    """``size`` when it is a usable number of features (1 to MAX_FEATURES), else ModelError."""
+    if not 0 < size <= MAX_FEATURES:
+        raise ModelError(f"{what} has {size:,} features; blackbox-sal takes 1 to {MAX_FEATURES:,}")
+    return size
 
 
 def tokenizer_pattern(expression: str) -> re.Pattern[str]:

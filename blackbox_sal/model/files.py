@@ -32,6 +32,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from blackbox_sal.model import external_data, wire
+from blackbox_sal.text.normalization import check_normalizer
 from blackbox_sal.vocabulary.errors import ModelError
 
 if TYPE_CHECKING:  # onnx is imported where a model is parsed: an edge install has none
@@ -201,12 +202,14 @@ def read_tokenizer(path: Path) -> Tokenizer:
     cannot be parsed (tokenizers raises bare Exceptions, and panics for some input)."""
     data = _read_capped(path)
     try:
-        return Tokenizer.from_str(data.decode("utf-8"))
+        tokenizer = Tokenizer.from_str(data.decode("utf-8"))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # pyo3's PanicException derives from BaseException
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(f"cannot read {str(path)!r}: {first}") from exc
+    check_normalizer(tokenizer, repr(str(path)))  # a normalizer expanding each character by thousands
+    return tokenizer
 
 
 def read_onnx(path: Path) -> onnx.ModelProto:

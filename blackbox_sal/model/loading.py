@@ -23,7 +23,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from blackbox_sal.model import files
-from blackbox_sal.model.features import Featurizer, tokenizer_pattern
+from blackbox_sal.model.features import Featurizer, feature_count, tokenizer_pattern
 from blackbox_sal.model.inputs import FLOAT_TYPES, INT_TYPES, fixed_dims, int_inputs, pad_id
 from blackbox_sal.model.model_config import ModelConfig, pooling_folder, sentence_transformers_pooling
 from blackbox_sal.model.prepared import load_prepared
@@ -177,7 +177,7 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
             raise ModelError("the pipeline tokenizes without a pattern (tokenexp): blackbox-sal cannot find its "
                              "words in the text")
         words = vocabulary(pipe.vectorizer)
-        columns = [""] * pipe.size
+        columns = [""] * feature_count(pipe.size, "the pipeline's vectorizer")
         for word, column in words.items():
             columns[column] = word
         featurizer = Featurizer(
@@ -200,7 +200,8 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
             tokenizer = load_tokenizer(found)
             tokenizer.no_truncation()
             tokenizer.no_padding()
-            size = dims[1].dim_value or tokenizer.get_vocab_size(with_added_tokens=True)
+            size = feature_count(dims[1].dim_value or tokenizer.get_vocab_size(with_added_tokens=True),
+                                 f"input {floats[0].name!r}")
             vocab = {i: w for w, i in tokenizer.get_vocab(with_added_tokens=True).items()}
             featurizer = Featurizer("bag-of-words", size, tuple(vocab.get(k, f"<{k}>") for k in range(size)),
                                     tokenizer=tokenizer, binary=config.binary)
@@ -208,6 +209,7 @@ def _feature_model(found: files.ModelFiles, config: ModelConfig, proto: onnx.Mod
             size = dims[1].dim_value
             if size <= 0:
                 raise ModelError("a features model must fix its number of features (input [batch, F])")
+            feature_count(size, f"input {floats[0].name!r}")
             names = config.feature_names or tuple(f"x{k}" for k in range(size))
             if len(names) != size:
                 raise ModelError(f"config.json names {len(names)} features; the model takes {size}")

@@ -137,8 +137,7 @@ class ModelConfig:
         return cls(
             name=name if isinstance(name, str) and name.strip() else None,
             labels=_labels(raw),
-            max_length=next((v for k in LENGTH_KEYS if isinstance(v := raw.get(k), int)
-                             and not isinstance(v, bool) and v > 0), None),
+            max_length=_max_length(raw),
             gradient_model=shipped,
             pooling=_pooling(raw.get("pooling")),
             normalize=raw.get("normalize") if isinstance(raw.get("normalize"), bool) else None,
@@ -184,10 +183,37 @@ def pooling_folder(modules: Any) -> str | None:
     return None
 
 
+def _max_length(raw: dict[str, Any]) -> int | None:
+    """The first token limit among LENGTH_KEYS that is an integer; ModelError for one of 0 or
+    less (every text would be refused, or the limit silently dropped)."""
+    for key in LENGTH_KEYS:
+        value = raw.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value <= 0:
+                raise ModelError(f"config.json {key} must be a positive number of tokens, not {value}")
+            return value
+    return None
+
+
+def _distinct(labels: tuple[str, ...]) -> tuple[str, ...]:
+    """``labels`` when no two are the same (up to surrounding spaces, which the target's name
+    is read without): else --target LABEL would pick one of them. ModelError naming them."""
+    seen: dict[str, int] = {}
+    for index, label in enumerate(labels):
+        key = label.strip()
+        if key in seen:
+            first = labels[seen[key]]
+            same = f"both {label!r}" if first == label else f"{first!r} and {label!r}, the same up to spaces"
+            raise ModelError(f"config.json labels {seen[key]} and {index} are {same}: a target label could not "
+                             f"tell them apart; give each class its own name")
+        seen[key] = index
+    return labels
+
+
 def _labels(raw: dict[str, Any]) -> tuple[str, ...] | None:
     listed = raw.get("labels")
     if isinstance(listed, list) and listed and "id2label" not in raw:
-        return tuple(str(v) for v in listed)
+        return _distinct(tuple(str(v) for v in listed))
     table = raw.get("id2label")
     if table is None:
         return None
@@ -201,4 +227,4 @@ def _labels(raw: dict[str, Any]) -> tuple[str, ...] | None:
         raise ModelError("config.json id2label keys must be integers") from exc
     if [k for k, _ in pairs] != list(range(len(pairs))):
         raise ModelError("config.json id2label must number the labels 0..n-1")
-    return tuple(v for _, v in pairs)
+    return _distinct(tuple(v for _, v in pairs))

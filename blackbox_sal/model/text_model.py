@@ -28,8 +28,9 @@ from blackbox_sal.model.features import Featurizer
 from blackbox_sal.model.model_config import ModelConfig
 from blackbox_sal.model.session import batches, create_session, on_cuda, run
 from blackbox_sal.surgery.names import EMBEDS, IDS, MASK, POSITIONS, TYPES
+from blackbox_sal.text.tokenization import encode
 from blackbox_sal.vocabulary.differences import mean_row_norm
-from blackbox_sal.vocabulary.errors import ModelError
+from blackbox_sal.vocabulary.errors import InputError, ModelError
 
 #: tasks (what the explained output is): a class score, the next token of a causal LM, or
 #: the score of one (context, choice) sequence of a multiple-choice model
@@ -198,8 +199,16 @@ class TextModel:
         return replace(self, body=body, runtime=self.runtime.again(body.SerializeToString()), **changes)
 
     def probe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """:data:`PROBE_TEXT` as ids, type ids and mask (padded for a fixed-length export)."""
-        ids = np.array(self.tokenizer.encode(PROBE_TEXT).ids, dtype=np.int64)[: self.max_length or None]
+        """:data:`PROBE_TEXT` as ids, type ids and mask (padded for a fixed-length export); where
+        the tokenizer cannot encode it (no unknown token for its characters, a panic), the first
+        ordinary tokens of the vocabulary."""
+        try:
+            found = encode(self.tokenizer, PROBE_TEXT).ids
+        except InputError:
+            added = set(self.tokenizer.get_added_tokens_decoder())
+            found = [i for i in range(min(self.tokenizer.get_vocab_size(with_added_tokens=True), 64))
+                     if i not in added][:8] or [0]
+        ids = np.array(found, dtype=np.int64)[: self.max_length or None]
         return self.pad(ids, np.zeros_like(ids))
 
     def label(self, index: int) -> str | None:
@@ -222,7 +231,10 @@ class TextModel:
             found = self.tokenizer.token_to_id(text)
             if found is not None:
                 return int(found)
-            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+            try:
+                ids = encode(self.tokenizer, text, add_special_tokens=False).ids
+            except InputError:  # not text the tokenizer can read: not one of its tokens either
+                continue
             if len(ids) == 1:
                 return int(ids[0])
         return None

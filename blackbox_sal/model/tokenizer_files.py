@@ -52,6 +52,7 @@ from typing import Any
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from blackbox_sal.model import files
+from blackbox_sal.text.normalization import check_normalizer
 from blackbox_sal.vocabulary.errors import ModelError
 
 #: the roles of special tokens, and the names files give them
@@ -187,11 +188,13 @@ def describe_missing(folder: Path) -> str:
 
 def _tokenizer_json(raw: bytes, path: Path) -> Tokenizer:
     try:
-        return Tokenizer.from_str(raw.decode("utf-8"))
+        tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # pyo3's PanicException derives from BaseException
         raise _bad(path, exc) from exc
+    check_normalizer(tokenizer, repr(str(path)))  # a normalizer expanding each character by thousands
+    return tokenizer
 
 
 # --- WordPiece (vocab.txt) ----------------------------------------------------------------

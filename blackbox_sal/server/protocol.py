@@ -39,7 +39,15 @@ from blackbox_sal.jobs.datasets import Row
 from blackbox_sal.render.json import document
 from blackbox_sal.vocabulary.config import SETTINGS, ExplainConfig
 from blackbox_sal.vocabulary.config import Limits as Limits  # the server's limits live with the settings spec
-from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, TooLongError, UnavailableError, UsageError
+from blackbox_sal.vocabulary.errors import (
+    DeadlineError,
+    InputError,
+    ModelError,
+    SalError,
+    TooLongError,
+    UnavailableError,
+    UsageError,
+)
 from blackbox_sal.vocabulary.settings import Setting, request_value
 
 #: what a request's ``parameters`` may hold, by name (the settings spec's ``request`` entries;
@@ -77,6 +85,8 @@ def status_of(error: SalError) -> int:
         return 400
     if isinstance(error, ModelError):
         return 422
+    if isinstance(error, DeadlineError):  # a model run past --timeout, stopped
+        return 504
     return 500
 
 

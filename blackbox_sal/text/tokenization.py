@@ -1,7 +1,14 @@
 """Tokenizing one text with a Hugging Face ``tokenizers`` tokenizer, with input checks.
 
 Characters are capped *before* tokenizing: ``tokenizers`` encodes the whole text before any
-truncation, and some pre-tokenizer regexes are slow on adversarial input.
+truncation, and some pre-tokenizer regexes are slow on adversarial input. They are capped again
+*after* the tokenizer's normalizer, estimated before it runs (:mod:`.normalization`): a
+normalizer may expand each character into many. Tokens are counted after tokenizing.
+
+Every call into the tokenizer goes through :func:`encode`: the Rust library's failures (a
+vocabulary with no unknown token meeting an unknown character) and its panics (a regex that
+hits its backtracking limit raises ``pyo3_runtime.PanicException``, a ``BaseException``) become
+one InputError.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import numpy as np
 import tokenizers
 from tokenizers import Encoding, Tokenizer
 
+from blackbox_sal.text.normalization import check_normalized
+from blackbox_sal.text.printable import printable
 from blackbox_sal.vocabulary.errors import InputError, TooLongError, UnavailableError
 
 #: the longest text accepted, in characters, whatever the model's token limit
@@ -51,12 +60,42 @@ def check_text(text: str, max_chars: int) -> None:
         raise InputError(f"the text is not valid Unicode (a lone surrogate at character {exc.start})") from None
 
 
+#: what a panic of the Rust library is (pyo3_runtime.PanicException derives from BaseException
+#: only, and is not importable by name)
+_NOT_PANICS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def encode(tokenizer: Tokenizer, text: str, pair: str | None = None, add_special_tokens: bool = True,
+           max_chars: int = MAX_CHARS) -> Encoding:
+    """``tokenizer.encode(text, pair)`` after the check of the normalized length
+    (:func:`~blackbox_sal.text.normalization.check_normalized`), with the library's errors and
+    panics as one InputError (exit 2)."""
+    for part in (text, pair):
+        if part is not None:
+            check_normalized(tokenizer, part, max_chars)
+    try:
+        return tokenizer.encode(text, pair, add_special_tokens=add_special_tokens)
+    except Exception as exc:  # tokenizers raises a bare Exception ("Missing [UNK] token from the vocabulary")
+        raise InputError(f"the tokenizer cannot encode the text: {_first_line(exc)}") from None
+    except BaseException as exc:
+        if isinstance(exc, _NOT_PANICS):
+            raise
+        raise InputError(f"the tokenizer failed on the text (a panic in the tokenizers library: "
+                         f"{_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return printable((text.splitlines()[0] if text else type(exc).__name__)[:300])
+
+
 def tokenize(tokenizer: Tokenizer, text: str, max_length: int | None,
              max_chars: int = MAX_CHARS) -> Tokens:
     """Tokenize ``text`` with the model's special tokens; InputError (exit 2) when it is empty,
-    over ``max_chars`` characters, or over ``max_length`` tokens."""
+    over ``max_chars`` characters (as written or once normalized), over ``max_length`` tokens,
+    or when the tokenizer fails on it."""
     check_text(text, max_chars)
-    return _tokens(text, tokenizer.encode(text), max_length)
+    return _tokens(text, encode(tokenizer, text, max_chars=max_chars), max_length)
 
 
 #: what separates the two texts of a pair in the combined text tokens point into
@@ -70,7 +109,7 @@ def tokenize_pair(tokenizer: Tokenizer, first: str, second: str, max_length: int
     ``first + PAIR_SEPARATOR + second``."""
     check_text(first, max_chars)
     check_text(second, max_chars)
-    enc = tokenizer.encode(first, second)
+    enc = encode(tokenizer, first, second, max_chars=max_chars)
     shift = len(first) + len(PAIR_SEPARATOR)
     offsets = [(a + shift, b + shift) if seq == 1 else (a, b)
                for (a, b), seq in zip(enc.offsets, enc.sequence_ids, strict=True)]
@@ -93,7 +132,7 @@ def tokenize_windows(tokenizer: Tokenizer, text: str, max_length: int, overlap: 
     if max_length - added <= overlap:
         raise InputError(f"a window of {max_length} tokens cannot overlap by {overlap}")
     windowed.enable_truncation(max_length, stride=overlap)
-    first = windowed.encode(text)
+    first = encode(windowed, text, max_chars=max_chars)
     windows = [_tokens(text, enc, None) for enc in [first, *first.overflowing]]
     whole = tokenize(tokenizer, text, None, max_chars)
     covered = {o for w in windows for o, sp in zip(w.offsets, w.special, strict=True) if not sp}

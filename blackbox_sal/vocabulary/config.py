@@ -20,7 +20,7 @@ registry: the configuration sits below the code it configures.
 
 Documented maxima (bad input never runs for minutes or exhausts memory): batch_size 1 ..
 4,096 rows per run; tokens_per_run 1 .. 10,000,000; steps 1 .. 1,024 or "auto" (at most 257
-nodes); samples 1 .. 10,000; max_chars 1 .. 10,000,000; fd_step and tolerance in (0, 1).
+nodes); samples 1 .. 10,000; max_chars 1 .. 10,000,000; fd_step in [1e-6, 1); tolerance in (0, 1).
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ from blackbox_sal.vocabulary.settings import (
 LONG = choices.LONG
 #: finite-difference schemes (blackbox_sal.gradients.finite_differences.SCHEMES)
 FD_SCHEMES = choices.FD_SCHEMES
+#: seconds one model run may take by default (--timeout; blackbox_sal.model.session.time_limit)
+DEFAULT_TIMEOUT = 600.0
+#: the smallest finite-difference step, relative to a token's norm: float32 resolves 2^-23 ~ 1.2e-7
+MIN_FD_STEP = 1e-6
 #: the most rows one onnxruntime run may take
 MAX_BATCH_SIZE = 4096
 #: the most rows x tokens one gradient run may be given
@@ -126,8 +130,9 @@ class ExplainConfig:
         shown_default="8192 on the CPU, none when --batch-size is given; 16384 on CUDA", commands=EXPLAINING,
         metavar="N")
     fd_step: float | None = setting(
-        None, Number(0, 1, low_open=True, high_open=True), "finite-difference step relative to each token "
-        "embedding's norm", nullable=True, shown_default="0.01, or 0.3 for quantized models", commands=EXPLAINING,
+        None, Number(MIN_FD_STEP, 1, high_open=True), "finite-difference step relative to each token "
+        "embedding's norm (at least 1e-6: float32 embeddings move by no less, and smaller steps give all-zero "
+        "scores)", nullable=True, shown_default="0.01, or 0.3 for quantized models", commands=EXPLAINING,
         request=True, metavar="H")
     richardson: bool = setting(False, Flag(), "Richardson extrapolation: 4 runs per derivative, O(h^4) error",
                                commands=EXPLAINING, request=True)
@@ -232,6 +237,9 @@ LOADING: tuple[Setting, ...] = (
             commands=EXPLAINING),
     Setting("quiet", Flag(), "no progress or cost messages", default=False, short="-q",
             commands=(*EXPLAINING, "grad")),
+    Setting("timeout", Number(0, 86_400, low_open=True), "stop any one model run (loading's checks included) "
+            "after SECONDS, exit 5; serve: loading only (requests keep --deadline)", default=DEFAULT_TIMEOUT,
+            commands=(*EXPLAINING, "grad"), metavar="SECONDS"),
 )
 #: the commands' other options
 OPTIONS: tuple[Setting, ...] = (

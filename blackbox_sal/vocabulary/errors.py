@@ -14,6 +14,8 @@ exit code   meaning
 3           the model cannot be loaded or used: missing path, not an ONNX file, no
             embedding lookup to split at, an output of the wrong shape, unsafe file
 4           the requested backend or device is not available here
+5           a deadline passed: one model run (loading's checks included) took longer than
+            ``--timeout`` seconds and was stopped (a runaway graph, a Loop of 2^62 steps)
 130         interrupted (Ctrl-C)
 ==========  ===========================================================================
 """
@@ -63,6 +65,12 @@ class Interrupted(SalError, KeyboardInterrupt):
     130). A KeyboardInterrupt too, so that code catching the interrupt still does."""
 
     exit_code = 130
+class DeadlineError(SalError):
+    """A model run took longer than its time limit and was stopped (exit code 5; a server
+    answers 504). Not a ModelError: a slow run says nothing about whether the model can be
+    used, so nothing caches it as a failure or falls back to another backend on it."""
+
+    exit_code = 5
 
 
 def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> UsageError:
