@@ -94,12 +94,14 @@ HTML_BODY = (
     '<span>(the strongest score is the full colour)</span></p>'
     '<div class=text><span class="tok special" style="background:#ffffff;color:#000000" title="+0">[CLS]</span> '
     '<span class="tok" style="background:#f4f7fb;color:#000000" title="+0.1">a</span> '
-    '<span class="tok" style="background:#ecc5ca;color:#000000" title="-0.5">&lt;b&gt;&quot;bold&quot;&lt;/b&gt;</span> '
+    '<span class="tok" style="background:#ecc5ca;color:#000000" title="-0.5">'
+    '&lt;b&gt;&quot;bold&quot;&lt;/b&gt;</span> '
     '<span class="tok" style="background:#ffffff;color:#000000" title="+0">&amp;</span> '
     '<span class="tok" style="background:#2166ac;color:#ffffff" title="+2">good</span></div>'
     '<p class="note">note: careful</p>'
     '<table><tr><th>token</th><th>score</th></tr><tr><td>[CLS]</td><td class=num>+0.000</td></tr>'
-    '<tr><td>a</td><td class=num>+0.100</td></tr><tr><td>&lt;b&gt;&quot;bold&quot;&lt;/b&gt;</td><td class=num>-0.500</td></tr>'
+    '<tr><td>a</td><td class=num>+0.100</td></tr>'
+    '<tr><td>&lt;b&gt;&quot;bold&quot;&lt;/b&gt;</td><td class=num>-0.500</td></tr>'
     '<tr><td>&amp;</td><td class=num>+0.000</td></tr><tr><td>good</td><td class=num>+2.000</td></tr></table>'
     '<table><caption>settings</caption><tr><th>score</th><td>logit</td></tr><tr><th>batch_size</th><td>64</td></tr>'
     '<tr><th>forward_passes</th><td>3</td></tr><tr><th>device</th><td>cpu</td></tr><tr><th>baseline</th><td>pad</td></tr>'
@@ -119,7 +121,8 @@ def test_terminal_colour_golden() -> None:
 
 def test_html_golden() -> None:
     page = render_html(example())
-    assert page.startswith('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>blackbox-sal: m ig</title>')
+    assert page.startswith('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                           '<title>blackbox-sal: m ig</title>')
     assert page[page.index("<body>"):] == HTML_BODY
     # the legend's gradient runs red, white, blue: the palette's ends
     assert "linear-gradient(90deg,#b2182b,#fff 50%,#2166ac)" in page
@@ -127,7 +130,8 @@ def test_html_golden() -> None:
 
 def test_json_golden() -> None:
     e = example(words=True)
-    tokens = [{"text": s.text, "start": s.start, "end": s.end, "score": s.score, "special": s.special} for s in e.tokens]
+    tokens = [{"text": s.text, "start": s.start, "end": s.end, "score": s.score, "special": s.special}
+              for s in e.tokens]
     assert json.loads(render_json(e)) == {
         "schema_version": 2, "text": 'a <b>"bold"</b> & good', "model": "m", "method": "ig", "backend": "fd",
         "reduce": "sum", "task": "classification", "target": {"index": 1, "label": "pos"},

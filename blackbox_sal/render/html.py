@@ -12,7 +12,7 @@ import math
 from functools import singledispatch
 
 from blackbox_sal.render import numbers, palette
-from blackbox_sal.result import Choices, Explanation, Generation, Label, Similarity
+from blackbox_sal.result import Choices, Explanation, Generation, Label, Prediction, Similarity
 from blackbox_sal.text.words import Span
 
 _STYLE = f"""body{{font:15px/1.6 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}}
@@ -35,7 +35,7 @@ def _span(s: Span, peak: float, text: str, signed: bool) -> str:
             f'title="{numbers.value(s.score, signed)}">{html.escape(text)}</span>')
 
 
-def _label(t: Label) -> str:
+def _label(t: Label | Prediction) -> str:
     return t.label if t.label is not None else f"class {t.index}"
 
 

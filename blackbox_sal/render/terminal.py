@@ -83,7 +83,8 @@ def _explanation(e: Explanation, color: bool = False) -> str:
         lines.append("next-token candidates: " + ", ".join(
             f"{class_name(t.label, t.index)} {t.value:.4g}" for t in e.prediction.top if t.value is not None))
     if e.baseline_value is not None:
-        delta = f"   completeness delta = {numbers.value(e.convergence_delta, signed=True)}" if e.convergence_delta is not None else ""
+        delta = "" if e.convergence_delta is None else \
+            f"   completeness delta = {numbers.value(e.convergence_delta, signed=True)}"
         if e.settings.get("steps_auto"):
             delta += f"   ({e.settings['steps']} nodes, steps auto)"
         lines.append(f"baseline {e.settings.get('baseline', '')}: f(x') = {e.baseline_value:.4g}{delta}")
