@@ -271,7 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--top", type=int, default=5, metavar="K", help="substitutions per position (default: %(default)s)")
     sw.add_argument("--toward", choices=("both", "increase", "decrease"), default="both",
                     help="substitutions that raise the target, lower it, or the largest either way (default: both)")
-    _report_options(sw, plot=False)
+    _report_options(sw)
 
     s = sub.add_parser(
         "serve", help="answer predict and explain requests over HTTP (the [serve] extra)",
@@ -613,13 +613,13 @@ def _sanity(a: argparse.Namespace) -> None:
 
 
 def _swaps(a: argparse.Namespace) -> None:
-    from blackbox_sal.evaluation.swaps import swaps, swaps_dict, swaps_table
+    from blackbox_sal.evaluation.swaps import swaps, swaps_dict, swaps_plot, swaps_table
 
     text = _text(a.text)
     config = _config(a)
     model = _load(a)
     result = swaps(model, text, config, top=a.top, direction=a.toward)
-    _report(a, swaps_table(result), swaps_dict(result), None)
+    _report(a, swaps_table(result), swaps_dict(result), lambda path: swaps_plot(result, path))
 
 
 def _grad(a: argparse.Namespace) -> None:

@@ -5,7 +5,9 @@ two ends are ColorBrewer's RdBu ends (#2166ac, #b2182b): a diverging blue-red pa
 distinguishable with red-green colour blindness (deuteranopia, protanopia) and in greyscale,
 unlike the green/red it replaces. A score is drawn as an opaque mix of white and its end colour,
 the mix ``|score| / peak`` (the strongest score of the text is the full colour); text on it is
-black or white, whichever contrasts more (never below 4.5:1).
+black or white, whichever contrasts more (never below 4.5:1). Plots use the same two colours
+for signed bars and :func:`colormap` for images; lines that stand for categories (methods)
+take :data:`CATEGORICAL`, Okabe and Ito's colour-blind safe set.
 
 The server's page (``server/page.html``) holds the same two colours in its script;
 ``tests/test_render.py`` checks that they agree.
@@ -28,6 +30,11 @@ AGAINST: RGB = (0xB2, 0x18, 0x2B)
 NEUTRAL: RGB = (0xFF, 0xFF, 0xFF)
 BLACK: RGB = (0, 0, 0)
 WHITE: RGB = (0xFF, 0xFF, 0xFF)
+
+#: colours for lines that are categories, not signs (methods in a curve plot): Okabe & Ito's
+#: colour-blind safe set (blue, vermillion, bluish green, orange, reddish purple, sky blue,
+#: yellow, black), in that order
+CATEGORICAL = ("#0072b2", "#d55e00", "#009e73", "#e69f00", "#cc79a7", "#56b4e9", "#f0e442", "#000000")
 
 #: the legend's words, shared by the terminal and HTML
 LEGEND = "blue: for the target, red: against it; the stronger the colour, the larger |score| (the strongest is full)"
