@@ -892,7 +892,9 @@ def word_importance_plot(result: WordImportance, path: str | Path, top: int | No
     n = max([len(result.top(top, stats)) for _, _, stats in panels] + [1])
     fig, axes = plt.subplots(len(panels), 2, figsize=(9, len(panels) * (0.22 * n + 1.3) + 0.8), squeeze=False)
     for (title, target, stats), row in zip(panels, axes, strict=True):
-        high, low = result.top(top, stats), result.bottom(top, stats)
+        # a panel holds only its side: with few words the top and the bottom overlap
+        high = [s for s in result.top(top, stats) if s.mean > 0]
+        low = [s for s in result.bottom(top, stats) if s.mean < 0]
         count = len(stats)
         axis = f"mean {result.method} score for {target}"
         _bars(row[0], [(f"{s.word} ({s.count})", s.mean) for s in high],
