@@ -95,9 +95,8 @@ def run(example: Example, scratch: Path) -> str:
     """What the command prints now, as the docs show it."""
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2",
            "BLACKBOX_SAL_CACHE": str(scratch / f"cache-{example.name}"), "PYTHONHASHSEED": "0"}
-    script = (f'blackbox-sal() {{ "{sys.executable}" -m blackbox_sal "$@"; }}\n'
-              f'python() {{ "{sys.executable}" "$@"; }}\n'
-              f"set -o pipefail\n{example.command}\n")  # bash joins the backslash-continued lines
+    env["PATH"] = f"{scratch / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    script = f"set -o pipefail\n{example.command}\n"  # bash joins the backslash-continued lines
     r = subprocess.run(["bash", "-c", script], cwd=scratch, env=env, capture_output=True, text=True, timeout=1800)
     if r.returncode != 0 and "exit" not in example.name:
         raise SystemExit(f"{example.file.name}: example {example.name} failed ({r.returncode}):\n{r.stderr}")
@@ -113,6 +112,13 @@ def scratch_folder() -> tempfile.TemporaryDirectory[str]:
     folder = tempfile.TemporaryDirectory(prefix="sal-docs-")
     for name in ("models", "docs"):
         os.symlink(ROOT / name, Path(folder.name) / name)
+    # blackbox-sal and python: this interpreter, as programs (a server started with & is then the
+    # process that kill %1 stops)
+    bin_dir = Path(folder.name) / "bin"
+    bin_dir.mkdir()
+    for name, args in (("blackbox-sal", ' -m blackbox_sal "$@"'), ("python", ' "$@"')):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec "{sys.executable}"{args}\n')
+        (bin_dir / name).chmod(0o755)
     return folder
 
 
