@@ -23,6 +23,7 @@ and a gradient-graph cache of its own (each example builds its graph as a first 
     python docs/examples.py                 # rewrite the examples of README.md and docs/*.md
     python docs/examples.py --check         # compare only; exit 1 naming each stale example
     python docs/examples.py --data          # first write models/.cache/rotten-tomatoes/*.jsonl
+                                            # (and models/.cache/digits/test.csv with scikit-learn)
     python docs/examples.py --only NAME     # one example
 
 ``tests/test_docs.py`` runs the examples that are neither slow nor missing their data and
@@ -143,6 +144,19 @@ def write_data() -> None:
         with open(DATA / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps({"text": t, "label": LABELS[y]}) + "\n" for t, y in rows)
     print(f"wrote {DATA}/{{train,validation,test}}.jsonl")
+    try:  # the digits test split (models/train_digits.py's), where scikit-learn can load the digits
+        from sklearn.datasets import load_digits  # type: ignore[import-not-found]
+    except ImportError:
+        print("scikit-learn is not installed: models/.cache/digits/test.csv not written")
+        return
+    digits = load_digits()
+    indices = json.loads((ROOT / "models" / "digits-logreg" / "reference.json").read_text())["test_indices"]
+    out = ROOT / "models" / ".cache" / "digits" / "test.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as fh:
+        fh.write(",".join([f"p{i}" for i in range(64)] + ["label"]) + "\n")
+        fh.writelines(",".join(str(int(v)) for v in digits.data[i]) + f",{digits.target[i]}\n" for i in indices)
+    print(f"wrote {out}")
 
 
 def main() -> int:
