@@ -189,6 +189,9 @@ def test_the_servers_page_draws_the_palettes_colours() -> None:
     for name, rgb in (("POS", palette.FOR), ("NEG", palette.AGAINST)):
         assert f"{name} = [{', '.join(f'0x{c:02x}' for c in rgb)}]" in page
         assert f"{palette.hex_of(rgb)}" in page
+    # and the same norms without a sign
+    norms = ", ".join(f'"{r}"' for r in ("l2", "l1", "max"))
+    assert set(numbers.NONNEGATIVE) == {"l2", "l1", "max"} and f"[{norms}].includes(e.reduce) ? fmt : signed" in page
     assert palette.mix(-0.5, 2.0) == (236, 197, 202) and palette.mix(float("nan"), 1.0) == (255, 255, 255)
     assert palette.ink(palette.FOR) == palette.WHITE and palette.ink(palette.mix(0.1, 2.0)) == palette.BLACK
 
