@@ -29,6 +29,8 @@ _WHERE = {
     "ModelError": "blackbox_sal.vocabulary.errors",
     "UnavailableError": "blackbox_sal.vocabulary.errors",
     "explain": "blackbox_sal.api.explaining",
+    "attribute": "blackbox_sal.api.arrays",
+    "Attributions": "blackbox_sal.api.arrays",
     "explain_many": "blackbox_sal.api.explaining",
     "explain_generation": "blackbox_sal.api.tasks",
     "explain_similarity": "blackbox_sal.api.tasks",
@@ -60,10 +62,10 @@ _DEPRECATED = {
 }
 
 __all__ = [
-    "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label", "ModelError", "Prediction",
-    "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError", "UsageError", "Window",
-    "__version__", "default_model_path", "explain", "explain_choices", "explain_generation", "explain_many",
-    "explain_similarity", "export_gradient", "export_torch", "load_model", "prepare", "render_html",
+    "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label", "ModelError",
+    "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError", "UsageError",
+    "Window", "__version__", "attribute", "default_model_path", "explain", "explain_choices", "explain_generation",
+    "explain_many", "explain_similarity", "export_gradient", "export_torch", "load_model", "prepare", "render_html",
     "render_json", "render_terminal",
 ]
 
@@ -85,6 +87,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from blackbox_sal.api.arrays import Attributions, attribute
     from blackbox_sal.api.explaining import explain, explain_many
     from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
     from blackbox_sal.gradient_graph.store import export_gradient, prepare

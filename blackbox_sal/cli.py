@@ -326,13 +326,13 @@ def _sanity(a: argparse.Namespace) -> None:
 
 
 def _swaps(a: argparse.Namespace) -> None:
-    from blackbox_sal.evaluation.swaps import swaps, swaps_dict, swaps_table
+    from blackbox_sal.evaluation.swaps import swaps, swaps_dict, swaps_plot, swaps_table
 
     text = _text(a.text)
     config = _config(a)
     model = _load(a)
     result = swaps(model, text, config, top=a.top, direction=a.toward)
-    _report(a, swaps_table(result), swaps_dict(result), None)
+    _report(a, swaps_table(result), swaps_dict(result), lambda path: swaps_plot(result, path))
 
 
 def _grad(a: argparse.Namespace) -> None:

@@ -42,8 +42,10 @@ def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _explain(command: list[str], model: Path) -> dict[str, object]:
-    r = subprocess.run([*command, "explain", TEXT, "--model", str(model), "--format", "json", "-q"],
+def _explain(command: list[str], model: Path | None) -> dict[str, object]:
+    """The JSON explanation of TEXT by ``model`` (None: the bundled default, as a new user runs it)."""
+    where = [] if model is None else ["--model", str(model)]
+    r = subprocess.run([*command, "explain", TEXT, *where, "--format", "json", "-q"],
                        capture_output=True, text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})
     assert r.returncode == 0, r.stderr
     doc: dict[str, object] = json.loads(r.stdout)
@@ -76,8 +78,24 @@ def test_an_edge_install_explains_a_prepared_folder_as_the_full_install(tmp_path
 
     folder = prepare(load_model(default_model_path()), tmp_path / "prepared")  # where onnx is installed
     edge_cli = [str(python), "-m", "blackbox_sal"]
-    edge = _explain(edge_cli, folder)
-    full = _explain([sys.executable, "-m", "blackbox_sal"], default_model_path())
+    full_cli = [sys.executable, "-m", "blackbox_sal"]
+    full = _explain(full_cli, default_model_path())
+    _same(_explain(edge_cli, folder), full)
+    # the edge profile's first command, no --model: the bundled default model ships prepared
+    # (models/sentiment-cnn/prepared, packaged as blackbox_sal/default_model/prepared)
+    _same(_explain(edge_cli, None), _explain(full_cli, None))
+
+    # no onnx there, and an unprepared folder is refused with the way out
+    r = subprocess.run([*edge_cli, "explain", "good", "--model", str(default_model_path())],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3
+    assert "it loads prepared folders only (blackbox-sal grad MODEL --folder OUT where onnx is installed)" in r.stderr
+    r = subprocess.run([str(python), "-c", "import onnx"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+
+
+def _same(edge: dict[str, object], full: dict[str, object]) -> None:
+    """The two explanations agree: scores and values to 1e-6, everything else exactly."""
     edge_tokens, full_tokens = edge.pop("tokens"), full.pop("tokens")
     assert isinstance(edge_tokens, list) and isinstance(full_tokens, list)
     np.testing.assert_allclose([t.pop("score") for t in edge_tokens], [t.pop("score") for t in full_tokens],
@@ -95,9 +113,34 @@ def test_an_edge_install_explains_a_prepared_folder_as_the_full_install(tmp_path
             top["value"] = round(top["value"], 6)
     assert edge == full
 
-    # no onnx there, and an unprepared folder is refused with the way out
-    r = subprocess.run([*edge_cli, "explain", "good"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 3
-    assert "it loads prepared folders only (blackbox-sal grad MODEL --folder OUT where onnx is installed)" in r.stderr
-    r = subprocess.run([str(python), "-c", "import onnx"], capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0
+
+def test_the_shipped_prepared_default_model_is_the_default_model() -> None:
+    """models/sentiment-cnn/prepared (models/prepare_default.py) is the default model's current
+    split, table and a verified gradient graph: a retrained model with a stale copy fails here."""
+    import onnxruntime as ort
+
+    from blackbox_sal import ExplainConfig, explain
+
+    original = load_model(default_model_path())
+    shipped = default_model_path() / "prepared"
+    assert original.body is not None
+    assert (shipped / "model.onnx").read_bytes() == original.body.SerializeToString()
+    np.testing.assert_array_equal(np.load(shipped / "embeddings.npy"), original.table)
+    assert (shipped / "tokenizer.json").read_bytes() == (default_model_path() / "tokenizer.json").read_bytes()
+    prepared = load_model(shipped)
+    assert prepared.config.prepared is not None and prepared.name == original.name
+    config = ExplainConfig(method="ig", backend="graph")
+    a, b = explain(original, TEXT, config), explain(prepared, TEXT, config)  # the shipped graph, verified
+    np.testing.assert_allclose([t.score for t in a.tokens], [t.score for t in b.tokens], rtol=0, atol=1e-6)
+    assert a.target == b.target and abs(a.target_value - b.target_value) < 1e-6
+    # the shipped gradient graph is an ONNX model onnxruntime runs on its own
+    assert "grad" in {o.name for o in ort.InferenceSession(str(shipped / "grad.onnx")).get_outputs()}
+
+
+def test_without_onnx_the_default_model_is_its_prepared_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    full = default_model_path()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    assert default_model_path() == full / "prepared"

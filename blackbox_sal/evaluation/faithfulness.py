@@ -502,19 +502,23 @@ def faithfulness_dict(result: Faithfulness) -> dict[str, Any]:
 def faithfulness_plot(result: Faithfulness, path: str | Path) -> Path:
     """Draw the deletion and insertion curves of every method side by side, to ``path`` (the
     format follows its suffix: .png, .svg, .pdf). Needs matplotlib (the ``plot`` extra)."""
+    from blackbox_sal.render import palette
+
     fig = figure_class()(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, attr, area, title in ((axes[0], "deletion", "deletion_area", "deletion (lower is better)"),
                                   (axes[1], "insertion", "insertion_area", "insertion (higher is better)")):
-        for m in result.methods:
+        for k, m in enumerate(result.methods):
             curve = getattr(m, attr)
-            if curve:
-                ax.plot(result.fractions, curve, marker="o", markersize=3,
+            if curve:  # Okabe and Ito's colour-blind safe colours, one per method (render.palette)
+                floor = m.name == "random"  # the floor every method should beat: grey, dashed
+                ax.plot(result.fractions, curve, marker="o", markersize=3, linestyle="--" if floor else "-",
+                        color="#777777" if floor else palette.CATEGORICAL[k % len(palette.CATEGORICAL)],
                         label=f"{m.name} ({fmt_number(getattr(m, area), 3)})")
         ax.set_title(title)
         ax.set_xlabel("fraction of tokens, in rank order")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", title="method (area)", title_fontsize="small")
     axes[0].set_ylabel(f"{result.score} of the explained class")
     fig.suptitle(f"{result.model}: {result.texts} texts, removed tokens -> {result.baseline}")
     return save_figure(fig, path)

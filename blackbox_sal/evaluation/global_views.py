@@ -70,25 +70,35 @@ def global_bow_table(result: BagOfWords) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _bars(ax: Any, pairs: Sequence[tuple[str, float]], title: str, errors: Sequence[float] | None = None) -> None:
+def _bars(ax: Any, pairs: Sequence[tuple[str, float]], title: str, errors: Sequence[float] | None = None,
+          xlabel: str = "") -> None:
+    """Horizontal bars, the first pair on top, in the palette's colours: blue for the target
+    (>= 0), red against it; ``errors``: one standard deviation each, drawn as whiskers."""
+    from blackbox_sal.render import palette
+
     names = [w for w, _ in pairs][::-1]
     values = [v for _, v in pairs][::-1]
     ax.barh(range(len(values)), values, xerr=None if errors is None else list(errors)[::-1],
-            color=["#c0392b" if v >= 0 else "#2874a6" for v in values])
+            color=[palette.hex_of(palette.end_of(v)) for v in values], error_kw={"ecolor": "#444", "lw": 0.8})
     ax.set_yticks(range(len(values)))
     ax.set_yticklabels(names, fontsize=8)
     ax.axvline(0, color="black", linewidth=0.5)
     ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
 
 
 def global_bow_plot(result: BagOfWords, path: str | Path, top: int | None = None) -> Path:
     """Bar charts of the top positive and negative features of g (PNG or SVG by suffix)."""
     plt = pyplot()
     n = top or len(result.top_positive)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 0.25 * n + 1.2))
-    _bars(axes[0], result.top_positive[:n], f"top positive: d({result.gradient.objective})")
-    _bars(axes[1], result.top_negative[:n], "top negative")
-    fig.suptitle(f"{result.gradient.model}: mean gradient over {result.gradient.n:,} rows", fontsize=10)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.25 * n + 1.6))
+    objective = result.gradient.objective
+    _bars(axes[0], result.top_positive[:n], f"for {result.positive}: largest g",
+          xlabel=f"g = mean d({objective}) / d feature")
+    _bars(axes[1], result.top_negative[:n], f"against {result.positive}: smallest g",
+          xlabel=f"g = mean d({objective}) / d feature")
+    fig.suptitle(f"{result.gradient.model}: mean gradient over {result.gradient.n:,} rows "
+                 "(blue: for, red: against)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -134,8 +144,8 @@ def class_jacobians_plot(result: ClassJacobians, path: str | Path,
                          image_shape: tuple[int, int] | None = None, title: str | None = None) -> Path:
     """The per-class Jacobians as images (one row of C images), with rows ``beside`` (a title
     and [C, F] weights or Jacobians, e.g. a logistic regression's), each image in its own
-    symmetric colour scale (red positive, blue negative). Needs an image shape (the model's
-    config.json ``image_shape``, or ``image_shape``)."""
+    symmetric colour scale (the palette's: blue positive, red negative, with a colour bar).
+    Needs an image shape (the model's config.json ``image_shape``, or ``image_shape``)."""
     shape = image_shape or result.image_shape
     if shape is None:
         raise UsageError("the Jacobians are drawn as images: the model's config.json has no image_shape [H, W]; "
@@ -146,13 +156,17 @@ def class_jacobians_plot(result: ClassJacobians, path: str | Path,
     for t, arr in rows:
         if arr.shape != result.jacobian.shape:
             raise UsageError(f"{t!r}: shape {arr.shape}, not {result.jacobian.shape}")
+    from blackbox_sal.render import palette
+
     plt = pyplot()
-    fig, axes = plt.subplots(len(rows), n_classes, figsize=(n_classes * 1.1, len(rows) * 1.3), squeeze=False)
+    cmap = palette.colormap()
+    fig, axes = plt.subplots(len(rows), n_classes, figsize=(n_classes * 1.1 + 0.8, len(rows) * 1.3 + 0.4),
+                             squeeze=False)
     for r, (t, arr) in enumerate(rows):
         for c in range(n_classes):
             ax = axes[r, c]
             lim = float(np.abs(arr[c]).max()) or 1.0
-            ax.imshow(arr[c].reshape(shape), cmap="bwr", vmin=-lim, vmax=lim)
+            image = ax.imshow(arr[c].reshape(shape), cmap=cmap, vmin=-lim, vmax=lim)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -160,6 +174,10 @@ def class_jacobians_plot(result: ClassJacobians, path: str | Path,
             if c == 0:
                 ax.set_ylabel(t, fontsize=7)
     fig.tight_layout()
+    # one scale per image: the bar reads in units of each image's own largest |value|
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, ticks=[-lim, 0, lim])
+    bar.ax.set_yticklabels(["-max", "0", "+max"], fontsize=7)
+    bar.set_label("blue raises the class, red lowers it", fontsize=7)
     return save_figure(fig, path)
 
 
@@ -172,7 +190,7 @@ def word_importance_dict(result: WordImportance, top: int | None = None) -> dict
     statistics overall (``all``)."""
     return {
         "model": result.model, "method": result.method, "target": result.target, "n": result.n,
-        "min_count": result.min_count,
+        "min_count": result.min_count, "rare": result.rare,
         "top": [_stat_dict(s) for s in result.top(top)], "bottom": [_stat_dict(s) for s in result.bottom(top)],
         "by_class": {label: {"top": [_stat_dict(s) for s in result.top(top, stats)],
                              "bottom": [_stat_dict(s) for s in result.bottom(top, stats)]}
@@ -201,7 +219,8 @@ def _stat_columns(left: tuple[WordStat, ...], right: tuple[WordStat, ...], title
 def word_importance_table(result: WordImportance, top: int | None = None) -> str:
     target = "each text's predicted class" if result.target == "predicted" else result.target
     lines = [f"word importance of {result.model}: {result.method} scores of {target}, mean per word over "
-             f"{result.n:,} texts (words seen at least {result.min_count} times: {len(result.words):,})", ""]
+             f"{result.n:,} texts (words seen at least {result.min_count} times: {len(result.words):,}; "
+             f"{result.rare:,} rarer ones left out)", ""]
     lines += _stat_columns(result.top(top), result.bottom(top), ("highest", "lowest"))
     for label, stats in result.by_class:
         lines += ["", f"texts predicted {label}:"]
@@ -215,13 +234,31 @@ def word_importance_table(result: WordImportance, top: int | None = None) -> str
 
 
 def word_importance_plot(result: WordImportance, path: str | Path, top: int | None = None) -> Path:
-    """Bar charts of the highest and lowest mean scores, with their spread (PNG or SVG)."""
+    """Bar charts of the words with the highest and lowest mean scores, with their spread (one
+    standard deviation) and counts (PNG or SVG). Explained for each text's predicted class, a
+    row per class: the texts predicted ``c``, the words that pushed toward ``c`` and those
+    that pushed against it (mixing classes would rank a word by which class it was read
+    for). Words seen fewer than ``min_count`` times are hidden, and the figure says how many."""
     plt = pyplot()
-    high, low = result.top(top), result.bottom(top)
-    n = max(len(high), len(low), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 0.25 * n + 1.2))
-    _bars(axes[0], [(s.word, s.mean) for s in high], "highest mean", [s.std for s in high])
-    _bars(axes[1], [(s.word, s.mean) for s in low], "lowest mean", [s.std for s in low])
-    fig.suptitle(f"{result.model}: {result.method}, mean per word over {result.n:,} texts", fontsize=10)
-    fig.tight_layout()
+    if result.target == "predicted" and result.by_class:
+        panels = [(f"texts predicted {label}", label, stats) for label, stats in result.by_class]
+    else:
+        panels = [(f"all {result.n:,} texts", result.target, result.words)]
+    n = max([len(result.top(top, stats)) for _, _, stats in panels] + [1])
+    fig, axes = plt.subplots(len(panels), 2, figsize=(9, len(panels) * (0.22 * n + 1.3) + 0.8), squeeze=False)
+    for (title, target, stats), row in zip(panels, axes, strict=True):
+        # a panel holds only its side: with few words the top and the bottom overlap
+        high = [s for s in result.top(top, stats) if s.mean > 0]
+        low = [s for s in result.bottom(top, stats) if s.mean < 0]
+        count = len(stats)
+        axis = f"mean {result.method} score for {target}"
+        _bars(row[0], [(f"{s.word} ({s.count})", s.mean) for s in high],
+              f"{title}: most for {target} ({count:,} words)", [s.std for s in high], axis)
+        _bars(row[1], [(f"{s.word} ({s.count})", s.mean) for s in low],
+              f"{title}: most against {target}", [s.std for s in low], axis)
+    fig.suptitle(f"{result.model}: {result.method}, mean score per word over {result.n:,} texts "
+                 "(blue: for, red: against; whiskers: one std; in brackets: times seen)", fontsize=9)
+    fig.text(0.5, 0.005, f"words seen fewer than {result.min_count} times are hidden: {result.rare:,} of "
+             f"{result.rare + len(result.words):,} words", ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return save_figure(fig, path)

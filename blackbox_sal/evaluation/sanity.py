@@ -557,22 +557,40 @@ def sanity_dict(result: Sanity) -> dict[str, Any]:
     }
 
 
+def _layer_label(randomized: str, width: int = 16) -> str:
+    """A stage's tick label: the re-drawn layer's name without the op and the per-tensor
+    suffixes ("Gemm head.weight, head.bias" -> "head"), cut to ``width`` from the left (the
+    end of a dotted name is the specific part)."""
+    words = randomized.split(" ", 1)
+    names = words[1] if len(words) == 2 and words[0][:1].isupper() and "." not in words[0] else randomized
+    layers = dict.fromkeys(n.strip().removesuffix(".weight").removesuffix(".bias") for n in names.split(","))
+    label = ", ".join(layers)
+    return label if len(label) <= width else "..." + label[-(width - 3):]
+
+
 def sanity_plot(result: Sanity, path: str | Path) -> Path:
     """Draw each method's mean Spearman against the stage (0: the model), to ``path``. Needs
-    matplotlib (the ``plot`` extra)."""
+    matplotlib (the ``plot`` extra). Each stage is labelled with its number and its layer's
+    short name (the table names every tensor); methods take Okabe and Ito's colours."""
     from blackbox_sal.evaluation.faithfulness import figure_class, save_figure
+    from blackbox_sal.render import palette
 
-    fig = figure_class()(figsize=(8, 4.5), layout="constrained")
+    fig = figure_class()(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     xs = [0, *(s.stage for s in result.stages)]
+    markers = "osD^v<>p"
     for k, name in enumerate(result.methods):
         ys = [1.0, *(np.nan if s.methods[k].spearman is None else s.methods[k].spearman for s in result.stages)]
-        ax.plot(xs, ys, marker="o", label=name)
-    ax.set_xticks(xs, ["model", *(_short(s.randomized, 18) for s in result.stages)], rotation=30, ha="right",
+        ax.plot(xs, ys, marker=markers[k % len(markers)], label=name,
+                color=palette.CATEGORICAL[k % len(palette.CATEGORICAL)])
+    ax.set_xticks(xs, ["0\nthe model", *(f"{s.stage}\n{_layer_label(s.randomized)}" for s in result.stages)],
                   fontsize="small")
     ax.axhline(0.0, color="grey", linewidth=0.5)
-    ax.set_ylabel("Spearman with the original attributions")
-    ax.set_title(f"{result.model}: cascading randomization, output layer first ({result.texts} texts)")
+    ax.set_ylim(min(-0.25, ax.get_ylim()[0]), 1.05)
+    ax.set_xlabel("stage: layers re-drawn so far, cumulatively from the output (the table names every tensor)")
+    ax.set_ylabel("mean Spearman with the original scores")
+    ax.set_title(f"{result.model}: cascading randomization, output layer first ({result.texts} texts)\n"
+                 "a method that explains the model falls toward 0", fontsize="medium")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", title="method", title_fontsize="small")
     return save_figure(fig, path)

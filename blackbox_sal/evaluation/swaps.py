@@ -29,6 +29,7 @@ class's logit), as for :func:`blackbox_sal.explain`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -276,3 +277,40 @@ def swaps_table(result: Swaps) -> str:
     lines += ["", summary]
     lines += [f"note: {n}" for n in result.notes]
     return "\n".join(lines) + "\n"
+
+
+def swaps_plot(result: Swaps, path: str | Path) -> Path:
+    """Every checked substitution as a point: its first-order estimate against the actual
+    change of f (the model re-run), with the line where they agree; blue points raise the
+    target, red ones lower it, crosses change the prediction; the largest are named. PNG or
+    SVG by suffix; needs matplotlib (the ``plot`` extra)."""
+    from blackbox_sal.evaluation.faithfulness import figure_class, save_figure
+    from blackbox_sal.render import palette
+
+    fig = figure_class()(figsize=(7, 5.5), layout="constrained")
+    ax = fig.subplots()
+    points = [(p, s) for p in result.positions for s in p.substitutions]
+    for flips, marker, label in ((False, "o", "prediction kept"), (True, "X", "prediction changes")):
+        chosen = [(p, s) for p, s in points if (s.prediction.index != result.prediction.index) == flips]
+        if chosen:
+            ax.scatter([s.estimate for _, s in chosen], [s.actual for _, s in chosen], marker=marker, s=40,
+                       c=[palette.hex_of(palette.end_of(s.actual)) for _, s in chosen], edgecolors="black",
+                       linewidths=0.4, label=label)
+    values = [v for _, s in points for v in (s.estimate, s.actual)] or [1.0]
+    lo, hi = min(min(values), 0.0), max(max(values), 0.0)
+    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=0.8, linestyle="--", label="estimate = actual")
+    ax.axhline(0.0, color="black", linewidth=0.4)
+    ax.axvline(0.0, color="black", linewidth=0.4)
+    for p, s in sorted(points, key=lambda ps: -abs(ps[1].actual))[:8]:
+        ax.annotate(f"{p.text} -> {s.token}", (s.estimate, s.actual), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    target = result.target.label or str(result.target.index)
+    ax.set_xlabel(f"first-order estimate (E_v - E_x_i) . grad_i of the change in f ({result.score} of {target})")
+    ax.set_ylabel(f"actual change in f (the model re-run): blue raises {target}, red lowers it")
+    summary = f"{len(points)} substitutions"
+    if result.correlation is not None:
+        summary += f", Pearson {result.correlation:.3f}, signs agree {result.sign_agreement:.0%}"
+    ax.set_title(f"{result.model}: one-token swaps of {result.text[:50]!r}\n{summary}", fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return save_figure(fig, path)

@@ -48,6 +48,8 @@ class WordImportance:
     notes: tuple[tuple[str, int], ...] = ()
     skipped: tuple[tuple[str, str], ...] = ()
     top_n: int = 20
+    #: word types seen fewer than ``min_count`` times: left out of every table and plot
+    rare: int = 0
 
     def top(self, n: int | None = None, of: tuple[WordStat, ...] | None = None) -> tuple[WordStat, ...]:
         stats = self.words if of is None else of
@@ -132,4 +134,5 @@ def word_importance(model: TextModel, rows: Iterable[Row | BadRow | str], config
     return WordImportance(
         model.name, cfg.method, target, n, min_count, _ranked(overall, min_count),
         tuple((label, _ranked(t, min_count)) for label, t in sorted(per_class.items())),
-        tuple(sorted(notes.values(), key=lambda kv: -kv[1])), tuple(skipped), top)
+        tuple(sorted(notes.values(), key=lambda kv: -kv[1])), tuple(skipped), top,
+        sum(1 for r in overall.values() if r.count < min_count))

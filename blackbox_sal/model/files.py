@@ -323,10 +323,17 @@ def _embeds_width(model: onnx.ModelProto) -> int | None:
 
 def default_model_path() -> Path:
     """The bundled default model: packaged inside the wheel as ``blackbox_sal/default_model``,
-    or ``models/sentiment-cnn`` in a source checkout (editable installs)."""
+    or ``models/sentiment-cnn`` in a source checkout (editable installs). Where onnx is not
+    installed (the edge profile), its prepared copy ``prepared/`` inside it (written by
+    ``models/prepare_default.py``), which loads without graph surgery."""
+    import importlib.util
+
     package = Path(__file__).resolve().parent.parent
     for candidate in (package / "default_model", package.parent / "models" / "sentiment-cnn"):
         if (candidate / "model.onnx").is_file():
+            prepared = candidate / "prepared"
+            if (prepared / "model.onnx").is_file() and importlib.util.find_spec("onnx") is None:
+                return prepared
             return candidate
     raise ModelError("the bundled default model is missing from this installation; "
                      "pass --model PATH (or rebuild it with models/train_sentiment_cnn.py)")

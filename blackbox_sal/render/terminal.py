@@ -1,17 +1,20 @@
 """Terminal rendering: a heatmap of the text and a bar per token.
 
-Green backgrounds push the target up, red ones push it down; the strength is the score over
-the largest absolute score. Without colour (NO_COLOR, a pipe, a file) the same content comes
-as plain text. Pure: the caller decides ``color``. Every string that came from a model folder
-or the user (names, labels, tokens, the text) goes through
-:func:`~blackbox_sal.text.printable.printable` first, so only the renderer's own colour codes
-reach the terminal.
+Colours follow :mod:`~blackbox_sal.render.palette`: blue backgrounds and bars push the target
+up, red ones push it down; the strength is the score over the largest absolute score, and a
+legend line says so. Numbers follow :mod:`~blackbox_sal.render.numbers` (one shared format per
+column of scores, no ``+`` on norms). Without colour (NO_COLOR, a pipe, a file) the same content
+comes as plain text, the bars drawn with ``+`` and ``-``. Pure: the caller decides ``color``.
+Every string that came from a model folder or the user (names, labels, tokens, the text) goes
+through :func:`~blackbox_sal.text.printable.printable` first, so only the renderer's own colour
+codes reach the terminal.
 """
 
 from __future__ import annotations
 
 from functools import singledispatch
 
+from blackbox_sal.render import numbers, palette
 from blackbox_sal.text.printable import printable as safe
 from blackbox_sal.text.words import Span
 from blackbox_sal.vocabulary.result import Choices, Explanation, Generation, Similarity
@@ -20,12 +23,14 @@ _RESET = "\033[0m"
 _BAR_WIDTH = 24
 
 
+def _fg(rgb: palette.RGB) -> str:
+    return "\033[38;2;{};{};{}m".format(*rgb)
+
+
 def _background(score: float, peak: float) -> str:
-    a = min(abs(score) / peak, 1.0) if peak > 0 else 0.0
-    base = (40, 160, 60) if score >= 0 else (200, 50, 50)
-    r, g, b = (int(255 + (c - 255) * a) for c in base)  # blend white -> base colour
-    fg = "30" if a < 0.6 else "97"
-    return f"\033[{fg};48;2;{r};{g};{b}m"
+    rgb = palette.mix(score, peak)
+    fg = "30" if palette.ink(rgb) == palette.BLACK else "97"
+    return "\033[{};48;2;{};{};{}m".format(fg, *rgb)
 
 
 def _heatmap(text: str, spans: tuple[Span, ...], peak: float) -> str:
@@ -41,8 +46,13 @@ def _heatmap(text: str, spans: tuple[Span, ...], peak: float) -> str:
     return "".join(out)
 
 
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:+.4g}"
+def _legend(target: str, signed: bool) -> str:
+    """One line under the heatmap: what the colours mean."""
+    if not signed:
+        return f"colour: {_fg(palette.FOR)}█ blue{_RESET}: how much each token matters to {target} " \
+               f"(a norm: no direction); the strongest is full"
+    return (f"colour: {_fg(palette.FOR)}█ blue{_RESET} for {target}, {_fg(palette.AGAINST)}█ red{_RESET} "
+            f"against it; the strongest is full")
 
 
 @singledispatch
@@ -73,25 +83,29 @@ def _explanation(e: Explanation, color: bool = False) -> str:
         lines.append("next-token candidates: " + ", ".join(
             f"{class_name(t.label, t.index)} {t.value:.4g}" for t in e.prediction.top if t.value is not None))
     if e.baseline_value is not None:
-        delta = f"   completeness delta = {_fmt(e.convergence_delta)}" if e.convergence_delta is not None else ""
+        delta = "" if e.convergence_delta is None else \
+            f"   completeness delta = {numbers.value(e.convergence_delta, signed=True)}"
         if e.settings.get("steps_auto"):
             delta += f"   ({e.settings['steps']} nodes, steps auto)"
         lines.append(f"baseline {e.settings.get('baseline', '')}: f(x') = {e.baseline_value:.4g}{delta}")
     lines.append("")
+    signed = numbers.is_signed(e.reduce)
     if color:
-        lines += [_heatmap(e.text, spans, peak), ""]
+        lines += [_heatmap(e.text, spans, peak), _legend(target, signed), ""]
     names = [safe(s.text) for s in spans]
+    scores = numbers.column([s.score for s in spans], signed)
+    score_width = max((len(v) for v in scores), default=0)
     width = max((len(t) for t in names), default=0)
     width = min(max(width, 5), 24)
-    for s, text in zip(spans, names, strict=True):
+    for s, text, score in zip(spans, names, scores, strict=True):
         n = round(_BAR_WIDTH * abs(s.score) / peak) if peak > 0 else 0
         name = (text if len(text) <= width else text[: width - 1] + "~").ljust(width)
         if color:
-            bar = ("\033[32m" if s.score >= 0 else "\033[31m") + "█" * n + _RESET
+            bar = _fg(palette.end_of(s.score)) + "█" * n + _RESET if n else ""
             name = f"\033[2m{name}{_RESET}" if s.special else name
         else:
-            bar = ("+" if s.score >= 0 else "-") * n
-        lines.append(f"  {name}  {s.score:+10.4f}  {bar}")
+            bar = ("+" if s.score >= 0 else "-") * n if signed else "#" * n
+        lines.append(f"  {name}  {score.rjust(score_width)}  {bar}".rstrip())
     for note in e.notes:
         lines.append(f"note: {safe(note)}")
     return "\n".join(lines) + "\n"
@@ -113,10 +127,11 @@ def _generation(g: Generation, color: bool = False) -> str:
     lines = [f"model {safe(first.model)} | method {first.method}{reduce} | backend {first.backend} | generation",
              f"prompt: {g.prompt!r}", f"continuation: {g.text[len(g.prompt):]!r}", "",
              " " * (width + 2) + "".join(c.rjust(colw + 1) for c in cols)]
+    spec = numbers.column_format([t.score for step in g.steps for t in step.tokens], numbers.is_signed(first.reduce))
     for row, span in enumerate(last):
         cells = []
         for step in g.steps:
-            cells.append(f"{step.tokens[row].score:+.3f}".rjust(colw + 1) if row < len(step.tokens) else
+            cells.append(format(step.tokens[row].score, spec).rjust(colw + 1) if row < len(step.tokens) else
                          " " * (colw + 1))
         text = safe(span.text) or "..."  # "": its character comes later
         name = text if len(text) <= width else text[: width - 1] + "~"
@@ -129,7 +144,7 @@ def _generation(g: Generation, color: bool = False) -> str:
 @render_terminal.register
 def _similarity(sim: Similarity, color: bool = False) -> str:
     """Both texts of a similarity, each attributed with the other held fixed."""
-    head = f"cosine similarity of the two texts' embeddings: {sim.cosine:.4f}\n\n"
+    head = f"cosine similarity of the two texts' embeddings: {sim.cosine:.4g}\n\n"
     return head + "\n".join(f"text {k + 1}: {e.text!r}\n" + render_terminal(e, color)
                              for k, e in enumerate(sim.texts))
 

@@ -287,7 +287,7 @@ OPTIONS: tuple[Setting, ...] = (
             metavar="ADDRESS"),
     # reports
     Setting("plot", _PATH, "also draw it to FILE (.png, .svg, .pdf; the [plot] extra)",
-            commands=("global", "eval", "sanity"), metavar="FILE"),
+            commands=("global", "eval", "sanity", "swaps"), metavar="FILE"),
     # global
     Setting("top", Integer(1, 10_000), "words shown each way", default=15, commands=("global",), metavar="K"),
     Setting("min_count", Integer(1, 10_000_000), "text models: words seen fewer times are left out", default=3,
