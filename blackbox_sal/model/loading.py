@@ -91,9 +91,9 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     tokenizer.no_truncation()
     tokenizer.no_padding()
     notes: tuple[str, ...] = ()
+    copies = pass_throughs(proto.graph)  # named as the file names its inputs
     if EMBEDS not in {i.name for i in proto.graph.input}:
         proto, notes = _by_role(proto, config, tokenizer, pad_id, threads)
-    copies = pass_throughs(proto.graph)
     twin_of: tuple[str, ...] = ()
     deployed: onnx.ModelProto | None = None
     dequantized: tuple[str, ...] = ()

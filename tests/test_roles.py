@@ -1,0 +1,346 @@
+"""Models as shipped: inputs found by their role, the right output chosen, and refusals.
+
+Each synthetic export below takes its inputs under a third-party name and convention (ids
+``x`` / ``input`` / ``chars``, a boolean mask True on the padding, an additive float mask
+[B, 1, 1, S], a sequence-length input); the explanations are checked against finite
+differences of the ORIGINAL file: the same graph with its lookup's output made an input, fed
+with the file's own input names and conventions (never the loader's rewritten graph).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tiny
+from onnx import TensorProto, helper, numpy_helper
+
+from blackbox_sal.config import ExplainConfig
+from blackbox_sal.errors import ModelError
+from blackbox_sal.explaining import explain
+from blackbox_sal.model.loading import load_model
+from blackbox_sal.tasks import explain_similarity
+
+D, H, C = 8, 6, 3
+TEXT = "the film was good and the plot great"
+RNG = np.random.default_rng(21)
+TABLE = tiny.table(D, seed=21)
+W1 = RNG.normal(0, 0.5, (D, H)).astype(np.float32)
+B1 = RNG.normal(0, 0.2, H).astype(np.float32)
+W2 = RNG.normal(0, 0.6, (H, C)).astype(np.float32)
+Q = RNG.normal(0, 0.5, (H, 1)).astype(np.float32)
+
+MaskKind = str  # "int", "bool-padding", "additive", "lengths", None
+
+
+def _model(ids: str = "x", ids_type: int = TensorProto.INT64, mask: str | None = None, mask_name: str = "m",
+           first_output: str | None = None, fixed: tuple[int, int] | None = None,
+           outputs: str = "logits", embeds: bool = False) -> onnx.ModelProto:
+    """A tanh MLP over the embeddings, pooled by a mask of the given kind: masked mean
+    ("int": 1 on tokens; "bool-padding": True on padding; "lengths": a [batch] length input),
+    or attention weights softmax(H q + mask) ("additive": 0 / -3.4e38, [B, 1, 1, S]).
+
+    first_output: "ids-copy" puts an int64 copy of the ids first; "per-token" a [B, S] score
+    per token first. outputs: "logits" [B, C], "per-token" only, "no-batch" ([C], with a
+    fixed batch of 1), "embedding" (sentence_embedding [B, H]). embeds: the lookup's output is
+    an input "E" (the original for finite differences).
+    """
+    batch, seq = (fixed or ("batch", "seq"))
+    nodes: list[onnx.NodeProto] = []
+    inits: dict[str, np.ndarray] = {"W1": W1, "b1": B1, "W2": W2, "q": Q, "one_axis": np.array([1], np.int64),
+                                    "neg1": np.array([-1], np.int64), "zero_axis": np.array([0], np.int64),
+                                    "eps": np.array(1e-9, np.float32), "i0": np.array(0, np.int64),
+                                    "i1": np.array(1, np.int64)}
+    inputs = []
+    if embeds:
+        inputs.append(helper.make_tensor_value_info("E", TensorProto.FLOAT, [batch, seq, D]))
+    else:
+        inits["table"] = TABLE
+        inputs.append(helper.make_tensor_value_info(ids, ids_type, [batch, seq]))
+        nodes.append(helper.make_node("Gather", ["table", ids], ["E"]))
+    nodes += [helper.make_node("MatMul", ["E", "W1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
+              helper.make_node("Tanh", ["h1"], ["Hs"])]
+    if mask == "additive":
+        inputs.append(helper.make_tensor_value_info(mask_name, TensorProto.FLOAT, [batch, 1, 1, seq]))
+        nodes += [helper.make_node("MatMul", ["Hs", "q"], ["s3"]),
+                  helper.make_node("Squeeze", ["s3", "neg1"], ["s"]),
+                  helper.make_node("Flatten", [mask_name], ["mflat"], axis=1),
+                  helper.make_node("Add", ["s", "mflat"], ["sm"]),
+                  helper.make_node("Softmax", ["sm"], ["weights"], axis=1),
+                  helper.make_node("Unsqueeze", ["weights", "neg1"], ["w3"]),
+                  helper.make_node("Mul", ["Hs", "w3"], ["Hw"]),
+                  helper.make_node("ReduceSum", ["Hw", "one_axis"], ["pooled"], keepdims=0)]
+    else:
+        if mask == "int":
+            inputs.append(helper.make_tensor_value_info(mask_name, TensorProto.INT64, [batch, seq]))
+            nodes.append(helper.make_node("Cast", [mask_name], ["mf"], to=TensorProto.FLOAT))
+        elif mask == "bool-padding":
+            inputs.append(helper.make_tensor_value_info(mask_name, TensorProto.BOOL, [batch, seq]))
+            nodes += [helper.make_node("Not", [mask_name], ["keep"]),
+                      helper.make_node("Cast", ["keep"], ["mf"], to=TensorProto.FLOAT)]
+        elif mask == "lengths":
+            inputs.append(helper.make_tensor_value_info(mask_name, TensorProto.INT32, [batch]))
+            nodes += [helper.make_node("Shape", ["Hs"], ["hshape"]),
+                      helper.make_node("Gather", ["hshape", "i1"], ["slen"], axis=0),
+                      helper.make_node("Range", ["i0", "slen", "i1"], ["steps"]),
+                      helper.make_node("Cast", [mask_name], ["len64"], to=TensorProto.INT64),
+                      helper.make_node("Unsqueeze", ["len64", "neg1"], ["len2"]),
+                      helper.make_node("Less", ["steps", "len2"], ["keep"]),
+                      helper.make_node("Cast", ["keep"], ["mf"], to=TensorProto.FLOAT)]
+        else:
+            nodes += [helper.make_node("Shape", ["Hs"], ["hshape"]),
+                      helper.make_node("Slice", ["hshape", "i0_1", "two"], ["bs"]),
+                      helper.make_node("ConstantOfShape", ["bs"], ["mf"],
+                                       value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))]
+            inits.update({"i0_1": np.array([0], np.int64), "two": np.array([2], np.int64)})
+        nodes += [helper.make_node("Unsqueeze", ["mf", "neg1"], ["m3"]),
+                  helper.make_node("Mul", ["Hs", "m3"], ["Hm"]),
+                  helper.make_node("ReduceSum", ["Hm", "one_axis"], ["total"], keepdims=0),
+                  helper.make_node("ReduceSum", ["mf", "one_axis"], ["count"], keepdims=1),
+                  helper.make_node("Add", ["count", "eps"], ["count_e"]),
+                  helper.make_node("Div", ["total", "count_e"], ["pooled"])]
+    nodes.append(helper.make_node("MatMul", ["pooled", "W2"], ["logits"]))
+    outs = []
+    if first_output == "ids-copy" and not embeds:
+        nodes.append(helper.make_node("Identity", [ids], ["ids_copy"]))
+        outs.append(helper.make_tensor_value_info("ids_copy", ids_type, [batch, seq]))
+    elif first_output == "ids-copy":  # the original for finite differences: the same outputs after the first
+        pass
+    per_token = [helper.make_node("MatMul", ["Hs", "q"], ["tok3"]), helper.make_node("Squeeze", ["tok3", "neg1"],
+                                                                                      ["token_scores"])]
+    if first_output == "per-token" or outputs == "per-token":
+        nodes += per_token
+        outs.append(helper.make_tensor_value_info("token_scores", TensorProto.FLOAT, [batch, seq]))
+    if outputs == "logits":
+        outs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, C]))
+    elif outputs == "no-batch":
+        nodes.append(helper.make_node("Squeeze", ["logits", "zero_axis"], ["scores"]))
+        outs.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, [C]))
+    elif outputs == "embedding":
+        nodes.append(helper.make_node("Identity", ["pooled"], ["sentence_embedding"]))
+        outs.append(helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, [batch, H]))
+    graph = helper.make_graph(nodes, "shipped", inputs, outs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _folder(tmp_path: Path, name: str, model: onnx.ModelProto, config: dict[str, object] | None = None) -> Path:
+    return tiny.write_model_dir(tmp_path / name, model, config=config)
+
+
+def _mask_feed(kind: MaskKind, n: int, rows: int = 1, valid: int | None = None) -> np.ndarray:
+    """The original's own mask for ``valid`` real tokens of ``n`` (all by default)."""
+    v = n if valid is None else valid
+    keep = np.tile(np.arange(n) < v, (rows, 1))
+    if kind == "int":
+        return keep.astype(np.int64)
+    if kind == "bool-padding":
+        return ~keep
+    if kind == "additive":
+        return np.where(keep, 0.0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]
+    if kind == "lengths":
+        return np.full(rows, v, np.int32)
+    raise AssertionError(kind)
+
+
+def _original(model: onnx.ModelProto, output: str) -> Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def f(embeds: np.ndarray, other: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(session.run([output], {"E": embeds.astype(np.float32), **other})[0], np.float64)
+    return f
+
+
+def _fd_grad_x_input(f: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray], x: np.ndarray,
+                     other: dict[str, np.ndarray], pick: Callable[[np.ndarray], float], h: float = 1e-2) -> np.ndarray:
+    """Per token: d/dt f(x + t x_i e_i) at 0 by central differences (float32 model, so h ~ 1e-2)."""
+    out = []
+    for i in range(x.shape[1]):
+        step = np.zeros_like(x)
+        step[:, i] = x[:, i] * h
+        out.append((pick(f(x + step, other)) - pick(f(x - step, other))) / (2 * h))
+    return np.array(out)
+
+
+def _ids(text: str = TEXT) -> np.ndarray:
+    return np.array([tiny.VOCAB[w] for w in text.split()], np.int64)
+
+
+CASES = [("x", "int", "m"), ("input", "bool-padding", "pad_mask"), ("chars", "additive", "bias"),
+         ("src", "lengths", "lengths"), ("ids", None, "")]
+
+
+@pytest.mark.parametrize("ids,mask,mask_name", CASES)
+def test_inputs_by_role_match_finite_differences_of_the_original(tmp_path: Path, ids: str, mask: MaskKind,
+                                                                   mask_name: str) -> None:
+    model = load_model(_folder(tmp_path, ids, _model(ids, mask=mask, mask_name=mask_name or "m")), device="cpu")
+    assert model.origin.startswith("split at") and model.output == "logits"
+    note = model.notes[0]
+    assert f"ids {ids!r}" in note and "from the graph" in note, model.notes
+    if mask == "bool-padding":
+        assert "1/True on the padding, found by a probe" in note
+    elif mask == "int":
+        assert "1/True on the tokens, found by a probe" in note
+    elif mask == "lengths":
+        assert f"lengths {mask_name!r}" in note
+    result = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph", reduce="sum", target=1))
+    ids_ = _ids()
+    x = TABLE[ids_][None]
+    other = {mask_name: _mask_feed(mask, len(ids_))} if mask else {}
+    want = _fd_grad_x_input(_original(_model(ids, mask=mask, mask_name=mask_name or "m", embeds=True), "logits"),
+                            x, other, lambda out: float(out[0, 1]))
+    got = np.array([t.score for t in result.tokens])
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-4)
+    assert abs(want).max() > 1e-3  # the scores are not all zero
+
+
+@pytest.mark.parametrize("mask", ["int", "bool-padding", "additive", "lengths"])
+def test_padding_is_invisible_under_the_found_polarity(tmp_path: Path, mask: MaskKind) -> None:
+    """A fixed-length export: the text is padded to 12 under the mask; the explained value is
+    the original's on the padded ids with its own mask (a wrong polarity would mask the text)."""
+    name = "lengths" if mask == "lengths" else "m"
+    model = load_model(_folder(tmp_path, "fixed", _model("x", mask=mask, mask_name=name, fixed=(1, 12))), device="cpu")
+    assert model.fixed_length == 12 and model.fixed_batch == 1
+    result = explain(model, TEXT, ExplainConfig(method="occlusion", target=0))
+    ids_ = np.r_[_ids(), np.zeros(12 - len(_ids()), np.int64)]
+    f = _original(_model("x", mask=mask, mask_name=name, fixed=(1, 12), embeds=True), "logits")
+    other = {name: _mask_feed(mask, 12, valid=len(_ids()))}
+    assert result.target_value == pytest.approx(f(TABLE[ids_][None], other)[0, 0], rel=1e-5)
+    # occlusion of each real token by the pad row, on the original
+    for k, token in enumerate(result.tokens):
+        occluded = ids_.copy()
+        occluded[k] = tiny.VOCAB["[PAD]"]
+        drop = f(TABLE[ids_][None], other)[0, 0] - f(TABLE[occluded][None], other)[0, 0]
+        assert token.score == pytest.approx(drop, abs=1e-5)
+
+
+def test_an_integer_copy_of_the_ids_is_never_explained(tmp_path: Path) -> None:
+    model = load_model(_folder(tmp_path, "copy", _model("input_ids", first_output="ids-copy")), device="cpu")
+    assert model.output == "logits"
+    assert any("explained output 'logits'" in n and "'ids_copy' (a int64 output, a copy of input 'input_ids')" in n
+               for n in model.notes), model.notes
+    with pytest.raises(ModelError, match="output 'ids_copy' .* is not a prediction.*usable: 'logits'"):
+        load_model(_folder(tmp_path, "copy", _model("input_ids", first_output="ids-copy")), output="ids_copy")
+
+
+def test_a_float_copy_of_an_input_is_a_pass_through(tmp_path: Path) -> None:
+    m = _model("x")
+    m.graph.node.append(helper.make_node("Cast", ["x"], ["ids_float"], to=TensorProto.FLOAT))
+    m.graph.output.insert(0, helper.make_tensor_value_info("ids_float", TensorProto.FLOAT, ["batch", "seq"]))
+    model = load_model(_folder(tmp_path, "cast", m), device="cpu")
+    assert model.output == "logits"
+    assert any("'ids_float' (only a copy of input 'x')" in n for n in model.notes), model.notes
+
+
+def test_per_token_outputs_are_recognised_and_refused(tmp_path: Path) -> None:
+    only = _folder(tmp_path, "tagger", _model("x", mask="int", outputs="per-token"))
+    with pytest.raises(ModelError, match=r"output 'token_scores' \(\[1, \d+\]: a score per token \(its seq axis "
+                                         r"follows the input length\)\) is a per-token output.*no output of this "
+                                         r"model can be explained yet"):
+        load_model(only)
+    both = _folder(tmp_path, "both", _model("x", mask="int", first_output="per-token"))
+    model = load_model(both)
+    assert model.output == "logits"
+    with pytest.raises(ModelError, match="is a per-token output.*--model-output.*usable: 'logits'"):
+        load_model(both, output="token_scores")
+
+
+def test_per_token_refusal_is_one_line_with_exit_3(tmp_path: Path) -> None:
+    only = _folder(tmp_path, "tagger", _model("x", outputs="per-token"))
+    r = subprocess.run([sys.executable, "-m", "blackbox_sal", "explain", TEXT, "--model", str(only)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3
+    assert r.stderr.count("\n") == 1 and "per-token output" in r.stderr, r.stderr
+
+
+def test_an_output_with_no_batch_axis_runs_one_row_at_a_time(tmp_path: Path) -> None:
+    model = load_model(_folder(tmp_path, "nobatch", _model("x", mask="int", outputs="no-batch", fixed=(1, 12))))
+    assert model.fixed_batch == 1
+    result = explain(model, TEXT, ExplainConfig(method="grad-x-input", reduce="sum", target=2))
+    ids_ = np.r_[_ids(), np.zeros(12 - len(_ids()), np.int64)]
+    f = _original(_model("x", mask="int", outputs="no-batch", fixed=(1, 12), embeds=True), "scores")
+    want = _fd_grad_x_input(f, TABLE[ids_][None], {"m": _mask_feed("int", 12, valid=len(_ids()))},
+                            lambda out: float(out[2]))
+    np.testing.assert_allclose([t.score for t in result.tokens], want[: len(_ids())], rtol=2e-3, atol=2e-4)
+
+
+def test_fixed_batch_of_one_with_similar_to(tmp_path: Path) -> None:
+    """Issue 21 item 4: the similarity path runs one row at a time where the batch is fixed."""
+    folder = _folder(tmp_path, "encoder", _model("x", mask="bool-padding", outputs="embedding", fixed=(1, 12)))
+    model = load_model(folder)
+    other = "the plot was awful"
+    result = explain_similarity(model, TEXT, other, ExplainConfig(method="occlusion"))
+    f = _original(_model("x", mask="bool-padding", outputs="embedding", fixed=(1, 12), embeds=True),
+                  "sentence_embedding")
+
+    def embed(text: str) -> np.ndarray:
+        ids_ = _ids(text)
+        padded = np.r_[ids_, np.zeros(12 - len(ids_), np.int64)]
+        return f(TABLE[padded][None], {"m": _mask_feed("bool-padding", 12, valid=len(ids_))})[0]
+    a, b = embed(TEXT), embed(other)
+    assert result.cosine == pytest.approx(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)), rel=1e-5)
+    r = subprocess.run([sys.executable, "-m", "blackbox_sal", "explain", TEXT, "--model", str(folder), "--similar-to",
+                        other, "--method", "occlusion", "--format", "json"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["similarity"]["cosine"] == pytest.approx(result.cosine, rel=1e-6)
+
+
+def test_two_id_channels_are_refused_with_the_way_out(tmp_path: Path) -> None:
+    m = _model("chars")
+    classes = TABLE[::-1].copy()
+    m.graph.initializer.append(numpy_helper.from_array(classes, "class_table"))
+    m.graph.input.append(helper.make_tensor_value_info("classes", TensorProto.INT64, ["batch", "seq"]))
+    m.graph.node.insert(1, helper.make_node("Gather", ["class_table", "classes"], ["Ec"]))
+    m.graph.node.insert(2, helper.make_node("Add", ["E", "Ec"], ["E2"]))
+    for node in m.graph.node[3:]:
+        node.input[:] = ["E2" if i == "E" else i for i in node.input]
+    with pytest.raises(ModelError, match=r"two inputs feed their own embedding lookups \('chars' \(15 rows\), "
+                                         r"'classes' \(15 rows\)\).*the way out"):
+        load_model(_folder(tmp_path, "two", m))
+
+
+def test_an_ambiguous_graph_is_settled_by_config_inputs(tmp_path: Path) -> None:
+    """Two rank-2 integer inputs besides the ids: a mask and token types under names that say
+    nothing; the error names config.json's inputs, which settles it."""
+    m = _model("a", mask="int", mask_name="b")
+    m.graph.initializer.append(numpy_helper.from_array(np.zeros((2, D), np.float32), "type_table"))
+    m.graph.input.append(helper.make_tensor_value_info("c", TensorProto.INT64, ["batch", "seq"]))
+    m.graph.node.insert(1, helper.make_node("Gather", ["type_table", "c"], ["Et"]))
+    m.graph.node.insert(2, helper.make_node("Add", ["E", "Et"], ["E2"]))
+    for node in m.graph.node[3:]:
+        node.input[:] = ["E2" if i == "E" else i for i in node.input]
+    with pytest.raises(ModelError, match=r"inputs 'b' and 'c' both look like the mask: say which input is which in "
+                                         r"config.json: \"inputs\""):
+        load_model(_folder(tmp_path, "ambiguous", m))
+    model = load_model(_folder(tmp_path, "settled", m, {"inputs": {"ids": "a", "mask": "b", "token_types": "c"}}))
+    assert "found as config.json says" in model.notes[0]
+    result = explain(model, TEXT, ExplainConfig(method="occlusion", target=0))
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids_ = _ids()[None]
+    full = session.run(["logits"], {"a": ids_, "b": np.ones_like(ids_), "c": np.zeros_like(ids_)})[0][0, 0]
+    assert result.target_value == pytest.approx(float(full), rel=1e-6)
+    with pytest.raises(ModelError, match="config.json inputs: mask is 'zz', but the model has no such input"):
+        load_model(_folder(tmp_path, "wrong", m, {"inputs": {"ids": "a", "mask": "zz", "token_types": "c"}}))
+
+
+def test_the_pad_token_comes_from_the_tokenizers_padding_section(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, "padded", _model("x", mask="int", fixed=(1, 12)))
+    tok = tiny.tokenizer()
+    tok.enable_padding(pad_id=tiny.VOCAB["<b>"], pad_token="<b>")  # a pad token no name guess would find
+    tok.save(str(folder / "tokenizer.json"))
+    assert load_model(folder).pad_id == tiny.VOCAB["<b>"]
+    tok.no_padding()
+    tok.save(str(folder / "tokenizer.json"))
+    assert load_model(folder).pad_id == tiny.VOCAB["[PAD]"]  # by name
+    (folder / "special_tokens_map.json").write_text(json.dumps({"pad_token": {"content": "[MASK]"}}))
+    assert load_model(folder).pad_id == tiny.VOCAB["[MASK]"]
