@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -344,3 +346,124 @@ def test_the_pad_token_comes_from_the_tokenizers_padding_section(tmp_path: Path)
     assert load_model(folder).pad_id == tiny.VOCAB["[PAD]"]  # by name
     (folder / "special_tokens_map.json").write_text(json.dumps({"pad_token": {"content": "[MASK]"}}))
     assert load_model(folder).pad_id == tiny.VOCAB["[MASK]"]
+
+
+# --- a quantized recurrent layer: torch LSTM -> ONNX -> quantize_dynamic (DynamicQuantizeLSTM) ---
+
+
+@pytest.fixture(scope="module")
+def lstm_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A character-level LSTM classifier exported by torch (ids input 'chars'), and its
+    quantize_dynamic versions per tensor and per channel, each a model folder."""
+    torch = pytest.importorskip("torch")
+    from onnxruntime.quantization import quantize_dynamic
+
+    torch.manual_seed(0)
+
+    class Tagger(torch.nn.Module):  # type: ignore[name-defined,misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(len(tiny.VOCAB), 16)
+            self.lstm = torch.nn.LSTM(16, 12, batch_first=True)
+            self.head = torch.nn.Linear(12, 3)
+
+        def forward(self, chars: Any) -> Any:
+            _, (h, _) = self.lstm(self.emb(chars))
+            return self.head(h[-1])
+
+    root = tmp_path_factory.mktemp("lstm")
+    folders = {"float": root / "float", "q": root / "q", "q-channel": root / "q-channel"}
+    for folder in folders.values():
+        folder.mkdir()
+        tiny.tokenizer().save(str(folder / "tokenizer.json"))
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Tagger().eval(), (torch.tensor([[5, 6, 7]]),), str(folders["float"] / "model.onnx"),
+                          input_names=["chars"], output_names=["logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={"chars": {0: "batch", 1: "seq"}, "logits": {0: "batch"}})
+    quantize_dynamic(folders["float"] / "model.onnx", folders["q"] / "model.onnx")
+    quantize_dynamic(folders["float"] / "model.onnx", folders["q-channel"] / "model.onnx", per_channel=True)
+    return folders
+
+
+def _run_ids(folder: Path, ids: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(["logits"], {"chars": ids[None]})[0][0], np.float64)
+
+
+@pytest.mark.parametrize("which", ["q", "q-channel"])
+def test_a_quantized_lstm_as_shipped_matches_the_file(lstm_exports: dict[str, Path], which: str) -> None:
+    folder = lstm_exports[which]
+    ops = {(n.op_type, n.domain) for n in onnx.load(str(folder / "model.onnx")).graph.node}
+    assert ("DynamicQuantizeLSTM", "com.microsoft") in ops
+    model = load_model(folder)
+    assert "DynamicQuantizeLSTM" in model.quantized and "ids 'chars'" in model.notes[0]
+    occl = explain(model, TEXT, ExplainConfig(method="occlusion", target=0))
+    ids_ = _ids()
+    full = _run_ids(folder, ids_)[0]
+    assert occl.target_value == pytest.approx(full, abs=1e-6)
+    for k, token in enumerate(occl.tokens):  # occlusion = the file's own drop when token k is the pad token
+        occluded = ids_.copy()
+        occluded[k] = tiny.VOCAB["[PAD]"]
+        assert token.score == pytest.approx(full - _run_ids(folder, occluded)[0], abs=1e-5)
+    gxi = explain(model, TEXT, ExplainConfig(method="grad-x-input", target=0))
+    assert gxi.backend == "fd" and any("the model is quantized (DynamicQuantizeLSTM" in n for n in gxi.notes)
+
+
+@pytest.mark.parametrize("which", ["q", "q-channel"])
+def test_dequantize_turns_dynamic_quantize_lstm_into_an_lstm(lstm_exports: dict[str, Path], which: str) -> None:
+    from blackbox_sal.model.loading import _PROBE_TEXT
+
+    folder = lstm_exports[which]
+    twin = load_model(folder, dequantize=True)
+    assert twin.quantized == () and "DynamicQuantizeLSTM" in twin.twin_of
+    assert {n.op_type for n in twin.body.graph.node} >= {"LSTM"}
+    # the twin is the float model up to the weights' 8-bit rounding (a transposed or misplaced
+    # scale would be far off), and its distance from the int8 file is what its note says
+    ids_ = np.array(tiny.tokenizer().encode(_PROBE_TEXT).ids, np.int64)
+    got = twin.forward(twin.embed(ids_)[None], ids_, np.zeros_like(ids_))[0]
+    floats = _run_ids(lstm_exports["float"], ids_)
+    assert np.max(np.abs(got - floats)) < 0.02 * (1 + np.max(np.abs(floats)))
+    measured = float(np.max(np.abs(got - _run_ids(folder, ids_))))
+    note = next(n for n in twin.notes if n.startswith("the float twin's output 'logits' differs"))
+    assert f"by at most {measured:.3g} on a probe sentence" in note
+    # the deployed weights in float, put into the FLOAT file by hand (int8 - zero point) x scale,
+    # laid out as the float file lays them: the twin must be that model, and its gradient x
+    # input must match finite differences of it with the lookup made an input
+    deployed = _with_dequantized_weights(lstm_exports["float"] / "model.onnx", folder / "model.onnx")
+    reference = ort.InferenceSession(deployed.SerializeToString(), providers=["CPUExecutionProvider"])
+    gather = next(n for n in deployed.graph.node if n.op_type == "Gather" and n.input[1] == "chars")
+    table = numpy_helper.to_array(next(t for t in deployed.graph.initializer if t.name == gather.input[0]))
+    got_ids = np.asarray(reference.run(["logits"], {"chars": ids_[None]})[0][0], np.float64)
+    np.testing.assert_allclose(got, got_ids, rtol=1e-5, atol=1e-6)
+    deployed.graph.node.remove(gather)
+    del deployed.graph.input[:]
+    deployed.graph.input.append(helper.make_tensor_value_info(gather.output[0], TensorProto.FLOAT, [1, "seq", 16]))
+    session = ort.InferenceSession(deployed.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def f(e: np.ndarray, _: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(session.run(["logits"], {gather.output[0]: e.astype(np.float32)})[0], np.float64)
+    result = explain(twin, TEXT, ExplainConfig(method="grad-x-input", reduce="sum", target=0))
+    want = _fd_grad_x_input(f, table[_ids()][None], {}, lambda out: float(out[0, 0]))
+    np.testing.assert_allclose([t.score for t in result.tokens], want, rtol=1e-3, atol=1e-5)
+
+
+def _with_dequantized_weights(float_path: Path, quantized_path: Path) -> onnx.ModelProto:
+    """The float export with each weight that quantize_dynamic stored in int8 replaced by
+    (int8 - zero point) x scale, transposed back where the quantizer transposed it."""
+    model, quantized = onnx.load(str(float_path)), onnx.load(str(quantized_path))
+    q = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    for k, t in enumerate(model.graph.initializer):
+        if f"{t.name}_quantized" not in q:
+            continue
+        values = q[f"{t.name}_quantized"].astype(np.float64)
+        scale, zero = q[f"{t.name}_scale"].astype(np.float64), q[f"{t.name}_zero_point"].astype(np.float64)
+        if values.ndim == 3 and scale.size > 1:  # an LSTM's per-gate-column parameters [dirs, 4H]
+            scale, zero = scale.reshape(scale.shape[0], 1, -1), zero.reshape(zero.shape[0], 1, -1)
+        weights = (values - zero) * scale
+        original = numpy_helper.to_array(t)
+        if weights.shape != original.shape:
+            weights = weights.transpose(0, 2, 1) if weights.ndim == 3 else weights.T
+        assert weights.shape == original.shape and np.abs(weights - original).max() < 0.05
+        model.graph.initializer[k].CopyFrom(numpy_helper.from_array(weights.astype(np.float32), t.name))
+    return model

@@ -75,7 +75,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         import onnx
     except ImportError:  # an edge install: onnxruntime, numpy and tokenizers only
         raise ModelError(f"{NO_ONNX}; {str(found.onnx_path.parent)!r} is not a prepared folder") from None
-    from blackbox_sal.surgery.dequantize import float_twin, weight_only
+    from blackbox_sal.surgery.dequantize import drop_requantization, float_twin, weight_only
     from blackbox_sal.surgery.interfaces import input_rank, last_position, single_choice, with_batch_axis
     from blackbox_sal.surgery.names import NEXT_TOKEN
     from blackbox_sal.surgery.pooling import SENTENCE, pooled
@@ -119,6 +119,9 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     else:
         split = split_embedding(proto, IDS)
         table, body, serialized = split.table, split.body, split.serialized
+        if twin_of:  # an 8-bit lookup re-quantized in the body: a float twin keeps it in float
+            body, dropped = drop_requantization(body)
+            serialized = body.SerializeToString() if dropped else serialized
         origin = f"split at {split.lookup}" + (" (an 8-bit table, dequantized)" if split.quantized_table else "")
         del split
         # the original is kept only as the bytes its check needs: the parsed proto is as large
@@ -146,6 +149,9 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         weight_only=dequantized, fixed_length=fixed_length, fixed_batch=fixed_batch, mask_rank=mask_rank,
         pad_id=pad_id,
     )
+    if row_coupled(quantized) and model.fixed_batch is None:
+        model = replace(model, fixed_batch=1, notes=(*notes, row_coupled_note(quantized)))
+        notes = model.notes
     chosen, choice_note = choose(_output_kinds(model, copies, pooling is not None), output)
     source = chosen.name
     model = replace(model, output=source, notes=notes + choice_note)
@@ -350,6 +356,22 @@ def _pooling(folder: Path, config: ModelConfig, mode: str | None,
     if normalize is None:
         normalize = config.normalize if config.normalize is not None else bool(found and found[1])
     return mode, normalize, f"{mode} pooling{', L2-normalised' if normalize else ''}, {where}"
+
+
+#: quantized operators that round their activations with a range taken over the whole input
+#: tensor: every row of a run changes the others' outputs
+ROW_COUPLED = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "QAttention"})
+
+
+def row_coupled(quantized: tuple[str, ...]) -> bool:
+    """Whether a quantized model must run one row at a time to give each row its own output."""
+    return bool(ROW_COUPLED.intersection(quantized))
+
+
+def row_coupled_note(quantized: tuple[str, ...]) -> str:
+    ops = ", ".join(sorted(ROW_COUPLED.intersection(quantized)))
+    return (f"the model quantizes its activations with one range over the whole run ({ops}): rows run together "
+            f"change each other's outputs, so it is run one row at a time")
 
 
 def _pad_id(tokenizer: Tokenizer, folder: Path | None = None) -> int | None:
