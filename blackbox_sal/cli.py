@@ -52,7 +52,9 @@ def _model_options(p: argparse.ArgumentParser, required: bool = False, serving: 
                        help="model directory or .onnx file (default: the bundled sentiment CNN)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="cpu, cuda, or auto = cuda when a GPU is usable (default: auto)")
-    p.add_argument("--model-output", metavar="NAME", help="model output to explain (default: the first)")
+    p.add_argument("--model-output", metavar="NAME",
+                   help="model output to explain (default: class scores, else an embedding, else token states to "
+                        "pool; never an integer output or a copy of an input)")
     p.add_argument("--pooling", choices=POOLINGS,
                    help="a model whose output is token states [batch, seq, hidden]: pool them into one embedding "
                         "(default: what the folder's config says, else mean over the attention mask)")
@@ -323,7 +325,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="write a prepared folder instead (a new or empty folder): the loaded model taking "
                             "inputs_embeds, embeddings.npy, the verified grad.onnx, tokenizer.json and config.json, "
                             "which an install without onnx (onnxruntime, numpy, tokenizers) loads and explains")
-    g.add_argument("--model-output", metavar="NAME", help="model output to differentiate (default: the first)")
+    g.add_argument("--model-output", metavar="NAME", help="model output to differentiate (default: as explain "
+                                                           "chooses it)")
     g.add_argument("--device", choices=DEVICES, default="auto", help="device for the check (default: auto)")
     g.add_argument("--dequantize", action="store_true", help="differentiate a quantized model's float twin")
     g.add_argument("--pooling", choices=POOLINGS, help="token states: how they are pooled (as explain takes it)")

@@ -228,7 +228,7 @@ def test_padding_is_invisible_under_the_found_polarity(tmp_path: Path, mask: Mas
 def test_an_integer_copy_of_the_ids_is_never_explained(tmp_path: Path) -> None:
     model = load_model(_folder(tmp_path, "copy", _model("input_ids", first_output="ids-copy")), device="cpu")
     assert model.output == "logits"
-    assert any("explained output 'logits'" in n and "'ids_copy' (a int64 output, a copy of input 'input_ids')" in n
+    assert any("explained output 'logits'" in n and "'ids_copy' (an int64 output, a copy of input 'input_ids')" in n
                for n in model.notes), model.notes
     with pytest.raises(ModelError, match="output 'ids_copy' .* is not a prediction.*usable: 'logits'"):
         load_model(_folder(tmp_path, "copy", _model("input_ids", first_output="ids-copy")), output="ids_copy")
@@ -245,7 +245,7 @@ def test_a_float_copy_of_an_input_is_a_pass_through(tmp_path: Path) -> None:
 
 def test_per_token_outputs_are_recognised_and_refused(tmp_path: Path) -> None:
     only = _folder(tmp_path, "tagger", _model("x", mask="int", outputs="per-token"))
-    with pytest.raises(ModelError, match=r"output 'token_scores' \(\[1, \d+\]: a score per token \(its seq axis "
+    with pytest.raises(ModelError, match=r"output 'token_scores' \(\[batch, seq\]: a score per token \(its seq axis "
                                          r"follows the input length\)\) is a per-token output.*no output of this "
                                          r"model can be explained yet"):
         load_model(only)

@@ -4,11 +4,17 @@ The folder's files are read safely (:mod:`blackbox_sal.model.files`), then the g
 rewritten to take token embeddings, in this order, each rewrite a pure function of
 :mod:`blackbox_sal.surgery`:
 
+0. the inputs are found by their role (:mod:`blackbox_sal.surgery.roles`: the ids feed the
+   embedding lookup, a mask's polarity is probed, config.json's ``inputs`` settles the rest)
+   and the graph takes them under the canonical names;
 1. a weight-only low-bit model (MatMulNBits computing in float) is dequantized, since that is
    the same function; a quantized model is replaced by its float twin when asked;
 2. a multiple-choice export ([batch, choices, seq]) scores one sequence at a time;
 3. an ``input_ids`` model is split at its embedding lookup;
-4. a causal LM's [batch, seq, vocab] logits gain their last position as the explained output.
+4. the explained output is chosen by what each output holds (:mod:`blackbox_sal.model.outputs`);
+   one with no batch axis gains one (runs of one row);
+5. a causal LM's [batch, seq, vocab] logits gain their last position as the explained output;
+   token states are pooled into one embedding.
 
 Each rewrite that could change the function is checked against the file on a probe sentence.
 """
@@ -50,7 +56,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
                pooling: str | None = None, normalize: bool | None = None) -> TextModel:
     """Load a model directory or ``.onnx`` file (see :mod:`blackbox_sal.model.files`).
 
-    device: auto | cpu | cuda. output: the output to explain (default: the first).
+    device: auto | cpu | cuda. output: the output to explain (default: chosen by what the outputs hold,
+    :mod:`blackbox_sal.model.outputs`; the model's inputs are found by role, :mod:`blackbox_sal.surgery.roles`).
     verify: for a split model, check body(table[ids]) == model(ids) on a probe sentence.
     dequantize: load a quantized model (dynamic or QDQ) as its float twin (int8 weights
     dequantized, activations in float; :mod:`blackbox_sal.surgery.dequantize`), which has exact

@@ -93,8 +93,8 @@ def classify(name: str, dtype: str, first: np.ndarray, second: np.ndarray, *, ro
     s1, s2 = tuple(np.shape(first)), tuple(np.shape(second))
     if dtype not in ("tensor(float)", "tensor(float16)", "tensor(double)"):
         what = "boolean" if dtype == "tensor(bool)" else dtype.removeprefix("tensor(").removesuffix(")")
-        return OutputKind(name, "integer", s1, why=f"a {what} output" + (f", a copy of input {copy_of!r}"
-                                                                          if copy_of else ""))
+        return OutputKind(name, "integer", s1, why=f"{'an' if what[0] in 'aeiou' else 'a'} {what} output"
+                          + (f", a copy of input {copy_of!r}" if copy_of else ""))
     if copy_of is not None:
         return OutputKind(name, "pass-through", s1, why=f"only a copy of input {copy_of!r}")
     if rows[0] != rows[1]:
@@ -106,7 +106,12 @@ def classify(name: str, dtype: str, first: np.ndarray, second: np.ndarray, *, ro
         follows = [a for a in range(len(r1)) if r1[a] == lengths[0] and r2[a] == lengths[1]]
     else:
         follows = [a for a in range(len(r1)) if r1[a] == lengths[0] and lengths[0] > 1]
-    shape = f"[{', '.join(str(d) for d in s1)}]"
+    shown = [str(d) for d in s1]
+    for a in follows:
+        shown[a + batch_axis] = "seq"
+    if batch_axis and len(set(rows)) > 1:
+        shown[0] = "batch"
+    shape = f"[{', '.join(shown)}]"
     if r1 != r2 and not follows:
         return OutputKind(name, "other", s1, batch_axis, f"{shape}, whose size changes with the input")
     if follows == [0] and len(r1) in (1, 2):
