@@ -467,3 +467,22 @@ def _with_dequantized_weights(float_path: Path, quantized_path: Path) -> onnx.Mo
         assert weights.shape == original.shape and np.abs(weights - original).max() < 0.05
         model.graph.initializer[k].CopyFrom(numpy_helper.from_array(weights.astype(np.float32), t.name))
     return model
+
+
+def test_an_input_with_no_role_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    m = _model("x")
+    m.graph.input.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 3, 7]))
+    m.graph.node.append(helper.make_node("ReduceSum", ["z"], ["zs"], keepdims=0))
+    m.graph.output.append(helper.make_tensor_value_info("zs", TensorProto.FLOAT, []))
+    with pytest.raises(ModelError, match=r"the model needs an input 'z' \(float \[batch, 3, 7\]\) that blackbox-sal "
+                                         r"cannot fill .*say which input is which in config.json"):
+        load_model(_folder(tmp_path, "z", m))
+
+
+def test_no_lookup_under_another_name_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    m = tiny.no_lookup(D)
+    m.graph.input[0].name = "x"
+    m.graph.node[0].input[0] = "x"
+    with pytest.raises(ModelError, match=r"no input feeds a word-embedding lookup \(inputs: x \(int64 \[batch, seq\]\)\)"
+                                         r".*config.json"):
+        load_model(_folder(tmp_path, "nolookup", m))

@@ -122,7 +122,7 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
     lookups: dict[str, int] = {}  # integer input -> rows of the table it indexes
     for name, info in inputs.items():
         elem = info.type.tensor_type.elem_type
-        if elem in _INTS and _hint(name) not in ("token_types", "positions", "lengths", "mask"):
+        if IDS not in inputs and elem in _INTS and _hint(name) not in ("token_types", "positions", "lengths", "mask"):
             try:
                 lookups[name] = find_lookup(model.graph, name).table.shape[0]
             except ModelError:
