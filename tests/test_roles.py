@@ -483,6 +483,6 @@ def test_no_lookup_under_another_name_is_refused_with_the_way_out(tmp_path: Path
     m = tiny.no_lookup(D)
     m.graph.input[0].name = "x"
     m.graph.node[0].input[0] = "x"
-    with pytest.raises(ModelError, match=r"no input feeds a word-embedding lookup \(inputs: x \(int64 \[batch, seq\]\)\)"
-                                         r".*config.json"):
+    with pytest.raises(ModelError, match=r"no input feeds a word-embedding lookup \(inputs: x \(int64 "
+                                         r"\[batch, seq\]\)\).*config.json"):
         load_model(_folder(tmp_path, "nolookup", m))
