@@ -14,6 +14,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -348,16 +349,57 @@ def test_the_pad_token_comes_from_the_tokenizers_padding_section(tmp_path: Path)
     assert load_model(folder).pad_id == tiny.VOCAB["[MASK]"]
 
 
-# --- a quantized recurrent layer: torch LSTM -> ONNX -> quantize_dynamic (DynamicQuantizeLSTM) ---
+# --- a quantized recurrent layer: an LSTM -> quantize_dynamic (DynamicQuantizeLSTM) ---
 
 
-@pytest.fixture(scope="module")
-def lstm_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A character-level LSTM classifier exported by torch (ids input 'chars'), and its
-    quantize_dynamic versions per tensor and per channel, each a model folder."""
+@dataclass(frozen=True)
+class Recurrent:
+    """An LSTM classifier as a float export and its quantize_dynamic versions (per tensor,
+    per channel), each a model folder; ``ids``: its ids input; ``lengths``: its sequence-length
+    input, if it has one (fed the number of tokens)."""
+
+    folders: dict[str, Path]
+    ids: str
+    lengths: str | None
+
+    def feeds(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        return {self.ids: ids[None], **({self.lengths: np.array([len(ids)], np.int32)} if self.lengths else {})}
+
+    def run(self, which: str, ids: np.ndarray) -> np.ndarray:
+        session = ort.InferenceSession(str(self.folders[which] / "model.onnx"), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(["logits"], self.feeds(ids))[0][0], np.float64)
+
+
+def _hand_lstm() -> onnx.ModelProto:
+    """ids 'src' [batch, seq] and sequence lengths 'lens' int32 [batch]: an ONNX LSTM over the
+    embeddings (time-major), its last hidden state through a linear head."""
+    rng = np.random.default_rng(7)
+    d, h = 16, 12
+    inits = {"table": rng.normal(0, 0.5, (len(tiny.VOCAB), d)).astype(np.float32),
+             "W": rng.normal(0, 0.4, (1, 4 * h, d)).astype(np.float32),
+             "R": rng.normal(0, 0.4, (1, 4 * h, h)).astype(np.float32),
+             "B": rng.normal(0, 0.1, (1, 8 * h)).astype(np.float32),
+             "Wo": rng.normal(0, 0.6, (h, 3)).astype(np.float32), "bo": rng.normal(0, 0.1, 3).astype(np.float32),
+             "zero": np.array([0], np.int64)}
+    nodes = [helper.make_node("Gather", ["table", "src"], ["E"]),
+             helper.make_node("Transpose", ["E"], ["X"], perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["X", "W", "R", "B", "lens"], ["Y", "Y_h"], hidden_size=h),
+             helper.make_node("Squeeze", ["Y_h", "zero"], ["last"]),
+             helper.make_node("MatMul", ["last", "Wo"], ["z"]),
+             helper.make_node("Add", ["z", "bo"], ["logits"])]
+    graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("src", TensorProto.INT64, ["batch", "seq"]),
+                                              helper.make_tensor_value_info("lens", TensorProto.INT32, ["batch"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _torch_lstm(path: Path) -> None:
+    """A character-level LSTM classifier exported by torch (ids input 'chars')."""
     torch = pytest.importorskip("torch")
-    from onnxruntime.quantization import quantize_dynamic
-
     torch.manual_seed(0)
 
     class Tagger(torch.nn.Module):  # type: ignore[name-defined,misc]
@@ -371,50 +413,59 @@ def lstm_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             _, (h, _) = self.lstm(self.emb(chars))
             return self.head(h[-1])
 
-    root = tmp_path_factory.mktemp("lstm")
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Tagger().eval(), (torch.tensor([[5, 6, 7]]),), str(path), input_names=["chars"],
+                          output_names=["logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={"chars": {0: "batch", 1: "seq"}, "logits": {0: "batch"}})
+
+
+@pytest.fixture(scope="module", params=["onnx", pytest.param("torch", marks=pytest.mark.heavy)])
+def recurrent(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recurrent:
+    """The LSTM built with onnx.helper (with a lengths input), or exported by torch 2.13 (heavy:
+    torch), then quantized by onnxruntime's quantize_dynamic both ways."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    root = tmp_path_factory.mktemp(f"lstm-{request.param}")
     folders = {"float": root / "float", "q": root / "q", "q-channel": root / "q-channel"}
     for folder in folders.values():
         folder.mkdir()
         tiny.tokenizer().save(str(folder / "tokenizer.json"))
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Tagger().eval(), (torch.tensor([[5, 6, 7]]),), str(folders["float"] / "model.onnx"),
-                          input_names=["chars"], output_names=["logits"], opset_version=17, dynamo=False,
-                          dynamic_axes={"chars": {0: "batch", 1: "seq"}, "logits": {0: "batch"}})
+    if request.param == "torch":
+        _torch_lstm(folders["float"] / "model.onnx")
+    else:
+        onnx.save(_hand_lstm(), str(folders["float"] / "model.onnx"))
     quantize_dynamic(folders["float"] / "model.onnx", folders["q"] / "model.onnx")
     quantize_dynamic(folders["float"] / "model.onnx", folders["q-channel"] / "model.onnx", per_channel=True)
-    return folders
-
-
-def _run_ids(folder: Path, ids: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    return np.asarray(session.run(["logits"], {"chars": ids[None]})[0][0], np.float64)
+    return Recurrent(folders, "chars", None) if request.param == "torch" else Recurrent(folders, "src", "lens")
 
 
 @pytest.mark.parametrize("which", ["q", "q-channel"])
-def test_a_quantized_lstm_as_shipped_matches_the_file(lstm_exports: dict[str, Path], which: str) -> None:
-    folder = lstm_exports[which]
+def test_a_quantized_lstm_as_shipped_matches_the_file(recurrent: Recurrent, which: str) -> None:
+    folder = recurrent.folders[which]
     ops = {(n.op_type, n.domain) for n in onnx.load(str(folder / "model.onnx")).graph.node}
     assert ("DynamicQuantizeLSTM", "com.microsoft") in ops
     model = load_model(folder)
-    assert "DynamicQuantizeLSTM" in model.quantized and "ids 'chars'" in model.notes[0]
+    assert "DynamicQuantizeLSTM" in model.quantized and f"ids {recurrent.ids!r}" in model.notes[0]
+    if recurrent.lengths:
+        assert f"lengths {recurrent.lengths!r}" in model.notes[0]
     occl = explain(model, TEXT, ExplainConfig(method="occlusion", target=0))
     ids_ = _ids()
-    full = _run_ids(folder, ids_)[0]
+    full = recurrent.run(which, ids_)[0]
     assert occl.target_value == pytest.approx(full, abs=1e-6)
     for k, token in enumerate(occl.tokens):  # occlusion = the file's own drop when token k is the pad token
         occluded = ids_.copy()
         occluded[k] = tiny.VOCAB["[PAD]"]
-        assert token.score == pytest.approx(full - _run_ids(folder, occluded)[0], abs=1e-5)
+        assert token.score == pytest.approx(full - recurrent.run(which, occluded)[0], abs=1e-5)
     gxi = explain(model, TEXT, ExplainConfig(method="grad-x-input", target=0))
     assert gxi.backend == "fd" and any("the model is quantized (DynamicQuantizeLSTM" in n for n in gxi.notes)
 
 
 @pytest.mark.parametrize("which", ["q", "q-channel"])
-def test_dequantize_turns_dynamic_quantize_lstm_into_an_lstm(lstm_exports: dict[str, Path], which: str) -> None:
+def test_dequantize_turns_dynamic_quantize_lstm_into_an_lstm(recurrent: Recurrent, which: str) -> None:
     from blackbox_sal.model.loading import _PROBE_TEXT
 
-    folder = lstm_exports[which]
+    folder = recurrent.folders[which]
     twin = load_model(folder, dequantize=True)
     assert twin.quantized == () and "DynamicQuantizeLSTM" in twin.twin_of
     assert {n.op_type for n in twin.body.graph.node} >= {"LSTM"}
@@ -422,30 +473,32 @@ def test_dequantize_turns_dynamic_quantize_lstm_into_an_lstm(lstm_exports: dict[
     # scale would be far off), and its distance from the int8 file is what its note says
     ids_ = np.array(tiny.tokenizer().encode(_PROBE_TEXT).ids, np.int64)
     got = twin.forward(twin.embed(ids_)[None], ids_, np.zeros_like(ids_))[0]
-    floats = _run_ids(lstm_exports["float"], ids_)
-    assert np.max(np.abs(got - floats)) < 0.02 * (1 + np.max(np.abs(floats)))
-    measured = float(np.max(np.abs(got - _run_ids(folder, ids_))))
+    floats = recurrent.run("float", ids_)
+    assert np.max(np.abs(got - floats)) < 0.05 * (1 + np.max(np.abs(floats)))
+    measured = float(np.max(np.abs(got - recurrent.run(which, ids_))))
     note = next(n for n in twin.notes if n.startswith("the float twin's output 'logits' differs"))
     assert f"by at most {measured:.3g} on a probe sentence" in note
     # the deployed weights in float, put into the FLOAT file by hand (int8 - zero point) x scale,
     # laid out as the float file lays them: the twin must be that model, and its gradient x
     # input must match finite differences of it with the lookup made an input
-    deployed = _with_dequantized_weights(lstm_exports["float"] / "model.onnx", folder / "model.onnx")
+    deployed = _with_dequantized_weights(recurrent.folders["float"] / "model.onnx", folder / "model.onnx")
     reference = ort.InferenceSession(deployed.SerializeToString(), providers=["CPUExecutionProvider"])
-    gather = next(n for n in deployed.graph.node if n.op_type == "Gather" and n.input[1] == "chars")
+    np.testing.assert_allclose(got, reference.run(["logits"], recurrent.feeds(ids_))[0][0], rtol=1e-5, atol=1e-6)
+    gather = next(n for n in deployed.graph.node if n.op_type == "Gather" and n.input[1] == recurrent.ids)
     table = numpy_helper.to_array(next(t for t in deployed.graph.initializer if t.name == gather.input[0]))
-    got_ids = np.asarray(reference.run(["logits"], {"chars": ids_[None]})[0][0], np.float64)
-    np.testing.assert_allclose(got, got_ids, rtol=1e-5, atol=1e-6)
     deployed.graph.node.remove(gather)
-    del deployed.graph.input[:]
+    ids_input = next(i for i in deployed.graph.input if i.name == recurrent.ids)
+    deployed.graph.input.remove(ids_input)
     deployed.graph.input.append(helper.make_tensor_value_info(gather.output[0], TensorProto.FLOAT, [1, "seq", 16]))
     session = ort.InferenceSession(deployed.SerializeToString(), providers=["CPUExecutionProvider"])
+    lengths = {k: v for k, v in recurrent.feeds(_ids()).items() if k != recurrent.ids}
 
-    def f(e: np.ndarray, _: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(session.run(["logits"], {gather.output[0]: e.astype(np.float32)})[0], np.float64)
+    def f(e: np.ndarray, other: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(session.run(["logits"], {gather.output[0]: e.astype(np.float32), **other})[0], np.float64)
     result = explain(twin, TEXT, ExplainConfig(method="grad-x-input", reduce="sum", target=0))
-    want = _fd_grad_x_input(f, table[_ids()][None], {}, lambda out: float(out[0, 0]))
+    want = _fd_grad_x_input(f, table[_ids()][None], lengths, lambda out: float(out[0, 0]))
     np.testing.assert_allclose([t.score for t in result.tokens], want, rtol=1e-3, atol=1e-5)
+    assert np.abs(want).max() > 1e-3
 
 
 def _with_dequantized_weights(float_path: Path, quantized_path: Path) -> onnx.ModelProto:
