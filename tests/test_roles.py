@@ -375,12 +375,13 @@ def _hand_lstm() -> onnx.ModelProto:
     embeddings (time-major), its last hidden state through a linear head."""
     rng = np.random.default_rng(7)
     d, h = 16, 12
-    inits = {"table": rng.normal(0, 0.5, (len(tiny.VOCAB), d)).astype(np.float32),
-             "W": rng.normal(0, 0.4, (1, 4 * h, d)).astype(np.float32),
-             "R": rng.normal(0, 0.4, (1, 4 * h, h)).astype(np.float32),
-             "B": rng.normal(0, 0.1, (1, 8 * h)).astype(np.float32),
-             "Wo": rng.normal(0, 0.6, (h, 3)).astype(np.float32), "bo": rng.normal(0, 0.1, 3).astype(np.float32),
-             "zero": np.array([0], np.int64)}
+    inits: dict[str, np.ndarray] = {"table": rng.normal(0, 0.5, (len(tiny.VOCAB), d)).astype(np.float32),
+                                   "W": rng.normal(0, 0.4, (1, 4 * h, d)).astype(np.float32),
+                                   "R": rng.normal(0, 0.4, (1, 4 * h, h)).astype(np.float32),
+                                   "B": rng.normal(0, 0.1, (1, 8 * h)).astype(np.float32),
+                                   "Wo": rng.normal(0, 0.6, (h, 3)).astype(np.float32),
+                                   "bo": rng.normal(0, 0.1, 3).astype(np.float32),
+                                   "zero": np.array([0], np.int64)}
     nodes = [helper.make_node("Gather", ["table", "src"], ["E"]),
              helper.make_node("Transpose", ["E"], ["X"], perm=[1, 0, 2]),
              helper.make_node("LSTM", ["X", "W", "R", "B", "lens"], ["Y", "Y_h"], hidden_size=h),
