@@ -540,3 +540,14 @@ def test_no_lookup_under_another_name_is_refused_with_the_way_out(tmp_path: Path
     with pytest.raises(ModelError, match=r"no input feeds a word-embedding lookup \(inputs: x \(int64 "
                                          r"\[batch, seq\]\)\).*config.json"):
         load_model(_folder(tmp_path, "nolookup", m))
+
+
+def test_a_cache_input_is_not_taken_for_an_additive_mask(tmp_path: Path) -> None:
+    """Only [batch, 1, 1, seq] float inputs are additive masks: a key/value cache is refused."""
+    m = _model("x", mask="int")
+    m.graph.input.append(helper.make_tensor_value_info("past_key", TensorProto.FLOAT, ["batch", 4, "past", 2]))
+    m.graph.node.append(helper.make_node("ReduceSum", ["past_key"], ["ps"], keepdims=0))
+    m.graph.output.append(helper.make_tensor_value_info("ps", TensorProto.FLOAT, []))
+    with pytest.raises(ModelError, match=r"needs an input 'past_key' \(float \[batch, 4, past, 2\]\) that "
+                                         r"blackbox-sal cannot fill"):
+        load_model(_folder(tmp_path, "cache", m))

@@ -102,10 +102,10 @@ def _hint(name: str) -> str | None:
         return "token_types"
     if "position" in low or low in ("pos", "pos_ids"):
         return "positions"
-    if "len" in low:
-        return "lengths"
     if "mask" in low:
         return "mask"
+    if "len" in low:
+        return "lengths"
     return None
 
 
@@ -151,7 +151,7 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
         if role is None:
             if elem in _INTS and rank == 1:
                 role = "lengths"
-            elif (elem in _INTS | {TensorProto.BOOL} | _FLOATS and rank == 2) or (elem in _FLOATS and rank == 4):
+            elif (elem in _INTS | {TensorProto.BOOL} | _FLOATS and rank == 2) or _additive(info):
                 role = "mask"
         if role == "lengths" and not (elem in _INTS and rank == 1):
             role = None
@@ -171,6 +171,15 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
     found = "by name" if all(CANONICAL[r] == n for r, n in roles.items()) else "from the graph"
     return Roles(ids=ids, mask=roles.get("mask"), token_types=roles.get("token_types"),
                  positions=roles.get("positions"), lengths=roles.get("lengths"), found=found)
+
+
+def _additive(info: onnx.ValueInfoProto) -> bool:
+    """A float input [batch, 1, 1, seq]: an additive attention mask (a past key or value cache,
+    [batch, heads, past, dim], is not one)."""
+    t = info.type.tensor_type
+    dims = t.shape.dim
+    return t.elem_type in _FLOATS and len(dims) == 4 and all(d.HasField("dim_value") and d.dim_value == 1
+                                                             for d in dims[1:3])
 
 
 def _from_config(inputs: Mapping[str, onnx.ValueInfoProto], mapping: Mapping[str, str]) -> Roles:
