@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blackbox_sal.errors import ModelError
+from blackbox_sal.surgery.names import INPUT_ROLES
 
 #: config keys that give the token limit, in the order they are tried
 LENGTH_KEYS = ("max_length", "max_position_embeddings", "n_positions")
@@ -152,10 +153,6 @@ class ModelConfig:
             prepared=Prepared.parse(raw["prepared"]) if raw.get("prepared") is not None else None,
             inputs=_inputs(raw.get("inputs")),
         )
-
-
-#: the roles config.json's "inputs" may name (blackbox_sal.surgery.roles.ROLES)
-INPUT_ROLES = ("ids", "mask", "padding_mask", "token_types", "positions", "lengths")
 
 
 def _inputs(value: Any) -> dict[str, str] | None:

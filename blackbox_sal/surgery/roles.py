@@ -41,9 +41,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from blackbox_sal.errors import ModelError
-from blackbox_sal.model.model_config import INPUT_ROLES
 from blackbox_sal.surgery.index import opset_of
-from blackbox_sal.surgery.names import IDS, MASK, POSITIONS, TYPES
+from blackbox_sal.surgery.names import IDS, INPUT_ROLES, MASK, POSITIONS, TYPES
 from blackbox_sal.surgery.split import find_lookup
 
 #: the roles a config.json "inputs" object may name (padding_mask: a mask that is 1 on padding)
