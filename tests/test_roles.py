@@ -298,32 +298,47 @@ def test_fixed_batch_of_one_with_similar_to(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["similarity"]["cosine"] == pytest.approx(result.cosine, rel=1e-6)
 
 
-def test_two_id_channels_are_refused_with_the_way_out(tmp_path: Path) -> None:
-    m = _model("chars")
-    classes = TABLE[::-1].copy()
-    m.graph.initializer.append(numpy_helper.from_array(classes, "class_table"))
-    m.graph.input.append(helper.make_tensor_value_info("classes", TensorProto.INT64, ["batch", "seq"]))
-    m.graph.node.insert(1, helper.make_node("Gather", ["class_table", "classes"], ["Ec"]))
-    m.graph.node.insert(2, helper.make_node("Add", ["E", "Ec"], ["E2"]))
+def _with_second_lookup(m: onnx.ModelProto, name: str, table: np.ndarray) -> onnx.ModelProto:
+    """``m`` whose embeddings gain a second lookup, of input ``name`` in ``table``."""
+    m.graph.initializer.append(numpy_helper.from_array(table, f"{name}_table"))
+    m.graph.input.append(helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "seq"]))
+    m.graph.node.insert(1, helper.make_node("Gather", [f"{name}_table", name], ["E_second"]))
+    m.graph.node.insert(2, helper.make_node("Add", ["E", "E_second"], ["E2"]))
     for node in m.graph.node[3:]:
         node.input[:] = ["E2" if i == "E" else i for i in node.input]
+    return m
+
+
+def test_two_id_channels_are_refused_with_the_way_out(tmp_path: Path) -> None:
+    m = _with_second_lookup(_model("chars"), "classes", TABLE[::-1].copy())
     with pytest.raises(ModelError, match=r"two inputs feed their own embedding lookups \('chars' \(15 rows\), "
-                                         r"'classes' \(15 rows\)\).*the way out"):
+                                         r"'classes' \(15 rows\)\): if one of them is not the ids .*config.json.*"
+                                         r"a second id channel .* cannot be explained yet"):
         load_model(_folder(tmp_path, "two", m))
 
 
+def test_a_small_second_table_is_token_types(tmp_path: Path) -> None:
+    """A lookup in a table of 2 rows under an anonymous name (BERT exports' 'input.3'): token types."""
+    m = _with_second_lookup(_model("input.1", mask="int", mask_name="onnx::Unsqueeze_1"), "input.3",
+                            np.random.default_rng(3).normal(size=(2, D)).astype(np.float32))
+    model = load_model(_folder(tmp_path, "bert-like", m))
+    assert ("the model's inputs, found from the graph: ids 'input.1', mask 'onnx::Unsqueeze_1' (1/True on the tokens, "
+            "found by a probe), token types 'input.3'") == model.notes[0]
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids_ = _ids()[None]
+    want = session.run(["logits"], {"input.1": ids_, "onnx::Unsqueeze_1": np.ones_like(ids_),
+                                    "input.3": np.zeros_like(ids_)})[0][0, 0]
+    assert explain(model, TEXT, ExplainConfig(method="occlusion", target=0)).target_value == pytest.approx(float(want))
+
+
 def test_an_ambiguous_graph_is_settled_by_config_inputs(tmp_path: Path) -> None:
-    """Two rank-2 integer inputs besides the ids: a mask and token types under names that say
-    nothing; the error names config.json's inputs, which settles it."""
-    m = _model("a", mask="int", mask_name="b")
-    m.graph.initializer.append(numpy_helper.from_array(np.zeros((2, D), np.float32), "type_table"))
-    m.graph.input.append(helper.make_tensor_value_info("c", TensorProto.INT64, ["batch", "seq"]))
-    m.graph.node.insert(1, helper.make_node("Gather", ["type_table", "c"], ["Et"]))
-    m.graph.node.insert(2, helper.make_node("Add", ["E", "Et"], ["E2"]))
-    for node in m.graph.node[3:]:
-        node.input[:] = ["E2" if i == "E" else i for i in node.input]
-    with pytest.raises(ModelError, match=r"inputs 'b' and 'c' both look like the mask: say which input is which in "
-                                         r"config.json: \"inputs\""):
+    """A second lookup in a table as large as the vocabulary under a name that says nothing:
+    ids or not? The error names config.json's inputs, which settles it."""
+    m = _with_second_lookup(_model("a", mask="int", mask_name="b"), "c",
+                            np.random.default_rng(4).normal(size=(20, D)).astype(np.float32))
+    with pytest.raises(ModelError, match=r"\('a' \(15 rows\), 'c' \(20 rows\)\): if one of them is not the ids "
+                                         r"\(token types, positions\), say which input is which in config.json: "
+                                         r"\"inputs\""):
         load_model(_folder(tmp_path, "ambiguous", m))
     model = load_model(_folder(tmp_path, "settled", m, {"inputs": {"ids": "a", "mask": "b", "token_types": "c"}}))
     assert "found as config.json says" in model.notes[0]
@@ -334,6 +349,17 @@ def test_an_ambiguous_graph_is_settled_by_config_inputs(tmp_path: Path) -> None:
     assert result.target_value == pytest.approx(float(full), rel=1e-6)
     with pytest.raises(ModelError, match="config.json inputs: mask is 'zz', but the model has no such input"):
         load_model(_folder(tmp_path, "wrong", m, {"inputs": {"ids": "a", "mask": "zz", "token_types": "c"}}))
+
+
+def test_two_masks_are_ambiguous(tmp_path: Path) -> None:
+    m = _model("x", mask="int", mask_name="b")
+    m.graph.input.append(helper.make_tensor_value_info("c", TensorProto.INT64, ["batch", "seq"]))
+    m.graph.node.append(helper.make_node("Cast", ["c"], ["cf"], to=TensorProto.FLOAT))
+    m.graph.node.append(helper.make_node("ReduceSum", ["cf"], ["cs"], keepdims=0))
+    m.graph.output.append(helper.make_tensor_value_info("cs", TensorProto.FLOAT, []))
+    with pytest.raises(ModelError, match=r"inputs 'b' and 'c' both look like the mask: say which input is which in "
+                                         r"config.json: \"inputs\""):
+        load_model(_folder(tmp_path, "masks", m))
 
 
 def test_the_pad_token_comes_from_the_tokenizers_padding_section(tmp_path: Path) -> None:
@@ -551,3 +577,17 @@ def test_a_cache_input_is_not_taken_for_an_additive_mask(tmp_path: Path) -> None
     with pytest.raises(ModelError, match=r"needs an input 'past_key' \(float \[batch, 4, past, 2\]\) that "
                                          r"blackbox-sal cannot fill"):
         load_model(_folder(tmp_path, "cache", m))
+
+
+@pytest.mark.parametrize("name,width,kind", [("value", 75, "per-token"), ("last_hidden_state", 40, "states"),
+                                             ("onnx::Shape_422", 384, "states"), ("token_logits", 384, "per-token"),
+                                             ("hidden", 8, "per-token"), ("emissions", 2, "per-token")])
+def test_token_states_or_per_token_scores(name: str, width: int, kind: str) -> None:
+    from blackbox_sal.model.outputs import classify
+
+    got = classify(name, "tensor(float)", np.zeros((1, 9, width)), np.zeros((2, 6, width)), rows=(1, 2),
+                   lengths=(9, 6), fixed_batch=None, vocab=30522, labels=None, pooling_asked=False, copy_of=None)
+    assert got.kind == kind and got.batch_axis
+    no_batch = classify(name, "tensor(float)", np.zeros((9, width)), np.zeros((6, width)), rows=(1, 1),
+                        lengths=(9, 6), fixed_batch=1, vocab=30522, labels=None, pooling_asked=False, copy_of=None)
+    assert no_batch.kind == "per-token" and not no_batch.batch_axis  # a tagger fixed at one row, [seq, labels]

@@ -10,8 +10,9 @@ scores         [batch, classes] or [batch]: classification logits, scores, a    
                regression value; or [batch, seq, vocab] logits of a causal LM
                (``next-token``)
 embedding      [batch, dim] named as an embedding (embed, sentence, vector)         yes (2nd)
-states         [batch, seq, hidden] token states (hidden >= 32, or --pooling        yes (3rd)
-               given), pooled into one embedding
+states         [batch, seq, hidden] token states, pooled into one embedding:        yes (3rd)
+               named so (hidden, state, embed, feature) and >= 32 wide, or
+               >= 128 wide and not named as scores, or --pooling given
 pooler         ``pooler_output``: BERT's pre-training pooler, not a sentence        yes (4th)
                embedding; explained only when nothing else is there
 per-token      [batch, seq] or [batch, seq, labels]: its seq axis follows the       no (exit 3)
@@ -48,6 +49,10 @@ MIN_STATE_WIDTH = 32
 COPY_OPS = frozenset({"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose",
                       "CastLike"})
 _EMBEDDING_WORDS = ("embed", "sentence", "vector")
+#: token states at least this wide, whatever their name, unless it names scores
+STATE_WIDTH = 128
+_STATE_WORDS = ("hidden", "state", "embed", "feature")
+_SCORE_WORDS = ("logit", "score", "prob", "label", "tag", "emission")
 
 
 @dataclass(frozen=True)
@@ -116,15 +121,13 @@ def classify(name: str, dtype: str, first: np.ndarray, second: np.ndarray, *, ro
         return OutputKind(name, "other", s1, batch_axis, f"{shape}, whose size changes with the input")
     if follows == [0] and len(r1) in (1, 2):
         width = r1[1] if len(r1) == 2 else None
-        if not batch_axis:
-            return OutputKind(name, "other", s1, False, f"{shape}: one row per token and no batch axis")
-        if width is not None and width == vocab:
+        if batch_axis and width is not None and width == vocab:
             return OutputKind(name, "scores", s1, True, f"{shape}: next-token logits per position", per_position=True)
-        if width is not None and (pooling_asked or (width >= MIN_STATE_WIDTH and width != labels)):
+        if batch_axis and width is not None and (pooling_asked or _states(name, width, labels)):
             return OutputKind(name, "states", s1, True, f"{shape}: token states")
-        return OutputKind(name, "per-token", s1, True,
+        return OutputKind(name, "per-token", s1, batch_axis,
                           f"{shape}: {'a score' if width is None else f'{width} scores'} per token (its seq axis "
-                          f"follows the input length)")
+                          f"follows the input length{'' if batch_axis else '; no batch axis'})")
     if follows:
         return OutputKind(name, "other", s1, batch_axis, f"{shape}: its axis {follows[0] + batch_axis} follows the "
                           f"input length")
@@ -136,6 +139,19 @@ def classify(name: str, dtype: str, first: np.ndarray, second: np.ndarray, *, ro
     if len(r1) == 1 and r1[0] > 1 and any(w in name.lower() for w in _EMBEDDING_WORDS):
         return OutputKind(name, "embedding", s1, batch_axis, f"{shape}: an embedding{where}")
     return OutputKind(name, "scores", s1, batch_axis, f"{shape}: {'one score' if not r1 else 'scores'} per text{where}")
+
+
+def _states(name: str, width: int, labels: int | None) -> bool:
+    """Whether [batch, seq, width] holds token states to pool rather than per-token scores:
+    not as many as config.json's labels, and named as states (hidden, state, embed, feature),
+    or at least STATE_WIDTH wide and not named as scores (logit, score, prob, label, tag,
+    emission). A tagger's 75 labels called "value" are scores; BERT's 384 states are states."""
+    low = name.lower()
+    if width == labels or width < MIN_STATE_WIDTH:
+        return False
+    if any(w in low for w in _STATE_WORDS):
+        return True
+    return width >= STATE_WIDTH and not any(w in low for w in _SCORE_WORDS)
 
 
 def choose(kinds: Sequence[OutputKind], asked: str | None) -> tuple[OutputKind, tuple[str, ...]]:

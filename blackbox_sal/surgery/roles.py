@@ -52,6 +52,8 @@ CANONICAL = {"ids": IDS, "mask": MASK, "padding_mask": MASK, "token_types": TYPE
              "lengths": MASK}
 _INTS = {TensorProto.INT64, TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT8}
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
+#: the most rows a table may have for the integer input indexing it to be taken for token types
+SEGMENTS = 16
 #: the way out every ambiguity names
 CONFIG_HINT = ('say which input is which in config.json: "inputs": {"ids": ..., "mask": ...} (roles: '
                + ", ".join(ROLES) + ")")
@@ -129,7 +131,9 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
     if IDS in inputs:  # the split says why, where it finds no lookup
         ids = IDS
     else:
-        wide = [n for n, rows in lookups.items() if rows >= vocab] or list(lookups)
+        # the ids' table holds the whole vocabulary; a table of a few rows is token types'
+        wide = [n for n, rows in lookups.items() if rows >= vocab] or \
+            ([max(lookups, key=lambda n: lookups[n])] if lookups else [])
         if not wide:
             listed = ", ".join(f"{n} ({_describe(i)})" for n, i in inputs.items())
             raise ModelError(f"no input feeds a word-embedding lookup (inputs: {listed}): no ids input to explain; "
@@ -137,9 +141,9 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
         if len(wide) > 1:
             raise ModelError(
                 f"two inputs feed their own embedding lookups "
-                f"({', '.join(f'{n!r} ({lookups[n]} rows)' for n in wide)}): a second id channel (characters and "
-                f"their classes, say) cannot be explained yet, as its scores would need a split of their own; the way "
-                f"out is an export that computes the second channel from the first inside the graph")
+                f"({', '.join(f'{n!r} ({lookups[n]} rows)' for n in wide)}): if one of them is not the ids (token "
+                f"types, positions), {CONFIG_HINT}; a second id channel (characters and their classes, or a decoder's "
+                f"target prefix) cannot be explained yet, as its scores would need a split of their own")
         ids = wide[0]
     roles["ids"] = ids
     for name, info in inputs.items():
@@ -147,6 +151,8 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
             continue
         elem, rank = info.type.tensor_type.elem_type, _rank(info)
         role = {TYPES: "token_types", POSITIONS: "positions", MASK: "mask"}.get(name) or _hint(name)
+        if role is None and name in lookups and lookups[name] <= SEGMENTS and lookups[name] < vocab:
+            role = "token_types"  # a lookup in a table of a few rows: segment (token type) embeddings
         if role is None:
             if elem in _INTS and rank == 1:
                 role = "lengths"
