@@ -591,3 +591,14 @@ def test_token_states_or_per_token_scores(name: str, width: int, kind: str) -> N
     no_batch = classify(name, "tensor(float)", np.zeros((9, width)), np.zeros((6, width)), rows=(1, 1),
                         lengths=(9, 6), fixed_batch=1, vocab=30522, labels=None, pooling_asked=False, copy_of=None)
     assert no_batch.kind == "per-token" and not no_batch.batch_axis  # a tagger fixed at one row, [seq, labels]
+
+
+def test_cls_pooling_without_a_cls_token_is_said(tmp_path: Path) -> None:
+    m = _model("x", mask="int")
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("Hs", TensorProto.FLOAT, ["batch", "seq", H]))
+    bare = load_model(tiny.write_model_dir(tmp_path / "bare", m), pooling="cls")
+    assert bare.task == "embedding" and any("the tokenizer adds no special token there" in n for n in bare.notes)
+    with_cls = load_model(tiny.write_model_dir(tmp_path / "cls", m, with_cls=True), pooling="cls")
+    assert not any("adds no special token" in n for n in with_cls.notes)
+    assert not any("adds no special token" in n for n in load_model(tmp_path / "bare", pooling="mean").notes)

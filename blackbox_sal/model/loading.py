@@ -177,6 +177,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         body = pooled(body, source, mode, norm, MASK if MASK in model.int_inputs else None, model.mask_rank)
         model = replace(model, task="embedding", output=SENTENCE, body=body, pooling=said,
                         session=create_session(body.SerializeToString(), device, threads))
+    if (per_position == "states" and mode == "cls") or chosen.kind == "pooler":
+        model = replace(model, notes=model.notes + _no_cls_note(tokenizer))
     ids, types, mask = _probe(model)
     model.forward(model.embed(ids)[None], ids, types, mask)  # the explained output is [batch, classes]
     if verify and original is not None:
@@ -481,6 +483,17 @@ def _mask_polarity(proto: onnx.ModelProto, roles: Any, tokenizer: Tokenizer, pad
     # a quantized model rounds its activations over the whole input, padding included: the
     # right polarity changes the output far less than the wrong one, if not to nothing
     return best if change[best] <= 0.01 * change[other] else None
+
+
+def _no_cls_note(tokenizer: Tokenizer) -> tuple[str, ...]:
+    """A note when the model reads its first token as the sentence ([CLS] pooling, BERT's
+    pooler) but the tokenizer puts no special token there: the first word is read instead."""
+    encoding = tokenizer.encode(_PROBE_TEXT)
+    if encoding.special_tokens_mask and encoding.special_tokens_mask[0]:
+        return ()
+    return ("the model reads its first token as the whole text ([CLS] pooling), but the tokenizer adds no special "
+            "token there, so the first word is read instead: if the model was trained with [CLS] ... [SEP], give "
+            "tokenizer.json a post_processor that adds them",)
 
 
 def _output_kinds(model: TextModel, copies: dict[str, str], pooling_asked: bool) -> list[OutputKind]:
