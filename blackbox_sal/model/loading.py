@@ -42,6 +42,8 @@ from blackbox_sal.surgery.names import EMBEDS, IDS, KNOWN_INPUTS, MASK
 if TYPE_CHECKING:  # onnx and the surgery are imported where a graph is rewritten, not with this module
     import onnx
 
+    from blackbox_sal.surgery.roles import Roles
+
 #: what load_model says where the onnx package is missing (an edge install) and the folder is not prepared
 NO_ONNX = ("this install has no onnx package: it loads prepared folders only "
            "(blackbox-sal grad MODEL --folder OUT where onnx is installed)")
@@ -167,6 +169,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         model = replace(model, body=body, output=body.graph.output[-1].name, fixed_batch=1,
                         session=create_session(body.SerializeToString(), device, threads))
     per_position = ("logits" if chosen.per_position else "states" if chosen.kind == "states" else None)
+    first_token = chosen.kind == "pooler"  # the model reads its first token as the text
     if per_position == "logits":  # a causal LM's
         body = last_position(body, source)
         model = replace(model, task="next-token", output=NEXT_TOKEN, body=body,
@@ -177,7 +180,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         body = pooled(body, source, mode, norm, MASK if MASK in model.int_inputs else None, model.mask_rank)
         model = replace(model, task="embedding", output=SENTENCE, body=body, pooling=said,
                         session=create_session(body.SerializeToString(), device, threads))
-    if (per_position == "states" and mode == "cls") or chosen.kind == "pooler":
+        first_token = mode == "cls"
+    if first_token:
         model = replace(model, notes=model.notes + _no_cls_note(tokenizer))
     ids, types, mask = _probe(model)
     model.forward(model.embed(ids)[None], ids, types, mask)  # the explained output is [batch, classes]
@@ -432,7 +436,7 @@ def _by_role(proto: onnx.ModelProto, config: ModelConfig, tokenizer: Tokenizer, 
     return canonical(proto, roles), (f"the model's inputs, found {roles.found}: {said}",)
 
 
-def _mask_polarity(proto: onnx.ModelProto, roles: Any, tokenizer: Tokenizer, pad_id: int | None,
+def _mask_polarity(proto: onnx.ModelProto, roles: Roles, tokenizer: Tokenizer, pad_id: int | None,
                    threads: int) -> str | None:
     """What a 1 (True) of the mask marks, "tokens" or "padding": the polarity under which the
     model's float outputs on a padded probe sentence do not change when the padding holds

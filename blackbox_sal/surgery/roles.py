@@ -333,9 +333,3 @@ def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
         if out.name == old:
             out.name = new
 
-
-def polarity_of(outputs_pad: list[np.ndarray], outputs_junk: list[np.ndarray]) -> bool:
-    """Whether outputs on the padded ids and on the same ids with junk tokens in the padding
-    agree (float outputs only, each cut to the real tokens by the caller)."""
-    return all(a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5)
-               for a, b in zip(outputs_pad, outputs_junk, strict=True))
