@@ -602,3 +602,14 @@ def test_cls_pooling_without_a_cls_token_is_said(tmp_path: Path) -> None:
     with_cls = load_model(tiny.write_model_dir(tmp_path / "cls", m, with_cls=True), pooling="cls")
     assert not any("adds no special token" in n for n in with_cls.notes)
     assert not any("adds no special token" in n for n in load_model(tmp_path / "bare", pooling="mean").notes)
+
+
+def test_a_fixed_length_output_as_long_as_the_input_is_per_token() -> None:
+    """With one length to probe (a [1, 12] export), an axis of the input's length is its seq axis."""
+    from blackbox_sal.model.outputs import classify
+
+    def kind(shape: tuple[int, ...]) -> str:
+        return classify("out", "tensor(float)", np.zeros(shape), np.zeros(shape), rows=(1, 1), lengths=(12, 12),
+                        fixed_batch=1, vocab=30522, labels=None, pooling_asked=False, copy_of=None).kind
+    assert kind((1, 12)) == "per-token" and kind((1, 12, 5)) == "per-token"
+    assert kind((1, 3)) == "scores" and kind((3,)) == "scores" and kind(()) == "scores"
