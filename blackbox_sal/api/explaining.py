@@ -271,9 +271,12 @@ def _finite_note(scores: np.ndarray) -> tuple[str, ...]:
 
 
 def model_notes(model: TextModel) -> tuple[str, ...]:
-    """What every explanation of this model should say about how it was loaded."""
-    if model.notes:
-        return model.notes
+    """What every explanation of this model should say about how it was loaded (the notes found
+    at load, which inputs and output were taken, the twin's measured agreement, last)."""
+    return _how_loaded(model) + model.notes
+
+
+def _how_loaded(model: TextModel) -> tuple[str, ...]:
     if model.pooling:
         return (f"the model's token states were pooled into one embedding: {model.pooling}",)
     if model.weight_only:

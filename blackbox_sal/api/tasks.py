@@ -22,8 +22,10 @@ from blackbox_sal.vocabulary.scores import SCORES, cosine, resolve_target
 
 
 def _forward(model: TextModel, tokens: Tokens) -> Forward:
-    """The request for the model's outputs on one tokenized text."""
-    return Forward(Seq(tokens.ids, tokens.type_ids), ArrayPoints(model.embed(tokens.ids)[None]))
+    """The request for the model's outputs on one tokenized text (padded under the mask to a
+    fixed-length export's length, as an explanation's runs are; a fixed batch is the engine's)."""
+    ids, type_ids, mask = model.pad(tokens.ids, tokens.type_ids)
+    return Forward(Seq(ids, type_ids, mask), ArrayPoints(model.embed(ids)[None]))
 
 
 def explain_generation(model: TextModel, prompt: str, max_new_tokens: int,

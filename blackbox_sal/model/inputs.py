@@ -8,12 +8,14 @@ prepared one), so they read a session's interface the same way.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from blackbox_sal.baselines import baseline_token
+from blackbox_sal.model import files
 from blackbox_sal.surgery.names import EMBEDS, KNOWN_INPUTS, MASK
 from blackbox_sal.vocabulary.errors import ModelError, UsageError
 
@@ -56,9 +58,39 @@ def fixed_dims(session: Any) -> tuple[int | None, int | None]:
     return static[0], static[1]
 
 
-def pad_id(tokenizer: Tokenizer) -> int | None:
-    """The tokenizer's pad token id, or None where it names none."""
+def pad_id(tokenizer: Tokenizer, folder: Path | None = None) -> int | None:
+    """The pad token's id, from the tokenizer's own declarations before any guess by name:
+    tokenizer.json's ``padding`` section (read it before ``no_padding()``), then the folder's
+    ``special_tokens_map.json`` and ``tokenizer_config.json`` (``pad_token``), then a token
+    named like a pad token ([PAD], <pad>, ...). None when there is none."""
+    padding = tokenizer.padding
+    if padding and isinstance(padding.get("pad_id"), int) and padding.get("pad_token") is not None \
+            and tokenizer.token_to_id(str(padding["pad_token"])) == padding["pad_id"]:
+        return int(padding["pad_id"])
+    for side in ("special_tokens_map.json", "tokenizer_config.json"):
+        declared = files.read_side_json(folder, side) if folder is not None else None
+        pad = declared.get("pad_token") if isinstance(declared, dict) else None
+        if isinstance(pad, dict):  # {"content": "[PAD]", "lstrip": false, ...}
+            pad = pad.get("content")
+        found = tokenizer.token_to_id(pad) if isinstance(pad, str) else None
+        if found is not None:
+            return int(found)
     try:
         return baseline_token(tokenizer, "pad")
     except UsageError:
         return None
+
+
+#: quantized operators whose activation ranges span the whole run (rows change each other)
+ROW_COUPLED = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "QAttention"})
+
+
+def row_coupled(quantized: tuple[str, ...]) -> bool:
+    """Whether a quantized model must run one row at a time to give each row its own output."""
+    return bool(ROW_COUPLED.intersection(quantized))
+
+
+def row_coupled_note(quantized: tuple[str, ...]) -> str:
+    ops = ", ".join(sorted(ROW_COUPLED.intersection(quantized)))
+    return (f"the model quantizes its activations with one range over the whole run ({ops}): rows run together "
+            f"change each other's outputs, so it is run one row at a time")

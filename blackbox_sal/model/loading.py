@@ -4,11 +4,17 @@ The folder's files are read safely (:mod:`blackbox_sal.model.files`), then the g
 rewritten to take token embeddings, in this order, each rewrite a pure function of
 :mod:`blackbox_sal.surgery`:
 
+0. the inputs are found by their role (:mod:`blackbox_sal.surgery.roles`: the ids feed the
+   embedding lookup, a mask's polarity is probed, config.json's ``inputs`` settles the rest)
+   and the graph takes them under the canonical names;
 1. a weight-only low-bit model (MatMulNBits computing in float) is dequantized, since that is
    the same function; a quantized model is replaced by its float twin when asked;
 2. a multiple-choice export ([batch, choices, seq]) scores one sequence at a time;
 3. an ``input_ids`` model is split at its embedding lookup;
-4. a causal LM's [batch, seq, vocab] logits gain their last position as the explained output.
+4. the explained output is chosen by what each output holds (:mod:`blackbox_sal.model.outputs`);
+   one with no batch axis gains one (runs of one row);
+5. a causal LM's [batch, seq, vocab] logits gain their last position as the explained output;
+   token states are pooled into one embedding.
 
 Each rewrite that could change the function is checked against the file on a probe sentence.
 """
@@ -24,8 +30,17 @@ from tokenizers import Tokenizer
 
 from blackbox_sal.model import files
 from blackbox_sal.model.features import Featurizer, feature_count, tokenizer_pattern
-from blackbox_sal.model.inputs import FLOAT_TYPES, INT_TYPES, fixed_dims, int_inputs, pad_id
+from blackbox_sal.model.inputs import (
+    FLOAT_TYPES,
+    INT_TYPES,
+    fixed_dims,
+    int_inputs,
+    pad_id,
+    row_coupled,
+    row_coupled_note,
+)
 from blackbox_sal.model.model_config import ModelConfig, pooling_folder, sentence_transformers_pooling
+from blackbox_sal.model.outputs import OutputKind, choose, classify, pass_throughs
 from blackbox_sal.model.prepared import load_prepared
 from blackbox_sal.model.session import create_session, run
 from blackbox_sal.model.text_model import PROBE_TEXT, Runtime, TextModel, int_feeds
@@ -36,6 +51,8 @@ from blackbox_sal.vocabulary.errors import ModelError, UsageError
 
 if TYPE_CHECKING:  # onnx and the surgery are imported where a graph is rewritten, not with this module
     import onnx
+
+    from blackbox_sal.surgery.roles import Roles
 
 #: what load_model says where the onnx package is missing (an edge install) and the folder is not prepared
 NO_ONNX = ("this install has no onnx package: it loads prepared folders only "
@@ -48,7 +65,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
                pooling: str | None = None, normalize: bool | None = None) -> TextModel:
     """Load a model directory or ``.onnx`` file (see :mod:`blackbox_sal.model.files`).
 
-    device: auto | cpu | cuda. output: the output to explain (default: the first).
+    device: auto | cpu | cuda. output: the output to explain (default: chosen by what the outputs hold,
+    :mod:`blackbox_sal.model.outputs`; the model's inputs are found by role, :mod:`blackbox_sal.surgery.roles`).
     verify: for a split model, check body(table[ids]) == model(ids) on a probe sentence.
     dequantize: load a quantized model (dynamic or QDQ) as its float twin (int8 weights
     dequantized, activations in float; :mod:`blackbox_sal.surgery.dequantize`), which has exact
@@ -71,8 +89,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         import onnx
     except ImportError:  # an edge install: onnxruntime, numpy and tokenizers only
         raise ModelError(f"{NO_ONNX}; {str(found.onnx_path.parent)!r} is not a prepared folder") from None
-    from blackbox_sal.surgery.dequantize import float_twin, weight_only
-    from blackbox_sal.surgery.interfaces import input_rank, last_position, single_choice
+    from blackbox_sal.surgery.dequantize import drop_requantization, float_twin, weight_only
+    from blackbox_sal.surgery.interfaces import input_rank, last_position, single_choice, with_batch_axis
     from blackbox_sal.surgery.names import NEXT_TOKEN
     from blackbox_sal.surgery.pooling import SENTENCE, pooled
     from blackbox_sal.surgery.quantized import quantized_ops
@@ -83,9 +101,13 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
                                           for i in proto.graph.input):
         return _feature_model(found, config, proto, device, output, verify, threads)
     tokenizer = load_tokenizer(found)
-    pad = pad_id(tokenizer)  # before padding is turned off: tokenizer.json's padding declares the pad
+    pad = pad_id(tokenizer, found.onnx_path.parent)  # before the padding section is dropped
     tokenizer.no_truncation()
     tokenizer.no_padding()
+    notes: tuple[str, ...] = ()
+    copies = pass_throughs(proto.graph)  # named as the file names its inputs
+    if EMBEDS not in {i.name for i in proto.graph.input}:
+        proto, notes = _by_role(proto, config, tokenizer, pad, threads)
     twin_of: tuple[str, ...] = ()
     deployed: onnx.ModelProto | None = None
     dequantized: tuple[str, ...] = ()
@@ -96,6 +118,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         twin_of = quantized_ops(proto)
         if not twin_of:
             raise UsageError("--dequantize: the model has no integer operators to dequantize")
+        deployed = proto
         proto, _ = float_twin(proto)
     choices = input_rank(proto, IDS) == 3 or input_rank(proto, EMBEDS) == 4
     if choices:  # [batch, choices, seq]: score one sequence at a time, as a batch of [batch, 1, seq]
@@ -110,6 +133,9 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     else:
         split = split_embedding(proto, IDS)
         table, body, serialized = split.table, split.body, split.serialized
+        if twin_of:  # an 8-bit lookup re-quantized in the body: a float twin keeps it in float
+            body, dropped = drop_requantization(body)
+            serialized = body.SerializeToString() if dropped else serialized
         origin = f"split at {split.lookup}" + (" (an 8-bit table, dequantized)" if split.quantized_table else "")
         del split
         # the original is kept only as the bytes its check needs: the parsed proto is as large
@@ -124,13 +150,13 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     session = create_session(serialized or body.SerializeToString(), device, threads)
     del serialized  # a large model's bytes: not kept while the rest loads
     outputs = {o.name: o for o in session.get_outputs()}
-    source = output or next(iter(outputs))
-    if source not in outputs:
-        raise ModelError(f"the model has no output {source!r} (outputs: {', '.join(outputs)})")
+    if output is not None and output not in outputs:
+        raise ModelError(f"the model has no output {output!r} (outputs: {', '.join(outputs)})")
     ints, mask_rank = int_inputs(session)
     fixed_batch, fixed_length = fixed_dims(session)
     model = TextModel(
-        name=found.name, tokenizer=tokenizer, table=table, runtime=Runtime(session, device, threads), output=source,
+        name=found.name, tokenizer=tokenizer, table=table, runtime=Runtime(session, device, threads),
+        output=output or next(iter(outputs)),
         labels=config.labels, max_length=config.max_length or fixed_length,
         origin=origin, int_inputs=ints, row_norm=mean_row_norm(table), body=body,
         config=config, folder=found.onnx_path.parent, quantized=quantized,
@@ -138,23 +164,39 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         weight_only=dequantized, fixed_length=fixed_length, fixed_batch=fixed_batch, mask_rank=mask_rank,
         pad_id=pad,
     )
-    per_position = _per_position(model, source) if len(outputs[source].shape or ()) == 3 else None
+    if row_coupled(quantized) and model.fixed_batch is None:
+        model = replace(model, fixed_batch=1, notes=(*notes, row_coupled_note(quantized)))
+        notes = model.notes
+    chosen, choice_note = choose(_output_kinds(model, copies, pooling is not None), output)
+    source = chosen.name
+    model = replace(model, output=source, notes=notes + choice_note)
+    if not chosen.batch_axis:  # [classes]: one row per run, the output given its batch axis
+        body = with_batch_axis(body, source)
+        model = replace(model, body=body, output=body.graph.output[-1].name, fixed_batch=1,
+                        runtime=model.runtime.again(body.SerializeToString()))
+    per_position = ("logits" if chosen.per_position else "states" if chosen.kind == "states" else None)
+    first_token = chosen.kind == "pooler"  # the model reads its first token as the text
     if per_position == "logits":  # a causal LM's
         body = last_position(body, source)
         model = replace(model, task="next-token", output=NEXT_TOKEN, body=body,
                         runtime=model.runtime.again(body.SerializeToString()))
-    elif per_position == "states" and (pooling is not None or _looks_like_states(model, outputs[source].shape)):
+    elif per_position == "states":
         # token states: pooled into a sentence embedding
         mode, norm, said = _pooling(found.onnx_path.parent, config, pooling, normalize)
         body = pooled(body, source, mode, norm, MASK if MASK in model.int_inputs else None, model.mask_rank)
         model = replace(model, task="embedding", output=SENTENCE, body=body, pooling=said,
                         runtime=model.runtime.again(body.SerializeToString()))
+        first_token = mode == "cls"
+    if first_token:
+        model = replace(model, notes=model.notes + _no_cls_note(tokenizer))
     ids, types, mask = model.probe()
     model.forward(model.embed(ids)[None], ids, types, mask)  # the explained output is [batch, classes]
     if verify and original is not None:
         _check_against(model, original, source)
-    if verify and deployed is not None:
+    if verify and deployed is not None and not twin_of:
         _check_against(model, deployed.SerializeToString(), source, what="the dequantized weight-only model")
+    if deployed is not None and twin_of:  # the twin differs by the activation rounding: measured, said
+        model = replace(model, notes=(*model.notes, _twin_agreement(model, deployed.SerializeToString(), source)))
     return model
 
 
@@ -302,33 +344,141 @@ def _pooling(folder: Path, config: ModelConfig, mode: str | None,
     return mode, normalize, f"{mode} pooling{', L2-normalised' if normalize else ''}, {where}"
 
 
-#: token states narrower than this are taken for per-token labels, not pooled (unless asked)
-MIN_STATE_WIDTH = 32
+#: quantized operators that round their activations with a range taken over the whole input
+#: tensor: every row of a run changes the others' outputs
+def _by_role(proto: onnx.ModelProto, config: ModelConfig, tokenizer: Tokenizer, pad_id: int | None,
+             threads: int) -> tuple[onnx.ModelProto, tuple[str, ...]]:
+    """``proto`` taking the canonical inputs (:mod:`blackbox_sal.surgery.roles`), and a note
+    saying which input plays which role where the names did not say it."""
+    from blackbox_sal.surgery.roles import CONFIG_HINT, canonical, find_roles
+
+    roles = find_roles(proto, config.inputs, tokenizer.get_vocab_size(with_added_tokens=True))
+    if config.inputs is None and roles.canonical_already(proto):
+        return proto, ()
+    how = ""
+    if roles.mask is not None and config.inputs is None:
+        info = next(i for i in proto.graph.input if i.name == roles.mask)
+        if len(info.type.tensor_type.shape.dim) == 2:
+            on = _mask_polarity(proto, roles, tokenizer, pad_id, threads)
+            if on is None:
+                raise ModelError(f"input {roles.mask!r} looks like a mask, but neither 1 on the tokens nor 1 on the "
+                                 f"padding makes padded tokens invisible to the model on a probe sentence: "
+                                 f"{CONFIG_HINT} (padding_mask: a mask that is 1 on the padding)")
+            roles = replace(roles, mask_on=on)
+            how = f" ({'1/True on the padding' if on == 'padding' else '1/True on the tokens'}, found by a probe)"
+    named = roles.named()
+    said = ", ".join(f"{role.replace('_', ' ')} {name!r}" + (how if role == "mask" else "")
+                     for role, name in named.items())
+    return canonical(proto, roles), (f"the model's inputs, found {roles.found}: {said}",)
 
 
-def _looks_like_states(model: TextModel, shape: Any) -> bool:
-    """Whether a [batch, seq, width] output holds token states to pool rather than per-token
-    labels: no labels of that number in config.json, and a width of at least MIN_STATE_WIDTH."""
-    width = shape[2] if len(shape) == 3 and isinstance(shape[2], int) else None
-    if model.labels is not None and width is not None and len(model.labels) == width:
-        return False
-    return width is None or width >= MIN_STATE_WIDTH
+def _mask_polarity(proto: onnx.ModelProto, roles: Roles, tokenizer: Tokenizer, pad_id: int | None,
+                   threads: int) -> str | None:
+    """What a 1 (True) of the mask marks, "tokens" or "padding": the polarity under which the
+    model's float outputs on a padded probe sentence do not change when the padding holds
+    other tokens (cut to the real tokens); None when neither or both polarities do that
+    (both: the mask changes nothing here, and "tokens" is taken)."""
+    from blackbox_sal.surgery.roles import role_feeds
+
+    inputs = {i.name: i for i in proto.graph.input}
+    dims = inputs[roles.ids].type.tensor_type.shape.dim
+    fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims[:2]]
+    rows = fixed[0] or 1
+    ids = [int(i) for i in tokenizer.encode(PROBE_TEXT).ids][:12]
+    length = fixed[1] or len(ids) + 4
+    ids = ids[: max(1, min(len(ids), length - 2))]
+    n = len(ids)
+    table_rows = tokenizer.get_vocab_size(with_added_tokens=True)
+    junk = np.random.default_rng(0).integers(0, table_rows, length - n)
+    pad = np.full(length - n, pad_id if pad_id is not None else 0)
+    valid = np.tile(np.r_[np.ones(n, np.int64), np.zeros(length - n, np.int64)], (rows, 1))
+    session = create_session(proto.SerializeToString(), "cpu", threads)
+    floats = [o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(double)",
+                                                                   "tensor(float16)")]
+    if not floats:
+        return "tokens"
+
+    def outputs(tail: np.ndarray, on: str) -> list[np.ndarray]:
+        batch = np.tile(np.r_[ids, tail].astype(np.int64), (rows, 1))
+        got = run(session, floats, role_feeds(proto, roles, batch, valid, on), "the model (probing its mask)")
+        cut = []
+        for value in got:
+            value = np.asarray(value, np.float64)
+            axis = next((a for a in range(value.ndim) if value.shape[a] == length), None)
+            cut.append(np.take(value, range(n), axis=axis) if axis is not None else value)
+        return cut
+
+    change = {}
+    for on in ("tokens", "padding"):
+        a, b = outputs(pad, on), outputs(junk, on)
+        scale = 1.0 + max((float(np.max(np.abs(x))) for x in a if x.size), default=0.0)
+        change[on] = max((float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True) if x.size), default=0.0) \
+            / scale
+    quiet = [on for on, c in change.items() if c <= 1e-5]
+    if len(quiet) == 1:
+        return quiet[0]
+    if len(quiet) == 2:
+        return "tokens"
+    best, other = sorted(change, key=lambda on: change[on])
+    # a quantized model rounds its activations over the whole input, padding included: the
+    # right polarity changes the output far less than the wrong one, if not to nothing
+    return best if change[best] <= 0.01 * change[other] else None
 
 
-def _per_position(model: TextModel, output: str) -> str | None:
-    """What a rank-3 output holds: "logits" for [batch, seq, vocab], one row per input position
-    as wide as the embedding table (a causal LM); "states" for other rows per position
-    ([batch, seq, hidden]: token states to pool); None for anything else."""
+def _no_cls_note(tokenizer: Tokenizer) -> tuple[str, ...]:
+    """A note when the model reads its first token as the sentence ([CLS] pooling, BERT's
+    pooler) but the tokenizer puts no special token there: the first word is read instead."""
+    encoding = tokenizer.encode(PROBE_TEXT)
+    if encoding.special_tokens_mask and encoding.special_tokens_mask[0]:
+        return ()
+    return ("the model reads its first token as the whole text ([CLS] pooling), but the tokenizer adds no special "
+            "token there, so the first word is read instead: if the model was trained with [CLS] ... [SEP], give "
+            "tokenizer.json a post_processor that adds them",)
+
+
+def _output_kinds(model: TextModel, copies: dict[str, str], pooling_asked: bool) -> list[OutputKind]:
+    """Every output of the loaded body, sorted into what it holds by two probe runs: the probe
+    sentence at its length and a few tokens shorter (one length for a fixed-length export), at
+    one row and at two (the fixed batch where there is one)."""
     ids, types, mask = model.probe()
-    feeds = model.feeds(model.embed(ids)[None], ids, types, mask)
-    try:
-        shape = np.shape(run(model.session, [output], feeds)[0])
-    except ModelError as exc:
-        wanted = ", ".join(f"{i.name} {i.shape}" for i in model.session.get_inputs())
-        raise ModelError(f"the model fails on a probe sentence ({exc}); it wants {wanted}") from exc
-    if len(shape) != 3 or shape[1] != len(ids):
-        return None
-    return "logits" if shape[2] == model.table.shape[0] else "states"
+    short = max(1, len(ids) - 3)
+    second: tuple[np.ndarray, np.ndarray, np.ndarray | None] = (ids, types, mask)
+    if model.fixed_length is None and len(ids) > 1:
+        second = (ids[:short], types[:short], None)
+    rows = (model.fixed_batch or 1, model.fixed_batch or 2)
+    names = [o.name for o in model.session.get_outputs()]
+    runs = []
+    for (i, t, m), k in zip(((ids, types, mask), second), rows, strict=True):
+        try:
+            runs.append(run(model.session, names, model.feeds(np.repeat(model.embed(i)[None], k, axis=0), i, t, m)))
+        except ModelError as exc:
+            if runs and k > 1:  # a batch axis that is declared free but is not: told by the batch-1 run alone
+                rows = (1, 1)
+                runs.append(run(model.session, names, model.feeds(model.embed(i)[None], i, t, m)))
+                continue
+            wanted = ", ".join(f"{x.name} {x.shape}" for x in model.session.get_inputs())
+            raise ModelError(f"the model fails on a probe sentence ({exc}); it wants {wanted}") from exc
+    labels = len(model.labels) if model.labels is not None else None
+    types_of = {o.name: o.type for o in model.session.get_outputs()}
+    return [classify(name, types_of[name], runs[0][k], runs[1][k], rows=rows, lengths=(len(ids), len(second[0])),
+                     fixed_batch=model.fixed_batch, vocab=model.table.shape[0], labels=labels,
+                     pooling_asked=pooling_asked, copy_of=copies.get(name)) for k, name in enumerate(names)]
+
+
+def _twin_agreement(model: TextModel, deployed: bytes, source: str) -> str:
+    """A note measuring how far the float twin's output is from the quantized model's on the
+    probe sentence (they differ by the activation rounding)."""
+    ids, types, mask = model.probe()
+    got = np.asarray(run(model.session, [source], model.feeds(model.embed(ids)[None], ids, types, mask))[0],
+                     np.float64)
+    session = create_session(deployed, "cpu", model.threads)
+    feeds = _original_feeds(session, model, ids, types, mask)
+    want = np.asarray(run(session, [source], feeds, "the quantized model")[0], np.float64).reshape(got.shape)
+    err = float(np.max(np.abs(got - want))) if want.size else 0.0
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    return (f"the float twin's output {source!r} differs from the quantized model's by at most {err:.3g} on a probe "
+            f"sentence (largest output {scale:.3g})")
+
 
 
 def _check_against(model: TextModel, original: bytes, source: str, what: str = "") -> None:
@@ -338,6 +488,20 @@ def _check_against(model: TextModel, original: bytes, source: str, what: str = "
     got = np.asarray(run(model.session, [source], model.feeds(model.embed(ids)[None], ids, types, mask))[0],
                      dtype=np.float64)
     session = create_session(original, model.device_request, model.threads)
+    feeds = _original_feeds(session, model, ids, types, mask)
+    want = np.asarray(run(session, [source], feeds, "the original model")[0], dtype=np.float64).reshape(got.shape)
+    err = float(np.max(np.abs(got - want))) if want.size else 0.0
+    if not err <= 1e-4 * (1.0 + float(np.max(np.abs(want)))):
+        if what:
+            raise ModelError(f"{what} disagrees with the file (max difference {err:.3g}); load it with "
+                             f"verify=False (--no-verify) to explain the dequantized weights anyway")
+        raise ModelError(f"the split model disagrees with the original (max difference {err:.3g}); "
+                         f"the lookup cut is wrong for this model")
+
+
+def _original_feeds(session: Any, model: TextModel, ids: np.ndarray, types: np.ndarray,
+                    mask: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Feeds of one probe row for a graph that takes ids (the file's, before the split)."""
     feeds = {}
     for inp in session.get_inputs():
         if inp.name == EMBEDS:
@@ -347,11 +511,4 @@ def _check_against(model: TextModel, original: bytes, source: str, what: str = "
             raise ModelError(f"the original model needs an input {inp.name!r} that blackbox-sal cannot fill")
         dtype = INT_TYPES.get(inp.type) or FLOAT_TYPES.get(inp.type, np.int64)
         feeds.update(int_feeds({inp.name: dtype}, ids, types, 1, mask, len(inp.shape or ()) if inp.name == MASK else 2))
-    want = np.asarray(run(session, [source], feeds, "the original model")[0], dtype=np.float64).reshape(got.shape)
-    err = float(np.max(np.abs(got - want))) if want.size else 0.0
-    if not err <= 1e-4 * (1.0 + float(np.max(np.abs(want)))):
-        if what:
-            raise ModelError(f"{what} disagrees with the file (max difference {err:.3g}); load it with "
-                             f"verify=False (--no-verify) to explain the dequantized weights anyway")
-        raise ModelError(f"the split model disagrees with the original (max difference {err:.3g}); "
-                         f"the lookup cut is wrong for this model")
+    return feeds

@@ -3,7 +3,8 @@
 Keys read (all optional): ``name``, ``id2label`` (or ``labels``, a list), ``max_length`` /
 ``max_position_embeddings`` / ``n_positions`` (the token limit), ``gradient_model`` (a shipped
 gradient graph, a file in the folder), ``prepared`` (a folder written by ``blackbox-sal grad
---folder``: what loading it needs, see :class:`Prepared`). Anything malformed is a ModelError
+--folder``: what loading it needs, see :class:`Prepared`), ``inputs`` (the inputs by role,
+see :mod:`blackbox_sal.surgery.roles`). Anything malformed is a ModelError
 (exit 3); unknown keys are ignored (Hugging Face configs carry many).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from blackbox_sal.surgery.names import INPUT_ROLES
 from blackbox_sal.vocabulary.errors import ModelError
 
 #: config keys that give the token limit, in the order they are tried
@@ -127,6 +129,9 @@ class ModelConfig:
     feature_names: tuple[str, ...] | None = None
     #: a prepared folder (blackbox-sal grad --folder): what loading it needs; None for any other
     prepared: Prepared | None = None
+    #: role -> input name (ids, mask, padding_mask, token_types, positions, lengths), where the
+    #: graph leaves the inputs' roles ambiguous (see blackbox_sal.surgery.roles); None: found
+    inputs: dict[str, str] | None = None
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -145,7 +150,23 @@ class ModelConfig:
             binary=raw.get("binary") is not False,
             feature_names=tuple(raw["feature_names"]) if isinstance(raw.get("feature_names"), list) else None,
             prepared=Prepared.parse(raw["prepared"]) if raw.get("prepared") is not None else None,
+            inputs=_inputs(raw.get("inputs")),
         )
+
+
+def _inputs(value: Any) -> dict[str, str] | None:
+    """config.json's ``"inputs": {"ids": "x", "mask": "m", ...}``: role -> input name."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value or not all(isinstance(v, str) and v for v in value.values()):
+        raise ModelError('config.json inputs must be an object of input names by role, e.g. '
+                         '{"ids": "x", "mask": "m"}')
+    unknown = sorted(set(value) - set(INPUT_ROLES))
+    if unknown:
+        raise ModelError(f"config.json inputs: unknown role {unknown[0]!r} (roles: {', '.join(INPUT_ROLES)})")
+    if len(set(value.values())) != len(value):
+        raise ModelError("config.json inputs: one input named for two roles")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _pooling(value: Any) -> str | None:

@@ -28,7 +28,7 @@ the edge runs.
 from __future__ import annotations
 
 from blackbox_sal.model import files
-from blackbox_sal.model.inputs import fixed_dims, int_inputs, pad_id
+from blackbox_sal.model.inputs import fixed_dims, int_inputs, pad_id, row_coupled
 from blackbox_sal.model.model_config import ModelConfig, Prepared
 from blackbox_sal.model.session import create_session
 from blackbox_sal.model.text_model import Runtime, TextModel
@@ -71,6 +71,8 @@ def load_prepared(found: files.ModelFiles, config: ModelConfig, *, device: str =
         raise ModelError(f"a prepared model.onnx must take {EMBEDS!r}; {where!r} does not")
     ints, mask_rank = int_inputs(session)
     fixed_batch, fixed_length = fixed_dims(session)
+    if fixed_batch is None and row_coupled(block.quantized):
+        fixed_batch = 1  # as load_model runs it (one row at a time)
     if (fixed_length, fixed_batch) != (block.fixed_length, block.fixed_batch):
         raise ModelError(f"model.onnx takes length {fixed_length} and batch {fixed_batch}, config.json's prepared "
                          f"block says {block.fixed_length} and {block.fixed_batch}: they do not belong together")
@@ -80,13 +82,13 @@ def load_prepared(found: files.ModelFiles, config: ModelConfig, *, device: str =
     width = shape[-1] if shape and isinstance(shape[-1], int) and shape[-1] > 0 else None
     table = files.read_table(found.embeddings_path, width=width)
     tokenizer = files.read_tokenizer(files.require_tokenizer(found))
+    pad = pad_id(tokenizer, found.onnx_path.parent)  # before the padding section is dropped
     tokenizer.no_truncation()
     tokenizer.no_padding()
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if vocab > table.shape[0]:
         raise ModelError(f"the tokenizer has {vocab} tokens but the embedding table only "
                          f"{table.shape[0]} rows: they do not belong together")
-    pad = pad_id(tokenizer)
     if pad != block.pad_id:
         raise ModelError(f"the tokenizer's pad token is {pad}, config.json's prepared block says "
                          f"{block.pad_id}: they do not belong together")

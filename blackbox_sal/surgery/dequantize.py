@@ -19,6 +19,10 @@ The QDQ format (``quantize_static``, most exporters' int8 output) writes quantiz
 float initializer under the node's output name, and turns each pair into an Identity of its
 float input (the rounding dropped, as above).
 
+onnxruntime's ``DynamicQuantizeLSTM`` (com.microsoft: an LSTM whose int8 weights are stored
+transposed, [dirs, input, 4 hidden], with per-tensor or per-gate-column scales) becomes an ONNX
+``LSTM`` on the dequantized weights, transposed back; its activations stay in float.
+
 onnxruntime's weight-only ``MatMulNBits`` (2-, 4- or 8-bit codes in blocks along K, packed
 low bits first, each block with a scale and a zero point; 4-bit LLM exports) becomes a float
 MatMul on ``(code - zero_point) * scale``. Its activations were never quantized, so with
@@ -48,7 +52,7 @@ def float_twin(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    qdq = _float_qdq(g) + _float_nbits(g)
+    qdq = _float_qdq(g) + _float_nbits(g) + _float_lstm(g)
     index = GraphIndex.of(g)
     consts, producer, only = index.constants, index.producer, index.only_user
 
@@ -101,7 +105,8 @@ def float_twin(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     left = sorted({n.op_type for n in g.node} & QUANTIZED_OPS)
     if left:
         raise ModelError(f"no float twin for this quantization: {', '.join(left)} remain (dequantized are "
-                         f"onnxruntime's dynamic MatMulInteger scheme, the QDQ format and MatMulNBits without g_idx)")
+                         f"onnxruntime's dynamic MatMulInteger scheme, DynamicQuantizeLSTM, the QDQ format and "
+                         f"MatMulNBits without g_idx)")
     return out, len(replaced) + qdq
 
 
@@ -140,6 +145,102 @@ def _float_qdq(g: onnx.GraphProto) -> int:
     del g.node[:]
     g.node.extend(kept)
     return done
+
+
+def _lstm_weights(q: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray | None:
+    """DynamicQuantizeLSTM's int8 weights [dirs, in, 4H] with per-tensor or per-column
+    ([dirs, 4H]) parameters, dequantized and laid out as ONNX LSTM wants them: [dirs, 4H, in]."""
+    dirs, _, cols = q.shape
+    params = []
+    for p in (scale, zero):
+        p = p.astype(np.float32)
+        if p.size == dirs * cols:
+            params.append(p.reshape(dirs, 1, cols))
+        elif p.size in (1, dirs):
+            params.append(p.reshape(-1, 1, 1))
+        else:
+            return None
+    return np.ascontiguousarray(((q.astype(np.float32) - params[1]) * params[0]).transpose(0, 2, 1), np.float32)
+
+
+def _float_lstm(g: onnx.GraphProto) -> int:
+    """In place: each com.microsoft DynamicQuantizeLSTM on constant weights becomes an ONNX
+    LSTM on its dequantized weights (its activations were quantized at run time; the LSTM
+    keeps them in float, as the MatMul twin does). Inputs: X, W, R, B, sequence_lens,
+    initial_h, initial_c, P, W_scale, W_zero_point, R_scale, R_zero_point. Returns how many went."""
+    consts = {t.name: t for t in g.initializer}
+    kept: list[onnx.NodeProto] = []
+    done = 0
+    for n in g.node:
+        parts = (list(n.input) + [""] * 12)[:12]
+        if n.op_type != "DynamicQuantizeLSTM" or not all(p in consts for p in (parts[1], parts[2], *parts[8:12])):
+            kept.append(n)
+            continue
+        # W (input 1) with W_scale, W_zero_point (8, 9); R (input 2) with R_scale, R_zero_point (10, 11)
+        w, r = (_lstm_weights(*(numpy_helper.to_array(consts[parts[i]]) for i in (k, scale, scale + 1)))
+                for k, scale in ((1, 8), (2, 10)))
+        if w is None or r is None:
+            kept.append(n)
+            continue
+        names = []
+        for array, k in ((w, 1), (r, 2)):
+            names.append(f"{parts[k]}__dequantized")
+            g.initializer.append(numpy_helper.from_array(array, names[-1]))
+        inputs = [parts[0], *names, *parts[3:8]]
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        lstm = helper.make_node("LSTM", inputs, list(n.output), name=f"{n.name or n.output[0]}__float")
+        lstm.attribute.extend(a for a in n.attribute)
+        kept.append(lstm)
+        done += 1
+    del g.node[:]
+    g.node.extend(kept)
+    return done
+
+
+#: ops that only move values: a QuantizeLinear -> these -> DequantizeLinear chain is a float
+#: chain of the same ops up to the rounding
+_MOVES = frozenset({"Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
+
+
+def drop_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """``model`` with each QuantizeLinear whose values reach only DequantizeLinear nodes of the
+    same scale and zero point (through ops that only move values) made float: the pair become
+    Identity nodes, the moves run on floats (pure). The split writes such a QuantizeLinear on
+    the embeddings where the 8-bit lookup's values are moved before they are dequantized
+    (a torch LSTM's Transpose, quantize_dynamic); a float twin drops that rounding as it drops
+    the activations'. Returns the model and how many QuantizeLinear nodes went."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    index = GraphIndex.of(g)
+    floats: dict[int, onnx.NodeProto] = {}
+    dropped = 0
+    for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
+        params = list(q.input[1:])
+        frontier, leaves, moves, ok = [q.output[0]], [], [], True
+        while frontier and ok:
+            for user in index.users.get(frontier.pop(), []):
+                if user.op_type == "DequantizeLinear" and list(user.input[1:]) == params \
+                        and attr_int(user, "axis", 1) == attr_int(q, "axis", 1):
+                    leaves.append(user)
+                elif user.op_type in _MOVES and all(i == user.input[0] or i in index.constants for i in user.input[1:]):
+                    moves.append(user)
+                    frontier.extend(user.output)
+                else:
+                    ok = False
+        scale = index.constants.get(params[0]) if params else None
+        if not ok or not leaves or (moves and (scale is None or int(np.prod(scale.dims)) > 1)):
+            continue  # per-axis parameters would move with the values: left as they are
+        dropped += 1
+        for node in (q, *leaves):
+            floats[id(node)] = helper.make_node("Identity", [node.input[0]], list(node.output),
+                                                name=f"{node.name or node.output[0]}__float")
+    kept = [floats.get(id(n), n) for n in g.node]
+    del g.node[:]
+    g.node.extend(kept)
+    prune(g, keep_inputs=frozenset(i.name for i in g.input))
+    return out, dropped
 
 
 def weight_only(model: onnx.ModelProto) -> bool:

@@ -3,7 +3,8 @@
 - :func:`single_choice`: a multiple-choice export ([batch, choices, seq] inputs) as a model
   of one (context, choice) sequence at a time;
 - :func:`last_position`: a causal LM's [batch, seq, vocab] logits plus their last position,
-  the next token's logits [batch, vocab].
+  the next token's logits [batch, vocab];
+- :func:`with_batch_axis`: an output with no batch axis given one (runs of one row).
 """
 
 from __future__ import annotations
@@ -61,4 +62,20 @@ def last_position(body: onnx.ModelProto, logits: str) -> onnx.ModelProto:
     out.graph.initializer.append(last)
     out.graph.node.append(helper.make_node("Gather", [logits, last.name], [NEXT_TOKEN], axis=1))
     out.graph.output.append(helper.make_tensor_value_info(NEXT_TOKEN, onnx.TensorProto.FLOAT, ["batch", None]))
+    return out
+
+
+def with_batch_axis(body: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """``body`` with one more output, ``output`` + ``__batched`` = output[None]: an output with
+    no batch axis ([classes], or a scalar) as one row [1, classes] (run one row at a time)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(body)
+    name = f"{output}__batched"
+    axes = numpy_helper.from_array(np.array([0], np.int64), f"{name}__axes")
+    if (opset_of(out) or 13) >= 13:
+        out.graph.initializer.append(axes)
+        out.graph.node.append(helper.make_node("Unsqueeze", [output, axes.name], [name]))
+    else:
+        out.graph.node.append(helper.make_node("Unsqueeze", [output], [name], axes=[0]))
+    out.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, None]))
     return out

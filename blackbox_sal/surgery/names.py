@@ -10,6 +10,9 @@ TYPES = "token_type_ids"
 POSITIONS = "position_ids"
 #: inputs filled automatically, by name; any other required input is an error at load time
 KNOWN_INPUTS = (EMBEDS, IDS, MASK, TYPES, POSITIONS)
+#: the roles a model folder's config.json "inputs" may name, role -> input name (surgery.roles;
+#: padding_mask: a mask that is 1 on the padding)
+INPUT_ROLES = ("ids", "mask", "padding_mask", "token_types", "positions", "lengths")
 #: the output a causal LM is explained through: its logits at the last position [batch, vocab]
 NEXT_TOKEN = "next_token_logits"
 #: how token states can be pooled into one sentence embedding (surgery.pooling)

@@ -222,7 +222,9 @@ LOADING: tuple[Setting, ...] = (
             commands=ONE_MODEL, metavar="PATH"),
     Setting("device", Choice(choices.DEVICES, "device"), "cpu, cuda, or auto = cuda when a GPU is usable",
             default="auto", commands=(*EXPLAINING, "grad")),
-    Setting("model_output", _TEXT, "the model output to explain", shown_default="the first",
+    Setting("model_output", _TEXT, "the model output to explain",
+            shown_default="class scores, else an embedding, else token states to pool; never an integer output or "
+            "a copy of an input",
             commands=(*EXPLAINING, "grad"), metavar="NAME"),
     Setting("pooling", Choice(choices.POOLINGS, "pooling"), "a model whose output is token states "
             "[batch, seq, hidden]: pool them into one embedding",

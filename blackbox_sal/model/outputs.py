@@ -1,0 +1,191 @@
+"""Which output of a model is explained: every output sorted into what it holds, by its type,
+by the graph, and by a probe on two lengths (and two batch sizes where the batch is free).
+
+What an output can be (``OutputKind.kind``):
+
+=============  ===================================================================  ==========
+kind           what it is                                                           explained
+=============  ===================================================================  ==========
+scores         [batch, classes] or [batch]: classification logits, scores, a        yes (1st)
+               regression value; or [batch, seq, vocab] logits of a causal LM
+               (``next-token``)
+embedding      [batch, dim] named as an embedding (embed, sentence, vector)         yes (2nd)
+states         [batch, seq, hidden] token states, pooled into one embedding:        yes (3rd)
+               named so (hidden, state, embed, feature) and >= 32 wide, or
+               >= 128 wide and not named as scores, or --pooling given
+pooler         ``pooler_output``: BERT's pre-training pooler, not a sentence        yes (4th)
+               embedding; explained only when nothing else is there
+per-token      [batch, seq] or [batch, seq, labels]: its seq axis follows the       no (exit 3)
+               input length; a score or label per token (the next issue)
+integer        an integer or boolean output (a label index, a copy of the ids)      no
+pass-through   only a copy / cast / reshape of an input                             no
+other          any other shape                                                      no
+=============  ===================================================================  ==========
+
+With no ``--model-output``, the first output of the best usable kind is explained, and a
+note says so when the model has other outputs. An output with no batch axis (``[classes]``)
+is explained with runs of one row (``batch_axis`` False). A request for an unusable output is
+refused with the list of usable ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from blackbox_sal.vocabulary.errors import ModelError
+
+if TYPE_CHECKING:  # onnx is imported where a graph is read, not with this module
+    import onnx
+
+#: the order in which usable kinds are chosen
+PREFERENCE = ("scores", "embedding", "states", "pooler")
+#: token states narrower than this are taken for per-token labels, not pooled (unless asked)
+MIN_STATE_WIDTH = 32
+#: ops that only copy, cast or move the values of their first input
+COPY_OPS = frozenset({"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose",
+                      "CastLike"})
+_EMBEDDING_WORDS = ("embed", "sentence", "vector")
+#: token states at least this wide, whatever their name, unless it names scores
+STATE_WIDTH = 128
+_STATE_WORDS = ("hidden", "state", "embed", "feature")
+_SCORE_WORDS = ("logit", "score", "prob", "label", "tag", "emission")
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """One output as the probe saw it: ``kind`` (see the module doc), ``shape`` on the first
+    probe, ``batch_axis`` (False: the output has none; runs of one row), ``why`` in words."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    batch_axis: bool = True
+    why: str = ""
+    #: for scores: a causal LM's per-position logits ([batch, seq, vocab])
+    per_position: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.kind in PREFERENCE
+
+    def said(self) -> str:
+        return f"{self.name!r} ({self.why})"
+
+
+def pass_throughs(graph: onnx.GraphProto) -> dict[str, str]:
+    """Graph outputs that are only a copy / cast / reshape of a graph input: output -> input."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    inputs = {i.name for i in graph.input}
+    found: dict[str, str] = {}
+    for out in graph.output:
+        name, seen = out.name, 0
+        while name in producer and producer[name].op_type in COPY_OPS and seen < 64:
+            name, seen = producer[name].input[0], seen + 1
+        if name in inputs:
+            found[out.name] = name
+    return found
+
+
+def classify(name: str, dtype: str, first: np.ndarray, second: np.ndarray, *, rows: tuple[int, int],
+             lengths: tuple[int, int], fixed_batch: int | None, vocab: int, labels: int | None,
+             pooling_asked: bool, copy_of: str | None) -> OutputKind:
+    """What output ``name`` holds, from its values on two probe runs of ``rows`` rows and
+    ``lengths`` tokens (equal lengths for a fixed-length export; equal rows for a fixed batch)."""
+    s1, s2 = tuple(np.shape(first)), tuple(np.shape(second))
+    if dtype not in ("tensor(float)", "tensor(float16)", "tensor(double)"):
+        what = "boolean" if dtype == "tensor(bool)" else dtype.removeprefix("tensor(").removesuffix(")")
+        return OutputKind(name, "integer", s1, why=f"{'an' if what[0] in 'aeiou' else 'a'} {what} output"
+                          + (f", a copy of input {copy_of!r}" if copy_of else ""))
+    if copy_of is not None:
+        return OutputKind(name, "pass-through", s1, why=f"only a copy of input {copy_of!r}")
+    if rows[0] != rows[1]:
+        batch_axis = len(s1) >= 1 and s1[0] == rows[0] and len(s2) >= 1 and s2[0] == rows[1]
+    else:  # a fixed batch: an output whose first axis is not that many rows has none
+        batch_axis = len(s1) >= 1 and s1[0] == rows[0]
+    r1, r2 = (s1[1:], s2[1:]) if batch_axis else (s1, s2)
+    if lengths[0] != lengths[1]:
+        follows = [a for a in range(len(r1)) if r1[a] == lengths[0] and r2[a] == lengths[1]]
+    else:
+        follows = [a for a in range(len(r1)) if r1[a] == lengths[0] and lengths[0] > 1]
+    shown = [str(d) for d in s1]
+    for a in follows:
+        shown[a + batch_axis] = "seq"
+    if batch_axis and len(set(rows)) > 1:
+        shown[0] = "batch"
+    shape = f"[{', '.join(shown)}]"
+    if r1 != r2 and not follows:
+        return OutputKind(name, "other", s1, batch_axis, f"{shape}, whose size changes with the input")
+    if follows == [0] and len(r1) in (1, 2):
+        width = r1[1] if len(r1) == 2 else None
+        if batch_axis and width is not None and width == vocab:
+            return OutputKind(name, "scores", s1, True, f"{shape}: next-token logits per position", per_position=True)
+        if batch_axis and width is not None and (pooling_asked or _states(name, width, labels)):
+            return OutputKind(name, "states", s1, True, f"{shape}: token states")
+        return OutputKind(name, "per-token", s1, batch_axis,
+                          f"{shape}: {'a score' if width is None else f'{width} scores'} per token (its seq axis "
+                          f"follows the input length{'' if batch_axis else '; no batch axis'})")
+    if follows:
+        return OutputKind(name, "other", s1, batch_axis, f"{shape}: its axis {follows[0] + batch_axis} follows the "
+                          f"input length")
+    if len(r1) > 1:
+        return OutputKind(name, "other", s1, batch_axis, f"{shape}: more than one value axis")
+    where = "" if batch_axis else ", no batch axis"
+    if name == "pooler_output":
+        return OutputKind(name, "pooler", s1, batch_axis, f"{shape}: BERT's pre-training pooler{where}")
+    if len(r1) == 1 and r1[0] > 1 and any(w in name.lower() for w in _EMBEDDING_WORDS):
+        return OutputKind(name, "embedding", s1, batch_axis, f"{shape}: an embedding{where}")
+    return OutputKind(name, "scores", s1, batch_axis, f"{shape}: {'one score' if not r1 else 'scores'} per text{where}")
+
+
+def _states(name: str, width: int, labels: int | None) -> bool:
+    """Whether [batch, seq, width] holds token states to pool rather than per-token scores:
+    not as many as config.json's labels, and named as states (hidden, state, embed, feature),
+    or at least STATE_WIDTH wide and not named as scores (logit, score, prob, label, tag,
+    emission). A tagger's 75 labels called "value" are scores; BERT's 384 states are states."""
+    low = name.lower()
+    if width == labels or width < MIN_STATE_WIDTH:
+        return False
+    if any(w in low for w in _STATE_WORDS):
+        return True
+    return width >= STATE_WIDTH and not any(w in low for w in _SCORE_WORDS)
+
+
+def choose(kinds: Sequence[OutputKind], asked: str | None) -> tuple[OutputKind, tuple[str, ...]]:
+    """The output to explain (``asked``, or by :data:`PREFERENCE`), and the note that says why
+    when there was a choice. ModelError (exit 3) for an unusable one, naming the usable ones."""
+    by_name: Mapping[str, OutputKind] = {k.name: k for k in kinds}
+    usable = [k for k in kinds if k.usable]
+    listed = ", ".join(k.said() for k in usable) or "none"
+    way_out = f"choose another with --model-output (usable: {listed})" if usable else \
+        "no output of this model can be explained yet"
+    if asked is not None:
+        if asked not in by_name:
+            raise ModelError(f"the model has no output {asked!r} (outputs: {', '.join(by_name)})")
+        picked = by_name[asked]
+        if not picked.usable:
+            raise ModelError(_refusal(picked, way_out))
+        return picked, ()
+    if not usable:
+        first = next((k for k in kinds if k.kind == "per-token"), kinds[0])
+        others = [k.said() for k in kinds if k is not first]
+        raise ModelError(_refusal(first, "; ".join([way_out] + ([f"other outputs: {', '.join(others)}"]
+                                                                 if others else []))))
+    picked = min(usable, key=lambda k: PREFERENCE.index(k.kind))
+    if len(kinds) == 1:
+        return picked, ()
+    skipped = [k.said() for k in kinds if k is not picked]
+    return picked, (f"explained output {picked.name!r} ({picked.why}), chosen among the model's outputs "
+                    f"(class scores first, then an embedding, then token states to pool; never an integer output "
+                    f"or a copy of an input); the others: {', '.join(skipped)}; --model-output chooses another",)
+
+
+def _refusal(kind: OutputKind, way_out: str) -> str:
+    if kind.kind == "per-token":
+        return (f"output {kind.said()} is a per-token output, not one prediction per text: per-token targets "
+                f"are not explained yet; {way_out}")
+    return (f"output {kind.said()} is not a prediction that can be explained (expected [batch, classes], [batch], "
+            f"or token states [batch, seq, hidden] to pool); {way_out}")
