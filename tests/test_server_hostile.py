@@ -226,20 +226,21 @@ def test_a_client_gone_mid_body_is_no_server_error(server: Server, caplog: pytes
 
 def test_a_panicking_tokenizer_fails_its_request_alone(server: Server, client: TestClient) -> None:
     """pyo3's PanicException is a BaseException: before the fix it ended the engine's thread and
-    every later request to the model was a 504. Now the request is 422 naming it, the same
-    thread answers the next request, and a panic beside good instances fails only its own."""
+    every later request to the model was a 504. Now the tokenizer's panic is caught where the
+    text is encoded (an InputError: 400 naming it), the same thread answers the next request,
+    and a panic beside good instances fails only its own. (A BaseException escaping anywhere
+    else in a work is caught by the worker: see the ended-worker test below.)"""
     service = server.served["panicky"].service
     thread = service.thread
     for path in ("/v1/models/panicky:predict", "/v1/models/panicky:explain"):
         got = client.post(path, json={"instances": [PANIC]})
-        assert got.status_code == 422, got.text
-        assert got.json() == {"status": 422, "error": "the model or its tokenizer failed on this text "
-                              "(PanicException: Onig: Regex search error: retry-limit-in-match over)"}
+        assert got.status_code == 400, got.text
+        assert got.json() == {"status": 400, "error": "the tokenizer failed on the text (a panic in the tokenizers library: Onig: Regex search error: retry-limit-in-match over)"}
     got = client.post("/v1/models/panicky:predict", json={"instances": [GOOD, PANIC, GOOD]})
     assert got.status_code == 200, got.text
     first, failed, last = got.json()["predictions"]
     assert first == last and first["label"] in crafted.LABELS
-    assert failed["status"] == 422 and failed["error"].startswith("instance 1: the model or its tokenizer failed")
+    assert failed["status"] == 400 and failed["error"] == "instance 1: the tokenizer failed on the text (a panic in the tokenizers library: Onig: Regex search error: retry-limit-in-match over)"
     assert service.thread is thread and thread.is_alive() and service.restarts == 0
     assert client.get("/v2/health/ready").json() == {"ready": True}
 
@@ -402,7 +403,7 @@ def test_v1_instances_fail_one_by_one(client: TestClient) -> None:
 
 def test_when_every_instance_fails_the_first_failure_is_the_status(client: TestClient) -> None:
     got = client.post("/v1/models/panicky:predict", json={"instances": [PANIC, PANIC]})
-    assert got.status_code == 422 and got.json()["error"].startswith("instance 0: the model or its tokenizer failed")
+    assert got.status_code == 400 and got.json()["error"].startswith("instance 0: the tokenizer failed on the text")
 
 
 def test_v2_instances_fail_one_by_one(client: TestClient) -> None:
@@ -418,10 +419,10 @@ def test_v2_instances_fail_one_by_one(client: TestClient) -> None:
     assert scores["shape"] == [2, 2] and scores["data"][:2] == alone.json()["outputs"][0]["data"]
     assert scores["data"][2:] == [None, None] and labels["data"][1] == ""
     assert errors["name"] == "error" and errors["shape"] == [2] and errors["data"][0] == ""
-    assert errors["data"][1].startswith("instance 1: the model or its tokenizer failed")
+    assert errors["data"][1].startswith("instance 1: the tokenizer failed on the text")
     got = client.post("/v2/models/panicky-explainer/infer", json={"inputs": [tensor]})
     ok, failed = (json.loads(d) for d in got.json()["outputs"][0]["data"])
-    assert "tokens" in ok and failed["status"] == 422 and failed["error"].startswith("instance 1: ")
+    assert "tokens" in ok and failed["status"] == 400 and failed["error"].startswith("instance 1: ")
 
 
 # -- the access log -------------------------------------------------------------------------------
