@@ -17,6 +17,7 @@ from blackbox_sal.errors import ModelError
 from blackbox_sal.model.probe import probe
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.surgery.gradient import forward_part, gradient_model
+from blackbox_sal.surgery.lrp_rules import GRADIENT, RuleSet
 
 log = logging.getLogger("blackbox_sal")
 
@@ -39,15 +40,16 @@ def probe_feeds(model: TextModel, seed: int = 0) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def gradient_of(body: onnx.ModelProto, output: str, feeds: Sequence[Mapping[str, np.ndarray]]) -> onnx.ModelProto:
+def gradient_of(body: onnx.ModelProto, output: str, feeds: Sequence[Mapping[str, np.ndarray]],
+                rules: RuleSet = GRADIENT) -> onnx.ModelProto:
     """The (unverified) gradient graph of a body taking inputs_embeds, for ``output``, with
     shapes read from probe runs on ``feeds`` (two or more, of different batch sizes and
-    lengths, none of them 1)."""
+    lengths, none of them 1); ``rules``: the reverse rules (the gradient's, or an LRP set)."""
     forward = forward_part(body, output)
-    return gradient_model(forward, output, probe(forward, feeds))
+    return gradient_model(forward, output, probe(forward, feeds), rules)
 
 
-def build_gradient(model: TextModel) -> onnx.ModelProto:
+def build_gradient(model: TextModel, rules: RuleSet = GRADIENT) -> onnx.ModelProto:
     """The (unverified) gradient graph of a loaded model's body for its explained output."""
     if model.body is None:
         raise ModelError("this model keeps no graph to differentiate")
@@ -56,4 +58,4 @@ def build_gradient(model: TextModel) -> onnx.ModelProto:
         raise ModelError(f"the model's graph has {nodes:,} nodes; gradient graphs are built for at most "
                          f"{MAX_GRAPH_NODES:,} (time and memory grow with it): finite differences answer")
     log.info("building the gradient graph of %s (%s nodes)", model.name, f"{nodes:,}")
-    return gradient_of(model.body, model.output, probe_feeds(model))
+    return gradient_of(model.body, model.output, probe_feeds(model), rules)
