@@ -57,7 +57,7 @@ MAX_CHARS_LIMIT = 10_000_000
 class ExplainConfig:
     """What to compute and how. Defaults are the CLI's defaults.
 
-    method: saliency | grad-x-input | ig | smoothgrad | occlusion.
+    method: saliency | grad-x-input | ig | smoothgrad | occlusion | lrp-attn | lrp-cp.
     backend: auto | fd | graph.
     target: a label name or class index to explain; None = the predicted class.
     score: logit (raw output) | probability | log-probability.

@@ -20,7 +20,7 @@ from blackbox_sal.differences import step_scale
 from blackbox_sal.engine.drive import drive_many, drive_one
 from blackbox_sal.engine.runner import Runner, rows_per_run, run_size
 from blackbox_sal.errors import InputError, ModelError, SalError, TooLongError, UsageError
-from blackbox_sal.gradient_graph.store import gradient_session
+from blackbox_sal.gradient_graph.store import gradient_session, rules_session
 from blackbox_sal.gradients.backend import BACKENDS, VALUES_ONLY, Setting
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
@@ -173,7 +173,10 @@ def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, s
     backend, backend_notes = backend_spec.make(Setting(
         asked.objective, seq, scale, outputs.shape[1], cost, fd_step=cfg.fd_step, richardson=cfg.richardson,
         fd_scheme=cfg.fd_scheme, quantized=model.quantized, local_method=spec.local,
-        graph_unavailable=_graph_unavailable(model) if backend_spec.wants_graph and not model.quantized else None))
+        graph_unavailable=_graph_unavailable(model) if backend_spec.wants_graph and not model.quantized else None,
+        rules=spec.rules))
+    if spec.rules != "gradient":  # which operators kept their plain gradient (built here, once)
+        backend_notes += tuple(n for n in (rules_session(model, spec.rules).rules_note(),) if n)
     result = yield from spec.run(Problem(backend, x, baseline, special, target_value, scale, cfg,
                                          cfg.reduction(), rows, baseline_value))
     provenance = replace(

@@ -27,7 +27,7 @@ from blackbox_sal import ExplainConfig, explain, load_model
 from blackbox_sal.errors import UnavailableError
 from blackbox_sal.gradient_graph.build import gradient_of
 from blackbox_sal.surgery.lrp_rules import EPS, RULE_SETS
-from blackbox_sal.surgery.reverse import RULES_KEY, RULES_NOTE_KEY
+from blackbox_sal.surgery.names import RULES_KEY, RULES_NOTE_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 CNN = REPO / "models" / "sentiment-cnn"

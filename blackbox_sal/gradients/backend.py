@@ -103,12 +103,20 @@ class Setting:
     local_method: bool = False
     #: why no gradient graph can be had for this model (None: one can)
     graph_unavailable: str | None = None
+    #: the method's reverse rules: "gradient", or an LRP rule set (graph backend only)
+    rules: str = "gradient"
 
 
 Made = tuple[GradientBackend, tuple[str, ...]]
 
 
 def _fd(s: Setting) -> Made:
+    if s.rules != "gradient":
+        why = (s.graph_unavailable if s.graph_unavailable is not None else
+               f"the model is quantized ({', '.join(s.quantized)})" if s.quantized else "--backend fd was asked for")
+        raise UnavailableError(f"{s.rules} needs a gradient graph, whose reverse rules it changes (finite "
+                               f"differences have no rules to change): {why}; use --backend graph on a model that "
+                               f"has one (--dequantize for a quantized model), or another method such as ig")
     step = s.fd_step or (QUANTIZED_STEP if s.quantized else DEFAULT_STEP)
     notes: tuple[str, ...] = ()
     if s.quantized:
@@ -136,7 +144,7 @@ def _graph(s: Setting) -> Made:
                                "integer ops have no gradients: use --backend fd")
     if s.graph_unavailable is not None:
         raise UnavailableError(f"--backend graph: {s.graph_unavailable}")
-    return GraphBackend(s.f, s.seq, s.n_classes, s.cost), ()
+    return GraphBackend(s.f, s.seq, s.n_classes, s.cost, s.rules), ()
 
 
 def _auto(s: Setting) -> Made:

@@ -73,7 +73,9 @@ class MethodSpec:
     replaces tokens by a baseline embedding. local: reads gradients at the input point only
     (no path, no large steps: quantized models give it rounding noise). baseline_value: needs
     f(baseline), which the caller computes in the prediction's run. check: the method's own
-    constraints on its settings (UsageError). report: the settings it reports.
+    constraints on its settings (UsageError). report: the settings it reports. rules: the
+    reverse rules its gradient backend runs ("gradient", or an LRP rule set of
+    :mod:`blackbox_sal.surgery.lrp_rules`: a graph backend only).
     """
 
     run: Callable[[Problem], Work[Attribution]]
@@ -85,3 +87,4 @@ class MethodSpec:
     baseline_value: bool = False
     check: Callable[[ExplainConfig], None] = field(default=_no_check, repr=False)
     report: Callable[[ExplainConfig, Attribution], dict[str, Any]] = field(default=_reports_nothing, repr=False)
+    rules: str = "gradient"

@@ -77,6 +77,8 @@ def _explanation(e: Explanation, color: bool = False) -> str:
         if e.settings.get("steps_auto"):
             delta += f"   ({e.settings['steps']} nodes, steps auto)"
         lines.append(f"baseline {e.settings.get('baseline', '')}: f(x') = {e.baseline_value:.4g}{delta}")
+    elif e.convergence_delta is not None:  # LRP: relevances against f(x)
+        lines.append(f"conservation gap = {_fmt(e.convergence_delta)} (sum of relevances - f(x))")
     lines.append("")
     if color:
         lines += [_heatmap(e.text, spans, peak), ""]

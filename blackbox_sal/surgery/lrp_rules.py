@@ -10,7 +10,7 @@ operators. Per ONNX operator (y the output, g its adjoint)::
     operator                                  lrp-attn (AttnLRP)          lrp-cp (CP-LRP)
     MatMul/Gemm/Conv/Mul/Div, one operand     epsilon = plain gradient    the same
       an activation, the other constant
-    Relu Gelu Tanh Sigmoid Softplus ...,      identity: g * y / (x + e)   the same
+    Gelu Tanh Sigmoid Softplus Elu ...,       identity: g * y / (x + e)   the same
       and elementwise functions written out
       (x * sigmoid(x), tanh-GELU, ...)
     LayerNormalization, and a norm written    std held constant           the same
@@ -22,7 +22,8 @@ operators. Per ONNX operator (y the output, g its adjoint)::
                                               rule in input x gradient     attention weights
                                               form)                        held constant)
 
-e = 1e-6 signed like x (the stabilizer of the identity rule, where relevance is divided).
+e = 1e-6 signed like x (the stabilizer of the identity rule, where relevance is divided). For
+Relu, LeakyRelu and PRelu y / x is their gradient: kept, with no stabilizer.
 Max, ReduceMax and max pooling keep their gradient (LRP's winner-take-all). An operator on
 the path that is neither linear nor covered (Exp, Sqrt, Pow... outside a recognized
 pattern) keeps its plain gradient, and the graph says which (:func:`fallback_note`).
@@ -45,8 +46,10 @@ EPS = 1e-6
 #: the op_type of an elementwise function written out as several nodes, folded into one
 ELEMENTWISE = "bbs_Elementwise"
 #: elementwise activations that take the identity rule (their extra inputs are constants)
-ACTIVATIONS = ("Relu", "LeakyRelu", "Elu", "PRelu", "Gelu", "Tanh", "Sigmoid", "Softplus", "Softsign",
+ACTIVATIONS = ("Elu", "Gelu", "Tanh", "Sigmoid", "Softplus", "Softsign",
                "HardSigmoid", "Clip", ELEMENTWISE)
+#: piecewise-linear activations: y / x is their gradient, kept as it is (no stabilizer needed)
+PIECEWISE_LINEAR = ("Relu", "LeakyRelu", "PRelu")
 #: operators whose plain gradient is the LRP rule: linear in their active inputs, or
 #: winner-take-all (max pooling); products and quotients are judged per node
 LINEAR = frozenset({
@@ -115,6 +118,7 @@ class RuleSet:
 
 _LRP = {**{op: _identity for op in ACTIVATIONS}, "LayerNormalization": _layer_norm,
         **{op: _uniform(RULES[op]) for op in PRODUCTS},
+        **{op: RULES[op] for op in PIECEWISE_LINEAR},
         "Softmax": RULES["Softmax"]}  # AttnLRP's softmax rule, in input x gradient form, is its Jacobian
 GRADIENT = RuleSet("gradient")
 RULE_SETS: dict[str, RuleSet] = {

@@ -20,6 +20,7 @@ from blackbox_sal.surgery.builder import Builder
 from blackbox_sal.surgery.facts import Facts
 from blackbox_sal.surgery.gelu import fold_gelus
 from blackbox_sal.surgery.index import opset_of
+from blackbox_sal.surgery.names import RULES_KEY, RULES_NOTE_KEY
 from blackbox_sal.surgery.lrp_rules import GRADIENT, RuleSet, fallback, fallback_note, recognize
 from blackbox_sal.surgery.prune import node_inputs
 from blackbox_sal.surgery.rules import LEFT_TO_FINITE_DIFFERENCES
@@ -32,9 +33,6 @@ NON_DIFFERENTIABLE = {
     "Bernoulli", "Multinomial",
 }
 MIN_OPSET = 13
-#: metadata keys of a graph built with other rules than the gradient's: their name, and the
-#: note naming the operators that kept their plain gradient ("" when none did)
-RULES_KEY, RULES_NOTE_KEY = "bbs_rules", "bbs_rules_note"
 
 
 def reverse(model: onnx.ModelProto, wrt: str, output: str, seed: str, grad: str,
