@@ -150,7 +150,7 @@ def _silu(z: Any) -> Any:  # written out as the exporters see it in Llama's MLP
     return z * torch.sigmoid(z)
 
 
-class Block(nn.Module):  # type: ignore[misc]
+class Block(nn.Module):  # type: ignore[misc,name-defined]
     """One transformer encoder/decoder in the style of ``arch`` (bert: post-LN, exact GELU,
     [CLS] pooler with tanh; gpt2: pre-LN, tanh-GELU, causal, last position; llama: RMSNorm,
     SwiGLU, causal, last position). forward(x [B, S, D], mask [B, S]) -> logits [B, C]."""

@@ -60,7 +60,8 @@ def lrp(problem: Problem) -> Work[Attribution]:
     notes: tuple[str, ...] = ()
     if abs(gap) > GAP_NOTE * max(abs(fx), 1e-12):
         notes = (f"the relevances sum to {relevance:.4g} against f(x) = {fx:.4g}: a conservation gap of {gap:+.4g}, "
-                 f"what biases and stabilizers absorbed (against f(x) - f(0) = {fx - f0:.4g}: {relevance - fx + f0:+.4g})",)
+                 f"what biases and stabilizers absorbed (against f(x) - f(0) = {fx - f0:.4g}: "
+                 f"{relevance - fx + f0:+.4g})",)
     return Attribution(scores, reduce, delta=gap, notes=notes)
 
 

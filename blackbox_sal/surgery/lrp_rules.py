@@ -59,8 +59,9 @@ LINEAR = frozenset({
 PRODUCTS = ("Mul", "Div", "MatMul", "Gemm", "Einsum")
 #: walking back through these keeps a tensor an elementwise function of its leaves
 _UNARY = frozenset({"Identity", "Cast", "Dropout", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Tanh", "Sigmoid",
-                    "Erf", "Relu", "Gelu", "Abs", "Softplus", "Softsign", "LeakyRelu", "Elu", "HardSigmoid"})
-_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
+                    "Erf", "Relu", "Gelu", "Abs", "Softplus", "Softsign", "LeakyRelu", "Elu", "HardSigmoid", "Clip",
+                    "Expand"})
+_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"})
 _STATISTICS = frozenset({"ReduceMean", "ReduceSum", "ReduceL2", "ReduceSumSquare"})
 #: how far back a pattern is looked for (a tanh-GELU is 8 nodes, a LayerNorm 7)
 _MAX_WALK = 24
@@ -197,14 +198,14 @@ def recognize(graph: onnx.GraphProto, f: Facts, nodes: list[onnx.NodeProto],
             continue
         a, c, y = node.input[0], node.input[1], node.output[0]
         x = common_source(a, c)
-        if x is not None and f.shapes.get(x) == f.shapes.get(y):
+        if x is not None and f.shapes.get(x) == f.shapes.get(y):  # (an Expand inside would broadcast x)
             out.append(helper.make_node(ELEMENTWISE, [x], [y], name=node.name or y))
             continue
         for k, (stat, other) in enumerate(((a, c), (c, a))):
             if node.op_type == "Div" and k == 0:  # only a divisor is a statistic
                 continue
             ws = walk(stat, True, other)
-            if ws is not None and ws[1] and ws[0] == {other} and f.shapes.get(stat) != f.shapes.get(y):
+            if ws is not None and ws[1] and ws[0] == {other}:
                 held.setdefault(len(out), set()).add(list(node.input).index(stat))
         out.append(node)
     return out, held

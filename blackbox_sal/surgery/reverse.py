@@ -20,8 +20,8 @@ from blackbox_sal.surgery.builder import Builder
 from blackbox_sal.surgery.facts import Facts
 from blackbox_sal.surgery.gelu import fold_gelus
 from blackbox_sal.surgery.index import opset_of
-from blackbox_sal.surgery.names import RULES_KEY, RULES_NOTE_KEY
 from blackbox_sal.surgery.lrp_rules import GRADIENT, RuleSet, fallback, fallback_note, recognize
+from blackbox_sal.surgery.names import RULES_KEY, RULES_NOTE_KEY
 from blackbox_sal.surgery.prune import node_inputs
 from blackbox_sal.surgery.rules import LEFT_TO_FINITE_DIFFERENCES
 
@@ -53,7 +53,8 @@ def reverse(model: onnx.ModelProto, wrt: str, output: str, seed: str, grad: str,
     graph = result.graph
     active = {wrt}
     for node in graph.node:  # a subgraph (Loop, Scan, If) reading an active tensor makes its node active too
-        if node.op_type not in NON_DIFFERENTIABLE and node.op_type not in rules.stop and any(i in active for i in node_inputs(node)):
+        if node.op_type not in NON_DIFFERENTIABLE and node.op_type not in rules.stop \
+                and any(i in active for i in node_inputs(node)):
             active.update(o for o in node.output if o and facts.is_float(o))
     needed = {output}
     differentiated: list[onnx.NodeProto] = []
