@@ -299,3 +299,13 @@ def test_fallback_named(tmp_path: Path) -> None:
     model = load_model(folder)
     e = explain(model, "the film was good", ExplainConfig(method="lrp-attn", backend="graph"))
     assert any("no LRP rule for Exp (1 node)" in n for n in e.notes), e.notes
+
+
+def test_prepared_folder_refused(tmp_path: Path) -> None:
+    """A prepared folder keeps no ONNX body to build a rule set's graph from: one clear error."""
+    from blackbox_sal.errors import ModelError
+    from blackbox_sal.gradient_graph.store import prepare
+
+    folder = prepare(load_model(CNN), tmp_path / "prepared")
+    with pytest.raises(ModelError, match="explain the original model folder"):
+        explain(load_model(folder), "a witty film", ExplainConfig(method="lrp-cp"))

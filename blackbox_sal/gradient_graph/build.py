@@ -57,5 +57,6 @@ def build_gradient(model: TextModel, rules: RuleSet = GRADIENT) -> onnx.ModelPro
     if nodes > MAX_GRAPH_NODES:
         raise ModelError(f"the model's graph has {nodes:,} nodes; gradient graphs are built for at most "
                          f"{MAX_GRAPH_NODES:,} (time and memory grow with it): finite differences answer")
-    log.info("building the gradient graph of %s (%s nodes)", model.name, f"{nodes:,}")
+    log.info("building the %s graph of %s (%s nodes)", "gradient" if rules is GRADIENT else rules.name, model.name,
+             f"{nodes:,}")
     return gradient_of(model.body, model.output, probe_feeds(model), rules)

@@ -85,6 +85,9 @@ def rules_session(model: TextModel, rules: str) -> GradientSession:
 
 
 def _rules_built(model: TextModel, rules: str) -> GradientSession:
+    if model.body is None:
+        raise ModelError(f"{rules} builds its own graph from the model's ONNX body, which {model.name!r} does not "
+                         f"keep (a prepared folder): explain the original model folder")
     path = _cache_path(model, rules)
     if path.is_file():
         try:
