@@ -22,10 +22,10 @@ rule's, y / (x + 1e-6 sign x).
 Conservation: LRP rules conserve relevance layer by layer except what biases (and the
 stabilizer) absorb, so sum_i R_i is close to f(x); the gap sum_i R_i - f(x) is reported as the
 explanation's convergence delta, where integrated gradients report their completeness delta.
-For a model whose biases all add up into f(0), the sum equals f(x) - f(0) instead: the note
-gives both when the gap is large. Cost: one forward+backward run of the modified-gradient
-graph and one forward row (f(0)), like grad x input. Graph backend only: finite differences
-have no backward rules to change.
+For a model whose biases all add up into f(x') (x' the baseline, e.g. zero embeddings), the
+sum equals f(x) - f(x') instead: the note gives both when the gap is large. Cost: one forward+backward run of the modified-gradient
+graph, like grad x input (f(x') rides along in the prediction's run). Graph backend only:
+finite differences have no backward rules to change.
 
 The method's authors state that LRP is covered by a patent for commercial use (Fraunhofer
 HHI; lxt's licence: "LRP is a patented technology that can only be used free of charge for
@@ -54,18 +54,19 @@ def lrp(problem: Problem) -> Work[Attribution]:
     else:
         per_dim = x.astype(np.float64) * (yield from problem.backend.gradient(x[None]))[0]
         total, scores = per_dim.sum(axis=-1), REDUCTIONS[reduce](per_dim)
-    f0 = float((yield from problem.backend.values(np.zeros_like(x)[None]))[0])
     fx, relevance = problem.target_value, float(total.sum())
     gap = relevance - fx
     notes: tuple[str, ...] = ()
     if abs(gap) > GAP_NOTE * max(abs(fx), 1e-12):
+        against = ("" if problem.baseline_value is None else
+                   f"; against f(x) - f(x') = {fx - problem.baseline_value:.4g}, x' the {problem.config.baseline} "
+                   f"baseline: {gap + problem.baseline_value:+.4g}")
         notes = (f"the relevances sum to {relevance:.4g} against f(x) = {fx:.4g}: a conservation gap of {gap:+.4g}, "
-                 f"what biases and stabilizers absorbed (against f(x) - f(0) = {fx - f0:.4g}: "
-                 f"{relevance - fx + f0:+.4g})",)
+                 f"what biases and stabilizers absorbed{against}",)
     return Attribution(scores, reduce, delta=gap, notes=notes)
 
 
 LRP_ATTN = MethodSpec(lrp, "AttnLRP: input x gradient with LRP's rules for attention, norms and activations (one pass)",
-                      "sum", local=True, rules="lrp-attn")
+                      "sum", local=True, baseline_value=True, rules="lrp-attn")
 LRP_CP = MethodSpec(lrp, "CP-LRP: as lrp-attn, with the attention weights held constant (one pass)",
-                    "sum", local=True, rules="lrp-cp")
+                    "sum", local=True, baseline_value=True, rules="lrp-cp")
