@@ -23,9 +23,10 @@ Conservation: LRP rules conserve relevance layer by layer except what biases (an
 stabilizer) absorb, so sum_i R_i is close to f(x); the gap sum_i R_i - f(x) is reported as the
 explanation's convergence delta, where integrated gradients report their completeness delta.
 For a model whose biases all add up into f(x') (x' the baseline, e.g. zero embeddings), the
-sum equals f(x) - f(x') instead: the note gives both when the gap is large. Cost: one forward+backward run of the modified-gradient
-graph, like grad x input (f(x') rides along in the prediction's run). Graph backend only:
-finite differences have no backward rules to change.
+sum equals f(x) - f(x') instead: the note gives both when the gap is large. Cost: one
+forward+backward run of the modified-gradient graph, like grad x input (f(x') rides along in
+the prediction's run). Graph backend only: finite differences have no backward rules to
+change.
 
 The method's authors state that LRP is covered by a patent for commercial use (Fraunhofer
 HHI; lxt's licence: "LRP is a patented technology that can only be used free of charge for
