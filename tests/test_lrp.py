@@ -309,3 +309,36 @@ def test_prepared_folder_refused(tmp_path: Path) -> None:
     folder = prepare(load_model(CNN), tmp_path / "prepared")
     with pytest.raises(ModelError, match="explain the original model folder"):
         explain(load_model(folder), "a witty film", ExplainConfig(method="lrp-cp"))
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "gpt2", "llama"])
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_transformers_exports_recognized(tmp_path: Path, arch: str, exporter: str) -> None:
+    """Tiny random transformers models (test_export_zoo's) exported by both exporters: every
+    operator on the path has its LRP rule (no note of a plain-gradient fallback), and the
+    rules change the answer."""
+    pytest.importorskip("transformers")
+    from test_export_zoo import module
+
+    m = module(arch)
+    ids = torch.randint(5, len(tiny.VOCAB), (2, 7))
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(m, (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"],
+                              output_names=["logits"], opset_version=17, dynamo=False,
+                              dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                            "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}})
+        else:
+            dims = {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO}
+            torch.onnx.export(m, (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"],
+                              output_names=["logits"], opset_version=18, dynamo=True, dynamic_shapes=(dims, dims))
+    model = load_model(tiny.write_model_dir(tmp_path / "dir", onnx.load(str(path)), with_cls=True))
+    scores = {}
+    for method in ("lrp-attn", "lrp-cp", "grad-x-input"):
+        e = explain(model, "the film was good and the plot great", ExplainConfig(method=method, backend="graph"))
+        assert not any("no LRP rule" in n for n in e.notes), e.notes
+        scores[method] = np.array([t.score for t in e.tokens])
+    assert np.abs(scores["lrp-attn"] - scores["grad-x-input"]).max() > 1e-3 * np.abs(scores["lrp-attn"]).max()
