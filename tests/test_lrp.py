@@ -342,3 +342,27 @@ def test_transformers_exports_recognized(tmp_path: Path, arch: str, exporter: st
         assert not any("no LRP rule" in n for n in e.notes), e.notes
         scores[method] = np.array([t.score for t in e.tokens])
     assert np.abs(scores["lrp-attn"] - scores["grad-x-input"]).max() > 1e-3 * np.abs(scores["lrp-attn"]).max()
+
+
+def test_cp_keeps_a_classifiers_softmax(tmp_path: Path) -> None:
+    """CP-LRP holds attention weights constant, not every Softmax: a model whose output is
+    softmax(tanh(sum_s E_s) W) gets the same relevances under both rule sets, none zero."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    emb, w = tiny.table(4), np.random.default_rng(5).normal(size=(4, 3)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["E"]),
+             helper.make_node("ReduceSum", ["E", "axes"], ["s"], keepdims=0),
+             helper.make_node("Tanh", ["s"], ["t"]),
+             helper.make_node("MatMul", ["t", "W"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["logits"], axis=-1)]
+    graph = helper.make_graph(
+        nodes, "softmax_head", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(emb, "table"), numpy_helper.from_array(w, "W"),
+         numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    body = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = load_model(tiny.write_model_dir(tmp_path / "m", body))
+    attn, cp = (np.array([t.score for t in explain(model, tiny.TEXT, ExplainConfig(method=m, target=0)).tokens])
+                for m in ("lrp-attn", "lrp-cp"))
+    np.testing.assert_allclose(cp, attn, rtol=1e-6)
+    assert np.abs(cp).min() > 0

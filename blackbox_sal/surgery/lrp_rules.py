@@ -18,9 +18,10 @@ operators. Per ONNX operator (y the output, g its adjoint)::
       that reduces the other side)
     Mul/MatMul/Div/Einsum/Gemm of two         uniform: g / 2 to each      the same, except
       activations (Q Kᵀ, A V, gates)                                      A V: A is constant
-    Softmax                                   its own Jacobian (AttnLRP's  no gradient (the
-                                              rule in input x gradient     attention weights
-                                              form)                        held constant)
+    Softmax                                   its own Jacobian (AttnLRP's  the same, but attention
+                                              rule in input x gradient     weights (a Softmax
+                                              form)                        output times V) are
+                                                                           held constant
 
 e = 1e-6 signed like x (the stabilizer of the identity rule, where relevance is divided). For
 Relu, LeakyRelu and PRelu y / x is their gradient: kept, with no stabilizer.
@@ -63,6 +64,8 @@ _UNARY = frozenset({"Identity", "Cast", "Dropout", "Neg", "Exp", "Log", "Sqrt", 
                     "Expand"})
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"})
 _STATISTICS = frozenset({"ReduceMean", "ReduceSum", "ReduceL2", "ReduceSumSquare"})
+#: what may lie between a Softmax and the product its attention weights enter
+_PASS_THROUGH = frozenset({"Identity", "Cast", "Dropout", "Where", "Reshape", "Transpose"})
 #: how far back a pattern is looked for (a tanh-GELU is 8 nodes, a LayerNorm 7)
 _MAX_WALK = 24
 
@@ -103,14 +106,15 @@ def _uniform(plain: Rule) -> Rule:
 
 @dataclass(frozen=True)
 class RuleSet:
-    """A named set of reverse rules: ``overrides`` merged over the gradient table, the ops
-    whose outputs are held constant (``stop``), and whether LRP patterns are recognized
-    (elementwise functions written out, norm statistics). ``version`` enters the cache key."""
+    """A named set of reverse rules: ``overrides`` merged over the gradient table, whether
+    LRP patterns are recognized (elementwise functions written out, norm statistics), and
+    whether attention weights (a Softmax output multiplied with another activation) are held
+    constant. ``version`` enters the cache key."""
 
     name: str
     overrides: dict[str, Rule] = field(default_factory=dict)
-    stop: frozenset[str] = frozenset()
     patterns: bool = False
+    hold_attention: bool = False
     version: int = 1
 
     def rule(self, op: str) -> Rule | None:
@@ -125,7 +129,7 @@ GRADIENT = RuleSet("gradient")
 RULE_SETS: dict[str, RuleSet] = {
     "gradient": GRADIENT,
     "lrp-attn": RuleSet("lrp-attn", _LRP, patterns=True),
-    "lrp-cp": RuleSet("lrp-cp", _LRP, stop=frozenset({"Softmax"}), patterns=True),
+    "lrp-cp": RuleSet("lrp-cp", _LRP, patterns=True, hold_attention=True, version=2),
 }
 
 
@@ -144,14 +148,17 @@ def fallback_note(rules: RuleSet, ops: list[str]) -> str:
             f"there is not conserved by an LRP rule")
 
 
-def recognize(graph: onnx.GraphProto, f: Facts, nodes: list[onnx.NodeProto],
-              active: set[str]) -> tuple[list[onnx.NodeProto], dict[int, set[int]]]:
+def recognize(graph: onnx.GraphProto, f: Facts, nodes: list[onnx.NodeProto], active: set[str],
+              hold_attention: bool = False) -> tuple[list[onnx.NodeProto], dict[int, set[int]]]:
     """The LRP patterns among ``nodes`` (the differentiated nodes, in reverse order):
 
     - a Mul or Div whose two operands are elementwise functions of one tensor x (x * sigmoid(x),
       0.5 x (1 + tanh(...x...))) becomes one ``bbs_Elementwise`` node x -> y (identity rule);
     - a Mul or Div one of whose operands is a statistic of the other (a reduction over it:
-      1/std, rsqrt(mean(x^2))) holds that operand constant.
+      1/std, rsqrt(mean(x^2))) holds that operand constant;
+    - with ``hold_attention`` (CP-LRP), a MatMul or Einsum of attention weights (a Softmax
+      output, through Cast/Dropout/Where/Reshape/Transpose) and another activation holds the
+      weights constant; a Softmax elsewhere (a classifier's probabilities) keeps its rule.
 
     Returns the nodes (folded ones replaced) and, per node index, the inputs held constant."""
     index = GraphIndex.of(graph)
@@ -190,9 +197,21 @@ def recognize(graph: onnx.GraphProto, f: Facts, nodes: list[onnx.NodeProto],
                 return x
         return None
 
+    def attention_weights(name: str) -> bool:
+        node = index.producer.get(name)
+        while node is not None and node.op_type in _PASS_THROUGH:
+            data = [i for i in node.input[1:3] if i in active] if node.op_type == "Where" else node.input[:1]
+            node = index.producer.get(data[0]) if len(data) == 1 else None
+        return node is not None and node.op_type == "Softmax"
+
     out: list[onnx.NodeProto] = []
     held: dict[int, set[int]] = {}
     for node in nodes:
+        if hold_attention and node.op_type in ("MatMul", "Einsum") and len(node.input) == 2 \
+                and all(i in active for i in node.input):
+            weights = {k for k, i in enumerate(node.input) if attention_weights(i)}
+            if len(weights) == 1:
+                held[len(out)] = weights
         if node.op_type not in ("Mul", "Div") or len(node.input) != 2 or not all(i in active for i in node.input):
             out.append(node)
             continue

@@ -53,8 +53,7 @@ def reverse(model: onnx.ModelProto, wrt: str, output: str, seed: str, grad: str,
     graph = result.graph
     active = {wrt}
     for node in graph.node:  # a subgraph (Loop, Scan, If) reading an active tensor makes its node active too
-        if node.op_type not in NON_DIFFERENTIABLE and node.op_type not in rules.stop \
-                and any(i in active for i in node_inputs(node)):
+        if node.op_type not in NON_DIFFERENTIABLE and any(i in active for i in node_inputs(node)):
             active.update(o for o in node.output if o and facts.is_float(o))
     needed = {output}
     differentiated: list[onnx.NodeProto] = []
@@ -65,7 +64,7 @@ def reverse(model: onnx.ModelProto, wrt: str, output: str, seed: str, grad: str,
     differentiated = fold_gelus(graph, facts, differentiated)
     held: dict[int, set[int]] = {}
     if rules.patterns:
-        differentiated, held = recognize(graph, facts, differentiated, active)
+        differentiated, held = recognize(graph, facts, differentiated, active, rules.hold_attention)
     fell: list[str] = []
     b = Builder(opset)
     adjoints: dict[str, list[str]] = {output: [seed]}
