@@ -366,3 +366,17 @@ def test_cp_keeps_a_classifiers_softmax(tmp_path: Path) -> None:
                 for m in ("lrp-attn", "lrp-cp"))
     np.testing.assert_allclose(cp, attn, rtol=1e-6)
     assert np.abs(cp).min() > 0
+
+
+@pytest.mark.parametrize("method", ["lrp-attn", "lrp-cp"])
+def test_json_matches_the_schema(method: str) -> None:
+    """The JSON of an LRP explanation (method name, convergence_delta without a baseline) is valid."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from blackbox_sal.render.json import render_json
+
+    schema = json.loads((REPO / "blackbox_sal" / "render" / "explanation.schema.json").read_text())
+    data = json.loads(render_json(explain(load_model(CNN), "a witty film", ExplainConfig(method=method))))
+    jsonschema.validate(data, schema)
+    assert data["method"] == method and "baseline_value" not in data
+    assert data["convergence_delta"] == pytest.approx(sum(t["score"] for t in data["tokens"]) - data["target_value"],
+                                                      abs=1e-4)
