@@ -224,6 +224,11 @@ def test_a_client_gone_mid_body_is_no_server_error(server: Server, caplog: pytes
 
 # -- a tokenizer that panics, a worker that is gone ---------------------------------------------
 
+#: what the panicking tokenizer's text is answered with, in a request or in its instance's place
+PANIC_MESSAGE = ("the tokenizer failed on the text (a panic in the tokenizers library: Onig: Regex search error: "
+                 "retry-limit-in-match over)")
+
+
 def test_a_panicking_tokenizer_fails_its_request_alone(server: Server, client: TestClient) -> None:
     """pyo3's PanicException is a BaseException: before the fix it ended the engine's thread and
     every later request to the model was a 504. Now the tokenizer's panic is caught where the
@@ -235,12 +240,12 @@ def test_a_panicking_tokenizer_fails_its_request_alone(server: Server, client: T
     for path in ("/v1/models/panicky:predict", "/v1/models/panicky:explain"):
         got = client.post(path, json={"instances": [PANIC]})
         assert got.status_code == 400, got.text
-        assert got.json() == {"status": 400, "error": "the tokenizer failed on the text (a panic in the tokenizers library: Onig: Regex search error: retry-limit-in-match over)"}
+        assert got.json() == {"status": 400, "error": PANIC_MESSAGE}
     got = client.post("/v1/models/panicky:predict", json={"instances": [GOOD, PANIC, GOOD]})
     assert got.status_code == 200, got.text
     first, failed, last = got.json()["predictions"]
     assert first == last and first["label"] in crafted.LABELS
-    assert failed["status"] == 400 and failed["error"] == "instance 1: the tokenizer failed on the text (a panic in the tokenizers library: Onig: Regex search error: retry-limit-in-match over)"
+    assert failed["status"] == 400 and failed["error"] == f"instance 1: {PANIC_MESSAGE}"
     assert service.thread is thread and thread.is_alive() and service.restarts == 0
     assert client.get("/v2/health/ready").json() == {"ready": True}
 

@@ -17,6 +17,7 @@ from blackbox_sal.baselines import make_baseline
 from blackbox_sal.diagnostics import special_tokens_note
 from blackbox_sal.engine.drive import drive_many, drive_one
 from blackbox_sal.engine.runner import Runner, rows_per_run, run_size
+from blackbox_sal.gradient_graph.store import rules_session
 from blackbox_sal.gradients.backend import GradientBackend, Setting, ValuesOnly, make_backend
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
@@ -173,9 +174,11 @@ def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, s
     if spec.needs_derivatives:
         backend, backend_notes = make_backend(cfg.backend, model, Setting(
             asked.objective, seq, scale, outputs.shape[1], cost, fd_step=cfg.fd_step, richardson=cfg.richardson,
-            fd_scheme=cfg.fd_scheme, quantized=model.quantized, local_method=spec.local))
+            fd_scheme=cfg.fd_scheme, quantized=model.quantized, local_method=spec.local, rules=spec.rules))
     else:
         backend, backend_notes = ValuesOnly(asked.objective, seq, cost), ()
+    if spec.rules != "gradient":  # which operators kept their plain gradient (built here, once)
+        backend_notes += tuple(n for n in (rules_session(model, spec.rules).rules_note(),) if n)
     result = yield from spec.run(Problem(backend, x, baseline, special, target_value, scale, cfg,
                                          cfg.reduction(), rows, baseline_value))
     provenance = replace(

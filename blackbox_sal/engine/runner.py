@@ -23,7 +23,7 @@ from typing import cast
 import numpy as np
 
 from blackbox_sal.gradient_graph.session import GradientSession
-from blackbox_sal.gradient_graph.store import gradient_session
+from blackbox_sal.gradient_graph.store import rules_session
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.progress import Progress
 from blackbox_sal.vocabulary.runs import Forward, Gradient, PathJvp, Request, Seq
@@ -84,13 +84,14 @@ class Runner:
 
     def execute(self, requests: Sequence[Request]) -> list[np.ndarray]:
         """The result of every request, in order; rows of one kind and length share runs."""
-        groups: dict[tuple[type, int], list[int]] = {}
+        groups: dict[tuple[type, int, str], list[int]] = {}
         for k, request in enumerate(requests):
             if request.seq is None:
                 raise ValueError("a request to a model needs its token sequence")
-            groups.setdefault((type(request), len(request.seq)), []).append(k)
+            rules = request.rules if isinstance(request, (Gradient, PathJvp)) else ""
+            groups.setdefault((type(request), len(request.seq), rules), []).append(k)
         results: list[np.ndarray | None] = [None] * len(requests)
-        for (kind, length), members in groups.items():
+        for (kind, length, _), members in groups.items():
             run = {Forward: self._forward, Gradient: self._gradient, PathJvp: self._path_jvp}[kind]
             self._group([requests[k] for k in members], members, length, run, results)
         return [r if r is not None else np.zeros(0) for r in results]
@@ -154,7 +155,7 @@ class Runner:
         points = np.concatenate([requests[p.index].points.take(p.start, p.stop) for p in pieces])
         weights = np.concatenate([requests[p.index].weights[p.start : p.stop] for p in pieces])
         ids, types, masks = self._int_rows(group, pieces)
-        return self._graph().gradient(self.model, points, ids, types, weights, masks)
+        return self._graph(requests[0].rules).gradient(self.model, points, ids, types, weights, masks)
 
     def _path_jvp(self, group: list[Request], pieces: list[_Piece]) -> np.ndarray:
         requests = cast(list[PathJvp], group)
@@ -166,7 +167,8 @@ class Runner:
         alphas = np.concatenate([requests[p.index].alphas[p.start : p.stop] for p in pieces])
         weights = np.concatenate([requests[p.index].weights[p.start : p.stop] for p in pieces])
         ids, types, masks = self._int_rows(group, pieces)
-        return self._graph().path_jvp(self.model, anchors, deltas, rows, alphas, ids, types, weights, masks)
+        return self._graph(requests[0].rules).path_jvp(self.model, anchors, deltas, rows, alphas, ids, types,
+                                                       weights, masks)
 
-    def _graph(self) -> GradientSession:
-        return gradient_session(self.model)
+    def _graph(self, rules: str) -> GradientSession:
+        return rules_session(self.model, rules)

@@ -50,6 +50,7 @@ from blackbox_sal.api.explaining import ClassQuestion, explanation, runner, text
 from blackbox_sal.baselines import baseline_token, make_baseline
 from blackbox_sal.engine.drive import drive_many, drive_one
 from blackbox_sal.evaluation.correlation import mean_defined, spearman
+from blackbox_sal.gradient_graph.store import rules_session
 from blackbox_sal.methods import METHODS
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.text.tokenization import Tokens, tokenize
@@ -343,6 +344,11 @@ def _warm_up(model: TextModel, texts: Sequence[str], configs: Sequence[ExplainCo
             drive_one(text_explanation(model, first, cfg), runner(model, cfg))
         except SalError:
             pass  # the timed pass meets the same error and counts it
+    for rules in sorted({METHODS[c.method].rules for c in configs} - {"gradient"}):  # LRP's own graphs
+        try:
+            rules_session(model, rules)
+        except SalError:
+            pass
 
 
 def _explained(model: TextModel, text: str, cfg: ExplainConfig) -> Work[tuple[Tokens, Explanation]]:

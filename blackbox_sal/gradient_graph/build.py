@@ -16,6 +16,7 @@ import onnx
 from blackbox_sal.model.probe import probe
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.surgery.gradient import forward_part, gradient_model
+from blackbox_sal.surgery.lrp_rules import GRADIENT, RuleSet
 from blackbox_sal.text.printable import printable
 from blackbox_sal.vocabulary.errors import ModelError
 
@@ -40,15 +41,16 @@ def probe_feeds(model: TextModel, seed: int = 0) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def gradient_of(body: onnx.ModelProto, output: str, feeds: Sequence[Mapping[str, np.ndarray]]) -> onnx.ModelProto:
+def gradient_of(body: onnx.ModelProto, output: str, feeds: Sequence[Mapping[str, np.ndarray]],
+                rules: RuleSet = GRADIENT) -> onnx.ModelProto:
     """The (unverified) gradient graph of a body taking inputs_embeds, for ``output``, with
     shapes read from probe runs on ``feeds`` (two or more, of different batch sizes and
-    lengths, none of them 1)."""
+    lengths, none of them 1); ``rules``: the reverse rules (the gradient's, or an LRP set)."""
     forward = forward_part(body, output)
-    return gradient_model(forward, output, probe(forward, feeds))
+    return gradient_model(forward, output, probe(forward, feeds), rules)
 
 
-def build_gradient(model: TextModel) -> onnx.ModelProto:
+def build_gradient(model: TextModel, rules: RuleSet = GRADIENT) -> onnx.ModelProto:
     """The (unverified) gradient graph of a loaded model's body for its explained output."""
     if model.body is None:
         raise ModelError("this model keeps no graph to differentiate")
@@ -57,5 +59,6 @@ def build_gradient(model: TextModel) -> onnx.ModelProto:
         raise ModelError(f"the model's graph has {nodes:,} nodes; gradient graphs are built for at most "
                          f"{MAX_GRAPH_NODES:,} (time and memory grow with it): finite differences answer")
     # the name comes from the model folder: escaped for whatever handler prints it (as errors are)
-    log.info("building the gradient graph of %s (%s nodes)", printable(model.name), f"{nodes:,}")
-    return gradient_of(model.body, model.output, probe_feeds(model))
+    log.info("building the %s graph of %s (%s nodes)", "gradient" if rules is GRADIENT else rules.name,
+             printable(model.name), f"{nodes:,}")
+    return gradient_of(model.body, model.output, probe_feeds(model), rules)

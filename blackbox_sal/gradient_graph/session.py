@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from blackbox_sal.model.session import batches, create_session, on_cuda, run
 from blackbox_sal.model.text_model import TextModel, fill, int_feeds, per_row
-from blackbox_sal.surgery.names import ALPHA, ANCHOR, DELTA, EMBEDS, GRAD, ROW, TOKEN_JVP, WEIGHTS
+from blackbox_sal.surgery.names import ALPHA, ANCHOR, DELTA, EMBEDS, GRAD, ROW, RULES_NOTE_KEY, TOKEN_JVP, WEIGHTS
 from blackbox_sal.vocabulary.errors import ModelError
 
 
@@ -39,6 +39,11 @@ class GradientSession:
         path = _path_form(grad_model) if path_form else None
         session = create_session(path if path is not None else grad_model, model.device_request, model.threads)
         return cls(session, path is not None, path is not None and on_cuda(session))
+
+    def rules_note(self) -> str:
+        """What a graph of an LRP rule set says about operators that kept their plain gradient
+        ("" when none did, and for a gradient graph)."""
+        return str(self.session.get_modelmeta().custom_metadata_map.get(RULES_NOTE_KEY, ""))
 
     def input_names(self) -> set[str]:
         return {i.name for i in self.session.get_inputs()}

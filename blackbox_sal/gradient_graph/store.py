@@ -52,14 +52,60 @@ def cache_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache") / "blackbox-sal"
 
 
-def cache_key(body: onnx.ModelProto, output: str) -> str:
-    """SHA-256 of what determines the gradient graph: the body, the output, the builder."""
+def cache_key(body: onnx.ModelProto, output: str, rules: str = "gradient") -> str:
+    """SHA-256 of what determines the gradient graph: the body, the output, the builder, and
+    the rule set (the gradient's, or an LRP set: name and version)."""
     from blackbox_sal.surgery.gradient import BUILDER_VERSION
+    from blackbox_sal.surgery.lrp_rules import RULE_SETS
 
     h = hashlib.sha256()
     h.update(f"builder={BUILDER_VERSION};output={output};".encode())
+    if rules != "gradient":  # the plain graph's key stays what it was
+        h.update(f"rules={rules}@{RULE_SETS[rules].version};".encode())
     h.update(body.SerializeToString(deterministic=True))
     return h.hexdigest()
+
+
+def rules_session(model: TextModel, rules: str) -> GradientSession:
+    """The graph of the model's modified gradient under an LRP rule set (``rules`` a name in
+    :data:`~blackbox_sal.surgery.lrp_rules.RULE_SETS`; "gradient": :func:`gradient_session`).
+
+    Built from the model's body like the gradient graph, once the plain gradient graph exists
+    and is verified (it shares every rule but the overrides), then cached under its own key.
+    It is not checked against finite differences: a modified gradient is not a derivative.
+    ModelError when it cannot be had."""
+    if rules == "gradient":
+        return gradient_session(model)
+    gradient_session(model)  # the plain graph first: ModelError says why there is none
+    return model.runtime.kept(f"gradient:{rules}", lambda: _rules_built(model, rules))
+
+
+def _rules_built(model: TextModel, rules: str) -> GradientSession:
+    if model.body is None:
+        raise ModelError(f"{rules} builds its own graph from the model's ONNX body, which {model.name!r} does not "
+                         f"keep (a prepared folder): explain the original model folder")
+    path = _cache_path(model, rules)
+    if path.is_file():
+        try:
+            return GradientSession.create(path.read_bytes(), model)
+        except (ModelError, OSError):
+            log.info("ignoring an unreadable cached %s graph: %s", rules, path)
+    try:
+        from blackbox_sal.gradient_graph.build import build_gradient as build
+        from blackbox_sal.surgery.lrp_rules import RULE_SETS
+    except ImportError as exc:  # an edge install runs shipped graphs only
+        raise ModelError(f"{rules} builds its graph from the model, which needs the onnx package") from exc
+    try:
+        proto = build(model, RULE_SETS[rules])
+    except SalError:
+        raise
+    except Exception as exc:  # a rule that fails on an unusual graph: report it
+        raise ModelError(f"building the {rules} graph failed ({type(exc).__name__}: {first_line(exc)}); "
+                         f"please report it") from exc
+    data = proto.SerializeToString()
+    session = GradientSession.create(data, model)
+    _store(data, path)
+    return session
 
 
 def gradient_session(model: TextModel) -> GradientSession:
@@ -89,10 +135,10 @@ def build_gradient(model: TextModel) -> onnx.ModelProto:
     return build(model)
 
 
-def _cache_path(model: TextModel) -> Path:
+def _cache_path(model: TextModel, rules: str = "gradient") -> Path:
     if model.body is None:
         raise ModelError("this model keeps no graph to differentiate")
-    return cache_dir() / f"grad-{cache_key(model.body, model.output)[:32]}.onnx"
+    return cache_dir() / f"grad-{cache_key(model.body, model.output, rules)[:32]}.onnx"
 
 
 def _cached_or_built(model: TextModel) -> GradientSession:

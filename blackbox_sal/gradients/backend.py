@@ -136,6 +136,8 @@ class Setting:
     fd_scheme: str = "central"
     quantized: tuple[str, ...] = ()
     local_method: bool = False
+    #: the method's reverse rules: "gradient", or an LRP rule set (graph backend only)
+    rules: str = "gradient"
 
 
 Made = tuple[GradientBackend, tuple[str, ...]]
@@ -165,10 +167,17 @@ def _fd(s: Setting) -> Made:
 
 def make_backend(requested: str, model: TextModel, s: Setting) -> Made:
     """The backend :func:`choose_backend` decides on, built for ``s``, with its notes (why
-    finite differences answer an ``auto`` request; how a quantized model is differentiated)."""
+    finite differences answer an ``auto`` request; how a quantized model is differentiated).
+    A method with its own reverse rules (LRP) has no finite-difference form: UnavailableError
+    with the way out where the decision is finite differences."""
     decision = choose_backend(requested, model)
     if decision.name == "graph":
-        return GraphBackend(s.f, s.seq, s.n_classes, s.cost), ()
+        return GraphBackend(s.f, s.seq, s.n_classes, s.cost, s.rules), ()
+    if s.rules != "gradient":
+        raise UnavailableError(f"{s.rules} needs a gradient graph, whose reverse rules it changes (finite "
+                               f"differences have no rules to change): {decision.reason}; use --backend graph on a "
+                               f"model that has one (--dequantize for a quantized model), or another method such as "
+                               f"ig")
     backend, notes = _fd(s)
     if requested == "auto" and not s.quantized:  # a quantized model's note says why already
         notes = (f"finite differences were used: {decision.reason}", *notes)

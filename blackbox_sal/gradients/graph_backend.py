@@ -37,8 +37,9 @@ class GraphBackend:
 
     name = "graph"
 
-    def __init__(self, f: Objective, seq: Seq | None, n_classes: int, cost: Cost | None = None) -> None:
-        self.f, self.seq, self.n_classes = f, seq, n_classes
+    def __init__(self, f: Objective, seq: Seq | None, n_classes: int, cost: Cost | None = None,
+                 rules: str = "gradient") -> None:
+        self.f, self.seq, self.n_classes, self.rules = f, seq, n_classes, rules
         self.cost = cost if cost is not None else Cost()
 
     def provenance(self) -> dict[str, Any]:
@@ -60,13 +61,13 @@ class GraphBackend:
 
     def gradient(self, points: np.ndarray) -> Work[np.ndarray]:
         weights = yield from self._seed(ArrayPoints(points))
-        grad = yield from ask(Gradient(self.seq, ArrayPoints(points), weights))
+        grad = yield from ask(Gradient(self.seq, ArrayPoints(points), weights, rules=self.rules))
         self.cost.gradient += len(points)
         return grad
 
     def path_jvp(self, anchor: np.ndarray, delta: np.ndarray, alphas: np.ndarray) -> Work[np.ndarray]:
         request = PathJvp(self.seq, anchor, delta, np.asarray(alphas, np.float64), np.zeros((0, 0)))
         weights = yield from self._seed(request.points)
-        jvp = yield from ask(PathJvp(self.seq, anchor, delta, request.alphas, weights))
+        jvp = yield from ask(PathJvp(self.seq, anchor, delta, request.alphas, weights, rules=self.rules))
         self.cost.gradient += len(alphas)
         return jvp

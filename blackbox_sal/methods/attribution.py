@@ -74,7 +74,9 @@ class MethodSpec:
     (no path, no large steps: quantized models give it rounding noise). baseline_value: needs
     f(baseline), which the caller computes in the prediction's run. check: constraints on its
     settings that the settings spec (blackbox_sal.vocabulary.config) cannot say, checked before it runs
-    (UsageError); ranges and names belong in the spec. report: the settings it reports.
+    (UsageError); ranges and names belong in the spec. report: the settings it reports. rules: the
+    reverse rules its gradient backend runs ("gradient", or an LRP rule set of
+    :mod:`blackbox_sal.surgery.lrp_rules`: a graph backend only).
     """
 
     run: Callable[[Problem], Work[Attribution]]
@@ -86,3 +88,4 @@ class MethodSpec:
     baseline_value: bool = False
     check: Callable[[ExplainConfig], None] = field(default=_no_check, repr=False)
     report: Callable[[ExplainConfig, Attribution], dict[str, Any]] = field(default=_reports_nothing, repr=False)
+    rules: str = "gradient"

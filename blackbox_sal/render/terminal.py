@@ -88,6 +88,8 @@ def _explanation(e: Explanation, color: bool = False) -> str:
         if e.settings.get("steps_auto"):
             delta += f"   ({e.settings['steps']} nodes, steps auto)"
         lines.append(f"baseline {e.settings.get('baseline', '')}: f(x') = {e.baseline_value:.4g}{delta}")
+    elif e.convergence_delta is not None:  # LRP: relevances against f(x)
+        lines.append(f"conservation gap = {numbers.value(e.convergence_delta, signed=True)} (sum of relevances - f(x))")
     lines.append("")
     signed = numbers.is_signed(e.reduce)
     if color:

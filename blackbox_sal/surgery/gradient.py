@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from blackbox_sal.surgery.facts import Facts
+from blackbox_sal.surgery.lrp_rules import GRADIENT, RuleSet
 from blackbox_sal.surgery.names import EMBEDS, GRAD, WEIGHTS
 from blackbox_sal.surgery.prune import clear_shapes, prune
 from blackbox_sal.surgery.reverse import reverse
@@ -47,15 +48,16 @@ def forward_part(body: onnx.ModelProto, output: str) -> onnx.ModelProto:
     return model
 
 
-def gradient_model(forward: onnx.ModelProto, output: str, facts: Facts) -> onnx.ModelProto:
+def gradient_model(forward: onnx.ModelProto, output: str, facts: Facts, rules: RuleSet = GRADIENT) -> onnx.ModelProto:
     """The gradient graph of ``forward`` (from :func:`forward_part`) for ``output``, with shapes
     from ``facts`` (probe runs of ``forward``). Pure. ModelError names an operator without a
-    rule (quantized models, exotic ops): finite differences then take over."""
+    rule (quantized models, exotic ops): finite differences then take over. ``rules``: another
+    rule set (LRP) makes ``grad`` its modified gradient, same interface."""
     rank = facts.rank(output)
     if rank not in (1, 2):
         raise ModelError(f"output {output!r} has rank {rank}; a gradient graph needs [batch, classes] or [batch]")
     seed = WEIGHTS if rank == 2 else "bbs_seed"
-    grad_model = reverse(forward, EMBEDS, output, seed, GRAD, facts)
+    grad_model = reverse(forward, EMBEDS, output, seed, GRAD, facts, rules)
     graph = grad_model.graph
     graph.input.append(helper.make_tensor_value_info(WEIGHTS, onnx.TensorProto.FLOAT, ["batch", "classes"]))
     if rank == 1:  # weights [B, 1] seed a [B] output

@@ -29,3 +29,6 @@ DELTA = "path_delta"  # [requests, seq, dim]
 ROW = "path_row"  # [batch] int64: which request each row belongs to
 ALPHA = "path_alpha"  # [batch] float
 TOKEN_JVP = "token_jvp"  # [batch, seq]: per-token derivative along the delta's rows
+#: metadata of a graph built with an LRP rule set: its name, and the note naming the operators
+#: that kept their plain gradient ("" when none did)
+RULES_KEY, RULES_NOTE_KEY = "bbs_rules", "bbs_rules_note"

@@ -19,8 +19,10 @@ from blackbox_sal.surgery.builder import Builder
 from blackbox_sal.surgery.facts import Facts
 from blackbox_sal.surgery.gelu import fold_gelus
 from blackbox_sal.surgery.index import opset_of
+from blackbox_sal.surgery.lrp_rules import GRADIENT, RuleSet, fallback, fallback_note, recognize
+from blackbox_sal.surgery.names import RULES_KEY, RULES_NOTE_KEY
 from blackbox_sal.surgery.prune import node_inputs
-from blackbox_sal.surgery.rules import LEFT_TO_FINITE_DIFFERENCES, RULES
+from blackbox_sal.surgery.rules import LEFT_TO_FINITE_DIFFERENCES
 from blackbox_sal.vocabulary.errors import ModelError
 
 #: ops whose outputs carry no gradient even when a float input is differentiated
@@ -34,11 +36,14 @@ MIN_OPSET = 13
 
 
 def reverse(model: onnx.ModelProto, wrt: str, output: str, seed: str, grad: str,
-            facts: Facts) -> onnx.ModelProto:
+            facts: Facts, rules: RuleSet = GRADIENT) -> onnx.ModelProto:
     """``model`` plus the nodes computing ``grad`` = d(sum(seed * output))/d(wrt).
 
     ``seed`` must be a tensor the graph provides (an input, or a node output the caller
     added) with ``output``'s shape. Outputs of the result: ``output`` and ``grad``. Pure.
+    With another rule set than the gradient's (LRP: :mod:`blackbox_sal.surgery.lrp_rules`)
+    ``grad`` is the modified gradient, and the model's metadata names the rule set and the
+    operators that kept their plain gradient (RULES_KEY, RULES_NOTE_KEY).
     """
     opset = opset_of(model)
     if opset < MIN_OPSET:
@@ -57,18 +62,25 @@ def reverse(model: onnx.ModelProto, wrt: str, output: str, seed: str, grad: str,
             differentiated.append(node)
             needed.update(i for i in node_inputs(node) if i in active)
     differentiated = fold_gelus(graph, facts, differentiated)
+    held: dict[int, set[int]] = {}
+    if rules.patterns:
+        differentiated, held = recognize(graph, facts, differentiated, active, rules.hold_attention)
+    fell: list[str] = []
     b = Builder(opset)
     adjoints: dict[str, list[str]] = {output: [seed]}
-    for node in differentiated:  # reverse topological order
+    for position, node in enumerate(differentiated):  # reverse topological order
         grads = [_collect(b, adjoints, o) if o in active else None for o in node.output]
         if all(g is None for g in grads):
             continue
-        rule = RULES.get(node.op_type)
+        rule = rules.rule(node.op_type)
         if rule is None:
             why = LEFT_TO_FINITE_DIFFERENCES.get(node.op_type, "")
             raise ModelError(f"no gradient rule for operator {node.op_type!r} (node {node.name or node.output[0]!r})"
                              f"{': ' + why if why else ''}; finite differences work for any model")
-        want = [bool(i) and i in active and i in needed for i in node.input]
+        want = [bool(i) and i in active and i in needed and k not in held.get(position, ())
+                for k, i in enumerate(node.input)]
+        if fallback(rules, node, want):
+            fell.append(node.op_type)
         for name, g in zip(node.input, rule(b, facts, node, grads, want), strict=False):
             if g is not None and name in active:
                 adjoints.setdefault(name, []).append(g)
@@ -86,6 +98,9 @@ def reverse(model: onnx.ModelProto, wrt: str, output: str, seed: str, grad: str,
     grad_info.name = grad
     del graph.output[:]
     graph.output.extend([*kept, grad_info])
+    if rules is not GRADIENT:
+        helper.set_model_props(result, {**{p.key: p.value for p in result.metadata_props}, RULES_KEY: rules.name,
+                                        RULES_NOTE_KEY: fallback_note(rules, fell) if fell else ""})
     return result
 
 

@@ -29,6 +29,9 @@ METHODS: dict[str, Named] = {
     "ig": Named("gradients integrated along the straight path from the baseline", "sum"),
     "smoothgrad": Named("gradients averaged over noisy copies of the input", "l2"),
     "occlusion": Named("the drop in f when a token is replaced by its baseline"),
+    "lrp-attn": Named("AttnLRP: input x gradient with LRP's rules for attention, norms and activations (one pass)",
+                      "sum"),
+    "lrp-cp": Named("CP-LRP: as lrp-attn, with the attention weights held constant (one pass)", "sum"),
 }
 BACKENDS: dict[str, Named] = {
     "auto": Named("the gradient graph when one can be had, else finite differences"),

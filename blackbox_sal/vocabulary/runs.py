@@ -140,6 +140,7 @@ class Gradient:
     points: Points
     weights: np.ndarray  # [n, C]
     label: str = "gradient runs"
+    rules: str = "gradient"  # or an LRP rule set: the modified gradient
 
     @property
     def n(self) -> int:
@@ -156,6 +157,7 @@ class PathJvp:
     alphas: np.ndarray  # [n]
     weights: np.ndarray  # [n, C]
     label: str = "gradient runs"
+    rules: str = "gradient"  # or an LRP rule set: the modified gradient
 
     @property
     def n(self) -> int:
