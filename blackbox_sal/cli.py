@@ -25,6 +25,7 @@ from blackbox_sal.explaining import explain
 from blackbox_sal.gradient_graph.store import export_gradient, prepare
 from blackbox_sal.gradients.backend import BACKENDS
 from blackbox_sal.methods import METHODS
+from blackbox_sal.methods.coalitions import PLAYERS
 from blackbox_sal.methods.quadrature import QUADRATURES
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.loading import load_model
@@ -118,10 +119,15 @@ def _method_options(p: argparse.ArgumentParser, many: str | None = None) -> None
                         "by every token at a point: about half the runs for grad-x-input and ig "
                         "(default: %(default)s)")
     p.add_argument("--samples", type=int, default=defaults.samples, metavar="N",
-                   help="SmoothGrad samples (default: %(default)s)")
+                   help="SmoothGrad samples; kernel-shap and lime: coalitions per word (samples x words "
+                        "rows); permutation: orders of the words (default: %(default)s)")
     p.add_argument("--noise", type=float, default=defaults.noise, metavar="SIGMA",
                    help="SmoothGrad noise relative to the embeddings (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (SmoothGrad)")
+    p.add_argument("--seed", type=int, default=defaults.seed,
+                   help="random seed (SmoothGrad, kernel-shap, permutation, lime)")
+    p.add_argument("--players", choices=PLAYERS, default=defaults.players,
+                   help="what shapley, kernel-shap, permutation and lime attribute to: words or tokens "
+                        "(default: %(default)s)")
     p.add_argument("--long", choices=LONG, default=defaults.long,
                    help="a text over the model's token limit: error (exit 2), or window = explain "
                         "overlapping windows and stitch them (classifiers; default: %(default)s)")
@@ -357,7 +363,8 @@ def _config(a: argparse.Namespace) -> ExplainConfig:
         batch_size=a.batch_size, tokens_per_run=a.tokens_per_run, fd_step=a.fd_step, richardson=a.richardson,
         fd_scheme=a.fd_scheme,
         samples=a.samples, noise=a.noise, seed=a.seed, long=a.long, window_overlap=a.window_overlap,
-        progress=False if a.quiet else None, direction=_direction(a.direction) if a.direction else None,
+        players=a.players, progress=False if a.quiet else None,
+        direction=_direction(a.direction) if a.direction else None,
     ).validated()
 
 

@@ -57,7 +57,8 @@ MAX_CHARS_LIMIT = 10_000_000
 class ExplainConfig:
     """What to compute and how. Defaults are the CLI's defaults.
 
-    method: saliency | grad-x-input | ig | smoothgrad | occlusion.
+    method: saliency | grad-x-input | ig | smoothgrad | occlusion | shapley | kernel-shap |
+        permutation | lime.
     backend: auto | fd | graph.
     target: a label name or class index to explain; None = the predicted class.
     score: logit (raw output) | probability | log-probability.
@@ -80,7 +81,10 @@ class ExplainConfig:
     richardson: Richardson extrapolation (4 runs per derivative, O(h^4)).
     fd_scheme: central (default, O(h^2)) or forward (one-sided, O(h), about half the runs).
     samples, noise, seed: SmoothGrad's sample count, noise std relative to each token's
-        embedding RMS, and random seed.
+        embedding RMS, and random seed. kernel-shap and lime draw samples x n coalitions of
+        the n players, permutation samples orders (n - 1 rows each), all with ``seed``.
+    players: words | tokens: what the Shapley and sampling methods (shapley, kernel-shap,
+        permutation, lime) attribute to (words: a word's value split equally over its tokens).
     max_chars: longest accepted text. progress: progress bars (None = when stderr is a TTY).
     long: what to do with a text over the model's token limit: error (exit 2), or window
         (explain overlapping windows and stitch them; classifiers only).
@@ -113,6 +117,8 @@ class ExplainConfig:
     progress: bool | None = None
     #: for an embedding model: explain the output's projection on this vector
     direction: tuple[float, ...] | None = None
+    #: shapley, kernel-shap, permutation, lime: words or tokens are the players
+    players: str = "words"
 
     def validated(self) -> ExplainConfig:
         """Self, after checking every name and number; UsageError (exit 2) otherwise."""
