@@ -34,6 +34,7 @@ from blackbox_sal.methods.coalitions import (
     BOOTSTRAP,
     budget,
     check_players,
+    empty_value,
     no_players,
     players,
     random_masks,
@@ -75,8 +76,8 @@ def kernel_shap(problem: Problem) -> Work[Attribution]:
     who = players(problem)
     if who.n == 0:
         return no_players(problem)
-    assert problem.baseline_value is not None
-    v0, total = problem.baseline_value, problem.target_value - problem.baseline_value
+    v0 = yield from empty_value(problem, who)  # comes with the prediction's run
+    total = problem.target_value - v0
     n, m = who.n, budget(problem, who, cfg.samples)
     if n == 1:
         return spread(problem, who, np.array([total]), np.zeros(1), baseline_value=v0, delta=0.0)

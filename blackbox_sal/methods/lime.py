@@ -27,6 +27,7 @@ from blackbox_sal.methods.coalitions import (
     BOOTSTRAP,
     budget,
     check_players,
+    empty_value,
     no_players,
     players,
     random_masks,
@@ -66,7 +67,7 @@ def lime(problem: Problem) -> Work[Attribution]:
     who = players(problem)
     if who.n == 0:
         return no_players(problem)
-    assert problem.baseline_value is not None
+    v0 = yield from empty_value(problem, who)  # comes with the prediction's run
     n, m = who.n, max(2, budget(problem, who, cfg.samples))
     rng = np.random.default_rng(cfg.seed)
     removed = rng.integers(1, n + 1, m - 1)
@@ -78,8 +79,8 @@ def lime(problem: Problem) -> Work[Attribution]:
     for b in range(BOOTSTRAP):
         counts = np.bincount(rng.integers(0, m, m), minlength=m).astype(np.float64)
         boot[b] = weighted_ridge(z, y, w * counts)
-    delta = float(phi.sum() - (problem.target_value - problem.baseline_value))
-    return spread(problem, who, phi, boot.std(axis=0, ddof=1), baseline_value=problem.baseline_value, delta=delta)
+    delta = float(phi.sum() - (problem.target_value - v0))
+    return spread(problem, who, phi, boot.std(axis=0, ddof=1), baseline_value=v0, delta=delta)
 
 
 def _check(cfg: ExplainConfig) -> None:

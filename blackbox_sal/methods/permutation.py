@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
-from blackbox_sal.methods.coalitions import budget, check_players, no_players, players, spread, values
+from blackbox_sal.methods.coalitions import budget, check_players, empty_value, no_players, players, spread, values
 from blackbox_sal.runs import Work
 
 if TYPE_CHECKING:
@@ -61,8 +61,8 @@ def permutation(problem: Problem) -> Work[Attribution]:
     who = players(problem)
     if who.n == 0:
         return no_players(problem)
-    assert problem.baseline_value is not None
-    v0, n = problem.baseline_value, who.n
+    v0 = yield from empty_value(problem, who)  # comes with the prediction's run
+    n = who.n
     total = problem.target_value - v0
     budget(problem, who, cfg.samples)
     if n == 1:

@@ -27,7 +27,7 @@ import numpy as np
 
 from blackbox_sal.errors import UsageError
 from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
-from blackbox_sal.methods.coalitions import Players, check_players, no_players, players, spread, values
+from blackbox_sal.methods.coalitions import Players, check_players, empty_value, no_players, players, spread, values
 from blackbox_sal.runs import Work
 
 if TYPE_CHECKING:
@@ -75,11 +75,11 @@ def exact_shapley(problem: Problem) -> Work[Attribution]:
             f"exact Shapley values over {who.n} {problem.config.players} need 2^{who.n} = {2**who.n:,} model rows; "
             f"at most {MAX_PLAYERS} {problem.config.players} ({2**MAX_PLAYERS:,} rows): use --method kernel-shap "
             f"or permutation (sampled, about --samples x {who.n} rows)")
-    assert problem.baseline_value is not None  # the spec asks for f(baseline) with the prediction
-    table = yield from coalition_table(problem, who, problem.baseline_value)
+    v0 = yield from empty_value(problem, who)  # comes with the prediction's run
+    table = yield from coalition_table(problem, who, v0)
     phi = shapley_from_table(table, who.n)
-    delta = float(phi.sum() - (problem.target_value - problem.baseline_value))
-    return spread(problem, who, phi, None, baseline_value=problem.baseline_value, delta=delta)
+    delta = float(phi.sum() - (problem.target_value - v0))
+    return spread(problem, who, phi, None, baseline_value=v0, delta=delta)
 
 
 def _check(cfg: ExplainConfig) -> None:
