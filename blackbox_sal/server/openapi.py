@@ -12,6 +12,7 @@ from blackbox_sal.config import AUTO, LONG, MAX_DIRECTION
 from blackbox_sal.gradients.backend import BACKENDS
 from blackbox_sal.gradients.finite_differences import SCHEMES
 from blackbox_sal.methods import METHODS
+from blackbox_sal.methods.coalitions import PLAYERS
 from blackbox_sal.methods.gradient_methods import MAX_SAMPLES
 from blackbox_sal.methods.integrated_gradients import MAX_STEPS
 from blackbox_sal.methods.quadrature import QUADRATURES
@@ -89,6 +90,8 @@ def _parameters_schema(server: Server) -> dict[str, Any]:
             "noise": {"type": "number", "minimum": 0},
             "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
             "long": {"enum": list(LONG), "default": d.long},
+            "players": {"enum": list(PLAYERS), "default": d.players,
+                        "description": "shapley, kernel-shap, permutation, lime: words or tokens are the players"},
             "window_overlap": {"type": ["integer", "null"], "minimum": 0},
             "direction": {"oneOf": [{"type": "array", "minItems": 1, "maxItems": MAX_DIRECTION,
                                      "items": {"type": "number"}, "contains": {"not": {"const": 0}}},

@@ -103,7 +103,7 @@ _STR, _NUM = (str,), (int, float)
 #: each parameter's JSON types (bool is not a number here); ExplainConfig.validated checks the values
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {
     **{name: (_STR, "a string") for name in ("method", "backend", "score", "quadrature", "baseline",
-                                             "fd_scheme", "long")},
+                                             "fd_scheme", "long", "players")},
     "reduce": ((str, type(None)), "a string or null"),
     "target": ((str, int, type(None)), "a label, an index or null"),
     "steps": ((str, int), "an integer or 'auto'"),
