@@ -248,6 +248,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="what f is in the metrics (default: %(default)s)")
     ev.add_argument("--removal", default="pad", metavar="pad|zero|unk|mask|TOKEN",
                     help="what a removed token's embedding becomes (default: %(default)s)")
+    ev.add_argument("--shapley-tokens", type=int, default=12, metavar="N",
+                    help="compare every method with exact Shapley values on the texts of at most N tokens "
+                         "(2^N model rows each; 0 to 14, 0: never; default: %(default)s)")
+    ev.add_argument("--top-k", type=int, default=3, metavar="K",
+                    help="the top-k overlap with exact Shapley values (default: %(default)s)")
 
     sa = data_command(
         "sanity", "sanity checks: cascading model randomization, backend and method agreement",
@@ -256,7 +261,7 @@ def _parser() -> argparse.ArgumentParser:
         "correlation with its original attributions is reported (a method that does not change is "
         "not explaining the model); plus the agreement of the gradient graph with finite differences, "
         "and of methods with each other.",
-        many="ig, grad-x-input, saliency, occlusion")
+        many="ig, grad-x-input, saliency, occlusion, kernel-shap")
     sa.add_argument("--stages", metavar="K|LIST",
                     help="the first K randomization stages, or a comma-separated list (default: all)")
     sa.add_argument("--no-backends", action="store_true", help="skip comparing the graph with finite differences")
@@ -598,7 +603,8 @@ def _eval(a: argparse.Namespace) -> None:
         raise UsageError(f"--bins takes fractions separated by commas, got {a.bins!r}") from None
     model = _load(a)
     result = fa.faithfulness(model, _texts(_rows(a, model)), methods, bins=bins, curve_points=a.curve_points,
-                             score=a.eval_score, baseline=a.removal, seed=a.seed)
+                             score=a.eval_score, baseline=a.removal, seed=a.seed,
+                             shapley_tokens=a.shapley_tokens, top_k=a.top_k)
     _report(a, fa.faithfulness_table(result), fa.faithfulness_dict(result),
             lambda path: fa.faithfulness_plot(result, path))
 
@@ -612,7 +618,7 @@ def _sanity(a: argparse.Namespace) -> None:
             stages = int(a.stages) if "," not in a.stages else [int(v) for v in a.stages.split(",") if v.strip()]
         except ValueError:
             raise UsageError(f"--stages takes a number or numbers separated by commas, got {a.stages!r}") from None
-    methods = _methods(a, ["ig", "grad-x-input", "saliency", "occlusion"])
+    methods = _methods(a, ["ig", "grad-x-input", "saliency", "occlusion", "kernel-shap"])
     model = _load(a)
     result = sanity(model, _texts(_rows(a, model)), list(methods), stages=stages, seed=a.seed,
                     backends=not a.no_backends, agreement_texts=a.agreement_texts)

@@ -22,12 +22,15 @@ from work import sync
 from blackbox_sal.cli import main
 from blackbox_sal.config import ExplainConfig
 from blackbox_sal.errors import UsageError
+from blackbox_sal.evaluation.faithfulness import faithfulness, faithfulness_dict, faithfulness_table, shapley_agreement
+from blackbox_sal.evaluation.sanity import sanity
 from blackbox_sal.explaining import explain, explain_many
 from blackbox_sal.gradients.backend import ValuesOnly
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.methods.coalitions import players
 from blackbox_sal.methods.shapley import MAX_PLAYERS, all_masks, shapley_from_table
+from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.loading import load_model
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.render.json import render_json
@@ -347,3 +350,49 @@ def test_a_bias_is_nobodys_contribution(tmp_path: Path) -> None:
     expected = TABLE[[tiny.VOCAB["good"], tiny.VOCAB["film"]]] @ W[:, 0]
     np.testing.assert_allclose([t.score for t in e.tokens], expected, rtol=1e-5, atol=1e-6)
     assert e.baseline_value == pytest.approx(5.0)
+
+
+# --- evaluation: eval's agreement with exact Shapley, and sanity ---------------------------------
+
+
+def test_eval_measures_agreement_with_exact_shapley(linear_model: TextModel) -> None:
+    """On a linear model occlusion *is* exact Shapley (an additive game), so both agree with
+    the reference perfectly; texts over the limit are left out of the comparison."""
+    texts = ["the film was good", "bad plot", "great film and good plot", "the plot was bad and the film was great"]
+    result = faithfulness(linear_model, texts, ["shapley", "occlusion", "kernel-shap", "random"], shapley_tokens=5,
+                          top_k=2)
+    rows = {m.name: m for m in result.methods}
+    for name in ("shapley", "occlusion", "kernel-shap"):
+        assert rows[name].shapley_texts == 3  # the 9-word text is over the limit
+        assert rows[name].shapley_spearman == pytest.approx(1.0) and rows[name].shapley_top_k == pytest.approx(1.0)
+    assert rows["random"].shapley_texts == 3 and (rows["random"].shapley_spearman or 0) < 0.9
+    assert rows["shapley"].completeness_max is not None and rows["shapley"].completeness_max < 1e-5
+    table = faithfulness_table(result)
+    assert "exact-Shapley Spearman (<= 5 tokens)" in table and "exact-Shapley top-2 overlap" in table
+    data = faithfulness_dict(result)
+    assert data["shapley_tokens"] == 5 and data["methods"][0]["shapley_spearman"] == pytest.approx(1.0)
+    off = faithfulness(linear_model, texts[:1], ["occlusion"], shapley_tokens=0)
+    assert off.methods[0].shapley_texts == 0 and "exact-Shapley" not in faithfulness_table(off)
+    with pytest.raises(UsageError, match="shapley_tokens must be an integer from 0 to 14"):
+        faithfulness(linear_model, texts, ["occlusion"], shapley_tokens=15)
+
+
+def test_shapley_agreement_by_hand() -> None:
+    rho, top = shapley_agreement(np.array([3.0, 1.0, 2.0, 0.0]), np.array([0.3, 0.2, 0.1, 0.0]), 2)
+    assert rho == pytest.approx(0.8) and top == 0.5  # tops {0, 2} and {0, 1}
+
+
+def test_sanity_randomizing_the_default_model_changes_the_sampled_attributions() -> None:
+    """The sampling methods draw the same coalitions at every stage (one seed), so what changes
+    is the model: by the embedding table their order is gone; on the model itself they agree
+    with exact Shapley values."""
+    model = load_model(default_model_path())
+    texts = ["A dull, lifeless remake.", "The plot is thin, but the acting is wonderful."]
+    result = sanity(model, texts, ["shapley", "kernel-shap", "permutation", "lime"], stages=[5], backends=False)
+    last = result.stages[-1]
+    assert last.randomized == "embedding table"
+    for m in last.methods:
+        assert m.texts == 2 and m.failed == 0 and m.spearman is not None and m.spearman < 0.5
+    for a in result.agreement:
+        if a.first == "shapley":
+            assert a.spearman is not None and a.spearman > 0.9
