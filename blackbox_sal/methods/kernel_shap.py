@@ -50,17 +50,27 @@ if TYPE_CHECKING:
 
 
 def constrained_wls(z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float) -> np.ndarray:
-    """argmin_phi sum_j w_j (y_j - z_j . phi)^2 subject to sum(phi) = total: z [m, n], y, w [m].
-    Solved from its KKT system [[2 Z'WZ, 1], [1', 0]] [phi; lambda] = [2 Z'Wy; total] (least
-    squares, so a player that never varied still gets a finite value)."""
+    """argmin_phi sum_j w_j (y_j - z_j . phi)^2 subject to sum(phi) = total: z [m, n], y [m],
+    w [m] or [B, m] (B weightings at once: the bootstrap) -> phi [n] or [B, n]. Solved from
+    the KKT system [[2 Z'WZ, 1], [1', 0]] [phi; lambda] = [2 Z'Wy; total] (by least squares
+    where it is singular, so a player that never varied still gets a finite value)."""
+    weights = np.atleast_2d(w)
     n = z.shape[1]
-    zw = z.T * w
-    kkt = np.zeros((n + 1, n + 1))
-    kkt[:n, :n] = 2 * zw @ z
-    kkt[:n, n] = kkt[n, :n] = 1.0
-    rhs = np.concatenate([2 * zw @ y, [total]])
-    solution = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
-    return np.asarray(solution[:n], np.float64)
+    out = np.empty((len(weights), n))
+    chunk = max(1, 4_000_000 // max(1, z.size))  # bounds the [chunk, n, m] product
+    for start in range(0, len(weights), chunk):
+        wb = weights[start:start + chunk]
+        zw = z.T[None] * wb[:, None, :]  # [b, n, m]
+        kkt = np.zeros((len(wb), n + 1, n + 1))
+        kkt[:, :n, :n] = 2 * zw @ z
+        kkt[:, :n, n] = kkt[:, n, :n] = 1.0
+        rhs = np.concatenate([2 * zw @ y, np.full((len(wb), 1), total)], axis=1)
+        try:
+            out[start:start + len(wb)] = np.linalg.solve(kkt, rhs[..., None])[..., :n, 0]
+        except np.linalg.LinAlgError:
+            out[start:start + len(wb)] = [np.linalg.lstsq(k, r, rcond=None)[0][:n] for k, r in zip(kkt, rhs,
+                                                                                                 strict=True)]
+    return out if np.ndim(w) == 2 else out[0]
 
 
 def kernel_weights(masks: np.ndarray) -> np.ndarray:
@@ -97,11 +107,8 @@ def kernel_shap(problem: Problem) -> Work[Attribution]:
     z = masks.astype(np.float64)
     ones = np.ones(len(masks))
     phi = constrained_wls(z, y, ones, total)
-    boot = np.empty((BOOTSTRAP, n))
-    for b in range(BOOTSTRAP):
-        pick = rng.integers(0, pairs, pairs)
-        counts = np.bincount(pick, minlength=pairs).astype(np.float64)
-        boot[b] = constrained_wls(z, y, np.concatenate([counts, counts]), total)
+    counts = np.stack([np.bincount(rng.integers(0, pairs, pairs), minlength=pairs) for _ in range(BOOTSTRAP)])
+    boot = constrained_wls(z, y, np.concatenate([counts, counts], axis=1).astype(np.float64), total)
     errors = boot.std(axis=0, ddof=1)
     return spread(problem, who, phi, errors, baseline_value=v0, delta=float(phi.sum() - total))
 

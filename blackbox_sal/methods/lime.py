@@ -52,13 +52,21 @@ def lime_weights(masks: np.ndarray) -> np.ndarray:
 
 
 def weighted_ridge(z: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
-    """Coefficients [n] of the ridge regression of y on z (intercept fitted, not penalized)
-    with sample weights w: (Zc' W Zc + alpha I) beta = Zc' W yc, Zc and yc centred on the
-    weighted means."""
-    mean_z, mean_y = (w @ z) / w.sum(), (w @ y) / w.sum()
-    zc, yc = z - mean_z, y - mean_y
-    zw = zc.T * w
-    return np.asarray(np.linalg.solve(zw @ zc + alpha * np.eye(z.shape[1]), zw @ yc), np.float64)
+    """Coefficients of the ridge regression of y on z (z [m, n], y [m]; intercept fitted, not
+    penalized) with sample weights w [m] -> [n], or [B, m] -> [B, n] (the bootstrap):
+    (Zc' W Zc + alpha I) beta = Zc' W yc, Zc and yc centred on the weighted means."""
+    weights = np.atleast_2d(w)
+    n = z.shape[1]
+    out = np.empty((len(weights), n))
+    chunk = max(1, 4_000_000 // max(1, z.size))  # bounds the [chunk, n, m] product
+    for start in range(0, len(weights), chunk):
+        wb = weights[start:start + chunk]
+        total = wb.sum(axis=1, keepdims=True)
+        zc = z[None] - ((wb @ z) / total)[:, None, :]  # [b, m, n]
+        yc = y[None] - (wb @ y)[:, None] / total  # [b, m]
+        zw = np.swapaxes(zc, 1, 2) * wb[:, None, :]  # [b, n, m]
+        out[start:start + len(wb)] = np.linalg.solve(zw @ zc + alpha * np.eye(n), (zw @ yc[..., None]))[..., 0]
+    return out if np.ndim(w) == 2 else out[0]
 
 
 def lime(problem: Problem) -> Work[Attribution]:
@@ -75,10 +83,8 @@ def lime(problem: Problem) -> Work[Attribution]:
     y = np.concatenate([[problem.target_value], (yield from values(problem, who, masks[1:]))])
     z, w = masks.astype(np.float64), lime_weights(masks)
     phi = weighted_ridge(z, y, w)
-    boot = np.empty((BOOTSTRAP, n))
-    for b in range(BOOTSTRAP):
-        counts = np.bincount(rng.integers(0, m, m), minlength=m).astype(np.float64)
-        boot[b] = weighted_ridge(z, y, w * counts)
+    counts = np.stack([np.bincount(rng.integers(0, m, m), minlength=m) for _ in range(BOOTSTRAP)])
+    boot = weighted_ridge(z, y, w[None] * counts)
     delta = float(phi.sum() - (problem.target_value - v0))
     return spread(problem, who, phi, boot.std(axis=0, ddof=1), baseline_value=v0, delta=delta)
 
