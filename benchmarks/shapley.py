@@ -119,7 +119,7 @@ def main() -> None:
     long_text = next(t for t in held_out if words_of(model, t) >= args.largest)
     print(f"\nexact Shapley against words (one snippet cut to n words; min-max over {args.repeats} repeats)")
     print(f"{'words':>5}{'rows':>8}{'wall s':>17}{'CPU s':>17}{'kernel-shap s=10 wall':>24}")
-    cost: list[tuple[int, float]] = []
+    cost: list[tuple[int, float, float]] = []
     for n in range(4, args.largest + 1):
         text = cut(model, long_text, n)
         walls, cpus, ks = [], [], []
@@ -131,7 +131,7 @@ def main() -> None:
             t0 = time.perf_counter()
             explain(model, text, ExplainConfig(method="kernel-shap", progress=False))
             ks.append(time.perf_counter() - t0)
-        cost.append((n, float(np.median(walls))))
+        cost.append((n, float(np.median(walls)), float(np.median(cpus))))
         print(f"{n:>5}{e.provenance.forward_passes:>8}{f'{min(walls):.3f}-{max(walls):.3f}':>17}"
               f"{f'{min(cpus):.3f}-{max(cpus):.3f}':>17}{f'{min(ks):.3f}-{max(ks):.3f}':>24}")
     print(f"\nuptime: {os.popen('uptime').read().strip()}")
@@ -139,7 +139,8 @@ def main() -> None:
         plot(args.plot, model.name, curves, cost)
 
 
-def plot(path: str, name: str, curves: dict[str, list[tuple[float, float]]], cost: list[tuple[int, float]]) -> None:
+def plot(path: str, name: str, curves: dict[str, list[tuple[float, float]]],
+         cost: list[tuple[int, float, float]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,7 +156,9 @@ def plot(path: str, name: str, curves: dict[str, list[tuple[float, float]]], cos
     left.set_title(f"{name}: sampling methods against exact Shapley")
     left.legend()
     left.grid(alpha=0.3)
-    right.plot([c[0] for c in cost], [c[1] for c in cost], marker="o")
+    right.plot([c[0] for c in cost], [c[1] for c in cost], marker="o", label="wall")
+    right.plot([c[0] for c in cost], [c[2] for c in cost], marker="s", label="process CPU")
+    right.legend()
     right.set_yscale("log")
     right.set_xlabel("words")
     right.set_ylabel("seconds per text (median)")

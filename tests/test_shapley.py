@@ -193,6 +193,10 @@ def test_words_are_players_and_their_value_is_split_over_their_tokens() -> None:
     assert by_words.scores[0] == by_words.scores[1] and by_words.scores[3] == by_words.scores[5]
     by_tokens = run(nonlinear, X, word_ids=words, method="shapley", players="tokens")
     assert not np.allclose(by_tokens.scores, by_words.scores)
+    pair = run(nonlinear, X, word_ids=np.array([0, 1, -1, 0, 0, 1]), method="shapley")  # a (text, choice) pair
+    pair_members = [[0], [1], [2], [3, 4], [5]]  # word 0 of each text is its own player; -1 plays alone
+    expected = brute_force_shapley(lambda s: word_x(frozenset(k for w in s for k in pair_members[w])), 5)
+    np.testing.assert_allclose([pair.scores[m].sum() for m in pair_members], expected, atol=1e-9)
 
 
 def test_too_many_players_for_exact_values_points_to_the_sampling_methods() -> None:

@@ -58,15 +58,15 @@ def players(problem: Problem) -> Players:
     words = problem.word_ids
     if problem.config.players == "tokens" or words is None:
         return Players(tuple(ordinary[k:k + 1] for k in range(ordinary.size)))
-    groups: dict[int, list[int]] = {}
-    alone: list[list[int]] = []
+    # a word is a run of consecutive positions with one word id, as merge_words joins them (the
+    # two texts of a pair number their words from 0 each)
+    members: list[list[int]] = []
     for p in ordinary:
         w = int(words[p])
-        if w < 0:
-            alone.append([int(p)])
+        if w >= 0 and members and members[-1][-1] == p - 1 and int(words[p - 1]) == w:
+            members[-1].append(int(p))
         else:
-            groups.setdefault(w, []).append(int(p))
-    members = sorted([*groups.values(), *alone], key=lambda m: m[0])
+            members.append([int(p)])
     return Players(tuple(np.array(m, np.int64) for m in members))
 
 
