@@ -205,6 +205,10 @@ def test_too_many_players_for_exact_values_points_to_the_sampling_methods() -> N
         run(linear(np.ones(MAX_PLAYERS + 1)), x, method="shapley")
     assert run(linear(np.ones(MAX_PLAYERS + 1)), x, method="permutation").scores == pytest.approx(
         np.ones(MAX_PLAYERS + 1))
+    wide = np.ones((101, 1), np.float32)
+    for method in SAMPLED:  # 10,000 x 101 rows: refused before any is built
+        with pytest.raises(UsageError, match="asks for 1,010,000 model rows over 101 tokens; at most 1,000,000"):
+            run(linear(np.ones(101)), wide, method=method, players="tokens", samples=10_000)
     with pytest.raises(UsageError, match="players must be one of words, tokens"):
         ExplainConfig(method="lime", players="sentences").validated()
 
