@@ -238,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
         "areas, the rank correlation with leave-one-out changes, IG completeness, and time per "
         "explanation; methods side by side. Tokens are removed by replacing their embeddings with the "
         "removal baseline (never by editing the text).",
-        many="all five")
+        many="every method")
     ev.add_argument("--random", action="store_true", help="add a row of random token rankings, for reference")
     ev.add_argument("--bins", default="0.01,0.05,0.1,0.2,0.5", metavar="FRACTIONS",
                     help="fractions of the tokens removed or kept (default: %(default)s)")
