@@ -153,9 +153,10 @@ class Attributed:
 
 def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, special: np.ndarray,
               cfg: ExplainConfig, question: Question, baseline_name: str,
-              word_ids: np.ndarray | None = None) -> Work[Attributed]:
+              word_ids: np.ndarray | None = None, pieces: tuple[str, ...] | None = None) -> Work[Attributed]:
     """The work of attributing one input: x, baseline [S, D], special [S] over ``seq``;
-    word_ids int [S] (-1: no word) for the methods whose players are words."""
+    word_ids int [S] (-1: no word) and pieces (each position's text) for the methods whose
+    players are words."""
     spec = METHODS[cfg.method]
     cost = Cost()
     # the prediction, and f(baseline) where the method needs it, in one run: [1 or 2, C]
@@ -177,7 +178,7 @@ def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, s
         fd_scheme=cfg.fd_scheme, quantized=model.quantized, local_method=spec.local,
         graph_unavailable=_graph_unavailable(model) if backend_spec.wants_graph and not model.quantized else None))
     result = yield from spec.run(Problem(backend, x, baseline, special, target_value, scale, cfg,
-                                         cfg.reduction(), rows, baseline_value, word_ids))
+                                         cfg.reduction(), rows, baseline_value, word_ids, pieces))
     provenance = replace(
         Provenance(score=asked.objective.score, batch_size=rows, forward_passes=cost.forward,
                    device=model.device, baseline=baseline_name if spec.uses_baseline else None),
@@ -195,8 +196,9 @@ def explanation(model: TextModel, tokens: Tokens, cfg: ExplainConfig,
     baseline = np.concatenate([make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x[:len(tokens)]),
                                x[len(tokens):]])  # the padding is kept, as special tokens are
     word_ids = np.array([-1 if w is None else w for w in tokens.word_ids] + [-1] * padding, np.int64)
+    pieces = tuple("" if s else tokens.text[a:b] for (a, b), s in zip(tokens.offsets, tokens.special, strict=True))
     done = yield from attribute(model, Seq(ids, type_ids, mask), x, baseline, special, cfg, question, cfg.baseline,
-                                word_ids)
+                                word_ids, pieces + ("",) * padding)
     scores = done.result.scores[:len(tokens)]
     out = _explanation(model, done, tokens.text, token_spans(tokens, scores),
                        merge_words(tokens, scores) if cfg.words else None,

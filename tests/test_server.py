@@ -87,7 +87,7 @@ def test_health_and_metadata(client: TestClient, model: TextModel) -> None:
 
 
 @pytest.mark.parametrize("method", ["saliency", "grad-x-input", "ig", "occlusion", "smoothgrad", "shapley",
-                                    "kernel-shap", "permutation", "lime"])
+                                    "kernel-shap", "permutation", "lime", "owen"])
 def test_explain_equals_the_library(client: TestClient, model: TextModel, method: str) -> None:
     got = explain(client, TEXTS[:2], method=method, seed=1)
     assert got.status_code == 200, got.text

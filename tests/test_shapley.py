@@ -29,6 +29,7 @@ from blackbox_sal.gradients.backend import ValuesOnly
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.methods.coalitions import players
+from blackbox_sal.methods.owen import hierarchy, term_count
 from blackbox_sal.methods.shapley import MAX_PLAYERS, all_masks, shapley_from_table
 from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.loading import load_model
@@ -42,13 +43,13 @@ SAMPLED = ("kernel-shap", "permutation", "lime")
 
 
 def run(f: Scalar, x: np.ndarray, base: np.ndarray | None = None, word_ids: np.ndarray | None = None,
-        **cfg: object) -> Attribution:
+        pieces: tuple[str, ...] | None = None, **cfg: object) -> Attribution:
     """A method on numpy f (points [N, S, D] -> [N]) at x, through a values-only backend."""
     x = np.asarray(x, np.float32)
     base = np.zeros_like(x) if base is None else np.asarray(base, np.float32)
     config = ExplainConfig(**cfg).validated()  # type: ignore[arg-type]
     problem = Problem(ValuesOnly(ClassScore(0), None), x, base, np.zeros(len(x), bool), float(f(x[None])[0]),
-                      np.ones(len(x)), config, None, 64, None, word_ids)
+                      np.ones(len(x)), config, None, 64, None, word_ids, pieces)
     return sync(METHODS[config.method].run(problem), f)
 
 
@@ -404,3 +405,57 @@ def test_sanity_randomizing_the_default_model_changes_the_sampled_attributions()
     for a in result.agreement:
         if a.first == "shapley":
             assert a.spearman is not None and a.spearman > 0.9
+
+
+# --- Owen values ------------------------------------------------------------------------------
+
+
+def test_the_hierarchy_follows_the_punctuation() -> None:
+    x = np.ones((8, 1), np.float32)
+    problem = Problem(ValuesOnly(ClassScore(0), None), x, np.zeros_like(x), np.zeros(8, bool), 0.0, np.ones(8),
+                      ExplainConfig(players="tokens"), None)
+    who = players(problem)
+    assert hierarchy(who, ("a", "b", ",", "c", ".", "d", "e", "!")) == [[[0, 1, 2], [3, 4]], [[5, 6, 7]]]
+    assert hierarchy(who, None) == [[list(range(8))]]
+    assert term_count([[[0, 1, 2], [3, 4]], [[5, 6, 7]]]) == 2 * 2 * 4 * 3 + 2 * 2 * 2 * 2 + 2 * 1 * 4 * 3
+
+
+def test_owen_with_one_clause_or_one_word_per_clause_is_shapley() -> None:
+    exact = run(nonlinear, X, method="shapley", players="tokens").scores
+    one_clause = run(nonlinear, X, pieces=("a", "b", "c", "d", "e", "f"), method="owen", players="tokens")
+    np.testing.assert_allclose(one_clause.scores, exact, atol=1e-12)
+    singletons = run(nonlinear, X, pieces=("a,", "b,", "c,", "d,", "e,", "f"), method="owen", players="tokens")
+    np.testing.assert_allclose(singletons.scores, exact, atol=1e-12)
+
+
+def test_owen_groups_play_a_shapley_game_and_the_total_is_efficient() -> None:
+    """Two sentences of two clauses: each clause's total is the Shapley value of the clause in
+    the game of clauses within its sentence, the sentences' totals that of the sentences."""
+    pieces = ("a", ",", "b", ".", "c", ",")
+    tree = [[[0, 1], [2, 3]], [[4, 5]]]  # sentence 2 is one clause
+    out = run(nonlinear, X, pieces=pieces, method="owen", players="tokens")
+    v = values_of(nonlinear, X, np.zeros_like(X))
+    gap = v(frozenset(range(6))) - v(frozenset())
+    assert out.scores.sum() == pytest.approx(gap, abs=1e-9) and abs(out.delta or 0) < 1e-9
+    sentences = [[0, 1, 2, 3], [4, 5]]
+    by_sentence = brute_force_shapley(lambda s: v(frozenset(k for j in s for k in sentences[j])), 2)
+    np.testing.assert_allclose([out.scores[m].sum() for m in sentences], by_sentence, atol=1e-9)
+    # within sentence 1 (sentence 2 absent or present with equal weight 1/2): clauses' Shapley values
+    within = np.zeros(2)
+    for other in (frozenset(), frozenset(sentences[1])):
+        def clause_game(s: frozenset[int], o: frozenset[int] = other) -> float:
+            return v(o | frozenset(k for j in s for k in tree[0][j]))
+        within += 0.5 * brute_force_shapley(clause_game, 2)
+    np.testing.assert_allclose([out.scores[tree[0][0]].sum(), out.scores[tree[0][1]].sum()], within, atol=1e-9)
+
+
+def test_owen_of_a_linear_model_is_its_contributions_and_long_clauses_are_refused(linear_model: TextModel) -> None:
+    text = "the film was good , the plot bad . great film and good plot !"
+    e = explain(linear_model, text, ExplainConfig(method="owen", target="pos"))
+    ids = [tiny.VOCAB.get(w, tiny.VOCAB["[UNK]"]) for w in text.split()]
+    expected = (TABLE[ids] - TABLE[tiny.VOCAB["[PAD]"]]) @ W[:, 1]
+    np.testing.assert_allclose([t.score for t in e.tokens], expected, rtol=1e-5, atol=1e-6)
+    assert any("15 words in 2 sentence(s) of 3 clause(s)" in n for n in e.notes)
+    assert e.settings["forward_passes"] < 2**10  # exact Shapley values would need 2^15
+    with pytest.raises(UsageError, match="longest clause has 15 words sum 245,760 terms"):
+        explain(linear_model, " ".join(["good"] * 15), ExplainConfig(method="owen"))

@@ -14,9 +14,10 @@ shapley                   exact Shapley value of word i (every coalition)  (none
 kernel-shap               KernelSHAP's estimate of it (sampled, with s.e.) (none)
 permutation               its mean over sampled orders (with s.e.)         (none)
 lime                      LIME's ridge coefficient of word i (with s.e.)   (none)
+owen                      exact Owen value over sentences/clauses/words    (none)
 ========================  ===============================================  =================
 
-The last four are over players, words by default (``players="tokens"``: tokens), removed as
+The last five are over players, words by default (``players="tokens"``: tokens), removed as
 ``eval --removal`` removes them (:mod:`blackbox_sal.methods.coalitions`); a word's value is
 split equally over its tokens.
 """
@@ -29,6 +30,7 @@ from blackbox_sal.methods.integrated_gradients import INTEGRATED_GRADIENTS
 from blackbox_sal.methods.kernel_shap import KERNEL_SHAP
 from blackbox_sal.methods.lime import LIME
 from blackbox_sal.methods.occlusion import OCCLUSION
+from blackbox_sal.methods.owen import OWEN
 from blackbox_sal.methods.permutation import PERMUTATION
 from blackbox_sal.methods.shapley import SHAPLEY
 
@@ -42,4 +44,5 @@ METHODS: dict[str, MethodSpec] = {
     "kernel-shap": KERNEL_SHAP,
     "permutation": PERMUTATION,
     "lime": LIME,
+    "owen": OWEN,
 }

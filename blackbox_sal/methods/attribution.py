@@ -28,7 +28,8 @@ class Problem:
     for this text (methods that ask in several steps use it to bound memory). baseline_value:
     f(baseline), when it was computed with the prediction (one run fewer). word_ids: the word
     of each position, int [S] (-1: none; None: the input has no words, e.g. a feature vector),
-    for the methods whose players are words."""
+    for the methods whose players are words. pieces: the text of each position ("" for special
+    tokens and padding), for the methods that group words by punctuation (None: unknown)."""
 
     backend: GradientBackend
     x: np.ndarray
@@ -41,6 +42,7 @@ class Problem:
     rows: int = 64
     baseline_value: float | None = None
     word_ids: np.ndarray | None = None
+    pieces: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
