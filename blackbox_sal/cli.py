@@ -304,7 +304,8 @@ def _eval(a: argparse.Namespace) -> None:
         raise UsageError(f"--bins takes fractions separated by commas, got {a.bins!r}") from None
     model = _load(a)
     result = fa.faithfulness(model, _texts(_rows(a, model)), methods, bins=bins, curve_points=a.curve_points,
-                             score=a.eval_score, baseline=a.removal, seed=a.seed)
+                             score=a.eval_score, baseline=a.removal, seed=a.seed,
+                             shapley_tokens=a.shapley_tokens, top_k=a.top_k)
     _report(a, fa.faithfulness_table(result), fa.faithfulness_dict(result),
             lambda path: fa.faithfulness_plot(result, path))
 
@@ -318,7 +319,7 @@ def _sanity(a: argparse.Namespace) -> None:
             stages = int(a.stages) if "," not in a.stages else [int(v) for v in a.stages.split(",") if v.strip()]
         except ValueError:
             raise UsageError(f"--stages takes a number or numbers separated by commas, got {a.stages!r}") from None
-    methods = _methods(a, ["ig", "grad-x-input", "saliency", "occlusion"])
+    methods = _methods(a, ["ig", "grad-x-input", "saliency", "occlusion", "kernel-shap"])
     model = _load(a)
     result = sanity(model, _texts(_rows(a, model)), list(methods), stages=stages, seed=a.seed,
                     backends=not a.no_backends, agreement_texts=a.agreement_texts)

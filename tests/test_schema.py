@@ -35,6 +35,8 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ExplainConfig(method="ig", steps=8, words=True), ExplainConfig(method="ig", steps="auto"),
     ExplainConfig(method="saliency", backend="fd"), ExplainConfig(method="smoothgrad", samples=2),
     ExplainConfig(method="occlusion"), ExplainConfig(method="grad-x-input", long="window", window_overlap=2),
+    ExplainConfig(method="shapley"), ExplainConfig(method="kernel-shap", words=True, players="tokens"),
+    ExplainConfig(method="permutation", samples=1), ExplainConfig(method="lime"), ExplainConfig(method="owen"),
 ])
 def test_explanations_match_the_schema(classifier: Path, cfg: ExplainConfig) -> None:
     model = load_model(classifier)

@@ -86,7 +86,8 @@ def test_health_and_metadata(client: TestClient, model: TextModel) -> None:
     assert "default-src 'self'" in page.headers["content-security-policy"]
 
 
-@pytest.mark.parametrize("method", ["saliency", "grad-x-input", "ig", "occlusion", "smoothgrad"])
+@pytest.mark.parametrize("method", ["saliency", "grad-x-input", "ig", "occlusion", "smoothgrad", "shapley",
+                                    "kernel-shap", "permutation", "lime", "owen"])
 def test_explain_equals_the_library(client: TestClient, model: TextModel, method: str) -> None:
     got = explain(client, TEXTS[:2], method=method, seed=1)
     assert got.status_code == 200, got.text
@@ -99,6 +100,8 @@ def test_explain_equals_the_library(client: TestClient, model: TextModel, method
         assert obj["target_value"] == pytest.approx(ref.target_value, rel=1e-6)
         assert obj["prediction"]["label"] == ref.prediction.label
         assert obj["producer"]["version"] == bs.__version__ and obj["producer"]["seconds"] > 0
+        if method in ("kernel-shap", "permutation", "lime"):  # a standard error per token
+            assert [t["std_error"] for t in obj["tokens"]] == pytest.approx(list(ref.token_errors or ()), nan_ok=True)
         if method == "ig":  # f(x') and the completeness delta come along
             assert obj["baseline_value"] == pytest.approx(ref.baseline_value, rel=1e-5)
             assert abs(obj["convergence_delta"]) < 0.05

@@ -123,7 +123,8 @@ def test_config_objects_accept_exactly_the_spec_range(entry: Setting) -> None:
     (ExplainConfig(window_overlap=-1), "window_overlap must be an integer >= 0, got -1"),
     (ExplainConfig(samples=10_001), "samples must be an integer from 1 to 10,000, got 10001"),
     (ExplainConfig(method="salency"), "unknown method 'salency'; did you mean 'saliency'? "
-                                      "(choose from: grad-x-input, ig, occlusion, saliency, smoothgrad)"),
+                                      "(choose from: grad-x-input, ig, kernel-shap, lime, lrp-attn, lrp-cp, occlusion, "
+                                      "owen, permutation, saliency, shapley, smoothgrad)"),
     (ExplainConfig(reduce="sums"),
      "unknown reduction 'sums'; did you mean 'sum'? (choose from: l1, l2, max, mean, sum)"),
     (ExplainConfig(baseline=" "), "baseline must be pad, zero, unk, mask or a token"),
@@ -152,7 +153,8 @@ def test_a_path_may_hold_undecodable_bytes_and_a_text_may_not() -> None:
 
 
 def test_the_reduction_default_is_the_methods_own() -> None:
-    assert [ExplainConfig(method=m).reduction() for m in choices.METHODS] == ["l2", "sum", "sum", "l2", None]
+    assert [ExplainConfig(method=m).reduction() for m in choices.METHODS] == [
+        "l2", "sum", "sum", "l2", None, "sum", "sum", None, None, None, None, None]
     assert ExplainConfig(method="saliency", reduce="sum").reduction() == "sum"
 
 
@@ -287,8 +289,8 @@ def test_the_openapi_parameters_are_the_request_entries_and_accept_what_the_serv
     ({"direction": [1, True]}, "direction must be a list of numbers"),
     ({"deadline": 31}, "deadline must be a number of seconds above 0 and at most 30"),
     ({"batch_size": 8}, "unknown parameter 'batch_size' (known: backend, baseline, deadline, direction, fd_scheme, "
-                        "fd_step, long, method, noise, quadrature, reduce, richardson, samples, score, seed, steps, "
-                        "target, tolerance, window_overlap, words)"),
+                        "fd_step, long, method, noise, players, quadrature, reduce, richardson, samples, score, seed, "
+                        "steps, target, tolerance, window_overlap, words)"),
 ])
 def test_a_bad_request_parameter_is_one_exact_400(parameters: dict[str, Any], message: str) -> None:
     from blackbox_sal.server.protocol import HttpError, settings_of

@@ -152,8 +152,11 @@ class Attributed:
 
 
 def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, special: np.ndarray,
-              cfg: ExplainConfig, question: Question, baseline_name: str) -> Work[Attributed]:
-    """The work of attributing one input: x, baseline [S, D], special [S] over ``seq``."""
+              cfg: ExplainConfig, question: Question, baseline_name: str,
+              word_ids: np.ndarray | None = None, pieces: tuple[str, ...] | None = None) -> Work[Attributed]:
+    """The work of attributing one input: x, baseline [S, D], special [S] over ``seq``;
+    word_ids int [S] (-1: no word) and pieces (each position's text) for the methods whose
+    players are words."""
     spec = METHODS[cfg.method]
     spec.check(cfg)
     cost = Cost()
@@ -180,7 +183,7 @@ def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, s
     if spec.rules != "gradient":  # which operators kept their plain gradient (built here, once)
         backend_notes += tuple(n for n in (rules_session(model, spec.rules).rules_note(),) if n)
     result = yield from spec.run(Problem(backend, x, baseline, special, target_value, scale, cfg,
-                                         cfg.reduction(), rows, baseline_value))
+                                         cfg.reduction(), rows, baseline_value, word_ids, pieces))
     provenance = replace(
         Provenance(score=asked.objective.score, batch_size=rows, forward_passes=cost.forward,
                    device=model.device, baseline=baseline_name if spec.uses_baseline else None),
@@ -197,11 +200,19 @@ def explanation(model: TextModel, tokens: Tokens, cfg: ExplainConfig,
     special = np.concatenate([tokens.special, np.ones(padding, bool)])
     baseline = np.concatenate([make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x[:len(tokens)]),
                                x[len(tokens):]])  # the padding is kept, as special tokens are
-    done = yield from attribute(model, Seq(ids, type_ids, mask), x, baseline, special, cfg, question, cfg.baseline)
+    word_ids = np.array([-1 if w is None else w for w in tokens.word_ids] + [-1] * padding, np.int64)
+    pieces = tuple("" if s else tokens.text[a:b] for (a, b), s in zip(tokens.offsets, tokens.special, strict=True))
+    done = yield from attribute(model, Seq(ids, type_ids, mask), x, baseline, special, cfg, question, cfg.baseline,
+                                word_ids, pieces + ("",) * padding)
     scores = done.result.scores[:len(tokens)]
-    return _explanation(model, done, tokens.text, token_spans(tokens, scores),
-                        merge_words(tokens, scores) if cfg.words else None,
-                        _padding_note(model, len(tokens)), _finite_note(scores))
+    out = _explanation(model, done, tokens.text, token_spans(tokens, scores),
+                       merge_words(tokens, scores) if cfg.words else None,
+                       _padding_note(model, len(tokens)), _finite_note(scores))
+    if done.result.errors is None:
+        return out
+    errors = done.result.errors[:len(tokens)]
+    return replace(out, token_errors=tuple(float(e) for e in errors),
+                   word_errors=tuple(w.score for w in merge_words(tokens, errors)) if cfg.words else None)
 
 
 def feature_explanation(model: TextModel, text: str, cfg: ExplainConfig,
@@ -230,7 +241,12 @@ def feature_explanation(model: TextModel, text: str, cfg: ExplainConfig,
         raise InputError("the text has no words the model knows")
     said = (f"a {featurizer.kind} model: its {n:,} features are the input; each word shows its feature's score "
             f"(shared equally among a word's occurrences), against the zero vector",)
-    return _explanation(model, done, text, spans, None, said, _finite_note(scores))
+    out = _explanation(model, done, text, spans, None, said, _finite_note(scores))
+    errors = done.result.errors
+    if errors is None:
+        return out
+    return replace(out, token_errors=tuple(0.0 if p.feature is None else float(errors[p.feature] / shares[p.feature])
+                                           for p in pieces))
 
 
 def _explanation(model: TextModel, done: Attributed, text: str, tokens: tuple[Span, ...],
@@ -365,7 +381,8 @@ def _windows(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Explanatio
     return replace(
         parts[0], text=text, prediction=predicted, target_value=float(np.mean([p.target_value for p in parts])),
         tokens=token_spans(stitched, scores), words=merge_words(stitched, scores) if cfg.words else None,
-        baseline_value=None, convergence_delta=None, provenance=provenance, notes=notes,
+        baseline_value=None, convergence_delta=None, provenance=provenance, notes=notes, token_errors=None,
+        word_errors=None,
         windows=tuple(Window(w.offsets[int(np.flatnonzero(~w.special)[0])][0],
                              w.offsets[int(np.flatnonzero(~w.special)[-1])][1], p.target_value,
                              p.baseline_value, p.convergence_delta) for w, p in zip(windows, parts, strict=True)))

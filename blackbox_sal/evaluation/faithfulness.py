@@ -21,6 +21,13 @@ re-tokenizing an edited text. With f the explained class's score under ``score``
   f(x) - f(x with token i removed), which *is* occlusion with the same baseline and score;
 - IG completeness: |delta| / |f(x) - f(x')| of every explanation that reports a completeness
   delta (in the method's own score), mean and max over the texts;
+- agreement with exact Shapley values, on the texts of at most ``shapley_tokens`` ordinary
+  tokens (default 12: 4,094 rows per text): the exact Shapley values of the tokens
+  (:mod:`blackbox_sal.methods.shapley`, players = tokens) of the method's own score (its
+  config's ``score``; the random row: ``score``) for the class the method explained, tokens
+  removed with the same baseline as every other metric here; against them, Spearman's rho of
+  the method's token scores and the top-k overlap |top k of the method & top k of Shapley| / k
+  (k = min(``top_k``, n), default 3). The reference's cost is not counted in any method's;
 - cost: wall and CPU seconds per explanation (each method's pass over the dataset is timed
   alone, after a warm-up explanation that loads the sessions and the gradient graph) and
   the forward and gradient-graph passes per explanation.
@@ -40,7 +47,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +59,7 @@ from blackbox_sal.engine.drive import drive_many, drive_one
 from blackbox_sal.evaluation.correlation import mean_defined, spearman
 from blackbox_sal.gradient_graph.store import rules_session
 from blackbox_sal.methods import METHODS
+from blackbox_sal.methods.shapley import MAX_PLAYERS
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.text.tokenization import Tokens, tokenize
 from blackbox_sal.vocabulary.config import ExplainConfig
@@ -67,6 +75,10 @@ CURVE_POINTS = 10
 RANDOM = "random"
 #: the most curve points
 MAX_CURVE_POINTS = 1000
+#: texts of at most this many ordinary tokens are compared with exact Shapley values (2^12 rows each)
+SHAPLEY_TOKENS = 12
+#: the top-k overlap with exact Shapley values
+TOP_K = 3
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,8 @@ class MethodFaithfulness:
     fractions, and their areas. loo_spearman: mean over the ``loo_texts`` texts where it is
     defined (two or more ordinary tokens, neither side constant). completeness_mean/max:
     |delta| / |f(x) - f(x')| over ``completeness_texts`` explanations (None: no delta).
+    shapley_spearman, shapley_top_k: agreement with exact Shapley values, means over the
+    ``shapley_texts`` short enough texts (Spearman: where defined).
     seconds_per_text, cpu_seconds_per_text: wall and process time per explanation;
     forward_passes, gradient_passes: per explanation (None: none used).
     """
@@ -107,6 +121,9 @@ class MethodFaithfulness:
     cpu_seconds_per_text: float | None
     forward_passes: float | None
     gradient_passes: float | None
+    shapley_spearman: float | None = None
+    shapley_top_k: float | None = None
+    shapley_texts: int = 0
 
     @property
     def failed(self) -> int:
@@ -119,7 +136,8 @@ class Faithfulness:
 
     score: what f is (probability, logit, log-probability) of the explained class. baseline:
     what removed tokens become. bins: ERASER's fractions. fractions: the curves' x axis.
-    texts: how many texts were given.
+    texts: how many texts were given. shapley_tokens, top_k: the agreement with exact Shapley
+    values (texts of at most that many ordinary tokens; overlap of the top k).
     """
 
     model: str
@@ -130,6 +148,8 @@ class Faithfulness:
     texts: int
     methods: tuple[MethodFaithfulness, ...]
     notes: tuple[str, ...] = ()
+    shapley_tokens: int = 0
+    top_k: int = 3
 
 
 @dataclass(frozen=True)
@@ -145,6 +165,18 @@ class TextFaithfulness:
     insertion: np.ndarray
     loo: np.ndarray  # f(x) - f(x without token i), per ordinary token in text order
     loo_spearman: float | None
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """One text's ranking evaluated: the text's index, its tokens and the method's scores, the
+    removals' result, and the explanation (None for the random reference)."""
+
+    text: int
+    tokens: Tokens
+    scores: np.ndarray
+    result: TextFaithfulness
+    explanation: Explanation | None
 
 
 def bin_size(fraction: float, n: int) -> int:
@@ -232,11 +264,14 @@ def trapezoid(x: Sequence[float] | np.ndarray, y: np.ndarray) -> float:
 
 def faithfulness(model: TextModel, texts: Iterable[str], methods: Sequence[ExplainConfig | str],
                  bins: Sequence[float] = BINS, curve_points: int = CURVE_POINTS, score: str = "probability",
-                 baseline: str = "pad", seed: int = 0, window: int = 64) -> Faithfulness:
+                 baseline: str = "pad", seed: int = 0, window: int = 64, shapley_tokens: int = SHAPLEY_TOKENS,
+                 top_k: int = TOP_K) -> Faithfulness:
     """Evaluate how faithful each method's explanations are on ``texts`` (see the module
     docstring). ``methods``: configs, method names (default settings) or ``"random"``.
     ``score``: what f is; ``baseline``: what removed tokens become; ``seed``: the random
-    reference's draws. UsageError for bad settings; a text that fails is counted, not raised."""
+    reference's draws; ``shapley_tokens``: the longest text (ordinary tokens, 0 to
+    MAX_PLAYERS; 0: none) compared with exact Shapley values, ``top_k`` their top-k overlap.
+    UsageError for bad settings; a text that fails is counted, not raised."""
     items = list(texts)
     configs = method_configs(methods)
     bins_t = tuple(float(b) for b in bins)
@@ -247,6 +282,9 @@ def faithfulness(model: TextModel, texts: Iterable[str], methods: Sequence[Expla
         raise UsageError(f"curve_points must be an integer from 2 to {MAX_CURVE_POINTS}, got {curve_points!r}")
     if score not in SCORES:
         raise unknown_choice("score", score, SCORES)
+    for name, value, low, high in (("shapley_tokens", shapley_tokens, 0, MAX_PLAYERS), ("top_k", top_k, 1, 1000)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise UsageError(f"{name} must be an integer from {low} to {high}, got {value!r}")
     if model.features is not None:
         raise UsageError(f"faithfulness removes tokens by replacing their embeddings; a {model.features.kind} "
                          f"model's input is one vector of features, with no token embeddings")
@@ -270,30 +308,82 @@ def faithfulness(model: TextModel, texts: Iterable[str], methods: Sequence[Expla
 
     works = [removals(model, e[0], e[1], e[2], bins_t, fractions, score, baseline)
              for per_method in explained for e in per_method if not isinstance(e, SalError)]
-    evaluated = iter(drive_many(works, runner(model, real[0] if real else ExplainConfig()), window))
-    rows = []
-    for name, cfg, per_method, (wall, cpu) in zip(row_names(configs), configs, explained, timing, strict=True):
+    run_cfg = real[0] if real else ExplainConfig()
+    evaluated = iter(drive_many(works, runner(model, run_cfg), window))
+    outcomes: list[list[Evaluated | SalError]] = []
+    for per_method in explained:
+        per_text: list[Evaluated | SalError] = []
+        for k, e in enumerate(per_method):
+            if isinstance(e, SalError):
+                per_text.append(e)
+                continue
+            result = next(evaluated)
+            per_text.append(result if isinstance(result, SalError) else Evaluated(k, e[0], e[1], result, e[3]))
+        outcomes.append(per_text)
+    reference = exact_references(model, outcomes, configs, score, baseline, shapley_tokens, run_cfg, window)
+    rows: list[MethodFaithfulness] = []
+    for name, cfg, per_text, (wall, cpu) in zip(row_names(configs), configs, outcomes, timing, strict=True):
         pairs: list[tuple[TextFaithfulness, Explanation | None]] = []
         failures: Counter[str] = Counter()
-        made = 0
-        for e in per_method:
-            if isinstance(e, SalError):
-                failures[str(e)] += 1
+        agreement: list[tuple[float | None, float]] = []
+        made = sum(1 for e in explained[len(rows)] if not isinstance(e, SalError))
+        for item in per_text:
+            if isinstance(item, SalError):
+                failures[str(item)] += 1
                 continue
-            made += 1
-            result = next(evaluated)
-            if isinstance(result, SalError):
-                failures[str(result)] += 1
-            else:
-                pairs.append((result, e[3]))
-        rows.append(_row(name, cfg, pairs, failures, fractions, wall, cpu, made))
+            pairs.append((item.result, item.explanation))
+            exact = reference.get((item.text, item.result.target, score if cfg is None else cfg.score))
+            if exact is not None:
+                ordinary = np.flatnonzero(~np.asarray(item.tokens.special))
+                agreement.append(shapley_agreement(item.scores[ordinary], exact[ordinary], top_k))
+        row = _row(name, cfg, pairs, failures, fractions, wall, cpu, made)
+        rho, _ = mean_defined(a[0] for a in agreement)
+        rows.append(replace(row, shapley_spearman=rho, shapley_texts=len(agreement),
+                            shapley_top_k=float(np.mean([a[1] for a in agreement])) if agreement else None))
     notes: tuple[str, ...] = (
         f"f is the {score} of the explained class (each method's target: the predicted class unless its config "
         f"names one); removed tokens take the {baseline} baseline embedding",)
     if any(c is None for c in configs):
         notes += (f"{RANDOM}: token scores drawn uniformly at random (seed {seed}), the reference a method "
                   f"should beat",)
-    return Faithfulness(model.name, score, baseline, bins_t, fractions, len(items), tuple(rows), notes)
+    if shapley_tokens:
+        notes += (f"exact Shapley: the reference values of the tokens of texts of at most {shapley_tokens} "
+                  f"ordinary tokens ({len({key[0] for key in reference})} text(s)), in each method's own score "
+                  f"for the class it explained, tokens removed as above; top-k overlap with k = {top_k}",)
+    return Faithfulness(model.name, score, baseline, bins_t, fractions, len(items), tuple(rows), notes,
+                        shapley_tokens, top_k)
+
+
+def shapley_agreement(scores: np.ndarray, exact: np.ndarray, top_k: int) -> tuple[float | None, float]:
+    """Spearman's rho of scores and exact Shapley values [n] (None where undefined) and the
+    overlap of their top k (k = min(top_k, n); ties in text order, as the rankings above)."""
+    k = min(top_k, scores.size)
+    everyone = np.arange(scores.size)
+    top = set(ranking(scores, everyone)[:k].tolist()) & set(ranking(exact, everyone)[:k].tolist())
+    return spearman(scores, exact), len(top) / k if k else 0.0
+
+
+def exact_references(model: TextModel,
+                     outcomes: Sequence[Sequence[Evaluated | SalError]],
+                     configs: Sequence[ExplainConfig | None], score: str, baseline: str, limit: int,
+                     run_cfg: ExplainConfig, window: int) -> dict[tuple[int, int, str], np.ndarray]:
+    """Exact Shapley token values per (text, target, score) that some method needs, for the
+    texts of at most ``limit`` ordinary tokens: one explanation each, through the engine."""
+    wanted: dict[tuple[int, int, str], Tokens] = {}
+    for cfg, done in zip(configs, outcomes, strict=True):
+        for d in done:
+            if not isinstance(d, SalError) and 0 < int(np.sum(~np.asarray(d.tokens.special))) <= limit:
+                wanted.setdefault((d.text, d.result.target, score if cfg is None else cfg.score), d.tokens)
+    keys = list(wanted)
+    cfgs = [ExplainConfig(method="shapley", players="tokens", baseline=baseline, score=key[2], target=key[1],
+                          batch_size=run_cfg.batch_size, tokens_per_run=run_cfg.tokens_per_run).validated()
+            for key in keys]
+    works = [explanation(model, wanted[key], cfg, ClassQuestion(key[1])) for key, cfg in zip(keys, cfgs, strict=True)]
+    out: dict[tuple[int, int, str], np.ndarray] = {}
+    for key, made in zip(keys, drive_many(works, runner(model, run_cfg), window), strict=True):
+        if not isinstance(made, SalError):
+            out[key] = _scores(made)
+    return out
 
 
 def method_configs(methods: Sequence[ExplainConfig | str]) -> list[ExplainConfig | None]:
@@ -451,8 +541,13 @@ def faithfulness_table(result: Faithfulness) -> str:
     add("deletion area (lower is better)", (fmt_number(m.deletion_area) for m in ms))
     add("insertion area (higher is better)", (fmt_number(m.insertion_area) for m in ms))
     add("leave-one-out Spearman", (fmt_number(m.loo_spearman, 3) for m in ms))
-    add("IG |delta| / |f(x)-f(x')| mean", (fmt_number(m.completeness_mean, 3) for m in ms))
-    add("IG |delta| / |f(x)-f(x')| max", (fmt_number(m.completeness_max, 3) for m in ms))
+    if result.shapley_tokens:
+        add(f"exact-Shapley Spearman (<= {result.shapley_tokens} tokens)", (fmt_number(m.shapley_spearman, 3)
+                                                                             for m in ms))
+        add(f"exact-Shapley top-{result.top_k} overlap", (fmt_number(m.shapley_top_k, 3) for m in ms))
+        add("texts compared with exact Shapley", (f"{m.shapley_texts}" for m in ms))
+    add("completeness |delta| / |f(x)-f(x')| mean", (fmt_number(m.completeness_mean, 3) for m in ms))
+    add("completeness |delta| / |f(x)-f(x')| max", (fmt_number(m.completeness_max, 3) for m in ms))
     add("seconds per explanation", (fmt_number(m.seconds_per_text, 4) for m in ms))
     add("CPU seconds per explanation", (fmt_number(m.cpu_seconds_per_text, 4) for m in ms))
     add("forward passes per explanation", (fmt_number(m.forward_passes, 1) for m in ms))
@@ -483,6 +578,7 @@ def faithfulness_dict(result: Faithfulness) -> dict[str, Any]:
     return {
         "model": result.model, "score": result.score, "baseline": result.baseline,
         "bins": list(result.bins), "fractions": list(result.fractions), "texts": result.texts,
+        "shapley_tokens": result.shapley_tokens, "top_k": result.top_k,
         "methods": [{
             "name": m.name, "method": m.method, "backend": m.backend,
             "settings": None if m.config is None else {f.name: getattr(m.config, f.name) for f in fields(m.config)
@@ -495,6 +591,8 @@ def faithfulness_dict(result: Faithfulness) -> dict[str, Any]:
             "deletion": floats(m.deletion), "insertion": floats(m.insertion),
             "deletion_area": json_float(m.deletion_area), "insertion_area": json_float(m.insertion_area),
             "loo_spearman": json_float(m.loo_spearman), "loo_texts": m.loo_texts,
+            "shapley_spearman": json_float(m.shapley_spearman), "shapley_top_k": json_float(m.shapley_top_k),
+            "shapley_texts": m.shapley_texts,
             "completeness_mean": json_float(m.completeness_mean), "completeness_max": json_float(m.completeness_max),
             "completeness_texts": m.completeness_texts,
             "seconds_per_text": json_float(m.seconds_per_text),
@@ -506,12 +604,15 @@ def faithfulness_dict(result: Faithfulness) -> dict[str, Any]:
 
 
 def faithfulness_plot(result: Faithfulness, path: str | Path) -> Path:
-    """Draw the deletion and insertion curves of every method side by side, to ``path`` (the
-    format follows its suffix: .png, .svg, .pdf). Needs matplotlib (the ``plot`` extra)."""
+    """Draw the deletion and insertion curves of every method side by side, and each method's
+    agreement with exact Shapley values (or, where no text was short enough, its
+    comprehensiveness AOPC) against its seconds per explanation, to ``path`` (the format
+    follows its suffix: .png, .svg, .pdf). Needs matplotlib (the ``plot`` extra)."""
     from blackbox_sal.render import palette
 
-    fig = figure_class()(figsize=(10, 4), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = figure_class()(figsize=(15, 4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    axes[1].sharey(axes[0])
     for ax, attr, area, title in ((axes[0], "deletion", "deletion_area", "deletion (lower is better)"),
                                   (axes[1], "insertion", "insertion_area", "insertion (higher is better)")):
         for k, m in enumerate(result.methods):
@@ -526,8 +627,33 @@ def faithfulness_plot(result: Faithfulness, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", title="method (area)", title_fontsize="small")
     axes[0].set_ylabel(f"{result.score} of the explained class")
+    _cost_panel(axes[2], result)
     fig.suptitle(f"{result.model}: {result.texts} texts, removed tokens -> {result.baseline}")
     return save_figure(fig, path)
+
+
+def _cost_panel(ax: Any, result: Faithfulness) -> None:
+    """Each method as a point: seconds per explanation (log) against its exact-Shapley Spearman
+    (else its comprehensiveness AOPC)."""
+    shapley = any(m.shapley_spearman is not None for m in result.methods)
+    for m in result.methods:
+        y = m.shapley_spearman if shapley else m.comprehensiveness_aopc
+        if m.seconds_per_text is None or y is None or m.seconds_per_text <= 0:
+            continue
+        ax.scatter([m.seconds_per_text], [y], s=25)
+        ax.annotate(m.name, (m.seconds_per_text, y), fontsize="small", xytext=(4, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(_null_formatter())
+    ax.set_xlabel("seconds per explanation")
+    ax.set_ylabel("Spearman with exact Shapley" if shapley else "comprehensiveness AOPC")
+    ax.set_title("faithfulness against cost (up and left is better)")
+    ax.grid(alpha=0.3)
+
+
+def _null_formatter() -> Any:
+    from matplotlib.ticker import NullFormatter
+
+    return NullFormatter()
 
 
 def figure_class() -> Any:

@@ -24,7 +24,8 @@ At each stage every method explains every text again, for the class it explained
 original model, and its token scores (ordinary tokens) are compared with the original's by
 Spearman's rank correlation, of the scores and of their absolute values, averaged over the
 texts. A method that passes the check loses correlation as layers are re-drawn; one that
-does not depends on the input more than on the model.
+does not depends on the input more than on the model. The sampling methods (kernel-shap, permutation,
+lime) draw the same coalitions at every stage (one seed), so what changes is the model.
 
 **Gradient graph.** The graph built for the model reads the body's initializers under the
 same names, so a randomized stage substitutes its values into a copy of the graph (as read

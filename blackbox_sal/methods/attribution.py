@@ -26,7 +26,10 @@ class Problem:
     target_value: f(x). scale: the finite-difference/noise scale per token [S]. reduce: the
     reduction to use (the config's, or the method's default). rows: the rows one run takes
     for this text (methods that ask in several steps use it to bound memory). baseline_value:
-    f(baseline), when it was computed with the prediction (one run fewer)."""
+    f(baseline), when it was computed with the prediction (one run fewer). word_ids: the word
+    of each position, int [S] (-1: none; None: the input has no words, e.g. a feature vector),
+    for the methods whose players are words. pieces: the text of each position ("" for special
+    tokens and padding), for the methods that group words by punctuation (None: unknown)."""
 
     backend: GradientBackend
     x: np.ndarray
@@ -38,6 +41,8 @@ class Problem:
     reduce: str | None
     rows: int = 64
     baseline_value: float | None = None
+    word_ids: np.ndarray | None = None
+    pieces: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,8 @@ class Attribution:
     """scores: float64 [S], one per token. reduce: the reduction used (None for occlusion).
     baseline_value: f(baseline) where a baseline was used. delta: IG's completeness delta
     sum(attributions) - (f(x) - f(baseline)). notes: things the user should know. nodes: the
-    path points IG used (its steps, or what steps="auto" settled on)."""
+    path points IG used (its steps, or what steps="auto" settled on). errors: the standard
+    error of each score, float64 [S], for the sampling methods (None: not estimated)."""
 
     scores: np.ndarray
     reduce: str | None
@@ -53,6 +59,7 @@ class Attribution:
     delta: float | None = None
     notes: tuple[str, ...] = ()
     nodes: int | None = None
+    errors: np.ndarray | None = None
 
 
 def _no_check(config: ExplainConfig) -> None:

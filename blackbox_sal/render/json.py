@@ -2,10 +2,12 @@
 
 Schema 2: schema_version, text, model, method, backend, reduce, task, target {index, label},
 prediction {index, label, scores (every class's output; empty beyond 1,000 classes), top
-[{index, label, value}] (the 5 best)}, target_value, tokens [{text, start, end, score, special}],
-words (with --words), baseline_value and convergence_delta (where a baseline applies),
-windows [{start, end, target_value, baseline_value, convergence_delta}] (a long text explained
-with --long window; the stitched result then has no single baseline or delta), settings, notes.
+[{index, label, value}] (the 5 best)}, target_value, tokens [{text, start, end, score, special,
+std_error}] (std_error only from the sampling methods kernel-shap, permutation and lime: the
+score's standard error, null where it cannot be estimated), words (with --words; the same
+fields), baseline_value and convergence_delta (where a baseline applies), windows [{start,
+end, target_value, baseline_value, convergence_delta}] (a long text explained with --long
+window; the stitched result then has no single baseline or delta), settings, notes.
 Non-finite numbers become null.
 """
 
@@ -25,9 +27,13 @@ def _num(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def _spans(spans: tuple[Span, ...]) -> list[dict[str, Any]]:
-    return [{"text": s.text, "start": s.start, "end": s.end, "score": _num(s.score),
-             "special": s.special} for s in spans]
+def _spans(spans: tuple[Span, ...], errors: tuple[float, ...] | None = None) -> list[dict[str, Any]]:
+    out = [{"text": s.text, "start": s.start, "end": s.end, "score": _num(s.score),
+            "special": s.special} for s in spans]
+    if errors is not None:
+        for span, error in zip(out, errors, strict=True):
+            span["std_error"] = _num(error)
+    return out
 
 
 def to_dict(e: Explanation) -> dict[str, Any]:
@@ -45,10 +51,10 @@ def to_dict(e: Explanation) -> dict[str, Any]:
                        "scores": [_num(v) for v in e.prediction.scores],
                        "top": [{"index": t.index, "label": t.label, "value": _num(t.value)} for t in e.prediction.top]},
         "target_value": _num(e.target_value),
-        "tokens": _spans(e.tokens),
+        "tokens": _spans(e.tokens, e.token_errors),
     }
     if e.words is not None:
-        out["words"] = _spans(e.words)
+        out["words"] = _spans(e.words, e.word_errors)
     if e.baseline_value is not None:
         out["baseline_value"] = _num(e.baseline_value)
     if e.convergence_delta is not None:

@@ -32,7 +32,14 @@ METHODS: dict[str, Named] = {
     "lrp-attn": Named("AttnLRP: input x gradient with LRP's rules for attention, norms and activations (one pass)",
                       "sum"),
     "lrp-cp": Named("CP-LRP: as lrp-attn, with the attention weights held constant (one pass)", "sum"),
+    "shapley": Named("exact Shapley values of the words, every coalition (up to 14 words)"),
+    "kernel-shap": Named("Shapley values estimated by KernelSHAP's weighted regression (samples x words rows)"),
+    "permutation": Named("Shapley values estimated over sampled orders of the words and their reverses"),
+    "lime": Named("LIME: a kernel-weighted ridge regression on random masks of the words (samples x words rows)"),
+    "owen": Named("exact Owen values over the sentences, clauses and words (long texts, where shapley refuses)"),
 }
+#: what the Shapley and sampling methods attribute to (blackbox_sal.methods.coalitions.PLAYERS)
+PLAYERS = ("words", "tokens")
 BACKENDS: dict[str, Named] = {
     "auto": Named("the gradient graph when one can be had, else finite differences"),
     "fd": Named("finite differences: forward passes only, any model"),

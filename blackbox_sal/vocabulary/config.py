@@ -140,12 +140,16 @@ class ExplainConfig:
         "central", Choice(choices.FD_SCHEMES, "finite-difference scheme"), "central differences (O(h^2)), or "
         "forward = one-sided (O(h)) with f(x) shared by every token at a point: about half the runs for "
         "grad-x-input and ig", commands=EXPLAINING, request=True)
-    samples: int = setting(10, Integer(1, MAX_SAMPLES), "SmoothGrad samples (run --batch-size at a time)",
-                           commands=EXPLAINING, request=True, metavar="N")
+    samples: int = setting(10, Integer(1, MAX_SAMPLES), "SmoothGrad samples (run --batch-size at a time); "
+                           "kernel-shap and lime: coalitions per player (samples x players rows); permutation: "
+                           "orders of the players", commands=EXPLAINING, request=True, metavar="N")
     noise: float = setting(0.1, Number(0), "SmoothGrad noise, relative to each token embedding's RMS",
                            commands=EXPLAINING, request=True, metavar="SIGMA")
-    seed: int = setting(0, Integer(0, 2**63 - 1), "random seed (SmoothGrad; eval's random rankings)",
-                        commands=EXPLAINING, request=True)
+    seed: int = setting(0, Integer(0, 2**63 - 1), "random seed (SmoothGrad, kernel-shap, permutation, lime; "
+                        "eval's random rankings)", commands=EXPLAINING, request=True)
+    players: str = setting("words", Choice(choices.PLAYERS, "players"), "what shapley, kernel-shap, permutation, "
+                           "lime and owen attribute to: words (a word's value split equally over its tokens) or "
+                           "tokens", commands=EXPLAINING, request=True)
     max_chars: int = setting(MAX_CHARS, Integer(1, MAX_CHARS_LIMIT), "the longest accepted text, in characters")
     long: str = setting(
         "error", Choice(choices.LONG, "long-text handling"), "a text over the model's token limit: error (exit 2), "
@@ -248,7 +252,8 @@ OPTIONS: tuple[Setting, ...] = (
     # several methods compared
     Setting("methods", Choice(choices.METHODS, "method"),
             "attribution method, once per method compared",
-            shown_default="eval: all five; sanity: ig, grad-x-input, saliency, occlusion", flag="--method",
+            shown_default="eval: every method; sanity: ig, grad-x-input, saliency, occlusion, kernel-shap",
+            flag="--method",
             append=True, dest="methods", commands=("eval", "sanity")),
     # explain
     Setting("format", Choice(choices.FORMATS, "format"), "output format", default="terminal",
@@ -313,6 +318,10 @@ OPTIONS: tuple[Setting, ...] = (
     Setting("removal", Text(blank=False, refusal="pad, zero, unk, mask or a token"),
             "what a removed token's embedding becomes", default="pad", commands=("eval",),
             metavar="pad|zero|unk|mask|TOKEN"),
+    Setting("shapley_tokens", Integer(0, 14), "compare every method with exact Shapley values on the texts of at "
+            "most N tokens (2^N model rows each; 0: never)", default=12, commands=("eval",), metavar="N"),
+    Setting("top_k", Integer(1, 1000), "the top-k overlap with exact Shapley values", default=3,
+            commands=("eval",), metavar="K"),
     # sanity
     Setting("stages", _TEXT, "the first K randomization stages, or a comma-separated list",
             shown_default="all", commands=("sanity",), metavar="K|LIST"),

@@ -59,7 +59,8 @@ class Provenance:
     perturbations, seeds). device: cpu or cuda. baseline: for methods that use one. steps,
     quadrature, steps_auto, tolerance: integrated gradients. samples, noise, seed: SmoothGrad.
     fd_step, richardson, fd_scheme: finite differences. gradient_passes: rows through the
-    gradient graph. windows, window_overlap: a long text explained in windows.
+    gradient graph. windows, window_overlap: a long text explained in windows. players: words
+    or tokens (the Shapley and sampling methods; samples and seed are theirs too).
     """
 
     score: str
@@ -80,6 +81,7 @@ class Provenance:
     gradient_passes: int | None = None
     windows: int | None = None
     window_overlap: int | None = None
+    players: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The fields that apply, in declaration order."""
@@ -117,6 +119,11 @@ class Explanation:
     task: str = "classification"
     #: for a long text explained in windows (``long="window"``): the windows, in order
     windows: tuple[Window, ...] | None = None
+    #: the sampling methods' standard error of each token's score, aligned with ``tokens``
+    #: (None: not estimated); ``word_errors`` the same for ``words``: the sum of its tokens'
+    #: (exact when the players are words; an upper bound when they are tokens)
+    token_errors: tuple[float, ...] | None = None
+    word_errors: tuple[float, ...] | None = None
 
     @property
     def settings(self) -> MappingProxyType[str, Any]:
