@@ -29,7 +29,7 @@ LAYERS = [
     {"methods"},
     {"engine"},
     {"api.explaining"},
-    {"api.tasks", "api.arrays"},
+    {"api.tasks", "api.arrays", "api.spans"},
     {"jobs.batch", "jobs.batch_ray"},
     {"evaluation"},
     {"server"},
