@@ -67,7 +67,8 @@ def terminal(a: AnswerSpan, color: bool = False) -> str:
         lines.append("completeness delta: " + ", ".join(f"{name} {numbers.value(d, signed=True)}"
                                                         for name, d in zip(TARGETS, deltas, strict=True)))
     signed = numbers.is_signed(first.reduce)
-    columns = [numbers.column([s.score for s in e.tokens], signed) for e in a.explanations]
+    spec = numbers.column_format([s.score for e in a.explanations for s in e.tokens], signed)  # one for all three
+    columns = [[format(s.score, spec) for s in e.tokens] for e in a.explanations]
     widths = [max(len(name), *(len(v) for v in col)) for name, col in zip(TARGETS, columns, strict=True)]
     for part in ("question", "context"):
         lines += ["", f"  {part.ljust(_NAME_WIDTH)}" + "".join(f"  {n.rjust(w)}" for n, w in

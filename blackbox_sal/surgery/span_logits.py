@@ -14,8 +14,10 @@ weight vector over the 2S columns (one seed row of the gradient graph).
 
 from __future__ import annotations
 
-import onnx
-from onnx import helper
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # onnx is imported where a graph is rewritten: the edge install explains without it
+    import onnx
 
 #: the output the span targets are read from: [batch, 2 * seq]
 SPAN_LOGITS = "span_logits"
@@ -23,6 +25,9 @@ SPAN_LOGITS = "span_logits"
 
 def span_logits(body: onnx.ModelProto, start: str, end: str) -> onnx.ModelProto:
     """``body`` with one more output, SPAN_LOGITS = Concat(start, end, axis=1) [batch, 2 seq]."""
+    import onnx
+    from onnx import helper
+
     outputs = {o.name for o in body.graph.output}
     if start not in outputs or end not in outputs:
         raise ValueError(f"{start!r} and {end!r} must both be outputs of the graph")
