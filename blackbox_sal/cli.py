@@ -130,7 +130,7 @@ def _load(a: argparse.Namespace) -> TextModel:
 def _columns(a: argparse.Namespace) -> Columns:
     features = tuple(c.strip() for c in a.feature_columns.split(",") if c.strip()) if a.feature_columns else None
     return Columns(text=a.text_column, id=a.id_column, label=a.label_column, target=a.target_column,
-                   pair=a.pair_column, choices=a.choices_column, features=features)
+                   pair=a.pair_column, choices=a.choices_column, features=features, question=a.question_column)
 
 
 def _batch(a: argparse.Namespace) -> None:

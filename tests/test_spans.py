@@ -334,3 +334,57 @@ def test_html_golden() -> None:
             'title="start +1.5, end +0.25, span +1.75">gustave</span>') in page
     assert "<tr><td>span</td><td class=num>3.5</td><td class=num>1.25</td><td class=num>+0</td></tr>" in page
     assert "[CLS]" not in page and "careful" in page and "<script" not in page
+
+
+def _same_scores(got: dict[str, Any], want: AnswerSpan) -> None:
+    """A JSON answer span (batch, server) holds what the API computed, up to the packing's float noise."""
+    assert got["answer"]["start_token"] == want.start and got["answer"]["end_token"] == want.end
+    for name, e in zip(("start", "end", "span"), want.explanations, strict=True):
+        np.testing.assert_allclose([t[f"{name}_score"] for t in got["tokens"]], [t.score for t in e.tokens],
+                                   atol=1e-5)
+
+
+def test_batch_takes_a_question_column(qa: TextModel, tmp_path: Path) -> None:
+    from blackbox_sal.jobs.batch import run_batch
+    from blackbox_sal.jobs.datasets import Columns
+
+    rows = [{"q": QUESTION, "text": CONTEXT}, {"q": "when was it built ?", "text": "it was built in 1889 ."},
+            {"q": "who ?", "text": ""}]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = ExplainConfig(method="grad-x-input", progress=False)
+    summary = run_batch(qa, source, tmp_path / "out.jsonl", cfg, Columns(question="q"))
+    assert (summary.rows, summary.explained, summary.failed) == (3, 2, 1)
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if "row" in line]
+    for line, row in zip(lines[:2], rows[:2], strict=True):
+        _same_scores(line["answer_span"], explain_answer(qa, row["q"], row["text"], cfg))
+    assert lines[2]["error"] == "the text is empty" and lines[2]["exit_code"] == 2
+
+
+def test_server_explains_a_question_instance(qa: TextModel) -> None:
+    pytest.importorskip("starlette", reason="the server needs the [serve] extra")
+    pytest.importorskip("httpx")
+    from starlette.testclient import TestClient
+
+    from blackbox_sal.server.app import Server
+
+    server = Server({"qa": qa})
+    try:
+        client = TestClient(server.app)
+        got = client.post("/v1/models/qa:explain", json={
+            "instances": [{"question": QUESTION, "context": CONTEXT, "id": 7}],
+            "parameters": {"method": "grad-x-input", "max_answer_tokens": 4}})
+        assert got.status_code == 200, got.text
+        body = got.json()["explanations"][0]
+        want = explain_answer(qa, QUESTION, CONTEXT, ExplainConfig(method="grad-x-input", max_answer_tokens=4))
+        _same_scores(body["answer_span"], want)
+        assert body["answer_span"]["answer"]["max_answer_tokens"] == 4
+        bad = client.post("/v1/models/qa:explain", json={"instances": [{"question": QUESTION, "text": CONTEXT}]})
+        assert bad.status_code == 400
+        assert bad.json()["error"] == ('instance 0 has fields text beside a question: a question instance is '
+                                       '{"question", "context", "id"}')
+        plain = client.post("/v1/models/qa:explain", json={"instances": [QUESTION]})
+        assert plain.status_code == 400 and "--context" in plain.json()["error"]
+    finally:
+        server.stop()
