@@ -225,6 +225,7 @@ def test_cli_explains_a_span_and_refuses_what_does_not_apply(qa_folder: Path, tm
     done = _cli("explain", "--model", str(qa_folder), QUESTION, "--context", CONTEXT, "--method", "grad-x-input",
                 "--format", "json")
     assert done.returncode == 0, done.stderr
+    _valid(json.loads(done.stdout))
     doc = json.loads(done.stdout)["answer_span"]
     assert doc["answer"]["chosen"] == "best" and set(doc["explanations"]) == {"start", "end", "span"}
     assert {t["part"] for t in doc["tokens"]} == {"question", "context", None}
@@ -303,8 +304,17 @@ def test_terminal_golden() -> None:
     assert render_terminal(_example()) == TERMINAL
 
 
+SCHEMA = json.loads((ROOT / "blackbox_sal" / "render" / "explanation.schema.json").read_text(encoding="utf-8"))
+
+
+def _valid(doc: dict[str, Any]) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(doc, SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
 def test_json_golden() -> None:
     doc = json.loads(render_json(_example()))
+    _valid(doc)
     assert doc["schema_version"] == 2
     body = doc["answer_span"]
     assert body["answer"] == {"text": "gustave eiffel", "start_char": 7, "end_char": 21, "start_token": 6,
