@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from blackbox_sal.api.spans import answer_span, best_spans, explain_answer, given_span, together, token_parts
+from blackbox_sal.model.files import default_model_path
 from blackbox_sal.model.loading import load_model
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.render import render_html, render_json, render_terminal
@@ -398,3 +399,30 @@ def test_server_explains_a_question_instance(qa: TextModel) -> None:
         assert plain.status_code == 400 and "--context" in plain.json()["error"]
     finally:
         server.stop()
+
+
+def test_a_prepared_qa_folder_explains_the_same_span(qa: TextModel, tmp_path: Path) -> None:
+    from blackbox_sal.gradient_graph.store import prepare
+
+    prepared = load_model(prepare(qa, tmp_path / "prepared"))
+    assert (prepared.task, prepared.output) == ("answer-span", "span_logits")
+    cfg = ExplainConfig(method="grad-x-input")
+    got, want = (explain_answer(m, QUESTION, CONTEXT, cfg) for m in (prepared, qa))
+    assert (got.start, got.end, got.score) == (want.start, want.end, want.score)
+    for e, f in zip(got.explanations, want.explanations, strict=True):
+        assert [t.score for t in e.tokens] == [t.score for t in f.tokens]
+
+
+def test_what_does_not_apply_to_a_span_is_refused(qa: TextModel) -> None:
+    from blackbox_sal.api.explaining import explain
+
+    with pytest.raises(UsageError, match="give the question as the text and the context with --context"):
+        explain(qa, QUESTION)
+    with pytest.raises(UsageError, match="choose the span with --answer, not --target"):
+        explain_answer(qa, QUESTION, CONTEXT, ExplainConfig(target=3))
+    with pytest.raises(UsageError, match="--score does not apply"):
+        explain_answer(qa, QUESTION, CONTEXT, ExplainConfig(score="probability"))
+    with pytest.raises(UsageError, match="--answer chooses the span of a question-answering model"):
+        explain(load_model(default_model_path()), "a fine film", ExplainConfig(answer="film"))
+    with pytest.raises(UsageError, match="it needs a question-answering model .* sentiment-cnn is a classification"):
+        explain_answer(load_model(default_model_path()), QUESTION, CONTEXT)
