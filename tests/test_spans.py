@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -426,3 +427,15 @@ def test_what_does_not_apply_to_a_span_is_refused(qa: TextModel) -> None:
         explain(load_model(default_model_path()), "a fine film", ExplainConfig(answer="film"))
     with pytest.raises(UsageError, match="it needs a question-answering model .* sentiment-cnn is a classification"):
         explain_answer(load_model(default_model_path()), QUESTION, CONTEXT)
+
+
+def test_terminal_colours_each_token_by_its_span_score() -> None:
+    coloured = render_terminal(_example(), color=True)
+    # gustave is the span's peak (+1.75): the full blue #2166ac = (33, 102, 172), white ink
+    assert "> \033[97;48;2;33;102;172mgustave         \033[0m  +1.500  +0.250  +1.750\n" in coloured
+    # <b>? (-0.5) is 2/7 of the way from white to red #b2182b: 255 + (178 - 255) * 2/7 = 233, (189, 194)
+    assert "  \033[30;48;2;233;189;194m<b>?            \033[0m  -0.500  +0.000  -0.500\n" in coloured
+    assert "the span score's attribution" in coloured
+    assert re.sub(r"\033\[[0-9;]*m", "", coloured).replace(
+        "colour: the span score's attribution, █ blue for the answer, █ red against it; the strongest is full\n",
+        "") == TERMINAL

@@ -21,8 +21,8 @@ The three are driven together (:func:`together`): their requests go out in the s
 so the engine packs them into shared runs; a gradient run holds the three as three rows of one
 vector-Jacobian product, each with its own seed (finite differences, when the gradient graph
 cannot be built, pack the same way). Every method applies, each target with its own
-completeness gap; the span's scores equal the start's plus the end's for every method linear
-in its target (gradients, integrated gradients, occlusion).
+completeness gap; the span's scores equal the start's plus the end's wherever the method and its
+reduction are linear in the target (grad x input, integrated gradients, occlusion; not a norm).
 """
 
 from __future__ import annotations

@@ -34,6 +34,13 @@ from blackbox_sal.render.terminal import render_terminal
 from blackbox_sal.text.printable import printable as safe
 from blackbox_sal.vocabulary.result import SCHEMA_VERSION, AnswerSpan
 
+_RESET = "\033[0m"
+
+
+def _fg(rgb: palette.RGB) -> str:
+    return "\033[38;2;{};{};{}m".format(*rgb)
+
+
 #: the targets' names, in the order of AnswerSpan.explanations
 TARGETS = ("start", "end", "span")
 _NAME_WIDTH = 16
@@ -50,7 +57,8 @@ def _shift(a: AnswerSpan) -> int:
 @render_terminal.register
 def terminal(a: AnswerSpan, color: bool = False) -> str:
     """The answer, its score, the other candidate spans, and one table per text (question,
-    then context) with the three attributions of each token; ``>`` marks the answer's tokens."""
+    then context) with the three attributions of each token; ``>`` marks the answer's tokens.
+    With ``color``, each token on the colour of its span score (a legend line says so)."""
     first = a.explanations[0]
     reduce = f" ({first.reduce})" if first.reduce else ""
     how = "the best span" if a.chosen == "best" else "the given span"
@@ -70,6 +78,10 @@ def terminal(a: AnswerSpan, color: bool = False) -> str:
     spec = numbers.column_format([s.score for e in a.explanations for s in e.tokens], signed)  # one for all three
     columns = [[format(s.score, spec) for s in e.tokens] for e in a.explanations]
     widths = [max(len(name), *(len(v) for v in col)) for name, col in zip(TARGETS, columns, strict=True)]
+    peak = max((abs(s.score) for s in a.explanations[2].tokens), default=0.0)
+    if color:
+        lines.append(f"colour: the span score's attribution, {_fg(palette.FOR)}█ blue{_RESET} for the answer, "
+                     f"{_fg(palette.AGAINST)}█ red{_RESET} against it; the strongest is full")
     for part in ("question", "context"):
         lines += ["", f"  {part.ljust(_NAME_WIDTH)}" + "".join(f"  {n.rjust(w)}" for n, w in
                                                             zip(TARGETS, widths, strict=True))]
@@ -78,6 +90,10 @@ def terminal(a: AnswerSpan, color: bool = False) -> str:
                 continue
             text = safe(span.text)
             name = (text if len(text) <= _NAME_WIDTH else text[:_NAME_WIDTH - 1] + "~").ljust(_NAME_WIDTH)
+            if color:  # the token on the colour of its span score
+                rgb = palette.mix(a.explanations[2].tokens[k].score, peak)
+                ink = "30" if palette.ink(rgb) == palette.BLACK else "97"
+                name = "\033[{};48;2;{};{};{}m".format(ink, *rgb) + name + _RESET
             mark = ">" if a.start <= k <= a.end else " "
             cells = "".join(f"  {col[k].rjust(w)}" for col, w in zip(columns, widths, strict=True))
             lines.append(f"{mark} {name}{cells}")
