@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 WORDS = ("the", "a", "of", "in", "is", "was", "who", "what", "where", "when", "which", "did", "built", "wrote",
          "city", "tower", "paris", "london", "river", "bridge", "book", "year", "old", "new", "by", "and", "on",
          "to", "it", "eiffel", "gustave", "seine", "museum", "painting", "louvre", "famous", "tall", "iron",
-         "?", ".", ",", "1889", "1793", "france", "capital", "on", "flows", "through")
+         "?", ".", ",", "1889", "1793", "france", "capital", "flows", "through")
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_POSITIONS = 64
 SEED = 23
