@@ -35,6 +35,7 @@ _WHERE = {
     "explain_generation": "blackbox_sal.api.tasks",
     "explain_similarity": "blackbox_sal.api.tasks",
     "explain_choices": "blackbox_sal.api.tasks",
+    "explain_answer": "blackbox_sal.api.spans",
     "export_gradient": "blackbox_sal.gradient_graph.store",
     "prepare": "blackbox_sal.gradient_graph.store",
     "default_model_path": "blackbox_sal.model.files",
@@ -51,6 +52,7 @@ _WHERE = {
     "Generation": "blackbox_sal.vocabulary.result",
     "Similarity": "blackbox_sal.vocabulary.result",
     "Choices": "blackbox_sal.vocabulary.result",
+    "AnswerSpan": "blackbox_sal.vocabulary.result",
     "Span": "blackbox_sal.text.words",
     "export_torch": "blackbox_sal.gradient_graph.torch_export",
 }
@@ -62,11 +64,11 @@ _DEPRECATED = {
 }
 
 __all__ = [
-    "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label", "ModelError",
-    "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError", "UsageError",
-    "Window", "__version__", "attribute", "default_model_path", "explain", "explain_choices", "explain_generation",
-    "explain_many", "explain_similarity", "export_gradient", "export_torch", "load_model", "prepare", "render_html",
-    "render_json", "render_terminal",
+    "AnswerSpan", "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label",
+    "ModelError", "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError",
+    "UsageError", "Window", "__version__", "attribute", "default_model_path", "explain", "explain_answer",
+    "explain_choices", "explain_generation", "explain_many", "explain_similarity", "export_gradient", "export_torch",
+    "load_model", "prepare", "render_html", "render_json", "render_terminal",
 ]
 
 
@@ -89,6 +91,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from blackbox_sal.api.arrays import Attributions, attribute
     from blackbox_sal.api.explaining import explain, explain_many
+    from blackbox_sal.api.spans import explain_answer
     from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
     from blackbox_sal.gradient_graph.store import export_gradient, prepare
     from blackbox_sal.gradient_graph.torch_export import export_torch
@@ -102,6 +105,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from blackbox_sal.vocabulary.config import ExplainConfig
     from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, UnavailableError, UsageError
     from blackbox_sal.vocabulary.result import (
+        AnswerSpan,
         Choices,
         Explanation,
         Generation,

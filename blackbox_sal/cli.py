@@ -19,6 +19,7 @@ import numpy as np
 
 from blackbox_sal import __version__  # the one place the version is written
 from blackbox_sal.api.explaining import explain
+from blackbox_sal.api.spans import explain_answer
 from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.gradient_graph.store import export_gradient, prepare
 from blackbox_sal.jobs.batch import output_format, run_batch
@@ -129,7 +130,7 @@ def _load(a: argparse.Namespace) -> TextModel:
 def _columns(a: argparse.Namespace) -> Columns:
     features = tuple(c.strip() for c in a.feature_columns.split(",") if c.strip()) if a.feature_columns else None
     return Columns(text=a.text_column, id=a.id_column, label=a.label_column, target=a.target_column,
-                   pair=a.pair_column, choices=a.choices_column, features=features)
+                   pair=a.pair_column, choices=a.choices_column, features=features, question=a.question_column)
 
 
 def _batch(a: argparse.Namespace) -> None:
@@ -153,11 +154,13 @@ def _batch(a: argparse.Namespace) -> None:
 def _explain(a: argparse.Namespace) -> None:
     text = _text(a.text)
     config = _config(a)  # validate names before loading anything
-    if sum(x is not None for x in (a.generate, a.similar_to, a.choice)) > 1:
-        raise UsageError("--generate, --similar-to and --choice are different tasks: give one")
+    if sum(x is not None for x in (a.generate, a.similar_to, a.choice, a.context)) > 1:
+        raise UsageError("--generate, --similar-to, --choice and --context are different tasks: give one")
     model = _load(a)
     result: object
-    if a.choice is not None:
+    if a.context is not None:
+        result = explain_answer(model, text, _text(a.context, "--context"), config)
+    elif a.choice is not None:
         result = explain_choices(model, text, [_text(c, "--choice") for c in a.choice], config)
     elif a.similar_to is not None:
         result = explain_similarity(model, text, _text(a.similar_to, "--similar-to"), config)

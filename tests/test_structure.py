@@ -29,7 +29,7 @@ LAYERS = [
     {"methods"},
     {"engine"},
     {"api.explaining"},
-    {"api.tasks", "api.arrays"},
+    {"api.tasks", "api.arrays", "api.spans"},
     {"jobs.batch", "jobs.batch_ray"},
     {"evaluation"},
     {"server"},
@@ -129,11 +129,11 @@ def test_importing_the_package_and_validating_a_config_load_no_heavy_dependency(
 
 def test_public_api_is_pinned() -> None:
     assert blackbox_sal.__all__ == [
-        "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label", "ModelError",
-        "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError", "UsageError",
-        "Window", "__version__", "attribute", "default_model_path", "explain", "explain_choices",
-        "explain_generation", "explain_many", "explain_similarity", "export_gradient", "export_torch", "load_model",
-        "prepare", "render_html", "render_json", "render_terminal",
+        "AnswerSpan", "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label",
+        "ModelError", "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError",
+        "UsageError", "Window", "__version__", "attribute", "default_model_path", "explain", "explain_answer",
+        "explain_choices", "explain_generation", "explain_many", "explain_similarity", "export_gradient",
+        "export_torch", "load_model", "prepare", "render_html", "render_json", "render_terminal",
     ]
     for name in blackbox_sal.__all__:
         assert getattr(blackbox_sal, name) is not None

@@ -65,6 +65,11 @@ def text_explanation(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Ex
     """The work of explaining one text (tokenized here, so bad text ends this work only)."""
     if model.features is not None:
         return (yield from feature_explanation(model, text, cfg))
+    if model.task == "answer-span":
+        raise UsageError("a question-answering model explains an answer span: give the question as the text and "
+                         "the context with --context (explain_answer in Python)")
+    if cfg.answer is not None:
+        raise UsageError("--answer chooses the span of a question-answering model: give the context with --context")
     tokens = tokenize(model.tokenizer, text, None, cfg.max_chars)
     if model.max_length is not None and len(tokens) > model.max_length:
         if cfg.long != "window":

@@ -6,7 +6,8 @@ Rows stream from the input (:mod:`blackbox_sal.jobs.datasets`) into the engine, 
 runs of up to ``window`` rows at a time; results come back in input order and each is written
 as one line as soon as it is done: ``{"id", "row", ...the CLI's JSON object}``, or for a row
 that failed ``{"id", "row", "error", "exit_code"}`` (an empty text, one too long, an unknown
-label: the job goes on). A row with ``choices`` is multiple choice, one with ``pair`` a
+label: the job goes on). A row with ``question`` is an answer span (its text the context), one
+with ``choices`` multiple choice, one with ``pair`` a
 similarity, any other an explanation of its text (its ``target`` when it has one).
 
 Resumable and exact: every line is written whole with one ``os.write`` and the file synced
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from blackbox_sal.api.explaining import runner, text_explanation
+from blackbox_sal.api.spans import answer_span
 from blackbox_sal.api.tasks import multiple_choice, similarity
 from blackbox_sal.engine.drive import drive_many
 from blackbox_sal.jobs.datasets import MAX_FIELD, BadRow, Columns, Row, format_of, read_rows
@@ -73,6 +75,8 @@ def work_for(model: TextModel, row: Row | BadRow, cfg: ExplainConfig) -> Work[An
     if isinstance(row, BadRow):
         return _failing(row.error)
     c = dataclasses.replace(cfg, target=row.target) if row.target is not None else cfg
+    if row.question is not None:  # the row's text is the context
+        return answer_span(model, row.question, row.text, c)
     if row.choices is not None:
         return multiple_choice(model, row.text, row.choices, c)
     if row.pair is not None:

@@ -42,9 +42,12 @@ class Columns:
     pair: str | None = None
     choices: str | None = None
     features: tuple[str, ...] | None = None
+    #: a question per row: the row's text is its context (extractive question answering)
+    question: str | None = None
 
     def __post_init__(self) -> None:
-        named = [self.text, self.id, self.label, self.target, self.pair, self.choices, *(self.features or ())]
+        named = [self.text, self.id, self.label, self.target, self.pair, self.choices, self.question,
+                 *(self.features or ())]
         if any(name is not None and not name.strip() for name in named):
             raise UsageError("a column name cannot be empty (--text-column, --id-column, ...)")
 
@@ -60,6 +63,7 @@ class Row:
     target: str | None = None
     pair: str | None = None
     choices: tuple[str, ...] | None = None
+    question: str | None = None
 
     @property
     def key(self) -> str:
@@ -110,7 +114,8 @@ def read_rows(path: str | Path, columns: Columns = Columns(), start: int = 0) ->
 
 
 def _check_columns(path: str | Path, record: dict[str, Any], columns: Columns) -> None:
-    wanted = [c for c in (columns.id, columns.label, columns.target, columns.pair, columns.choices) if c]
+    wanted = [c for c in (columns.id, columns.label, columns.target, columns.pair, columns.choices, columns.question)
+              if c]
     wanted += list(columns.features) if columns.features else [columns.text]
     missing = [c for c in wanted if c not in record]
     if missing:
@@ -128,7 +133,7 @@ def _field(record: dict[str, Any], name: str | None) -> str | None:
 def _undecodable(record: dict[str, Any], columns: Columns) -> str | None:
     """Why a CSV record is refused for bytes that are not UTF-8 (read as lone surrogates, by
     the surrogateescape error handler), in a column the row uses; None when it is not."""
-    used = [columns.text, columns.id, columns.label, columns.target, columns.pair, columns.choices,
+    used = [columns.text, columns.id, columns.label, columns.target, columns.pair, columns.choices, columns.question,
             *(columns.features or ())]
     for name in used:
         value = record.get(name) if name is not None else None
@@ -166,7 +171,7 @@ def _row(index: int, record: dict[str, Any], columns: Columns) -> Row | BadRow:
                 parsed = raw.split("|")
             choices = tuple(str(c) for c in parsed)
     return Row(index, text, ident, _field(record, columns.label), _field(record, columns.target),
-               _field(record, columns.pair), choices)
+               _field(record, columns.pair), choices, _field(record, columns.question))
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any] | str]:

@@ -40,12 +40,13 @@ from blackbox_sal.model.inputs import (
     row_coupled_note,
 )
 from blackbox_sal.model.model_config import ModelConfig, pooling_folder, sentence_transformers_pooling
-from blackbox_sal.model.outputs import OutputKind, choose, classify, pass_throughs
+from blackbox_sal.model.outputs import OutputKind, answer_span_pair, choose, classify, pass_throughs
 from blackbox_sal.model.prepared import load_prepared
 from blackbox_sal.model.session import create_session, run
 from blackbox_sal.model.text_model import PROBE_TEXT, Runtime, TextModel, int_feeds
 from blackbox_sal.model.tokenizer_files import load_tokenizer
 from blackbox_sal.surgery.names import EMBEDS, IDS, KNOWN_INPUTS, MASK
+from blackbox_sal.surgery.span_logits import SPAN_LOGITS, span_logits
 from blackbox_sal.vocabulary.differences import mean_row_norm
 from blackbox_sal.vocabulary.errors import ModelError, UsageError
 
@@ -167,7 +168,16 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     if row_coupled(quantized) and model.fixed_batch is None:
         model = replace(model, fixed_batch=1, notes=(*notes, row_coupled_note(quantized)))
         notes = model.notes
-    chosen, choice_note = choose(_output_kinds(model, copies, pooling is not None), output)
+    kinds = _output_kinds(model, copies, pooling is not None)
+    span_pair = answer_span_pair(kinds) if output is None else None
+    if span_pair is not None:  # extractive QA: start and end logits, explained as one [batch, 2 seq] output
+        body = span_logits(body, *span_pair)
+        model = replace(model, task="answer-span", output=SPAN_LOGITS, body=body,
+                        runtime=model.runtime.again(body.SerializeToString()))
+        if verify and original is not None:
+            _check_against(model, original, span_pair[0])
+        return model
+    chosen, choice_note = choose(kinds, output)
     source = chosen.name
     model = replace(model, output=source, notes=notes + choice_note)
     if not chosen.batch_axis:  # [classes]: one row per run, the output given its batch axis

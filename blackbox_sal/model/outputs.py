@@ -183,6 +183,24 @@ def choose(kinds: Sequence[OutputKind], asked: str | None) -> tuple[OutputKind, 
                     f"or a copy of an input); the others: {', '.join(skipped)}; --model-output chooses another",)
 
 
+#: words that name an answer span's start and end outputs (a hint: the role is the shape)
+_START_WORDS, _END_WORDS = ("start",), ("end",)
+
+
+def answer_span_pair(kinds: Sequence[OutputKind]) -> tuple[str, str] | None:
+    """The (start, end) outputs of an extractive question-answering export, or None: exactly
+    two per-token outputs of one score per token ([batch, seq]) and nothing else usable; the
+    one named "start" first (else the file's order), as ``...ForQuestionAnswering`` exports
+    return ``start_logits`` then ``end_logits``."""
+    pair = [k for k in kinds if k.kind == "per-token" and k.batch_axis and len(k.shape) == 2]
+    if len(pair) != 2 or any(k.usable for k in kinds):
+        return None
+    first, second = pair
+    if any(w in second.name.lower() for w in _START_WORDS) and any(w in first.name.lower() for w in _END_WORDS):
+        first, second = second, first
+    return first.name, second.name
+
+
 def _refusal(kind: OutputKind, way_out: str) -> str:
     if kind.kind == "per-token":
         return (f"output {kind.said()} is a per-token output, not one prediction per text: per-token targets "

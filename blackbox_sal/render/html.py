@@ -101,6 +101,10 @@ def _page(title: str, heading: str, body: str) -> str:
             f"<body><h1>{html.escape(heading)}</h1>{body}</body></html>\n")
 
 
+#: the page every view is laid out in: title, heading, escaped body (views registered elsewhere use it)
+page = _page
+
+
 @singledispatch
 def render_html(result: object) -> str:
     """Any result (Explanation, Generation, Similarity, Choices) as a standalone page: no

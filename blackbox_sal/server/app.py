@@ -219,8 +219,9 @@ class Server:
         rows = instance_rows(data, self.limits.max_instances, self.limits.max_chars)
         cfg, deadline = self._settings(data.get("parameters"))
         if verb == "predict":
-            if any(r.pair is not None or r.choices is not None or r.target is not None for r in rows):
-                raise HttpError(400, ":predict takes texts: target, pair and choices are for :explain")
+            if any(r.pair is not None or r.choices is not None or r.target is not None or r.question is not None
+                   for r in rows):
+                raise HttpError(400, ":predict takes texts: target, pair, choices and question are for :explain")
             predictions = await self._run(served, [prediction_work(served.model, r.text, cfg) for r in rows],
                                           deadline)
             return _json({**_echo_id(data), "predictions": [

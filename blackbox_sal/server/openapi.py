@@ -96,7 +96,10 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
         "type": "object", "required": ["text"], "additionalProperties": False,
         "properties": {"text": text, "id": ident, "target": {"type": ["string", "integer", "null"]},
                        "pair": {"anyOf": [text, {"type": "null"}]},
-                       "choices": {"type": ["array", "null"], "items": text, "minItems": 2}}}]}
+                       "choices": {"type": ["array", "null"], "items": text, "minItems": 2}}}, {
+        "type": "object", "required": ["question", "context"], "additionalProperties": False,
+        "description": "question answering: the answer span of the question in the context",
+        "properties": {"question": text, "context": text, "id": ident}}]}
     text_only = {"oneOf": [text, {"type": "object", "required": ["text"], "additionalProperties": False,
                                   "properties": {"text": text, "id": ident}}]}
 
@@ -219,7 +222,8 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
             "predict (KServe V1): instances are texts ({text, id} objects at most)", "PredictInstances",
             "Predictions")
         paths[f"/v1/models/{name}:explain"] = post(
-            "explain (KServe V1): instances are texts, or {text, target, pair, choices}", "Instances",
+            "explain (KServe V1): instances are texts, {text, target, pair, choices} or {question, context}",
+            "Instances",
             "Explanations")
         paths[f"/v2/models/{name}/infer"] = post(
             "predict (V2 inference protocol): scores FP32 [n, classes] and label BYTES [n]", "InferRequest",

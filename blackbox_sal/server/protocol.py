@@ -165,7 +165,8 @@ def _text(value: Any, where: str, max_chars: int) -> str:
 
 
 def instance_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list[Row]:
-    """KServe V1 ``{"instances": [...]}``: each a text, or ``{"text", "target", "pair", "choices"}``."""
+    """KServe V1 ``{"instances": [...]}``: each a text, ``{"text", "target", "pair", "choices"}``, or
+    ``{"question", "context"}`` (an answer span)."""
     _request_id(data)
     instances = data.get("instances")
     if not isinstance(instances, list) or not instances:
@@ -180,6 +181,9 @@ def instance_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> l
             continue
         if not isinstance(item, dict):
             raise HttpError(400, f"{where} must be a text or an object with a text")
+        if "question" in item or "context" in item:  # extractive question answering
+            rows.append(_question_row(k, item, where, max_chars))
+            continue
         extra = set(item) - {"text", "target", "pair", "choices", "id"}
         if extra:
             raise HttpError(400, f"{where} has unknown fields {', '.join(sorted(extra))}")
@@ -200,6 +204,19 @@ def instance_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> l
                         None if pair is None else _text(pair, f"{where} pair", max_chars),
                         None if choices is None else tuple(_text(c, f"{where} choice", max_chars) for c in choices)))
     return rows
+
+
+def _question_row(k: int, item: dict[str, Any], where: str, max_chars: int) -> Row:
+    """``{"question", "context", "id"}``: the answer span of the question in the context."""
+    extra = set(item) - {"question", "context", "id"}
+    if extra:
+        raise HttpError(400, f"{where} has fields {', '.join(sorted(extra))} beside a question: a question instance "
+                             f"is {{\"question\", \"context\", \"id\"}}")
+    if not isinstance(item.get("id"), str | int | None) or isinstance(item.get("id"), bool):
+        raise HttpError(400, f"{where}: id must be a string, an integer or null")
+    return Row(k, _text(item.get("context"), f"{where} context", max_chars),
+               str(item["id"]) if item.get("id") is not None else None,
+               question=_text(item.get("question"), f"{where} question", max_chars))
 
 
 def infer_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list[Row]:

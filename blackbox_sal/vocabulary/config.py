@@ -157,6 +157,12 @@ class ExplainConfig:
     window_overlap: int | None = setting(None, Integer(0), "tokens consecutive windows share", nullable=True,
                                          shown_default="a quarter of the limit", commands=EXPLAINING, request=True,
                                          metavar="N")
+    answer: str | None = setting(
+        None, Text(blank=False, refusal="a text of the context, or token indices START:END"),
+        "question answering: the answer span to explain, its text in the context or token indices START:END",
+        nullable=True, shown_default="the best span", commands=EXPLAINING, request=True, metavar="TEXT|START:END")
+    max_answer_tokens: int = setting(30, Integer(1, 4096), "question answering: the longest answer span considered, "
+                                     "in tokens", commands=EXPLAINING, request=True, metavar="N")
     progress: bool | None = setting(None, Flag(), "progress bars (None: when stderr is a terminal; the CLI's "
                                     "--quiet turns them off)", nullable=True)
     #: for an embedding model: explain the output's projection on this vector
@@ -268,6 +274,8 @@ OPTIONS: tuple[Setting, ...] = (
             commands=("explain",), metavar="ANSWER"),
     Setting("similar_to", _TEXT, "sentence encoders: explain the cosine similarity of TEXT's and this text's "
             "embeddings, over the tokens of both (terminal or json)", commands=("explain",), metavar="TEXT"),
+    Setting("context", _TEXT, "question answering: the context the answer is taken from (the text is the "
+            "question)", commands=("explain",), metavar="TEXT"),
     # batch
     Setting("batch_output", _PATH, "where the results go: .jsonl, .csv or .parquet (the suffix picks the format)",
             flag="--output", short="-o", required=True, commands=("batch",), metavar="OUTPUT"),
@@ -280,6 +288,8 @@ OPTIONS: tuple[Setting, ...] = (
             commands=DATA, metavar="NAME"),
     Setting("choices_column", _TEXT, "answer choices per row (a JSON list, or texts separated by |): multiple "
             "choice", commands=DATA, metavar="NAME"),
+    Setting("question_column", _TEXT, "a question per row: the row's text is its context (question answering)",
+            commands=DATA, metavar="NAME"),
     Setting("feature_columns", _TEXT, "a model that takes numbers: the columns that make its input, "
             "comma-separated", shown_default="for such a model: every column but the id, label and target columns",
             commands=DATA, metavar="NAMES"),

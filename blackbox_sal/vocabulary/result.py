@@ -168,3 +168,49 @@ class Choices:
     predicted: int
     explanation: Explanation
     score: str = "logit"
+
+
+@dataclass(frozen=True)
+class AnswerSpan:
+    """Extractive question answering: the answer span of a (question, context) pair and its
+    three explained scores, each an Explanation over the pair's tokens (the text is
+    ``question + "\\n" + context``; token offsets point into it).
+
+    parts: per token, "question", "context" or None (special tokens), so every view keeps the
+    two apart; start, end: the span's first and last token (indices into the tokens, inclusive),
+    answer its text in the context, ``answer_start``/``answer_end`` its characters there;
+    start_logit, end_logit: the model's scores of those tokens (their sum is the span's score);
+    chosen: "best" (the best valid span: start <= end, within the context, at most
+    ``max_answer_tokens`` tokens) or "given"; candidates: the best valid spans, best first.
+    explanations: the start score's, the end score's and their sum's, in that order.
+    """
+
+    question: str
+    context: str
+    parts: tuple[str | None, ...]
+    start: int
+    end: int
+    answer: str
+    answer_start: int
+    answer_end: int
+    start_logit: float
+    end_logit: float
+    chosen: str
+    max_answer_tokens: int
+    candidates: tuple[SpanCandidate, ...]
+    explanations: tuple[Explanation, Explanation, Explanation]
+
+    @property
+    def score(self) -> float:
+        """The span's score: start logit + end logit."""
+        return self.start_logit + self.end_logit
+
+
+@dataclass(frozen=True)
+class SpanCandidate:
+    """One valid answer span: its first and last token, its text, its score (start + end logit)."""
+
+    start: int
+    end: int
+    text: str
+    score: float
