@@ -128,6 +128,9 @@ def test_backends_agree_on_a_smooth_model_and_identical_methods_agree(tmp_path: 
     for b in result.backends:  # (a repeated word ties in one backend's scores, not quite in the other's)
         assert b.texts == len(TEXTS) and b.spearman is not None and b.spearman > 0.99
         assert b.max_relative_difference is not None and b.max_relative_difference < 1e-2
+    assert [b.name for b in result.backends] == ["grad-x-input", "ig"]
+    with_lrp = sanity(smooth, TEXTS[:1], ["lrp-cp", "grad-x-input"], stages=0)  # LRP's rules have no fd twin
+    assert [b.name for b in with_lrp.backends] == ["grad-x-input"] and with_lrp.backends[0].reason is None
     linear = load_model(tiny.write_model_dir(tmp_path / "linear", tiny.linear_sum(EMB, W1[:, :2])))
     agree = sanity(linear, TEXTS, ["grad-x-input", ExplainConfig(method="ig", steps=3), "occlusion"], stages=0,
                    backends=False)

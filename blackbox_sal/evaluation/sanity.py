@@ -335,7 +335,8 @@ def sanity(model: TextModel, texts: Iterable[str], methods: Sequence[ExplainConf
     """Run the sanity checks (see the module docstring) of ``methods`` (configs or method
     names) on ``texts``. ``stages``: which randomization stages (None: all; an int k: the
     first k; or a list of stage numbers). ``backends``: also compare graph and finite
-    differences, on the first ``agreement_texts`` texts (None: all; finite differences of a
+    differences (methods with LRP rules have no finite-difference twin and are left out), on
+    the first ``agreement_texts`` texts (None: all; finite differences of a
     full gradient, for saliency and SmoothGrad, cost 2 L D forward passes per point).
     UsageError for bad settings; a text that fails is counted, not raised."""
     items = list(texts)
@@ -452,7 +453,8 @@ def _backends(model: TextModel, texts: list[str], cfgs: list[ExplainConfig], nam
               original: list[list[Explanation | SalError]], window: int) -> list[BackendAgreement]:
     rows = []
     for name, cfg, per in zip(names, cfgs, original, strict=True):
-        if not METHODS[cfg.method].needs_derivatives:
+        spec = METHODS[cfg.method]
+        if not spec.needs_derivatives or spec.rules != "gradient":  # (LRP's rules exist on a graph only)
             continue
         first = per[:len(texts)]
         used = {e.backend for e in first if isinstance(e, Explanation)}
