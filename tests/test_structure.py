@@ -20,7 +20,7 @@ PACKAGE = Path(blackbox_sal.__file__).resolve().parent
 LAYERS = [
     {"vocabulary", "vocabulary.errors", "progress", "reductions", "vocabulary.differences", "vocabulary.runs",
      "vocabulary.scores", "text", "jobs", "jobs.datasets", "diagnostics", "api", "vocabulary.choices",
-     "vocabulary.settings"},
+     "vocabulary.settings", "targets"},
     # the settings spec sits below everything it configures: it names registries, never imports them
     {"vocabulary.result", "surgery", "baselines", "render", "vocabulary.config"},
     {"model"},
@@ -29,7 +29,7 @@ LAYERS = [
     {"methods"},
     {"engine"},
     {"api.explaining"},
-    {"api.tasks", "api.arrays"},
+    {"api.tasks", "api.arrays", "api.per_token"},
     {"jobs.batch", "jobs.batch_ray"},
     {"evaluation"},
     {"server"},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from blackbox_sal.gradients.backend import GradientBackend, Setting, ValuesOnly,
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.targets.per_token import find_targets
 from blackbox_sal.text.tokenization import Tokens, check_text, stitch, tokenize, tokenize_windows
 from blackbox_sal.text.words import Span, merge_words, token_spans
 from blackbox_sal.vocabulary.config import ExplainConfig
@@ -28,7 +30,15 @@ from blackbox_sal.vocabulary.differences import step_scale
 from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, TooLongError, UsageError
 from blackbox_sal.vocabulary.result import MAX_SCORES, TOP, Explanation, Label, Prediction, Provenance, Window
 from blackbox_sal.vocabulary.runs import ArrayPoints, Cost, Forward, Seq, Work, ask, ask_all
-from blackbox_sal.vocabulary.scores import ClassScore, Cosine, Objective, Projection, resolve_target
+from blackbox_sal.vocabulary.scores import (
+    ClassScore,
+    Contrast,
+    Cosine,
+    Objective,
+    Projection,
+    TokenWeights,
+    resolve_target,
+)
 
 
 def explain(model: TextModel, text: str, config: ExplainConfig | None = None) -> Explanation:
@@ -72,10 +82,11 @@ def text_explanation(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Ex
         if model.task == "next-token":
             raise UsageError("--long window splits a text for a classifier; a causal LM predicts from the end "
                              f"of its prompt: shorten the prompt to {model.max_length} tokens")
-        if model.task != "classification":
+        if model.task != "classification":  # a per-token model too: its targets are positions of the text
             raise UsageError(f"--long window splits a text for a classifier, not a {model.task} model")
         return (yield from _windows(model, text, cfg))
-    question = ProjectionQuestion(np.asarray(cfg.direction, np.float64)) if cfg.direction else ClassQuestion()
+    question: Question = ProjectionQuestion(np.asarray(cfg.direction, np.float64)) if cfg.direction else \
+        PerTokenQuestion(tokens) if model.task == "per-token" else ClassQuestion()
     return (yield from explanation(model, tokens, cfg, question))
 
 
@@ -106,8 +117,17 @@ class ClassQuestion:
         target = self.target if self.target is not None else resolve_target(
             cfg.target, model.labels, n_classes, int(np.argmax(outputs[0])),
             model.class_of if model.task == "next-token" else None)
-        return Asked(ClassScore(target, cfg.score, n_classes), Label(target, model.label(target)),
-                     prediction(model, outputs[0]), model.task)
+        if cfg.contrast is None:
+            return Asked(ClassScore(target, cfg.score, n_classes), Label(target, model.label(target)),
+                         prediction(model, outputs[0]), model.task)
+        other = resolve_target(cfg.contrast, model.labels, n_classes, target,
+                               model.class_of if model.task == "next-token" else None)
+        if other == target:
+            raise UsageError(f"--contrast names the target itself ({model.label(target) or target}): nothing to "
+                             f"contrast it with")
+        said = f"{model.label(target) or target} rather than {model.label(other) or other}"
+        return Asked(Contrast(target, other, cfg.score), Label(target, said), prediction(model, outputs[0]),
+                     model.task)
 
 
 @dataclass(frozen=True)
@@ -134,7 +154,33 @@ class ProjectionQuestion:
                      model.task)
 
 
-Question = ClassQuestion | SimilarityQuestion | ProjectionQuestion
+@dataclass(frozen=True)
+class PerTokenQuestion:
+    """Explain one target of a per-token model (:mod:`blackbox_sal.targets.per_token`): target
+    ``pick`` of the text's targets, or the only one (``--at``, or a text with one entity)."""
+
+    tokens: Tokens
+    pick: int | None = None
+
+    def answer(self, model: TextModel, outputs: np.ndarray, cfg: ExplainConfig) -> Asked:
+        seq = max(len(self.tokens), model.fixed_length or 0)  # a fixed-length export's padding is positions too
+        scores = outputs[0].reshape(seq, -1)  # [S, L]: the flat output is position-major
+        found = find_targets(scores, self.tokens, model.labels, cfg.at, cfg.target, cfg.contrast)
+        if self.pick is None and len(found) != 1:
+            raise UsageError(f"the text has {len(found)} per-token targets: give one with --at (a token index or a "
+                             f"word), or explain them all together (explain_tokens; the CLI does)")
+        chosen = found[self.pick or 0]
+        said = chosen.name if chosen.contrast_name is None else f"{chosen.name} rather than {chosen.contrast_name}"
+        row = scores[chosen.positions[0]]
+        top = int(np.argmax(row))
+        return Asked(TokenWeights(chosen.weights(*scores.shape), cfg.score), Label(chosen.labels[0], said),
+                     Prediction(top, model.label(top), tuple(float(v) for v in row)), "per-token")
+
+
+class Question(Protocol):
+    """What an explanation is about, decided once the model's outputs [1, C] on the text are known."""
+
+    def answer(self, model: TextModel, outputs: np.ndarray, cfg: ExplainConfig) -> Asked: ...
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     except ImportError:  # an edge install: onnxruntime, numpy and tokenizers only
         raise ModelError(f"{NO_ONNX}; {str(found.onnx_path.parent)!r} is not a prepared folder") from None
     from blackbox_sal.surgery.dequantize import drop_requantization, float_twin, weight_only
-    from blackbox_sal.surgery.interfaces import input_rank, last_position, single_choice, with_batch_axis
+    from blackbox_sal.surgery.interfaces import flat_per_token, input_rank, last_position, single_choice, with_batch_axis
     from blackbox_sal.surgery.names import NEXT_TOKEN
     from blackbox_sal.surgery.pooling import SENTENCE, pooled
     from blackbox_sal.surgery.quantized import quantized_ops
@@ -176,7 +176,11 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
                         runtime=model.runtime.again(body.SerializeToString()))
     per_position = ("logits" if chosen.per_position else "states" if chosen.kind == "states" else None)
     first_token = chosen.kind == "pooler"  # the model reads its first token as the text
-    if per_position == "logits":  # a causal LM's
+    if chosen.kind == "per-token":  # a tagger's: one row of position-major scores per text
+        body = flat_per_token(body, model.output)
+        model = replace(model, task="per-token", output=body.graph.output[-1].name, body=body,
+                        runtime=model.runtime.again(body.SerializeToString()))
+    elif per_position == "logits":  # a causal LM's
         body = last_position(body, source)
         model = replace(model, task="next-token", output=NEXT_TOKEN, body=body,
                         runtime=model.runtime.again(body.SerializeToString()))

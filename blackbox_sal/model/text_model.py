@@ -34,7 +34,7 @@ from blackbox_sal.vocabulary.errors import InputError, ModelError
 
 #: tasks (what the explained output is): a class score, the next token of a causal LM, or
 #: the score of one (context, choice) sequence of a multiple-choice model
-TASKS = ("classification", "next-token", "multiple-choice")
+TASKS = ("classification", "next-token", "multiple-choice", "per-token")
 
 #: the sentence every loader runs a model on once, to check what it computes
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and the film was good."

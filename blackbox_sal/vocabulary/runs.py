@@ -236,6 +236,34 @@ def ask_all(requests: Sequence[Request]) -> Work[list[np.ndarray]]:
     return cast(list[np.ndarray], results)
 
 
+def together(works: Sequence[Work[T]]) -> Work[list[T]]:
+    """Several pieces of work side by side: at each step the requests of every one not yet
+    done go out as one :class:`All`, so the engine packs their rows into shared runs (k
+    targets of one text: their forward rows in one run, their seeded gradient rows in
+    another). Their results, in order; the first error ends them all."""
+    results: dict[int, T] = {}
+    pending: dict[int, Request | All] = {}
+    for i, work in enumerate(works):
+        try:
+            pending[i] = next(work)
+        except StopIteration as stop:
+            results[i] = cast(T, stop.value)
+    while pending:
+        order = list(pending)
+        asked = [pending[i].requests if isinstance(pending[i], All) else (pending[i],) for i in order]
+        answers = yield All(tuple(r for group in asked for r in group))  # type: ignore[misc]
+        at = 0
+        for i, group in zip(order, asked, strict=True):
+            got = list(answers[at:at + len(group)])
+            at += len(group)
+            try:
+                pending[i] = works[i].send(got if isinstance(pending[i], All) else got[0])
+            except StopIteration as stop:
+                results[i] = cast(T, stop.value)
+                del pending[i]
+    return [results[i] for i in range(len(works))]
+
+
 def drive(work: Work[T], answer: Callable[[Request], np.ndarray]) -> T:
     """Run ``work`` to the end, answering each request with ``answer`` (one at a time)."""
     try:
