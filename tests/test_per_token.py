@@ -4,6 +4,8 @@ models/build_tagger.py), packed k at a time equal to one at a time, and contrast
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +14,14 @@ import pytest
 import tiny
 from onnx import TensorProto, helper, numpy_helper
 
-from blackbox_sal import ExplainConfig, explain, load_model
+from blackbox_sal import ExplainConfig, explain, load_model, render_html, render_json, render_terminal
 from blackbox_sal.api.per_token import explain_tokens, explain_tokens_many
 from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.render import palette
 from blackbox_sal.targets.per_token import entities, tag_parts
+from blackbox_sal.text.words import Span
 from blackbox_sal.vocabulary.errors import ModelError, UsageError
+from blackbox_sal.vocabulary.result import Explanation, Label, Prediction, Provenance, TokenTarget, TokenTargets
 from blackbox_sal.vocabulary.runs import All, Forward, Gradient, drive, together
 from blackbox_sal.vocabulary.scores import Contrast, TokenWeights
 
@@ -236,3 +241,77 @@ def test_a_per_token_model_without_a_lookup_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as err:
         load_model(tiny.write_model_dir(tmp_path, proto))
     assert err.value.exit_code == 3 and "\n" not in str(err.value)
+
+
+def matrix_example() -> TokenTargets:
+    """Two targets over 'ada <b>met</b> rome' (the HTML view must escape the text)."""
+    text = "ada <b>met</b> rome"
+    spans = (Span("[CLS]", 0, 0, 0.0, True), Span("ada", 0, 3, 0.0, False), Span("<b>met</b>", 4, 14, 0.0, False),
+             Span("rome", 15, 19, 0.0, False), Span("[SEP]", 0, 0, 0.0, True))
+
+    def one(label: str, scores: tuple[float, ...], value: float, delta: float) -> Explanation:
+        return Explanation(
+            text=text, model="tagger", method="ig", backend="graph", reduce="sum", target=Label(1, label),
+            prediction=Prediction(1, label, (0.0, 1.0)), target_value=value,
+            tokens=tuple(replace(s, score=v) for s, v in zip(spans, scores, strict=True)), words=None,
+            baseline_value=0.5, convergence_delta=delta,
+            provenance=Provenance(score="logit", batch_size=64, forward_passes=2, device="cpu", baseline="pad"),
+            notes=(), task="per-token")
+
+    return TokenTargets(
+        text=text, model="tagger", method="ig", predicted=("O", "B-PER", "O", "B-LOC", "O"),
+        targets=(TokenTarget("ada", 0, 3, (1,), "PER", None, one("PER", (0.0, 2.0, -0.5, 0.25, 0.0), 3.0, 0.001)),
+                 TokenTarget("rome", 15, 19, (3,), "LOC", "O", one("LOC rather than O", (0.0, 0.125, 1.0, -4.0, 0.0),
+                                                                 -2.0, -0.25))),
+        notes=("careful",))
+
+
+def test_terminal_view_golden() -> None:
+    assert render_terminal(matrix_example()) == (
+        "model tagger | method ig (sum) | backend graph | 2 target(s)\n"
+        "tags: ada/B-PER <b>met</b>/O rome/B-LOC\n"
+        "1. PER 'ada' (tokens 1): f(x) = 3 (logit)   completeness delta +0.001\n"
+        "   strongest: ada +2.000, <b>met</b> -0.500, rome +0.250\n"
+        "2. LOC rather than O 'rome' (tokens 3): f(x) = -2 (logit)   completeness delta -0.25\n"
+        "   strongest: rome -4.000, <b>met</b> +1.000, ada +0.125\n"
+        "note: careful\n")
+
+
+def test_json_view_golden() -> None:
+    doc = json.loads(render_json(matrix_example()))
+    assert doc == {"schema_version": 2, "per_token": {
+        "text": "ada <b>met</b> rome", "model": "tagger", "method": "ig",
+        "tokens": [{"text": "[CLS]", "start": 0, "end": 0, "special": True, "predicted": "O"},
+                   {"text": "ada", "start": 0, "end": 3, "special": False, "predicted": "B-PER"},
+                   {"text": "<b>met</b>", "start": 4, "end": 14, "special": False, "predicted": "O"},
+                   {"text": "rome", "start": 15, "end": 19, "special": False, "predicted": "B-LOC"},
+                   {"text": "[SEP]", "start": 0, "end": 0, "special": True, "predicted": "O"}],
+        "targets": [{"text": "ada", "start": 0, "end": 3, "positions": [1], "label": "PER", "contrast": None,
+                     "target_value": 3.0, "baseline_value": 0.5, "convergence_delta": 0.001,
+                     "scores": [0.0, 2.0, -0.5, 0.25, 0.0]},
+                    {"text": "rome", "start": 15, "end": 19, "positions": [3], "label": "LOC", "contrast": "O",
+                     "target_value": -2.0, "baseline_value": 0.5, "convergence_delta": -0.25,
+                     "scores": [0.0, 0.125, 1.0, -4.0, 0.0]}],
+        "settings": {"score": "logit", "batch_size": 64, "forward_passes": 2, "device": "cpu", "baseline": "pad"},
+        "notes": ["careful"]}}
+    assert matrix_example().matrix == ((0.0, 2.0, -0.5, 0.25, 0.0), (0.0, 0.125, 1.0, -4.0, 0.0))
+
+
+def test_html_view_golden_row() -> None:
+    page = render_html(matrix_example())
+    assert "<b>" not in page and "&lt;b&gt;met&lt;/b&gt;" in page and "<script" not in page
+    row = page.split("<tr>")[3].split("</table>")[0]  # the second target's row
+    assert row == (
+        "<th class=target>LOC rather than O &#x27;rome&#x27;<br><small>f(x) -2</small><br><small>delta -0.25"
+        "</small></th>"
+        '<td style="background:#ffffff;color:#000000" title="LOC rather than O &#x27;rome&#x27; &lt;- [CLS]: +0">'
+        "+0</td>"
+        f'<td style="background:{palette.hex_of(palette.mix(0.125, 4.0))};color:#000000" '
+        'title="LOC rather than O &#x27;rome&#x27; &lt;- ada: +0.125">+0.125</td>'
+        f'<td style="background:{palette.hex_of(palette.mix(1.0, 4.0))};color:#000000" '
+        'title="LOC rather than O &#x27;rome&#x27; &lt;- &lt;b&gt;met&lt;/b&gt;: +1">+1</td>'
+        f'<td style="background:{palette.hex_of(palette.AGAINST)};'
+        f'color:{palette.hex_of(palette.ink(palette.AGAINST))}" '
+        'title="LOC rather than O &#x27;rome&#x27; &lt;- rome: -4">-4</td>'
+        '<td style="background:#ffffff;color:#000000" title="LOC rather than O &#x27;rome&#x27; &lt;- [SEP]: +0">'
+        "+0</td></tr>")
