@@ -280,7 +280,7 @@ def test_terminal_view_golden() -> None:
 def test_json_view_golden() -> None:
     doc = json.loads(render_json(matrix_example()))
     assert doc == {"schema_version": 2, "per_token": {
-        "text": "ada <b>met</b> rome", "model": "tagger", "method": "ig",
+        "text": "ada <b>met</b> rome", "model": "tagger", "method": "ig", "backend": "graph", "reduce": "sum",
         "tokens": [{"text": "[CLS]", "start": 0, "end": 0, "special": True, "predicted": "O"},
                    {"text": "ada", "start": 0, "end": 3, "special": False, "predicted": "B-PER"},
                    {"text": "<b>met</b>", "start": 4, "end": 14, "special": False, "predicted": "O"},
@@ -315,3 +315,46 @@ def test_html_view_golden_row() -> None:
         'title="LOC rather than O &#x27;rome&#x27; &lt;- rome: -4">-4</td>'
         '<td style="background:#ffffff;color:#000000" title="LOC rather than O &#x27;rome&#x27; &lt;- [SEP]: +0">'
         "+0</td></tr>")
+
+
+def test_batch_writes_one_record_per_text_with_its_matrix(tagger: TextModel, tmp_path: Path) -> None:
+    from blackbox_sal.jobs.batch import run_batch
+    from blackbox_sal.jobs.datasets import Columns
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": f"r{k}", "text": t}) + "\n" for k, t in enumerate(TEXTS)))
+    cfg = ExplainConfig(method="grad-x-input")
+    summary = run_batch(tagger, source, tmp_path / "out.jsonl", cfg, Columns(id="id"))
+    assert (summary.explained, summary.failed) == (2, 0)
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    for record, text in zip(records, TEXTS, strict=True):
+        want = explain_tokens(tagger, text, cfg)
+        assert [t["scores"] for t in record["per_token"]["targets"]] == [list(row) for row in want.matrix]
+
+
+def test_the_server_explains_every_target_or_the_one_asked(tagger: TextModel) -> None:
+    pytest.importorskip("starlette", reason="the server needs the [serve] extra")
+    from starlette.testclient import TestClient
+
+    from blackbox_sal.server.app import Server
+
+    server = Server({"tagger": tagger})
+    try:
+        client = TestClient(server.app)
+        reply = client.post("/v1/models/tagger:explain", json={"instances": [TEXTS[0]],
+                                                               "parameters": {"method": "grad-x-input"}})
+        assert reply.status_code == 200
+        matrix = [t["scores"] for t in reply.json()["explanations"][0]["per_token"]["targets"]]
+        want = explain_tokens(tagger, TEXTS[0], ExplainConfig(method="grad-x-input")).matrix
+        assert matrix == [list(row) for row in want]
+        reply = client.post("/v1/models/tagger:explain", json={
+            "instances": [{"text": TEXTS[0], "target": "B-LOC"}],
+            "parameters": {"method": "grad-x-input", "at": "london", "contrast": "O"}})
+        one = reply.json()["explanations"][0]
+        single = explain(tagger, TEXTS[0], ExplainConfig(method="grad-x-input", at="london", target="B-LOC",
+                                                          contrast="O"))
+        assert one["target"]["label"] == "B-LOC rather than O" and one["target_value"] == single.target_value
+        reply = client.post("/v1/models/tagger:explain", json={"instances": [TEXTS[0]], "parameters": {"at": "rome"}})
+        assert reply.status_code == 400 and "'rome' is not in the text" in reply.text
+    finally:
+        server.stop()

@@ -5,7 +5,7 @@ the matrix of targets x input tokens, registered with the terminal, JSON and HTM
   completeness gap where there is one) with its strongest evidence (the ``STRONGEST`` tokens
   of largest |score|), with colour a heatmap of the text per target;
 - JSON (schema ``SCHEMA_VERSION``): ``{"schema_version", "per_token": {"text", "model",
-  "method", "tokens": [{text, start, end, special, predicted}], "targets": [{text, start, end,
+  "method", "backend", "reduce", "tokens": [{text, start, end, special, predicted}], "targets": [{text, start, end,
   positions, label, contrast, target_value, baseline_value, convergence_delta, scores: [one per
   token]}], "settings", "notes"}}``; non-finite numbers are null;
 - HTML: the matrix as a table, one row per target, each cell coloured by its score over the
@@ -83,6 +83,7 @@ def _json(r: TokenTargets) -> dict[str, Any]:
     tokens = first.tokens if first is not None else ()
     return {"schema_version": SCHEMA_VERSION, "per_token": {
         "text": r.text, "model": r.model, "method": r.method,
+        "backend": first.backend if first is not None else None, "reduce": first.reduce if first is not None else None,
         "tokens": [{"text": s.text, "start": s.start, "end": s.end, "special": s.special, "predicted": p}
                    for s, p in zip(tokens, r.predicted, strict=False)],
         "targets": [{"text": t.text, "start": t.start, "end": t.end, "positions": list(t.positions),
