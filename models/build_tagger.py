@@ -26,6 +26,7 @@ tagger predicts entities on real sentences; the weights are otherwise what the s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -141,35 +142,34 @@ def entities(predicted: np.ndarray) -> list[list[int]]:
     return spans
 
 
+def gradient(model: Tagger, ids: torch.Tensor, pick: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """d pick(logits [S, 5]) / d word embeddings [S, 16] of one unpadded text, float64."""
+    e = model.words(ids[None]).detach().requires_grad_(True)
+    pick(model.from_embeddings(e, torch.ones(1, len(ids), dtype=torch.long))[0]).backward()
+    assert e.grad is not None
+    return e.grad[0].numpy()
+
+
 def reference(model: Tagger, tok: Tokenizer) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     model = model.double()
     for n, text in enumerate(TEXTS):
         ids = torch.tensor(tok.encode(text).ids)
-        mask = torch.ones(1, len(ids), dtype=torch.long)
-
-        def grad(pick: object) -> np.ndarray:
-            e = model.words(ids[None]).detach().requires_grad_(True)
-            logits = model.from_embeddings(e, mask)[0]
-            value = pick(logits)  # type: ignore[operator]
-            value.backward()
-            assert e.grad is not None
-            return e.grad[0].numpy()
-
         with torch.no_grad():
-            logits = model(ids[None], mask)[0].numpy()
+            logits = model(ids[None], torch.ones(1, len(ids), dtype=torch.long))[0].numpy()
         predicted = logits.argmax(-1)
         spans = entities(predicted)
-        pos = spans[0][0]
-        label = int(predicted[pos])
+        pos, label, first = spans[0][0], int(predicted[spans[0][0]]), spans[0]
+        tags = [int(predicted[i]) for i in first]
         out[f"ids_{n}"] = ids.numpy()
         out[f"embeddings_{n}"] = model.words(ids).detach().float().numpy()
         out[f"logits_{n}"] = logits
         out[f"target_{n}"] = np.array([pos, label])
-        out[f"entity_{n}"] = np.array(spans[0])
-        out[f"grad_token_{n}"] = grad(lambda z: z[pos, label])
-        out[f"grad_entity_{n}"] = grad(lambda z: sum(z[i, int(predicted[i])] for i in spans[0]))
-        out[f"grad_contrast_{n}"] = grad(lambda z: z[pos, label] - z[pos, 0])
+        out[f"entity_{n}"] = np.array(first)
+        out[f"grad_token_{n}"] = gradient(model, ids, lambda z, p=pos, c=label: z[p, c])
+        out[f"grad_entity_{n}"] = gradient(
+            model, ids, lambda z, ps=first, cs=tags: torch.stack([z[p, c] for p, c in zip(ps, cs, strict=True)]).sum())
+        out[f"grad_contrast_{n}"] = gradient(model, ids, lambda z, p=pos, c=label: z[p, c] - z[p, 0])
         print(f"{text!r}: entities {[' '.join(tok.id_to_token(int(ids[i])) for i in s) for s in spans]}")
     return out
 

@@ -148,7 +148,7 @@ def test_together_answers_each_work_its_own_results() -> None:
 
     def answer(r: object) -> np.ndarray:
         calls.append(type(r).__name__)
-        return np.asarray(r.points, np.float64).ravel()[:1] if isinstance(r, Forward) else np.zeros(1)  # type: ignore
+        return np.asarray(r.points, np.float64).ravel()[:1] if isinstance(r, Forward) else np.zeros(1)
 
     assert drive(together([work(0), work(2), work(3)]), answer) == [0.0, 4.0, 6.0]
     assert calls == ["Forward"] * 3 + ["Gradient"] * 5
@@ -191,7 +191,8 @@ def test_token_weight_seeds_equal_finite_differences() -> None:
 
 def test_contrast_on_a_classifier_is_the_difference_of_two_explanations(tmp_path: Path) -> None:
     table = tiny.table(4, seed=3)
-    model = load_model(tiny.write_model_dir(tmp_path, tiny.linear_sum(table, np.arange(12.0, dtype=np.float32).reshape(4, 3))))
+    weights = np.arange(12.0, dtype=np.float32).reshape(4, 3)
+    model = load_model(tiny.write_model_dir(tmp_path, tiny.linear_sum(table, weights)))
     text = "the film was good"
     cfg = {"method": "grad-x-input", "backend": "graph"}
     a = explain(model, text, ExplainConfig(**cfg, target=2))  # type: ignore[arg-type]

@@ -90,7 +90,13 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     except ImportError:  # an edge install: onnxruntime, numpy and tokenizers only
         raise ModelError(f"{NO_ONNX}; {str(found.onnx_path.parent)!r} is not a prepared folder") from None
     from blackbox_sal.surgery.dequantize import drop_requantization, float_twin, weight_only
-    from blackbox_sal.surgery.interfaces import flat_per_token, input_rank, last_position, single_choice, with_batch_axis
+    from blackbox_sal.surgery.interfaces import (
+        flat_per_token,
+        input_rank,
+        last_position,
+        single_choice,
+        with_batch_axis,
+    )
     from blackbox_sal.surgery.names import NEXT_TOKEN
     from blackbox_sal.surgery.pooling import SENTENCE, pooled
     from blackbox_sal.surgery.quantized import quantized_ops

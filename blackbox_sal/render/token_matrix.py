@@ -117,7 +117,8 @@ def _html(r: TokenTargets) -> str:
             f'color:{palette.hex_of(palette.ink(palette.mix(s.score, peak)))}" '
             f'title="{esc(_what(t))} {esc(repr(t.text))} &lt;- {esc(s.text)}: {numbers.value(s.score, signed)}">'
             f"{numbers.value(s.score, signed)}</td>" for s in e.tokens)
-        gap = "" if e.convergence_delta is None else f"<br><small>delta {numbers.value(e.convergence_delta, True)}</small>"
+        gap = "" if e.convergence_delta is None else \
+            f"<br><small>delta {numbers.value(e.convergence_delta, True)}</small>"
         rows.append(f'<tr><th class=target>{esc(_what(t))} {esc(repr(t.text))}<br><small>f(x) '
                     f"{numbers.value(e.target_value)}</small>{gap}</th>{cells}</tr>")
     notes = "".join(f"<p class=note>{esc(n)}</p>" for n in r.notes)

@@ -236,6 +236,10 @@ def ask_all(requests: Sequence[Request]) -> Work[list[np.ndarray]]:
     return cast(list[np.ndarray], results)
 
 
+def _requests(asked: Request | All) -> tuple[Request, ...]:
+    return asked.requests if isinstance(asked, All) else (asked,)
+
+
 def together(works: Sequence[Work[T]]) -> Work[list[T]]:
     """Several pieces of work side by side: at each step the requests of every one not yet
     done go out as one :class:`All`, so the engine packs their rows into shared runs (k
@@ -250,8 +254,8 @@ def together(works: Sequence[Work[T]]) -> Work[list[T]]:
             results[i] = cast(T, stop.value)
     while pending:
         order = list(pending)
-        asked = [pending[i].requests if isinstance(pending[i], All) else (pending[i],) for i in order]
-        answers = yield All(tuple(r for group in asked for r in group))  # type: ignore[misc]
+        asked = [_requests(pending[i]) for i in order]
+        answers = yield All(tuple(r for group in asked for r in group))
         at = 0
         for i, group in zip(order, asked, strict=True):
             got = list(answers[at:at + len(group)])
