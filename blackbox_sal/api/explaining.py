@@ -22,7 +22,7 @@ from blackbox_sal.gradients.backend import GradientBackend, Setting, ValuesOnly,
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.targets.per_token import find_targets
+from blackbox_sal.targets.per_token import Target, find_targets
 from blackbox_sal.text.tokenization import Tokens, check_text, stitch, tokenize, tokenize_windows
 from blackbox_sal.text.words import Span, merge_words, token_spans
 from blackbox_sal.vocabulary.config import ExplainConfig
@@ -156,20 +156,23 @@ class ProjectionQuestion:
 
 @dataclass(frozen=True)
 class PerTokenQuestion:
-    """Explain one target of a per-token model (:mod:`blackbox_sal.targets.per_token`): target
-    ``pick`` of the text's targets, or the only one (``--at``, or a text with one entity)."""
+    """Explain one target of a per-token model (:mod:`blackbox_sal.targets.per_token`): the
+    target ``chosen``, or the text's only one (``--at``, or a text with one entity)."""
 
     tokens: Tokens
-    pick: int | None = None
+    #: the target, already found on these outputs (explain_tokens finds them all once)
+    chosen: Target | None = None
 
     def answer(self, model: TextModel, outputs: np.ndarray, cfg: ExplainConfig) -> Asked:
         seq = max(len(self.tokens), model.fixed_length or 0)  # a fixed-length export's padding is positions too
         scores = outputs[0].reshape(seq, -1)  # [S, L]: the flat output is position-major
-        found = find_targets(scores, self.tokens, model.labels, cfg.at, cfg.target, cfg.contrast)
-        if self.pick is None and len(found) != 1:
-            raise UsageError(f"the text has {len(found)} per-token targets: give one with --at (a token index or a "
-                             f"word), or explain them all together (explain_tokens; the CLI does)")
-        chosen = found[self.pick or 0]
+        chosen = self.chosen
+        if chosen is None:
+            found = find_targets(scores, self.tokens, model.labels, cfg.at, cfg.target, cfg.contrast)
+            if len(found) != 1:
+                raise UsageError(f"the text has {len(found)} per-token targets: give one with --at (a token index or "
+                                 f"a word), or explain them all together (explain_tokens; the CLI does)")
+            chosen = found[0]
         said = chosen.name if chosen.contrast_name is None else f"{chosen.name} rather than {chosen.contrast_name}"
         row = scores[chosen.positions[0]]
         top = int(np.argmax(row))

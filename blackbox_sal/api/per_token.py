@@ -56,8 +56,7 @@ def token_targets(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Token
     outputs = yield from ask(Forward(Seq(ids, type_ids, mask), ArrayPoints(model.embed(ids)[None]), "prediction"))
     scores = np.asarray(outputs, np.float64)[0].reshape(len(ids), -1)
     found = find_targets(scores, tokens, model.labels, cfg.at, cfg.target, cfg.contrast)
-    done = yield from together([explanation(model, tokens, cfg, PerTokenQuestion(tokens, k))
-                                for k in range(len(found))])
+    done = yield from together([explanation(model, tokens, cfg, PerTokenQuestion(tokens, t)) for t in found])
     predicted = tuple(model.label(int(i)) or str(int(i)) for i in np.argmax(scores[:len(tokens)], axis=1))
     targets = tuple(
         TokenTarget(text=text[min(tokens.offsets[i][0] for i in t.positions):
