@@ -21,8 +21,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import cast
+from functools import partial
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -78,13 +79,13 @@ def main() -> None:
     for method in args.methods:
         cfg = ExplainConfig(method=method, steps=32, progress=False).validated()
         explain_tokens(model, TEXT, cfg)  # warm: the gradient graph is built and cached once
-        pw, pc, out = timed(lambda c=cfg: explain_tokens(model, TEXT, c), args.repeats)
+        pw, pc, out = timed(partial(explain_tokens, model, TEXT, cfg), args.repeats)
         packed = cast(TokenTargets, out)
         k = len(packed.targets)
         ids, _, _ = model.pad(tokens.ids, tokens.type_ids)
         scores = model.forward(model.embed(ids)[None], ids, tokens.type_ids)[0].reshape(len(ids), -1)
         targets = find_targets(scores, tokens, model.labels, None, None, None)
-        sw, sc, out = timed(lambda c=cfg, t=targets: separate(model, c, t), args.repeats)
+        sw, sc, out = timed(partial(separate, model, cfg, targets), args.repeats)
         single = cast(list[np.ndarray], out)
         gap = max(float(np.max(np.abs(np.array(row) - s)) / max(np.max(np.abs(s)), 1e-30))
                   for row, s in zip(packed.matrix, single, strict=True))
