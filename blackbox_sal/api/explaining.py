@@ -241,8 +241,10 @@ def explanation(model: TextModel, tokens: Tokens, cfg: ExplainConfig,
     padding = len(ids) - len(tokens)
     x = model.embed(ids)
     special = np.concatenate([tokens.special, np.ones(padding, bool)])
-    baseline = np.concatenate([make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x[:len(tokens)]),
-                               x[len(tokens):]])  # the padding is kept, as special tokens are
+    # a method without a baseline reads none: a tokenizer with no pad token (a character map) still explains
+    baseline = x.copy() if not METHODS[cfg.method].uses_baseline else np.concatenate(
+        [make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x[:len(tokens)]),
+         x[len(tokens):]])  # the padding is kept, as special tokens are
     done = yield from attribute(model, Seq(ids, type_ids, mask), x, baseline, special, cfg, question, cfg.baseline)
     scores = done.result.scores[:len(tokens)]
     return _explanation(model, done, tokens.text, token_spans(tokens, scores),

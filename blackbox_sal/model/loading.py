@@ -173,7 +173,12 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     if row_coupled(quantized) and model.fixed_batch is None:
         model = replace(model, fixed_batch=1, notes=(*notes, row_coupled_note(quantized)))
         notes = model.notes
-    chosen, choice_note = choose(_output_kinds(model, copies, pooling is not None), output)
+    kinds, one_row = _output_kinds(model, copies, pooling is not None)
+    if one_row and model.fixed_batch is None:  # a batch axis declared free that takes one row (khmersm's view)
+        model = replace(model, fixed_batch=1, notes=(*notes, "the model declares a free batch axis but fails on two "
+                                                     "rows: its runs take one row at a time"))
+        notes = model.notes
+    chosen, choice_note = choose(kinds, output)
     source = chosen.name
     model = replace(model, output=source, notes=notes + choice_note)
     if not chosen.batch_axis:  # [classes]: one row per run, the output given its batch axis
@@ -446,10 +451,12 @@ def _no_cls_note(tokenizer: Tokenizer) -> tuple[str, ...]:
             "tokenizer.json a post_processor that adds them",)
 
 
-def _output_kinds(model: TextModel, copies: dict[str, str], pooling_asked: bool) -> list[OutputKind]:
+def _output_kinds(model: TextModel, copies: dict[str, str],
+                  pooling_asked: bool) -> tuple[list[OutputKind], bool]:
     """Every output of the loaded body, sorted into what it holds by two probe runs: the probe
     sentence at its length and a few tokens shorter (one length for a fixed-length export), at
-    one row and at two (the fixed batch where there is one)."""
+    one row and at two (the fixed batch where there is one); and whether the model failed on
+    two rows though it declares a free batch axis (then it runs one row at a time)."""
     ids, types, mask = model.probe()
     short = max(1, len(ids) - 3)
     second: tuple[np.ndarray, np.ndarray, np.ndarray | None] = (ids, types, mask)
@@ -472,7 +479,8 @@ def _output_kinds(model: TextModel, copies: dict[str, str], pooling_asked: bool)
     types_of = {o.name: o.type for o in model.session.get_outputs()}
     return [classify(name, types_of[name], runs[0][k], runs[1][k], rows=rows, lengths=(len(ids), len(second[0])),
                      fixed_batch=model.fixed_batch, vocab=model.table.shape[0], labels=labels,
-                     pooling_asked=pooling_asked, copy_of=copies.get(name)) for k, name in enumerate(names)]
+                     pooling_asked=pooling_asked, copy_of=copies.get(name)) for k, name in enumerate(names)], \
+        rows == (1, 1) and model.fixed_batch is None
 
 
 def _twin_agreement(model: TextModel, deployed: bytes, source: str) -> str:

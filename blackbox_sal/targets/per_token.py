@@ -135,7 +135,7 @@ def find_targets(outputs: np.ndarray, tokens: Tokens, labels: Sequence[str] | No
     predicted = [int(i) for i in np.argmax(outputs, axis=1)]
 
     def name(i: int) -> str:
-        return names[i] if names is not None else str(i)
+        return names[i] if names is not None else "score" if width == 1 else str(i)
 
     fixed = None if target is None else label_index(target, names, width, "target")
     other = None if contrast is None else label_index(contrast, names, width, "contrast")
