@@ -359,3 +359,46 @@ def test_the_server_explains_every_target_or_the_one_asked(tagger: TextModel) ->
         assert reply.status_code == 400 and "'rome' is not in the text" in reply.text
     finally:
         server.stop()
+
+
+def one_row_tagger(table: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
+    """logits [1, seq, L] = (E @ W) reshaped to one row by the ids' length: a batch axis that is
+    declared free but takes one row (as khmersm's export), scores linear in the embeddings."""
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["E"]),
+             helper.make_node("Squeeze", ["E", "zero"], ["one"]),  # [seq, D]: fails on two rows
+             helper.make_node("MatMul", ["one", "W"], ["flat"]),
+             helper.make_node("Unsqueeze", ["flat", "zero"], ["logits"])]
+    inits = [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "W"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero")]
+    graph = helper.make_graph(nodes, "one-row", [helper.make_tensor_value_info("input_ids", TensorProto.INT64,
+                                                                               ["batch", "seq"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "seq", w.shape[1]])],
+                              inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def test_a_tagger_that_takes_one_row_runs_one_row_at_a_time(tmp_path: Path) -> None:
+    table = tiny.table(4, seed=5)
+    w = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
+    model = load_model(tiny.write_model_dir(tmp_path, one_row_tagger(table, w), labels=["O", "B-X", "I-X"]))
+    assert model.task == "per-token" and model.fixed_batch == 1
+    assert any("fails on two rows" in n for n in model.notes)
+    text = "the film was good"
+    ids = tiny.tokenizer().encode(text).ids
+    for method in ("grad-x-input", "ig"):
+        result = explain_tokens(model, text, ExplainConfig(method=method, steps=4))
+        predicted = (table[ids] @ w).argmax(1)
+        spans = entities([int(p) for p in predicted], ["O", "B-X", "I-X"], range(len(ids)))
+        assert len(spans) >= 1 and [t.positions for t in result.targets] == [tuple(s) for s in spans]
+        assert {t.label for t in result.targets} == {"X"}
+        for t in result.targets:  # linear scores: grad x input = x_i . W[:, label] on the target's own tokens
+            want = np.zeros(len(ids))
+            for i, label in zip(t.positions, [int(predicted[i]) for i in t.positions], strict=True):
+                want[i] += table[ids[i]] @ w[:, label]
+            if method == "grad-x-input":
+                np.testing.assert_allclose(scores(t.explanation), want, rtol=1e-5, atol=1e-6)
+            else:  # completeness against the pad baseline (row 0 is zero): IG is exact on a linear function
+                assert abs(t.explanation.convergence_delta or 0.0) < 1e-5
