@@ -56,9 +56,9 @@ def timed(run: Callable[[], object], repeats: int) -> tuple[list[float], list[fl
     return walls, cpus, out
 
 
-def separate(model: TextModel, cfg: ExplainConfig, targets: list[Target]) -> list[np.ndarray]:
+def separate(model: TextModel, cfg: ExplainConfig, targets: list[Target], text: str) -> list[np.ndarray]:
     """Each target explained alone: its own engine drive, forward and gradient runs."""
-    tokens = tokenize(model.tokenizer, TEXT, None, cfg.max_chars)
+    tokens = tokenize(model.tokenizer, text, None, cfg.max_chars)
     return [np.array([s.score for s in drive_one(explanation(model, tokens, cfg, PerTokenQuestion(tokens, t)),
                                                  runner(model, cfg)).tokens]) for t in targets]
 
@@ -71,21 +71,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--methods", nargs="+", default=["grad-x-input", "ig"])
+    parser.add_argument("--model", type=Path, default=HERE.parent / "models" / "tiny-tagger",
+                        help="another per-token model folder (a third-party one: see third_party.py)")
+    parser.add_argument("--text", default=TEXT)
     args = parser.parse_args()
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
-    model = load_model(HERE.parent / "models" / "tiny-tagger", threads=1)
-    tokens = tokenize(model.tokenizer, TEXT, None, 10_000)
-    print(f"model tiny-tagger, {len(tokens)} tokens, cpus {os.cpu_count()}, onnxruntime threads 1")
+    model = load_model(args.model, threads=1)
+    tokens = tokenize(model.tokenizer, args.text, None, 10_000)
+    print(f"model {model.name}, {len(tokens)} tokens, cpus {os.cpu_count()}, onnxruntime threads 1")
     for method in args.methods:
         cfg = ExplainConfig(method=method, steps=32, progress=False).validated()
-        explain_tokens(model, TEXT, cfg)  # warm: the gradient graph is built and cached once
-        pw, pc, out = timed(partial(explain_tokens, model, TEXT, cfg), args.repeats)
+        explain_tokens(model, args.text, cfg)  # warm: the gradient graph is built and cached once
+        pw, pc, out = timed(partial(explain_tokens, model, args.text, cfg), args.repeats)
         packed = cast(TokenTargets, out)
         k = len(packed.targets)
         ids, _, _ = model.pad(tokens.ids, tokens.type_ids)
         scores = model.forward(model.embed(ids)[None], ids, tokens.type_ids)[0].reshape(len(ids), -1)
         targets = find_targets(scores, tokens, model.labels, None, None, None)
-        sw, sc, out = timed(partial(separate, model, cfg, targets), args.repeats)
+        sw, sc, out = timed(partial(separate, model, cfg, targets, args.text), args.repeats)
         single = cast(list[np.ndarray], out)
         gap = max(float(np.max(np.abs(np.array(row) - s)) / max(np.max(np.abs(s)), 1e-30))
                   for row, s in zip(packed.matrix, single, strict=True))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -402,3 +403,29 @@ def test_a_tagger_that_takes_one_row_runs_one_row_at_a_time(tmp_path: Path) -> N
                 np.testing.assert_allclose(scores(t.explanation), want, rtol=1e-5, atol=1e-6)
             else:  # completeness against the pad baseline (row 0 is zero): IG is exact on a linear function
                 assert abs(t.explanation.convergence_delta or 0.0) < 1e-5
+
+
+@pytest.mark.parametrize("method", ["grad-x-input", "ig"])
+def test_finite_differences_of_k_targets_share_one_set_of_rows(tagger: TextModel, method: str) -> None:
+    """k targets perturb the same points: their keyed Forward requests are sent once, so the
+    k targets cost the rows of one (plus their k prediction rows), with the same results."""
+    from blackbox_sal.api.per_token import token_targets
+    from blackbox_sal.engine.runner import Runner
+
+    cfg = ExplainConfig(method=method, backend="fd", steps=4).validated()
+    runner = Runner(tagger, rows=64)
+    rows: list[int] = []
+
+    def answer(request: Any) -> np.ndarray:
+        rows.append(request.n)
+        return runner.execute([request])[0]
+
+    packed = drive(token_targets(tagger, TEXTS[1], cfg), answer)
+    k = len(packed.targets)
+    single = explain(tagger, TEXTS[1], replace(cfg, at=packed.targets[0].text))
+    per_target = single.provenance.forward_passes
+    b = 2 if method == "ig" else 1  # each target's prediction rows: f(x), and f(x') for IG
+    assert k == 4 and sum(rows) == 1 + k * b + (per_target - b)  # the finding row, k predictions, one target's fd
+    for t in packed.targets:
+        alone = explain(tagger, TEXTS[1], replace(cfg, at=t.text))
+        np.testing.assert_allclose(scores(t.explanation), scores(alone), rtol=1e-6, atol=1e-9)
