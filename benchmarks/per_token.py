@@ -1,7 +1,7 @@
 """Per-token targets: every entity of a 64-token text explained together (their rows packed into
 shared runs) against the same k targets explained one at a time, side by side in one run.
 
-    python benchmarks/per_token.py [--repeats 5] [--methods grad-x-input ig]
+    python benchmarks/per_token.py [--repeats 5] [--methods grad-x-input ig] [--backend fd]
 
 Model: ``models/tiny-tagger`` (built by ``models/build_tagger.py``). Text: 62 words (64 tokens
 with [CLS] and [SEP]) in which the tagger finds k >= 8 entities. "separate" drives each
@@ -74,13 +74,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=HERE.parent / "models" / "tiny-tagger",
                         help="another per-token model folder (a third-party one: see third_party.py)")
     parser.add_argument("--text", default=TEXT)
+    parser.add_argument("--backend", default="auto", help="auto (the gradient graph) or fd (finite differences)")
     args = parser.parse_args()
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     model = load_model(args.model, threads=1)
     tokens = tokenize(model.tokenizer, args.text, None, 10_000)
     print(f"model {model.name}, {len(tokens)} tokens, cpus {os.cpu_count()}, onnxruntime threads 1")
     for method in args.methods:
-        cfg = ExplainConfig(method=method, steps=32, progress=False).validated()
+        cfg = ExplainConfig(method=method, backend=args.backend, steps=32, progress=False).validated()
         explain_tokens(model, args.text, cfg)  # warm: the gradient graph is built and cached once
         pw, pc, out = timed(partial(explain_tokens, model, args.text, cfg), args.repeats)
         packed = cast(TokenTargets, out)
@@ -92,7 +93,7 @@ def main() -> None:
         single = cast(list[np.ndarray], out)
         gap = max(float(np.max(np.abs(np.array(row) - s)) / max(np.max(np.abs(s)), 1e-30))
                   for row, s in zip(packed.matrix, single, strict=True))
-        print(f"{method} (k = {k} targets{', steps 32' if method == 'ig' else ''}):")
+        print(f"{method}, backend {args.backend} (k = {k} targets{', steps 32' if method == 'ig' else ''}):")
         print(f"  packed   wall {span(pw)}  cpu {span(pc)}")
         print(f"  separate wall {span(sw)}  cpu {span(sc)}")
         print(f"  separate / packed: wall {statistics.median(sw) / statistics.median(pw):.2f}x, "
