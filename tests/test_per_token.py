@@ -429,3 +429,14 @@ def test_finite_differences_of_k_targets_share_one_set_of_rows(tagger: TextModel
     for t in packed.targets:
         alone = explain(tagger, TEXTS[1], replace(cfg, at=t.text))
         np.testing.assert_allclose(scores(t.explanation), scores(alone), rtol=1e-6, atol=1e-9)
+
+
+def test_a_prepared_folder_explains_the_same_matrix(tagger: TextModel, tmp_path: Path) -> None:
+    """The edge install's form (inputs_embeds, the gradient graph beside it) keeps the task."""
+    from blackbox_sal.gradient_graph.store import prepare
+
+    folder = prepare(tagger, tmp_path / "prepared")
+    ready = load_model(folder)
+    assert ready.task == "per-token" and ready.output == tagger.output
+    cfg = ExplainConfig(method="grad-x-input", backend="graph")
+    assert explain_tokens(ready, TEXTS[0], cfg).matrix == explain_tokens(tagger, TEXTS[0], cfg).matrix
