@@ -35,6 +35,7 @@ _WHERE = {
     "explain_generation": "blackbox_sal.api.tasks",
     "explain_similarity": "blackbox_sal.api.tasks",
     "explain_choices": "blackbox_sal.api.tasks",
+    "explain_tokens": "blackbox_sal.api.per_token",
     "export_gradient": "blackbox_sal.gradient_graph.store",
     "prepare": "blackbox_sal.gradient_graph.store",
     "default_model_path": "blackbox_sal.model.files",
@@ -51,6 +52,7 @@ _WHERE = {
     "Generation": "blackbox_sal.vocabulary.result",
     "Similarity": "blackbox_sal.vocabulary.result",
     "Choices": "blackbox_sal.vocabulary.result",
+    "TokenTargets": "blackbox_sal.vocabulary.result",
     "Span": "blackbox_sal.text.words",
     "export_torch": "blackbox_sal.gradient_graph.torch_export",
 }
@@ -63,10 +65,10 @@ _DEPRECATED = {
 
 __all__ = [
     "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label", "ModelError",
-    "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError", "UsageError",
-    "Window", "__version__", "attribute", "default_model_path", "explain", "explain_choices", "explain_generation",
-    "explain_many", "explain_similarity", "export_gradient", "export_torch", "load_model", "prepare", "render_html",
-    "render_json", "render_terminal",
+    "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel", "TokenTargets", "UnavailableError",
+    "UsageError", "Window", "__version__", "attribute", "default_model_path", "explain", "explain_choices",
+    "explain_generation", "explain_many", "explain_similarity", "explain_tokens", "export_gradient", "export_torch",
+    "load_model", "prepare", "render_html", "render_json", "render_terminal",
 ]
 
 
@@ -89,6 +91,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from blackbox_sal.api.arrays import Attributions, attribute
     from blackbox_sal.api.explaining import explain, explain_many
+    from blackbox_sal.api.per_token import explain_tokens
     from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
     from blackbox_sal.gradient_graph.store import export_gradient, prepare
     from blackbox_sal.gradient_graph.torch_export import export_torch
@@ -109,5 +112,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         Prediction,
         Provenance,
         Similarity,
+        TokenTargets,
         Window,
     )
