@@ -358,6 +358,8 @@ def test_the_server_explains_every_target_or_the_one_asked(tagger: TextModel) ->
         assert one["target"]["label"] == "B-LOC rather than O" and one["target_value"] == single.target_value
         reply = client.post("/v1/models/tagger:explain", json={"instances": [TEXTS[0]], "parameters": {"at": "rome"}})
         assert reply.status_code == 400 and "'rome' is not in the text" in reply.text
+        reply = client.post("/v1/models/tagger:predict", json={"instances": [TEXTS[0]]})
+        assert reply.status_code == 400 and "predicts a label per token" in reply.text  # never a flattened arg-max
     finally:
         server.stop()
 

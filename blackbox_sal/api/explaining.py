@@ -343,7 +343,11 @@ def _how_loaded(model: TextModel) -> tuple[str, ...]:
 
 def prediction_work(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Prediction]:
     """The work of predicting on one text (one forward row; no attribution): what a server's
-    ``:predict`` answers. A text over the model's limit is refused as :func:`explain` does."""
+    ``:predict`` answers. A text over the model's limit is refused as :func:`explain` does; a
+    per-token model's prediction (a label per token) is not one class: refused, not flattened."""
+    if model.task == "per-token":
+        raise UsageError("a per-token model predicts a label per token, not one class per text: its predicted tags "
+                         "are in each explanation (:explain, or explain_tokens)")
     if model.features is not None:
         check_text(text, cfg.max_chars)  # a non-string or a lone surrogate too, as explain() refuses them
         vector, _ = model.features.featurize(text)
