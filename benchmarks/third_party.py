@@ -134,6 +134,17 @@ def cli(folder: Path, text: str, *args: str, timeout: int = 300) -> tuple[int, s
     return done.returncode, done.stdout, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
 
 
+def scores_of(doc: dict[str, object]) -> np.ndarray:
+    """Every score of an explanation, or of a per-token matrix (targets x tokens, flattened)."""
+    if "per_token" in doc:
+        per_token = doc["per_token"]
+        assert isinstance(per_token, dict)
+        return np.array([v for t in per_token["targets"] for v in t["scores"]], np.float64)
+    tokens = doc["tokens"]
+    assert isinstance(tokens, list)
+    return np.array([t["score"] for t in tokens], np.float64)
+
+
 def survey(entry: Shipped, cache: Path, with_config: bool) -> dict[str, object]:
     folder = folder_for(cache, entry, with_config)
     row: dict[str, object] = {"model": entry.name, "package": f"{entry.package} {entry.version}", "task": entry.task,
@@ -144,14 +155,21 @@ def survey(entry: Shipped, cache: Path, with_config: bool) -> dict[str, object]:
         row["outcome"] = err
         return row
     graph = json.loads(out)
-    row["outcome"] = f"{graph['task']}: output {graph.get('provenance', {}).get('output', '?')}, " \
-                     f"target {graph['target'].get('label') or graph['target'].get('index')}"
-    row["backend"] = graph["backend"]
-    row["notes"] = "; ".join(graph.get("notes", []))
+    if "per_token" in graph:  # a tagger: every target of the text, a matrix (docs/per-token.md)
+        p = graph["per_token"]
+        labels = sorted({t["label"] for t in p["targets"]})
+        row["outcome"] = (f"per-token: {len(p['targets'])} target(s) over {len(p['tokens'])} tokens"
+                          + (f" ({', '.join(labels[:4])}{', ...' if len(labels) > 4 else ''})" if labels else ""))
+        row["backend"] = p["backend"]
+        row["notes"] = "; ".join(p.get("notes", []))
+    else:
+        row["outcome"] = f"{graph['task']}: output {graph.get('provenance', {}).get('output', '?')}, " \
+                         f"target {graph['target'].get('label') or graph['target'].get('index')}"
+        row["backend"] = graph["backend"]
+        row["notes"] = "; ".join(graph.get("notes", []))
     code, out, err = cli(folder, entry.text, "--format", "json", "--method", "grad-x-input", "--backend", "fd")
-    if code == 0 and graph["backend"] == "graph":
-        a = np.array([t["score"] for t in graph["tokens"]])
-        b = np.array([t["score"] for t in json.loads(out)["tokens"]])
+    if code == 0 and row["backend"] == "graph":
+        a, b = scores_of(graph), scores_of(json.loads(out))
         row["graph_vs_fd_max_rel"] = float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-12))
         row["graph_vs_fd_rho"] = float(spearmanr(a, b).statistic) if len(a) > 2 else float("nan")
     return row

@@ -36,6 +36,7 @@ _WHERE = {
     "explain_similarity": "blackbox_sal.api.tasks",
     "explain_choices": "blackbox_sal.api.tasks",
     "explain_answer": "blackbox_sal.api.spans",
+    "explain_tokens": "blackbox_sal.api.per_token",
     "export_gradient": "blackbox_sal.gradient_graph.store",
     "prepare": "blackbox_sal.gradient_graph.store",
     "default_model_path": "blackbox_sal.model.files",
@@ -53,6 +54,7 @@ _WHERE = {
     "Similarity": "blackbox_sal.vocabulary.result",
     "Choices": "blackbox_sal.vocabulary.result",
     "AnswerSpan": "blackbox_sal.vocabulary.result",
+    "TokenTargets": "blackbox_sal.vocabulary.result",
     "Span": "blackbox_sal.text.words",
     "export_torch": "blackbox_sal.gradient_graph.torch_export",
 }
@@ -65,9 +67,10 @@ _DEPRECATED = {
 
 __all__ = [
     "AnswerSpan", "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label",
-    "ModelError", "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError",
-    "UsageError", "Window", "__version__", "attribute", "default_model_path", "explain", "explain_answer",
-    "explain_choices", "explain_generation", "explain_many", "explain_similarity", "export_gradient", "export_torch",
+    "ModelError", "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel", "TokenTargets",
+    "UnavailableError", "UsageError", "Window", "__version__", "attribute", "default_model_path", "explain",
+    "explain_answer", "explain_choices", "explain_generation", "explain_many", "explain_similarity",
+    "explain_tokens", "export_gradient", "export_torch",
     "load_model", "prepare", "render_html", "render_json", "render_terminal",
 ]
 
@@ -91,6 +94,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from blackbox_sal.api.arrays import Attributions, attribute
     from blackbox_sal.api.explaining import explain, explain_many
+    from blackbox_sal.api.per_token import explain_tokens
     from blackbox_sal.api.spans import explain_answer
     from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
     from blackbox_sal.gradient_graph.store import export_gradient, prepare
@@ -113,5 +117,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         Prediction,
         Provenance,
         Similarity,
+        TokenTargets,
         Window,
     )

@@ -19,6 +19,7 @@ import numpy as np
 
 from blackbox_sal import __version__  # the one place the version is written
 from blackbox_sal.api.explaining import explain
+from blackbox_sal.api.per_token import explain_tokens
 from blackbox_sal.api.spans import explain_answer
 from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.gradient_graph.store import export_gradient, prepare
@@ -166,6 +167,8 @@ def _explain(a: argparse.Namespace) -> None:
         result = explain_similarity(model, text, _text(a.similar_to, "--similar-to"), config)
     elif a.generate is not None:
         result = explain_generation(model, text, a.generate, config)
+    elif model.task == "per-token" and config.at is None:  # every entity: the matrix
+        result = explain_tokens(model, text, config)
     else:
         result = explain(model, text, config)
     _write(_render(a.format, result, to_terminal=a.output is None), a.output)

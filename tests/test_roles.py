@@ -244,25 +244,24 @@ def test_a_float_copy_of_an_input_is_a_pass_through(tmp_path: Path) -> None:
     assert any("'ids_float' (only a copy of input 'x')" in n for n in model.notes), model.notes
 
 
-def test_per_token_outputs_are_recognised_and_refused(tmp_path: Path) -> None:
+def test_per_token_outputs_are_recognised_and_routed_to_per_token_targets(tmp_path: Path) -> None:
     only = _folder(tmp_path, "tagger", _model("x", mask="int", outputs="per-token"))
-    with pytest.raises(ModelError, match=r"output 'token_scores' \(\[batch, seq\]: a score per token \(its seq axis "
-                                         r"follows the input length\)\) is a per-token output.*no output of this "
-                                         r"model can be explained yet"):
-        load_model(only)
+    model = load_model(only)
+    assert model.task == "per-token" and model.output == "token_scores__flat"
     both = _folder(tmp_path, "both", _model("x", mask="int", first_output="per-token"))
     model = load_model(both)
-    assert model.output == "logits"
-    with pytest.raises(ModelError, match="is a per-token output.*--model-output.*usable: 'logits'"):
-        load_model(both, output="token_scores")
+    assert model.output == "logits" and model.task == "classification"  # class scores come first
+    assert load_model(both, output="token_scores").task == "per-token"
 
 
-def test_per_token_refusal_is_one_line_with_exit_3(tmp_path: Path) -> None:
+def test_a_per_token_model_explains_every_position_from_the_command_line(tmp_path: Path) -> None:
     only = _folder(tmp_path, "tagger", _model("x", outputs="per-token"))
-    r = subprocess.run([sys.executable, "-m", "blackbox_sal", "explain", TEXT, "--model", str(only)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 3
-    assert r.stderr.count("\n") == 1 and "per-token output" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "blackbox_sal", "explain", TEXT, "--model", str(only),
+                        "--method", "grad-x-input", "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)["per_token"]
+    assert len(doc["targets"]) == sum(not t["special"] for t in doc["tokens"])  # one score per token: each a target
+    assert {t["label"] for t in doc["targets"]} == {"score"}
 
 
 def test_an_output_with_no_batch_axis_runs_one_row_at_a_time(tmp_path: Path) -> None:

@@ -288,9 +288,9 @@ def test_the_openapi_parameters_are_the_request_entries_and_accept_what_the_serv
     ({"words": 1}, "parameter words must be true or false, got 1"),
     ({"direction": [1, True]}, "direction must be a list of numbers"),
     ({"deadline": 31}, "deadline must be a number of seconds above 0 and at most 30"),
-    ({"batch_size": 8}, "unknown parameter 'batch_size' (known: answer, backend, baseline, deadline, direction, "
-                        "fd_scheme, fd_step, long, max_answer_tokens, method, noise, players, quadrature, reduce, "
-                        "richardson, samples, score, seed, steps, target, tolerance, window_overlap, words)"),
+    ({"batch_size": 8}, "unknown parameter 'batch_size' (known: answer, at, backend, baseline, contrast, deadline, "
+                        "direction, fd_scheme, fd_step, long, max_answer_tokens, method, noise, players, quadrature, "
+                        "reduce, richardson, samples, score, seed, steps, target, tolerance, window_overlap, words)"),
 ])
 def test_a_bad_request_parameter_is_one_exact_400(parameters: dict[str, Any], message: str) -> None:
     from blackbox_sal.server.protocol import HttpError, settings_of

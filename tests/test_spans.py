@@ -234,7 +234,8 @@ def test_cli_explains_a_span_and_refuses_what_does_not_apply(qa_folder: Path, tm
     no_context = _cli("explain", "--model", str(qa_folder), QUESTION)
     assert no_context.returncode == 2 and no_context.stderr.count("\n") == 1
     assert "give the question as the text and the context with --context" in no_context.stderr
-    # a QA export missing its end logits cannot be explained: refused at load, exit 3, one line
+    # a QA export missing its end logits is a per-token model (one score per token), not a QA
+    # model: asked for an answer span, it is refused in one line (exit 2), never half-explained
     import onnx
 
     broken = tmp_path / "broken-qa"
@@ -245,8 +246,9 @@ def test_cli_explains_a_span_and_refuses_what_does_not_apply(qa_folder: Path, tm
     proto.graph.output.extend(kept)
     onnx.save(proto, broken / "model.onnx")
     refused = _cli("explain", "--model", str(broken), QUESTION, "--context", CONTEXT)
-    assert refused.returncode == 3 and refused.stderr.count("\n") == 1
-    assert "'start_logits'" in refused.stderr and "per-token output" in refused.stderr
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "needs a question-answering model (start and end logits per token)" in refused.stderr
+    assert "is a per-token model" in refused.stderr
 
 
 # Golden strings of the three views, on a hand-made result (the numbers are exact).

@@ -20,7 +20,7 @@ PACKAGE = Path(blackbox_sal.__file__).resolve().parent
 LAYERS = [
     {"vocabulary", "vocabulary.errors", "progress", "reductions", "vocabulary.differences", "vocabulary.runs",
      "vocabulary.scores", "text", "jobs", "jobs.datasets", "diagnostics", "api", "vocabulary.choices",
-     "vocabulary.settings"},
+     "vocabulary.settings", "targets"},
     # the settings spec sits below everything it configures: it names registries, never imports them
     {"vocabulary.result", "surgery", "baselines", "render", "vocabulary.config"},
     {"model"},
@@ -29,7 +29,7 @@ LAYERS = [
     {"methods"},
     {"engine"},
     {"api.explaining"},
-    {"api.tasks", "api.arrays", "api.spans"},
+    {"api.tasks", "api.arrays", "api.spans", "api.per_token"},
     {"jobs.batch", "jobs.batch_ray"},
     {"evaluation"},
     {"server"},
@@ -129,10 +129,11 @@ def test_importing_the_package_and_validating_a_config_load_no_heavy_dependency(
 
 def test_public_api_is_pinned() -> None:
     assert blackbox_sal.__all__ == [
-        "AnswerSpan", "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label",
-        "ModelError", "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel", "UnavailableError",
-        "UsageError", "Window", "__version__", "attribute", "default_model_path", "explain", "explain_answer",
-        "explain_choices", "explain_generation", "explain_many", "explain_similarity", "export_gradient",
+        "AnswerSpan", "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "InputError",
+        "Label", "ModelError", "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel",
+        "TokenTargets", "UnavailableError", "UsageError", "Window", "__version__", "attribute",
+        "default_model_path", "explain", "explain_answer", "explain_choices", "explain_generation", "explain_many",
+        "explain_similarity", "explain_tokens", "export_gradient",
         "export_torch", "load_model", "prepare", "render_html", "render_json", "render_terminal",
     ]
     for name in blackbox_sal.__all__:

@@ -245,12 +245,10 @@ def test_pair_tokens_point_into_the_combined_text() -> None:
 
 
 def test_a_token_classifier_is_not_taken_for_a_causal_lm(tmp_path: Path) -> None:
-    """[batch, seq, 3] per-token labels: not as wide as the vocabulary, so not next-token: one
-    clear error at load (exit 3) instead of tokens read as vocabulary entries."""
+    """[batch, seq, 3] per-token labels: not as wide as the vocabulary, so not next-token: a
+    per-token model (its targets are positions), never tokens read as vocabulary entries."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    from blackbox_sal.vocabulary.errors import ModelError
 
     nodes = [helper.make_node("Gather", ["table", "input_ids"], ["E"]),
              helper.make_node("MatMul", ["E", "W"], ["tags"])]
@@ -261,8 +259,10 @@ def test_a_token_classifier_is_not_taken_for_a_causal_lm(tmp_path: Path) -> None
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", tiny.OPSET)])
     m.ir_version = 8
     onnx.checker.check_model(m)
-    with pytest.raises(ModelError, match="is a per-token output, not one prediction per text"):
-        load_model(tiny.write_model_dir(tmp_path / "ner", m))
+    model = load_model(tiny.write_model_dir(tmp_path / "ner", m))
+    assert model.task == "per-token"
+    with pytest.raises(UsageError, match="per-token targets: give one with --at"):
+        explain(model, PROMPT)
 
 
 def test_multiple_choice_ranks_by_the_score_asked_for(tmp_path: Path) -> None:

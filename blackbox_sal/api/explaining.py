@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from blackbox_sal.gradients.backend import GradientBackend, Setting, ValuesOnly,
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.targets.per_token import Target, find_targets
 from blackbox_sal.text.tokenization import Tokens, check_text, stitch, tokenize, tokenize_windows
 from blackbox_sal.text.words import Span, merge_words, token_spans
 from blackbox_sal.vocabulary.config import ExplainConfig
@@ -29,7 +31,15 @@ from blackbox_sal.vocabulary.differences import step_scale
 from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, TooLongError, UsageError
 from blackbox_sal.vocabulary.result import MAX_SCORES, TOP, Explanation, Label, Prediction, Provenance, Window
 from blackbox_sal.vocabulary.runs import ArrayPoints, Cost, Forward, Seq, Work, ask, ask_all
-from blackbox_sal.vocabulary.scores import ClassScore, Cosine, Objective, Projection, resolve_target
+from blackbox_sal.vocabulary.scores import (
+    ClassScore,
+    Contrast,
+    Cosine,
+    Objective,
+    Projection,
+    TokenWeights,
+    resolve_target,
+)
 
 
 def explain(model: TextModel, text: str, config: ExplainConfig | None = None) -> Explanation:
@@ -78,10 +88,11 @@ def text_explanation(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Ex
         if model.task == "next-token":
             raise UsageError("--long window splits a text for a classifier; a causal LM predicts from the end "
                              f"of its prompt: shorten the prompt to {model.max_length} tokens")
-        if model.task != "classification":
+        if model.task != "classification":  # a per-token model too: its targets are positions of the text
             raise UsageError(f"--long window splits a text for a classifier, not a {model.task} model")
         return (yield from _windows(model, text, cfg))
-    question = ProjectionQuestion(np.asarray(cfg.direction, np.float64)) if cfg.direction else ClassQuestion()
+    question: Question = ProjectionQuestion(np.asarray(cfg.direction, np.float64)) if cfg.direction else \
+        PerTokenQuestion(tokens) if model.task == "per-token" else ClassQuestion()
     return (yield from explanation(model, tokens, cfg, question))
 
 
@@ -112,8 +123,17 @@ class ClassQuestion:
         target = self.target if self.target is not None else resolve_target(
             cfg.target, model.labels, n_classes, int(np.argmax(outputs[0])),
             model.class_of if model.task == "next-token" else None)
-        return Asked(ClassScore(target, cfg.score, n_classes), Label(target, model.label(target)),
-                     prediction(model, outputs[0]), model.task)
+        if cfg.contrast is None:
+            return Asked(ClassScore(target, cfg.score, n_classes), Label(target, model.label(target)),
+                         prediction(model, outputs[0]), model.task)
+        other = resolve_target(cfg.contrast, model.labels, n_classes, target,
+                               model.class_of if model.task == "next-token" else None)
+        if other == target:
+            raise UsageError(f"--contrast names the target itself ({model.label(target) or target}): nothing to "
+                             f"contrast it with")
+        said = f"{model.label(target) or target} rather than {model.label(other) or other}"
+        return Asked(Contrast(target, other, cfg.score), Label(target, said), prediction(model, outputs[0]),
+                     model.task)
 
 
 @dataclass(frozen=True)
@@ -140,7 +160,36 @@ class ProjectionQuestion:
                      model.task)
 
 
-Question = ClassQuestion | SimilarityQuestion | ProjectionQuestion
+@dataclass(frozen=True)
+class PerTokenQuestion:
+    """Explain one target of a per-token model (:mod:`blackbox_sal.targets.per_token`): the
+    target ``chosen``, or the text's only one (``--at``, or a text with one entity)."""
+
+    tokens: Tokens
+    #: the target, already found on these outputs (explain_tokens finds them all once)
+    chosen: Target | None = None
+
+    def answer(self, model: TextModel, outputs: np.ndarray, cfg: ExplainConfig) -> Asked:
+        seq = max(len(self.tokens), model.fixed_length or 0)  # a fixed-length export's padding is positions too
+        scores = outputs[0].reshape(seq, -1)  # [S, L]: the flat output is position-major
+        chosen = self.chosen
+        if chosen is None:
+            found = find_targets(scores, self.tokens, model.labels, cfg.at, cfg.target, cfg.contrast)
+            if len(found) != 1:
+                raise UsageError(f"the text has {len(found)} per-token targets: give one with --at (a token index or "
+                                 f"a word), or explain them all together (explain_tokens; the CLI does)")
+            chosen = found[0]
+        said = chosen.name if chosen.contrast_name is None else f"{chosen.name} rather than {chosen.contrast_name}"
+        row = scores[chosen.positions[0]]
+        top = int(np.argmax(row))
+        return Asked(TokenWeights(chosen.weights(*scores.shape), cfg.score), Label(chosen.labels[0], said),
+                     Prediction(top, model.label(top), tuple(float(v) for v in row)), "per-token")
+
+
+class Question(Protocol):
+    """What an explanation is about, decided once the model's outputs [1, C] on the text are known."""
+
+    def answer(self, model: TextModel, outputs: np.ndarray, cfg: ExplainConfig) -> Asked: ...
 
 
 @dataclass(frozen=True)
@@ -203,8 +252,10 @@ def explanation(model: TextModel, tokens: Tokens, cfg: ExplainConfig,
     padding = len(ids) - len(tokens)
     x = model.embed(ids)
     special = np.concatenate([tokens.special, np.ones(padding, bool)])
-    baseline = np.concatenate([make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x[:len(tokens)]),
-                               x[len(tokens):]])  # the padding is kept, as special tokens are
+    # a method without a baseline reads none: a tokenizer with no pad token (a character map) still explains
+    baseline = x.copy() if not METHODS[cfg.method].uses_baseline else np.concatenate(
+        [make_baseline(cfg.baseline, model.tokenizer, model.table, tokens, x[:len(tokens)]),
+         x[len(tokens):]])  # the padding is kept, as special tokens are
     word_ids = np.array([-1 if w is None else w for w in tokens.word_ids] + [-1] * padding, np.int64)
     pieces = tuple("" if s else tokens.text[a:b] for (a, b), s in zip(tokens.offsets, tokens.special, strict=True))
     done = yield from attribute(model, Seq(ids, type_ids, mask), x, baseline, special, cfg, question, cfg.baseline,
@@ -316,7 +367,11 @@ def _how_loaded(model: TextModel) -> tuple[str, ...]:
 
 def prediction_work(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Prediction]:
     """The work of predicting on one text (one forward row; no attribution): what a server's
-    ``:predict`` answers. A text over the model's limit is refused as :func:`explain` does."""
+    ``:predict`` answers. A text over the model's limit is refused as :func:`explain` does; a
+    per-token model's prediction (a label per token) is not one class: refused, not flattened."""
+    if model.task == "per-token":
+        raise UsageError("a per-token model predicts a label per token, not one class per text: its predicted tags "
+                         "are in each explanation (:explain, or explain_tokens)")
     if model.features is not None:
         check_text(text, cfg.max_chars)  # a non-string or a lone surrogate too, as explain() refuses them
         vector, _ = model.features.featurize(text)

@@ -19,6 +19,7 @@ zero (e.g. special tokens kept in an IG baseline) cost nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -75,8 +76,8 @@ class FiniteDifferences:
     def provenance(self) -> dict[str, Any]:
         return {"fd_step": self.rel_step, "richardson": self.richardson, "fd_scheme": self.scheme}
 
-    def _values(self, points: Points, label: str = "forward passes") -> Work[np.ndarray]:
-        outputs = yield from ask(Forward(self.seq, points, label))
+    def _values(self, points: Points, label: str = "forward passes", key: bytes | None = None) -> Work[np.ndarray]:
+        outputs = yield from ask(Forward(self.seq, points, label, key))
         self.cost.forward += points.n
         return self.f.scalar(outputs)
 
@@ -140,12 +141,32 @@ class FiniteDifferences:
             first = start - k[0] * e
             return buf[first : first + stop - start]
 
+        key = _fingerprint(points, pi, ti, t, coeffs, label.encode())
         if self.forward:  # f at each point once, shared by every probe there
             used = np.unique(pi)
             base = np.zeros(points.n)
-            base[used] = yield from self._values(LazyPoints(len(used), lambda a, b: points.gather(used[a:b])))
-        values = yield from self._values(LazyPoints(len(pi) * e, perturbed), label)
+            base[used] = yield from self._values(LazyPoints(len(used), lambda a, b: points.gather(used[a:b])),
+                                                 key=None if key is None else key + b"f(x)")
+        values = yield from self._values(LazyPoints(len(pi) * e, perturbed), label, key)
         values = values.reshape(len(pi), e)
         if self.forward:
             return (values[:, 0] - base[pi]) / t
         return combine(values, t)
+
+
+def _fingerprint(points: Points, *arrays: np.ndarray | bytes) -> bytes | None:
+    """A digest of perturbed rows: the points they perturb (an array, or a path's anchor, delta
+    and alphas) and how (probes, steps, coefficients). Two targets of one text perturb the same
+    points the same way, so their requests share this key (and one set of runs). None for
+    points of another kind (never shared)."""
+    if isinstance(points, ArrayPoints):
+        parts: tuple[np.ndarray | bytes, ...] = (points.array,)
+    elif isinstance(points, PathPoints):
+        parts = (points.anchor, points.delta, points.alphas)
+    else:
+        return None
+    digest = hashlib.blake2b(digest_size=20)
+    for part in (*parts, *arrays):
+        digest.update(part if isinstance(part, bytes) else np.ascontiguousarray(part).tobytes())
+        digest.update(b"|")
+    return digest.digest()

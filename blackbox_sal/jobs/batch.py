@@ -7,8 +7,9 @@ runs of up to ``window`` rows at a time; results come back in input order and ea
 as one line as soon as it is done: ``{"id", "row", ...the CLI's JSON object}``, or for a row
 that failed ``{"id", "row", "error", "exit_code"}`` (an empty text, one too long, an unknown
 label: the job goes on). A row with ``question`` is an answer span (its text the context), one
-with ``choices`` multiple choice, one with ``pair`` a
-similarity, any other an explanation of its text (its ``target`` when it has one).
+with ``choices`` multiple choice, one with ``pair`` a similarity, any other an explanation of
+its text (its ``target`` when it has one; for a per-token model without ``at``, every target of
+the text: one record with its matrix).
 
 Resumable and exact: every line is written whole with one ``os.write`` and the file synced
 every few seconds and at the end. Run again with the same command after a kill (SIGKILL
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from blackbox_sal.api.explaining import runner, text_explanation
+from blackbox_sal.api.per_token import token_targets
 from blackbox_sal.api.spans import answer_span
 from blackbox_sal.api.tasks import multiple_choice, similarity
 from blackbox_sal.engine.drive import drive_many
@@ -81,6 +83,8 @@ def work_for(model: TextModel, row: Row | BadRow, cfg: ExplainConfig) -> Work[An
         return multiple_choice(model, row.text, row.choices, c)
     if row.pair is not None:
         return similarity(model, row.text, row.pair, c)
+    if model.task == "per-token" and c.at is None:  # every entity of the text: one record with its matrix
+        return token_targets(model, row.text, c)
     return text_explanation(model, row.text, c)
 
 

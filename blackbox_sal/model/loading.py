@@ -91,7 +91,13 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     except ImportError:  # an edge install: onnxruntime, numpy and tokenizers only
         raise ModelError(f"{NO_ONNX}; {str(found.onnx_path.parent)!r} is not a prepared folder") from None
     from blackbox_sal.surgery.dequantize import drop_requantization, float_twin, weight_only
-    from blackbox_sal.surgery.interfaces import input_rank, last_position, single_choice, with_batch_axis
+    from blackbox_sal.surgery.interfaces import (
+        flat_per_token,
+        input_rank,
+        last_position,
+        single_choice,
+        with_batch_axis,
+    )
     from blackbox_sal.surgery.names import NEXT_TOKEN
     from blackbox_sal.surgery.pooling import SENTENCE, pooled
     from blackbox_sal.surgery.quantized import quantized_ops
@@ -168,7 +174,11 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     if row_coupled(quantized) and model.fixed_batch is None:
         model = replace(model, fixed_batch=1, notes=(*notes, row_coupled_note(quantized)))
         notes = model.notes
-    kinds = _output_kinds(model, copies, pooling is not None)
+    kinds, one_row = _output_kinds(model, copies, pooling is not None)
+    if one_row and model.fixed_batch is None:  # a batch axis declared free that takes one row (khmersm's view)
+        model = replace(model, fixed_batch=1, notes=(*notes, "the model declares a free batch axis but fails on two "
+                                                     "rows: its runs take one row at a time"))
+        notes = model.notes
     span_pair = answer_span_pair(kinds) if output is None else None
     if span_pair is not None:  # extractive QA: start and end logits, explained as one [batch, 2 seq] output
         body = span_logits(body, *span_pair)
@@ -186,7 +196,11 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
                         runtime=model.runtime.again(body.SerializeToString()))
     per_position = ("logits" if chosen.per_position else "states" if chosen.kind == "states" else None)
     first_token = chosen.kind == "pooler"  # the model reads its first token as the text
-    if per_position == "logits":  # a causal LM's
+    if chosen.kind == "per-token":  # a tagger's: one row of position-major scores per text
+        body = flat_per_token(body, model.output)
+        model = replace(model, task="per-token", output=body.graph.output[-1].name, body=body,
+                        runtime=model.runtime.again(body.SerializeToString()))
+    elif per_position == "logits":  # a causal LM's
         body = last_position(body, source)
         model = replace(model, task="next-token", output=NEXT_TOKEN, body=body,
                         runtime=model.runtime.again(body.SerializeToString()))
@@ -446,10 +460,12 @@ def _no_cls_note(tokenizer: Tokenizer) -> tuple[str, ...]:
             "tokenizer.json a post_processor that adds them",)
 
 
-def _output_kinds(model: TextModel, copies: dict[str, str], pooling_asked: bool) -> list[OutputKind]:
+def _output_kinds(model: TextModel, copies: dict[str, str],
+                  pooling_asked: bool) -> tuple[list[OutputKind], bool]:
     """Every output of the loaded body, sorted into what it holds by two probe runs: the probe
     sentence at its length and a few tokens shorter (one length for a fixed-length export), at
-    one row and at two (the fixed batch where there is one)."""
+    one row and at two (the fixed batch where there is one); and whether the model failed on
+    two rows though it declares a free batch axis (then it runs one row at a time)."""
     ids, types, mask = model.probe()
     short = max(1, len(ids) - 3)
     second: tuple[np.ndarray, np.ndarray, np.ndarray | None] = (ids, types, mask)
@@ -472,7 +488,8 @@ def _output_kinds(model: TextModel, copies: dict[str, str], pooling_asked: bool)
     types_of = {o.name: o.type for o in model.session.get_outputs()}
     return [classify(name, types_of[name], runs[0][k], runs[1][k], rows=rows, lengths=(len(ids), len(second[0])),
                      fixed_batch=model.fixed_batch, vocab=model.table.shape[0], labels=labels,
-                     pooling_asked=pooling_asked, copy_of=copies.get(name)) for k, name in enumerate(names)]
+                     pooling_asked=pooling_asked, copy_of=copies.get(name)) for k, name in enumerate(names)], \
+        rows == (1, 1) and model.fixed_batch is None
 
 
 def _twin_agreement(model: TextModel, deployed: bytes, source: str) -> str:

@@ -23,7 +23,7 @@ LENGTH_KEYS = ("max_length", "max_position_embeddings", "n_positions")
 #: the prepared-folder format this version writes and reads
 PREPARED_FORMAT = 1
 #: what a prepared model's explained output is (TextModel.task)
-PREPARED_TASKS = ("classification", "next-token", "multiple-choice", "embedding", "answer-span")
+PREPARED_TASKS = ("classification", "next-token", "multiple-choice", "embedding", "answer-span", "per-token")
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ states         [batch, seq, hidden] token states, pooled into one embedding:    
                >= 128 wide and not named as scores, or --pooling given
 pooler         ``pooler_output``: BERT's pre-training pooler, not a sentence        yes (4th)
                embedding; explained only when nothing else is there
-per-token      [batch, seq] or [batch, seq, labels]: its seq axis follows the       no (exit 3)
-               input length; a score or label per token (the next issue)
+per-token      [batch, seq] or [batch, seq, labels]: its seq axis follows the       yes (5th)
+               input length; a score or label per token (per-token targets,
+               :mod:`blackbox_sal.api.per_token`)
 integer        an integer or boolean output (a label index, a copy of the ids)      no
 pass-through   only a copy / cast / reshape of an input                             no
 other          any other shape                                                      no
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # onnx is imported where a graph is read, not with this modul
     import onnx
 
 #: the order in which usable kinds are chosen
-PREFERENCE = ("scores", "embedding", "states", "pooler")
+PREFERENCE = ("scores", "embedding", "states", "pooler", "per-token")
 #: token states narrower than this are taken for per-token labels, not pooled (unless asked)
 MIN_STATE_WIDTH = 32
 #: ops that only copy, cast or move the values of their first input
@@ -170,10 +171,9 @@ def choose(kinds: Sequence[OutputKind], asked: str | None) -> tuple[OutputKind, 
             raise ModelError(_refusal(picked, way_out))
         return picked, ()
     if not usable:
-        first = next((k for k in kinds if k.kind == "per-token"), kinds[0])
-        others = [k.said() for k in kinds if k is not first]
-        raise ModelError(_refusal(first, "; ".join([way_out] + ([f"other outputs: {', '.join(others)}"]
-                                                                 if others else []))))
+        others = [k.said() for k in kinds[1:]]
+        raise ModelError(_refusal(kinds[0], "; ".join([way_out] + ([f"other outputs: {', '.join(others)}"]
+                                                                    if others else []))))
     picked = min(usable, key=lambda k: PREFERENCE.index(k.kind))
     if len(kinds) == 1:
         return picked, ()
@@ -193,7 +193,7 @@ def answer_span_pair(kinds: Sequence[OutputKind]) -> tuple[str, str] | None:
     one named "start" first (else the file's order), as ``...ForQuestionAnswering`` exports
     return ``start_logits`` then ``end_logits``."""
     pair = [k for k in kinds if k.kind == "per-token" and k.batch_axis and len(k.shape) == 2]
-    if len(pair) != 2 or any(k.usable for k in kinds):
+    if len(pair) != 2 or any(k.usable for k in kinds if k not in pair):  # per-token outputs are usable too
         return None
     first, second = pair
     if any(w in second.name.lower() for w in _START_WORDS) and any(w in first.name.lower() for w in _END_WORDS):
@@ -202,8 +202,5 @@ def answer_span_pair(kinds: Sequence[OutputKind]) -> tuple[str, str] | None:
 
 
 def _refusal(kind: OutputKind, way_out: str) -> str:
-    if kind.kind == "per-token":
-        return (f"output {kind.said()} is a per-token output, not one prediction per text: per-token targets "
-                f"are not explained yet; {way_out}")
     return (f"output {kind.said()} is not a prediction that can be explained (expected [batch, classes], [batch], "
-            f"or token states [batch, seq, hidden] to pool); {way_out}")
+            f"token states [batch, seq, hidden] to pool, or per-token scores [batch, seq, labels]); {way_out}")

@@ -34,8 +34,9 @@ from blackbox_sal.vocabulary.errors import InputError, ModelError
 
 #: tasks (what the explained output is): a class score, the next token of a causal LM, or
 #: the score of one (context, choice) sequence of a multiple-choice model, or the start and end
-#: scores of an answer span (extractive question answering: blackbox_sal.api.spans)
-TASKS = ("classification", "next-token", "multiple-choice", "answer-span")
+#: scores of an answer span (extractive question answering: blackbox_sal.api.spans); per-token:
+#: a score per token and label (taggers: blackbox_sal.api.per_token)
+TASKS = ("classification", "next-token", "multiple-choice", "answer-span", "per-token")
 
 #: the sentence every loader runs a model on once, to check what it computes
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and the film was good."

@@ -4,6 +4,7 @@ text, each dispatching on the result's type: terminal, JSON, HTML."""
 from __future__ import annotations
 
 from blackbox_sal.render import spans as _spans  # noqa: F401  (registers the answer-span views)
+from blackbox_sal.render import token_matrix  # noqa: F401  (registers the per-token views)
 from blackbox_sal.render.html import render_html
 from blackbox_sal.render.json import render_json, to_dict
 from blackbox_sal.render.terminal import render_terminal

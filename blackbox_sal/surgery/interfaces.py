@@ -79,3 +79,18 @@ def with_batch_axis(body: onnx.ModelProto, output: str) -> onnx.ModelProto:
         out.graph.node.append(helper.make_node("Unsqueeze", [output], [name], axes=[0]))
     out.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, None]))
     return out
+
+
+def flat_per_token(body: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """``body`` with one more output, ``output`` + ``__flat`` = output reshaped [batch, seq *
+    labels]: a per-token output ([batch, seq, labels] or [batch, seq]) as one row of scores per
+    text, position-major (score (i, l) at column i * labels + l), so every explained scalar is
+    a weighting of its columns (:class:`blackbox_sal.vocabulary.scores.TokenWeights`)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(body)
+    name = f"{output}__flat"
+    shape = numpy_helper.from_array(np.array([0, -1], np.int64), f"{name}__shape")
+    out.graph.initializer.append(shape)
+    out.graph.node.append(helper.make_node("Reshape", [output, shape.name], [name]))
+    out.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", None]))
+    return out

@@ -102,6 +102,14 @@ class ExplainConfig:
         None, Label(), "class to explain, a label or an index; for a causal LM a token (a word means the next "
         "word: ' Paris')", nullable=True, shown_default="the predicted class", commands=EXPLAINING, request=True,
         metavar="LABEL|INDEX|TOKEN")
+    contrast: str | int | None = setting(
+        None, Label(), "explain the target rather than this class (a label, an index, a token): the difference "
+        "of the two scores", nullable=True, shown_default="none: the target's score alone", commands=EXPLAINING,
+        request=True, metavar="LABEL|INDEX|TOKEN")
+    at: str | int | None = setting(
+        None, Label(), "a per-token model: the position to explain, a token index or a word of the text (its "
+        "tokens' scores summed)", nullable=True, shown_default="every predicted entity (every position not O)",
+        commands=EXPLAINING, request=True, metavar="INDEX|WORD")
     score: str = setting("logit", Choice(choices.SCORES, "score"),
                          "the explained scalar: the raw output, or its softmax's probability or log",
                          commands=EXPLAINING, request=True)

@@ -214,3 +214,39 @@ class SpanCandidate:
     end: int
     text: str
     score: float
+
+
+@dataclass(frozen=True)
+class TokenTarget:
+    """One per-token target: the span of text it names (``text``, characters ``start``..``end``,
+    its token ``positions``), the label explained there (and the label it is contrasted with,
+    "label rather than contrast"), and its explanation over the input tokens (``target_value``,
+    ``tokens``, ``convergence_delta``: a classification explanation's fields)."""
+
+    text: str
+    start: int
+    end: int
+    positions: tuple[int, ...]
+    label: str
+    contrast: str | None
+    explanation: Explanation
+
+
+@dataclass(frozen=True)
+class TokenTargets:
+    """A per-token model's targets explained together (one packed run per step for all of
+    them): row k of :attr:`matrix` is target k's score on each input token, its completeness
+    gap ``targets[k].explanation.convergence_delta`` where the method has one. ``predicted``:
+    the predicted label of every token (special tokens included), as the tokens are."""
+
+    text: str
+    model: str
+    method: str
+    predicted: tuple[str, ...]
+    targets: tuple[TokenTarget, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def matrix(self) -> tuple[tuple[float, ...], ...]:
+        """[targets, tokens]: each target's score on each input token."""
+        return tuple(tuple(s.score for s in t.explanation.tokens) for t in self.targets)

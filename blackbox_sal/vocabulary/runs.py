@@ -126,6 +126,10 @@ class Forward:
     seq: Seq | None
     points: Points
     label: str = "forward passes"
+    #: a fingerprint of the rows (None: none): Forward requests over the same seq with the same
+    #: key ask for the same rows, and :func:`together` sends them once (the finite differences
+    #: of k targets of one text perturb the same points: one set of runs serves all k)
+    key: bytes | None = None
 
     @property
     def n(self) -> int:
@@ -236,6 +240,61 @@ def ask_all(requests: Sequence[Request]) -> Work[list[np.ndarray]]:
         return []
     results = yield All(tuple(requests))
     return cast(list[np.ndarray], results)
+
+
+def _requests(asked: Request | All) -> tuple[Request, ...]:
+    return asked.requests if isinstance(asked, All) else (asked,)
+
+
+def _shared(request: Request) -> tuple[bytes, ...] | None:
+    """What makes a Forward request's rows the same as another's: its key and its seq."""
+    if not isinstance(request, Forward) or request.key is None or request.seq is None:
+        return None
+    seq = request.seq
+    return (request.key, seq.ids.tobytes(), seq.type_ids.tobytes(), b"" if seq.mask is None else seq.mask.tobytes())
+
+
+def together(works: Sequence[Work[T]]) -> Work[list[T]]:
+    """Several pieces of work side by side: at each step the requests of every one not yet
+    done go out as one :class:`All`, so the engine packs their rows into shared runs (k
+    targets of one text: their forward rows in one run, their seeded gradient rows in
+    another). Forward requests with the same key over the same seq are sent once and their
+    result handed to each. Their results, in order; the first error ends them all."""
+    results: dict[int, T] = {}
+    pending: dict[int, Request | All] = {}
+    for i, work in enumerate(works):
+        try:
+            pending[i] = next(work)
+        except StopIteration as stop:
+            results[i] = cast(T, stop.value)
+    while pending:
+        order = list(pending)
+        asked = [_requests(pending[i]) for i in order]
+        flat = [r for group in asked for r in group]
+        unique: list[Request] = []
+        where: list[int] = []
+        seen: dict[tuple[bytes, ...], int] = {}
+        for r in flat:
+            shared = _shared(r)
+            if shared is not None and shared in seen:
+                where.append(seen[shared])
+                continue
+            if shared is not None:
+                seen[shared] = len(unique)
+            where.append(len(unique))
+            unique.append(r)
+        sent = yield All(tuple(unique))
+        answers = [sent[k] for k in where]
+        at = 0
+        for i, group in zip(order, asked, strict=True):
+            got = list(answers[at:at + len(group)])
+            at += len(group)
+            try:
+                pending[i] = works[i].send(got if isinstance(pending[i], All) else got[0])
+            except StopIteration as stop:
+                results[i] = cast(T, stop.value)
+                del pending[i]
+    return [results[i] for i in range(len(works))]
 
 
 def drive(work: Work[T], answer: Callable[[Request], np.ndarray]) -> T:

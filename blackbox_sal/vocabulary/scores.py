@@ -164,6 +164,65 @@ class Projection:
         return np.broadcast_to(self.direction, np.shape(outputs)).astype(np.float64)
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """"A rather than B": SCORES[score](outputs)[:, target] - SCORES[score](outputs)[:, contrast]
+    (for logits, a margin), one gradient run; its seed is the difference of the two seeds."""
+
+    target: int
+    contrast: int
+    score: str = "logit"
+
+    def scalar(self, outputs: np.ndarray) -> np.ndarray:
+        values = SCORES[self.score](np.asarray(outputs, np.float64))
+        return values[:, self.target] - values[:, self.contrast]
+
+    @property
+    def seed_reads_outputs(self) -> bool:
+        return self.score != "logit"
+
+    def seed(self, outputs: np.ndarray) -> np.ndarray:
+        z = np.asarray(outputs, np.float64)
+        return SCORE_SEEDS[self.score](z, self.target) - SCORE_SEEDS[self.score](z, self.contrast)
+
+
+@dataclass(frozen=True)
+class TokenWeights:
+    """A weighted sum of per-token label scores: sum over (i, l) of weights[i, l] times
+    SCORES[score] of position i's labels, for a per-token output flattened position-major
+    ([N, S * L], see :func:`blackbox_sal.surgery.interfaces.flat_per_token`; the softmax of
+    probability and log-probability is over each position's L labels). An entity is +1 on each
+    of its tokens' labels; "A rather than B" is +1 / -1. ``weights`` [S, L]."""
+
+    weights: np.ndarray = field(repr=False)
+    score: str = "logit"
+
+    def _per_position(self, outputs: np.ndarray) -> np.ndarray:
+        z = np.asarray(outputs, np.float64)
+        return z.reshape(z.shape[0] * self.weights.shape[0], self.weights.shape[1])
+
+    def scalar(self, outputs: np.ndarray) -> np.ndarray:
+        n = np.shape(outputs)[0]
+        values = SCORES[self.score](self._per_position(outputs)).reshape(n, *self.weights.shape)
+        return np.einsum("nsl,sl->n", values, self.weights)
+
+    @property
+    def seed_reads_outputs(self) -> bool:
+        return self.score != "logit"
+
+    def seed(self, outputs: np.ndarray) -> np.ndarray:
+        n = np.shape(outputs)[0]
+        w = np.broadcast_to(self.weights, (n, *self.weights.shape)).reshape(-1, self.weights.shape[1])
+        if self.score == "logit":
+            return w.reshape(n, -1).astype(np.float64)
+        p = np.exp(_log_softmax(self._per_position(outputs)))
+        if self.score == "log-probability":  # d log p_l / d z_j = [l = j] - p_j
+            seed = w - p * w.sum(axis=1, keepdims=True)
+        else:  # d p_l / d z_j = p_l ([l = j] - p_j)
+            seed = w * p - p * (w * p).sum(axis=1, keepdims=True)
+        return seed.reshape(n, -1)
+
+
 def seed_without_outputs(objective: Objective, n: int, n_classes: int) -> np.ndarray:
     """The seed of an objective that does not read the outputs, for n rows: [n, C]."""
     return objective.seed(np.zeros((n, n_classes)))
