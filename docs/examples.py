@@ -17,8 +17,9 @@ example is left as it is. ``stderr``: what the command writes to standard error 
 A command may also be a here-document (``$ python - <<'EOF'`` ... ``EOF``).
 ``slow``: the test leaves it out (it runs for more than a few seconds); this script still
 runs it. Each command runs in bash from a scratch folder of its own (no file of another
-example is there) holding links to ``models/`` and ``docs/`` of this checkout, with ``blackbox-sal`` this checkout's command, ``NO_COLOR`` set
-and a gradient-graph cache of its own (each example builds its graph as a first run does).
+example is there) holding links to ``models/`` and ``docs/`` of this checkout, with
+``blackbox-sal`` this checkout's command, ``NO_COLOR`` set and a gradient-graph cache of its
+own (each example builds its graph as a first run does).
 
     python docs/examples.py                 # rewrite the examples of README.md and docs/*.md
     python docs/examples.py --check         # compare only; exit 1 naming each stale example
