@@ -16,9 +16,10 @@ example is left as it is. ``stderr``: what the command writes to standard error 
 (before its standard output, where a terminal shows it). ``head=N``: only the first N lines are kept, then ``...``.
 A command may also be a here-document (``$ python - <<'EOF'`` ... ``EOF``).
 ``slow``: the test leaves it out (it runs for more than a few seconds); this script still
-runs it. Commands run in bash from a scratch folder holding links to ``models/`` and
-``docs/`` of this checkout, with ``blackbox-sal`` this checkout's command, ``NO_COLOR`` set
-and a gradient-graph cache of its own (each example builds its graph as a first run does).
+runs it. Each command runs in bash from a scratch folder of its own (no file of another
+example is there) holding links to ``models/`` and ``docs/`` of this checkout, with
+``blackbox-sal`` this checkout's command, ``NO_COLOR`` set and a gradient-graph cache of its
+own (each example builds its graph as a first run does).
 
     python docs/examples.py                 # rewrite the examples of README.md and docs/*.md
     python docs/examples.py --check         # compare only; exit 1 naming each stale example
@@ -168,26 +169,26 @@ def main() -> int:
     if a.data:
         write_data()
     stale = 0
-    with scratch_folder() as folder:
-        for file in FILES:
-            text = file.read_text("utf-8")
-            found = list(examples(file))
-            for ex in reversed(found):  # from the end, so the spans stay valid
-                if a.only and ex.name not in a.only:
-                    continue
-                if not ex.runnable:
-                    print(f"{file.name}: {ex.name}: left as it is ({ex.needs} is missing: --data writes it)")
-                    continue
+    for file in FILES:
+        text = original = file.read_text("utf-8")
+        found = list(examples(file))
+        for ex in reversed(found):  # from the end, so the spans stay valid
+            if a.only and ex.name not in a.only:
+                continue
+            if not ex.runnable:
+                print(f"{file.name}: {ex.name}: left as it is ({ex.needs} is missing: --data writes it)")
+                continue
+            with scratch_folder() as folder:  # each example alone, as the test runs it
                 now = run(ex, Path(folder))
-                if a.check:
-                    if not same(ex.shown, now):
-                        stale += 1
-                        print(f"{file.name}: {ex.name}: stale")
-                    continue
-                text = text[: ex.span[0]] + f"$ {ex.command}\n{now}" + text[ex.span[1]:]
-                print(f"{file.name}: {ex.name}: written")
-            if not a.check:
-                file.write_text(text, "utf-8")
+            if a.check:
+                if not same(ex.shown, now):
+                    stale += 1
+                    print(f"{file.name}: {ex.name}: stale")
+                continue
+            text = text[: ex.span[0]] + f"$ {ex.command}\n{now}" + text[ex.span[1]:]
+            print(f"{file.name}: {ex.name}: written")
+        if not a.check and text != original:
+            file.write_text(text, "utf-8")
     return 1 if stale else 0
 
 
