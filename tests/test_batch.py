@@ -152,6 +152,22 @@ def test_a_changed_job_does_not_append_to_another_jobs_output(model_dir: Path, t
         run_batch(model, source, tmp_path / "out.jsonl", ExplainConfig(method="ig"))
 
 
+def test_another_input_at_the_same_path_is_not_resumed_into_the_first_ones_rows(model_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    """The input is known by its path, size and modification time: a file replaced at the
+    same path (found by the docs' examples, where two jobs wrote reviews.jsonl) is refused
+    instead of resumed, so no output mixes rows of two inputs."""
+    from blackbox_sal.vocabulary.errors import UsageError
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts(3)])
+    model = load_model(model_dir)
+    config = ExplainConfig(method="grad-x-input")
+    run_batch(model, source, tmp_path / "out.jsonl", config, limit=2)
+    write_jsonl(source, [{"text": t} for t in texts(6)])
+    with pytest.raises(UsageError, match="was written with another input_file"):
+        run_batch(model, source, tmp_path / "out.jsonl", config)
+
+
 def cli(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "blackbox_sal", *args], cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ})

@@ -105,13 +105,19 @@ def meta_of(model: TextModel, source: Path, cfg: ExplainConfig, columns: Columns
     """What an output was written with: a resumed job must match it."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}
     model_file = (model.folder / "model.onnx") if model.folder else None
-    stamp = ""
-    if model_file is not None and model_file.is_file():
-        st = model_file.stat()
-        stamp = f"{st.st_size}:{st.st_mtime_ns}"
-    return {"record_version": RECORD_VERSION, "input": str(source.resolve()), "model": model.name,
-            "model_file": stamp, "task": model.task, "settings": settings,
+    # the input by its size and modification time too: another file put at the same path must
+    # not be resumed into rows written from the first one
+    return {"record_version": RECORD_VERSION, "input": str(source.resolve()), "input_file": _stamp(source),
+            "model": model.name, "model_file": _stamp(model_file), "task": model.task, "settings": settings,
             "columns": dataclasses.asdict(columns)}
+
+
+def _stamp(path: Path | None) -> str:
+    """A file's size and modification time ("" when there is none)."""
+    if path is None or not path.is_file():
+        return ""
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 class Output:
