@@ -148,7 +148,7 @@ def scores_of(doc: dict[str, object]) -> np.ndarray:
 def survey(entry: Shipped, cache: Path, with_config: bool) -> dict[str, object]:
     folder = folder_for(cache, entry, with_config)
     row: dict[str, object] = {"model": entry.name, "package": f"{entry.package} {entry.version}", "task": entry.task,
-                              "configured": with_config and entry.config is not None}
+                              "configured": with_config and (entry.config is not None or bool(entry.borrow))}
     code, out, err = cli(folder, entry.text, "--format", "json", "--method", "grad-x-input")
     row["exit"] = code
     if code != 0:
@@ -186,7 +186,8 @@ def main() -> None:
     for entry in MODELS:
         if args.only and entry.name not in args.only:
             continue
-        for configured in ([False, True] if args.with_config and entry.config else [False]):
+        documented = entry.config is not None or bool(entry.borrow)
+        for configured in ([False, True] if args.with_config and documented else [False]):
             row = survey(entry, args.cache, configured)
             rows.append(row)
             print(json.dumps(row, ensure_ascii=False), file=sys.stderr, flush=True)

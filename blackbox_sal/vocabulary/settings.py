@@ -514,8 +514,8 @@ def markdown(spec: Sequence[Setting], descriptions: dict[str, str],
              "Generated from the settings spec (`blackbox_sal/vocabulary/config.py`) by "
              "`python -m blackbox_sal.vocabulary.config --markdown > docs/cli.md`; a test fails when the two differ. "
              "Every command also takes `--help`. Exit codes: 0 ok, 2 bad usage or input, 3 model cannot be "
-             "loaded or used, 4 backend or device not available, 5 a model run passed --timeout, 1 internal error (a bug), "
-             "130 interrupted.", ""]
+             "loaded or used, 4 backend or device not available, 5 a model run passed --timeout, 1 internal error "
+             "(a bug), 130 interrupted.", ""]
     grouped = {id(e) for _, _, entries in shared for e in entries}
     for title, intro, entries in shared:
         lines += [f"## {title}", "", intro, "", "| option | value | default | what it does | commands |",
