@@ -83,7 +83,7 @@ def build_torch(kind: str) -> Any:
     with torch.no_grad():  # random weights large enough that greedy outputs differ from step to step
         for p in model.parameters():
             if p.dim() > 1:
-                p.normal_(0.0, 0.5)
+                p.normal_(0.0, 0.25)
     return model.eval()
 
 

@@ -27,6 +27,7 @@ LAYERS = [
     {"gradient_graph"},
     {"gradients"},
     {"methods"},
+    {"seq2seq"},
     {"engine"},
     {"api.explaining"},
     {"api.tasks", "api.arrays"},
