@@ -155,6 +155,11 @@ def _explain(a: argparse.Namespace) -> None:
     config = _config(a)  # validate names before loading anything
     if sum(x is not None for x in (a.generate, a.similar_to, a.choice)) > 1:
         raise UsageError("--generate, --similar-to and --choice are different tasks: give one")
+    if a.model and (Path(a.model) / "encoder_model.onnx").is_file():  # optimum's encoder/decoder layout
+        _write(_explain_pair(a, text, config), a.output)
+        return
+    if a.target_text is not None:
+        raise UsageError("--target-text is for encoder/decoder pairs (a folder with encoder_model.onnx)")
     model = _load(a)
     result: object
     if a.choice is not None:
@@ -166,6 +171,27 @@ def _explain(a: argparse.Namespace) -> None:
     else:
         result = explain(model, text, config)
     _write(_render(a.format, result, to_terminal=a.output is None), a.output)
+
+
+def _explain_pair(a: argparse.Namespace, text: str, config: ExplainConfig) -> str:
+    """An encoder/decoder pair's generation (or --target-text) explained, rendered."""
+    from blackbox_sal.render.generation import generation_html, generation_json, generation_terminal
+    from blackbox_sal.seq2seq.explaining import explain_generation as explain_pair
+    from blackbox_sal.seq2seq.pair import load_pair
+
+    if config.baseline not in ("pad", "zero"):
+        raise UsageError("encoder/decoder pairs take --baseline pad or zero")
+    steps = 32 if config.steps == "auto" else int(config.steps)
+    result = explain_pair(load_pair(a.model), text, generate_tokens=a.generate,
+                                target_text=None if a.target_text is None else _text(a.target_text, "--target-text"),
+                                method=config.method, steps=steps, baseline=config.baseline,
+                                batch_size=config.batch_size or 64)
+    if a.format == "json":
+        return json.dumps(generation_json(result), indent=1) + "\n"
+    if a.format == "html":
+        return generation_html(result)
+    color = a.output is None and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return generation_terminal(result, color=color)
 
 
 def _write(out: str, path: str | None) -> None:

@@ -6,9 +6,9 @@ gradient run over T rows (one per step, seeded one-hot at (t, y_t)) gives d/d pr
 and d/d encoder states; the encoder's gradient graph, seeded with the states' cotangents, turns
 those into d/d x (:mod:`blackbox_sal.seq2seq.graphs`). Per token, with g the gradient:
 
-- ``grad_x_input``: sum_d g * x (prefix tokens: g * their embeddings);
+- ``grad-x-input``: sum_d g * x (prefix tokens: g * their embeddings);
 - ``saliency``: ||g||_2 over the embedding;
-- ``integrated_gradients`` (Sundararajan et al. 2017) on the source, the prefix held fixed:
+- ``ig`` (Sundararajan et al. 2017) on the source, the prefix held fixed:
   x_a = x' + a (x - x'), IG_t = (x - x') * sum_k w_k g_t(x_{a_k}) with Gauss-Legendre points
   a_k, weights w_k on [0, 1]; completeness: sum IG_t = log p_t(x) - log p_t(x') - delta_t. The
   baseline x' is the pad token's embedding at every position (``pad``, the default when the
@@ -31,7 +31,7 @@ from blackbox_sal.text.tokenization import MAX_CHARS, tokenize
 from blackbox_sal.vocabulary.errors import InputError, UsageError
 from blackbox_sal.vocabulary.result import GenerationExplanation
 
-METHODS = ("grad_x_input", "saliency", "integrated_gradients")
+METHODS = ("grad-x-input", "saliency", "ig")
 BASELINES = ("pad", "zero")
 #: most output tokens one explanation generates or takes
 MAX_OUTPUT_TOKENS = 256
@@ -95,7 +95,7 @@ def _per_token(method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
 
 
 def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = None, target_text: str | None = None,
-                       method: str = "grad_x_input", steps: int = 32, baseline: str = "pad", batch_size: int = 64,
+                       method: str = "grad-x-input", steps: int = 32, baseline: str = "pad", batch_size: int = 64,
                        max_length: int | None = 512, max_chars: int = MAX_CHARS) -> GenerationExplanation:
     """Explain each output token's log-probability by the source tokens and the earlier output
     tokens. The output is generated greedily (``generate_tokens`` at most) or given
@@ -124,7 +124,7 @@ def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = N
     prefix_x = pair.decoder_table[prefix_ids].astype(np.float32)
     score = _per_token(method)
     deltas: tuple[float, ...] | None = None
-    if method == "integrated_gradients":
+    if method == "ig":
         alphas, w = gauss_legendre(steps)
         base = (np.broadcast_to(pair.encoder_table[pair.pad_id], x.shape) if baseline == "pad" and pair.pad_id
                 is not None else np.zeros_like(x))
@@ -148,5 +148,5 @@ def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = N
         output_tokens=tuple(pair.token(i) for i in outputs), log_probs=tuple(float(v) for v in log_probs),
         source_scores=tuple(tuple(float(v) for v in row) for row in source_scores),
         prefix_scores=tuple(tuple(float(v) for v in row) for row in prefix_scores),
-        teacher_forced=target_text is not None, steps=steps if method == "integrated_gradients" else None,
+        teacher_forced=target_text is not None, steps=steps if method == "ig" else None,
         deltas=deltas)

@@ -30,7 +30,13 @@ from blackbox_sal.model import files
 from blackbox_sal.model.probe import probe
 from blackbox_sal.model.session import create_session, run
 from blackbox_sal.seq2seq.graphs import (
-    GRAD_STATES, LOG_PROBS, STATES, decoder_gradient, encoder_gradient, flat_encoder, scored_decoder,
+    GRAD_STATES,
+    LOG_PROBS,
+    STATES,
+    decoder_gradient,
+    encoder_gradient,
+    flat_encoder,
+    scored_decoder,
 )
 from blackbox_sal.surgery.names import EMBEDS, GRAD, IDS, WEIGHTS
 from blackbox_sal.surgery.split import split_embedding
