@@ -175,9 +175,9 @@ def _explain(a: argparse.Namespace) -> None:
 
 def _explain_pair(a: argparse.Namespace, text: str, config: ExplainConfig) -> str:
     """An encoder/decoder pair's generation (or --target-text) explained, rendered."""
+    from blackbox_sal.model.encoder_decoder import load_pair
     from blackbox_sal.render.generation import generation_html, generation_json, generation_terminal
     from blackbox_sal.seq2seq.explaining import explain_generation as explain_pair
-    from blackbox_sal.seq2seq.pair import load_pair
 
     if config.baseline not in ("pad", "zero"):
         raise UsageError("encoder/decoder pairs take --baseline pad or zero")

@@ -48,7 +48,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 def loaded(exports: Path, kind: str) -> tuple[Any, Any]:
     from transformers import AutoModelForSeq2SeqLM
 
-    from blackbox_sal.seq2seq.pair import load_pair
+    from blackbox_sal.model.encoder_decoder import load_pair
 
     folder = exports / f"seq2seq-{kind}"
     return load_pair(folder), AutoModelForSeq2SeqLM.from_pretrained(str(folder / "torch_model")).eval()
@@ -164,7 +164,7 @@ def test_unknown_method_and_missing_target_are_usage_errors(loaded: tuple[Any, A
 
 
 def test_a_folder_without_a_pair_is_a_model_error(tmp_path: Path) -> None:
-    from blackbox_sal.seq2seq.pair import load_pair
+    from blackbox_sal.model.encoder_decoder import load_pair
 
     with pytest.raises(ModelError, match="encoder_model.onnx"):
         load_pair(tmp_path)

@@ -4,7 +4,7 @@ For output step t with decoder input (prefix) tokens p_0..p_t (p_0 the start tok
 and source embeddings x [S, D], the explained score is log p(y_t | x, p_<=t). One decoder
 gradient run over T rows (one per step, seeded one-hot at (t, y_t)) gives d/d prefix embeds
 and d/d encoder states; the encoder's gradient graph, seeded with the states' cotangents, turns
-those into d/d x (:mod:`blackbox_sal.seq2seq.graphs`). Per token, with g the gradient:
+those into d/d x (:mod:`blackbox_sal.surgery.encoder_decoder`). Per token, with g the gradient:
 
 - ``grad-x-input``: sum_d g * x (prefix tokens: g * their embeddings);
 - ``saliency``: ||g||_2 over the embedding;
@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from blackbox_sal.methods.quadrature import gauss_legendre
-from blackbox_sal.seq2seq.pair import Pair
+from blackbox_sal.model.encoder_decoder import Pair
 from blackbox_sal.text.tokenization import MAX_CHARS, tokenize
 from blackbox_sal.vocabulary.errors import InputError, UsageError
 from blackbox_sal.vocabulary.result import GenerationExplanation

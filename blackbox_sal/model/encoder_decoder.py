@@ -29,7 +29,7 @@ from tokenizers import Tokenizer
 from blackbox_sal.model import files
 from blackbox_sal.model.probe import probe
 from blackbox_sal.model.session import create_session, run
-from blackbox_sal.seq2seq.graphs import (
+from blackbox_sal.surgery.encoder_decoder import (
     GRAD_STATES,
     LOG_PROBS,
     STATES,
@@ -53,7 +53,7 @@ class Pair:
     """A loaded encoder/decoder pair. ``encoder_table`` / ``decoder_table``: float32 [V, D]
     lookups (equal when shared). The sessions run the split bodies (``*_body``: inputs_embeds
     in, states / logits out) and the gradient graphs (``*_grad``, see
-    :mod:`blackbox_sal.seq2seq.graphs`)."""
+    :mod:`blackbox_sal.surgery.encoder_decoder`)."""
 
     name: str
     tokenizer: Tokenizer
