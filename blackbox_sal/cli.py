@@ -182,7 +182,7 @@ def _explain_pair(a: argparse.Namespace, text: str, config: ExplainConfig) -> st
     if config.baseline not in ("pad", "zero"):
         raise UsageError("encoder/decoder pairs take --baseline pad or zero")
     steps = 32 if config.steps == "auto" else int(config.steps)
-    result = explain_pair(load_pair(a.model), text, generate_tokens=a.generate,
+    result = explain_pair(load_pair(a.model, dequantize=a.dequantize), text, generate_tokens=a.generate,
                                 target_text=None if a.target_text is None else _text(a.target_text, "--target-text"),
                                 method=config.method, steps=steps, baseline=config.baseline,
                                 batch_size=config.batch_size or 64)

@@ -1,9 +1,11 @@
 """Export tiny random T5 and BART models as encoder/decoder pairs in Hugging Face optimum's layout.
 
-    python models/build_seq2seq.py                 # ~20 s on 2 cores; writes models/.cache/seq2seq-{t5,bart}/
+    python models/build_seq2seq.py                 # ~10 s on 2 cores; writes models/.cache/seq2seq-{t5,bart}/
+    python models/build_seq2seq.py --width 256 --layers 4   # seq2seq-{t5,bart}-256x4/ (the benchmark's)
 
 No download: the configurations are tiny (d_model 16, 2 heads, 2 + 2 layers, a 48-word
-vocabulary) with random weights from ``torch.manual_seed(0)``; the tokenizer is a word-level
+vocabulary; ``--width``/``--layers`` for bigger ones) with random weights from
+``torch.manual_seed(0)`` (matrices N(0, 0.25^2 16/width)); the tokenizer is a word-level
 ``tokenizers`` file written here. Each folder holds what optimum writes for a seq2seq export
 without past key values:
 
@@ -61,7 +63,7 @@ def write_tokenizer(kind: str, folder: Path) -> None:
     tok.save(str(folder / "tokenizer.json"))
 
 
-def build_torch(kind: str) -> Any:
+def build_torch(kind: str, width: int = 16, layers: int = 2) -> Any:
     import torch
     from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
@@ -69,31 +71,32 @@ def build_torch(kind: str) -> Any:
     start, eos, pad = START[kind]
     vocab = len(vocabulary(kind))
     if kind == "t5":
-        config = T5Config(vocab_size=vocab, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=2,
+        config = T5Config(vocab_size=vocab, d_model=width, d_kv=width // 2, d_ff=2 * width, num_layers=layers,
+                          num_decoder_layers=layers,
                           num_heads=2, relative_attention_num_buckets=8, dropout_rate=0.0,
                           decoder_start_token_id=start, eos_token_id=eos, pad_token_id=pad)
         model = T5ForConditionalGeneration(config)
     else:
-        config = BartConfig(vocab_size=vocab, d_model=16, encoder_layers=2, decoder_layers=2,
-                            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                            decoder_ffn_dim=32, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+        config = BartConfig(vocab_size=vocab, d_model=width, encoder_layers=layers, decoder_layers=layers,
+                            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=2 * width,
+                            decoder_ffn_dim=2 * width, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
                             activation_dropout=0.0, decoder_start_token_id=start, eos_token_id=eos,
                             pad_token_id=pad, bos_token_id=0, forced_eos_token_id=None)
         model = BartForConditionalGeneration(config)
     with torch.no_grad():  # random weights large enough that greedy outputs differ from step to step
         for p in model.parameters():
             if p.dim() > 1:
-                p.normal_(0.0, 0.25)
+                p.normal_(0.0, 0.25 * (16 / width) ** 0.5)
     return model.eval()
 
 
-def export(kind: str, out: Path) -> Path:
+def export(kind: str, out: Path, width: int = 16, layers: int = 2) -> Path:
     import torch
     from transformers.modeling_outputs import BaseModelOutput
 
-    folder = out / f"seq2seq-{kind}"
+    folder = out / (f"seq2seq-{kind}" if (width, layers) == (16, 2) else f"seq2seq-{kind}-{width}x{layers}")
     folder.mkdir(parents=True, exist_ok=True)
-    model = build_torch(kind)
+    model = build_torch(kind, width, layers)
     model.config._attn_implementation = "eager"
     model.save_pretrained(str(folder / "torch_model"))
     write_tokenizer(kind, folder)
@@ -167,12 +170,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(CACHE), help="folder for seq2seq-t5/ and seq2seq-bart/")
     ap.add_argument("--kind", choices=("t5", "bart", "both"), default="both")
+    ap.add_argument("--width", type=int, default=16, help="d_model (the tests use 16; the benchmark also 256)")
+    ap.add_argument("--layers", type=int, default=2, help="encoder and decoder layers each")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(2)
     for kind in ("t5", "bart") if args.kind == "both" else (args.kind,):
-        print(export(kind, Path(args.out)))
+        print(export(kind, Path(args.out), args.width, args.layers))
 
 
 if __name__ == "__main__":

@@ -208,3 +208,40 @@ def test_the_cli_explains_a_generation(exports: Path) -> None:
     doc = json.loads(r.stdout)
     assert doc["kind"] == "generation" and len(doc["output_tokens"]) <= 3
     assert len(doc["source_scores"][0]) == len(doc["source_tokens"])
+
+
+def test_an_int8_pair_is_refused_or_explained_as_its_float_twin(exports: Path, tmp_path: Path) -> None:
+    """quantize_dynamic's pair: refused without dequantize; its twin's chained gradient equals
+    central differences of log p_t through the twin's own encoder and decoder runs."""
+    import shutil
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from blackbox_sal.model.encoder_decoder import load_pair
+    from blackbox_sal.seq2seq.explaining import chained_gradients
+
+    for name in ("tokenizer.json", "config.json"):
+        shutil.copy(exports / "seq2seq-bart" / name, tmp_path / name)
+    for name in ("encoder_model.onnx", "decoder_model.onnx"):
+        quantize_dynamic(str(exports / "seq2seq-bart" / name), str(tmp_path / name), weight_type=QuantType.QInt8)
+    with pytest.raises(ModelError, match="--dequantize"):
+        load_pair(tmp_path)
+    pair = load_pair(tmp_path, dequantize=True)
+    assert "MatMulInteger" in pair.dequantized
+    src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
+    out = np.array(pair.tokenizer.encode("good day").ids, np.int64)
+    prefix = np.array([pair.start_id, *out[:-1]], np.int64)
+    x = pair.encoder_table[src].astype(np.float64)
+    _, g, _ = chained_gradients(pair, x[None].astype(np.float32), src, prefix, out)
+    direction = np.random.default_rng(0).normal(size=x.shape)
+    mask = np.ones((1, len(src)), np.int64)
+
+    def log_p(e: np.ndarray) -> np.ndarray:
+        states = pair.encode(e[None], mask, src[None])
+        logits = pair.logits(pair.decoder_table[prefix][None], prefix[None], states, mask)[0].astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        return np.asarray((logits - np.log(np.exp(logits).sum(-1, keepdims=True)))[np.arange(len(out)), out])
+
+    h = 1e-2
+    fd = (log_p(x + h * direction) - log_p(x - h * direction)) / (2 * h)
+    np.testing.assert_allclose((g[0] * direction).sum((1, 2)), fd, rtol=2e-3, atol=2e-4)

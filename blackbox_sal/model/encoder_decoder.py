@@ -11,7 +11,10 @@ Both graphs are split at their word-embedding lookup (:func:`~blackbox_sal.surge
 split_embedding`: shared tables, as T5's and BART's, are found twice and may differ, as
 Marian's do not). ``decoder_with_past_model.onnx`` is not needed: generation reruns the
 decoder on the growing prefix (correct, quadratic in the output length; tiny outputs are
-what is explained). ``decoder_model_merged.onnx`` alone (an ``If`` on ``use_cache_branch``) is
+what is explained). An int8 pair (onnxruntime's ``quantize_dynamic`` or QDQ) is explained as
+its float twin (``dequantize``: the deployed int8 weights, activations in float,
+:mod:`blackbox_sal.surgery.dequantize`), which generates and is differentiated alike; without
+``dequantize`` it is refused with a message. ``decoder_model_merged.onnx`` alone (an ``If`` on ``use_cache_branch``) is
 refused with a message: its no-cache branch would have to be cut out first.
 """
 
@@ -38,7 +41,9 @@ from blackbox_sal.surgery.encoder_decoder import (
     flat_encoder,
     scored_decoder,
 )
+from blackbox_sal.surgery.dequantize import float_twin
 from blackbox_sal.surgery.names import EMBEDS, GRAD, IDS, WEIGHTS
+from blackbox_sal.surgery.quantized import quantized_ops
 from blackbox_sal.surgery.split import split_embedding
 from blackbox_sal.vocabulary.errors import ModelError
 
@@ -62,6 +67,8 @@ class Pair:
     start_id: int
     eos_id: int
     pad_id: int | None
+    #: the quantized operators replaced by their float twin (empty for a float pair)
+    dequantized: tuple[str, ...]
     encoder_inputs: frozenset[str]
     decoder_inputs: frozenset[str]
     encoder_output: str
@@ -126,9 +133,10 @@ def _probe_feeds(table: np.ndarray, extra: Any) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def load_pair(path: str | Path, threads: int = 0) -> Pair:
+def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> Pair:
     """Load the pair in ``path`` and build both gradient graphs (CPU). ModelError (exit 3) for
-    a folder that is not a pair, a lookup not found, an operator without a reverse rule."""
+    a folder that is not a pair, a lookup not found, an operator without a reverse rule, a
+    quantized pair without ``dequantize``."""
     folder = Path(path)
     if not (folder / ENCODER).is_file():
         raise ModelError(f"{str(folder)!r} holds no {ENCODER} (an encoder/decoder pair in optimum's layout)")
@@ -148,6 +156,13 @@ def load_pair(path: str | Path, threads: int = 0) -> Pair:
         raise ModelError("config.json must give decoder_start_token_id and eos_token_id (integers)")
     encoder = files.read_onnx(folder / ENCODER)
     decoder = files.read_onnx(folder / DECODER)
+    dequantized = tuple(sorted(set(quantized_ops(encoder)) | set(quantized_ops(decoder))))
+    if dequantized and not dequantize:
+        raise ModelError(f"the pair is quantized ({', '.join(dequantized)}): an int8 graph is piecewise constant "
+                         f"and has no gradient; pass --dequantize to explain its float twin (the int8 weights, "
+                         f"activations in float)")
+    if dequantized:
+        encoder, decoder = float_twin(encoder)[0], float_twin(decoder)[0]
     enc_split = split_embedding(encoder, IDS)
     dec_split = split_embedding(decoder, IDS)
     enc_out, dec_out = encoder.graph.output[0].name, decoder.graph.output[0].name
@@ -177,6 +192,7 @@ def load_pair(path: str | Path, threads: int = 0) -> Pair:
     return Pair(name=folder.name, tokenizer=tokenizer, encoder_table=enc_split.table,
                 decoder_table=dec_split.table, start_id=start, eos_id=eos,
                 pad_id=pad if isinstance(pad, int) and 0 <= pad < len(enc_split.table) else None,
+                dequantized=dequantized,
                 encoder_inputs=enc_inputs,
                 decoder_inputs=dec_inputs, encoder_output=enc_out, decoder_output=dec_out,
                 encoder_body=session(enc_split.serialized), decoder_body=session(dec_split.serialized),
