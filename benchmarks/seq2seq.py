@@ -70,7 +70,7 @@ def captum_side(model: Any, pair: Any, steps: int) -> Callable[[], tuple[list[in
                 return torch.log_softmax(logits[:, t], -1)[:, int(out[t])]
 
             ig = IntegratedGradients(score)
-            attr, delta = ig.attribute(x, base, n_steps=steps, method="gausslegendre", internal_batch_size=steps,
+            _, delta = ig.attribute(x, base, n_steps=steps, method="gausslegendre", internal_batch_size=steps,
                                        return_convergence_delta=True)
             InputXGradient(lambda s, p: score(s, p)).attribute((x, xp))
             worst = max(worst, float(delta.abs().max()))
@@ -112,8 +112,8 @@ def main() -> None:
     theirs = captum_side(model, pair, args.steps)
     results: dict[str, list[tuple[float, float]]] = {"blackbox-sal": [], "captum": []}
     outputs: dict[str, Any] = {}
-    for name, fn in (("blackbox-sal", ours), ("captum", theirs)):  # warm-up
-        fn()
+    for warm_up in (ours, theirs):
+        warm_up()
     for _ in range(args.repeats):
         for name, fn in (("blackbox-sal", ours), ("captum", theirs)):
             wall, cpu, value = timed(fn)
@@ -128,7 +128,8 @@ def main() -> None:
         walls, cpus = [w for w, _ in runs], [c for _, c in runs]
         print(f"{name:<14} {statistics.median(walls):>10.3f} s {min(walls):>7.3f}-{max(walls):.3f} s "
               f"{statistics.median(cpus):>9.3f} s {outputs[name][1]:>10.2e}")
-    ratio = statistics.median(w for w, _ in results["captum"]) / statistics.median(w for w, _ in results["blackbox-sal"])
+    ratio = (statistics.median(w for w, _ in results["captum"])
+             / statistics.median(w for w, _ in results["blackbox-sal"]))
     print(f"captum / blackbox-sal wall time: {ratio:.2f}x")
 
 

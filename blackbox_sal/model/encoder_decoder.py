@@ -32,6 +32,7 @@ from tokenizers import Tokenizer
 from blackbox_sal.model import files
 from blackbox_sal.model.probe import probe
 from blackbox_sal.model.session import create_session, run
+from blackbox_sal.surgery.dequantize import float_twin
 from blackbox_sal.surgery.encoder_decoder import (
     GRAD_STATES,
     LOG_PROBS,
@@ -41,7 +42,6 @@ from blackbox_sal.surgery.encoder_decoder import (
     flat_encoder,
     scored_decoder,
 )
-from blackbox_sal.surgery.dequantize import float_twin
 from blackbox_sal.surgery.names import EMBEDS, GRAD, IDS, WEIGHTS
 from blackbox_sal.surgery.quantized import quantized_ops
 from blackbox_sal.surgery.split import split_embedding
