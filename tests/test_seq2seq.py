@@ -245,3 +245,15 @@ def test_an_int8_pair_is_refused_or_explained_as_its_float_twin(exports: Path, t
     h = 1e-2
     fd = (log_p(x + h * direction) - log_p(x - h * direction)) / (2 * h)
     np.testing.assert_allclose((g[0] * direction).sum((1, 2)), fd, rtol=2e-3, atol=2e-4)
+
+
+def test_html_view_escapes_and_colours_each_cell() -> None:
+    from dataclasses import replace
+
+    from blackbox_sal.render.generation import generation_html
+
+    page = generation_html(replace(GOLDEN, source_tokens=("<b>", "b", "</s>"), source_text="<b> b"))
+    assert "<b> b" not in page and "&lt;b&gt; b" in page and "<th>&lt;b&gt;</th>" in page
+    # the strongest source score (-2.00) is the full "against" colour; a blank cell above the diagonal
+    assert '<td class="num" style="background:#b2182b;color:#ffffff" title="-2">-2.00</td>' in page
+    assert "<td></td>" in page
