@@ -24,7 +24,7 @@ from blackbox_sal.gradient_graph.store import export_gradient, prepare
 from blackbox_sal.jobs.batch import output_format, run_batch
 from blackbox_sal.jobs.datasets import BadRow, Columns, Row, read_rows, sniff_columns
 from blackbox_sal.methods import METHODS
-from blackbox_sal.model.files import default_model_path
+from blackbox_sal.model.files import default_model_path, read_side_json
 from blackbox_sal.model.loading import load_model
 from blackbox_sal.model.session import DEFAULT_TIMEOUT, time_limit
 from blackbox_sal.model.text_model import TextModel
@@ -155,7 +155,7 @@ def _explain(a: argparse.Namespace) -> None:
     config = _config(a)  # validate names before loading anything
     if sum(x is not None for x in (a.generate, a.similar_to, a.choice)) > 1:
         raise UsageError("--generate, --similar-to and --choice are different tasks: give one")
-    if a.model and (Path(a.model) / "encoder_model.onnx").is_file():  # optimum's encoder/decoder layout
+    if a.model and _encoder_decoder(Path(a.model)):
         _write(_explain_pair(a, text, config), a.output)
         return
     if a.target_text is not None:
@@ -173,9 +173,19 @@ def _explain(a: argparse.Namespace) -> None:
     _write(_render(a.format, result, to_terminal=a.output is None), a.output)
 
 
+def _encoder_decoder(folder: Path) -> bool:
+    """optimum's encoder/decoder layout, or a single graph whose config.json says it is one."""
+    if (folder / "encoder_model.onnx").is_file():
+        return True
+    if not (folder.is_dir() and (folder / "model.onnx").is_file()):
+        return False
+    config = read_side_json(folder, "config.json")
+    return isinstance(config, dict) and config.get("is_encoder_decoder") is True
+
+
 def _explain_pair(a: argparse.Namespace, text: str, config: ExplainConfig) -> str:
     """An encoder/decoder pair's generation (or --target-text) explained, rendered."""
-    from blackbox_sal.model.encoder_decoder import load_pair
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
     from blackbox_sal.render.generation import generation_html, generation_json, generation_terminal
     from blackbox_sal.seq2seq.explaining import explain_generation as explain_pair
 
@@ -185,7 +195,7 @@ def _explain_pair(a: argparse.Namespace, text: str, config: ExplainConfig) -> st
         raise UsageError("encoder/decoder pairs are explained through their gradient graphs; --backend fd is not "
                          "offered for them")
     steps = 32 if config.steps == "auto" else int(config.steps)
-    result = explain_pair(load_pair(a.model, dequantize=a.dequantize), text, generate_tokens=a.generate,
+    result = explain_pair(load_encoder_decoder(a.model, dequantize=a.dequantize), text, generate_tokens=a.generate,
                                 target_text=None if a.target_text is None else _text(a.target_text, "--target-text"),
                                 method=config.method, steps=steps, baseline=config.baseline,
                                 batch_size=config.batch_size or 64)

@@ -19,10 +19,14 @@ without past key values:
   ``pad_token_id``), ``torch_model/`` (``save_pretrained``, for the tests' autograd checks and
   the benchmark).
 
+and ``seq2seq-single/``, the single-graph form (one ``model.onnx`` taking ``src`` and ``tgt_in``,
+returning ``token_logits``; see :func:`export_single`).
+
 Both wrappers are the whole model's forward (``model(encoder_outputs=..., decoder_input_ids=...)``)
 so T5's tied-head scaling and BART's ``final_logits_bias`` are in the decoder graph; exported
-with ``torch.onnx.export(dynamo=False, opset_version=17)``, dynamic batch and length axes,
-eager attention (the ONNX exporter's simplest path; SDPA computes the same function).
+with ``torch.onnx.export(dynamo=False, opset_version=17)``, dynamic batch and length axes
+(the tracer's warnings about shape-dependent branches are checked by the tests: greedy
+generation equals PyTorch's at every prefix length from 1 on).
 """
 
 from __future__ import annotations
@@ -97,7 +101,6 @@ def export(kind: str, out: Path, width: int = 16, layers: int = 2) -> Path:
     folder = out / (f"seq2seq-{kind}" if (width, layers) == (16, 2) else f"seq2seq-{kind}-{width}x{layers}")
     folder.mkdir(parents=True, exist_ok=True)
     model = build_torch(kind, width, layers)
-    model.config._attn_implementation = "eager"
     model.save_pretrained(str(folder / "torch_model"))
     write_tokenizer(kind, folder)
     start, eos, pad = START[kind]
@@ -144,6 +147,71 @@ def export(kind: str, out: Path, width: int = 16, layers: int = 2) -> Path:
     return folder
 
 
+def single_module(vocab: int, width: int = 16) -> Any:
+    """The single-graph form's stand-in: separate source and target tables, a tanh encoder, a
+    causal running mean over the prefix, dot-product attention, logits per step."""
+    import torch
+    from torch import nn
+
+    class Single(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.source = nn.Embedding(vocab, width)
+            self.target = nn.Embedding(vocab, width)
+            self.enc = nn.Linear(width, width)
+            self.dec = nn.Linear(width, width)
+            self.out = nn.Linear(2 * width, vocab)
+
+        def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.enc(self.source(src)))
+            e = self.target(tgt_in)
+            count = torch.cumsum(torch.ones_like(tgt_in, dtype=e.dtype), 1).unsqueeze(-1)
+            q = torch.tanh(self.dec(torch.cumsum(e, 1) / count))
+            a = torch.softmax(q @ h.transpose(1, 2), -1)
+            return self.out(torch.cat([q, a @ h], -1))
+
+    return Single()
+
+
+def export_single(out: Path) -> Path:
+    """``seq2seq-single/``: ``model.onnx`` taking ``src`` and ``tgt_in`` int64 [batch, length],
+    returning ``token_logits`` [batch, target, vocab] (small recurrent spellers ship this way);
+    ``torch_single.pt`` (its state dict, for the tests), T5's tokenizer and ids."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    folder = out / "seq2seq-single"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    vocab = len(vocabulary("t5"))
+    model = single_module(vocab).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    torch.save(model.state_dict(), folder / "torch_single.pt")
+    write_tokenizer("t5", folder)
+    start, eos, pad = START["t5"]
+    (folder / "config.json").write_text(json.dumps({
+        "is_encoder_decoder": True, "decoder_start_token_id": start, "eos_token_id": eos, "pad_token_id": pad},
+        indent=1))
+    src, tgt = torch.tensor([[5, 6, 7, 1]] * 2), torch.tensor([[0, 9, 10]] * 2)
+    torch.onnx.export(model, (src, tgt), str(folder / "model.onnx"), dynamo=False, opset_version=17,
+                      input_names=["src", "tgt_in"], output_names=["token_logits"],
+                      dynamic_axes={"src": {0: "batch", 1: "source"}, "tgt_in": {0: "batch", 1: "target"},
+                                    "token_logits": {0: "batch", 1: "target"}})
+    s2, t2 = np.array([[3, 12, 14, 20, 1]]), np.array([[0, 11, 12, 13, 14, 15]])
+    got = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"src": s2, "tgt_in": t2})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(s2), torch.from_numpy(t2)).numpy()
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    print(f"{folder.name}: onnxruntime == PyTorch to {err:.1e} (relative, max)")
+    if err > 1e-5:
+        sys.exit(f"{folder.name}: the export disagrees with PyTorch ({err:.1e})")
+    return folder
+
+
 def check(folder: Path, model: Any, kind: str) -> None:
     """onnxruntime's logits equal PyTorch's on a length the export did not trace."""
     import numpy as np
@@ -178,6 +246,8 @@ def main() -> None:
     torch.set_num_threads(2)
     for kind in ("t5", "bart") if args.kind == "both" else (args.kind,):
         print(export(kind, Path(args.out), args.width, args.layers))
+    if (args.width, args.layers) == (16, 2):
+        print(export_single(Path(args.out)))
 
 
 if __name__ == "__main__":

@@ -257,3 +257,66 @@ def test_html_view_escapes_and_colours_each_cell() -> None:
     # the strongest source score (-2.00) is the full "against" colour; a blank cell above the diagonal
     assert '<td class="num" style="background:#b2182b;color:#ffffff" title="-2">-2.00</td>' in page
     assert "<td></td>" in page
+
+
+def test_the_single_graph_form_equals_autograd_and_generates_as_pytorch(exports: Path) -> None:
+    """model.onnx taking src and tgt_in (separate tables): its prefix found by its name, its
+    source embeddings the "states" of an identity encoder."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "models"))
+    from build_seq2seq import single_module
+
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+    from blackbox_sal.seq2seq.explaining import chained_gradients, generate
+
+    folder = exports / "seq2seq-single"
+    pair = load_encoder_decoder(folder)
+    assert not pair.shared_table
+    model = single_module(len(pair.encoder_table))
+    model.load_state_dict(torch.load(folder / "torch_single.pt"))
+    model.eval()
+    src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
+    ours = generate(pair, src, 6)
+    prefix = torch.tensor([[pair.start_id]])
+    with torch.no_grad():
+        for _ in range(6):
+            nxt = model(torch.from_numpy(src[None]), prefix)[0, -1].argmax()
+            prefix = torch.cat([prefix, nxt.view(1, 1)], 1)
+            if int(nxt) == pair.eos_id:
+                break
+    assert ours == prefix[0, 1:].tolist()
+    out = np.array([10, 11, 12, pair.eos_id], np.int64)
+    dec = np.array([pair.start_id, *out[:-1]], np.int64)
+    _, g_source, g_prefix = chained_gradients(pair, pair.encoder_table[src][None], src, dec, out)
+    xs = model.source(torch.from_numpy(src[None])).detach().requires_grad_(True)
+    xp = model.target(torch.from_numpy(dec[None])).detach().requires_grad_(True)
+    h = torch.tanh(model.enc(xs))
+    q = torch.tanh(model.dec(torch.cumsum(xp, 1) / torch.arange(1, len(dec) + 1).view(1, -1, 1)))
+    logits = model.out(torch.cat([q, torch.softmax(q @ h.transpose(1, 2), -1) @ h], -1))
+    ref = torch.log_softmax(logits, -1)[0, torch.arange(len(out)), torch.from_numpy(out)]
+    for t in range(len(out)):
+        a, b = (v[0].numpy() for v in torch.autograd.grad(ref[t], (xs, xp), retain_graph=True))
+        assert np.abs(g_source[0, t] - a).max() <= 1e-5 * np.abs(a).max()
+        assert np.abs(g_prefix[0, t] - b).max() <= 1e-5 * np.abs(b).max()
+
+
+def test_a_single_graph_without_a_recognisable_prefix_is_refused(exports: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import onnx
+
+    from blackbox_sal.model.encoder_decoder import load_single
+
+    for name in ("tokenizer.json", "config.json"):
+        shutil.copy(exports / "seq2seq-single" / name, tmp_path / name)
+    proto = onnx.load(str(exports / "seq2seq-single" / "model.onnx"))
+    for node in proto.graph.node:
+        node.input[:] = ["b" if i == "tgt_in" else i for i in node.input]
+    proto.graph.input[1].name = "b"
+    onnx.save(proto, str(tmp_path / "model.onnx"))
+    with pytest.raises(ModelError, match='"inputs": {"source": ..., "prefix": ...}'):
+        load_single(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"decoder_start_token_id": 0, "eos_token_id": 1,
+                                                      "inputs": {"source": "src", "prefix": "b"}}))
+    assert load_single(tmp_path).decoder_table.shape == load_single(exports / "seq2seq-single").decoder_table.shape

@@ -51,6 +51,12 @@ ENCODER = "encoder_model.onnx"
 DECODER = "decoder_model.onnx"
 MERGED = "decoder_model_merged.onnx"
 ENCODER_MASK = "encoder_attention_mask"
+#: the single-graph form: one model.onnx taking the source ids and the decoder prefix
+SINGLE = "model.onnx"
+#: the canonical name the single graph's source ids take (the prefix takes input_ids)
+SOURCE_IDS = "source_ids"
+#: how the prefix input is recognised by its name (config.json "inputs": {"source", "prefix"} settles it)
+PREFIX_HINTS = ("tgt", "target", "dec", "prefix", "label", "output")
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class Pair:
     decoder_inputs: frozenset[str]
     encoder_output: str
     decoder_output: str
-    encoder_body: Any = field(repr=False)
+    encoder_body: Any = field(repr=False)  # None: a single graph, whose "states" are the source embeddings
     decoder_body: Any = field(repr=False)
     encoder_grad: Any = field(repr=False)
     decoder_grad: Any = field(repr=False)
@@ -94,32 +100,44 @@ class Pair:
         return feeds
 
     def decoder_feeds(self, embeds: np.ndarray, ids: np.ndarray, states: np.ndarray,
-                      mask: np.ndarray) -> dict[str, np.ndarray]:
-        feeds = {EMBEDS: embeds.astype(np.float32), STATES: states.astype(np.float32), ENCODER_MASK: mask}
+                      mask: np.ndarray, source_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        feeds = {EMBEDS: embeds.astype(np.float32), STATES: states.astype(np.float32)}
+        if ENCODER_MASK in self.decoder_inputs:
+            feeds[ENCODER_MASK] = mask
         if IDS in self.decoder_inputs:
             feeds[IDS] = ids
+        if SOURCE_IDS in self.decoder_inputs:
+            if source_ids is None:
+                raise ModelError("the model reads its source ids beyond the lookup; they were not given")
+            feeds[SOURCE_IDS] = source_ids
         return feeds
 
     def encode(self, embeds: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Encoder states [B, S, D]."""
+        """Encoder states [B, S, D] (a single graph: the source embeddings themselves)."""
+        if self.encoder_body is None:
+            return embeds.astype(np.float32)
         return np.asarray(run(self.encoder_body, [self.encoder_output], self.encoder_feeds(embeds, mask, ids),
                               "the encoder")[0])
 
-    def logits(self, embeds: np.ndarray, ids: np.ndarray, states: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def logits(self, embeds: np.ndarray, ids: np.ndarray, states: np.ndarray, mask: np.ndarray,
+               source_ids: np.ndarray | None = None) -> np.ndarray:
         """Decoder logits [B, T, V]."""
-        return np.asarray(run(self.decoder_body, [self.decoder_output], self.decoder_feeds(embeds, ids, states, mask),
-                              "the decoder")[0])
+        feeds = self.decoder_feeds(embeds, ids, states, mask, source_ids)
+        return np.asarray(run(self.decoder_body, [self.decoder_output], feeds, "the decoder")[0])
 
     def decoder_vjp(self, embeds: np.ndarray, ids: np.ndarray, states: np.ndarray, mask: np.ndarray,
-                    weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    weights: np.ndarray, source_ids: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(log_probs [B, T*V], d/d decoder embeds [B, T, D], d/d states [B, S, D]) of
         sum(weights * log_probs) per row."""
-        feeds = {**self.decoder_feeds(embeds, ids, states, mask), WEIGHTS: weights.astype(np.float32)}
+        feeds = {**self.decoder_feeds(embeds, ids, states, mask, source_ids), WEIGHTS: weights.astype(np.float32)}
         out = run(self.decoder_grad, [LOG_PROBS, GRAD, GRAD_STATES], feeds, "the decoder's gradient graph")
         return np.asarray(out[0]), np.asarray(out[1]), np.asarray(out[2])
 
     def encoder_vjp(self, embeds: np.ndarray, mask: np.ndarray, ids: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
-        """d(sum(cotangent * states))/d source embeds [B, S, D]."""
+        """d(sum(cotangent * states))/d source embeds [B, S, D] (a single graph: the cotangent)."""
+        if self.encoder_grad is None:
+            return cotangent.astype(np.float32)
         feeds = {**self.encoder_feeds(embeds, mask, ids), WEIGHTS: cotangent.reshape(len(cotangent), -1)}
         return np.asarray(run(self.encoder_grad, [GRAD], feeds, "the encoder's gradient graph")[0])
 
@@ -208,3 +226,96 @@ def is_pair(path: str | Path) -> bool:
 def describe(pair: Pair) -> str:
     return json.dumps({"name": pair.name, "shared_table": pair.shared_table,
                        "vocab": int(pair.decoder_table.shape[0]), "dim": int(pair.decoder_table.shape[1])})
+
+
+def _rename_input(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Rename a graph input and its readers in the main graph (in place)."""
+    for i in model.graph.input:
+        if i.name == old:
+            i.name = new
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name == old:
+                node.input[k] = new
+
+
+def _roles(proto: onnx.ModelProto, declared: Any) -> tuple[str, str]:
+    """(source, prefix): the two integer [batch, length] inputs of a single graph, the prefix
+    named like PREFIX_HINTS unless config.json's "inputs" names them."""
+    ints = [i.name for i in proto.graph.input if i.type.tensor_type.elem_type in (onnx.TensorProto.INT64,
+            onnx.TensorProto.INT32) and len(i.type.tensor_type.shape.dim) == 2]
+    others = [i.name for i in proto.graph.input if i.name not in ints]
+    if others:
+        raise ModelError(f"the single graph takes inputs other than the source and the prefix ids: {others}")
+    if isinstance(declared, dict) and isinstance(declared.get("source"), str) and isinstance(
+            declared.get("prefix"), str):
+        source, prefix = declared["source"], declared["prefix"]
+        if {source, prefix} != set(ints):
+            raise ModelError(f"config.json's inputs name {source!r} and {prefix!r}; the graph takes {ints}")
+        return source, prefix
+    if len(ints) != 2:
+        raise ModelError(f"a single-graph encoder/decoder takes two integer [batch, length] inputs; this one {ints}")
+    hinted = [n for n in ints if any(h in n.lower() for h in PREFIX_HINTS)]
+    if len(hinted) != 1:
+        raise ModelError(f"cannot tell the decoder prefix among {ints}: say it in config.json: "
+                         f'"inputs": {{"source": ..., "prefix": ...}}')
+    return next(n for n in ints if n != hinted[0]), hinted[0]
+
+
+def load_single(path: str | Path, threads: int = 0) -> Pair:
+    """The single-graph form (``model.onnx`` taking the source ids and the decoder prefix,
+    returning per-step logits [batch, target, vocab]) as a :class:`Pair` whose encoder is the
+    identity: the decoder's "states" are the source embeddings, so generation and the chained
+    gradient run unchanged. Both lookups are split out (separate tables, or one shared)."""
+    folder = Path(path)
+    tokenizer = files.read_tokenizer(folder / "tokenizer.json")
+    config = files.read_side_json(folder, "config.json") or {}
+    start, eos, pad = (config.get(k) for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id"))
+    if not isinstance(start, int) or not isinstance(eos, int):
+        raise ModelError("config.json must give decoder_start_token_id and eos_token_id (integers)")
+    proto = files.read_onnx(folder / SINGLE)
+    if quantized_ops(proto):
+        raise ModelError(f"the single graph is quantized ({', '.join(quantized_ops(proto))}): not explained yet")
+    source, prefix = _roles(proto, config.get("inputs"))
+    outputs = [o for o in proto.graph.output if len(o.type.tensor_type.shape.dim) == 3]
+    if not outputs:
+        raise ModelError("the single graph has no [batch, target, vocab] output")
+    out = next((o.name for o in outputs if "logit" in o.name.lower()), outputs[0].name)
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    _rename_input(model, source, SOURCE_IDS)
+    _rename_input(model, prefix, IDS)
+    src_split = split_embedding(model, SOURCE_IDS)
+    body = src_split.body
+    _rename_input(body, EMBEDS, STATES)
+    dec_split = split_embedding(body, IDS)
+    dec_inputs = frozenset(i.name for i in dec_split.body.graph.input)
+    fwd = scored_decoder(dec_split.body, out)
+    feeds = _probe_feeds(dec_split.table, lambda x, ids, rng: {
+        EMBEDS: x.astype(np.float32), **({IDS: ids} if IDS in dec_inputs else {}),
+        **_source_feed(src_split.table, ids.shape[0], ids.shape[1] + 2, dec_inputs, rng)})
+    grad = decoder_gradient(fwd, probe(fwd, feeds))
+    return Pair(name=folder.name, tokenizer=tokenizer, encoder_table=src_split.table, decoder_table=dec_split.table,
+                start_id=start, eos_id=eos,
+                pad_id=pad if isinstance(pad, int) and 0 <= pad < len(src_split.table) else None, dequantized=(),
+                encoder_inputs=frozenset(), decoder_inputs=dec_inputs, encoder_output="", decoder_output=out,
+                encoder_body=None, decoder_body=create_session(dec_split.serialized, "cpu", threads),
+                encoder_grad=None, decoder_grad=create_session(grad.SerializeToString(), "cpu", threads))
+
+
+def _source_feed(table: np.ndarray, batch: int, length: int, inputs: frozenset[str],
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    ids = rng.integers(0, table.shape[0], (batch, length))
+    feeds: dict[str, np.ndarray] = {
+        STATES: (table[ids] + rng.normal(0, 0.01, (batch, length, table.shape[1]))).astype(np.float32)}
+    if SOURCE_IDS in inputs:
+        feeds[SOURCE_IDS] = ids
+    return feeds
+
+
+def load_encoder_decoder(path: str | Path, threads: int = 0, dequantize: bool = False) -> Pair:
+    """optimum's pair (``encoder_model.onnx``) or the single-graph form (``model.onnx`` with
+    ``"is_encoder_decoder": true`` in config.json)."""
+    if (Path(path) / ENCODER).is_file():
+        return load_pair(path, threads, dequantize)
+    return load_single(path, threads)

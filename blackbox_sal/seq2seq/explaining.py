@@ -50,7 +50,7 @@ def generate(pair: Pair, source_ids: np.ndarray, max_new: int) -> list[int]:
     out: list[int] = []
     for _ in range(max_new):
         prefix = np.array([[pair.start_id, *out]], np.int64)
-        logits = pair.logits(pair.decoder_table[prefix], prefix, states, mask)
+        logits = pair.logits(pair.decoder_table[prefix], prefix, states, mask, ids)
         out.append(int(np.argmax(logits[0, -1])))
         if out[-1] == pair.eos_id:
             break
@@ -80,7 +80,7 @@ def chained_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, pr
     g_source = np.empty((rows, length, source.shape[2]), np.float32)
     for s in _chunks(rows, batch_size):
         flat, g_dec, g_states = pair.decoder_vjp(dec_embeds[s], dec_ids[s], states[point[s]], mask[point[s]],
-                                                 weights[s])
+                                                 weights[s], ids[point[s]])
         log_probs[s] = flat[np.arange(s.stop - s.start), step[s] * vocab + targets[step[s]]]
         g_prefix[s] = g_dec
         g_source[s] = pair.encoder_vjp(source[point[s]], mask[point[s]], ids[point[s]], g_states)
