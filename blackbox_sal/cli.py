@@ -191,14 +191,11 @@ def _explain_pair(a: argparse.Namespace, text: str, config: ExplainConfig) -> st
 
     if config.baseline not in ("pad", "zero"):
         raise UsageError("encoder/decoder pairs take --baseline pad or zero")
-    if config.backend == "fd":
-        raise UsageError("encoder/decoder pairs are explained through their gradient graphs; --backend fd is not "
-                         "offered for them")
     steps = 32 if config.steps == "auto" else int(config.steps)
     result = explain_pair(load_encoder_decoder(a.model, dequantize=a.dequantize), text, generate_tokens=a.generate,
                                 target_text=None if a.target_text is None else _text(a.target_text, "--target-text"),
                                 method=config.method, steps=steps, baseline=config.baseline,
-                                batch_size=config.batch_size or 64)
+                                batch_size=config.batch_size or 64, backend=config.backend)
     if a.format == "json":
         return json.dumps(generation_json(result), indent=1) + "\n"
     if a.format == "html":

@@ -20,7 +20,8 @@ without past key values:
   the benchmark).
 
 and ``seq2seq-single/``, the single-graph form (one ``model.onnx`` taking ``src`` and ``tgt_in``,
-returning ``token_logits``; see :func:`export_single`).
+returning ``token_logits``; see :func:`export_single`), and ``seq2seq-gru/``, the same form
+with GRU layers (explained by finite differences).
 
 Both wrappers are the whole model's forward (``model(encoder_outputs=..., decoder_input_ids=...)``)
 so T5's tied-head scaling and BART's ``final_logits_bias`` are in the decoder graph; exported
@@ -147,6 +148,33 @@ def export(kind: str, out: Path, width: int = 16, layers: int = 2) -> Path:
     return folder
 
 
+def gru_module(vocab: int, width: int = 16) -> Any:
+    """A recurrent single graph (GRU encoder and decoder, dot-product attention): its ONNX GRU
+    has no reverse rule, so it is explained by finite differences."""
+    import torch
+    from torch import nn
+
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.source = nn.Embedding(vocab, width)
+            self.target = nn.Embedding(vocab, width)
+            self.enc = nn.GRU(width, width, batch_first=True)
+            self.dec = nn.GRU(width, width, batch_first=True)
+            self.out = nn.Linear(2 * width, vocab)
+
+        def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+            return self.run(self.source(src), self.target(tgt_in))
+
+        def run(self, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+            h, _ = self.enc(xs)
+            q, _ = self.dec(xt)
+            a = torch.softmax(q @ h.transpose(1, 2), -1)
+            return self.out(torch.cat([q, a @ h], -1))
+
+    return Recurrent()
+
+
 def single_module(vocab: int, width: int = 16) -> Any:
     """The single-graph form's stand-in: separate source and target tables, a tanh encoder, a
     causal running mean over the prefix, dot-product attention, logits per step."""
@@ -173,7 +201,7 @@ def single_module(vocab: int, width: int = 16) -> Any:
     return Single()
 
 
-def export_single(out: Path) -> Path:
+def export_single(out: Path, recurrent: bool = False) -> Path:
     """``seq2seq-single/``: ``model.onnx`` taking ``src`` and ``tgt_in`` int64 [batch, length],
     returning ``token_logits`` [batch, target, vocab] (small recurrent spellers ship this way);
     ``torch_single.pt`` (its state dict, for the tests), T5's tokenizer and ids."""
@@ -181,11 +209,11 @@ def export_single(out: Path) -> Path:
     import onnxruntime as ort
     import torch
 
-    folder = out / "seq2seq-single"
+    folder = out / ("seq2seq-gru" if recurrent else "seq2seq-single")
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     vocab = len(vocabulary("t5"))
-    model = single_module(vocab).eval()
+    model = (gru_module if recurrent else single_module)(vocab).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.5)
@@ -248,6 +276,7 @@ def main() -> None:
         print(export(kind, Path(args.out), args.width, args.layers))
     if (args.width, args.layers) == (16, 2):
         print(export_single(Path(args.out)))
+        print(export_single(Path(args.out), recurrent=True))
 
 
 if __name__ == "__main__":

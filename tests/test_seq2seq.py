@@ -320,3 +320,56 @@ def test_a_single_graph_without_a_recognisable_prefix_is_refused(exports: Path, 
     (tmp_path / "config.json").write_text(json.dumps({"decoder_start_token_id": 0, "eos_token_id": 1,
                                                       "inputs": {"source": "src", "prefix": "b"}}))
     assert load_single(tmp_path).decoder_table.shape == load_single(exports / "seq2seq-single").decoder_table.shape
+
+
+@pytest.mark.parametrize("name", ["seq2seq-t5", "seq2seq-bart", "seq2seq-single"])
+def test_finite_differences_equal_the_gradient_graphs(exports: Path, name: str) -> None:
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+    from blackbox_sal.seq2seq.explaining import chained_gradients, fd_gradients
+
+    pair = load_encoder_decoder(exports / name)
+    src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
+    out = np.array([10, 11, pair.eos_id], np.int64)
+    prefix = np.array([pair.start_id, 10, 11], np.int64)
+    x = pair.encoder_table[src][None].astype(np.float32)
+    exact, fd = chained_gradients(pair, x, src, prefix, out), fd_gradients(pair, x, src, prefix, out)
+    np.testing.assert_allclose(fd[0], exact[0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(exact[1:], fd[1:], strict=True):
+        assert np.abs(a - b).max() <= 2e-3 * np.abs(a).max()  # float32 runs: measured 1.4e-4 to 1.2e-3
+
+
+def test_a_recurrent_single_graph_is_explained_by_finite_differences(exports: Path) -> None:
+    """GRU layers have no reverse rule: auto falls back to central differences, which equal
+    autograd through the PyTorch GRU; --backend graph is refused in one line."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "models"))
+    from build_seq2seq import gru_module
+
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+    from blackbox_sal.seq2seq.explaining import explain_generation, fd_gradients
+
+    folder = exports / "seq2seq-gru"
+    pair = load_encoder_decoder(folder)
+    assert pair.decoder_grad is None and pair.no_graph is not None and "'GRU'" in pair.no_graph
+    with pytest.raises(UsageError, match="no gradient graph"):
+        explain_generation(pair, SOURCE, generate_tokens=2, backend="graph")
+    e = explain_generation(pair, SOURCE, target_text="good day", method="grad-x-input")
+    assert e.backend == "fd" and "finite differences" in generation_terminal(e).splitlines()[0]
+    model = gru_module(len(pair.encoder_table))
+    model.load_state_dict(torch.load(folder / "torch_single.pt"))
+    model.eval()
+    src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
+    out = np.array(pair.tokenizer.encode("good day").ids, np.int64)
+    dec = np.array([pair.start_id, *out[:-1]], np.int64)
+    _, g_source, g_prefix = fd_gradients(pair, pair.encoder_table[src][None], src, dec, out)
+    xs = model.source(torch.from_numpy(src[None])).detach().requires_grad_(True)
+    xp = model.target(torch.from_numpy(dec[None])).detach().requires_grad_(True)
+    ref = torch.log_softmax(model.run(xs, xp), -1)[0, torch.arange(len(out)), torch.from_numpy(out)]
+    np.testing.assert_allclose(e.log_probs, ref.detach().numpy(), rtol=1e-5)
+    for t in range(len(out)):
+        a, b = (v[0].numpy() for v in torch.autograd.grad(ref[t], (xs, xp), retain_graph=True))
+        assert np.abs(g_source[0, t] - a).max() <= 2e-3 * np.abs(a).max()
+        assert np.abs(g_prefix[0, t] - b).max() <= 2e-3 * np.abs(b).max()
+        np.testing.assert_allclose(e.source_scores[t], (g_source[0, t] * xs[0].detach().numpy()).sum(-1), rtol=1e-5,
+                                   atol=1e-7)

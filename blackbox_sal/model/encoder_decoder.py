@@ -82,7 +82,9 @@ class Pair:
     encoder_body: Any = field(repr=False)  # None: a single graph, whose "states" are the source embeddings
     decoder_body: Any = field(repr=False)
     encoder_grad: Any = field(repr=False)
-    decoder_grad: Any = field(repr=False)
+    decoder_grad: Any = field(repr=False)  # None (both, for a pair): no gradient graph, see no_graph
+    #: why no gradient graph could be built (an operator without a reverse rule), else None
+    no_graph: str | None = None
 
     @property
     def shared_table(self) -> bool:
@@ -194,14 +196,19 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
     enc_feeds = _probe_feeds(enc_split.table, lambda x, ids, rng: {
         EMBEDS: x.astype(np.float32), "attention_mask": np.ones(ids.shape, np.int64),
         **({IDS: ids} if IDS in enc_inputs else {})})
-    enc_grad = encoder_gradient(enc_fwd, probe(enc_fwd, enc_feeds))
     dec_fwd = scored_decoder(dec_split.body, dec_out)
     width = enc_split.table.shape[1]
     dec_feeds = _probe_feeds(dec_split.table, lambda x, ids, rng: {
         EMBEDS: x.astype(np.float32), STATES: rng.normal(0, 1, (ids.shape[0], ids.shape[1] + 2, width)).astype(
             np.float32), ENCODER_MASK: np.ones((ids.shape[0], ids.shape[1] + 2), np.int64),
         **({IDS: ids} if IDS in dec_inputs else {})})
-    dec_grad = decoder_gradient(dec_fwd, probe(dec_fwd, dec_feeds))
+    try:
+        enc_grad: onnx.ModelProto | None = encoder_gradient(enc_fwd, probe(enc_fwd, enc_feeds))
+        dec_grad: onnx.ModelProto | None = decoder_gradient(dec_fwd, probe(dec_fwd, dec_feeds))
+        why = None
+    except ModelError as exc:  # an operator without a reverse rule: finite differences answer
+        enc_grad = dec_grad = None
+        why = str(exc)
 
     def session(model: onnx.ModelProto | bytes) -> Any:
         data = model if isinstance(model, bytes) else model.SerializeToString()
@@ -214,7 +221,8 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
                 encoder_inputs=enc_inputs,
                 decoder_inputs=dec_inputs, encoder_output=enc_out, decoder_output=dec_out,
                 encoder_body=session(enc_split.serialized), decoder_body=session(dec_split.serialized),
-                encoder_grad=session(enc_grad), decoder_grad=session(dec_grad))
+                encoder_grad=None if enc_grad is None else session(enc_grad),
+                decoder_grad=None if dec_grad is None else session(dec_grad), no_graph=why)
 
 
 def is_pair(path: str | Path) -> bool:
@@ -294,13 +302,18 @@ def load_single(path: str | Path, threads: int = 0) -> Pair:
     feeds = _probe_feeds(dec_split.table, lambda x, ids, rng: {
         EMBEDS: x.astype(np.float32), **({IDS: ids} if IDS in dec_inputs else {}),
         **_source_feed(src_split.table, ids.shape[0], ids.shape[1] + 2, dec_inputs, rng)})
-    grad = decoder_gradient(fwd, probe(fwd, feeds))
+    try:
+        grad: onnx.ModelProto | None = decoder_gradient(fwd, probe(fwd, feeds))
+        why = None
+    except ModelError as exc:  # a recurrent layer, say: finite differences answer
+        grad, why = None, str(exc)
     return Pair(name=folder.name, tokenizer=tokenizer, encoder_table=src_split.table, decoder_table=dec_split.table,
                 start_id=start, eos_id=eos,
                 pad_id=pad if isinstance(pad, int) and 0 <= pad < len(src_split.table) else None, dequantized=(),
                 encoder_inputs=frozenset(), decoder_inputs=dec_inputs, encoder_output="", decoder_output=out,
                 encoder_body=None, decoder_body=create_session(dec_split.serialized, "cpu", threads),
-                encoder_grad=None, decoder_grad=create_session(grad.SerializeToString(), "cpu", threads))
+                encoder_grad=None, no_graph=why,
+                decoder_grad=None if grad is None else create_session(grad.SerializeToString(), "cpu", threads))
 
 
 def _source_feed(table: np.ndarray, batch: int, length: int, inputs: frozenset[str],

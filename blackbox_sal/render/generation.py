@@ -9,7 +9,7 @@ JSON (``kind`` "generation", ``schema_version`` 1)::
     {"schema_version": 1, "kind": "generation", "model", "method", "source_text", "output_text",
      "teacher_forced": bool, "source_tokens": [S], "prefix_tokens": [T], "output_tokens": [T],
      "log_probs": [T], "source_scores": [T][S], "prefix_scores": [T][T],
-     "backend": "graph", "steps": int | null, "deltas": [T] | null}
+     "backend": "graph" | "fd", "steps": int | null, "deltas": [T] | null}
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def _cell(score: float, peak: float, width: int, color: bool) -> str:
 def generation_terminal(e: GenerationExplanation, color: bool = False) -> str:
     """The explanation as a table; ANSI background colours (the palette) only when ``color``."""
     how = "teacher forced" if e.teacher_forced else "greedy"
+    how += "; finite differences" if e.backend == "fd" else ""
     lines = [f"{e.model} ({e.method}; {how}): {e.source_text!r} -> {e.output_text!r}"]
     width = max(6, *(len(t) + 1 for t in (*e.source_tokens, *e.prefix_tokens)))
     tok_w = max(6, *(len(t) + 2 for t in e.output_tokens))

@@ -88,6 +88,56 @@ def chained_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, pr
             g_prefix.reshape(points, steps, steps, -1))
 
 
+def _log_p(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix: np.ndarray, prefix_ids: np.ndarray,
+           targets: np.ndarray, batch_size: int) -> np.ndarray:
+    """log p_t for rows of source embeddings [N, S, D] and prefix embeddings [N, T, D]: [N, T]
+    (float64 softmax over float32 logits)."""
+    rows = len(source)
+    out = np.empty((rows, len(targets)))
+    for s in _chunks(rows, batch_size):
+        n = s.stop - s.start
+        ids = np.repeat(source_ids[None], n, 0)
+        mask = np.ones_like(ids)
+        states = pair.encode(source[s], mask, ids)
+        logits = pair.logits(prefix[s], np.repeat(prefix_ids[None], n, 0), states, mask, ids).astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        out[s] = lp[:, np.arange(len(targets)), targets]
+    return out
+
+
+def fd_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix_ids: np.ndarray,
+                 targets: np.ndarray, batch_size: int = 64, step: float = 3e-3
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`chained_gradients` by central differences, for models without a gradient graph
+    (a recurrent layer): every output step comes out of each perturbed forward run, so a point
+    costs 2 (S + T) D rows. ``step`` is relative to the embeddings' root mean square."""
+    points, length, dim = source.shape
+    steps = len(targets)
+    prefix = pair.decoder_table[prefix_ids].astype(np.float32)
+    h_src = step * float(np.sqrt(np.mean(source[-1].astype(np.float64) ** 2)) or 1.0)
+    h_pre = step * float(np.sqrt(np.mean(prefix.astype(np.float64) ** 2)) or 1.0)
+    n_src, n_pre = length * dim, steps * dim
+    eye_src = np.eye(n_src, dtype=np.float32).reshape(n_src, length, dim)
+    eye_pre = np.eye(n_pre, dtype=np.float32).reshape(n_pre, steps, dim)
+    log_probs = np.empty((points, steps))
+    g_source = np.empty((points, steps, length, dim), np.float32)
+    g_prefix = np.empty((points, steps, steps, dim), np.float32)
+    for p in range(points):
+        x = source[p].astype(np.float32)
+        src_rows = np.concatenate([x[None], x + h_src * eye_src, x - h_src * eye_src,
+                                   np.repeat(x[None], 2 * n_pre, 0)])
+        pre_rows = np.concatenate([prefix[None], np.repeat(prefix[None], 2 * n_src, 0), prefix + h_pre * eye_pre,
+                                   prefix - h_pre * eye_pre])
+        lp = _log_p(pair, src_rows, source_ids, pre_rows, prefix_ids, targets, batch_size)
+        log_probs[p] = lp[0]
+        up, down = lp[1:1 + n_src], lp[1 + n_src:1 + 2 * n_src]
+        g_source[p] = ((up - down) / (2 * h_src)).T.reshape(steps, length, dim)
+        up, down = lp[1 + 2 * n_src:1 + 2 * n_src + n_pre], lp[1 + 2 * n_src + n_pre:]
+        g_prefix[p] = ((up - down) / (2 * h_pre)).T.reshape(steps, steps, dim)
+    return log_probs, g_source, g_prefix
+
+
 def _per_token(method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     if method == "saliency":
         return lambda g, x: np.asarray(np.linalg.norm(g, axis=-1))
@@ -96,17 +146,26 @@ def _per_token(method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
 
 def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = None, target_text: str | None = None,
                        method: str = "grad-x-input", steps: int = 32, baseline: str = "pad", batch_size: int = 64,
-                       max_length: int | None = 512, max_chars: int = MAX_CHARS) -> GenerationExplanation:
+                       max_length: int | None = 512, max_chars: int = MAX_CHARS,
+                       backend: str = "auto") -> GenerationExplanation:
     """Explain each output token's log-probability by the source tokens and the earlier output
     tokens. The output is generated greedily (``generate_tokens`` at most) or given
     (``target_text``, tokenized as labels: teacher forcing). UsageError for an unknown method
-    or neither/both of the two; InputError for a text that cannot be tokenized."""
+    or neither/both of the two; InputError for a text that cannot be tokenized. ``backend``:
+    ``graph`` (the chained gradient graphs; UsageError when the model has none), ``fd``
+    (central differences, :func:`fd_gradients`), ``auto`` (the graph when there is one)."""
     if method not in METHODS:
         raise UsageError(f"method {method!r} is not available for encoder/decoder models; choose from "
                          f"{', '.join(METHODS)}")
     if baseline not in BASELINES:
         raise UsageError(f"baseline {baseline!r} is not available for encoder/decoder models; choose from "
                          f"{', '.join(BASELINES)}")
+    if backend not in ("auto", "graph", "fd"):
+        raise UsageError(f"backend {backend!r} is not one of auto, graph, fd")
+    if backend == "graph" and pair.decoder_grad is None:
+        raise UsageError(f"--backend graph: this model has no gradient graph ({pair.no_graph}); use fd or auto")
+    use = "fd" if backend == "fd" or pair.decoder_grad is None else "graph"
+    gradients = chained_gradients if use == "graph" else fd_gradients
     if (generate_tokens is None) == (target_text is None):
         raise UsageError("an encoder/decoder model needs --generate N or --target-text TEXT (one of them)")
     if generate_tokens is not None and not 1 <= generate_tokens <= MAX_OUTPUT_TOKENS:
@@ -129,15 +188,14 @@ def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = N
         base = (np.broadcast_to(pair.encoder_table[pair.pad_id], x.shape) if baseline == "pad" and pair.pad_id
                 is not None else np.zeros_like(x))
         points = np.concatenate([base[None] + alphas[:, None, None] * (x - base)[None], base[None], x[None]])
-        lp, g_src, g_pre = chained_gradients(pair, points.astype(np.float32), source_ids, prefix_ids, outputs,
-                                             batch_size)
+        lp, g_src, g_pre = gradients(pair, points.astype(np.float32), source_ids, prefix_ids, outputs, batch_size)
         avg = np.tensordot(w, g_src[:steps], axes=1)  # [T, S, D]
         source_scores = (avg * (x - base)[None]).sum(-1)
         prefix_scores = (g_pre[-1] * prefix_x[None]).sum(-1)
         log_probs = lp[-1]
         deltas = tuple(float(d) for d in lp[-1] - lp[-2] - source_scores.sum(-1))
     else:
-        lp, g_src, g_pre = chained_gradients(pair, x[None], source_ids, prefix_ids, outputs, batch_size)
+        lp, g_src, g_pre = gradients(pair, x[None], source_ids, prefix_ids, outputs, batch_size)
         source_scores = score(g_src[0], x[None])
         prefix_scores = score(g_pre[0], prefix_x[None])
         log_probs = lp[0]
@@ -148,5 +206,5 @@ def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = N
         output_tokens=tuple(pair.token(i) for i in outputs), log_probs=tuple(float(v) for v in log_probs),
         source_scores=tuple(tuple(float(v) for v in row) for row in source_scores),
         prefix_scores=tuple(tuple(float(v) for v in row) for row in prefix_scores),
-        teacher_forced=target_text is not None, steps=steps if method == "ig" else None,
+        teacher_forced=target_text is not None, backend=use, steps=steps if method == "ig" else None,
         deltas=deltas)

@@ -174,7 +174,7 @@ class GenerationExplanation:
     each source token and each decoder input token (zero above the diagonal: a causal decoder).
     deltas: per step, log p_t(x) - log p_t(baseline) - sum(source_scores[t]) (integrated
     gradients on the source, the prefix held fixed), else None. backend: "graph" (the chained
-    gradient graphs). steps: integration points (IG).
+    gradient graphs) or "fd" (central differences). steps: integration points (IG).
     """
 
     model: str
