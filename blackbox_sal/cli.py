@@ -21,7 +21,7 @@ from blackbox_sal import __version__  # the one place the version is written
 from blackbox_sal.api.explaining import explain
 from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.gradient_graph.store import export_gradient, prepare
-from blackbox_sal.jobs.batch import output_format, run_batch
+from blackbox_sal.jobs.batch import Summary, output_format, run_batch
 from blackbox_sal.jobs.datasets import BadRow, Columns, Row, read_rows, sniff_columns
 from blackbox_sal.methods import METHODS
 from blackbox_sal.model.files import default_model_path, read_side_json
@@ -135,6 +135,33 @@ def _columns(a: argparse.Namespace) -> Columns:
 def _batch(a: argparse.Namespace) -> None:
     config = _config(a)
     output_format(Path(a.output))  # a suffix that names no format is refused before any work
+    if a.model and _encoder_decoder(Path(a.model)):
+        summary = _batch_pairs(a, config)
+    else:
+        summary = _batch_text(a, config)
+    resumed = f"; {summary.resumed:,} rows were already there from an earlier run" if summary.resumed else ""
+    failed = f", {summary.failed:,} failed (see their error field)" if summary.failed else ""
+    print(f"blackbox-sal: batch: {summary.rows:,} rows: {summary.explained:,} explained{failed}, "
+          f"{summary.seconds:.1f} s, {summary.texts_per_second:.1f} texts/s{resumed}; written to {summary.output}",
+          file=sys.stderr)
+
+
+def _batch_pairs(a: argparse.Namespace, config: ExplainConfig) -> Summary:
+    from blackbox_sal.jobs.batch_generation import run_generation_batch
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+
+    if a.generate is None and a.target_column is None:
+        raise UsageError("a batch over an encoder/decoder model needs --generate N or --target-column NAME")
+    return run_generation_batch(load_encoder_decoder(a.model, dequantize=a.dequantize), a.input, a.output,
+                                generate_tokens=a.generate, method=config.method,
+                                steps=32 if config.steps == "auto" else int(config.steps), baseline=config.baseline,
+                                batch_size=config.batch_size or 64, backend=config.backend, columns=_columns(a),
+                                limit=a.limit)
+
+
+def _batch_text(a: argparse.Namespace, config: ExplainConfig) -> Summary:
+    if a.generate is not None:
+        raise UsageError("--generate in batch is for encoder/decoder models (a folder with encoder_model.onnx)")
     model = _load(a)
     if a.engine == "ray":
         from blackbox_sal.jobs.batch_ray import run_batch_ray
@@ -143,11 +170,7 @@ def _batch(a: argparse.Namespace) -> None:
     else:
         summary = run_batch(model, a.input, a.output, config, _columns(a), window=a.window, limit=a.limit,
                             progress=False if a.quiet else None)
-    resumed = f"; {summary.resumed:,} rows were already there from an earlier run" if summary.resumed else ""
-    failed = f", {summary.failed:,} failed (see their error field)" if summary.failed else ""
-    print(f"blackbox-sal: batch: {summary.rows:,} rows: {summary.explained:,} explained{failed}, "
-          f"{summary.seconds:.1f} s, {summary.texts_per_second:.1f} texts/s{resumed}; written to {summary.output}",
-          file=sys.stderr)
+    return summary
 
 
 def _explain(a: argparse.Namespace) -> None:

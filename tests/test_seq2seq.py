@@ -373,3 +373,28 @@ def test_a_recurrent_single_graph_is_explained_by_finite_differences(exports: Pa
         assert np.abs(g_prefix[0, t] - b).max() <= 2e-3 * np.abs(b).max()
         np.testing.assert_allclose(e.source_scores[t], (g_source[0, t] * xs[0].detach().numpy()).sum(-1), rtol=1e-5,
                                    atol=1e-7)
+
+
+@needs_torch
+def test_batch_writes_one_record_per_row_with_its_matrices(exports: Path, tmp_path: Path) -> None:
+    """Rows with a target are teacher forced, the others generated; a bad row fails alone."""
+    from blackbox_sal.model.encoder_decoder import load_pair
+    from blackbox_sal.seq2seq.explaining import explain_generation
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in (
+        {"text": SOURCE, "target": "good day"}, {"text": "hello world"}, {"text": ""})) + "\n")
+    out = tmp_path / "out.jsonl"
+    r = subprocess.run([sys.executable, "-m", "blackbox_sal", "batch", "--model", str(exports / "seq2seq-bart"),
+                        str(data), "--output", str(out), "--generate", "2", "--target-column", "target",
+                        "--method", "grad-x-input"], capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert "3 rows: 2 explained, 1 failed" in r.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [rec["row"] for rec in records] == [0, 1, 2]
+    pair = load_pair(exports / "seq2seq-bart")
+    forced = explain_generation(pair, SOURCE, target_text="good day", method="grad-x-input")
+    assert records[0]["teacher_forced"] and records[0]["source_scores"] == [list(x) for x in forced.source_scores]
+    assert not records[1]["teacher_forced"] and len(records[1]["output_tokens"]) <= 2
+    assert records[2]["exit_code"] == 2 and "error" in records[2]

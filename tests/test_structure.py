@@ -31,7 +31,7 @@ LAYERS = [
     {"engine"},
     {"api.explaining"},
     {"api.tasks", "api.arrays"},
-    {"jobs.batch", "jobs.batch_ray"},
+    {"jobs.batch", "jobs.batch_ray", "jobs.batch_generation"},
     {"evaluation"},
     {"server"},
     {"cli", "__main__", "__init__"},
