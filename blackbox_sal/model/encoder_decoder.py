@@ -20,7 +20,6 @@ refused with a message: its no-cache branch would have to be cut out first.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +152,20 @@ def _probe_feeds(table: np.ndarray, extra: Any) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
+def _side_files(folder: Path) -> tuple[Tokenizer, dict[str, Any], tuple[int, int, Any]]:
+    """tokenizer.json, config.json, and config's (decoder start, end of sequence, pad) ids:
+    read with the folder's checks (links only inside it, sizes capped)."""
+    if files.read_side_file(folder, "tokenizer.json") is None:
+        raise ModelError(f"no tokenizer.json in {str(folder)!r}")
+    tokenizer = files.read_tokenizer(folder / "tokenizer.json")
+    config = files.read_side_json(folder, "config.json")
+    config = config if isinstance(config, dict) else {}
+    start, eos, pad = (config.get(k) for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id"))
+    if not isinstance(start, int) or not isinstance(eos, int):
+        raise ModelError("config.json must give decoder_start_token_id and eos_token_id (integers)")
+    return tokenizer, config, (start, eos, pad)
+
+
 def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> Pair:
     """Load the pair in ``path`` and build both gradient graphs (CPU). ModelError (exit 3) for
     a folder that is not a pair, a lookup not found, an operator without a reverse rule, a
@@ -164,16 +177,7 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
         what = (f"only {MERGED}: its no-cache branch is not cut out yet; export with --no-post-process to get "
                 f"{DECODER}") if (folder / MERGED).is_file() else f"no {DECODER}"
         raise ModelError(f"{str(folder)!r} holds {what}")
-    raw_tok = files.read_side_file(folder, "tokenizer.json")
-    if raw_tok is None:
-        raise ModelError(f"no tokenizer.json in {str(folder)!r}")
-    tokenizer = files.read_tokenizer(folder / "tokenizer.json")
-    config = files.read_side_json(folder, "config.json") or {}
-    start = config.get("decoder_start_token_id")
-    eos = config.get("eos_token_id")
-    pad = config.get("pad_token_id")
-    if not isinstance(start, int) or not isinstance(eos, int):
-        raise ModelError("config.json must give decoder_start_token_id and eos_token_id (integers)")
+    tokenizer, _, (start, eos, pad) = _side_files(folder)
     encoder = files.read_onnx(folder / ENCODER)
     decoder = files.read_onnx(folder / DECODER)
     dequantized = tuple(sorted(set(quantized_ops(encoder)) | set(quantized_ops(decoder))))
@@ -225,17 +229,6 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
                 decoder_grad=None if dec_grad is None else session(dec_grad), no_graph=why)
 
 
-def is_pair(path: str | Path) -> bool:
-    """Whether ``path`` is a folder in optimum's encoder/decoder layout."""
-    folder = Path(path)
-    return folder.is_dir() and (folder / ENCODER).is_file()
-
-
-def describe(pair: Pair) -> str:
-    return json.dumps({"name": pair.name, "shared_table": pair.shared_table,
-                       "vocab": int(pair.decoder_table.shape[0]), "dim": int(pair.decoder_table.shape[1])})
-
-
 def _rename_input(model: onnx.ModelProto, old: str, new: str) -> None:
     """Rename a graph input and its readers in the main graph (in place)."""
     for i in model.graph.input:
@@ -276,11 +269,7 @@ def load_single(path: str | Path, threads: int = 0) -> Pair:
     identity: the decoder's "states" are the source embeddings, so generation and the chained
     gradient run unchanged. Both lookups are split out (separate tables, or one shared)."""
     folder = Path(path)
-    tokenizer = files.read_tokenizer(folder / "tokenizer.json")
-    config = files.read_side_json(folder, "config.json") or {}
-    start, eos, pad = (config.get(k) for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id"))
-    if not isinstance(start, int) or not isinstance(eos, int):
-        raise ModelError("config.json must give decoder_start_token_id and eos_token_id (integers)")
+    tokenizer, config, (start, eos, pad) = _side_files(folder)
     proto = files.read_onnx(folder / SINGLE)
     if quantized_ops(proto):
         raise ModelError(f"the single graph is quantized ({', '.join(quantized_ops(proto))}): not explained yet")
