@@ -23,10 +23,10 @@ from blackbox_sal.api.per_token import explain_tokens
 from blackbox_sal.api.spans import explain_answer
 from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
 from blackbox_sal.gradient_graph.store import export_gradient, prepare
-from blackbox_sal.jobs.batch import output_format, run_batch
+from blackbox_sal.jobs.batch import Summary, output_format, run_batch
 from blackbox_sal.jobs.datasets import BadRow, Columns, Row, read_rows, sniff_columns
 from blackbox_sal.methods import METHODS
-from blackbox_sal.model.files import default_model_path
+from blackbox_sal.model.files import default_model_path, read_side_json
 from blackbox_sal.model.loading import load_model
 from blackbox_sal.model.session import DEFAULT_TIMEOUT, time_limit
 from blackbox_sal.model.text_model import TextModel
@@ -137,6 +137,33 @@ def _columns(a: argparse.Namespace) -> Columns:
 def _batch(a: argparse.Namespace) -> None:
     config = _config(a)
     output_format(Path(a.output))  # a suffix that names no format is refused before any work
+    if a.model and _encoder_decoder(Path(a.model)):
+        summary = _batch_pairs(a, config)
+    else:
+        summary = _batch_text(a, config)
+    resumed = f"; {summary.resumed:,} rows were already there from an earlier run" if summary.resumed else ""
+    failed = f", {summary.failed:,} failed (see their error field)" if summary.failed else ""
+    print(f"blackbox-sal: batch: {summary.rows:,} rows: {summary.explained:,} explained{failed}, "
+          f"{summary.seconds:.1f} s, {summary.texts_per_second:.1f} texts/s{resumed}; written to {summary.output}",
+          file=sys.stderr)
+
+
+def _batch_pairs(a: argparse.Namespace, config: ExplainConfig) -> Summary:
+    from blackbox_sal.jobs.batch_generation import run_generation_batch
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+
+    if a.generate is None and a.target_column is None:
+        raise UsageError("a batch over an encoder/decoder model needs --generate N or --target-column NAME")
+    return run_generation_batch(load_encoder_decoder(a.model, dequantize=a.dequantize), a.input, a.output,
+                                generate_tokens=a.generate, method=config.method,
+                                steps=32 if config.steps == "auto" else int(config.steps), baseline=config.baseline,
+                                batch_size=config.batch_size or 64, backend=config.backend, columns=_columns(a),
+                                limit=a.limit)
+
+
+def _batch_text(a: argparse.Namespace, config: ExplainConfig) -> Summary:
+    if a.generate is not None:
+        raise UsageError("--generate in batch is for encoder/decoder models (a folder with encoder_model.onnx)")
     model = _load(a)
     if a.engine == "ray":
         from blackbox_sal.jobs.batch_ray import run_batch_ray
@@ -145,11 +172,7 @@ def _batch(a: argparse.Namespace) -> None:
     else:
         summary = run_batch(model, a.input, a.output, config, _columns(a), window=a.window, limit=a.limit,
                             progress=False if a.quiet else None)
-    resumed = f"; {summary.resumed:,} rows were already there from an earlier run" if summary.resumed else ""
-    failed = f", {summary.failed:,} failed (see their error field)" if summary.failed else ""
-    print(f"blackbox-sal: batch: {summary.rows:,} rows: {summary.explained:,} explained{failed}, "
-          f"{summary.seconds:.1f} s, {summary.texts_per_second:.1f} texts/s{resumed}; written to {summary.output}",
-          file=sys.stderr)
+    return summary
 
 
 def _explain(a: argparse.Namespace) -> None:
@@ -157,6 +180,11 @@ def _explain(a: argparse.Namespace) -> None:
     config = _config(a)  # validate names before loading anything
     if sum(x is not None for x in (a.generate, a.similar_to, a.choice, a.context)) > 1:
         raise UsageError("--generate, --similar-to, --choice and --context are different tasks: give one")
+    if a.model and _encoder_decoder(Path(a.model)):
+        _write(_explain_pair(a, text, config), a.output)
+        return
+    if a.target_text is not None:
+        raise UsageError("--target-text is for encoder/decoder pairs (a folder with encoder_model.onnx)")
     model = _load(a)
     result: object
     if a.context is not None:
@@ -172,6 +200,37 @@ def _explain(a: argparse.Namespace) -> None:
     else:
         result = explain(model, text, config)
     _write(_render(a.format, result, to_terminal=a.output is None), a.output)
+
+
+def _encoder_decoder(folder: Path) -> bool:
+    """optimum's encoder/decoder layout, or a single graph whose config.json says it is one."""
+    if (folder / "encoder_model.onnx").is_file():
+        return True
+    if not (folder.is_dir() and (folder / "model.onnx").is_file()):
+        return False
+    config = read_side_json(folder, "config.json")
+    return isinstance(config, dict) and config.get("is_encoder_decoder") is True
+
+
+def _explain_pair(a: argparse.Namespace, text: str, config: ExplainConfig) -> str:
+    """An encoder/decoder pair's generation (or --target-text) explained, rendered."""
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+    from blackbox_sal.render.generation import generation_html, generation_json, generation_terminal
+    from blackbox_sal.seq2seq.explaining import explain_generation as explain_pair
+
+    if config.baseline not in ("pad", "zero"):
+        raise UsageError("encoder/decoder pairs take --baseline pad or zero")
+    steps = 32 if config.steps == "auto" else int(config.steps)
+    result = explain_pair(load_encoder_decoder(a.model, dequantize=a.dequantize), text, generate_tokens=a.generate,
+                                target_text=None if a.target_text is None else _text(a.target_text, "--target-text"),
+                                method=config.method, steps=steps, baseline=config.baseline,
+                                batch_size=config.batch_size or 64, backend=config.backend)
+    if a.format == "json":
+        return json.dumps(generation_json(result), indent=1) + "\n"
+    if a.format == "html":
+        return generation_html(result)
+    color = a.output is None and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return generation_terminal(result, color=color)
 
 
 def _write(out: str, path: str | None) -> None:

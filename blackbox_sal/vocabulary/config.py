@@ -276,7 +276,10 @@ OPTIONS: tuple[Setting, ...] = (
             flag="--format", commands=REPORTS),
     Setting("output", _PATH, "write the output to FILE", commands=("explain", *REPORTS), metavar="FILE"),
     Setting("generate", Integer(1, 1024), "causal LMs: generate up to N tokens greedily and attribute each to the "
-            "tokens before it (a matrix; terminal or json)", commands=("explain",), metavar="N"),
+            "tokens before it (a matrix; terminal or json); encoder/decoder pairs: the output to explain (batch: "
+            "for rows without a target column)", commands=("explain", "batch"), metavar="N"),
+    Setting("target_text", _TEXT, "encoder/decoder pairs: explain this output (teacher forcing) instead of a "
+            "generated one", commands=("explain",), metavar="TEXT"),
     Setting("choice", _TEXT, "multiple choice (give it twice or more): score each (TEXT, ANSWER) pair and explain "
             "the best; a classifier needs --target, the class that scores a pair", append=True,
             commands=("explain",), metavar="ANSWER"),

@@ -250,3 +250,33 @@ class TokenTargets:
     def matrix(self) -> tuple[tuple[float, ...], ...]:
         """[targets, tokens]: each target's score on each input token."""
         return tuple(tuple(s.score for s in t.explanation.tokens) for t in self.targets)
+
+
+@dataclass(frozen=True)
+class GenerationExplanation:
+    """An encoder/decoder's output explained step by step (blackbox_sal.seq2seq).
+
+    source_tokens: the source's tokens [S]. prefix_tokens: the decoder's input tokens [T] (the
+    start token, then each output token but the last). output_tokens: the explained tokens [T]
+    (generated greedily, or given: ``teacher_forced``). log_probs: log p(output_t | source,
+    prefix_<=t) [T]. source_scores [T][S] and prefix_scores [T][T]: each step's attribution to
+    each source token and each decoder input token (zero above the diagonal: a causal decoder).
+    deltas: per step, log p_t(x) - log p_t(baseline) - sum(source_scores[t]) (integrated
+    gradients on the source, the prefix held fixed), else None. backend: "graph" (the chained
+    gradient graphs) or "fd" (central differences). steps: integration points (IG).
+    """
+
+    model: str
+    method: str
+    source_text: str
+    output_text: str
+    source_tokens: tuple[str, ...]
+    prefix_tokens: tuple[str, ...]
+    output_tokens: tuple[str, ...]
+    log_probs: tuple[float, ...]
+    source_scores: tuple[tuple[float, ...], ...]
+    prefix_scores: tuple[tuple[float, ...], ...]
+    teacher_forced: bool
+    backend: str = "graph"
+    steps: int | None = None
+    deltas: tuple[float, ...] | None = None

@@ -1,0 +1,210 @@
+"""Generation by an encoder/decoder pair, explained step by step through the chained gradient.
+
+For output step t with decoder input (prefix) tokens p_0..p_t (p_0 the start token, p_j = y_{j-1})
+and source embeddings x [S, D], the explained score is log p(y_t | x, p_<=t). One decoder
+gradient run over T rows (one per step, seeded one-hot at (t, y_t)) gives d/d prefix embeds
+and d/d encoder states; the encoder's gradient graph, seeded with the states' cotangents, turns
+those into d/d x (:mod:`blackbox_sal.surgery.encoder_decoder`). Per token, with g the gradient:
+
+- ``grad-x-input``: sum_d g * x (prefix tokens: g * their embeddings);
+- ``saliency``: ||g||_2 over the embedding;
+- ``ig`` (Sundararajan et al. 2017) on the source, the prefix held fixed:
+  x_a = x' + a (x - x'), IG_t = (x - x') * sum_k w_k g_t(x_{a_k}) with Gauss-Legendre points
+  a_k, weights w_k on [0, 1]; completeness: sum IG_t = log p_t(x) - log p_t(x') - delta_t. The
+  baseline x' is the pad token's embedding at every position (``pad``, the default when the
+  config names one) or zeros (``zero``: a poor path through T5's RMSNorm, whose gradient blows
+  up near 0). The prefix matrix is then grad x input at x (the prefix is not integrated).
+
+Cost: T decoder rows and T encoder rows per gradient (times ``steps`` for IG), the rows of one
+explanation in shared runs of at most ``batch_size`` rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from blackbox_sal.methods.quadrature import gauss_legendre
+from blackbox_sal.model.encoder_decoder import Pair
+from blackbox_sal.text.tokenization import MAX_CHARS, tokenize
+from blackbox_sal.vocabulary.errors import InputError, UsageError
+from blackbox_sal.vocabulary.result import GenerationExplanation
+
+METHODS = ("grad-x-input", "saliency", "ig")
+BASELINES = ("pad", "zero")
+#: most output tokens one explanation generates or takes
+MAX_OUTPUT_TOKENS = 256
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(k, min(k + size, n)) for k in range(0, n, size)]
+
+
+def generate(pair: Pair, source_ids: np.ndarray, max_new: int) -> list[int]:
+    """Greedy decoding: at most ``max_new`` tokens, stopping after the end-of-sequence token.
+    The decoder reruns on the growing prefix (no past key values)."""
+    ids = source_ids[None]
+    mask = np.ones_like(ids)
+    states = pair.encode(pair.encoder_table[ids], mask, ids)
+    out: list[int] = []
+    for _ in range(max_new):
+        prefix = np.array([[pair.start_id, *out]], np.int64)
+        logits = pair.logits(pair.decoder_table[prefix], prefix, states, mask, ids)
+        out.append(int(np.argmax(logits[0, -1])))
+        if out[-1] == pair.eos_id:
+            break
+    return out
+
+
+def chained_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix_ids: np.ndarray,
+                      targets: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For source embeddings ``source`` [P, S, D] (P points, e.g. IG's) and the output
+    ``targets`` [T] after ``prefix_ids`` [T]: (log p_t at each point [P, T], d log p_t / d
+    source [P, T, S, D], d log p_t / d prefix embeddings [P, T, T, D])."""
+    points, length, _ = source.shape
+    steps = len(targets)
+    vocab = pair.decoder_table.shape[0]
+    ids = np.repeat(source_ids[None], points, 0)
+    mask = np.ones_like(ids)
+    states = np.concatenate([pair.encode(source[s], mask[s], ids[s]) for s in _chunks(points, batch_size)])
+    rows = points * steps
+    point = np.repeat(np.arange(points), steps)
+    step = np.tile(np.arange(steps), points)
+    weights = np.zeros((rows, steps * vocab), np.float32)
+    weights[np.arange(rows), step * vocab + targets[step]] = 1.0
+    dec_ids = np.repeat(prefix_ids[None], rows, 0)
+    dec_embeds = pair.decoder_table[dec_ids]
+    log_probs = np.empty(rows)
+    g_prefix = np.empty((rows, steps, dec_embeds.shape[2]), np.float32)
+    g_source = np.empty((rows, length, source.shape[2]), np.float32)
+    for s in _chunks(rows, batch_size):
+        flat, g_dec, g_states = pair.decoder_vjp(dec_embeds[s], dec_ids[s], states[point[s]], mask[point[s]],
+                                                 weights[s], ids[point[s]])
+        log_probs[s] = flat[np.arange(s.stop - s.start), step[s] * vocab + targets[step[s]]]
+        g_prefix[s] = g_dec
+        g_source[s] = pair.encoder_vjp(source[point[s]], mask[point[s]], ids[point[s]], g_states)
+    return (log_probs.reshape(points, steps), g_source.reshape(points, steps, length, -1),
+            g_prefix.reshape(points, steps, steps, -1))
+
+
+def _log_p(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix: np.ndarray, prefix_ids: np.ndarray,
+           targets: np.ndarray, batch_size: int) -> np.ndarray:
+    """log p_t for rows of source embeddings [N, S, D] and prefix embeddings [N, T, D]: [N, T]
+    (float64 softmax over float32 logits)."""
+    rows = len(source)
+    out = np.empty((rows, len(targets)))
+    for s in _chunks(rows, batch_size):
+        n = s.stop - s.start
+        ids = np.repeat(source_ids[None], n, 0)
+        mask = np.ones_like(ids)
+        states = pair.encode(source[s], mask, ids)
+        logits = pair.logits(prefix[s], np.repeat(prefix_ids[None], n, 0), states, mask, ids).astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        out[s] = lp[:, np.arange(len(targets)), targets]
+    return out
+
+
+def fd_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix_ids: np.ndarray,
+                 targets: np.ndarray, batch_size: int = 64, step: float = 3e-3
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`chained_gradients` by central differences, for models without a gradient graph
+    (a recurrent layer): every output step comes out of each perturbed forward run, so a point
+    costs 2 (S + T) D rows. ``step`` is relative to the embeddings' root mean square."""
+    points, length, dim = source.shape
+    steps = len(targets)
+    prefix = pair.decoder_table[prefix_ids].astype(np.float32)
+    h_src = step * float(np.sqrt(np.mean(source[-1].astype(np.float64) ** 2)) or 1.0)
+    h_pre = step * float(np.sqrt(np.mean(prefix.astype(np.float64) ** 2)) or 1.0)
+    n_src, n_pre = length * dim, steps * dim
+    eye_src = np.eye(n_src, dtype=np.float32).reshape(n_src, length, dim)
+    eye_pre = np.eye(n_pre, dtype=np.float32).reshape(n_pre, steps, dim)
+    log_probs = np.empty((points, steps))
+    g_source = np.empty((points, steps, length, dim), np.float32)
+    g_prefix = np.empty((points, steps, steps, dim), np.float32)
+    for p in range(points):
+        x = source[p].astype(np.float32)
+        src_rows = np.concatenate([x[None], x + h_src * eye_src, x - h_src * eye_src,
+                                   np.repeat(x[None], 2 * n_pre, 0)])
+        pre_rows = np.concatenate([prefix[None], np.repeat(prefix[None], 2 * n_src, 0), prefix + h_pre * eye_pre,
+                                   prefix - h_pre * eye_pre])
+        lp = _log_p(pair, src_rows, source_ids, pre_rows, prefix_ids, targets, batch_size)
+        log_probs[p] = lp[0]
+        up, down = lp[1:1 + n_src], lp[1 + n_src:1 + 2 * n_src]
+        g_source[p] = ((up - down) / (2 * h_src)).T.reshape(steps, length, dim)
+        up, down = lp[1 + 2 * n_src:1 + 2 * n_src + n_pre], lp[1 + 2 * n_src + n_pre:]
+        g_prefix[p] = ((up - down) / (2 * h_pre)).T.reshape(steps, steps, dim)
+    return log_probs, g_source, g_prefix
+
+
+def _per_token(method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    if method == "saliency":
+        return lambda g, x: np.asarray(np.linalg.norm(g, axis=-1))
+    return lambda g, x: np.asarray((g * x).sum(-1))
+
+
+def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = None, target_text: str | None = None,
+                       method: str = "grad-x-input", steps: int = 32, baseline: str = "pad", batch_size: int = 64,
+                       max_length: int | None = 512, max_chars: int = MAX_CHARS,
+                       backend: str = "auto") -> GenerationExplanation:
+    """Explain each output token's log-probability by the source tokens and the earlier output
+    tokens. The output is generated greedily (``generate_tokens`` at most) or given
+    (``target_text``, tokenized as labels: teacher forcing). UsageError for an unknown method
+    or neither/both of the two; InputError for a text that cannot be tokenized. ``backend``:
+    ``graph`` (the chained gradient graphs; UsageError when the model has none), ``fd``
+    (central differences, :func:`fd_gradients`), ``auto`` (the graph when there is one)."""
+    if method not in METHODS:
+        raise UsageError(f"method {method!r} is not available for encoder/decoder models; choose from "
+                         f"{', '.join(METHODS)}")
+    if baseline not in BASELINES:
+        raise UsageError(f"baseline {baseline!r} is not available for encoder/decoder models; choose from "
+                         f"{', '.join(BASELINES)}")
+    if backend not in ("auto", "graph", "fd"):
+        raise UsageError(f"backend {backend!r} is not one of auto, graph, fd")
+    if backend == "graph" and pair.decoder_grad is None:
+        raise UsageError(f"--backend graph: this model has no gradient graph ({pair.no_graph}); use fd or auto")
+    use = "fd" if backend == "fd" or pair.decoder_grad is None else "graph"
+    gradients = chained_gradients if use == "graph" else fd_gradients
+    if (generate_tokens is None) == (target_text is None):
+        raise UsageError("an encoder/decoder model needs --generate N or --target-text TEXT (one of them)")
+    if generate_tokens is not None and not 1 <= generate_tokens <= MAX_OUTPUT_TOKENS:
+        raise UsageError(f"--generate must be between 1 and {MAX_OUTPUT_TOKENS}")
+    tokens = tokenize(pair.tokenizer, text, max_length, max_chars)
+    source_ids = tokens.ids.astype(np.int64)
+    if target_text is not None:
+        outputs = tokenize(pair.tokenizer, target_text, MAX_OUTPUT_TOKENS, max_chars).ids.astype(np.int64)
+    else:
+        outputs = np.array(generate(pair, source_ids, generate_tokens or 1), np.int64)
+    if not len(outputs):
+        raise InputError("the target text has no tokens")
+    prefix_ids = np.array([pair.start_id, *outputs[:-1]], np.int64)
+    x = pair.encoder_table[source_ids].astype(np.float32)
+    prefix_x = pair.decoder_table[prefix_ids].astype(np.float32)
+    score = _per_token(method)
+    deltas: tuple[float, ...] | None = None
+    if method == "ig":
+        alphas, w = gauss_legendre(steps)
+        base = (np.broadcast_to(pair.encoder_table[pair.pad_id], x.shape) if baseline == "pad" and pair.pad_id
+                is not None else np.zeros_like(x))
+        points = np.concatenate([base[None] + alphas[:, None, None] * (x - base)[None], base[None], x[None]])
+        lp, g_src, g_pre = gradients(pair, points.astype(np.float32), source_ids, prefix_ids, outputs, batch_size)
+        avg = np.tensordot(w, g_src[:steps], axes=1)  # [T, S, D]
+        source_scores = (avg * (x - base)[None]).sum(-1)
+        prefix_scores = (g_pre[-1] * prefix_x[None]).sum(-1)
+        log_probs = lp[-1]
+        deltas = tuple(float(d) for d in lp[-1] - lp[-2] - source_scores.sum(-1))
+    else:
+        lp, g_src, g_pre = gradients(pair, x[None], source_ids, prefix_ids, outputs, batch_size)
+        source_scores = score(g_src[0], x[None])
+        prefix_scores = score(g_pre[0], prefix_x[None])
+        log_probs = lp[0]
+    return GenerationExplanation(
+        model=pair.name, method=method, source_text=text,
+        output_text=pair.tokenizer.decode([int(i) for i in outputs], skip_special_tokens=True),
+        source_tokens=tokens.strings, prefix_tokens=tuple(pair.token(i) for i in prefix_ids),
+        output_tokens=tuple(pair.token(i) for i in outputs), log_probs=tuple(float(v) for v in log_probs),
+        source_scores=tuple(tuple(float(v) for v in row) for row in source_scores),
+        prefix_scores=tuple(tuple(float(v) for v in row) for row in prefix_scores),
+        teacher_forced=target_text is not None, backend=use, steps=steps if method == "ig" else None,
+        deltas=deltas)

@@ -1,0 +1,115 @@
+"""The two gradient graphs an encoder/decoder pair is explained through (pure surgery on bodies).
+
+The chain rule across the pair (DESIGN.md §8): for the log-probability of output token t,
+
+    d log p_t / d source_embeds = J_enc^T . (d log p_t / d encoder_hidden_states)
+
+so the decoder's graph differentiates *two* inputs (its own token embeddings and the encoder's
+states) and the encoder's graph is seeded with the decoder's cotangent on the states::
+
+    decoder body:  inputs_embeds [B, T, D], encoder_hidden_states [B, S, D], mask [B, S]
+                   -> logits [B, T, V] -> LogSoftmax -> Flatten -> log_probs [B, T*V]
+    decoder graph: + target_weights [B, T*V]  ->  log_probs, grad [B, T, D], grad_states [B, S, D]
+
+    encoder body:  inputs_embeds [B, S, D], attention_mask [B, S] -> last_hidden_state
+                   -> Flatten -> states [B, S*D]
+    encoder graph: + target_weights [B, S*D] (= grad_states, flattened) -> states, grad [B, S, D]
+
+A row of the batch is one output step: its weights are one-hot at (t, y_t). The decoder graph
+is the reverse pass run twice over one forward (once per differentiated input); the adjoint
+names of the first pass are renamed so the second pass's do not collide with them.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from blackbox_sal.surgery.facts import Facts
+from blackbox_sal.surgery.gradient import forward_part
+from blackbox_sal.surgery.names import EMBEDS, GRAD, WEIGHTS
+from blackbox_sal.surgery.prune import clear_shapes, prune
+from blackbox_sal.surgery.reverse import reverse
+from blackbox_sal.vocabulary.errors import ModelError
+
+#: the decoder's input carrying the encoder's output (optimum's name)
+STATES = "encoder_hidden_states"
+#: the decoder graph's second gradient: d(weights . log_probs) / d encoder_hidden_states
+GRAD_STATES = "grad_states"
+#: the scored outputs added to the bodies
+LOG_PROBS = "bbs_log_probs"
+FLAT_STATES = "bbs_flat_states"
+
+
+def scored_decoder(body: onnx.ModelProto, logits: str) -> onnx.ModelProto:
+    """The decoder body with ``log_probs`` = Flatten(LogSoftmax(logits)) [B, T*V] as its one
+    output (pure)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(body)
+    g = model.graph
+    g.node.extend([helper.make_node("LogSoftmax", [logits], ["bbs_log_softmax"], axis=-1),
+                   helper.make_node("Flatten", ["bbs_log_softmax"], [LOG_PROBS], axis=1)])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info(LOG_PROBS, onnx.TensorProto.FLOAT, ["batch", "scores"]))
+    return forward_part(model, LOG_PROBS)
+
+
+def flat_encoder(body: onnx.ModelProto, states: str) -> onnx.ModelProto:
+    """The encoder body with its states flattened to [B, S*D] as its one output (pure)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(body)
+    g = model.graph
+    g.node.append(helper.make_node("Flatten", [states], [FLAT_STATES], axis=1))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info(FLAT_STATES, onnx.TensorProto.FLOAT, ["batch", "flat"]))
+    return forward_part(model, FLAT_STATES)
+
+
+def _with_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    g = model.graph
+    g.input.append(helper.make_tensor_value_info(WEIGHTS, onnx.TensorProto.FLOAT, ["batch", "scores"]))
+    prune(g, keep_inputs=frozenset(i.name for i in g.input))
+    clear_shapes(g)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"the gradient graph does not pass onnx.checker: {exc}") from exc
+    return model
+
+
+def encoder_gradient(forward: onnx.ModelProto, facts: Facts) -> onnx.ModelProto:
+    """The encoder's gradient graph (see the module's sketch) from :func:`flat_encoder`'s
+    output and its probe facts. ModelError names an operator without a rule."""
+    return _with_weights(reverse(forward, EMBEDS, FLAT_STATES, WEIGHTS, GRAD, facts))
+
+
+def decoder_gradient(forward: onnx.ModelProto, facts: Facts) -> onnx.ModelProto:
+    """The decoder's gradient graph with two gradients (see the module's sketch) from
+    :func:`scored_decoder`'s output and its probe facts."""
+    first = reverse(forward, EMBEDS, LOG_PROBS, WEIGHTS, GRAD, facts)
+    _rename_adjoints(first.graph, len(forward.graph.node), len(forward.graph.initializer))
+    both = reverse(first, STATES, LOG_PROBS, WEIGHTS, GRAD_STATES, facts)
+    grad_info = helper.make_tensor_value_info(GRAD, onnx.TensorProto.FLOAT, ["batch", "target", "dim"])
+    both.graph.output.insert(1, grad_info)
+    return _with_weights(both)
+
+
+def _rename_adjoints(graph: onnx.GraphProto, nodes_before: int, initializers_before: int) -> None:
+    """Give the names a reverse pass emitted (``bbs_<op>_<n>``, after the first
+    ``nodes_before`` nodes) the prefix ``bbs_e_`` so that a second pass can emit its own."""
+    renamed: dict[str, str] = {}
+    for init in graph.initializer[initializers_before:]:
+        if init.name.startswith("bbs_"):
+            renamed[init.name] = "bbs_e_" + init.name[4:]
+            init.name = renamed[init.name]
+    added = graph.node[nodes_before:]
+    for node in added:
+        for k, out in enumerate(node.output):
+            if out.startswith("bbs_") and out != GRAD:
+                renamed[out] = "bbs_e_" + out[4:]
+                node.output[k] = renamed[out]
+        if node.name.startswith("bbs_"):
+            node.name = "bbs_e_" + node.name[4:]
+    for node in added:
+        for k, name in enumerate(node.input):
+            node.input[k] = renamed.get(name, name)
