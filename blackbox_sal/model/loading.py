@@ -204,6 +204,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         body = last_position(body, source)
         model = replace(model, task="next-token", output=NEXT_TOKEN, body=body,
                         runtime=model.runtime.again(body.SerializeToString()))
+    elif chosen.kind == "embedding":  # pooled already [batch, dim]: what to explain of it must be said
+        model = replace(model, task="embedding")
     elif per_position == "states":
         # token states: pooled into a sentence embedding
         mode, norm, said = _pooling(found.onnx_path.parent, config, pooling, normalize)
