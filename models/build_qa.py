@@ -8,12 +8,18 @@ exports are laid out:
 
     python models/build_qa.py                    # writes models/.cache/tiny-qa (a few seconds)
     python models/build_qa.py --out DIR
+    python models/build_qa.py --committed        # writes models/tiny-qa (committed; no torch at test time)
 
 The folder holds ``model.onnx``, ``tokenizer.json`` (a BERT WordPiece tokenizer over
 :data:`WORDS`, lower-cased, with the pair template ``[CLS] A [SEP] B [SEP]``, type ids 0 then
 1), ``config.json`` (``max_position_embeddings`` 64) and ``model.pt``, the PyTorch state dict,
 so the tests can compare attributions with PyTorch autograd on the same weights
 (:func:`torch_model` rebuilds the module from it). Seeded: the same files every time.
+
+``--committed`` writes ``models/tiny-qa/``, the folder ``tests/test_spans.py`` reads where torch
+is not installed (CI): the same ``model.onnx``, ``tokenizer.json``, ``config.json``, no
+``model.pt``, and ``reference.npz``, PyTorch's answers on :data:`QUESTION` and :data:`CONTEXT`
+(see :func:`reference`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ WORDS = ("the", "a", "of", "in", "is", "was", "who", "what", "where", "when", "w
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_POSITIONS = 64
 SEED = 23
+#: the pair the committed reference is computed on (``tests/test_spans.py`` explains it)
+QUESTION = "who built the eiffel tower ?"
+CONTEXT = "the eiffel tower was built by gustave eiffel in 1889 ."
+COMMITTED = HERE / "tiny-qa"
 
 
 def vocabulary() -> list[str]:
@@ -116,10 +126,62 @@ def build(out: Path) -> Path:
     return out
 
 
+def reference(folder: Path, question: str = QUESTION, context: str = CONTEXT) -> dict[str, Any]:
+    """PyTorch's answers on the pair, as numpy arrays: ``start`` and ``end`` logits [S] (float64),
+    ``span`` (i, j), the best span of at most 30 context tokens, ``emb`` the word embeddings [S, D]
+    and ``grad_start``, ``grad_end``, ``grad_span`` = d start[i], d end[j], d (start[i] + end[j])
+    with respect to them [S, D], float64. The pair is tokenized as blackbox-sal tokenizes it."""
+    import numpy as np
+    import torch
+
+    from blackbox_sal.api.spans import best_spans, token_parts
+    from blackbox_sal.model.loading import load_model
+    from blackbox_sal.text.tokenization import tokenize_pair
+
+    model = load_model(folder)
+    net = torch_model(folder)
+    tokens = tokenize_pair(model.tokenizer, question, context, model.max_length)
+    ids = torch.tensor(tokens.ids[None], dtype=torch.int64)
+    types = torch.tensor(tokens.type_ids[None], dtype=torch.int64)
+    emb = net.bert.embeddings.word_embeddings(ids).detach().requires_grad_(True)
+    out = net(inputs_embeds=emb, token_type_ids=types, attention_mask=torch.ones_like(ids))
+    start, end = out.start_logits[0], out.end_logits[0]
+    parts = token_parts(tokens, len(question) + 1)
+    i, j = best_spans(start.detach().numpy(), end.detach().numpy(), np.array([p == "context" for p in parts]),
+                      30)[0]
+    got: dict[str, Any] = {"ids": np.asarray(tokens.ids, dtype=np.int64),
+                           "start": start.detach().double().numpy(), "end": end.detach().double().numpy(),
+                           "span": np.array([i, j], dtype=np.int64), "emb": emb[0].detach().double().numpy()}
+    for name, scalar in (("start", start[i]), ("end", end[j]), ("span", start[i] + end[j])):
+        (g,) = torch.autograd.grad(scalar, emb, retain_graph=True)
+        got[f"grad_{name}"] = g[0].double().numpy()
+    return got
+
+
+def build_committed(out: Path = COMMITTED) -> Path:
+    """Write the export and its PyTorch reference into ``out`` (``models/tiny-qa``), without the
+    state dict: what the tests need where torch is not installed."""
+    import tempfile
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as scratch:
+        built = build(Path(scratch) / "tiny-qa")
+        ref = reference(built)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("model.onnx", "tokenizer.json", "config.json"):
+            (out / name).write_bytes((built / name).read_bytes())
+    np.savez_compressed(out / "reference.npz", **ref)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / ".cache" / "tiny-qa")
-    print(build(parser.parse_args().out))
+    parser.add_argument("--committed", action="store_true",
+                        help="write models/tiny-qa: the export and PyTorch's reference.npz, no model.pt")
+    args = parser.parse_args()
+    print(build_committed() if args.committed else build(args.out))
 
 
 if __name__ == "__main__":

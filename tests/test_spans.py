@@ -41,10 +41,24 @@ def _build_qa() -> ModuleType:
     return module
 
 
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#: ``models/build_qa.py --committed``: the export and PyTorch's answers on QUESTION and CONTEXT,
+#: read where torch is not installed (CI); with torch the tests build the model afresh instead
+COMMITTED = ROOT / "models" / "tiny-qa"
+
+
 @pytest.fixture(scope="module")
 def qa_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    if not _has_torch():
+        return COMMITTED
     return Path(_build_qa().build(tmp_path_factory.mktemp("tiny-qa")))
 
 
@@ -55,25 +69,39 @@ def qa(qa_folder: Path) -> TextModel:
 
 def _torch_reference(folder: Path, model: TextModel, question: str, context: str) -> dict[str, Any]:
     """PyTorch's start and end logits on the pair, and for each target (start i, end j, their
-    sum) d target / d word embeddings [S, D], with the word embeddings [S, D]."""
-    import torch
-
-    net = _build_qa().torch_model(folder)
+    sum) d target / d word embeddings [S, D], with the word embeddings [S, D]: computed now with
+    torch, or read from the committed ``reference.npz`` without it."""
+    assert (question, context) == (QUESTION, CONTEXT)  # the pair the committed reference holds
+    if _has_torch():
+        got = _build_qa().reference(folder, question, context)
+    else:
+        with np.load(folder / "reference.npz") as stored:
+            got = {k: stored[k] for k in stored.files}
     tokens = tokenize_pair(model.tokenizer, question, context, model.max_length)
-    ids = torch.tensor(tokens.ids[None], dtype=torch.int64)
-    types = torch.tensor(tokens.type_ids[None], dtype=torch.int64)
-    emb = net.bert.embeddings.word_embeddings(ids).detach().requires_grad_(True)
-    out = net(inputs_embeds=emb, token_type_ids=types, attention_mask=torch.ones_like(ids))
-    start, end = out.start_logits[0], out.end_logits[0]
-    parts = token_parts(tokens, len(question) + 1)
-    i, j = best_spans(start.detach().numpy(), end.detach().numpy(), np.array([p == "context" for p in parts]),
-                      30)[0]
-    grads = {}
-    for name, scalar in (("start", start[i]), ("end", end[j]), ("span", start[i] + end[j])):
-        (g,) = torch.autograd.grad(scalar, emb, retain_graph=True)
-        grads[name] = g[0].double().numpy()
-    return {"start": start.detach().double().numpy(), "end": end.detach().double().numpy(), "span": (i, j),
-            "grads": grads, "emb": emb[0].detach().double().numpy(), "tokens": tokens, "parts": parts}
+    assert np.array_equal(tokens.ids, got["ids"])
+    i, j = (int(k) for k in got["span"])
+    return {"start": got["start"], "end": got["end"], "span": (i, j), "emb": got["emb"], "tokens": tokens,
+            "grads": {n: got[f"grad_{n}"] for n in ("start", "end", "span")},
+            "parts": token_parts(tokens, len(question) + 1)}
+
+
+def test_the_committed_folder_is_what_the_build_writes(qa_folder: Path) -> None:
+    """models/tiny-qa (read without torch) holds the same export and the same PyTorch answers
+    as a fresh ``build_qa.py`` build: the committed reference cannot drift from the script."""
+    if not _has_torch():
+        pytest.skip("needs torch and transformers to rebuild the model")
+    fresh = _build_qa().reference(qa_folder)
+    with np.load(COMMITTED / "reference.npz") as stored:
+        assert sorted(stored.files) == sorted(fresh)
+        for k in stored.files:
+            np.testing.assert_allclose(stored[k], fresh[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for name in ("tokenizer.json", "config.json"):
+        assert (COMMITTED / name).read_bytes() == (qa_folder / name).read_bytes()
+    committed, built = load_model(COMMITTED), load_model(qa_folder)
+    tokens = tokenize_pair(built.tokenizer, QUESTION, CONTEXT, built.max_length)
+    ids, types, mask = built.pad(tokens.ids, tokens.type_ids)
+    np.testing.assert_allclose(committed.forward(committed.embed(ids)[None], ids, types, mask),
+                               built.forward(built.embed(ids)[None], ids, types, mask), rtol=1e-6, atol=1e-6)
 
 
 def test_the_loader_joins_start_and_end_logits(qa: TextModel, qa_folder: Path) -> None:
