@@ -398,3 +398,23 @@ def test_batch_writes_one_record_per_row_with_its_matrices(exports: Path, tmp_pa
     assert records[0]["teacher_forced"] and records[0]["source_scores"] == [list(x) for x in forced.source_scores]
     assert not records[1]["teacher_forced"] and len(records[1]["output_tokens"]) <= 2
     assert records[2]["exit_code"] == 2 and "error" in records[2]
+
+
+@needs_torch
+def test_the_package_api_equals_the_clis_json(exports: Path) -> None:
+    """``blackbox_sal.load_encoder_decoder`` + ``explain_seq2seq`` give, through the JSON view,
+    the very document the CLI prints for the same settings (generated and teacher-forced)."""
+    import blackbox_sal as bs
+
+    folder = exports / "seq2seq-t5"
+    pair = bs.load_encoder_decoder(folder)
+    for flags, target in ((["--generate", "3"], None), (["--target-text", "a cat"], "a cat")):
+        r = subprocess.run([sys.executable, "-m", "blackbox_sal", "explain", "--model", str(folder), *flags,
+                            "--method", "ig", "--steps", "8", "--format", "json", SOURCE], capture_output=True,
+                           text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        assert r.returncode == 0, r.stderr
+        result = bs.explain_seq2seq(pair, SOURCE, generate_tokens=None if target else 3, target_text=target,
+                                    method="ig", steps=8)
+        assert isinstance(result, bs.GenerationExplanation)
+        assert json.loads(json.dumps(generation_json(result))) == json.loads(r.stdout)
+        assert result.teacher_forced is (target is not None) and result.steps == 8
