@@ -418,3 +418,36 @@ def test_the_package_api_equals_the_clis_json(exports: Path) -> None:
         assert isinstance(result, bs.GenerationExplanation)
         assert json.loads(json.dumps(generation_json(result))) == json.loads(r.stdout)
         assert result.teacher_forced is (target is not None) and result.steps == 8
+
+
+@needs_torch
+def test_the_server_answers_as_the_package_api(exports: Path) -> None:
+    """KServe V1 on an encoder/decoder pair: ``:explain`` gives per instance the API result's
+    JSON view (teacher-forced with target_text, generated without), ``:predict`` the greedy
+    output text; a bad instance is a 400 with one line."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    import blackbox_sal as bs
+    from blackbox_sal.server.app import PAIR_GENERATE, Server
+
+    pair = bs.load_encoder_decoder(exports / "seq2seq-t5")
+    client = TestClient(Server({}, bs.ExplainConfig(method="ig", steps=8), pairs={"t5": pair}).app)
+    r = client.post("/v1/models/t5:explain", json={"instances": [{"text": SOURCE, "target_text": "a cat"},
+                                                                  {"text": SOURCE, "id": "g"}]})
+    assert r.status_code == 200, r.text
+    forced, generated = r.json()["explanations"]
+    assert forced == json.loads(json.dumps(generation_json(bs.explain_seq2seq(
+        pair, SOURCE, target_text="a cat", method="ig", steps=8))))
+    expected = bs.explain_seq2seq(pair, SOURCE, generate_tokens=PAIR_GENERATE, method="ig", steps=8)
+    assert generated == {"id": "g", **json.loads(json.dumps(generation_json(expected)))}
+    r = client.post("/v1/models/t5:predict", json={"instances": [SOURCE]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [{"text": expected.output_text}]}
+    for bad in ({"text": SOURCE, "target": 1}, {"text": ""}, {"text": SOURCE, "target_text": 3}):
+        r = client.post("/v1/models/t5:explain", json={"instances": [bad]})
+        assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
+    r = client.post("/v1/models/t5:predict", json={"instances": [{"text": SOURCE, "target_text": "a"}]})
+    assert r.status_code == 400 and "target_text" in r.json()["error"]
+    r = client.post("/v1/models/t5:explain", json={"instances": [SOURCE], "parameters": {"method": "lime"}})
+    assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
