@@ -451,3 +451,5 @@ def test_the_server_answers_as_the_package_api(exports: Path) -> None:
     assert r.status_code == 400 and "target_text" in r.json()["error"]
     r = client.post("/v1/models/t5:explain", json={"instances": [SOURCE], "parameters": {"method": "lime"}})
     assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
+    assert client.get("/v1/models/t5").json() == {"name": "t5", "ready": True}
+    assert client.get("/v1/models").json() == {"models": ["t5"]}

@@ -217,9 +217,10 @@ class Server:
         async def status() -> Response:
             name = request.path_params["name"]
             model, _, verb = name.rpartition(":")
-            if model in self.served and verb in ("predict", "explain"):
+            if (model in self.served or model in self.pairs) and verb in ("predict", "explain"):
                 return _error(405, f"GET is not allowed on {request.url.path}", headers={"Allow": "POST"})
-            self._served(name)
+            if name not in self.pairs:
+                self._served(name)
             return JSONResponse({"name": name, "ready": self.ready})
         return await _answer(status)
 
