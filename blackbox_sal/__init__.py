@@ -41,6 +41,9 @@ _WHERE = {
     "prepare": "blackbox_sal.gradient_graph.store",
     "default_model_path": "blackbox_sal.model.files",
     "load_model": "blackbox_sal.model.loading",
+    "load_encoder_decoder": "blackbox_sal.model.encoder_decoder",
+    "explain_seq2seq": "blackbox_sal.seq2seq.explaining",
+    "GenerationExplanation": "blackbox_sal.vocabulary.result",
     "TextModel": "blackbox_sal.model.text_model",
     "render_terminal": "blackbox_sal.render.terminal",
     "render_json": "blackbox_sal.render.json",
@@ -66,12 +69,12 @@ _DEPRECATED = {
 }
 
 __all__ = [
-    "AnswerSpan", "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "InputError", "Label",
-    "ModelError", "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel", "TokenTargets",
-    "UnavailableError", "UsageError", "Window", "__version__", "attribute", "default_model_path", "explain",
-    "explain_answer", "explain_choices", "explain_generation", "explain_many", "explain_similarity",
-    "explain_tokens", "export_gradient", "export_torch",
-    "load_model", "prepare", "render_html", "render_json", "render_terminal",
+    "AnswerSpan", "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "GenerationExplanation",
+    "InputError", "Label", "ModelError", "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel",
+    "TokenTargets", "UnavailableError", "UsageError", "Window", "__version__", "attribute", "default_model_path",
+    "explain", "explain_answer", "explain_choices", "explain_generation", "explain_many", "explain_seq2seq",
+    "explain_similarity", "explain_tokens", "export_gradient", "export_torch", "load_encoder_decoder", "load_model",
+    "prepare", "render_html", "render_json", "render_terminal",
 ]
 
 
@@ -99,12 +102,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from blackbox_sal.api.tasks import explain_choices, explain_generation, explain_similarity
     from blackbox_sal.gradient_graph.store import export_gradient, prepare
     from blackbox_sal.gradient_graph.torch_export import export_torch
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
     from blackbox_sal.model.files import default_model_path
     from blackbox_sal.model.loading import load_model
     from blackbox_sal.model.text_model import TextModel
     from blackbox_sal.render.html import render_html
     from blackbox_sal.render.json import render_json
     from blackbox_sal.render.terminal import render_terminal
+    from blackbox_sal.seq2seq.explaining import explain_seq2seq
     from blackbox_sal.text.words import Span
     from blackbox_sal.vocabulary.config import ExplainConfig
     from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, UnavailableError, UsageError
@@ -113,6 +118,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         Choices,
         Explanation,
         Generation,
+        GenerationExplanation,
         Label,
         Prediction,
         Provenance,

@@ -256,18 +256,27 @@ def _serve(a: argparse.Namespace) -> None:
         raise UnavailableError(f"serve needs the [serve] extra (pip install 'blackbox-sal[serve]'): "
                                f"{exc.name} is missing") from exc
     named: dict[str, TextModel] = {}
+    pairs: dict[str, Any] = {}  # encoder/decoder folders (KServe V1 :predict and :explain)
     for spec in a.models or [str(default_model_path())]:
         name, sep, path = spec.partition("=")
         if not sep:
             path, name = spec, ""
+        if _encoder_decoder(Path(path)):
+            from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+
+            name = name or _served_name(path)
+            if not name or "/" in name or ":" in name or name in named or name in pairs:
+                raise UsageError(f"model name {name!r} is empty, repeated or has '/' or ':' (give NAME=PATH)")
+            pairs[name] = load_encoder_decoder(path, dequantize=a.dequantize)
+            continue
         model = load_model(path, device=a.device, output=a.model_output, verify=not a.no_verify,
                            dequantize=a.dequantize, pooling=a.pooling, normalize=a.normalize)
         name = name or _served_name(path)
-        if not name or "/" in name or ":" in name or name in named:
+        if not name or "/" in name or ":" in name or name in named or name in pairs:
             raise UsageError(f"model name {name!r} is empty, repeated or has '/' or ':' (give NAME=PATH)")
         named[name] = model
-    server = Server(named, config, limits)
-    print(printable(f"blackbox-sal: serving {', '.join(named)} on http://{a.host}:{a.port}/ "
+    server = Server(named, config, limits, pairs=pairs)
+    print(printable(f"blackbox-sal: serving {', '.join([*named, *pairs])} on http://{a.host}:{a.port}/ "
                     f"(Ctrl-C or SIGTERM drains and stops)"), file=sys.stderr)
     run(server, a.host, a.port, access_log=a.access_log)
 

@@ -398,3 +398,58 @@ def test_batch_writes_one_record_per_row_with_its_matrices(exports: Path, tmp_pa
     assert records[0]["teacher_forced"] and records[0]["source_scores"] == [list(x) for x in forced.source_scores]
     assert not records[1]["teacher_forced"] and len(records[1]["output_tokens"]) <= 2
     assert records[2]["exit_code"] == 2 and "error" in records[2]
+
+
+@needs_torch
+def test_the_package_api_equals_the_clis_json(exports: Path) -> None:
+    """``blackbox_sal.load_encoder_decoder`` + ``explain_seq2seq`` give, through the JSON view,
+    the very document the CLI prints for the same settings (generated and teacher-forced)."""
+    import blackbox_sal as bs
+
+    folder = exports / "seq2seq-t5"
+    pair = bs.load_encoder_decoder(folder)
+    for flags, target in ((["--generate", "3"], None), (["--target-text", "a cat"], "a cat")):
+        r = subprocess.run([sys.executable, "-m", "blackbox_sal", "explain", "--model", str(folder), *flags,
+                            "--method", "ig", "--steps", "8", "--format", "json", SOURCE], capture_output=True,
+                           text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        assert r.returncode == 0, r.stderr
+        result = bs.explain_seq2seq(pair, SOURCE, generate_tokens=None if target else 3, target_text=target,
+                                    method="ig", steps=8)
+        assert isinstance(result, bs.GenerationExplanation)
+        assert json.loads(json.dumps(generation_json(result))) == json.loads(r.stdout)
+        assert result.teacher_forced is (target is not None) and result.steps == 8
+
+
+@needs_torch
+def test_the_server_answers_as_the_package_api(exports: Path) -> None:
+    """KServe V1 on an encoder/decoder pair: ``:explain`` gives per instance the API result's
+    JSON view (teacher-forced with target_text, generated without), ``:predict`` the greedy
+    output text; a bad instance is a 400 with one line."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    import blackbox_sal as bs
+    from blackbox_sal.server.app import PAIR_GENERATE, Server
+
+    pair = bs.load_encoder_decoder(exports / "seq2seq-t5")
+    client = TestClient(Server({}, bs.ExplainConfig(method="ig", steps=8), pairs={"t5": pair}).app)
+    r = client.post("/v1/models/t5:explain", json={"instances": [{"text": SOURCE, "target_text": "a cat"},
+                                                                  {"text": SOURCE, "id": "g"}]})
+    assert r.status_code == 200, r.text
+    forced, generated = r.json()["explanations"]
+    assert forced == json.loads(json.dumps(generation_json(bs.explain_seq2seq(
+        pair, SOURCE, target_text="a cat", method="ig", steps=8))))
+    expected = bs.explain_seq2seq(pair, SOURCE, generate_tokens=PAIR_GENERATE, method="ig", steps=8)
+    assert generated == {"id": "g", **json.loads(json.dumps(generation_json(expected)))}
+    r = client.post("/v1/models/t5:predict", json={"instances": [SOURCE]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [{"text": expected.output_text}]}
+    for bad in ({"text": SOURCE, "target": 1}, {"text": ""}, {"text": SOURCE, "target_text": 3}):
+        r = client.post("/v1/models/t5:explain", json={"instances": [bad]})
+        assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
+    r = client.post("/v1/models/t5:predict", json={"instances": [{"text": SOURCE, "target_text": "a"}]})
+    assert r.status_code == 400 and "target_text" in r.json()["error"]
+    r = client.post("/v1/models/t5:explain", json={"instances": [SOURCE], "parameters": {"method": "lime"}})
+    assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
+    assert client.get("/v1/models/t5").json() == {"name": "t5", "ready": True}
+    assert client.get("/v1/models").json() == {"models": ["t5"]}

@@ -130,12 +130,13 @@ def test_importing_the_package_and_validating_a_config_load_no_heavy_dependency(
 
 def test_public_api_is_pinned() -> None:
     assert blackbox_sal.__all__ == [
-        "AnswerSpan", "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation", "InputError",
-        "Label", "ModelError", "Prediction", "Provenance", "SalError", "Similarity", "Span", "TextModel",
-        "TokenTargets", "UnavailableError", "UsageError", "Window", "__version__", "attribute",
-        "default_model_path", "explain", "explain_answer", "explain_choices", "explain_generation", "explain_many",
-        "explain_similarity", "explain_tokens", "export_gradient",
-        "export_torch", "load_model", "prepare", "render_html", "render_json", "render_terminal",
+        "AnswerSpan", "Attributions", "Choices", "ExplainConfig", "Explanation", "Generation",
+        "GenerationExplanation", "InputError", "Label", "ModelError", "Prediction", "Provenance", "SalError",
+        "Similarity", "Span", "TextModel", "TokenTargets", "UnavailableError", "UsageError", "Window",
+        "__version__", "attribute", "default_model_path", "explain", "explain_answer", "explain_choices",
+        "explain_generation", "explain_many", "explain_seq2seq", "explain_similarity", "explain_tokens",
+        "export_gradient", "export_torch", "load_encoder_decoder", "load_model", "prepare", "render_html",
+        "render_json", "render_terminal",
     ]
     for name in blackbox_sal.__all__:
         assert getattr(blackbox_sal, name) is not None

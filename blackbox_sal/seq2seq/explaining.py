@@ -208,3 +208,7 @@ def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = N
         prefix_scores=tuple(tuple(float(v) for v in row) for row in prefix_scores),
         teacher_forced=target_text is not None, backend=use, steps=steps if method == "ig" else None,
         deltas=deltas)
+
+
+#: the package root exports this as ``explain_seq2seq`` (``explain_generation`` there is the causal-LM one)
+explain_seq2seq = explain_generation

@@ -40,7 +40,11 @@ from blackbox_sal.gradients.backend import BACKENDS, choose_backend
 from blackbox_sal.jobs.batch import work_for
 from blackbox_sal.jobs.datasets import Row
 from blackbox_sal.methods import METHODS
+from blackbox_sal.model.encoder_decoder import Pair
 from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.render.generation import generation_json
+from blackbox_sal.seq2seq.explaining import explain_generation as explain_pair
+from blackbox_sal.seq2seq.explaining import generate
 from blackbox_sal.server.openapi import openapi_document
 from blackbox_sal.server.protocol import (
     HttpError,
@@ -53,6 +57,7 @@ from blackbox_sal.server.protocol import (
     settings_of,
     status_of,
 )
+from blackbox_sal.text.tokenization import tokenize
 from blackbox_sal.vocabulary.config import ExplainConfig
 from blackbox_sal.vocabulary.errors import SalError, UsageError
 from blackbox_sal.vocabulary.result import Prediction
@@ -65,6 +70,8 @@ ANSWER_GRACE = 1.0
 STALL_GRACE = 5.0
 #: the access log: one JSON object a line (route, model, status, ms); ``process.run`` shows it
 ACCESS_LOG = logging.getLogger("blackbox_sal.access")
+#: output tokens an encoder/decoder's :predict (and :explain without target_text) generates
+PAIR_GENERATE = 20
 
 
 @dataclass
@@ -96,7 +103,7 @@ class Server:
     ASGI application; ``stop`` drains and ends the engines."""
 
     def __init__(self, models: dict[str, TextModel], defaults: ExplainConfig | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, pairs: dict[str, Pair] | None = None) -> None:
         self.defaults = dataclasses.replace(defaults or ExplainConfig(), progress=False).validated()
         self.limits = limits or Limits()
         self.served: dict[str, Served] = {}
@@ -108,6 +115,10 @@ class Server:
                 runner(model, self.defaults), max_active=self.limits.max_active,
                 queue_size=self.limits.queue_size, batch_window=self.limits.batch_window,
                 stall_after=self.limits.deadline + STALL_GRACE), graph)
+        self.pairs = dict(pairs or {})  # encoder/decoder pairs: KServe V1 alone, run in the default thread pool
+        for name in self.pairs:
+            if not name or any(c in name for c in "/:?#%") or name != name.strip() or name in self.served:
+                raise UsageError(f"model name {name!r} is repeated or cannot be part of a route")
         self.ready = True
         self.in_flight = 0  # requests being answered (draining waits for them)
         self.buffered = 0  # bytes of request bodies being read, in all (at most max_reading × max_body)
@@ -169,7 +180,7 @@ class Server:
         return JSONResponse({"name": "blackbox-sal", "version": __version__, "extensions": ["explain"]})
 
     async def models(self, request: Request) -> Response:
-        return JSONResponse({"models": list(self.served)})
+        return JSONResponse({"models": [*self.served, *self.pairs]})
 
     async def model_metadata(self, request: Request) -> Response:
         return await _answer(lambda: self._metadata(request.path_params["name"]))
@@ -206,13 +217,16 @@ class Server:
         async def status() -> Response:
             name = request.path_params["name"]
             model, _, verb = name.rpartition(":")
-            if model in self.served and verb in ("predict", "explain"):
+            if (model in self.served or model in self.pairs) and verb in ("predict", "explain"):
                 return _error(405, f"GET is not allowed on {request.url.path}", headers={"Allow": "POST"})
-            self._served(name)
+            if name not in self.pairs:
+                self._served(name)
             return JSONResponse({"name": name, "ready": self.ready})
         return await _answer(status)
 
     async def _v1(self, request: Request, name: str, verb: str) -> Response:
+        if name in self.pairs:
+            return await self._v1_pair(request, self.pairs[name], verb)
         served = self._served(name)
         data = await self._body(request)
         _known(data, {"instances", "parameters", "id"})
@@ -230,6 +244,51 @@ class Server:
         results = await self._run(served, [work_for(served.model, r, cfg) for r in rows], deadline)
         return _json({**_echo_id(data), "explanations": [
             {**_id(row), **(_instance_error(r) if isinstance(r, HttpError) else explanation_object(*r))}
+            for row, r in zip(rows, results, strict=True)]})
+
+    async def _v1_pair(self, request: Request, pair: Pair, verb: str) -> Response:
+        """An encoder/decoder pair: ``:predict`` generates (``{"text"}`` per instance),
+        ``:explain`` answers the generation's JSON view per instance ``{"text", "target_text"}``
+        (teacher-forced when a target_text is given), within the request's deadline."""
+        data = await self._body(request)
+        _known(data, {"instances", "parameters", "id"})
+        cfg, deadline = self._settings(data.get("parameters"))
+        rows = _pair_rows(data, self.limits.max_instances, self.limits.max_chars, verb)
+        if not self.ready:
+            raise HttpError(503, "the server is not ready (starting or stopping)", retry_after=5)
+        steps = 32 if cfg.steps == "auto" else int(cfg.steps)
+        max_chars = self.limits.max_chars
+
+        def one(text: str, target: str | None) -> dict[str, Any]:
+            if verb == "predict":
+                ids = tokenize(pair.tokenizer, text, 512, max_chars).ids.astype(np.int64)
+                return {"text": pair.tokenizer.decode(generate(pair, ids, PAIR_GENERATE), skip_special_tokens=True)}
+            return generation_json(explain_pair(
+                pair, text, generate_tokens=None if target is not None else PAIR_GENERATE, target_text=target,
+                method=cfg.method, steps=steps, baseline=cfg.baseline, batch_size=cfg.batch_size or 64,
+                backend=cfg.backend, max_chars=max_chars))
+
+        def answer_all() -> list[dict[str, Any] | HttpError]:
+            out: list[dict[str, Any] | HttpError] = []
+            for k, (_, text, target) in enumerate(rows):
+                try:
+                    out.append(one(text, target))
+                except SalError as exc:
+                    out.append(_failure(exc, k, len(rows)))
+            return out
+        self.in_flight += 1
+        try:  # the thread goes on past the deadline (no engine stops it); the answer does not wait
+            results = await asyncio.wait_for(asyncio.to_thread(answer_all), timeout=deadline)
+        except asyncio.TimeoutError:
+            raise HttpError(504, "the request's deadline passed") from None
+        finally:
+            self.in_flight -= 1
+        if all(isinstance(r, HttpError) for r in results):
+            first = results[0]
+            assert isinstance(first, HttpError)
+            raise first
+        return _json({**_echo_id(data), "predictions" if verb == "predict" else "explanations": [
+            {**({} if row[0] is None else {"id": row[0]}), **(_instance_error(r) if isinstance(r, HttpError) else r)}
             for row, r in zip(rows, results, strict=True)]})
 
     async def infer(self, request: Request) -> Response:
@@ -439,6 +498,38 @@ def _failure(exc: BaseException, k: int, n: int) -> HttpError:
 def _instance_error(error: HttpError) -> dict[str, Any]:
     """What stands in place of a failed instance's answer when others succeeded."""
     return {"error": error.message, "status": error.status}
+
+
+def _pair_rows(data: dict[str, Any], max_instances: int, max_chars: int,
+               verb: str) -> list[tuple[str | int | None, str, str | None]]:
+    """An encoder/decoder request's instances as (id, text, target_text): each a text or
+    ``{"text", "target_text", "id"}`` (target_text on :explain alone)."""
+    instances = data.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise HttpError(400, 'the body must hold "instances": a non-empty list of texts or objects')
+    if len(instances) > max_instances:
+        raise HttpError(413, f"{len(instances):,} instances; at most {max_instances:,} per request")
+    rows: list[tuple[str | int | None, str, str | None]] = []
+    for k, item in enumerate(instances):
+        where = f"instance {k}"
+        obj = {"text": item} if isinstance(item, str) else item
+        if not isinstance(obj, dict):
+            raise HttpError(400, f"{where} must be a text or an object with a text")
+        keys = {"text", "id"} | ({"target_text"} if verb == "explain" else set())
+        if set(obj) - keys:
+            raise HttpError(400, f"{where} has unknown fields {', '.join(sorted(set(obj) - keys))} "
+                                 f"(an encoder/decoder model's {verb} takes {', '.join(sorted(keys))})")
+        id_, text, target = obj.get("id"), obj.get("text"), obj.get("target_text")
+        if not isinstance(id_, str | int | None) or isinstance(id_, bool):
+            raise HttpError(400, f"{where}: id must be a string, an integer or null")
+        for field, value in (("text", text), ("target_text", target)):
+            if (field == "text" or value is not None) and (not isinstance(value, str) or not value.strip()):
+                raise HttpError(400, f"{where}: {field} must be a non-empty string")
+            if isinstance(value, str) and len(value) > max_chars:
+                raise HttpError(413, f"{where}: {field} has {len(value):,} characters; at most {max_chars:,}")
+        assert isinstance(text, str)
+        rows.append((id_, text, target))
+    return rows
 
 
 def _known(data: dict[str, Any], keys: set[str]) -> None:
