@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,8 +26,9 @@ from blackbox_sal.methods.attribution import Attribution, Problem
 from blackbox_sal.vocabulary.errors import UsageError
 from blackbox_sal.vocabulary.runs import LazyPoints, Work
 
-#: ``players``: what a player is
-PLAYERS = ("words", "tokens")
+if TYPE_CHECKING:
+    from blackbox_sal.vocabulary.config import ExplainConfig
+
 #: the most coalition rows one explanation may ask for (samples x players)
 MAX_ROWS = 1_000_000
 #: bootstrap resamples for the standard errors of the regression methods
@@ -126,9 +128,14 @@ def no_players(problem: Problem) -> Attribution:
                        notes=("the input equals the baseline: every score is 0",))
 
 
-def check_players(name: object) -> None:
-    if name not in PLAYERS:
-        raise UsageError(f"players must be one of {', '.join(PLAYERS)}, got {name!r}")
+def exact_report(cfg: ExplainConfig, result: Attribution) -> dict[str, Any]:
+    """The settings an exact method (shapley, owen) reports."""
+    return {"players": cfg.players}
+
+
+def sampled_report(cfg: ExplainConfig, result: Attribution) -> dict[str, Any]:
+    """The settings a sampling method (kernel-shap, permutation, lime) reports."""
+    return {"players": cfg.players, "samples": cfg.samples, "seed": cfg.seed}
 
 
 def sample_sizes(n: int) -> np.ndarray:

@@ -33,12 +33,12 @@ from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
 from blackbox_sal.methods.coalitions import (
     BOOTSTRAP,
     budget,
-    check_players,
     empty_value,
     no_players,
     players,
     random_masks,
     sample_sizes,
+    sampled_report,
     spread,
     values,
 )
@@ -46,7 +46,7 @@ from blackbox_sal.methods.shapley import all_masks
 from blackbox_sal.vocabulary.runs import Work
 
 if TYPE_CHECKING:
-    from blackbox_sal.vocabulary.config import ExplainConfig
+    pass
 
 
 def constrained_wls(z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float) -> np.ndarray:
@@ -113,11 +113,7 @@ def kernel_shap(problem: Problem) -> Work[Attribution]:
     return spread(problem, who, phi, errors, baseline_value=v0, delta=float(phi.sum() - total))
 
 
-def _check(cfg: ExplainConfig) -> None:
-    check_players(cfg.players)
-
-
 KERNEL_SHAP = MethodSpec(
     kernel_shap, "Shapley values estimated by KernelSHAP's weighted regression (samples x words rows)", None,
-    needs_derivatives=False, uses_baseline=True, baseline_value=True, check=_check,
-    report=lambda cfg, result: {"players": cfg.players, "samples": cfg.samples, "seed": cfg.seed})
+    needs_derivatives=False, uses_baseline=True, baseline_value=True,
+    report=sampled_report)

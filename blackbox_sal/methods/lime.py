@@ -26,18 +26,18 @@ from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
 from blackbox_sal.methods.coalitions import (
     BOOTSTRAP,
     budget,
-    check_players,
     empty_value,
     no_players,
     players,
     random_masks,
+    sampled_report,
     spread,
     values,
 )
 from blackbox_sal.vocabulary.runs import Work
 
 if TYPE_CHECKING:
-    from blackbox_sal.vocabulary.config import ExplainConfig
+    pass
 
 #: LIME's kernel width (on the cosine distance times 100) and its ridge penalty
 KERNEL_WIDTH = 25.0
@@ -89,11 +89,7 @@ def lime(problem: Problem) -> Work[Attribution]:
     return spread(problem, who, phi, boot.std(axis=0, ddof=1), baseline_value=v0, delta=delta)
 
 
-def _check(cfg: ExplainConfig) -> None:
-    check_players(cfg.players)
-
-
 LIME = MethodSpec(
     lime, "LIME: a kernel-weighted ridge regression on random masks of the words (samples x words rows)", None,
-    needs_derivatives=False, uses_baseline=True, baseline_value=True, check=_check,
-    report=lambda cfg, result: {"players": cfg.players, "samples": cfg.samples, "seed": cfg.seed})
+    needs_derivatives=False, uses_baseline=True, baseline_value=True,
+    report=sampled_report)

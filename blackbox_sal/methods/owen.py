@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
-from blackbox_sal.methods.coalitions import Players, check_players, empty_value, no_players, players, spread, values
+from blackbox_sal.methods.coalitions import Players, empty_value, exact_report, no_players, players, spread, values
 from blackbox_sal.vocabulary.errors import UsageError
 from blackbox_sal.vocabulary.runs import Work
 
 if TYPE_CHECKING:
-    from blackbox_sal.vocabulary.config import ExplainConfig
+    pass
 
 SENTENCE_ENDS = frozenset(".!?")
 CLAUSE_ENDS = frozenset(",;:")
@@ -146,11 +146,7 @@ def owen(problem: Problem) -> Work[Attribution]:
     return spread(problem, who, phi, None, note, baseline_value=v0, delta=delta)
 
 
-def _check(cfg: ExplainConfig) -> None:
-    check_players(cfg.players)
-
-
 OWEN = MethodSpec(
     owen, "exact Owen values over the sentences, clauses and words (long texts, where shapley refuses)", None,
-    needs_derivatives=False, uses_baseline=True, baseline_value=True, check=_check,
-    report=lambda cfg, result: {"players": cfg.players})
+    needs_derivatives=False, uses_baseline=True, baseline_value=True,
+    report=exact_report)

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
-from blackbox_sal.methods.coalitions import budget, check_players, empty_value, no_players, players, spread, values
+from blackbox_sal.methods.coalitions import budget, empty_value, no_players, players, sampled_report, spread, values
 from blackbox_sal.vocabulary.runs import Work
 
 if TYPE_CHECKING:
-    from blackbox_sal.vocabulary.config import ExplainConfig
+    pass
 
 
 def antithetic_orders(rng: np.random.Generator, n: int, pairs: int) -> np.ndarray:
@@ -79,11 +79,7 @@ def permutation(problem: Problem) -> Work[Attribution]:
     return spread(problem, who, phi, errors, notes, baseline_value=v0, delta=float(phi.sum() - total))
 
 
-def _check(cfg: ExplainConfig) -> None:
-    check_players(cfg.players)
-
-
 PERMUTATION = MethodSpec(
     permutation, "Shapley values estimated over sampled orders of the words and their reverses", None,
-    needs_derivatives=False, uses_baseline=True, baseline_value=True, check=_check,
-    report=lambda cfg, result: {"players": cfg.players, "samples": cfg.samples, "seed": cfg.seed})
+    needs_derivatives=False, uses_baseline=True, baseline_value=True,
+    report=sampled_report)

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from blackbox_sal.methods.attribution import Attribution, MethodSpec, Problem
-from blackbox_sal.methods.coalitions import Players, check_players, empty_value, no_players, players, spread, values
+from blackbox_sal.methods.coalitions import Players, empty_value, exact_report, no_players, players, spread, values
 from blackbox_sal.vocabulary.errors import UsageError
 from blackbox_sal.vocabulary.runs import Work
 
 if TYPE_CHECKING:
-    from blackbox_sal.vocabulary.config import ExplainConfig
+    pass
 
 #: the most players exact Shapley values enumerate (2^14 = 16,384 coalitions)
 MAX_PLAYERS = 14
@@ -82,11 +82,7 @@ def exact_shapley(problem: Problem) -> Work[Attribution]:
     return spread(problem, who, phi, None, baseline_value=v0, delta=delta)
 
 
-def _check(cfg: ExplainConfig) -> None:
-    check_players(cfg.players)
-
-
 SHAPLEY = MethodSpec(
     exact_shapley, f"exact Shapley values of the words, every coalition (up to {MAX_PLAYERS} words)", None,
-    needs_derivatives=False, uses_baseline=True, baseline_value=True, check=_check,
-    report=lambda cfg, result: {"players": cfg.players})
+    needs_derivatives=False, uses_baseline=True, baseline_value=True,
+    report=exact_report)

@@ -38,7 +38,7 @@ METHODS: dict[str, Named] = {
     "lime": Named("LIME: a kernel-weighted ridge regression on random masks of the words (samples x words rows)"),
     "owen": Named("exact Owen values over the sentences, clauses and words (long texts, where shapley refuses)"),
 }
-#: what the Shapley and sampling methods attribute to (blackbox_sal.methods.coalitions.PLAYERS)
+#: what the Shapley and sampling methods attribute to (blackbox_sal.methods.coalitions)
 PLAYERS = ("words", "tokens")
 BACKENDS: dict[str, Named] = {
     "auto": Named("the gradient graph when one can be had, else finite differences"),
