@@ -6,19 +6,17 @@ correlation of two such [C, F] arrays, raw and centered over classes (see
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from blackbox_sal.api.explaining import runner
-from blackbox_sal.engine.drive import drive_many
-from blackbox_sal.evaluation.common import as_rows, config_value, gradients_at, graph_unavailable, label_index, pearson
-from blackbox_sal.evaluation.feature_gradients import analysis_config, failed, feature_outputs, require_features
+from blackbox_sal.evaluation.common import config_value, gradients_at, graph_unavailable, label_index, pearson
+from blackbox_sal.evaluation.feature_gradients import analysis_config, driven_rows, feature_outputs, require_features
 from blackbox_sal.jobs.datasets import BadRow, Row
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.vocabulary.config import ExplainConfig
-from blackbox_sal.vocabulary.errors import InputError, SalError, UsageError
+from blackbox_sal.vocabulary.errors import InputError, UsageError
 from blackbox_sal.vocabulary.runs import Work
 
 
@@ -63,27 +61,15 @@ def class_jacobians(model: TextModel, rows: Iterable[Row | BadRow | str], over: 
     featurizer = model.features
     assert featurizer is not None
     unavailable = graph_unavailable(model, cfg.backend)
-    keys: list[str] = []
     skipped: list[tuple[str, str]] = []
-
-    def works() -> Iterator[Work[tuple[np.ndarray, np.ndarray, str | None]]]:
-        for row in as_rows(rows):
-            keys.append(row.key)
-            yield failed(row.error) if isinstance(row, BadRow) else _jacobian_point(model, row, cfg, unavailable)
-
     total: np.ndarray | None = None
     by_label: np.ndarray | None = None
     by_prediction: np.ndarray | None = None
     n_label: np.ndarray | None = None
     n_prediction: np.ndarray | None = None
     n, all_labelled = 0, True
-    for k, result in enumerate(drive_many(works(), runner(model, cfg), window)):
-        if isinstance(result, UsageError):
-            raise result
-        if isinstance(result, SalError):
-            skipped.append((keys[k], str(result)))
-            continue
-        outputs, jac, label = result
+    for outputs, jac, label in driven_rows(model, rows, cfg, window, skipped,
+                                          lambda row: _jacobian_point(model, row, cfg, unavailable)):
         if total is None or by_label is None or by_prediction is None or n_label is None or n_prediction is None:
             total, by_label, by_prediction = np.zeros_like(jac), np.zeros_like(jac), np.zeros_like(jac)
             n_label, n_prediction = np.zeros(jac.shape[0], np.int64), np.zeros(jac.shape[0], np.int64)

@@ -9,9 +9,9 @@ packed into shared runs by the engine.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from blackbox_sal.vocabulary.config import ExplainConfig
 from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, UsageError
 from blackbox_sal.vocabulary.runs import ArrayPoints, Forward, Seq, Work, ask
 from blackbox_sal.vocabulary.scores import ClassScore, Margin, Objective, resolve_target
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -137,13 +139,21 @@ def feature_points(model: TextModel, rows: Iterable[Row | BadRow | str], cfg: Ex
                    skipped: list[tuple[str, str]]) -> Iterator[FeaturePoint]:
     """The rows' points in order (gradients packed into shared runs); rows that fail are
     recorded in ``skipped``; a UsageError (a setting, not a row) is raised."""
+    return driven_rows(model, rows, cfg, window, skipped,
+                       lambda row: feature_point(model, row, cfg, objective, unavailable, gradient))
+
+
+def driven_rows(model: TextModel, rows: Iterable[Row | BadRow | str], cfg: ExplainConfig, window: int,
+                skipped: list[tuple[str, str]], work_of: Callable[[Row], Work[T]]) -> Iterator[T]:
+    """Each row's work (``work_of``) driven by the engine, runs shared, results in order: a row
+    that fails is recorded in ``skipped`` (key, reason) and left out; a UsageError (a setting,
+    not a row) is raised."""
     keys: list[str] = []
 
-    def works() -> Iterator[Work[FeaturePoint]]:
+    def works() -> Iterator[Work[T]]:
         for row in as_rows(rows):
             keys.append(row.key)
-            yield (failed(row.error) if isinstance(row, BadRow) else
-                   feature_point(model, row, cfg, objective, unavailable, gradient))
+            yield failed(row.error) if isinstance(row, BadRow) else work_of(row)
 
     for k, result in enumerate(drive_many(works(), runner(model, cfg), window)):
         if isinstance(result, UsageError):
