@@ -396,3 +396,27 @@ def test_fuzzed_model_folders_end_as_documented(tmp_path: Path) -> None:
 
     draw()
     assert sum(v for k, v in tally.items() if k.startswith("exit")) == 12
+
+
+def test_a_normalizer_panic_is_one_printable_line() -> None:
+    """A panic inside the normalizer (a BaseException, several lines, text from the model
+    folder in it) ends as one InputError line, escaped, as one in the tokenizer does; before,
+    the normalization check passed the message on whole."""
+    from types import SimpleNamespace
+
+    from blackbox_sal.text.normalization import normalized_length
+    from blackbox_sal.vocabulary.errors import InputError
+
+    class Panic(BaseException):
+        pass
+
+    def normalize_str(text: str) -> str:
+        raise Panic("Onig: retry-limit \x1b[2J\nnote: run with `RUST_BACKTRACE=1`")
+
+    fake = SimpleNamespace(normalizer=SimpleNamespace(normalize_str=normalize_str))
+    with pytest.raises(InputError) as caught:
+        normalized_length(fake, "some text")  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert message.startswith("the tokenizer's normalizer failed on the text (a panic in the tokenizers library: "
+                              "Onig: retry-limit")

@@ -27,6 +27,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from blackbox_sal.text.printable import printable
 from blackbox_sal.vocabulary.errors import InputError, ModelError, TooLongError
 
 #: the most characters a normalizer may make of one character, by its own data (Replace, Prepend)
@@ -36,7 +37,8 @@ MAX_EXPANSION = 100
 #: as many come out: a few MB)
 PIECE = 1024
 
-_NOT_PANICS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+#: BaseExceptions that are not a library's panic: they go on up
+NOT_PANICS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 def expansion(spec: Any) -> float:
@@ -91,13 +93,20 @@ def normalized_length(tokenizer: Tokenizer, text: str, stop: int | None = None) 
             total += len(normalizer.normalize_str(text[read:read + PIECE]))
             read = min(read + PIECE, len(text))
     except Exception as exc:
-        raise InputError(f"the tokenizer's normalizer cannot read the text: {str(exc)[:200]}") from None
+        raise InputError(f"the tokenizer's normalizer cannot read the text: {first_line(exc)}") from None
     except BaseException as exc:
-        if isinstance(exc, _NOT_PANICS):
+        if isinstance(exc, NOT_PANICS):
             raise
         raise InputError(f"the tokenizer's normalizer failed on the text (a panic in the tokenizers library: "
-                         f"{str(exc)[:200]})") from None
+                         f"{first_line(exc)})") from None
     return total, read
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception of the tokenizers library as one printable line (a panic's message runs
+    over several lines, and may carry text from the model folder)."""
+    text = str(exc).strip()
+    return printable((text.splitlines()[0] if text else type(exc).__name__)[:300])
 
 
 def check_normalized(tokenizer: Tokenizer, text: str, max_chars: int) -> None:

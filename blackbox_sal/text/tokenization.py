@@ -19,8 +19,7 @@ import numpy as np
 import tokenizers
 from tokenizers import Encoding, Tokenizer
 
-from blackbox_sal.text.normalization import check_normalized
-from blackbox_sal.text.printable import printable
+from blackbox_sal.text.normalization import NOT_PANICS, check_normalized, first_line
 from blackbox_sal.vocabulary.errors import InputError, TooLongError, UnavailableError
 
 #: the longest text accepted, in characters, whatever the model's token limit
@@ -62,9 +61,6 @@ def check_text(text: str, max_chars: int) -> None:
 
 #: what a panic of the Rust library is (pyo3_runtime.PanicException derives from BaseException
 #: only, and is not importable by name)
-_NOT_PANICS = (KeyboardInterrupt, SystemExit, GeneratorExit)
-
-
 def encode(tokenizer: Tokenizer, text: str, pair: str | None = None, add_special_tokens: bool = True,
            max_chars: int = MAX_CHARS) -> Encoding:
     """``tokenizer.encode(text, pair)`` after the check of the normalized length
@@ -76,17 +72,12 @@ def encode(tokenizer: Tokenizer, text: str, pair: str | None = None, add_special
     try:
         return tokenizer.encode(text, pair, add_special_tokens=add_special_tokens)
     except Exception as exc:  # tokenizers raises a bare Exception ("Missing [UNK] token from the vocabulary")
-        raise InputError(f"the tokenizer cannot encode the text: {_first_line(exc)}") from None
+        raise InputError(f"the tokenizer cannot encode the text: {first_line(exc)}") from None
     except BaseException as exc:
-        if isinstance(exc, _NOT_PANICS):
+        if isinstance(exc, NOT_PANICS):
             raise
         raise InputError(f"the tokenizer failed on the text (a panic in the tokenizers library: "
-                         f"{_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return printable((text.splitlines()[0] if text else type(exc).__name__)[:300])
+                         f"{first_line(exc)})") from None
 
 
 def tokenize(tokenizer: Tokenizer, text: str, max_length: int | None,
