@@ -26,11 +26,9 @@ import onnx
 from onnx import helper
 
 from blackbox_sal.surgery.facts import Facts
-from blackbox_sal.surgery.gradient import forward_part
+from blackbox_sal.surgery.gradient import checked_gradient, forward_part
 from blackbox_sal.surgery.names import EMBEDS, GRAD, WEIGHTS
-from blackbox_sal.surgery.prune import clear_shapes, prune
 from blackbox_sal.surgery.reverse import reverse
-from blackbox_sal.vocabulary.errors import ModelError
 
 #: the decoder's input carrying the encoder's output (optimum's name)
 STATES = "encoder_hidden_states"
@@ -68,13 +66,7 @@ def flat_encoder(body: onnx.ModelProto, states: str) -> onnx.ModelProto:
 def _with_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     g = model.graph
     g.input.append(helper.make_tensor_value_info(WEIGHTS, onnx.TensorProto.FLOAT, ["batch", "scores"]))
-    prune(g, keep_inputs=frozenset(i.name for i in g.input))
-    clear_shapes(g)
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"the gradient graph does not pass onnx.checker: {exc}") from exc
-    return model
+    return checked_gradient(model)
 
 
 def encoder_gradient(forward: onnx.ModelProto, facts: Facts) -> onnx.ModelProto:

@@ -64,6 +64,13 @@ def gradient_model(forward: onnx.ModelProto, output: str, facts: Facts, rules: R
         flat = numpy_helper.from_array(np.array([-1], np.int64), "bbs_flat")
         graph.initializer.append(flat)
         graph.node.insert(0, helper.make_node("Reshape", [WEIGHTS, flat.name], [seed], name="bbs_seed"))
+    return checked_gradient(grad_model)
+
+
+def checked_gradient(grad_model: onnx.ModelProto) -> onnx.ModelProto:
+    """A gradient graph made ready to run: what no output needs pruned (the dead weight-gradient
+    branches), stale shapes cleared, onnx.checker passed (ModelError otherwise)."""
+    graph = grad_model.graph
     prune(graph, keep_inputs=frozenset(i.name for i in graph.input))
     clear_shapes(graph)
     try:
