@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 from blackbox_sal import __version__
+from blackbox_sal.server.protocol import QUESTION_OWN, TEXT_OWN
 from blackbox_sal.vocabulary.choices import BACKENDS
 from blackbox_sal.vocabulary.config import SETTINGS, ExplainConfig, Limits
 from blackbox_sal.vocabulary.settings import Number
@@ -92,14 +93,20 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
     echoed = {"type": "string", "description": "the request's id, where it gave one"}
     ident = {"type": ["string", "integer", "null"],
              "description": "yours: echoed (as a string) in this instance's answer"}
+    request = {e.name: e for e in SETTINGS if e.request}
+
+    def own(name: str) -> dict[str, Any]:  # an instance's own value of a request parameter
+        schema = request[name].json_schema()
+        return {**schema, "description": f"this instance's own, in place of the parameter's: {schema['description']}"}
+
     instance = {"oneOf": [text, {
         "type": "object", "required": ["text"], "additionalProperties": False,
-        "properties": {"text": text, "id": ident, "target": {"type": ["string", "integer", "null"]},
+        "properties": {"text": text, "id": ident, **{name: own(name) for name in TEXT_OWN},
                        "pair": {"anyOf": [text, {"type": "null"}]},
                        "choices": {"type": ["array", "null"], "items": text, "minItems": 2}}}, {
         "type": "object", "required": ["question", "context"], "additionalProperties": False,
         "description": "question answering: the answer span of the question in the context",
-        "properties": {"question": text, "context": text, "id": ident}}]}
+        "properties": {"question": text, "context": text, "id": ident, **{name: own(name) for name in QUESTION_OWN}}}]}
     text_only = {"oneOf": [text, {"type": "object", "required": ["text"], "additionalProperties": False,
                                   "properties": {"text": text, "id": ident}}]}
 
@@ -222,7 +229,8 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
             "predict (KServe V1): instances are texts ({text, id} objects at most)", "PredictInstances",
             "Predictions")
         paths[f"/v1/models/{name}:explain"] = post(
-            "explain (KServe V1): instances are texts, {text, target, pair, choices} or {question, context}",
+            "explain (KServe V1): instances are texts, {text, target, at, contrast, pair, choices} or {question, "
+            "context, answer}",
             "Instances",
             "Explanations")
         paths[f"/v2/models/{name}/infer"] = post(

@@ -1,0 +1,262 @@
+"""Targets named per instance (the server's KServe V1 :explain) and per row (batch): each
+instance's or record's own ``target``, ``at``, ``contrast`` (and a question's ``answer``)
+override the request's or the job's settings, are checked by the settings spec as those are,
+and give exactly what the Python API gives with those settings; a bad value is that
+instance's 400 (naming it) or that record's error line, never the job's end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blackbox_sal import ExplainConfig, explain, load_model
+from blackbox_sal.api.per_token import explain_tokens
+from blackbox_sal.api.spans import explain_answer
+from blackbox_sal.jobs.batch import row_config, run_batch
+from blackbox_sal.jobs.datasets import Columns, Row, read_rows
+from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.render.json import document
+from blackbox_sal.vocabulary.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = "ada lovelace met alan turing in london ."
+OTHER = "grace hopper visited new york and paris with marie curie today ."
+QUESTION = "who built the eiffel tower ?"
+CONTEXT = "the eiffel tower was built by gustave eiffel in 1889 ."
+GXI = ExplainConfig(method="grad-x-input")
+
+
+@pytest.fixture(scope="module")
+def tagger() -> TextModel:
+    return load_model(ROOT / "models" / "tiny-tagger")
+
+
+@pytest.fixture(scope="module")
+def qa() -> TextModel:
+    return load_model(ROOT / "models" / "tiny-qa")
+
+
+def _body(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer without what the server adds (the producer, the instance's id)."""
+    return {k: v for k, v in answer.items() if k not in ("producer", "id")}
+
+
+# -- the rule both share -------------------------------------------------------------------------
+
+
+def test_a_rows_own_settings_override_the_jobs_and_are_checked_by_the_spec() -> None:
+    job = ExplainConfig(method="saliency", at="london", target="B-LOC", contrast="O").validated()
+    assert row_config(Row(0, TEXT), job) is job  # nothing of its own: the job's
+    own = row_config(Row(0, TEXT, target="B-PER", at=1, contrast="I-PER"), job)
+    assert (own.method, own.target, own.at, own.contrast) == ("saliency", "B-PER", 1, "I-PER")
+    with pytest.raises(UsageError, match="answer"):  # Text(blank=False) in the spec, as for --answer
+        row_config(Row(0, CONTEXT, question=QUESTION, answer="  "), job)
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(tagger: TextModel, qa: TextModel) -> Any:
+    pytest.importorskip("starlette", reason="the server needs the [serve] extra")
+    from starlette.testclient import TestClient
+
+    from blackbox_sal.server.app import Server
+
+    server = Server({"tagger": tagger, "qa": qa})
+    try:
+        yield TestClient(server.app)
+    finally:
+        server.stop()
+
+
+def test_instances_with_different_targets_in_one_request_equal_the_api(client: Any, tagger: TextModel) -> None:
+    reply = client.post("/v1/models/tagger:explain", json={
+        "instances": [
+            {"text": TEXT, "at": "london", "target": "B-LOC", "contrast": "O", "id": "a"},
+            {"text": TEXT, "at": 4},  # a token index, as a JSON number
+            {"text": OTHER, "at": "new york"},
+            TEXT,  # the request's parameters: every entity of the text (its matrix)
+            {"text": OTHER, "contrast": "O"},  # every entity of the text, each against O
+        ],
+        "parameters": {"method": "grad-x-input"}})
+    assert reply.status_code == 200, reply.text
+    got = reply.json()["explanations"]
+    assert got[0]["id"] == "a"
+    for answer, text, cfg in zip(got[:3], [TEXT, TEXT, OTHER], [
+            ExplainConfig(method="grad-x-input", at="london", target="B-LOC", contrast="O"),
+            ExplainConfig(method="grad-x-input", at=4), ExplainConfig(method="grad-x-input", at="new york")],
+            strict=True):
+        assert _body(answer) == document(explain(tagger, text, cfg))
+    assert got[0]["target"]["label"] == "B-LOC rather than O"
+    assert got[2]["target"]["label"] == "B-LOC+I-LOC"  # "new york": two tokens, each its predicted label
+    assert _body(got[3]) == document(explain_tokens(tagger, TEXT, GXI))
+    assert _body(got[4]) == document(explain_tokens(tagger, OTHER, ExplainConfig(method="grad-x-input",
+                                                                                 contrast="O")))
+    assert [t["contrast"] for t in got[4]["per_token"]["targets"]] == ["O"] * 4
+
+
+def test_an_instances_own_value_overrides_the_requests_parameter(client: Any, tagger: TextModel) -> None:
+    reply = client.post("/v1/models/tagger:explain", json={
+        "instances": [{"text": TEXT, "at": "alan turing"}, TEXT],
+        "parameters": {"method": "grad-x-input", "at": "london", "contrast": "O"}})
+    assert reply.status_code == 200, reply.text
+    first, second = reply.json()["explanations"]
+    assert _body(first) == document(explain(tagger, TEXT, ExplainConfig(method="grad-x-input", at="alan turing",
+                                                                         contrast="O")))
+    assert _body(second) == document(explain(tagger, TEXT, ExplainConfig(method="grad-x-input", at="london",
+                                                                          contrast="O")))
+
+
+@pytest.mark.parametrize(("instance", "message"), [
+    ({"text": TEXT, "at": [4]}, "instance 1: at must be a label, an index or null, got [4]"),
+    ({"text": TEXT, "contrast": True}, "instance 1: contrast must be a label, an index or null, got true"),
+    ({"text": TEXT, "target": 1.5}, "instance 1: target must be a label, an index or null, got 1.5"),
+    ({"text": TEXT, "where": 4}, "instance 1 has unknown fields where"),
+    ({"question": QUESTION, "context": CONTEXT, "answer": " "},
+     "instance 1: answer must be a text of the context, or token indices START:END"),
+])
+def test_a_bad_instance_is_a_400_naming_it(client: Any, instance: dict[str, Any], message: str) -> None:
+    reply = client.post("/v1/models/tagger:explain", json={"instances": [TEXT, instance]})
+    assert reply.status_code == 400
+    assert reply.json() == {"error": message, "status": 400}
+
+
+def test_a_value_the_text_refuses_is_that_instances_error(client: Any, tagger: TextModel) -> None:
+    reply = client.post("/v1/models/tagger:explain", json={
+        "instances": [{"text": TEXT, "at": "paris"}, {"text": TEXT, "at": "london", "target": "B-ORG"},
+                      {"text": TEXT, "at": "london"}], "parameters": {"method": "grad-x-input"}})
+    assert reply.status_code == 200, reply.text
+    bad, label, good = reply.json()["explanations"]
+    assert bad == {"error": "instance 0: --at 'paris' is not in the text: give a token index or a piece of the text",
+                   "status": 400}
+    assert label["status"] == 400 and label["error"].startswith("instance 1: unknown target label 'B-ORG'")
+    assert _body(good) == document(explain(tagger, TEXT, ExplainConfig(method="grad-x-input", at="london")))
+    alone = client.post("/v1/models/tagger:explain", json={"instances": [{"text": TEXT, "at": "paris"}]})
+    assert alone.status_code == 400  # every instance failed: the request's status, one line
+    assert alone.json()["error"] == "--at 'paris' is not in the text: give a token index or a piece of the text"
+
+
+def test_predict_takes_no_per_instance_target(client: Any) -> None:
+    reply = client.post("/v1/models/tagger:predict", json={"instances": [{"text": TEXT, "at": 4}]})
+    assert reply.status_code == 400 and "at, contrast" in reply.json()["error"]
+
+
+def test_a_question_instance_may_name_its_answer(client: Any, qa: TextModel) -> None:
+    reply = client.post("/v1/models/qa:explain", json={
+        "instances": [{"question": QUESTION, "context": CONTEXT, "answer": "gustave eiffel"},
+                      {"question": QUESTION, "context": CONTEXT}],
+        "parameters": {"method": "saliency"}})
+    assert reply.status_code == 200, reply.text
+    given, best = reply.json()["explanations"]
+    cfg = ExplainConfig(method="saliency")
+    assert _body(given) == document(explain_answer(qa, QUESTION, CONTEXT, ExplainConfig(method="saliency",
+                                                                                          answer="gustave eiffel")))
+    assert _body(best) == document(explain_answer(qa, QUESTION, CONTEXT, cfg))
+    assert given["answer_span"]["answer"]["chosen"] == "given"
+
+
+def test_the_openapi_instance_schema_has_the_spec_own_values(client: Any) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    text_instance, question_instance = schemas["Instances"]["properties"]["instances"]["items"]["oneOf"][1:]
+    for name in ("target", "at", "contrast"):
+        assert text_instance["properties"][name]["anyOf"] == [{"type": ["string", "integer"]}, {"type": "null"}]
+    assert question_instance["properties"]["answer"]["anyOf"][0] == {"type": "string", "pattern": "\\S"}
+
+
+# -- batch ---------------------------------------------------------------------------------------
+
+
+RECORDS = [
+    {"id": "a", "text": TEXT, "at": "london", "target": "B-LOC", "contrast": "O"},
+    {"id": "b", "text": TEXT, "at": "4"},
+    {"id": "c", "text": OTHER, "at": "paris"},  # a per-token model's "paris" in the other text
+    {"id": "d", "text": TEXT, "at": "paris"},  # not in this text: this record's error
+    {"id": "e", "text": TEXT, "target": "B-ORG", "at": "london"},  # no such label: this record's error
+    {"id": "f", "text": OTHER},  # every entity: the matrix
+    {"id": "g", "text": OTHER, "contrast": "O"},
+]
+
+
+def _settings(rec: dict[str, Any]) -> ExplainConfig:
+    return ExplainConfig(method="grad-x-input", **{k: rec[k] for k in ("at", "target", "contrast") if k in rec})
+
+
+def _check(records: list[dict[str, Any]], tagger: TextModel) -> None:
+    assert [r["id"] for r in records] == [r["id"] for r in RECORDS]
+    for rec, source in zip(records, RECORDS, strict=True):
+        body = {k: v for k, v in rec.items() if k not in ("id", "row")}
+        if source["id"] == "d":
+            assert body == {"error": "--at 'paris' is not in the text: give a token index or a piece of the text",
+                            "exit_code": 2}
+        elif source["id"] == "e":
+            assert body["exit_code"] == 2 and body["error"].startswith("unknown target label 'B-ORG'")
+        elif "at" in source:
+            assert body == document(explain(tagger, source["text"], _settings(source)))
+        else:
+            assert body == document(explain_tokens(tagger, source["text"], _settings(source)))
+
+
+def test_batch_rows_name_their_own_targets(tagger: TextModel, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    columns = Columns(id="id", target="target", at="at", contrast="contrast")
+    summary = run_batch(tagger, source, tmp_path / "out.jsonl", GXI, columns)
+    assert (summary.explained, summary.failed) == (5, 2)
+    _check([json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()], tagger)
+
+
+def test_batch_per_row_columns_from_the_command_line(tagger: TextModel, tmp_path: Path) -> None:
+    from blackbox_sal.cli import main
+
+    source = tmp_path / "in.csv"
+    with open(source, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["key", "sentence", "where", "label", "versus"])
+        writer.writeheader()
+        for r in RECORDS:
+            writer.writerow({"key": r["id"], "sentence": r["text"], "where": r.get("at", ""),
+                             "label": r.get("target", ""), "versus": r.get("contrast", "")})
+    out = tmp_path / "out.jsonl"
+    code = main(["batch", str(source), "--model", str(ROOT / "models" / "tiny-tagger"), "-o", str(out), "-q",
+                 "--method", "grad-x-input", "--text-column", "sentence", "--id-column", "key",
+                 "--at-column", "where", "--target-column", "label", "--contrast-column", "versus"])
+    assert code == 0
+    _check([json.loads(line) for line in out.read_text().splitlines()], tagger)
+
+
+def test_a_missing_per_row_column_is_named(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("text\nada met alan\n")
+    with pytest.raises(UsageError, match="has no column 'where'"):
+        list(read_rows(source, Columns(at="where")))
+
+
+def test_batch_answer_column(qa: TextModel, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    rows = [{"q": QUESTION, "text": CONTEXT, "answer": "gustave eiffel"}, {"q": QUESTION, "text": CONTEXT},
+            {"q": QUESTION, "text": CONTEXT, "answer": "the louvre"}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = ExplainConfig(method="saliency")
+    summary = run_batch(qa, source, tmp_path / "out.jsonl", cfg, Columns(question="q", answer="answer"))
+    assert (summary.explained, summary.failed) == (2, 1)
+    given, best, missing = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert {k: v for k, v in given.items() if k not in ("id", "row")} == document(
+        explain_answer(qa, QUESTION, CONTEXT, ExplainConfig(method="saliency", answer="gustave eiffel")))
+    assert {k: v for k, v in best.items() if k not in ("id", "row")} == document(
+        explain_answer(qa, QUESTION, CONTEXT, cfg))
+    assert missing["exit_code"] == 2 and "the louvre" in missing["error"]
+
+
+def test_ray_actors_get_every_field_of_a_row() -> None:
+    """The Ray engine ships rows to its actors as columns of strings: a row's own settings (and
+    its question) must arrive, or an actor would explain it with the job's."""
+    from blackbox_sal.jobs.batch_ray import _item, _row_of
+
+    rows = [Row(3, CONTEXT, "x", None, "B-LOC", None, ("a", "b"), QUESTION, "4", "O", "gustave eiffel"),
+            Row(4, TEXT)]
+    batch = {key: [_item(r)[key] for r in rows] for key in _item(rows[0])}
+    assert [_row_of(batch, k) for k in range(len(rows))] == rows
