@@ -260,3 +260,38 @@ def test_ray_actors_get_every_field_of_a_row() -> None:
             Row(4, TEXT)]
     batch = {key: [_item(r)[key] for r in rows] for key in _item(rows[0])}
     assert [_row_of(batch, k) for k in range(len(rows))] == rows
+
+
+def test_the_v2_explainer_takes_per_text_inputs(client: Any, tagger: TextModel) -> None:
+    def texts(*data: str) -> dict[str, Any]:
+        return {"name": "text", "datatype": "BYTES", "shape": [len(data)], "data": list(data)}
+
+    def own(name: str, *data: str) -> dict[str, Any]:
+        return {"name": name, "datatype": "BYTES", "shape": [len(data)], "data": list(data)}
+
+    reply = client.post("/v2/models/tagger-explainer/infer", json={
+        "inputs": [texts(TEXT, TEXT, OTHER), own("at", "london", "4", ""), own("contrast", "O", "", "")],
+        "parameters": {"method": "grad-x-input"}})
+    assert reply.status_code == 200, reply.text
+    got = [json.loads(s) for s in reply.json()["outputs"][0]["data"]]
+    assert _body(got[0]) == document(explain(tagger, TEXT, ExplainConfig(method="grad-x-input", at="london",
+                                                                          contrast="O")))
+    assert _body(got[1]) == document(explain(tagger, TEXT, ExplainConfig(method="grad-x-input", at=4)))
+    assert _body(got[2]) == document(explain_tokens(tagger, OTHER, GXI))  # "": the request's (no at: every entity)
+    for inputs, message in [
+            ([texts(TEXT), own("at", "4", "5")], "the input at must hold one element per text (1): \"\" where the "
+                                                 "text takes the request's parameter"),
+            ([texts(TEXT), own("at", "4"), own("at", "5")], "the input at is given twice"),
+            ([texts(TEXT), {**own("at", "4"), "datatype": "INT64", "data": [4]}],
+             "the input's datatype must be BYTES (texts), got \"INT64\"")]:
+        bad = client.post("/v2/models/tagger-explainer/infer", json={"inputs": inputs})
+        assert bad.status_code == 400 and bad.json()["error"] == message
+    model = client.post("/v2/models/tagger/infer", json={"inputs": [texts(TEXT), own("at", "4")]})
+    assert model.status_code == 400  # the model's own route predicts: per-text targets are the explainer's
+
+
+def test_at_on_a_model_that_is_not_per_token_is_refused_not_ignored() -> None:
+    from blackbox_sal.model.files import default_model_path
+
+    with pytest.raises(UsageError, match="--at names a position of a per-token model's output"):
+        explain(load_model(default_model_path()), "a fine film", ExplainConfig(at=1))

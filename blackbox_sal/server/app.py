@@ -304,11 +304,12 @@ class Server:
         served = self._served(name[:-len(EXPLAINER)] if explainer else name)
         data = await self._body(request)
         _known(data, {"inputs", "outputs", "parameters", "id"})
-        rows = infer_rows(data, self.limits.max_instances, self.limits.max_chars)
+        rows = infer_rows(data, self.limits.max_instances, self.limits.max_chars, explainer)
         cfg, deadline = self._settings(data.get("parameters"))
         head: dict[str, Any] = {"model_name": name, "model_version": "1", **_echo_id(data)}
         n = len(rows)
         if explainer:
+            check_instances(rows, cfg)
             results = await self._run(served, [work_for(served.model, r, cfg) for r in rows], deadline)
             objects = [json.dumps(_instance_error(r) if isinstance(r, HttpError) else explanation_object(*r),
                                   ensure_ascii=False, allow_nan=False) for r in results]

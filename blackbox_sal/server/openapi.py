@@ -84,6 +84,31 @@ def _result_schemas() -> dict[str, Any]:
     return schemas
 
 
+def _explainer_request(text: dict[str, Any], parameters: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """The V2 explainer's request: the texts' input, and inputs named after :data:`TEXT_OWN`
+    holding each text's own value ("": the request's parameter)."""
+    shape = {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "integer", "minimum": 0},
+             "description": "[n] or [n, 1] for n texts"}
+    texts = {"type": "object", "required": ["datatype", "data"],
+             "description": "the texts; name and shape may be left out (the texts' count is their shape)",
+             "properties": {
+                 "name": {"type": "string"}, "datatype": {"const": "BYTES"}, "shape": shape,
+                 "data": {"type": "array", "minItems": 1, "maxItems": limits.max_instances, "items": text}}}
+    own = {"type": "object", "required": ["name", "datatype", "data"],
+           "description": "each text's own target, at or contrast, one element per text in order (\"\": the "
+                          "request's parameter); an index as its digits",
+           "properties": {"name": {"enum": list(TEXT_OWN)}, "datatype": {"const": "BYTES"},
+                          "shape": shape,
+                          "data": {"type": "array", "maxItems": limits.max_instances, "items": {"type": "string"}}}}
+    return {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
+        "id": {"type": "string"}, "parameters": parameters,
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"enum": ["scores", "label", "error", "explanation"]}}},
+            "description": "names are checked, then ignored: the explanation output comes"},
+        "inputs": {"type": "array", "minItems": 1, "maxItems": 1 + len(TEXT_OWN),
+                   "items": {"anyOf": [own, texts]}}}}
+
+
 def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) -> dict[str, Any]:
     """The document for a server of the models ``names`` (named in the path's enum), its
     defaults and limits."""
@@ -158,6 +183,7 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
                     "shape": {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "integer", "minimum": 0},
                               "description": "[n] or [n, 1] for n texts"},
                     "data": {"type": "array", "minItems": 1, "maxItems": limits.max_instances, "items": text}}}}}},
+        "ExplainerRequest": _explainer_request(text, parameters, limits),
         "InferResponse": {"type": "object", "required": ["model_name", "model_version", "outputs"],
                           "additionalProperties": False, "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
@@ -237,8 +263,8 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
             "predict (V2 inference protocol): scores FP32 [n, classes] and label BYTES [n]", "InferRequest",
             "InferResponse")
         paths[f"/v2/models/{name}-explainer/infer"] = post(
-            "explain (V2, the explainer as a model): one BYTES output of explanation objects (JSON)",
-            "InferRequest", "InferResponse")
+            "explain (V2, the explainer as a model): one BYTES output of explanation objects (JSON); beside the "
+            "texts, inputs target, at, contrast give each text its own", "ExplainerRequest", "InferResponse")
     return {
         "openapi": "3.1.0",
         "info": {"title": "blackbox-sal", "version": __version__,

@@ -259,17 +259,22 @@ def _question_row(k: int, item: dict[str, Any], where: str, max_chars: int) -> R
                answer=_own(item, where, QUESTION_OWN).get("answer"))
 
 
-def infer_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list[Row]:
-    """The V2 inference protocol: one BYTES input holding the texts."""
+def infer_rows(data: dict[str, Any], max_instances: int, max_chars: int, explainer: bool = False) -> list[Row]:
+    """The V2 inference protocol: one BYTES input holding the texts; for the explainer, also
+    inputs named ``target``, ``at`` or ``contrast`` (:data:`TEXT_OWN`), BYTES [n] as the texts,
+    each element that text's own value ("": the request's parameter)."""
     _request_id(data)
     outputs = data.get("outputs", [])
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise HttpError(400, '"outputs" must be a list of objects')
     inputs = data.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise HttpError(400, 'the body must hold "inputs": one BYTES input with the texts')
+    own = [t for t in inputs if isinstance(t, dict) and t.get("name") in TEXT_OWN] if explainer and \
+        isinstance(inputs, list) else []
+    if not isinstance(inputs, list) or len(inputs) - len(own) != 1 or not all(isinstance(t, dict) for t in inputs):
+        raise HttpError(400, 'the body must hold "inputs": one BYTES input with the texts' +
+                        (f" (and, per text, {', '.join(TEXT_OWN)})" if explainer else ""))
     _known_outputs(outputs)
-    tensor = inputs[0]
+    tensor = next(t for t in inputs if t not in own)
     if not isinstance(tensor.get("data"), list) or not isinstance(tensor.get("name", ""), str):
         raise HttpError(400, 'the input must be {"name", "datatype": "BYTES", "shape": [n], "data": [texts]}')
     texts = tensor["data"]
@@ -279,7 +284,20 @@ def infer_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list
     check_shape(tensor.get("shape"), len(texts))
     if not texts:
         raise HttpError(400, "the input holds no texts")
-    return [Row(k, _text(t, f"text {k}", max_chars)) for k, t in enumerate(texts)]
+    values: dict[str, list[Any]] = {}
+    for t in own:
+        name = t["name"]
+        if name in values:
+            raise HttpError(400, f"the input {name} is given twice")
+        column = t.get("data")
+        if not isinstance(column, list) or len(column) != len(texts):
+            raise HttpError(400, f"the input {name} must hold one element per text ({len(texts):,}): \"\" where "
+                                 f"the text takes the request's parameter")
+        check_datatype(t.get("datatype"), column)
+        check_shape(t.get("shape"), len(column))
+        values[name] = column
+    return [Row(k, _text(t, f"text {k}", max_chars), **{name: column[k] or None for name, column in values.items()})
+            for k, t in enumerate(texts)]
 
 
 #: the V2 outputs a request may ask for by name (of the model, and of its explainer)
