@@ -295,3 +295,114 @@ def test_at_on_a_model_that_is_not_per_token_is_refused_not_ignored() -> None:
 
     with pytest.raises(UsageError, match="--at names a position of a per-token model's output"):
         explain(load_model(default_model_path()), "a fine film", ExplainConfig(at=1))
+
+
+# -- eval, sanity and global on a per-token model: every predicted entity a target --------------
+
+
+def _forward(model: TextModel, tokens: Any, embeds: Any) -> Any:
+    """The model's flat per-token output on embeddings [k, S, D] of ``tokens``: [k, S, L]."""
+    import numpy as np
+
+    ids, type_ids, mask = model.pad(tokens.ids, tokens.type_ids)
+    return np.asarray(model.forward(embeds, ids, type_ids, mask)).reshape(len(embeds), len(ids), -1)
+
+
+def test_the_items_of_a_per_token_model_are_its_targets(tagger: TextModel) -> None:
+    from blackbox_sal.evaluation.common import per_token_items
+
+    units, notes = per_token_items(tagger, [TEXT, OTHER, ""], GXI)
+    assert [(u.text, u.target.name, u.target.positions) for u in units[:3]] == [
+        (TEXT, "PER", (1, 2)), (TEXT, "PER", (4, 5)), (TEXT, "LOC", (7,))]
+    assert len(units) == 3 + len(explain_tokens(tagger, OTHER, GXI).targets)
+    assert notes[0].startswith("per-token model: the items are its targets, each predicted entity in each text "
+                               f"({len(units)} in 2 texts)")
+    assert notes[1].startswith("1 text(s) left out, their targets not found (the first: ")
+    at, _ = per_token_items(tagger, [TEXT], ExplainConfig(at="alan turing"))
+    assert [(u.target.positions, u.target.labels) for u in at] == [((4, 5), (1, 2))]  # B-PER, I-PER
+
+
+def test_sanity_explains_each_target_for_its_own_positions_and_labels(tagger: TextModel) -> None:
+    """At a randomized stage a target keeps its positions and labels (the randomized model
+    predicts others): its f(x) is the randomized model's scores at those, summed."""
+    import numpy as np
+
+    from blackbox_sal.evaluation.common import per_token_items
+    from blackbox_sal.evaluation.sanity import Cascade, _explain_all, sanity
+
+    units, _ = per_token_items(tagger, [TEXT], GXI)
+    original = _explain_all(tagger, units, [GXI], [None], 8)
+    assert original[0] == [t.explanation for t in explain_tokens(tagger, TEXT, GXI).targets]
+    randomized = Cascade(tagger, seed=0).at(1).model
+    again = _explain_all(randomized, units, [GXI], original, 8)[0]
+    logits = _forward(randomized, units[0].tokens, tagger.embed(tagger.pad(units[0].tokens.ids,
+                                                                           units[0].tokens.type_ids)[0])[None])[0]
+    for unit, e in zip(units, again, strict=True):
+        assert isinstance(e, type(original[0][0]))
+        want = sum(logits[i, label] for i, label in zip(unit.target.positions, unit.target.labels, strict=True))
+        assert e.target_value == pytest.approx(want, rel=1e-5)  # type: ignore[union-attr]
+        assert e.target.index == unit.target.labels[0]  # type: ignore[union-attr]
+    assert not np.allclose(logits.argmax(-1), _forward(tagger, units[0].tokens, tagger.embed(tagger.pad(
+        units[0].tokens.ids, units[0].tokens.type_ids)[0])[None])[0].argmax(-1))  # it does predict others
+    result = sanity(tagger, [TEXT], ["grad-x-input"], stages=1, backends=False)
+    assert (result.texts, result.unit) == (3, "targets")
+
+
+def test_eval_of_a_per_token_target_removes_tokens_from_its_score(tagger: TextModel) -> None:
+    import numpy as np
+
+    from blackbox_sal.evaluation.common import per_token_items
+    from blackbox_sal.evaluation.faithfulness import faithfulness, removals
+    from blackbox_sal.vocabulary.runs import Forward, drive
+
+    unit = per_token_items(tagger, [TEXT], GXI)[0][2]  # LOC 'london', token 7
+    tokens = unit.tokens
+    ids = tagger.pad(tokens.ids, tokens.type_ids)[0]
+    x = tagger.embed(ids)
+    pad = tagger.embed(np.array([tagger.tokenizer.token_to_id("[PAD]")]))[0]
+    scores = np.arange(len(tokens), dtype=np.float64)  # ranks the last ordinary token ('.') first, then london
+
+    def answer(request: Any) -> Any:  # the one Forward request of every removal, run as the engine would
+        assert isinstance(request, Forward) and request.seq is not None
+        return tagger.forward(request.points.take(0, request.points.n), request.seq.ids, request.seq.type_ids,
+                              request.seq.mask)
+
+    done = drive(removals(tagger, tokens, scores, unit.target, (0.1, 0.2), (0.0, 1.0), "probability"), answer)
+
+    def f(embeds: Any) -> float:
+        z = _forward(tagger, tokens, embeds[None])[0][7]
+        return float(np.exp(z[3]) / np.exp(z).sum())  # the probability of B-LOC at london
+
+    without = [x.copy(), x.copy()]
+    without[0][8] = pad  # the top 1 of 8 ordinary tokens: '.'
+    without[1][[7, 8]] = pad  # the top 2: '.', london
+    assert done.value == pytest.approx(f(x), rel=1e-6)
+    np.testing.assert_allclose(done.comprehensiveness, [f(x) - f(without[0]), f(x) - f(without[1])], rtol=1e-5)
+    result = faithfulness(tagger, [TEXT, OTHER], ["grad-x-input", "random"], curve_points=3)
+    assert result.unit == "targets" and result.texts == len(per_token_items(tagger, [TEXT, OTHER], GXI)[0])
+    assert all(m.failed == 0 and m.texts == result.texts for m in result.methods)
+
+
+def test_global_word_importance_over_every_entity(tagger: TextModel) -> None:
+    import numpy as np
+
+    from blackbox_sal.evaluation.global_views import word_importance_table
+    from blackbox_sal.evaluation.word_importance import word_importance
+
+    result = word_importance(tagger, [TEXT, OTHER], GXI, min_count=1)
+    per_type: dict[str, dict[str, list[float]]] = {}
+    for text in (TEXT, OTHER):
+        for t in explain_tokens(tagger, text, ExplainConfig(method="grad-x-input", words=True)).targets:
+            for w in t.explanation.words or ():
+                if not w.special:
+                    per_type.setdefault(t.label, {}).setdefault(w.text.lower(), []).append(w.score)
+    assert [label for label, _ in result.by_class] == sorted(per_type)
+    for label, stats in result.by_class:
+        assert {s.word: s.count for s in stats} == {w: len(v) for w, v in per_type[label].items()}
+        assert {s.word: s.mean for s in stats} == pytest.approx({w: float(np.mean(v)) for w, v in
+                                                                 per_type[label].items()}, rel=1e-9)
+    assert (result.unit, result.texts, result.n) == ("entities", 2, sum(
+        len(explain_tokens(tagger, t, GXI).targets) for t in (TEXT, OTHER)))
+    assert word_importance_table(result).startswith(
+        f"word importance of tiny-tagger: grad-x-input scores of each predicted entity, mean per word over "
+        f"{result.n} entities of 2 texts")
