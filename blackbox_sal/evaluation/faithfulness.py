@@ -598,8 +598,9 @@ def faithfulness_table(result: Faithfulness) -> str:
     add("gradient passes per explanation", (fmt_number(m.gradient_passes, 1) for m in ms))
     left = max(len(label) for label, _ in lines)
     widths = [max(len(m.name), *(len(v[k]) for _, v in lines)) for k, m in enumerate(ms)]
-    header = (f"faithfulness of {result.model} on {result.texts} {result.unit} | f = {result.score} of the explained "
-              f"class | removed tokens -> {result.baseline} embedding")
+    what = "each target's labels" if result.unit == "targets" else "the explained class"
+    header = (f"faithfulness of {result.model} on {result.texts} {result.unit} | f = {result.score} of {what} | "
+              f"removed tokens -> {result.baseline} embedding")
     out = [header, "", " " * left + "  " + "  ".join(m.name.rjust(w) for m, w in zip(ms, widths, strict=True))]
     out += [(label.ljust(left) + "  " + "  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True))).rstrip()
             for label, values in lines]
