@@ -131,7 +131,10 @@ def _load(a: argparse.Namespace) -> TextModel:
 def _columns(a: argparse.Namespace) -> Columns:
     features = tuple(c.strip() for c in a.feature_columns.split(",") if c.strip()) if a.feature_columns else None
     return Columns(text=a.text_column, id=a.id_column, label=a.label_column, target=a.target_column,
-                   pair=a.pair_column, choices=a.choices_column, features=features, question=a.question_column)
+                   pair=a.pair_column, choices=a.choices_column, features=features, question=a.question_column,
+                   # batch's alone: the other commands explain each text with the command's settings
+                   at=getattr(a, "at_column", None), contrast=getattr(a, "contrast_column", None),
+                   answer=getattr(a, "answer_column", None))
 
 
 def _batch(a: argparse.Namespace) -> None:

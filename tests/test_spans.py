@@ -425,7 +425,7 @@ def test_server_explains_a_question_instance(qa: TextModel) -> None:
         bad = client.post("/v1/models/qa:explain", json={"instances": [{"question": QUESTION, "text": CONTEXT}]})
         assert bad.status_code == 400
         assert bad.json()["error"] == ('instance 0 has fields text beside a question: a question instance is '
-                                       '{"question", "context", "id"}')
+                                       '{"question", "context", "answer", "id"}')
         plain = client.post("/v1/models/qa:explain", json={"instances": [QUESTION]})
         assert plain.status_code == 400 and "--context" in plain.json()["error"]
     finally:

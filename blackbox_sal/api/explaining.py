@@ -73,6 +73,9 @@ def runner(model: TextModel, cfg: ExplainConfig) -> Runner:
 
 def text_explanation(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Explanation]:
     """The work of explaining one text (tokenized here, so bad text ends this work only)."""
+    if cfg.at is not None and model.task != "per-token":  # not ignored: the answer would not be what was asked
+        raise UsageError(f"--at names a position of a per-token model's output (a tagger's); {model.name} is a "
+                         f"{model.task} model")
     if model.features is not None:
         return (yield from feature_explanation(model, text, cfg))
     if model.task == "answer-span":

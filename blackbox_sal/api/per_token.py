@@ -13,17 +13,18 @@ tokens) with each target's completeness gap.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from blackbox_sal.api.explaining import PerTokenQuestion, explanation, runner
 from blackbox_sal.engine.drive import drive_many, drive_one
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.targets.per_token import find_targets
-from blackbox_sal.text.tokenization import tokenize
+from blackbox_sal.targets.per_token import Target, find_targets
+from blackbox_sal.text.tokenization import Tokens, tokenize
 from blackbox_sal.vocabulary.config import ExplainConfig
 from blackbox_sal.vocabulary.errors import SalError, TooLongError, UsageError
-from blackbox_sal.vocabulary.result import TokenTarget, TokenTargets
+from blackbox_sal.vocabulary.result import Explanation, TokenTarget, TokenTargets
 from blackbox_sal.vocabulary.runs import ArrayPoints, Forward, Seq, Work, ask, together
 
 
@@ -43,9 +44,20 @@ def explain_tokens_many(model: TextModel, texts: Iterable[str], config: ExplainC
     return drive_many((token_targets(model, t, cfg) for t in texts), runner(model, cfg), window)
 
 
-def token_targets(model: TextModel, text: str, cfg: ExplainConfig) -> Work[TokenTargets]:
-    """The work of explaining one text's targets: one forward row to find them, then the k
-    explanations side by side."""
+@dataclass(frozen=True)
+class TextTarget:
+    """One target of one text, found on the model's prediction: what the evaluation commands
+    (sanity, global, eval) explain again and again, by its positions and labels, whatever a
+    changed model (a randomized one) or a changed input (tokens removed) would predict."""
+
+    text: str
+    tokens: Tokens
+    target: Target
+
+
+def text_targets(model: TextModel, text: str, cfg: ExplainConfig) -> Work[tuple[Tokens, np.ndarray, list[Target]]]:
+    """The work of finding one text's targets (``cfg.at``, or every predicted entity): its
+    tokens, the model's scores [S, L] and the targets, from one forward row."""
     if model.task != "per-token":
         raise UsageError(f"per-token targets need a per-token model ([batch, seq, labels] output); "
                          f"{model.name} is a {model.task} model")
@@ -55,7 +67,34 @@ def token_targets(model: TextModel, text: str, cfg: ExplainConfig) -> Work[Token
     ids, type_ids, mask = model.pad(tokens.ids, tokens.type_ids)
     outputs = yield from ask(Forward(Seq(ids, type_ids, mask), ArrayPoints(model.embed(ids)[None]), "prediction"))
     scores = np.asarray(outputs, np.float64)[0].reshape(len(ids), -1)
-    found = find_targets(scores, tokens, model.labels, cfg.at, cfg.target, cfg.contrast)
+    return tokens, scores, find_targets(scores, tokens, model.labels, cfg.at, cfg.target, cfg.contrast)
+
+
+def target_explanation(model: TextModel, found: TextTarget, cfg: ExplainConfig) -> Work[Explanation]:
+    """The work of explaining one found target (its positions and labels fixed) with ``cfg``'s
+    method; ``cfg``'s at, target and contrast are not read again."""
+    return explanation(model, found.tokens, cfg, PerTokenQuestion(found.tokens, found.target))
+
+
+def targets_of_texts(model: TextModel, texts: list[str], cfg: ExplainConfig,
+                     window: int = 64) -> tuple[list[TextTarget], list[SalError]]:
+    """Every target of ``texts`` (``cfg.at``, or each predicted entity), in text order, their
+    prediction rows packed; and the errors of the texts whose targets could not be found."""
+    found: list[TextTarget] = []
+    lost: list[SalError] = []
+    done = drive_many((text_targets(model, t, cfg) for t in texts), runner(model, cfg), window)
+    for text, result in zip(texts, done, strict=True):
+        if isinstance(result, SalError):
+            lost.append(result)
+        else:
+            found += [TextTarget(text, result[0], t) for t in result[2]]
+    return found, lost
+
+
+def token_targets(model: TextModel, text: str, cfg: ExplainConfig) -> Work[TokenTargets]:
+    """The work of explaining one text's targets: one forward row to find them, then the k
+    explanations side by side."""
+    tokens, scores, found = yield from text_targets(model, text, cfg)
     done = yield from together([explanation(model, tokens, cfg, PerTokenQuestion(tokens, t)) for t in found])
     predicted = tuple(model.label(int(i)) or str(int(i)) for i in np.argmax(scores[:len(tokens)], axis=1))
     targets = tuple(

@@ -1,5 +1,6 @@
-"""What the evaluation analyses share: rows in, gradients of many output weightings at one
-point (the gradient graph, else finite differences), labels, Pearson, plots.
+"""What the evaluation analyses share: rows in, a per-token model's targets as the items,
+gradients of many output weightings at one point (the gradient graph, else finite
+differences), labels, Pearson, plots.
 
 Gradients are engine work (:mod:`blackbox_sal.vocabulary.runs`): :func:`gradients_at` yields one
 :class:`~blackbox_sal.vocabulary.runs.Gradient` request of K rows (the same point, K seed weightings of
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from blackbox_sal.api.per_token import TextTarget, targets_of_texts
 from blackbox_sal.gradients.backend import Setting, choose_backend, make_backend
 from blackbox_sal.jobs.datasets import BadRow, Row
 from blackbox_sal.model.files import read_side_json
@@ -33,6 +35,21 @@ def as_rows(items: Iterable[Row | BadRow | str]) -> Iterator[Row | BadRow]:
     """Dataset rows (from :func:`blackbox_sal.jobs.datasets.read_rows`) or plain texts, as rows."""
     for k, item in enumerate(items):
         yield Row(k, item) if isinstance(item, str) else item
+
+
+def per_token_items(model: TextModel, texts: list[str], cfg: ExplainConfig,
+                    window: int = 64) -> tuple[list[TextTarget], list[str]]:
+    """A per-token model's items for sanity and eval: its targets (each predicted entity of
+    each text, or the position ``cfg.at`` names), found once on the model's prediction and
+    explained (and evaluated) for those positions and labels throughout; and notes saying so
+    (and naming the texts where none could be found, with the first reason)."""
+    found, lost = targets_of_texts(model, texts, cfg, window)
+    what = f"the position --at {cfg.at!r} names" if cfg.at is not None else "each predicted entity"
+    notes = [f"per-token model: the items are its targets, {what} in each text ({len(found):,} in "
+             f"{len(texts) - len(lost):,} texts), each for the same positions and labels throughout"]
+    if lost:
+        notes.append(f"{len(lost):,} text(s) left out, their targets not found (the first: {lost[0]})")
+    return found, notes
 
 
 def graph_unavailable(model: TextModel, backend: str) -> str | None:

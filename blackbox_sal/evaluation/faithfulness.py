@@ -39,6 +39,12 @@ completed; the others are counted with their reasons. ``"random"`` in ``methods`
 reference row a method should beat: token scores drawn uniformly at random (seeded). Between
 the two passes every text's tokens and scores are kept (a few numbers per token), so memory
 grows with the dataset; texts over the model's token limit are counted as failed (no windows).
+
+A per-token model's items are its targets (each predicted entity of each text, or the
+position the config's ``at`` names: :func:`blackbox_sal.evaluation.common.per_token_items`),
+found once on the model's prediction; f is then the target's score (its labels at its
+positions summed, under ``score``: :class:`~blackbox_sal.vocabulary.scores.TokenWeights`) and
+every metric above is per target, tokens removed from the whole text.
 """
 
 from __future__ import annotations
@@ -54,19 +60,22 @@ from typing import Any
 import numpy as np
 
 from blackbox_sal.api.explaining import ClassQuestion, explanation, runner, text_explanation
+from blackbox_sal.api.per_token import TextTarget, target_explanation
 from blackbox_sal.baselines import baseline_token, make_baseline
 from blackbox_sal.engine.drive import drive_many, drive_one
+from blackbox_sal.evaluation.common import per_token_items
 from blackbox_sal.evaluation.correlation import mean_defined, spearman
 from blackbox_sal.gradient_graph.store import rules_session
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.shapley import MAX_PLAYERS
 from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.targets.per_token import Target
 from blackbox_sal.text.tokenization import Tokens, tokenize
 from blackbox_sal.vocabulary.config import ExplainConfig
 from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, UsageError, unknown_choice
 from blackbox_sal.vocabulary.result import Explanation
 from blackbox_sal.vocabulary.runs import Forward, LazyPoints, Seq, Work, ask
-from blackbox_sal.vocabulary.scores import SCORES
+from blackbox_sal.vocabulary.scores import SCORES, TokenWeights
 
 #: ERASER's bins: fractions of the ordinary tokens
 BINS = (0.01, 0.05, 0.10, 0.20, 0.50)
@@ -150,13 +159,15 @@ class Faithfulness:
     notes: tuple[str, ...] = ()
     shapley_tokens: int = 0
     top_k: int = 3
+    #: what each of the ``texts`` items is: "texts", or a per-token model's "targets"
+    unit: str = "texts"
 
 
 @dataclass(frozen=True)
 class TextFaithfulness:
     """One text under one ranking: per bin, per curve point, and the leave-one-out rho."""
 
-    target: int
+    target: int  # the class (a per-token target: the label at its first position)
     value: float  # f(x)
     baseline_value: float  # f(all ordinary tokens removed)
     comprehensiveness: np.ndarray
@@ -197,12 +208,13 @@ def ranking(scores: np.ndarray, ordinary: np.ndarray) -> np.ndarray:
     return ordinary[np.argsort(-key, kind="stable")]
 
 
-def removals(model: TextModel, tokens: Tokens, scores: np.ndarray, target: int | None,
+def removals(model: TextModel, tokens: Tokens, scores: np.ndarray, target: int | Target | None,
              bins: Sequence[float], fractions: Sequence[float], score: str = "probability",
              baseline: str = "pad") -> Work[TextFaithfulness]:
     """The work of evaluating one ranking of one text: ``scores`` [len(tokens)] rank its
-    ordinary tokens; ``target`` is the explained class (None: the predicted one). Every
-    removal is a row of one Forward request."""
+    ordinary tokens; ``target`` is the explained class (None: the predicted one), or a
+    per-token model's target (its positions and labels). Every removal is a row of one
+    Forward request."""
     ids, type_ids, mask = model.pad(tokens.ids, tokens.type_ids)
     x = model.embed(ids)
     special = np.concatenate([tokens.special, np.ones(len(ids) - len(tokens), bool)])
@@ -243,13 +255,21 @@ def removals(model: TextModel, tokens: Tokens, scores: np.ndarray, target: int |
                                      "faithfulness forward passes"))
     if not np.isfinite(outputs).all():
         raise ModelError("the model's output is not finite on a copy of this text with tokens removed")
-    n_classes = outputs.shape[1]
-    if n_classes == 1 and score != "logit":
-        raise UsageError(f"the model has one output: its {score} is constant; evaluate with score='logit'")
-    t = int(np.argmax(outputs[whole])) if target is None else target
-    if not 0 <= t < n_classes:
-        raise ModelError(f"class {t} is not among the model's {n_classes} outputs")
-    f = SCORES[score](outputs)[:, t]
+    if isinstance(target, Target):  # a per-token output, flat [rows, S * L]: the target's labels summed
+        width = outputs.shape[1] // len(ids)
+        if width == 1 and score != "logit":
+            raise UsageError(f"the model has one score per token: its {score} is constant; evaluate with "
+                             f"score='logit'")
+        t = target.labels[0]
+        f = TokenWeights(target.weights(len(ids), width), score).scalar(outputs)
+    else:
+        n_classes = outputs.shape[1]
+        if n_classes == 1 and score != "logit":
+            raise UsageError(f"the model has one output: its {score} is constant; evaluate with score='logit'")
+        t = int(np.argmax(outputs[whole])) if target is None else target
+        if not 0 <= t < n_classes:
+            raise ModelError(f"class {t} is not among the model's {n_classes} outputs")
+        f = SCORES[score](outputs)[:, t]
     fx = float(f[whole])
     loo_values = fx - f[loo]
     return TextFaithfulness(t, fx, float(f[empty]), fx - f[comp], fx - f[suff], f[dele], f[ins], loo_values,
@@ -291,20 +311,25 @@ def faithfulness(model: TextModel, texts: Iterable[str], methods: Sequence[Expla
     baseline_token(model.tokenizer, baseline)  # a baseline the tokenizer lacks fails now, not per text
     fractions = tuple(float(q) for q in np.linspace(0.0, 1.0, curve_points))
     real = [c for c in configs if c is not None]
-    _warm_up(model, items, real)
+    units: Sequence[str | TextTarget] = items
+    found_notes: list[str] = []
+    if model.task == "per-token":
+        units, found_notes = per_token_items(model, items, real[0] if real else ExplainConfig(), window)
+    _warm_up(model, units, real)
 
-    explained: list[list[tuple[Tokens, np.ndarray, int | None, Explanation | None] | SalError]] = []
+    explained: list[list[tuple[Tokens, np.ndarray, int | Target | None, Explanation | None] | SalError]] = []
     timing: list[tuple[float, float]] = []
     for cfg in configs:
         if cfg is None:
-            explained.append([_random(model, text, seed, k) for k, text in enumerate(items)])
+            explained.append([_random(model, unit, seed, k) for k, unit in enumerate(units)])
             timing.append((0.0, 0.0))
             continue
         wall, cpu = time.perf_counter(), time.process_time()
-        done = list(drive_many((_explained(model, text, cfg) for text in items), runner(model, cfg), window))
+        done = list(drive_many((_explained(model, unit, cfg) for unit in units), runner(model, cfg), window))
         timing.append((time.perf_counter() - wall, time.process_time() - cpu))
-        explained.append([d if isinstance(d, SalError) else (d[0], _scores(d[1]), d[1].target.index, d[1])
-                          for d in done])
+        explained.append([d if isinstance(d, SalError) else
+                          (d[0], _scores(d[1]), unit.target if isinstance(unit, TextTarget) else d[1].target.index,
+                           d[1]) for unit, d in zip(units, done, strict=True)])
 
     works = [removals(model, e[0], e[1], e[2], bins_t, fractions, score, baseline)
              for per_method in explained for e in per_method if not isinstance(e, SalError)]
@@ -320,7 +345,7 @@ def faithfulness(model: TextModel, texts: Iterable[str], methods: Sequence[Expla
             result = next(evaluated)
             per_text.append(result if isinstance(result, SalError) else Evaluated(k, e[0], e[1], result, e[3]))
         outcomes.append(per_text)
-    reference = exact_references(model, outcomes, configs, score, baseline, shapley_tokens, run_cfg, window)
+    reference = exact_references(model, outcomes, configs, score, baseline, shapley_tokens, run_cfg, window, units)
     rows: list[MethodFaithfulness] = []
     for name, cfg, per_text, (wall, cpu) in zip(row_names(configs), configs, outcomes, timing, strict=True):
         pairs: list[tuple[TextFaithfulness, Explanation | None]] = []
@@ -340,9 +365,11 @@ def faithfulness(model: TextModel, texts: Iterable[str], methods: Sequence[Expla
         rho, _ = mean_defined(a[0] for a in agreement)
         rows.append(replace(row, shapley_spearman=rho, shapley_texts=len(agreement),
                             shapley_top_k=float(np.mean([a[1] for a in agreement])) if agreement else None))
-    notes: tuple[str, ...] = (
+    per_token = model.task == "per-token"
+    notes: tuple[str, ...] = (*found_notes, (
+        f"f is the {score} of each target's label (summed over its positions)" if per_token else
         f"f is the {score} of the explained class (each method's target: the predicted class unless its config "
-        f"names one); removed tokens take the {baseline} baseline embedding",)
+        f"names one)") + f"; removed tokens take the {baseline} baseline embedding")
     if any(c is None for c in configs):
         notes += (f"{RANDOM}: token scores drawn uniformly at random (seed {seed}), the reference a method "
                   f"should beat",)
@@ -350,8 +377,8 @@ def faithfulness(model: TextModel, texts: Iterable[str], methods: Sequence[Expla
         notes += (f"exact Shapley: the reference values of the tokens of texts of at most {shapley_tokens} "
                   f"ordinary tokens ({len({key[0] for key in reference})} text(s)), in each method's own score "
                   f"for the class it explained, tokens removed as above; top-k overlap with k = {top_k}",)
-    return Faithfulness(model.name, score, baseline, bins_t, fractions, len(items), tuple(rows), notes,
-                        shapley_tokens, top_k)
+    return Faithfulness(model.name, score, baseline, bins_t, fractions, len(units), tuple(rows), notes,
+                        shapley_tokens, top_k, "targets" if per_token else "texts")
 
 
 def shapley_agreement(scores: np.ndarray, exact: np.ndarray, top_k: int) -> tuple[float | None, float]:
@@ -366,9 +393,11 @@ def shapley_agreement(scores: np.ndarray, exact: np.ndarray, top_k: int) -> tupl
 def exact_references(model: TextModel,
                      outcomes: Sequence[Sequence[Evaluated | SalError]],
                      configs: Sequence[ExplainConfig | None], score: str, baseline: str, limit: int,
-                     run_cfg: ExplainConfig, window: int) -> dict[tuple[int, int, str], np.ndarray]:
+                     run_cfg: ExplainConfig, window: int,
+                     units: Sequence[str | TextTarget] = ()) -> dict[tuple[int, int, str], np.ndarray]:
     """Exact Shapley token values per (text, target, score) that some method needs, for the
-    texts of at most ``limit`` ordinary tokens: one explanation each, through the engine."""
+    texts of at most ``limit`` ordinary tokens: one explanation each, through the engine
+    (a per-token model's: of the target ``units[text]``, for its positions and labels)."""
     wanted: dict[tuple[int, int, str], Tokens] = {}
     for cfg, done in zip(configs, outcomes, strict=True):
         for d in done:
@@ -378,12 +407,22 @@ def exact_references(model: TextModel,
     cfgs = [ExplainConfig(method="shapley", players="tokens", baseline=baseline, score=key[2], target=key[1],
                           batch_size=run_cfg.batch_size, tokens_per_run=run_cfg.tokens_per_run).validated()
             for key in keys]
-    works = [explanation(model, wanted[key], cfg, ClassQuestion(key[1])) for key, cfg in zip(keys, cfgs, strict=True)]
+    works = [_reference(model, units[key[0]] if units else None, wanted[key], key[1], cfg)
+             for key, cfg in zip(keys, cfgs, strict=True)]
     out: dict[tuple[int, int, str], np.ndarray] = {}
     for key, made in zip(keys, drive_many(works, runner(model, run_cfg), window), strict=True):
         if not isinstance(made, SalError):
             out[key] = _scores(made)
     return out
+
+
+def _reference(model: TextModel, unit: str | TextTarget | None, tokens: Tokens, target: int,
+               cfg: ExplainConfig) -> Work[Explanation]:
+    """The exact Shapley values' work: of a per-token target for its positions and labels, else
+    of the class ``target``."""
+    if isinstance(unit, TextTarget):
+        return target_explanation(model, unit, cfg)
+    return explanation(model, tokens, cfg, ClassQuestion(target))
 
 
 def method_configs(methods: Sequence[ExplainConfig | str]) -> list[ExplainConfig | None]:
@@ -420,9 +459,9 @@ def row_names(configs: Sequence[ExplainConfig | None]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n} #{names[:k + 1].count(n)}" for k, n in enumerate(names)]
 
 
-def _warm_up(model: TextModel, texts: Sequence[str], configs: Sequence[ExplainConfig]) -> None:
+def _warm_up(model: TextModel, texts: Sequence[str | TextTarget], configs: Sequence[ExplainConfig]) -> None:
     """Load the sessions (and the gradient graph, built or read once) before anything is timed."""
-    first = next((t for t in texts if t.strip()), None)
+    first = next((t for t in texts if isinstance(t, TextTarget) or t.strip()), None)
     if first is None or not configs:
         return
     backends = {c.backend for c in configs if METHODS[c.method].needs_derivatives} or {"auto"}
@@ -431,7 +470,8 @@ def _warm_up(model: TextModel, texts: Sequence[str], configs: Sequence[ExplainCo
         cfg = ExplainConfig(method=method, backend=backend, score=configs[0].score,
                             batch_size=configs[0].batch_size, tokens_per_run=configs[0].tokens_per_run)
         try:
-            drive_one(text_explanation(model, first, cfg), runner(model, cfg))
+            drive_one(target_explanation(model, first, cfg) if isinstance(first, TextTarget) else
+                      text_explanation(model, first, cfg), runner(model, cfg))
         except SalError:
             pass  # the timed pass meets the same error and counts it
     for rules in sorted({METHODS[c.method].rules for c in configs} - {"gradient"}):  # LRP's own graphs
@@ -441,7 +481,9 @@ def _warm_up(model: TextModel, texts: Sequence[str], configs: Sequence[ExplainCo
             pass
 
 
-def _explained(model: TextModel, text: str, cfg: ExplainConfig) -> Work[tuple[Tokens, Explanation]]:
+def _explained(model: TextModel, text: str | TextTarget, cfg: ExplainConfig) -> Work[tuple[Tokens, Explanation]]:
+    if isinstance(text, TextTarget):  # its tokens within the limit: its targets were found on them
+        return text.tokens, (yield from target_explanation(model, text, cfg))
     tokens = tokenize(model.tokenizer, text, None, cfg.max_chars)
     if model.max_length is not None and len(tokens) > model.max_length:
         raise InputError(f"the text has {len(tokens)} tokens; the model takes at most {model.max_length} "
@@ -450,8 +492,10 @@ def _explained(model: TextModel, text: str, cfg: ExplainConfig) -> Work[tuple[To
     return tokens, done
 
 
-def _random(model: TextModel, text: str, seed: int,
-            k: int) -> tuple[Tokens, np.ndarray, int | None, Explanation | None] | SalError:
+def _random(model: TextModel, text: str | TextTarget, seed: int,
+            k: int) -> tuple[Tokens, np.ndarray, int | Target | None, Explanation | None] | SalError:
+    if isinstance(text, TextTarget):
+        return text.tokens, np.random.default_rng([seed, k]).uniform(size=len(text.tokens)), text.target, None
     try:
         tokens = tokenize(model.tokenizer, text, None)
         if model.max_length is not None and len(tokens) > model.max_length:
@@ -554,8 +598,9 @@ def faithfulness_table(result: Faithfulness) -> str:
     add("gradient passes per explanation", (fmt_number(m.gradient_passes, 1) for m in ms))
     left = max(len(label) for label, _ in lines)
     widths = [max(len(m.name), *(len(v[k]) for _, v in lines)) for k, m in enumerate(ms)]
-    header = (f"faithfulness of {result.model} on {result.texts} texts | f = {result.score} of the explained "
-              f"class | removed tokens -> {result.baseline} embedding")
+    what = "each target's labels" if result.unit == "targets" else "the explained class"
+    header = (f"faithfulness of {result.model} on {result.texts} {result.unit} | f = {result.score} of {what} | "
+              f"removed tokens -> {result.baseline} embedding")
     out = [header, "", " " * left + "  " + "  ".join(m.name.rjust(w) for m, w in zip(ms, widths, strict=True))]
     out += [(label.ljust(left) + "  " + "  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True))).rstrip()
             for label, values in lines]
@@ -577,7 +622,7 @@ def faithfulness_dict(result: Faithfulness) -> dict[str, Any]:
 
     return {
         "model": result.model, "score": result.score, "baseline": result.baseline,
-        "bins": list(result.bins), "fractions": list(result.fractions), "texts": result.texts,
+        "bins": list(result.bins), "fractions": list(result.fractions), "texts": result.texts, "unit": result.unit,
         "shapley_tokens": result.shapley_tokens, "top_k": result.top_k,
         "methods": [{
             "name": m.name, "method": m.method, "backend": m.backend,
@@ -628,7 +673,7 @@ def faithfulness_plot(result: Faithfulness, path: str | Path) -> Path:
         ax.legend(fontsize="small", title="method (area)", title_fontsize="small")
     axes[0].set_ylabel(f"{result.score} of the explained class")
     _cost_panel(axes[2], result)
-    fig.suptitle(f"{result.model}: {result.texts} texts, removed tokens -> {result.baseline}")
+    fig.suptitle(f"{result.model}: {result.texts} {result.unit}, removed tokens -> {result.baseline}")
     return save_figure(fig, path)
 
 

@@ -190,7 +190,7 @@ def word_importance_dict(result: WordImportance, top: int | None = None) -> dict
     statistics overall (``all``)."""
     return {
         "model": result.model, "method": result.method, "target": result.target, "n": result.n,
-        "min_count": result.min_count, "rare": result.rare,
+        "unit": result.unit, "texts": result.texts, "min_count": result.min_count, "rare": result.rare,
         "top": [_stat_dict(s) for s in result.top(top)], "bottom": [_stat_dict(s) for s in result.bottom(top)],
         "by_class": {label: {"top": [_stat_dict(s) for s in result.top(top, stats)],
                              "bottom": [_stat_dict(s) for s in result.bottom(top, stats)]}
@@ -218,15 +218,16 @@ def _stat_columns(left: tuple[WordStat, ...], right: tuple[WordStat, ...], title
 
 def word_importance_table(result: WordImportance, top: int | None = None) -> str:
     target = "each text's predicted class" if result.target == "predicted" else result.target
+    over = f"{result.n:,} {result.unit}" + (f" of {result.texts:,} texts" if result.unit != "texts" else "")
     lines = [f"word importance of {result.model}: {result.method} scores of {target}, mean per word over "
-             f"{result.n:,} texts (words seen at least {result.min_count} times: {len(result.words):,}; "
+             f"{over} (words seen at least {result.min_count} times: {len(result.words):,}; "
              f"{result.rare:,} rarer ones left out)", ""]
     lines += _stat_columns(result.top(top), result.bottom(top), ("highest", "lowest"))
     for label, stats in result.by_class:
-        lines += ["", f"texts predicted {label}:"]
+        lines += ["", f"{result.unit} predicted {label}:"]
         lines += _stat_columns(result.top(top, stats), result.bottom(top, stats), ("highest", "lowest"))
     for note, count in result.notes:
-        lines.append(f"note ({count} of {result.n} texts; the first): {note}")
+        lines.append(f"note ({count} of {result.n} {result.unit}; the first): {note}")
     if result.skipped:
         lines.append(f"note: {len(result.skipped)} text(s) skipped (the first, {result.skipped[0][0]}: "
                      f"{result.skipped[0][1]})")
@@ -240,10 +241,10 @@ def word_importance_plot(result: WordImportance, path: str | Path, top: int | No
     that pushed against it (mixing classes would rank a word by which class it was read
     for). Words seen fewer than ``min_count`` times are hidden, and the figure says how many."""
     plt = pyplot()
-    if result.target == "predicted" and result.by_class:
-        panels = [(f"texts predicted {label}", label, stats) for label, stats in result.by_class]
+    if result.target in ("predicted", "each predicted entity") and result.by_class:
+        panels = [(f"{result.unit} predicted {label}", label, stats) for label, stats in result.by_class]
     else:
-        panels = [(f"all {result.n:,} texts", result.target, result.words)]
+        panels = [(f"all {result.n:,} {result.unit}", result.target, result.words)]
     n = max([len(result.top(top, stats)) for _, _, stats in panels] + [1])
     fig, axes = plt.subplots(len(panels), 2, figsize=(9, len(panels) * (0.22 * n + 1.3) + 0.8), squeeze=False)
     for (title, target, stats), row in zip(panels, axes, strict=True):
@@ -256,7 +257,7 @@ def word_importance_plot(result: WordImportance, path: str | Path, top: int | No
               f"{title}: most for {target} ({count:,} words)", [s.std for s in high], axis)
         _bars(row[1], [(f"{s.word} ({s.count})", s.mean) for s in low],
               f"{title}: most against {target}", [s.std for s in low], axis)
-    fig.suptitle(f"{result.model}: {result.method}, mean score per word over {result.n:,} texts "
+    fig.suptitle(f"{result.model}: {result.method}, mean score per word over {result.n:,} {result.unit} "
                  "(blue: for, red: against; whiskers: one std; in brackets: times seen)", fontsize=9)
     fig.text(0.5, 0.005, f"words seen fewer than {result.min_count} times are hidden: {result.rare:,} of "
              f"{result.rare + len(result.words):,} words", ha="center", fontsize=8)

@@ -54,7 +54,9 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from blackbox_sal.api.explaining import runner, text_explanation
+from blackbox_sal.api.per_token import TextTarget, target_explanation
 from blackbox_sal.engine.drive import drive_many
+from blackbox_sal.evaluation.common import per_token_items
 from blackbox_sal.evaluation.correlation import mean_defined, spearman
 from blackbox_sal.evaluation.faithfulness import fmt_number, json_float, method_configs, row_names
 from blackbox_sal.gradient_graph.build import build_gradient
@@ -159,6 +161,9 @@ class Sanity:
     agreement: tuple[MethodAgreement, ...]
     failures: tuple[tuple[str, str, int], ...] = ()
     notes: tuple[str, ...] = ()
+    #: what each of the ``texts`` items is: "texts", or for a per-token model "targets" (each
+    #: predicted entity of each text, or the position ``at`` names)
+    unit: str = "texts"
 
 
 def weight_layers(body: onnx.ModelProto) -> tuple[Layer, ...]:
@@ -338,12 +343,20 @@ def sanity(model: TextModel, texts: Iterable[str], methods: Sequence[ExplainConf
     differences (methods with LRP rules have no finite-difference twin and are left out), on
     the first ``agreement_texts`` texts (None: all; finite differences of a
     full gradient, for saliency and SmoothGrad, cost 2 L D forward passes per point).
-    UsageError for bad settings; a text that fails is counted, not raised."""
-    items = list(texts)
+    UsageError for bad settings; a text that fails is counted, not raised.
+
+    A per-token model's items are its targets (:mod:`blackbox_sal.targets.per_token`): each
+    predicted entity of each text, or the position the config's ``at`` names, found once on
+    the original model (with the first method's config) and explained at every stage for the
+    same positions and labels."""
     configs = method_configs(methods)
     if any(c is None for c in configs):
         raise UsageError("the sanity checks compare explanations: 'random' has none")
     cfgs = [c for c in configs if c is not None]
+    items: list[str] | list[TextTarget] = list(texts)
+    found_notes: list[str] = []
+    if model.task == "per-token":
+        items, found_notes = per_token_items(model, list(texts), cfgs[0], window)
     names = row_names(cfgs)
     cascade = Cascade(model, seed)
     chosen = _stages(stages, cascade.count)
@@ -388,7 +401,8 @@ def sanity(model: TextModel, texts: Iterable[str], methods: Sequence[ExplainConf
                         "output checked against the randomized model's)")
     return Sanity(model.name, len(items), seed, tuple(names), cascade.layers, tuple(result_stages),
                   tuple(backend_rows), tuple(pairs),
-                  tuple((m, r, c) for (m, r), c in sorted(failures.items())), tuple(notes))
+                  tuple((m, r, c) for (m, r), c in sorted(failures.items())), tuple(found_notes + notes),
+                  "targets" if model.task == "per-token" else "texts")
 
 
 def _stages(stages: int | Sequence[int] | None, count: int) -> list[int]:
@@ -407,10 +421,11 @@ def _stages(stages: int | Sequence[int] | None, count: int) -> list[int]:
     return chosen
 
 
-def _explain_all(model: TextModel, texts: list[str], cfgs: list[ExplainConfig],
+def _explain_all(model: TextModel, texts: Sequence[str | TextTarget], cfgs: list[ExplainConfig],
                  original: Sequence[Any], window: int) -> list[list[Explanation | SalError]]:
     """Every method on every text, all driven together; with ``original`` (per method, per
-    text) each text is explained for the class it was, and only where it was explained."""
+    text) each text is explained for the class it was, and only where it was explained (a
+    per-token target always for its own positions and labels)."""
     jobs: list[tuple[int, int]] = []
     works = []
     for m, cfg in enumerate(cfgs):
@@ -418,8 +433,11 @@ def _explain_all(model: TextModel, texts: list[str], cfgs: list[ExplainConfig],
             before = original[m][k] if original[m] is not None else None
             if isinstance(before, SalError):
                 continue
-            target = before.target.index if isinstance(before, Explanation) else cfg.target
             jobs.append((m, k))
+            if isinstance(text, TextTarget):
+                works.append(target_explanation(model, text, cfg))
+                continue
+            target = before.target.index if isinstance(before, Explanation) else cfg.target
             works.append(text_explanation(model, text, replace(cfg, target=target)))
     out: list[list[Explanation | SalError]] = [[UsageError("not explained")] * len(texts) for _ in cfgs]
     for (m, k), done in zip(jobs, drive_many(works, runner(model, cfgs[0]), window), strict=True):
@@ -449,7 +467,7 @@ def _compare_stage(name: str, before: list[Explanation | SalError], after: list[
     return StageMethod(name, s, mean_defined(absolute)[0], n, failed, ",".join(sorted(used)) or None)
 
 
-def _backends(model: TextModel, texts: list[str], cfgs: list[ExplainConfig], names: list[str],
+def _backends(model: TextModel, texts: Sequence[str | TextTarget], cfgs: list[ExplainConfig], names: list[str],
               original: list[list[Explanation | SalError]], window: int) -> list[BackendAgreement]:
     rows = []
     for name, cfg, per in zip(names, cfgs, original, strict=True):
@@ -492,7 +510,7 @@ def sanity_table(result: Sanity) -> str:
     """The checks as plain-text tables: the cascade (a column per method), the backends, the
     methods against each other."""
     names = list(result.methods)
-    out = [f"sanity checks of {result.model} on {result.texts} texts (seed {result.seed})", "",
+    out = [f"sanity checks of {result.model} on {result.texts} {result.unit} (seed {result.seed})", "",
            "cascading randomization (output layer first): mean Spearman of the token scores with the original "
            "model's, of |scores| in parentheses"]
     cells: list[list[str]] = [["stage", "re-drawn", *names], ["0", "(the model)", *(["1.000 (1.000)"] * len(names))]]
@@ -544,7 +562,8 @@ def _grid(rows: list[list[str]]) -> list[str]:
 def sanity_dict(result: Sanity) -> dict[str, Any]:
     """The result as JSON-ready values (numbers that are not finite, and missing ones, are None)."""
     return {
-        "model": result.model, "texts": result.texts, "seed": result.seed, "methods": list(result.methods),
+        "model": result.model, "texts": result.texts, "unit": result.unit, "seed": result.seed,
+        "methods": list(result.methods),
         "layers": [{"node": layer.node, "op": layer.op, "position": layer.position, "tensors": list(layer.tensors),
                     "parameters": layer.parameters} for layer in result.layers],
         "stages": [{"stage": s.stage, "randomized": s.randomized, "tensors": list(s.tensors), "methods": [
@@ -592,7 +611,7 @@ def sanity_plot(result: Sanity, path: str | Path) -> Path:
     ax.set_ylim(min(-0.25, ax.get_ylim()[0]), 1.05)
     ax.set_xlabel("stage: layers re-drawn so far, cumulatively from the output (the table names every tensor)")
     ax.set_ylabel("mean Spearman with the original scores")
-    ax.set_title(f"{result.model}: cascading randomization, output layer first ({result.texts} texts)\n"
+    ax.set_title(f"{result.model}: cascading randomization, output layer first ({result.texts} {result.unit})\n"
                  "a method that explains the model falls toward 0", fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", title="method", title_fontsize="small")

@@ -10,12 +10,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from blackbox_sal.api.explaining import explain_many
+from blackbox_sal.api.per_token import explain_tokens_many
 from blackbox_sal.evaluation.common import as_rows
 from blackbox_sal.evaluation.feature_gradients import analysis_config
 from blackbox_sal.jobs.datasets import BadRow, Row
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.vocabulary.config import ExplainConfig
 from blackbox_sal.vocabulary.errors import SalError, UsageError
+from blackbox_sal.vocabulary.result import Explanation, TokenTargets
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ class WordImportance:
     top_n: int = 20
     #: word types seen fewer than ``min_count`` times: left out of every table and plot
     rare: int = 0
+    #: what each of the ``n`` explanations is of: "texts", or for a per-token model without
+    #: ``at`` "entities" (every predicted entity of every text, by_class per entity type)
+    unit: str = "texts"
+    #: texts explained (for "texts", ``n``)
+    texts: int = 0
 
     def top(self, n: int | None = None, of: tuple[WordStat, ...] | None = None) -> tuple[WordStat, ...]:
         stats = self.words if of is None else of
@@ -88,7 +95,10 @@ def word_importance(model: TextModel, rows: Iterable[Row | BadRow | str], config
     """Corpus-level word importance: every text explained with ``config`` (any method; words
     merged, ``words=True``), and per word type the mean, count and spread of its scores,
     overall and per predicted class; types seen fewer than ``min_count`` times are left out.
-    Special tokens are not words. A feature model's words are its pieces of text."""
+    Special tokens are not words. A feature model's words are its pieces of text. A per-token
+    model without ``config.at``: every predicted entity of every text is one explanation (its
+    tokens' label scores summed, :func:`~blackbox_sal.api.per_token.explain_tokens`), and the
+    classes are the entity types."""
     if min_count < 1 or top < 1:
         raise UsageError("min_count and top must be at least 1")
     cfg = replace(analysis_config(config), words=True)
@@ -108,31 +118,38 @@ def word_importance(model: TextModel, rows: Iterable[Row | BadRow | str], config
     overall: dict[str, _Running] = {}
     per_class: dict[str, dict[str, _Running]] = {}
     notes: dict[str, tuple[str, int]] = {}
-    n = 0
-    for k, result in enumerate(explain_many(model, kept_texts(), cfg, window)):
+    n = done = 0
+    entities = model.task == "per-token" and cfg.at is None
+    results: Iterator[Explanation | TokenTargets | SalError] = (
+        explain_tokens_many(model, kept_texts(), cfg, window) if entities else explain_many(model, kept_texts(), cfg,
+                                                                                              window))
+    for k, result in enumerate(results):
         if isinstance(result, UsageError):
             raise result
         if isinstance(result, SalError):
             skipped.append((keys[k], str(result)))
             continue
-        n += 1
-        label = result.prediction.label or str(result.prediction.index)
-        table = per_class.setdefault(label, {})
-        for span in result.words or result.tokens:
-            if span.special or not span.text.strip():
-                continue
-            word = span.text.lower()
-            overall.setdefault(word, _Running()).add(span.score)
-            table.setdefault(word, _Running()).add(span.score)
-        for note in result.notes:  # notes of a kind differ in their numbers: counted by kind, the first kept
-            kind = note.split(":")[0]
-            first, count = notes.get(kind, (note, 0))
-            notes[kind] = (first, count + 1)
-    target = "predicted" if cfg.target is None else str(cfg.target)
+        done += 1
+        explained = [(t.label, t.explanation) for t in result.targets] if isinstance(result, TokenTargets) else \
+            [(result.prediction.label or str(result.prediction.index), result)]
+        for label, e in explained:
+            n += 1
+            table = per_class.setdefault(label, {})
+            for span in e.words or e.tokens:
+                if span.special or not span.text.strip():
+                    continue
+                word = span.text.lower()
+                overall.setdefault(word, _Running()).add(span.score)
+                table.setdefault(word, _Running()).add(span.score)
+            for note in e.notes:  # notes of a kind differ in their numbers: counted by kind, the first kept
+                kind = note.split(":")[0]
+                first, count = notes.get(kind, (note, 0))
+                notes[kind] = (first, count + 1)
+    target = ("each predicted entity" if entities else "predicted") if cfg.target is None else str(cfg.target)
     if model.labels is not None and target.isdigit() and int(target) < len(model.labels):
         target = model.labels[int(target)]
     return WordImportance(
         model.name, cfg.method, target, n, min_count, _ranked(overall, min_count),
         tuple((label, _ranked(t, min_count)) for label, t in sorted(per_class.items())),
         tuple(sorted(notes.values(), key=lambda kv: -kv[1])), tuple(skipped), top,
-        sum(1 for r in overall.values() if r.count < min_count))
+        sum(1 for r in overall.values() if r.count < min_count), "entities" if entities else "texts", done)

@@ -8,8 +8,10 @@ as one line as soon as it is done: ``{"id", "row", ...the CLI's JSON object}``, 
 that failed ``{"id", "row", "error", "exit_code"}`` (an empty text, one too long, an unknown
 label: the job goes on). A row with ``question`` is an answer span (its text the context), one
 with ``choices`` multiple choice, one with ``pair`` a similarity, any other an explanation of
-its text (its ``target`` when it has one; for a per-token model without ``at``, every target of
-the text: one record with its matrix).
+its text; for a per-token model without ``at``, every target of the text: one record with its
+matrix. A row's own ``target``, ``at``, ``contrast`` and ``answer`` (:data:`PER_ROW`, from the
+columns that ``Columns`` names) override the job's settings for that row; a value the settings
+spec refuses is that row's error.
 
 Resumable and exact: every line is written whole with one ``os.write`` and the file synced
 every few seconds and at the end. Run again with the same command after a kill (SIGKILL
@@ -72,20 +74,39 @@ class Summary:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
+#: the settings a row (a dataset record, a server instance) may give for itself: each overrides
+#: the job's (or the request's) setting of that name for that row alone
+PER_ROW = ("target", "at", "contrast", "answer")
+
+
+def row_config(row: Row, cfg: ExplainConfig) -> ExplainConfig:
+    """The config of one row: ``cfg`` with the row's own settings (:data:`PER_ROW`), checked as
+    the job's are (each against its settings-spec entry, then the rules that tie two together);
+    UsageError otherwise. Whether a value fits the text (an ``at`` that is in it, a label the
+    model has) is decided when the row is explained, as for the job's settings."""
+    given = {name: getattr(row, name) for name in PER_ROW if getattr(row, name) is not None}
+    return dataclasses.replace(cfg, **given).validated() if given else cfg
+
+
 def work_for(model: TextModel, row: Row | BadRow, cfg: ExplainConfig) -> Work[Any]:
-    """The engine work of one row (a bad row's work fails at once with its reason)."""
+    """The engine work of one row (a bad row's work, or one whose own settings are refused,
+    fails when it starts, with its reason: that row's error, not the job's)."""
     if isinstance(row, BadRow):
         return _failing(row.error)
-    c = dataclasses.replace(cfg, target=row.target) if row.target is not None else cfg
+    return _row_work(model, row, cfg)
+
+
+def _row_work(model: TextModel, row: Row, cfg: ExplainConfig) -> Work[Any]:
+    c = row_config(row, cfg)
     if row.question is not None:  # the row's text is the context
-        return answer_span(model, row.question, row.text, c)
+        return (yield from answer_span(model, row.question, row.text, c))
     if row.choices is not None:
-        return multiple_choice(model, row.text, row.choices, c)
+        return (yield from multiple_choice(model, row.text, row.choices, c))
     if row.pair is not None:
-        return similarity(model, row.text, row.pair, c)
+        return (yield from similarity(model, row.text, row.pair, c))
     if model.task == "per-token" and c.at is None:  # every entity of the text: one record with its matrix
-        return token_targets(model, row.text, c)
-    return text_explanation(model, row.text, c)
+        return (yield from token_targets(model, row.text, c))
+    return (yield from text_explanation(model, row.text, c))
 
 
 def _failing(reason: str) -> Work[Any]:

@@ -63,16 +63,21 @@ def _row_of(batch: dict[str, Any], k: int) -> Row | BadRow:
         return BadRow(index, str(get("error")), get("id"))
     choices = get("choices")
     return Row(index, str(batch["text"][k]), get("id"), get("label"), get("target"), get("pair"),
-               tuple(str(c) for c in choices.split("\x1f")) if choices else None)
+               tuple(str(c) for c in choices.split("\x1f")) if choices else None, get("question"), get("at"),
+               get("contrast"), get("answer"))
+
+
+#: the row's fields that travel to the actors as strings (or None)
+_FIELDS = ("id", "label", "target", "pair", "question", "at", "contrast", "answer")
 
 
 def _item(row: Row | BadRow) -> dict[str, Any]:
     if isinstance(row, BadRow):
-        return {"index": row.index, "error": row.error, "id": row.id, "text": "", "label": None, "target": None,
-                "pair": None, "choices": None}
-    return {"index": row.index, "error": None, "id": row.id, "text": row.text, "label": row.label,
-            "target": row.target, "pair": row.pair,
-            "choices": "\x1f".join(row.choices) if row.choices is not None else None}
+        return {"index": row.index, "error": row.error, "text": "", "choices": None,
+                **{name: row.id if name == "id" else None for name in _FIELDS}}
+    return {"index": row.index, "error": None, "text": row.text,
+            "choices": "\x1f".join(row.choices) if row.choices is not None else None,
+            **{name: None if getattr(row, name) is None else str(getattr(row, name)) for name in _FIELDS}}
 
 
 def run_batch_ray(model: TextModel, source: str | Path, output: str | Path, cfg: ExplainConfig,

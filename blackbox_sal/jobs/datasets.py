@@ -3,8 +3,12 @@
 A row has a text (the ``text`` column by default) and, where asked for, an id, a label (the
 true class: evaluation), a target (the class to explain), a second text (``pair``: a
 similarity or a context/answer pair) and answer choices (``choices``: a JSON list, or texts
-separated by ``|`` in CSV). For a model that takes numbers, ``features`` names the columns
-whose values make its input (in order). Rows are read lazily, so memory does not grow with
+separated by ``|`` in CSV). A row may also give its own ``at`` (a per-token model's position),
+``contrast`` (the class its target is explained against) and ``answer`` (an answer span in
+its context): each overrides the job's setting of that name for the row alone
+(:func:`blackbox_sal.jobs.batch.row_config` checks it against the settings spec). For a
+model that takes numbers, ``features`` names the columns whose values make its input (in
+order). Rows are read lazily, so memory does not grow with
 the file; a row that cannot be read (a malformed JSON line, a missing text, bytes that are not
 UTF-8) comes out as a :class:`BadRow` with the reason, and the rows after it still come:
 nothing is replaced silently.
@@ -44,10 +48,18 @@ class Columns:
     features: tuple[str, ...] | None = None
     #: a question per row: the row's text is its context (extractive question answering)
     question: str | None = None
+    #: per row: a per-token model's position, the contrast class, a question's answer span
+    at: str | None = None
+    contrast: str | None = None
+    answer: str | None = None
+
+    def per_row(self) -> list[str]:
+        """The columns that give a row its own settings (at, contrast, answer), where named."""
+        return [c for c in (self.at, self.contrast, self.answer) if c is not None]
 
     def __post_init__(self) -> None:
         named = [self.text, self.id, self.label, self.target, self.pair, self.choices, self.question,
-                 *(self.features or ())]
+                 *self.per_row(), *(self.features or ())]
         if any(name is not None and not name.strip() for name in named):
             raise UsageError("a column name cannot be empty (--text-column, --id-column, ...)")
 
@@ -64,6 +76,10 @@ class Row:
     pair: str | None = None
     choices: tuple[str, ...] | None = None
     question: str | None = None
+    #: the row's own settings (None: the job's); the server's instances may give an index as a number
+    at: str | int | None = None
+    contrast: str | int | None = None
+    answer: str | None = None
 
     @property
     def key(self) -> str:
@@ -114,8 +130,8 @@ def read_rows(path: str | Path, columns: Columns = Columns(), start: int = 0) ->
 
 
 def _check_columns(path: str | Path, record: dict[str, Any], columns: Columns) -> None:
-    wanted = [c for c in (columns.id, columns.label, columns.target, columns.pair, columns.choices, columns.question)
-              if c]
+    wanted = [c for c in (columns.id, columns.label, columns.target, columns.pair, columns.choices, columns.question,
+                          *columns.per_row()) if c]
     wanted += list(columns.features) if columns.features else [columns.text]
     missing = [c for c in wanted if c not in record]
     if missing:
@@ -134,7 +150,7 @@ def _undecodable(record: dict[str, Any], columns: Columns) -> str | None:
     """Why a CSV record is refused for bytes that are not UTF-8 (read as lone surrogates, by
     the surrogateescape error handler), in a column the row uses; None when it is not."""
     used = [columns.text, columns.id, columns.label, columns.target, columns.pair, columns.choices, columns.question,
-            *(columns.features or ())]
+            *columns.per_row(), *(columns.features or ())]
     for name in used:
         value = record.get(name) if name is not None else None
         if isinstance(value, str):
@@ -171,7 +187,8 @@ def _row(index: int, record: dict[str, Any], columns: Columns) -> Row | BadRow:
                 parsed = raw.split("|")
             choices = tuple(str(c) for c in parsed)
     return Row(index, text, ident, _field(record, columns.label), _field(record, columns.target),
-               _field(record, columns.pair), choices, _field(record, columns.question))
+               _field(record, columns.pair), choices, _field(record, columns.question), _field(record, columns.at),
+               _field(record, columns.contrast), _field(record, columns.answer))
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any] | str]:

@@ -49,6 +49,7 @@ from blackbox_sal.server.openapi import openapi_document
 from blackbox_sal.server.protocol import (
     HttpError,
     Limits,
+    check_instances,
     check_json_type,
     explanation_object,
     infer_rows,
@@ -234,13 +235,15 @@ class Server:
         cfg, deadline = self._settings(data.get("parameters"))
         if verb == "predict":
             if any(r.pair is not None or r.choices is not None or r.target is not None or r.question is not None
-                   for r in rows):
-                raise HttpError(400, ":predict takes texts: target, pair, choices and question are for :explain")
+                   or r.at is not None or r.contrast is not None for r in rows):
+                raise HttpError(400, ":predict takes texts: target, at, contrast, pair, choices and question are for "
+                                     ":explain")
             predictions = await self._run(served, [prediction_work(served.model, r.text, cfg) for r in rows],
                                           deadline)
             return _json({**_echo_id(data), "predictions": [
                 {**_id(row), **(_instance_error(p) if isinstance(p, HttpError) else _prediction(p[0]))}
                 for row, p in zip(rows, predictions, strict=True)]})
+        check_instances(rows, cfg)  # an instance's own target, at, contrast or answer, as the parameters are
         results = await self._run(served, [work_for(served.model, r, cfg) for r in rows], deadline)
         return _json({**_echo_id(data), "explanations": [
             {**_id(row), **(_instance_error(r) if isinstance(r, HttpError) else explanation_object(*r))}
@@ -301,11 +304,12 @@ class Server:
         served = self._served(name[:-len(EXPLAINER)] if explainer else name)
         data = await self._body(request)
         _known(data, {"inputs", "outputs", "parameters", "id"})
-        rows = infer_rows(data, self.limits.max_instances, self.limits.max_chars)
+        rows = infer_rows(data, self.limits.max_instances, self.limits.max_chars, explainer)
         cfg, deadline = self._settings(data.get("parameters"))
         head: dict[str, Any] = {"model_name": name, "model_version": "1", **_echo_id(data)}
         n = len(rows)
         if explainer:
+            check_instances(rows, cfg)
             results = await self._run(served, [work_for(served.model, r, cfg) for r in rows], deadline)
             objects = [json.dumps(_instance_error(r) if isinstance(r, HttpError) else explanation_object(*r),
                                   ensure_ascii=False, allow_nan=False) for r in results]

@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 from blackbox_sal import __version__
+from blackbox_sal.server.protocol import QUESTION_OWN, TEXT_OWN
 from blackbox_sal.vocabulary.choices import BACKENDS
 from blackbox_sal.vocabulary.config import SETTINGS, ExplainConfig, Limits
 from blackbox_sal.vocabulary.settings import Number
@@ -83,6 +84,31 @@ def _result_schemas() -> dict[str, Any]:
     return schemas
 
 
+def _explainer_request(text: dict[str, Any], parameters: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """The V2 explainer's request: the texts' input, and inputs named after :data:`TEXT_OWN`
+    holding each text's own value ("": the request's parameter)."""
+    shape = {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "integer", "minimum": 0},
+             "description": "[n] or [n, 1] for n texts"}
+    texts = {"type": "object", "required": ["datatype", "data"],
+             "description": "the texts; name and shape may be left out (the texts' count is their shape)",
+             "properties": {
+                 "name": {"type": "string"}, "datatype": {"const": "BYTES"}, "shape": shape,
+                 "data": {"type": "array", "minItems": 1, "maxItems": limits.max_instances, "items": text}}}
+    own = {"type": "object", "required": ["name", "datatype", "data"],
+           "description": "each text's own target, at or contrast, one element per text in order (\"\": the "
+                          "request's parameter); an index as its digits",
+           "properties": {"name": {"enum": list(TEXT_OWN)}, "datatype": {"const": "BYTES"},
+                          "shape": shape,
+                          "data": {"type": "array", "maxItems": limits.max_instances, "items": {"type": "string"}}}}
+    return {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
+        "id": {"type": "string"}, "parameters": parameters,
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"enum": ["scores", "label", "error", "explanation"]}}},
+            "description": "names are checked, then ignored: the explanation output comes"},
+        "inputs": {"type": "array", "minItems": 1, "maxItems": 1 + len(TEXT_OWN),
+                   "items": {"anyOf": [own, texts]}}}}
+
+
 def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) -> dict[str, Any]:
     """The document for a server of the models ``names`` (named in the path's enum), its
     defaults and limits."""
@@ -92,14 +118,20 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
     echoed = {"type": "string", "description": "the request's id, where it gave one"}
     ident = {"type": ["string", "integer", "null"],
              "description": "yours: echoed (as a string) in this instance's answer"}
+    request = {e.name: e for e in SETTINGS if e.request}
+
+    def own(name: str) -> dict[str, Any]:  # an instance's own value of a request parameter
+        schema = request[name].json_schema()
+        return {**schema, "description": f"this instance's own, in place of the parameter's: {schema['description']}"}
+
     instance = {"oneOf": [text, {
         "type": "object", "required": ["text"], "additionalProperties": False,
-        "properties": {"text": text, "id": ident, "target": {"type": ["string", "integer", "null"]},
+        "properties": {"text": text, "id": ident, **{name: own(name) for name in TEXT_OWN},
                        "pair": {"anyOf": [text, {"type": "null"}]},
                        "choices": {"type": ["array", "null"], "items": text, "minItems": 2}}}, {
         "type": "object", "required": ["question", "context"], "additionalProperties": False,
         "description": "question answering: the answer span of the question in the context",
-        "properties": {"question": text, "context": text, "id": ident}}]}
+        "properties": {"question": text, "context": text, "id": ident, **{name: own(name) for name in QUESTION_OWN}}}]}
     text_only = {"oneOf": [text, {"type": "object", "required": ["text"], "additionalProperties": False,
                                   "properties": {"text": text, "id": ident}}]}
 
@@ -151,6 +183,7 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
                     "shape": {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "integer", "minimum": 0},
                               "description": "[n] or [n, 1] for n texts"},
                     "data": {"type": "array", "minItems": 1, "maxItems": limits.max_instances, "items": text}}}}}},
+        "ExplainerRequest": _explainer_request(text, parameters, limits),
         "InferResponse": {"type": "object", "required": ["model_name", "model_version", "outputs"],
                           "additionalProperties": False, "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
@@ -222,15 +255,16 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
             "predict (KServe V1): instances are texts ({text, id} objects at most)", "PredictInstances",
             "Predictions")
         paths[f"/v1/models/{name}:explain"] = post(
-            "explain (KServe V1): instances are texts, {text, target, pair, choices} or {question, context}",
+            "explain (KServe V1): instances are texts, {text, target, at, contrast, pair, choices} or {question, "
+            "context, answer}",
             "Instances",
             "Explanations")
         paths[f"/v2/models/{name}/infer"] = post(
             "predict (V2 inference protocol): scores FP32 [n, classes] and label BYTES [n]", "InferRequest",
             "InferResponse")
         paths[f"/v2/models/{name}-explainer/infer"] = post(
-            "explain (V2, the explainer as a model): one BYTES output of explanation objects (JSON)",
-            "InferRequest", "InferResponse")
+            "explain (V2, the explainer as a model): one BYTES output of explanation objects (JSON); beside the "
+            "texts, inputs target, at, contrast give each text its own", "ExplainerRequest", "InferResponse")
     return {
         "openapi": "3.1.0",
         "info": {"title": "blackbox-sal", "version": __version__,

@@ -164,9 +164,18 @@ def _text(value: Any, where: str, max_chars: int) -> str:
     return value
 
 
+#: what an instance may set for itself (its values override the request's parameters of the same
+#: names): a text's, and a question's (answer span)
+TEXT_OWN = ("target", "at", "contrast")
+QUESTION_OWN = ("answer",)
+
+
 def instance_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list[Row]:
-    """KServe V1 ``{"instances": [...]}``: each a text, ``{"text", "target", "pair", "choices"}``, or
-    ``{"question", "context"}`` (an answer span)."""
+    """KServe V1 ``{"instances": [...]}``: each a text, ``{"text", "target", "at", "contrast",
+    "pair", "choices"}``, or ``{"question", "context", "answer"}`` (an answer span). An
+    instance's ``target``, ``at``, ``contrast`` and ``answer`` override the request's
+    parameters for it alone; their JSON types are the parameters' (the settings spec's), and
+    :func:`check_instances` checks their values."""
     _request_id(data)
     instances = data.get("instances")
     if not isinstance(instances, list) or not instances:
@@ -184,14 +193,13 @@ def instance_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> l
         if "question" in item or "context" in item:  # extractive question answering
             rows.append(_question_row(k, item, where, max_chars))
             continue
-        extra = set(item) - {"text", "target", "pair", "choices", "id"}
+        extra = set(item) - {"text", "pair", "choices", "id", *TEXT_OWN}
         if extra:
             raise HttpError(400, f"{where} has unknown fields {', '.join(sorted(extra))}")
         if not isinstance(item.get("id"), str | int | None) or isinstance(item.get("id"), bool):
             raise HttpError(400, f"{where}: id must be a string, an integer or null")
-        target = item.get("target")
-        if target is not None and not isinstance(target, str | int):
-            raise HttpError(400, f"{where}: target must be a label or an index")
+        own = _own(item, where, TEXT_OWN)
+        target = own.get("target")
         pair = item.get("pair")
         choices = item.get("choices")
         if pair is not None and choices is not None:
@@ -202,34 +210,71 @@ def instance_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> l
                         str(item["id"]) if item.get("id") is not None else None, None,
                         None if target is None else str(target),
                         None if pair is None else _text(pair, f"{where} pair", max_chars),
-                        None if choices is None else tuple(_text(c, f"{where} choice", max_chars) for c in choices)))
+                        None if choices is None else tuple(_text(c, f"{where} choice", max_chars) for c in choices),
+                        at=own.get("at"), contrast=own.get("contrast")))
     return rows
+
+
+def _own(item: dict[str, Any], where: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """The settings an instance gives for itself, of the JSON types the settings spec gives
+    those parameters (null: the request's); 400 naming the instance otherwise."""
+    own = {}
+    for name in names:
+        value = item.get(name)
+        if value is None:
+            continue
+        entry = REQUEST[name]
+        if not entry.kind.json_ok(value):
+            raise HttpError(400, f"{where}: {name} must be {entry.kind.json_what} or null, got "
+                                 f"{json.dumps(value)[:80]}")
+        own[name] = entry.kind.from_json(value)
+    return own
+
+
+def check_instances(rows: list[Row], cfg: ExplainConfig) -> None:
+    """400 naming the instance whose own settings the settings spec refuses with the request's
+    (:func:`blackbox_sal.jobs.batch.row_config`, as a batch row's are checked). Whether a value
+    fits the instance's text (an ``at`` in it, a label the model has) is decided when it is
+    explained: that instance's error (the request's 400 when every instance fails)."""
+    from blackbox_sal.jobs.batch import row_config  # the batch job's rule, imported late: it imports the engine
+
+    for row in rows:
+        try:
+            row_config(row, cfg)
+        except SalError as exc:
+            raise HttpError(400, f"instance {row.index}: {exc}") from None
 
 
 def _question_row(k: int, item: dict[str, Any], where: str, max_chars: int) -> Row:
     """``{"question", "context", "id"}``: the answer span of the question in the context."""
-    extra = set(item) - {"question", "context", "id"}
+    extra = set(item) - {"question", "context", "id", *QUESTION_OWN}
     if extra:
         raise HttpError(400, f"{where} has fields {', '.join(sorted(extra))} beside a question: a question instance "
-                             f"is {{\"question\", \"context\", \"id\"}}")
+                             f"is {{\"question\", \"context\", \"answer\", \"id\"}}")
     if not isinstance(item.get("id"), str | int | None) or isinstance(item.get("id"), bool):
         raise HttpError(400, f"{where}: id must be a string, an integer or null")
     return Row(k, _text(item.get("context"), f"{where} context", max_chars),
                str(item["id"]) if item.get("id") is not None else None,
-               question=_text(item.get("question"), f"{where} question", max_chars))
+               question=_text(item.get("question"), f"{where} question", max_chars),
+               answer=_own(item, where, QUESTION_OWN).get("answer"))
 
 
-def infer_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list[Row]:
-    """The V2 inference protocol: one BYTES input holding the texts."""
+def infer_rows(data: dict[str, Any], max_instances: int, max_chars: int, explainer: bool = False) -> list[Row]:
+    """The V2 inference protocol: one BYTES input holding the texts; for the explainer, also
+    inputs named ``target``, ``at`` or ``contrast`` (:data:`TEXT_OWN`), BYTES [n] as the texts,
+    each element that text's own value ("": the request's parameter)."""
     _request_id(data)
     outputs = data.get("outputs", [])
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise HttpError(400, '"outputs" must be a list of objects')
     inputs = data.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise HttpError(400, 'the body must hold "inputs": one BYTES input with the texts')
+    own = [t for t in inputs if isinstance(t, dict) and t.get("name") in TEXT_OWN] if explainer and \
+        isinstance(inputs, list) else []
+    if not isinstance(inputs, list) or len(inputs) - len(own) != 1 or not all(isinstance(t, dict) for t in inputs):
+        raise HttpError(400, 'the body must hold "inputs": one BYTES input with the texts' +
+                        (f" (and, per text, {', '.join(TEXT_OWN)})" if explainer else ""))
     _known_outputs(outputs)
-    tensor = inputs[0]
+    tensor = next(t for t in inputs if t not in own)
     if not isinstance(tensor.get("data"), list) or not isinstance(tensor.get("name", ""), str):
         raise HttpError(400, 'the input must be {"name", "datatype": "BYTES", "shape": [n], "data": [texts]}')
     texts = tensor["data"]
@@ -239,7 +284,20 @@ def infer_rows(data: dict[str, Any], max_instances: int, max_chars: int) -> list
     check_shape(tensor.get("shape"), len(texts))
     if not texts:
         raise HttpError(400, "the input holds no texts")
-    return [Row(k, _text(t, f"text {k}", max_chars)) for k, t in enumerate(texts)]
+    values: dict[str, list[Any]] = {}
+    for t in own:
+        name = t["name"]
+        if name in values:
+            raise HttpError(400, f"the input {name} is given twice")
+        column = t.get("data")
+        if not isinstance(column, list) or len(column) != len(texts):
+            raise HttpError(400, f"the input {name} must hold one element per text ({len(texts):,}): \"\" where "
+                                 f"the text takes the request's parameter")
+        check_datatype(t.get("datatype"), column)
+        check_shape(t.get("shape"), len(column))
+        values[name] = column
+    return [Row(k, _text(t, f"text {k}", max_chars), **{name: column[k] or None for name, column in values.items()})
+            for k, t in enumerate(texts)]
 
 
 #: the V2 outputs a request may ask for by name (of the model, and of its explainer)

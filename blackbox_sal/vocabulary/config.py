@@ -301,6 +301,13 @@ OPTIONS: tuple[Setting, ...] = (
             "choice", commands=DATA, metavar="NAME"),
     Setting("question_column", _TEXT, "a question per row: the row's text is its context (question answering)",
             commands=DATA, metavar="NAME"),
+    Setting("at_column", _TEXT, "a per-token model's position per row (as --at: a token index or a word of the "
+            "text); a row without one takes --at", commands=("batch",), metavar="NAME"),
+    Setting("contrast_column", _TEXT, "the class each row's target is explained against (as --contrast); a row "
+            "without one takes --contrast", commands=("batch",), metavar="NAME"),
+    Setting("answer_column", _TEXT, "question answering: the answer span per row (as --answer: its text in the "
+            "context, or token indices START:END); a row without one takes --answer", commands=("batch",),
+            metavar="NAME"),
     Setting("feature_columns", _TEXT, "a model that takes numbers: the columns that make its input, "
             "comma-separated", shown_default="for such a model: every column but the id, label and target columns",
             commands=DATA, metavar="NAMES"),
