@@ -80,9 +80,18 @@ MODELS = [
     Shipped("text2tashkeel-rawi", "text2tashkeel", "0.1.0", "Arabic diacritization (int8 LSTM)",
             {"text2tashkeel/models/rawi.int8.onnx": "model.onnx",
              "text2tashkeel/models/rawi.vocab.json": "rawi.vocab.json"}, "السلام عليكم"),
+    Shipped("text2tashkeel-rawi-v2", "text2tashkeel", "0.1.0", "Arabic diacritization (int8 LSTM, v2)",
+            {"text2tashkeel/models/rawi_v2.int8.onnx": "model.onnx",
+             "text2tashkeel/models/rawi_v2.vocab.json": "rawi_v2.vocab.json"}, "السلام عليكم"),
+    # the package pairs v3 and the stitched ensemble with v2's vocabulary (its _models.py
+    # registry: "rawi-v3-int8" and "rawi-ensemble" read rawi_v2.vocab.json); the wheel ships
+    # no rawi_v3.vocab.json
+    Shipped("text2tashkeel-rawi-v3", "text2tashkeel", "0.1.0", "Arabic diacritization (int8 LSTM, two heads)",
+            {"text2tashkeel/models/rawi_v3.int8.onnx": "model.onnx",
+             "text2tashkeel/models/rawi_v2.vocab.json": "rawi_v2.vocab.json"}, "السلام عليكم"),
     Shipped("text2tashkeel-ensemble", "text2tashkeel", "0.1.0", "Arabic diacritization (int64 classes out)",
             {"text2tashkeel/models/rawi_ensemble.int8.onnx": "model.onnx",
-             "text2tashkeel/models/rawi.vocab.json": "rawi.vocab.json"}, "السلام عليكم"),
+             "text2tashkeel/models/rawi_v2.vocab.json": "rawi_v2.vocab.json"}, "السلام عليكم"),
     Shipped("pyfrspell-lemma-type", "pyfrspell", "0.1.1", "French lemma type (GRU encoder/decoder, int8)",
             {"pyfrspell/models/community/lemma_type_model.int8.onnx": "model.onnx",
              "pyfrspell/models/community/lemma_type_vocab.json": "lemma_type_vocab.json"}, "mangeaient"),
