@@ -41,8 +41,8 @@ def _gru_model(mask: str, embeds: bool = False) -> onnx.ModelProto:
     states pooled under ``mask``: "bool-padding" (True on the padding, Not before the
     pooling), "int-tokens" (1 on the tokens), or "unused" (an input the graph never reads;
     plain mean) -> logits [B, C]. embeds: the lookup's output is the input "E" instead."""
-    inits = {"W": W, "R": R, "B": B, "W2": W2, "neg1": np.array([-1], np.int64),
-             "one": np.array([1], np.int64), "eps": np.array(1e-9, np.float32)}
+    inits: dict[str, np.ndarray] = {"W": W, "R": R, "B": B, "W2": W2, "neg1": np.array([-1], np.int64),
+                                    "one": np.array([1], np.int64), "eps": np.array(1e-9, np.float32)}
     inputs = []
     nodes = []
     if embeds:
