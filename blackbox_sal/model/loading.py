@@ -185,7 +185,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         model = replace(model, task="answer-span", output=SPAN_LOGITS, body=body,
                         runtime=model.runtime.again(body.SerializeToString()))
         if verify and original is not None:
-            _check_against(model, original, span_pair[0])
+            model = replace(model, origin=f"{model.origin} ({_check_against(model, original, span_pair[0])})")
         return model
     chosen, choice_note = choose(kinds, output)
     source = chosen.name
@@ -217,8 +217,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         model = replace(model, notes=model.notes + _no_cls_note(tokenizer))
     ids, types, mask = model.probe()
     model.forward(model.embed(ids)[None], ids, types, mask)  # the explained output is [batch, classes]
-    if verify and original is not None:
-        _check_against(model, original, source)
+    if verify and original is not None:  # the measured difference is kept with the split's origin
+        model = replace(model, origin=f"{model.origin} ({_check_against(model, original, source)})")
     if verify and deployed is not None and not twin_of:
         _check_against(model, deployed.SerializeToString(), source, what="the dequantized weight-only model")
     if deployed is not None and twin_of:  # the twin differs by the activation rounding: measured, said
@@ -385,13 +385,13 @@ def _by_role(proto: onnx.ModelProto, config: ModelConfig, tokenizer: Tokenizer, 
     if roles.mask is not None and config.inputs is None:
         info = next(i for i in proto.graph.input if i.name == roles.mask)
         if len(info.type.tensor_type.shape.dim) == 2:
-            on = _mask_polarity(proto, roles, tokenizer, pad_id, threads)
+            on, why = _mask_polarity(proto, roles, tokenizer, pad_id, threads)
             if on is None:
                 raise ModelError(f"input {roles.mask!r} looks like a mask, but neither 1 on the tokens nor 1 on the "
                                  f"padding makes padded tokens invisible to the model on a probe sentence: "
                                  f"{CONFIG_HINT} (padding_mask: a mask that is 1 on the padding)")
             roles = replace(roles, mask_on=on)
-            how = f" ({'1/True on the padding' if on == 'padding' else '1/True on the tokens'}, found by a probe)"
+            how = f" ({'1/True on the padding' if on == 'padding' else '1/True on the tokens'}, found by a probe{why})"
     named = roles.named()
     said = ", ".join(f"{role.replace('_', ' ')} {name!r}" + (how if role == "mask" else "")
                      for role, name in named.items())
@@ -399,11 +399,20 @@ def _by_role(proto: onnx.ModelProto, config: ModelConfig, tokenizer: Tokenizer, 
 
 
 def _mask_polarity(proto: onnx.ModelProto, roles: Roles, tokenizer: Tokenizer, pad_id: int | None,
-                   threads: int) -> str | None:
-    """What a 1 (True) of the mask marks, "tokens" or "padding": the polarity under which the
-    model's float outputs on a padded probe sentence do not change when the padding holds
-    other tokens (cut to the real tokens); None when neither or both polarities do that
-    (both: the mask changes nothing here, and "tokens" is taken)."""
+                   threads: int) -> tuple[str | None, str]:
+    """What a 1 (True) of the mask marks, "tokens" or "padding", and how that was told (words
+    to add to the note, "" for the first probe): the polarity under which the model's float
+    outputs on a padded probe sentence do not change when the padding holds other tokens (cut
+    to the real tokens); None when neither or both polarities do that (both: the mask changes
+    nothing here, and "tokens" is taken).
+
+    A model that is not padding-invariant whatever its mask (a recurrent layer that reads the
+    padding, the mask applied only when pooling: arabic-name-romanizer's encoder) fails that
+    probe under both polarities; then a second probe runs the sentence unpadded, every
+    position marked real: under the wrong polarity that marks every position as padding, and
+    an output that pools under the mask no longer depends on the tokens at all. A polarity
+    that leaves some float output blind to the tokens (the same for two different sentences)
+    while the other does not is wrong; the other one is taken."""
     from blackbox_sal.surgery.roles import role_feeds
 
     inputs = {i.name: i for i in proto.graph.input}
@@ -422,7 +431,7 @@ def _mask_polarity(proto: onnx.ModelProto, roles: Roles, tokenizer: Tokenizer, p
     floats = [o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(double)",
                                                                    "tensor(float16)")]
     if not floats:
-        return "tokens"
+        return "tokens", ""
 
     def outputs(tail: np.ndarray, on: str) -> list[np.ndarray]:
         batch = np.tile(np.r_[ids, tail].astype(np.int64), (rows, 1))
@@ -442,13 +451,37 @@ def _mask_polarity(proto: onnx.ModelProto, roles: Roles, tokenizer: Tokenizer, p
             / scale
     quiet = [on for on, c in change.items() if c <= 1e-5]
     if len(quiet) == 1:
-        return quiet[0]
+        return quiet[0], ""
     if len(quiet) == 2:
-        return "tokens"
+        return "tokens", ""
     best, other = sorted(change, key=lambda on: change[on])
     # a quantized model rounds its activations over the whole input, padding included: the
     # right polarity changes the output far less than the wrong one, if not to nothing
-    return best if change[best] <= 0.01 * change[other] else None
+    if change[best] <= 0.01 * change[other]:
+        return best, ""
+    if fixed[1] is not None or n < 2:  # a fixed-length export is always padded: no unpadded probe
+        return None, ""
+    # the second probe: unpadded, every position real; another sentence of the same length
+    real = np.ones((rows, n), np.int64)
+    other_ids = np.random.default_rng(1).integers(0, table_rows, n)
+
+    def unpadded(tokens: np.ndarray, on: str) -> list[np.ndarray]:
+        batch = np.tile(tokens.astype(np.int64), (rows, 1))
+        got = run(session, floats, role_feeds(proto, roles, batch, real, on), "the model (probing its mask)")
+        return [np.asarray(value, np.float64) for value in got]
+
+    blind: dict[str, set[str]] = {}
+    for on in ("tokens", "padding"):
+        a, b = unpadded(np.asarray(ids), on), unpadded(other_ids, on)
+        blind[on] = {name for name, x, y in zip(floats, a, b, strict=True)
+                     if x.size and float(np.max(np.abs(x - y))) <= 1e-6 * (1.0 + float(np.max(np.abs(x))))}
+    if bool(blind["tokens"]) == bool(blind["padding"]):
+        return None, ""
+    wrong = "tokens" if blind["tokens"] else "padding"
+    names = ", ".join(repr(name) for name in sorted(blind[wrong]))
+    return ("padding" if wrong == "tokens" else "tokens"), (
+        f": the model reads its padding whatever the mask, but marking an unpadded sentence "
+        f"{'1/True' if wrong == 'tokens' else '0/False'} everywhere hides every token from output {names}")
 
 
 def _no_cls_note(tokenizer: Tokenizer) -> tuple[str, ...]:
@@ -510,9 +543,10 @@ def _twin_agreement(model: TextModel, deployed: bytes, source: str) -> str:
 
 
 
-def _check_against(model: TextModel, original: bytes, source: str, what: str = "") -> None:
+def _check_against(model: TextModel, original: bytes, source: str, what: str = "") -> str:
     """The loaded model must compute what ``original`` (the file's graph, taking ids,
-    serialized) does on a real sentence; else refuse the split (or, with ``what``, that model)."""
+    serialized) does on a real sentence; else refuse the split (or, with ``what``, that model).
+    Returns the agreement measured, in words (the largest difference and output)."""
     ids, types, mask = model.probe()
     got = np.asarray(run(model.session, [source], model.feeds(model.embed(ids)[None], ids, types, mask))[0],
                      dtype=np.float64)
@@ -526,6 +560,8 @@ def _check_against(model: TextModel, original: bytes, source: str, what: str = "
                              f"verify=False (--no-verify) to explain the dequantized weights anyway")
         raise ModelError(f"the split model disagrees with the original (max difference {err:.3g}); "
                          f"the lookup cut is wrong for this model")
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    return f"checked against the file on a probe sentence: max difference {err:.2g}, largest output {scale:.3g}"
 
 
 def _original_feeds(session: Any, model: TextModel, ids: np.ndarray, types: np.ndarray,
