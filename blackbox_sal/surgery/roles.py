@@ -18,12 +18,18 @@ mask            any other input of rank 2 ([batch, seq]: int, bool or float) or 
                 the padding) is found by a probe in the loader (:func:`polarity_of`)
 ==============  =============================================================================
 
+A second id channel (character classes beside the characters, each through its own lookup)
+is not a role: config.json ``"channels"`` says how its ids follow from the tokens (a map over
+the vocabulary), and :func:`canonical` computes them in the graph from the ids, so the model
+takes the ids alone; :mod:`blackbox_sal.surgery.channels` then splits the channel's lookup.
+
 A config.json ``"inputs"`` object settles what the graph leaves ambiguous, role -> input name:
 ``{"ids": "x", "mask": "m"}``; ``padding_mask`` names a mask that is 1 (True) on the padding.
 
 :func:`canonical` rewrites the graph so that each role has its canonical input (pure)::
 
     x (int32 [B, S])              becomes   input_ids (int32 [B, S]) --Identity--> x
+    classes (a second channel)    becomes   input_ids --Gather(map)--> classes
     m (bool, True on padding)     becomes   attention_mask (int64) --Sub(1, .)--> --Cast(bool)--> m
     lengths (int32 [B])           becomes   attention_mask (int64) --ReduceSum(axis 1)--> --Cast--> lengths
 
@@ -34,7 +40,8 @@ the checks downstream run unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 import numpy as np
 import onnx
@@ -57,6 +64,10 @@ SEGMENTS = 16
 #: the way out every ambiguity names
 CONFIG_HINT = ('say which input is which in config.json: "inputs": {"ids": ..., "mask": ...} (roles: '
                + ", ".join(ROLES) + ")")
+#: the way out for a second id channel whose ids follow from the tokens
+CHANNELS_HINT = ('if the other is a second id channel whose ids follow from the tokens (characters and their '
+                 'classes), say how in config.json: "channels": {"NAME": {"input": INPUT, "map": {TOKEN: ID, ...} '
+                 'or "file": FILE, "default": ID}}')
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,8 @@ class Roles:
     positions: str | None = None
     lengths: str | None = None
     found: str = "by name"
+    #: second id channels: input name -> the channel's id of each token [vocab] (config.json "channels")
+    channels: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     def named(self) -> dict[str, str]:
         """role -> input name, for the roles the model has."""
@@ -81,7 +94,7 @@ class Roles:
     def canonical_already(self, model: onnx.ModelProto) -> bool:
         """Whether the graph already takes the canonical names with types the loader fills."""
         types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-        return (self.ids == IDS and self.lengths is None and self.mask_on == "tokens"
+        return (self.ids == IDS and self.lengths is None and not self.channels and self.mask_on == "tokens"
                 and self.mask in (None, MASK) and self.token_types in (None, TYPES)
                 and self.positions in (None, POSITIONS)
                 and (self.mask is None or types[MASK] in {TensorProto.INT64, TensorProto.INT32, TensorProto.FLOAT,
@@ -110,14 +123,25 @@ def _hint(name: str) -> str | None:
     return None
 
 
-def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, vocab: int) -> Roles:
+def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, vocab: int,
+               channels: Mapping[str, np.ndarray] | None = None) -> Roles:
     """The role of every input of ``model`` (a text model taking token ids), from the graph, or
     from config.json's ``inputs`` (``config_inputs``) where given. ``vocab``: the tokenizer's
-    size, which the ids' table must reach. ModelError, naming what was found and the way out,
-    when an input has no role, or the graph leaves a role ambiguous."""
-    inputs = _inputs(model)
+    size, which the ids' table must reach. ``channels``: second id channels, input name -> the
+    channel's id of each token (config.json "channels"); they take no role. ModelError, naming
+    what was found and the way out, when an input has no role, or the graph leaves a role
+    ambiguous."""
+    everything = _inputs(model)
+    channels = dict(channels or {})
+    for name in channels:
+        if name not in everything:
+            raise ModelError(f"config.json channels: input {name!r} is not an input of the model "
+                             f"(inputs: {', '.join(everything)})")
+    if IDS in channels:
+        raise ModelError(f"config.json channels: {IDS!r} is the ids' own name; a second channel is another input")
+    inputs = {n: i for n, i in everything.items() if n not in channels}
     if config_inputs:
-        return _from_config(inputs, config_inputs)
+        return replace(_from_config(inputs, config_inputs), channels=MappingProxyType(channels))
     roles: dict[str, str] = {}
     untyped: list[str] = []
     lookups: dict[str, int] = {}  # integer input -> rows of the table it indexes
@@ -142,8 +166,8 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
             raise ModelError(
                 f"two inputs feed their own embedding lookups "
                 f"({', '.join(f'{n!r} ({lookups[n]} rows)' for n in wide)}): if one of them is not the ids (token "
-                f"types, positions), {CONFIG_HINT}; a second id channel (characters and their classes, or a decoder's "
-                f"target prefix) cannot be explained yet, as its scores would need a split of their own")
+                f"types, positions), {CONFIG_HINT}; {CHANNELS_HINT} (a decoder's target prefix cannot be explained "
+                f"yet)")
         ids = wide[0]
     roles["ids"] = ids
     for name, info in inputs.items():
@@ -175,7 +199,8 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
                          f"if that is one of them, {CONFIG_HINT}")
     found = "by name" if all(CANONICAL[r] == n for r, n in roles.items()) else "from the graph"
     return Roles(ids=ids, mask=roles.get("mask"), token_types=roles.get("token_types"),
-                 positions=roles.get("positions"), lengths=roles.get("lengths"), found=found)
+                 positions=roles.get("positions"), lengths=roles.get("lengths"), found=found,
+                 channels=MappingProxyType(channels))
 
 
 def _additive(info: onnx.ValueInfoProto) -> bool:
@@ -236,6 +261,9 @@ def role_feeds(model: onnx.ModelProto, roles: Roles, ids: np.ndarray, valid: np.
         else:
             value = valid if on == "tokens" else 1 - valid
         feeds[name] = np.ascontiguousarray(np.asarray(value).astype(dtype))
+    for name, ids_map in roles.channels.items():
+        dtype = helper.tensor_dtype_to_np_dtype(_inputs(model)[name].type.tensor_type.elem_type)
+        feeds[name] = np.ascontiguousarray(ids_map[ids].astype(dtype))
     return feeds
 
 
@@ -311,6 +339,11 @@ def canonical(model: onnx.ModelProto, roles: Roles) -> onnx.ModelProto:
         if mask is None:
             assert mask_like is not None  # the ids' shape: [batch, seq]
             new_inputs.append(value_info(MASK, TensorProto.INT64, mask_like))
+    for name, ids_map in roles.channels.items():  # a second channel's ids: computed from the ids
+        elem = inputs[name].type.tensor_type.elem_type
+        table = numpy_helper.from_array(ids_map.astype(helper.tensor_dtype_to_np_dtype(elem)), f"{name}__of_ids")
+        g.initializer.append(table)
+        front.append(helper.make_node("Gather", [table.name, IDS], [name], name=f"{name}__of_ids"))
     kept = [i for i in g.input if i.name not in inputs]  # initializers listed as inputs (old IR)
     del g.input[:]
     g.input.extend(new_inputs + kept)
