@@ -39,10 +39,17 @@ TEXT = "the film was good and the plot great"
 CHANNELS = {"kinds": {"input": "kinds", "map": KINDS, "default": 0}}
 
 
-def _export(embeds: bool = False, table2: np.ndarray = T2) -> onnx.ModelProto:
+def _export(embeds: bool = False, table2: np.ndarray = T2, packed: bool = False) -> onnx.ModelProto:
     """logits = mean_s tanh([T1[chars_s], T2[kinds_s]] W1 + b1) W2; with ``embeds`` the two
-    lookups' outputs are the inputs E1, E2 (for finite differences of the same graph)."""
-    if embeds:
+    lookups' outputs are the inputs E1, E2 (for finite differences of the same graph); with
+    ``packed`` both channels come in one input [1, 2, seq], as attacut-sc's do."""
+    if packed:
+        inputs = [helper.make_tensor_value_info("input", TensorProto.INT64, [1, 2, "seq_len"])]
+        nodes = [helper.make_node("Gather", ["input", "zero"], ["chars"], axis=1),
+                 helper.make_node("Gather", ["input", "one"], ["kinds"], axis=1),
+                 helper.make_node("Gather", ["T1", "chars"], ["E1"]),
+                 helper.make_node("Gather", ["T2", "kinds"], ["E2"])]
+    elif embeds:
         inputs = [helper.make_tensor_value_info("E1", TensorProto.FLOAT, ["batch", "seq", D1]),
                   helper.make_tensor_value_info("E2", TensorProto.FLOAT, ["batch", "seq", D2])]
         nodes = []
@@ -59,6 +66,8 @@ def _export(embeds: bool = False, table2: np.ndarray = T2) -> onnx.ModelProto:
     inits = {"W1": W1, "b1": B1, "W2": W2}
     if not embeds:
         inits.update({"T1": T1, "T2": table2})
+    if packed:
+        inits.update({"zero": np.array(0, np.int64), "one": np.array(1, np.int64)})
     graph = helper.make_graph(nodes, "chars-and-kinds", inputs,
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", C])],
                               [numpy_helper.from_array(v, k) for k, v in inits.items()])
@@ -218,6 +227,14 @@ def test_without_the_config_form_two_lookups_are_refused_naming_it(tmp_path: Pat
     folder = tiny.write_model_dir(tmp_path / "wide", _export(table2=wide))
     with pytest.raises(ModelError, match=r"two inputs feed their own embedding lookups \('chars' \(15 rows\), "
                                          r"'kinds' \(15 rows\)\).*\"channels\": \{\"NAME\": \{\"input\""):
+        load_model(folder)
+
+
+def test_channels_packed_in_one_input_are_refused_saying_so(tmp_path: Path) -> None:
+    folder = tiny.write_model_dir(tmp_path / "packed", _export(packed=True))
+    with pytest.raises(ModelError, match=r"input 'input' \(int64 \[1, 2, seq_len\]\) packs 2 id channels along its "
+                                         r"second axis \(channel 0: a lookup of 15 rows, channel 1: a lookup of 4 "
+                                         r"rows\); .*not channels packed in one input"):
         load_model(folder)
 
 

@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from blackbox_sal.surgery.index import opset_of
+from blackbox_sal.surgery.index import GraphIndex, attr_int, opset_of
 from blackbox_sal.surgery.names import IDS, INPUT_ROLES, MASK, POSITIONS, TYPES
 from blackbox_sal.surgery.split import find_lookup
 from blackbox_sal.vocabulary.errors import ModelError
@@ -159,6 +159,7 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
         wide = [n for n, rows in lookups.items() if rows >= vocab] or \
             ([max(lookups, key=lambda n: lookups[n])] if lookups else [])
         if not wide:
+            _refuse_packed_channels(model, inputs)
             listed = ", ".join(f"{n} ({_describe(i)})" for n, i in inputs.items())
             raise ModelError(f"no input feeds a word-embedding lookup (inputs: {listed}): no ids input to explain; "
                              f"if the graph hides it, {CONFIG_HINT}")
@@ -201,6 +202,33 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
     return Roles(ids=ids, mask=roles.get("mask"), token_types=roles.get("token_types"),
                  positions=roles.get("positions"), lengths=roles.get("lengths"), found=found,
                  channels=MappingProxyType(channels))
+
+
+def _refuse_packed_channels(model: onnx.ModelProto, inputs: Mapping[str, onnx.ValueInfoProto]) -> None:
+    """ModelError, naming what was found, for an integer input [batch, channels, seq] whose
+    channels each feed their own lookup (``Gather(input, k, axis=1)``), as attacut-sc packs
+    characters and syllables in one input; nothing for any other model."""
+    constants = GraphIndex.of(model.graph).constants
+    for name, info in inputs.items():
+        if info.type.tensor_type.elem_type not in _INTS or _rank(info) != 3:
+            continue
+        found: dict[int, int] = {}
+        for node in model.graph.node:
+            if (node.op_type != "Gather" or node.input[0] != name or attr_int(node, "axis", 0) != 1
+                    or node.input[1] not in constants):
+                continue
+            index = numpy_helper.to_array(constants[node.input[1]])
+            try:
+                found[int(index)] = find_lookup(model.graph, node.output[0]).table.shape[0]
+            except (ModelError, TypeError):
+                continue
+        if len(found) >= 2:
+            said = ", ".join(f"channel {k}: a lookup of {rows} rows" for k, rows in sorted(found.items()))
+            raise ModelError(
+                f"input {name!r} ({_describe(info)}) packs {len(found)} id channels along its second axis ({said}); "
+                f"blackbox-sal explains a second id channel given as an input of its own whose ids follow from each "
+                f"token (config.json \"channels\"), not channels packed in one input, nor ids that other code "
+                f"computes from the text (syllables from a syllable segmenter, say)")
 
 
 def _additive(info: onnx.ValueInfoProto) -> bool:
