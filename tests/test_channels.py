@@ -253,3 +253,14 @@ def test_a_wrong_channels_form_is_one_line(tmp_path: Path, config: dict[str, obj
     (tmp_path / "kinds.json").write_text(json.dumps(KINDS))  # outside the folder
     with pytest.raises(ModelError, match=message):
         load_model(_folder(tmp_path, {"channels": config}))
+
+
+def test_a_prepared_folder_keeps_the_channels(tmp_path: Path) -> None:
+    """The edge install's form (inputs_embeds and the joined table) still splits the scores."""
+    from blackbox_sal.gradient_graph.store import prepare
+
+    model = load_model(_folder(tmp_path))
+    ready = load_model(prepare(model, tmp_path / "prepared"))
+    assert ready.channels == model.channels
+    cfg = ExplainConfig(method="grad-x-input", backend="graph", target=1)
+    assert explain(ready, TEXT, cfg).channels == explain(model, TEXT, cfg).channels

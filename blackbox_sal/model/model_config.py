@@ -52,6 +52,8 @@ class Prepared:
     fixed_length: int | None = None
     fixed_batch: int | None = None
     pad_id: int | None = None
+    #: a model with a second id channel: (name, input, start, stop) of each channel's dimensions
+    channels: tuple[tuple[str, str, int, int], ...] = ()
     format: int = PREPARED_FORMAT
     by: str = field(default="", compare=False)
 
@@ -59,7 +61,8 @@ class Prepared:
         return {"format": self.format, "by": self.by, "output": self.output, "task": self.task,
                 "origin": self.origin, "pooling": self.pooling, "quantized": list(self.quantized),
                 "twin_of": list(self.twin_of), "weight_only": list(self.weight_only),
-                "fixed_length": self.fixed_length, "fixed_batch": self.fixed_batch, "pad_id": self.pad_id}
+                "fixed_length": self.fixed_length, "fixed_batch": self.fixed_batch, "pad_id": self.pad_id,
+                **({"channels": [list(c) for c in self.channels]} if self.channels else {})}
 
     @classmethod
     def parse(cls, raw: Any) -> Prepared:
@@ -98,6 +101,11 @@ class Prepared:
                 raise bad(key, f"an integer >= {low} or null")
             return value
 
+        channels = raw.get("channels", [])
+        if not isinstance(channels, list) or not all(
+                isinstance(c, list) and len(c) == 4 and all(isinstance(v, str) for v in c[:2])
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in c[2:]) for c in channels):
+            raise bad("channels", "a list of [name, input, start, stop]")
         task = text("task")
         if task not in PREPARED_TASKS:
             raise bad("task", "one of " + ", ".join(PREPARED_TASKS))
@@ -106,6 +114,7 @@ class Prepared:
                    pooling=text("pooling", optional=True), quantized=names("quantized"), twin_of=names("twin_of"),
                    weight_only=names("weight_only"), fixed_length=count("fixed_length", 1),
                    fixed_batch=count("fixed_batch", 1), pad_id=count("pad_id", 0), format=fmt,
+                   channels=tuple((str(c[0]), str(c[1]), int(c[2]), int(c[3])) for c in channels),
                    by=by if isinstance(by, str) else "")
 
 

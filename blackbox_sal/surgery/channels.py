@@ -25,15 +25,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from blackbox_sal.surgery.names import EMBEDS, IDS
-from blackbox_sal.surgery.prune import clear_shapes, prune, remove
-from blackbox_sal.surgery.split import MIRRORED, EmbeddingSplit, find_lookup
 from blackbox_sal.vocabulary.errors import ModelError
+
+if TYPE_CHECKING:  # onnx is imported where a graph is split: a prepared folder's Channels need none
+    import onnx
+
+    from blackbox_sal.surgery.split import EmbeddingSplit
 
 #: the name of the ids' own channel in per-channel scores
 TOKENS = "tokens"
@@ -58,6 +60,12 @@ def split_channels(split: EmbeddingSplit, ids_input: str,
     [vocab]). ``ids_input``: the file's name of the ids input (for the channels' report).
     Pure. ModelError when a channel's lookup is not a plain float Gather, or its map gives an
     id its table lacks."""
+    import onnx
+    from onnx import helper
+
+    from blackbox_sal.surgery.prune import clear_shapes, prune, remove
+    from blackbox_sal.surgery.split import MIRRORED, find_lookup
+
     body = onnx.ModelProto()
     body.CopyFrom(split.body)
     g = body.graph
@@ -115,6 +123,8 @@ def split_channels(split: EmbeddingSplit, ids_input: str,
 
 def _slice(g: onnx.GraphProto, source: str, out: str, start: int, stop: int) -> onnx.NodeProto:
     """Slice(source)[..., start:stop] as ``out``, its bounds as initializers."""
+    from onnx import helper, numpy_helper
+
     for suffix, value in (("starts", start), ("ends", stop), ("axes", -1)):
         g.initializer.append(numpy_helper.from_array(np.array([value], np.int64), f"{out}__{suffix}"))
     return helper.make_node("Slice", [source, f"{out}__starts", f"{out}__ends", f"{out}__axes"], [out],
