@@ -90,9 +90,9 @@ def load_prepared(found: files.ModelFiles, config: ModelConfig, *, device: str =
     if vocab > table.shape[0]:
         raise ModelError(f"the tokenizer has {vocab} tokens but the embedding table only "
                          f"{table.shape[0]} rows: they do not belong together")
-    if block.channels and [(c[2], c[3]) for c in block.channels] != list(zip(
-            [0] + [c[3] for c in block.channels[:-1]], [c[3] for c in block.channels], strict=True)) \
-            or block.channels and block.channels[-1][3] != table.shape[1]:
+    stops = [c[3] for c in block.channels]
+    if stops and ([(c[2], c[3]) for c in block.channels] != list(zip([0, *stops[:-1]], stops, strict=True))
+                  or stops[-1] != table.shape[1]):
         raise ModelError(f"config.json's prepared block lays out channels {[list(c) for c in block.channels]} over "
                          f"embeddings of {table.shape[1]} dimensions: they do not belong together")
     if pad != block.pad_id:
