@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -206,6 +207,11 @@ def test_other_methods_give_totals_with_a_note(tmp_path: Path) -> None:
 def test_json_carries_the_channels(tmp_path: Path) -> None:
     model = load_model(_folder(tmp_path))
     out = to_dict(explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph")))
+    schema = json.loads((Path(to_dict.__code__.co_filename).parent / "explanation.schema.json").read_text())
+    jsonschema.validate(out, schema, cls=jsonschema.Draft202012Validator)
+    broken = {**out, "channels": [{**out["channels"][0], "score": 1}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema, cls=jsonschema.Draft202012Validator)
     assert [c["name"] for c in out["channels"]] == ["tokens", "kinds"]
     assert all(len(c["scores"]) == len(out["tokens"]) for c in out["channels"])
     sums = np.add(out["channels"][0]["scores"], out["channels"][1]["scores"])
