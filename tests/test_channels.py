@@ -270,3 +270,17 @@ def test_a_prepared_folder_keeps_the_channels(tmp_path: Path) -> None:
     assert ready.channels == model.channels
     cfg = ExplainConfig(method="grad-x-input", backend="graph", target=1)
     assert explain(ready, TEXT, cfg).channels == explain(model, TEXT, cfg).channels
+
+
+@pytest.mark.parametrize(("method", "reduce", "steps"), [
+    ("ig", "l1", 16), ("ig", "mean", "auto"), ("ig", "sum", "auto"), ("grad-x-input", "l1", 50),
+    ("grad-x-input", "mean", 50)])
+def test_additive_reductions_add_up_over_the_channels(tmp_path: Path, method: str, reduce: str,
+                                                      steps: int | str) -> None:
+    """sum, mean and l1 over all dimensions are the sums of their parts over each channel's."""
+    model = load_model(_folder(tmp_path))
+    e = explain(model, TEXT, ExplainConfig(method=method, reduce=reduce, steps=steps, backend="graph", target=2))
+    assert e.channels is not None and e.reduce == reduce
+    total = np.add(e.channels[0].scores, e.channels[1].scores)
+    np.testing.assert_allclose(total, [s.score for s in e.tokens], rtol=1e-5, atol=1e-7)
+    assert min(np.abs(e.channels[0].scores).max(), np.abs(e.channels[1].scores).max()) > 1e-3
