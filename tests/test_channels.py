@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import jsonschema
 import numpy as np
@@ -236,6 +237,16 @@ def test_without_the_config_form_two_lookups_are_refused_naming_it(tmp_path: Pat
         load_model(folder)
 
 
+def test_a_small_second_table_without_the_form_is_token_types_with_a_note(tmp_path: Path) -> None:
+    """Without "channels", a lookup of 4 rows under a plain name is taken for token types, as
+    BERT's anonymous 'input.3' is: fed zeros, which the note says, naming the way out."""
+    model = load_model(_folder(tmp_path, {}))
+    assert model.channels == ()
+    assert model.notes[0] == ("the model's inputs, found from the graph: ids 'chars', token types 'kinds' (a lookup "
+                              "of 4 rows, fed zeros; if it is a second id channel, config.json \"channels\" says how "
+                              "its ids follow from the tokens)")
+
+
 def test_channels_packed_in_one_input_are_refused_saying_so(tmp_path: Path) -> None:
     folder = tiny.write_model_dir(tmp_path / "packed", _export(packed=True))
     with pytest.raises(ModelError, match=r"input 'input' \(int64 \[1, 2, seq_len\]\) packs 2 id channels along its "
@@ -276,7 +287,7 @@ def test_a_prepared_folder_keeps_the_channels(tmp_path: Path) -> None:
     ("ig", "l1", 16), ("ig", "mean", "auto"), ("ig", "sum", "auto"), ("grad-x-input", "l1", 50),
     ("grad-x-input", "mean", 50)])
 def test_additive_reductions_add_up_over_the_channels(tmp_path: Path, method: str, reduce: str,
-                                                      steps: int | str) -> None:
+                                                      steps: int | Literal["auto"]) -> None:
     """sum, mean and l1 over all dimensions are the sums of their parts over each channel's."""
     model = load_model(_folder(tmp_path))
     e = explain(model, TEXT, ExplainConfig(method=method, reduce=reduce, steps=steps, backend="graph", target=2))

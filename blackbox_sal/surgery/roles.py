@@ -82,6 +82,9 @@ class Roles:
     positions: str | None = None
     lengths: str | None = None
     found: str = "by name"
+    #: the rows of the table the token types were taken for by its size alone, where more than
+    #: BERT's 2 (None: by name, 2 rows or fewer, or none): such a table may be a second id channel
+    types_rows: int | None = None
     #: second id channels: input name -> the channel's id of each token [vocab] (config.json "channels")
     channels: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
@@ -143,6 +146,7 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
     if config_inputs:
         return replace(_from_config(inputs, config_inputs), channels=MappingProxyType(channels))
     roles: dict[str, str] = {}
+    types_rows: int | None = None
     untyped: list[str] = []
     lookups: dict[str, int] = {}  # integer input -> rows of the table it indexes
     for name, info in inputs.items():
@@ -178,6 +182,7 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
         role = {TYPES: "token_types", POSITIONS: "positions", MASK: "mask"}.get(name) or _hint(name)
         if role is None and name in lookups and lookups[name] <= SEGMENTS and lookups[name] < vocab:
             role = "token_types"  # a lookup in a table of a few rows: segment (token type) embeddings
+            types_rows = lookups[name] if lookups[name] > 2 else None  # BERT's 2 rows need no word
         if role is None:
             if elem in _INTS and rank == 1:
                 role = "lengths"
@@ -201,7 +206,7 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
     found = "by name" if all(CANONICAL[r] == n for r, n in roles.items()) else "from the graph"
     return Roles(ids=ids, mask=roles.get("mask"), token_types=roles.get("token_types"),
                  positions=roles.get("positions"), lengths=roles.get("lengths"), found=found,
-                 channels=MappingProxyType(channels))
+                 channels=MappingProxyType(channels), types_rows=types_rows)
 
 
 def _refuse_packed_channels(model: onnx.ModelProto, inputs: Mapping[str, onnx.ValueInfoProto]) -> None:
