@@ -237,14 +237,16 @@ def test_without_the_config_form_two_lookups_are_refused_naming_it(tmp_path: Pat
         load_model(folder)
 
 
-def test_a_small_second_table_without_the_form_is_token_types_with_a_note(tmp_path: Path) -> None:
-    """Without "channels", a lookup of 4 rows under a plain name is taken for token types, as
-    BERT's anonymous 'input.3' is: fed zeros, which the note says, naming the way out."""
-    model = load_model(_folder(tmp_path, {}))
-    assert model.channels == ()
-    assert model.notes[0] == ("the model's inputs, found from the graph: ids 'chars', token types 'kinds' (a lookup "
-                              "of 4 rows, fed zeros; if it is a second id channel, config.json \"channels\" says how "
-                              "its ids follow from the tokens)")
+def test_a_small_second_table_without_the_form_is_refused_naming_it(tmp_path: Path) -> None:
+    """Without "channels", a lookup of 4 rows under a plain name is not taken for token types
+    (fed zeros, the model would predict something else): more rows than BERT's 2 segments."""
+    with pytest.raises(ModelError, match=r"input 'kinds' feeds a lookup of 4 rows besides the ids' \('chars'\): more "
+                                         r"than token types \(segments\) have.*\"channels\": \{\"NAME\".*if it is "
+                                         r"token types after all, say which input is which in config.json"):
+        load_model(_folder(tmp_path, {}))
+    # with "inputs" saying it is token types, it is (and fed zeros)
+    model = load_model(_folder(tmp_path, {"inputs": {"ids": "chars", "token_types": "kinds"}}, name="typed"))
+    assert model.channels == () and model.notes[0].endswith("token types 'kinds'")
 
 
 def test_channels_packed_in_one_input_are_refused_saying_so(tmp_path: Path) -> None:

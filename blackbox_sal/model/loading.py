@@ -405,10 +405,8 @@ def _by_role(proto: onnx.ModelProto, config: ModelConfig, tokenizer: Tokenizer, 
             roles = replace(roles, mask_on=on)
             how = f" ({'1/True on the padding' if on == 'padding' else '1/True on the tokens'}, found by a probe)"
     named = roles.named()
-    guessed = (f" (a lookup of {roles.types_rows} rows, fed zeros; if it is a second id channel, config.json "
-               f"\"channels\" says how its ids follow from the tokens)" if roles.types_rows is not None else "")
     said = ", ".join([f"{role.replace('_', ' ')} {name!r}" + (how if role == "mask" else "")
-                      + (guessed if role == "token_types" else "") for role, name in named.items()] +
+                      for role, name in named.items()] +
                      [f"channel {n!r} (input {i!r}, its ids from the tokens as config.json says)"
                       for n, (i, _) in maps.items()])
     return canonical(proto, roles), (f"the model's inputs, found {roles.found}: {said}",), roles.ids

@@ -60,7 +60,9 @@ CANONICAL = {"ids": IDS, "mask": MASK, "padding_mask": MASK, "token_types": TYPE
 _INTS = {TensorProto.INT64, TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT8}
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
 #: the most rows a table may have for the integer input indexing it to be taken for token types
-SEGMENTS = 16
+#: (BERT's segments: 2); a larger one may be a second id channel (character classes, languages),
+#: which zeros would silently change: refused, naming config.json "channels" and "inputs"
+SEGMENTS = 2
 #: the way out every ambiguity names
 CONFIG_HINT = ('say which input is which in config.json: "inputs": {"ids": ..., "mask": ...} (roles: '
                + ", ".join(ROLES) + ")")
@@ -82,9 +84,6 @@ class Roles:
     positions: str | None = None
     lengths: str | None = None
     found: str = "by name"
-    #: the rows of the table the token types were taken for by its size alone, where more than
-    #: BERT's 2 (None: by name, 2 rows or fewer, or none): such a table may be a second id channel
-    types_rows: int | None = None
     #: second id channels: input name -> the channel's id of each token [vocab] (config.json "channels")
     channels: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
@@ -146,7 +145,6 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
     if config_inputs:
         return replace(_from_config(inputs, config_inputs), channels=MappingProxyType(channels))
     roles: dict[str, str] = {}
-    types_rows: int | None = None
     untyped: list[str] = []
     lookups: dict[str, int] = {}  # integer input -> rows of the table it indexes
     for name, info in inputs.items():
@@ -180,9 +178,13 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
             continue
         elem, rank = info.type.tensor_type.elem_type, _rank(info)
         role = {TYPES: "token_types", POSITIONS: "positions", MASK: "mask"}.get(name) or _hint(name)
-        if role is None and name in lookups and lookups[name] <= SEGMENTS and lookups[name] < vocab:
+        if role is None and name in lookups and lookups[name] < vocab:
+            if lookups[name] > SEGMENTS:  # fed zeros as token types, a second channel would be another model
+                raise ModelError(
+                    f"input {name!r} feeds a lookup of {lookups[name]} rows besides the ids' ({ids!r}): more than "
+                    f"token types (segments) have, so it is not filled with zeros; {CHANNELS_HINT}; if it is token "
+                    f"types after all, {CONFIG_HINT}")
             role = "token_types"  # a lookup in a table of a few rows: segment (token type) embeddings
-            types_rows = lookups[name] if lookups[name] > 2 else None  # BERT's 2 rows need no word
         if role is None:
             if elem in _INTS and rank == 1:
                 role = "lengths"
@@ -206,7 +208,7 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
     found = "by name" if all(CANONICAL[r] == n for r, n in roles.items()) else "from the graph"
     return Roles(ids=ids, mask=roles.get("mask"), token_types=roles.get("token_types"),
                  positions=roles.get("positions"), lengths=roles.get("lengths"), found=found,
-                 channels=MappingProxyType(channels), types_rows=types_rows)
+                 channels=MappingProxyType(channels))
 
 
 def _refuse_packed_channels(model: onnx.ModelProto, inputs: Mapping[str, onnx.ValueInfoProto]) -> None:
