@@ -67,9 +67,9 @@ SEGMENTS = 2
 CONFIG_HINT = ('say which input is which in config.json: "inputs": {"ids": ..., "mask": ...} (roles: '
                + ", ".join(ROLES) + ")")
 #: the way out for a second id channel whose ids follow from the tokens
-CHANNELS_HINT = ('if the other is a second id channel whose ids follow from the tokens (characters and their '
-                 'classes), say how in config.json: "channels": {"NAME": {"input": INPUT, "map": {TOKEN: ID, ...} '
-                 'or "file": FILE, "default": ID}}')
+CHANNELS_HINT = ('a second id channel whose ids follow from the tokens (characters and their classes) is explained '
+                 'when config.json says how: "channels": {"NAME": {"input": INPUT, "map": {TOKEN: ID, ...} or '
+                 '"file": FILE, "default": ID}}')
 
 
 @dataclass(frozen=True)
