@@ -41,10 +41,11 @@ TEXT = "the film was good and the plot great"
 CHANNELS = {"kinds": {"input": "kinds", "map": KINDS, "default": 0}}
 
 
-def _export(embeds: bool = False, table2: np.ndarray = T2, packed: bool = False) -> onnx.ModelProto:
+def _export(embeds: bool = False, table2: np.ndarray = T2, packed: bool = False, mask: bool = False) -> onnx.ModelProto:
     """logits = mean_s tanh([T1[chars_s], T2[kinds_s]] W1 + b1) W2; with ``embeds`` the two
     lookups' outputs are the inputs E1, E2 (for finite differences of the same graph); with
-    ``packed`` both channels come in one input [1, 2, seq], as attacut-sc's do."""
+    ``packed`` both channels come in one input [1, 2, seq], as attacut-sc's do; with ``mask`` a
+    boolean input ``pad`` (True on the padding) keeps the padding out of the mean."""
     if packed:
         inputs = [helper.make_tensor_value_info("input", TensorProto.INT64, [1, 2, "seq_len"])]
         nodes = [helper.make_node("Gather", ["input", "zero"], ["chars"], axis=1),
@@ -62,10 +63,19 @@ def _export(embeds: bool = False, table2: np.ndarray = T2, packed: bool = False)
                  helper.make_node("Gather", ["T2", "kinds"], ["E2"])]
     nodes += [helper.make_node("Concat", ["E1", "E2"], ["E"], axis=-1),
               helper.make_node("MatMul", ["E", "W1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
-              helper.make_node("Tanh", ["h1"], ["h"]),
-              helper.make_node("ReduceMean", ["h"], ["pooled"], axes=[1], keepdims=0),
-              helper.make_node("MatMul", ["pooled", "W2"], ["logits"])]
+              helper.make_node("Tanh", ["h1"], ["h"])]
     inits = {"W1": W1, "b1": B1, "W2": W2}
+    if mask:
+        inputs.append(helper.make_tensor_value_info("pad", TensorProto.BOOL, ["batch", "seq"]))
+        nodes += [helper.make_node("Not", ["pad"], ["keep"]), helper.make_node("Cast", ["keep"], ["kf"], to=1),
+                  helper.make_node("Unsqueeze", ["kf", "last"], ["k3"]), helper.make_node("Mul", ["h", "k3"], ["hk"]),
+                  helper.make_node("ReduceSum", ["hk", "seq_axis"], ["total"], keepdims=0),
+                  helper.make_node("ReduceSum", ["kf", "seq_axis"], ["count"], keepdims=1),
+                  helper.make_node("Div", ["total", "count"], ["pooled"])]
+        inits.update({"last": np.array([-1], np.int64), "seq_axis": np.array([1], np.int64)})
+    else:
+        nodes.append(helper.make_node("ReduceMean", ["h"], ["pooled"], axes=[1], keepdims=0))
+    nodes.append(helper.make_node("MatMul", ["pooled", "W2"], ["logits"]))
     if not embeds:
         inits.update({"T1": T1, "T2": table2})
     if packed:
@@ -114,6 +124,20 @@ def test_the_channels_are_found_and_the_split_equals_the_original(tmp_path: Path
     got = model.forward(model.embed(ids)[None], ids, np.zeros_like(ids))
     want = _run(_export(), {"chars": ids[None], "kinds": _kinds(ids)[None]})
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_mask_is_probed_with_the_channel_fed_from_the_ids(tmp_path: Path) -> None:
+    """The mask's polarity probe runs the file itself: the channel's input is fed map[ids] there."""
+    folder = tiny.write_model_dir(tmp_path / "masked", _export(mask=True), config={"channels": CHANNELS})
+    model = load_model(folder)
+    assert model.notes[0] == ("the model's inputs, found from the graph: ids 'chars', mask 'pad' (1/True on the padding, "
+                              "found by a probe), channel 'kinds' (input 'kinds', its ids from the tokens as config.json "
+                              "says)")
+    e = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph", target=1))
+    ids = _ids()
+    x = np.concatenate([T1[ids], T2[_kinds(ids)]], axis=1)
+    assert e.channels is not None
+    np.testing.assert_allclose(e.channels[1].scores, (x * _closed_gradient(x, 1))[:, D1:].sum(axis=1), atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["graph", "fd"])
