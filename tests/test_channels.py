@@ -130,9 +130,9 @@ def test_a_mask_is_probed_with_the_channel_fed_from_the_ids(tmp_path: Path) -> N
     """The mask's polarity probe runs the file itself: the channel's input is fed map[ids] there."""
     folder = tiny.write_model_dir(tmp_path / "masked", _export(mask=True), config={"channels": CHANNELS})
     model = load_model(folder)
-    assert model.notes[0] == ("the model's inputs, found from the graph: ids 'chars', mask 'pad' (1/True on the padding, "
-                              "found by a probe), channel 'kinds' (input 'kinds', its ids from the tokens as config.json "
-                              "says)")
+    assert model.notes[0] == ("the model's inputs, found from the graph: ids 'chars', mask 'pad' (1/True on the "
+                              "padding, found by a probe), channel 'kinds' (input 'kinds', its ids from the tokens as "
+                              "config.json says)")
     e = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph", target=1))
     ids = _ids()
     x = np.concatenate([T1[ids], T2[_kinds(ids)]], axis=1)
