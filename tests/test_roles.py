@@ -312,7 +312,7 @@ def test_two_id_channels_are_refused_with_the_way_out(tmp_path: Path) -> None:
     m = _with_second_lookup(_model("chars"), "classes", TABLE[::-1].copy())
     with pytest.raises(ModelError, match=r"two inputs feed their own embedding lookups \('chars' \(15 rows\), "
                                          r"'classes' \(15 rows\)\): if one of them is not the ids .*config.json.*"
-                                         r"a second id channel .* cannot be explained yet"):
+                                         r"a second id channel .* \"channels\": .*\"is_encoder_decoder\": true"):
         load_model(_folder(tmp_path, "two", m))
 
 

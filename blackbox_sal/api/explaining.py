@@ -22,14 +22,25 @@ from blackbox_sal.gradient_graph.store import rules_session
 from blackbox_sal.gradients.backend import GradientBackend, Setting, ValuesOnly, make_backend
 from blackbox_sal.methods import METHODS
 from blackbox_sal.methods.attribution import Attribution, Problem
+from blackbox_sal.methods.channels import CHANNEL_METHODS, channel_scores
 from blackbox_sal.model.text_model import TextModel
+from blackbox_sal.reductions import LINEAR
 from blackbox_sal.targets.per_token import Target, find_targets
 from blackbox_sal.text.tokenization import Tokens, check_text, stitch, tokenize, tokenize_windows
 from blackbox_sal.text.words import Span, merge_words, token_spans
 from blackbox_sal.vocabulary.config import ExplainConfig
 from blackbox_sal.vocabulary.differences import step_scale
 from blackbox_sal.vocabulary.errors import InputError, ModelError, SalError, TooLongError, UsageError
-from blackbox_sal.vocabulary.result import MAX_SCORES, TOP, Explanation, Label, Prediction, Provenance, Window
+from blackbox_sal.vocabulary.result import (
+    MAX_SCORES,
+    TOP,
+    ChannelScores,
+    Explanation,
+    Label,
+    Prediction,
+    Provenance,
+    Window,
+)
 from blackbox_sal.vocabulary.runs import ArrayPoints, Cost, Forward, Seq, Work, ask, ask_all
 from blackbox_sal.vocabulary.scores import (
     ClassScore,
@@ -206,6 +217,8 @@ class Attributed:
     provenance: Provenance
     target_value: float
     notes: tuple[str, ...]  # the backend's
+    #: a model with a second id channel: each channel's score of every position [S] (None: not split)
+    channels: dict[str, np.ndarray] | None = None
 
 
 def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, special: np.ndarray,
@@ -239,13 +252,17 @@ def attribute(model: TextModel, seq: Seq, x: np.ndarray, baseline: np.ndarray, s
         backend, backend_notes = ValuesOnly(asked.objective, seq, cost), ()
     if spec.rules != "gradient":  # which operators kept their plain gradient (built here, once)
         backend_notes += tuple(n for n in (rules_session(model, spec.rules).rules_note(),) if n)
-    result = yield from spec.run(Problem(backend, x, baseline, special, target_value, scale, cfg,
-                                         cfg.reduction(), rows, baseline_value, word_ids, pieces))
+    problem = Problem(backend, x, baseline, special, target_value, scale, cfg, cfg.reduction(), rows, baseline_value,
+                      word_ids, pieces)
+    result = yield from spec.run(problem)
+    channels = None
+    if model.channels and cfg.method in CHANNEL_METHODS:
+        channels = yield from channel_scores(problem, cfg.method, model.channels, result)
     provenance = replace(
         Provenance(score=asked.objective.score, batch_size=rows, forward_passes=cost.forward,
                    device=model.device, baseline=baseline_name if spec.uses_baseline else None),
         **spec.report(cfg, result), **backend.provenance())
-    return Attributed(cfg.method, backend.name, asked, result, provenance, target_value, backend_notes)
+    return Attributed(cfg.method, backend.name, asked, result, provenance, target_value, backend_notes, channels)
 
 
 def explanation(model: TextModel, tokens: Tokens, cfg: ExplainConfig,
@@ -266,7 +283,11 @@ def explanation(model: TextModel, tokens: Tokens, cfg: ExplainConfig,
     scores = done.result.scores[:len(tokens)]
     out = _explanation(model, done, tokens.text, token_spans(tokens, scores),
                        merge_words(tokens, scores) if cfg.words else None,
-                       _padding_note(model, len(tokens)), _finite_note(scores))
+                       _padding_note(model, len(tokens)), _finite_note(scores) + _channels_note(model, done))
+    if done.channels is not None:
+        out = replace(out, channels=tuple(ChannelScores(c.name, c.input, tuple(float(v) for v in
+                                                                              done.channels[c.name][:len(tokens)]))
+                                          for c in model.channels))
     if done.result.errors is None:
         return out
     errors = done.result.errors[:len(tokens)]
@@ -319,6 +340,20 @@ def _explanation(model: TextModel, done: Attributed, text: str, tokens: tuple[Sp
         provenance=done.provenance,
         notes=model_notes(model) + before + done.notes + result.notes + after + special_tokens_note(tokens),
         task=done.asked.task)
+
+
+def _channels_note(model: TextModel, done: Attributed) -> tuple[str, ...]:
+    """What a model with a second id channel needs said: scores are totals over the channels."""
+    if not model.channels:
+        return ()
+    names = ", ".join(f"{c.name} ({c.input!r})" for c in model.channels)
+    if done.channels is None:
+        return (f"the model reads {len(model.channels)} id channels ({names}): each score is the position's total "
+                f"over them; {', '.join(CHANNEL_METHODS)} also give each channel's own scores",)
+    totals = ", ".join(f"{c.name} {float(done.channels[c.name].sum()):+.4g}" for c in model.channels)
+    how = "add up to" if done.result.reduce in LINEAR else f"combine ({done.result.reduce}) into"
+    return (f"the model reads {len(model.channels)} id channels ({names}): each score is the position's total; "
+            f"the channels' own scores (JSON 'channels') {how} it; summed over the text: {totals}",)
 
 
 def _padding_note(model: TextModel, n: int) -> tuple[str, ...]:

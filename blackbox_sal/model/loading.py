@@ -29,6 +29,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from blackbox_sal.model import files
+from blackbox_sal.model.channels import channel_maps
 from blackbox_sal.model.features import Featurizer, feature_count, tokenizer_pattern
 from blackbox_sal.model.inputs import (
     FLOAT_TYPES,
@@ -90,6 +91,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         import onnx
     except ImportError:  # an edge install: onnxruntime, numpy and tokenizers only
         raise ModelError(f"{NO_ONNX}; {str(found.onnx_path.parent)!r} is not a prepared folder") from None
+    from blackbox_sal.surgery.channels import Channel, split_channels
     from blackbox_sal.surgery.dequantize import drop_requantization, float_twin, weight_only
     from blackbox_sal.surgery.interfaces import (
         flat_per_token,
@@ -103,6 +105,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     from blackbox_sal.surgery.quantized import quantized_ops
     from blackbox_sal.surgery.split import split_embedding
 
+    channels: tuple[Channel, ...] = ()
     proto = files.read_onnx(found.onnx_path)
     if config.input_kind != "text" or any(i.type.tensor_type.elem_type == onnx.TensorProto.STRING
                                           for i in proto.graph.input):
@@ -112,9 +115,14 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     tokenizer.no_truncation()
     tokenizer.no_padding()
     notes: tuple[str, ...] = ()
+    ids_name = IDS
     copies = pass_throughs(proto.graph)  # named as the file names its inputs
+    maps = channel_maps(config.channels, tokenizer, found.onnx_path.parent) if config.channels else {}
     if EMBEDS not in {i.name for i in proto.graph.input}:
-        proto, notes = _by_role(proto, config, tokenizer, pad, threads)
+        proto, notes, ids_name = _by_role(proto, config, tokenizer, pad, threads, maps)
+    elif maps:
+        raise ModelError(f"config.json channels: the model takes {EMBEDS!r} already; a second id channel is split "
+                         f"from a model that takes ids")
     twin_of: tuple[str, ...] = ()
     deployed: onnx.ModelProto | None = None
     dequantized: tuple[str, ...] = ()
@@ -139,6 +147,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         table, body, origin, original = files.read_table(found.embeddings_path, proto), proto, "given", None
     else:
         split = split_embedding(proto, IDS)
+        if maps:  # a second id channel: split at its lookup too, into the same embeddings input
+            split, channels = split_channels(split, ids_name, maps)
         table, body, serialized = split.table, split.body, split.serialized
         if twin_of:  # an 8-bit lookup re-quantized in the body: a float twin keeps it in float
             body, dropped = drop_requantization(body)
@@ -169,7 +179,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         config=config, folder=found.onnx_path.parent, quantized=quantized,
         task="multiple-choice" if choices else "classification", twin_of=twin_of,
         weight_only=dequantized, fixed_length=fixed_length, fixed_batch=fixed_batch, mask_rank=mask_rank,
-        pad_id=pad,
+        pad_id=pad, channels=channels,
     )
     if row_coupled(quantized) and model.fixed_batch is None:
         model = replace(model, fixed_batch=1, notes=(*notes, row_coupled_note(quantized)))
@@ -373,14 +383,16 @@ def _pooling(folder: Path, config: ModelConfig, mode: str | None,
 #: quantized operators that round their activations with a range taken over the whole input
 #: tensor: every row of a run changes the others' outputs
 def _by_role(proto: onnx.ModelProto, config: ModelConfig, tokenizer: Tokenizer, pad_id: int | None,
-             threads: int) -> tuple[onnx.ModelProto, tuple[str, ...]]:
-    """``proto`` taking the canonical inputs (:mod:`blackbox_sal.surgery.roles`), and a note
-    saying which input plays which role where the names did not say it."""
+             threads: int, maps: dict[str, tuple[str, np.ndarray]]) -> tuple[onnx.ModelProto, tuple[str, ...], str]:
+    """``proto`` taking the canonical inputs (:mod:`blackbox_sal.surgery.roles`; a second id
+    channel's ids computed from the ids by its map), and a note saying which input plays which
+    role where the names did not say it, and the file's name of the ids input."""
     from blackbox_sal.surgery.roles import CONFIG_HINT, canonical, find_roles
 
-    roles = find_roles(proto, config.inputs, tokenizer.get_vocab_size(with_added_tokens=True))
+    roles = find_roles(proto, config.inputs, tokenizer.get_vocab_size(with_added_tokens=True),
+                       {i: m for i, m in maps.values()})
     if config.inputs is None and roles.canonical_already(proto):
-        return proto, ()
+        return proto, (), roles.ids
     how = ""
     if roles.mask is not None and config.inputs is None:
         info = next(i for i in proto.graph.input if i.name == roles.mask)
@@ -393,9 +405,11 @@ def _by_role(proto: onnx.ModelProto, config: ModelConfig, tokenizer: Tokenizer, 
             roles = replace(roles, mask_on=on)
             how = f" ({'1/True on the padding' if on == 'padding' else '1/True on the tokens'}, found by a probe{why})"
     named = roles.named()
-    said = ", ".join(f"{role.replace('_', ' ')} {name!r}" + (how if role == "mask" else "")
-                     for role, name in named.items())
-    return canonical(proto, roles), (f"the model's inputs, found {roles.found}: {said}",)
+    said = ", ".join([f"{role.replace('_', ' ')} {name!r}" + (how if role == "mask" else "")
+                      for role, name in named.items()] +
+                     [f"channel {n!r} (input {i!r}, its ids from the tokens as config.json says)"
+                      for n, (i, _) in maps.items()])
+    return canonical(proto, roles), (f"the model's inputs, found {roles.found}: {said}",), roles.ids
 
 
 def _mask_polarity(proto: onnx.ModelProto, roles: Roles, tokenizer: Tokenizer, pad_id: int | None,

@@ -4,7 +4,8 @@ Keys read (all optional): ``name``, ``id2label`` (or ``labels``, a list), ``max_
 ``max_position_embeddings`` / ``n_positions`` (the token limit), ``gradient_model`` (a shipped
 gradient graph, a file in the folder), ``prepared`` (a folder written by ``blackbox-sal grad
 --folder``: what loading it needs, see :class:`Prepared`), ``inputs`` (the inputs by role,
-see :mod:`blackbox_sal.surgery.roles`). Anything malformed is a ModelError
+see :mod:`blackbox_sal.surgery.roles`), ``channels`` (a second id channel: where its ids come
+from, see :class:`ChannelConfig`). Anything malformed is a ModelError
 (exit 3); unknown keys are ignored (Hugging Face configs carry many).
 """
 
@@ -51,6 +52,8 @@ class Prepared:
     fixed_length: int | None = None
     fixed_batch: int | None = None
     pad_id: int | None = None
+    #: a model with a second id channel: (name, input, start, stop) of each channel's dimensions
+    channels: tuple[tuple[str, str, int, int], ...] = ()
     format: int = PREPARED_FORMAT
     by: str = field(default="", compare=False)
 
@@ -58,7 +61,8 @@ class Prepared:
         return {"format": self.format, "by": self.by, "output": self.output, "task": self.task,
                 "origin": self.origin, "pooling": self.pooling, "quantized": list(self.quantized),
                 "twin_of": list(self.twin_of), "weight_only": list(self.weight_only),
-                "fixed_length": self.fixed_length, "fixed_batch": self.fixed_batch, "pad_id": self.pad_id}
+                "fixed_length": self.fixed_length, "fixed_batch": self.fixed_batch, "pad_id": self.pad_id,
+                **({"channels": [list(c) for c in self.channels]} if self.channels else {})}
 
     @classmethod
     def parse(cls, raw: Any) -> Prepared:
@@ -97,6 +101,11 @@ class Prepared:
                 raise bad(key, f"an integer >= {low} or null")
             return value
 
+        channels = raw.get("channels", [])
+        if not isinstance(channels, list) or not all(
+                isinstance(c, list) and len(c) == 4 and all(isinstance(v, str) for v in c[:2])
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in c[2:]) for c in channels):
+            raise bad("channels", "a list of [name, input, start, stop]")
         task = text("task")
         if task not in PREPARED_TASKS:
             raise bad("task", "one of " + ", ".join(PREPARED_TASKS))
@@ -105,7 +114,28 @@ class Prepared:
                    pooling=text("pooling", optional=True), quantized=names("quantized"), twin_of=names("twin_of"),
                    weight_only=names("weight_only"), fixed_length=count("fixed_length", 1),
                    fixed_batch=count("fixed_batch", 1), pad_id=count("pad_id", 0), format=fmt,
+                   channels=tuple((str(c[0]), str(c[1]), int(c[2]), int(c[3])) for c in channels),
                    by=by if isinstance(by, str) else "")
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """One entry of config.json's ``"channels"``: a second id input (character classes, say)
+    whose id at each position is a function of the token there::
+
+        "channels": {"classes": {"input": "cls", "map": {"a": 1, "7": 2}, "default": 0}}
+        "channels": {"classes": {"input": "cls", "file": "classes.json", "default": 0}}
+
+    name: what the channel's scores are called. input: the model's input that takes its ids.
+    map: token (as the tokenizer spells it) -> id; or file: a JSON object of the same, a file
+    in the model folder. default: the id of every token the map leaves out (None: the map must
+    cover the whole vocabulary)."""
+
+    name: str
+    input: str
+    map: dict[str, int] | None = None
+    file: str | None = None
+    default: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +162,8 @@ class ModelConfig:
     #: role -> input name (ids, mask, padding_mask, token_types, positions, lengths), where the
     #: graph leaves the inputs' roles ambiguous (see blackbox_sal.surgery.roles); None: found
     inputs: dict[str, str] | None = None
+    #: second id channels by name (see :class:`ChannelConfig`); () for a model with one
+    channels: tuple[ChannelConfig, ...] = ()
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -151,7 +183,48 @@ class ModelConfig:
             feature_names=tuple(raw["feature_names"]) if isinstance(raw.get("feature_names"), list) else None,
             prepared=Prepared.parse(raw["prepared"]) if raw.get("prepared") is not None else None,
             inputs=_inputs(raw.get("inputs")),
+            channels=_channels(raw.get("channels")),
         )
+
+
+#: what config.json "channels" must look like, said by every complaint about it
+CHANNELS_FORM = ('"channels": {"NAME": {"input": INPUT, "map": {TOKEN: ID, ...} or "file": FILE, '
+                 '"default": ID}}')
+
+
+def _channels(value: Any) -> tuple[ChannelConfig, ...]:
+    """config.json's ``"channels"`` (see :class:`ChannelConfig`); ModelError naming the form."""
+    if value is None:
+        return ()
+
+    def bad(why: str) -> ModelError:
+        return ModelError(f"config.json channels: {why} (the form: {CHANNELS_FORM})")
+
+    if not isinstance(value, dict) or not value:
+        raise bad("must be an object of channels by name")
+    found = []
+    for name, spec in value.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("input"), str) or not spec["input"]:
+            raise bad(f"{name!r} must be an object naming its input")
+        unknown = sorted(set(spec) - {"input", "map", "file", "default"})
+        if unknown:
+            raise bad(f"{name!r} has an unknown key {unknown[0]!r}")
+        if ("map" in spec) == ("file" in spec):
+            raise bad(f"{name!r} needs a map or a file, one of them")
+        mapping = spec.get("map")
+        if mapping is not None and (not isinstance(mapping, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in mapping.values())):
+            raise bad(f"{name!r}: map must be an object of token -> id (an integer >= 0)")
+        file = spec.get("file")
+        if file is not None and (not isinstance(file, str) or not file):
+            raise bad(f"{name!r}: file must be the name of a JSON file in the model folder")
+        default = spec.get("default")
+        if default is not None and (not isinstance(default, int) or isinstance(default, bool) or default < 0):
+            raise bad(f"{name!r}: default must be an id (an integer >= 0)")
+        found.append(ChannelConfig(str(name), spec["input"], mapping, file, default))
+    if len({c.input for c in found}) != len(found):
+        raise bad("two channels name the same input")
+    return tuple(found)
 
 
 def _inputs(value: Any) -> dict[str, str] | None:

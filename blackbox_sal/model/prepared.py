@@ -32,6 +32,7 @@ from blackbox_sal.model.inputs import fixed_dims, int_inputs, pad_id, row_couple
 from blackbox_sal.model.model_config import ModelConfig, Prepared
 from blackbox_sal.model.session import create_session
 from blackbox_sal.model.text_model import Runtime, TextModel
+from blackbox_sal.surgery.channels import Channel
 from blackbox_sal.surgery.names import EMBEDS
 from blackbox_sal.vocabulary.differences import mean_row_norm
 from blackbox_sal.vocabulary.errors import ModelError, UsageError
@@ -89,6 +90,11 @@ def load_prepared(found: files.ModelFiles, config: ModelConfig, *, device: str =
     if vocab > table.shape[0]:
         raise ModelError(f"the tokenizer has {vocab} tokens but the embedding table only "
                          f"{table.shape[0]} rows: they do not belong together")
+    stops = [c[3] for c in block.channels]
+    if stops and ([(c[2], c[3]) for c in block.channels] != list(zip([0, *stops[:-1]], stops, strict=True))
+                  or stops[-1] != table.shape[1]):
+        raise ModelError(f"config.json's prepared block lays out channels {[list(c) for c in block.channels]} over "
+                         f"embeddings of {table.shape[1]} dimensions: they do not belong together")
     if pad != block.pad_id:
         raise ModelError(f"the tokenizer's pad token is {pad}, config.json's prepared block says "
                          f"{block.pad_id}: they do not belong together")
@@ -99,6 +105,7 @@ def load_prepared(found: files.ModelFiles, config: ModelConfig, *, device: str =
         folder=found.onnx_path.parent, quantized=block.quantized,
         task=block.task, twin_of=block.twin_of, weight_only=block.weight_only, fixed_length=fixed_length,
         fixed_batch=fixed_batch, mask_rank=mask_rank, pad_id=pad, pooling=block.pooling,
+        channels=tuple(Channel(*c) for c in block.channels),
     )
     ids, types, mask = model.probe()
     model.forward(model.embed(ids)[None], ids, types, mask)  # the explained output is [batch, classes]
@@ -109,4 +116,5 @@ def block_of(model: TextModel, by: str) -> Prepared:
     """The prepared block that makes a prepared folder load as ``model`` (written by ``by``)."""
     return Prepared(output=model.output, task=model.task, origin=model.origin, pooling=model.pooling,
                     quantized=model.quantized, twin_of=model.twin_of, weight_only=model.weight_only,
-                    fixed_length=model.fixed_length, fixed_batch=model.fixed_batch, pad_id=model.pad_id, by=by)
+                    fixed_length=model.fixed_length, fixed_batch=model.fixed_batch, pad_id=model.pad_id, by=by,
+                    channels=tuple((c.name, c.input, c.start, c.stop) for c in model.channels))

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -40,6 +40,9 @@ TASKS = ("classification", "next-token", "multiple-choice", "answer-span", "per-
 
 #: the sentence every loader runs a model on once, to check what it computes
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and the film was good."
+
+if TYPE_CHECKING:  # the surgery (and onnx) is imported where a graph is split, not with the model
+    from blackbox_sal.surgery.channels import Channel
 
 T = TypeVar("T")
 
@@ -164,6 +167,9 @@ class TextModel:
     features: Featurizer | None = field(default=None, repr=False, compare=False)
     #: what every explanation of this model should say, found when it was loaded
     notes: tuple[str, ...] = ()
+    #: a model with a second id channel (blackbox_sal.surgery.channels): each channel's name,
+    #: input and dimensions of the embeddings; () for a model with one
+    channels: tuple[Channel, ...] = ()
 
     def __post_init__(self) -> None:  # a read-only view: the description cannot change under a reader
         object.__setattr__(self, "int_inputs", MappingProxyType(dict(self.int_inputs)))

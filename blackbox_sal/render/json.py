@@ -59,6 +59,9 @@ def to_dict(e: Explanation) -> dict[str, Any]:
         out["baseline_value"] = _num(e.baseline_value)
     if e.convergence_delta is not None:
         out["convergence_delta"] = _num(e.convergence_delta)
+    if e.channels is not None:
+        out["channels"] = [{"name": c.name, "input": c.input, "scores": [_num(v) for v in c.scores]}
+                           for c in e.channels]
     if e.windows is not None:
         out["windows"] = [{"start": w.start, "end": w.end, "target_value": _num(w.target_value),
                            "baseline_value": _num(w.baseline_value), "convergence_delta": _num(w.convergence_delta)}

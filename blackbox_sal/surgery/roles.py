@@ -18,12 +18,18 @@ mask            any other input of rank 2 ([batch, seq]: int, bool or float) or 
                 the padding) is found by a probe in the loader (:func:`polarity_of`)
 ==============  =============================================================================
 
+A second id channel (character classes beside the characters, each through its own lookup)
+is not a role: config.json ``"channels"`` says how its ids follow from the tokens (a map over
+the vocabulary), and :func:`canonical` computes them in the graph from the ids, so the model
+takes the ids alone; :mod:`blackbox_sal.surgery.channels` then splits the channel's lookup.
+
 A config.json ``"inputs"`` object settles what the graph leaves ambiguous, role -> input name:
 ``{"ids": "x", "mask": "m"}``; ``padding_mask`` names a mask that is 1 (True) on the padding.
 
 :func:`canonical` rewrites the graph so that each role has its canonical input (pure)::
 
     x (int32 [B, S])              becomes   input_ids (int32 [B, S]) --Identity--> x
+    classes (a second channel)    becomes   input_ids --Gather(map)--> classes
     m (bool, True on padding)     becomes   attention_mask (int64) --Sub(1, .)--> --Cast(bool)--> m
     lengths (int32 [B])           becomes   attention_mask (int64) --ReduceSum(axis 1)--> --Cast--> lengths
 
@@ -34,13 +40,14 @@ the checks downstream run unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from blackbox_sal.surgery.index import opset_of
+from blackbox_sal.surgery.index import GraphIndex, attr_int, opset_of
 from blackbox_sal.surgery.names import IDS, INPUT_ROLES, MASK, POSITIONS, TYPES
 from blackbox_sal.surgery.split import find_lookup
 from blackbox_sal.vocabulary.errors import ModelError
@@ -53,10 +60,16 @@ CANONICAL = {"ids": IDS, "mask": MASK, "padding_mask": MASK, "token_types": TYPE
 _INTS = {TensorProto.INT64, TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT8}
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
 #: the most rows a table may have for the integer input indexing it to be taken for token types
-SEGMENTS = 16
+#: (BERT's segments: 2); a larger one may be a second id channel (character classes, languages),
+#: which zeros would silently change: refused, naming config.json "channels" and "inputs"
+SEGMENTS = 2
 #: the way out every ambiguity names
 CONFIG_HINT = ('say which input is which in config.json: "inputs": {"ids": ..., "mask": ...} (roles: '
                + ", ".join(ROLES) + ")")
+#: the way out for a second id channel whose ids follow from the tokens
+CHANNELS_HINT = ('a second id channel whose ids follow from the tokens (characters and their classes) is explained '
+                 'when config.json says how: "channels": {"NAME": {"input": INPUT, "map": {TOKEN: ID, ...} or '
+                 '"file": FILE, "default": ID}}')
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,8 @@ class Roles:
     positions: str | None = None
     lengths: str | None = None
     found: str = "by name"
+    #: second id channels: input name -> the channel's id of each token [vocab] (config.json "channels")
+    channels: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     def named(self) -> dict[str, str]:
         """role -> input name, for the roles the model has."""
@@ -81,7 +96,7 @@ class Roles:
     def canonical_already(self, model: onnx.ModelProto) -> bool:
         """Whether the graph already takes the canonical names with types the loader fills."""
         types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-        return (self.ids == IDS and self.lengths is None and self.mask_on == "tokens"
+        return (self.ids == IDS and self.lengths is None and not self.channels and self.mask_on == "tokens"
                 and self.mask in (None, MASK) and self.token_types in (None, TYPES)
                 and self.positions in (None, POSITIONS)
                 and (self.mask is None or types[MASK] in {TensorProto.INT64, TensorProto.INT32, TensorProto.FLOAT,
@@ -110,14 +125,25 @@ def _hint(name: str) -> str | None:
     return None
 
 
-def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, vocab: int) -> Roles:
+def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, vocab: int,
+               channels: Mapping[str, np.ndarray] | None = None) -> Roles:
     """The role of every input of ``model`` (a text model taking token ids), from the graph, or
     from config.json's ``inputs`` (``config_inputs``) where given. ``vocab``: the tokenizer's
-    size, which the ids' table must reach. ModelError, naming what was found and the way out,
-    when an input has no role, or the graph leaves a role ambiguous."""
-    inputs = _inputs(model)
+    size, which the ids' table must reach. ``channels``: second id channels, input name -> the
+    channel's id of each token (config.json "channels"); they take no role. ModelError, naming
+    what was found and the way out, when an input has no role, or the graph leaves a role
+    ambiguous."""
+    everything = _inputs(model)
+    channels = dict(channels or {})
+    for name in channels:
+        if name not in everything:
+            raise ModelError(f"config.json channels: input {name!r} is not an input of the model "
+                             f"(inputs: {', '.join(everything)})")
+    if IDS in channels:
+        raise ModelError(f"config.json channels: {IDS!r} is the ids' own name; a second channel is another input")
+    inputs = {n: i for n, i in everything.items() if n not in channels}
     if config_inputs:
-        return _from_config(inputs, config_inputs)
+        return replace(_from_config(inputs, config_inputs), channels=MappingProxyType(channels))
     roles: dict[str, str] = {}
     untyped: list[str] = []
     lookups: dict[str, int] = {}  # integer input -> rows of the table it indexes
@@ -135,6 +161,7 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
         wide = [n for n, rows in lookups.items() if rows >= vocab] or \
             ([max(lookups, key=lambda n: lookups[n])] if lookups else [])
         if not wide:
+            _refuse_packed_channels(model, inputs)
             listed = ", ".join(f"{n} ({_describe(i)})" for n, i in inputs.items())
             raise ModelError(f"no input feeds a word-embedding lookup (inputs: {listed}): no ids input to explain; "
                              f"if the graph hides it, {CONFIG_HINT}")
@@ -142,8 +169,8 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
             raise ModelError(
                 f"two inputs feed their own embedding lookups "
                 f"({', '.join(f'{n!r} ({lookups[n]} rows)' for n in wide)}): if one of them is not the ids (token "
-                f"types, positions), {CONFIG_HINT}; a second id channel (characters and their classes, or a decoder's "
-                f"target prefix) cannot be explained yet, as its scores would need a split of their own")
+                f"types, positions), {CONFIG_HINT}; {CHANNELS_HINT}; a decoder's prefix beside the source is read as "
+                f"an encoder/decoder with config.json \"is_encoder_decoder\": true")
         ids = wide[0]
     roles["ids"] = ids
     for name, info in inputs.items():
@@ -151,7 +178,12 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
             continue
         elem, rank = info.type.tensor_type.elem_type, _rank(info)
         role = {TYPES: "token_types", POSITIONS: "positions", MASK: "mask"}.get(name) or _hint(name)
-        if role is None and name in lookups and lookups[name] <= SEGMENTS and lookups[name] < vocab:
+        if role is None and name in lookups and lookups[name] < vocab:
+            if lookups[name] > SEGMENTS:  # fed zeros as token types, a second channel would be another model
+                raise ModelError(
+                    f"input {name!r} feeds a lookup of {lookups[name]} rows besides the ids' ({ids!r}): more than "
+                    f"token types (segments) have, so it is not filled with zeros; {CHANNELS_HINT}; if it is token "
+                    f"types after all, {CONFIG_HINT}")
             role = "token_types"  # a lookup in a table of a few rows: segment (token type) embeddings
         if role is None:
             if elem in _INTS and rank == 1:
@@ -175,7 +207,35 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
                          f"if that is one of them, {CONFIG_HINT}")
     found = "by name" if all(CANONICAL[r] == n for r, n in roles.items()) else "from the graph"
     return Roles(ids=ids, mask=roles.get("mask"), token_types=roles.get("token_types"),
-                 positions=roles.get("positions"), lengths=roles.get("lengths"), found=found)
+                 positions=roles.get("positions"), lengths=roles.get("lengths"), found=found,
+                 channels=MappingProxyType(channels))
+
+
+def _refuse_packed_channels(model: onnx.ModelProto, inputs: Mapping[str, onnx.ValueInfoProto]) -> None:
+    """ModelError, naming what was found, for an integer input [batch, channels, seq] whose
+    channels each feed their own lookup (``Gather(input, k, axis=1)``), as attacut-sc packs
+    characters and syllables in one input; nothing for any other model."""
+    constants = GraphIndex.of(model.graph).constants
+    for name, info in inputs.items():
+        if info.type.tensor_type.elem_type not in _INTS or _rank(info) != 3:
+            continue
+        found: dict[int, int] = {}
+        for node in model.graph.node:
+            if (node.op_type != "Gather" or node.input[0] != name or attr_int(node, "axis", 0) != 1
+                    or node.input[1] not in constants):
+                continue
+            index = numpy_helper.to_array(constants[node.input[1]])
+            try:
+                found[int(index)] = find_lookup(model.graph, node.output[0]).table.shape[0]
+            except (ModelError, TypeError):
+                continue
+        if len(found) >= 2:
+            said = ", ".join(f"channel {k}: a lookup of {rows} rows" for k, rows in sorted(found.items()))
+            raise ModelError(
+                f"input {name!r} ({_describe(info)}) packs {len(found)} id channels along its second axis ({said}); "
+                f"blackbox-sal explains a second id channel given as an input of its own whose ids follow from each "
+                f"token (config.json \"channels\"), not channels packed in one input, nor ids that other code "
+                f"computes from the text (syllables from a syllable segmenter, say)")
 
 
 def _additive(info: onnx.ValueInfoProto) -> bool:
@@ -236,6 +296,9 @@ def role_feeds(model: onnx.ModelProto, roles: Roles, ids: np.ndarray, valid: np.
         else:
             value = valid if on == "tokens" else 1 - valid
         feeds[name] = np.ascontiguousarray(np.asarray(value).astype(dtype))
+    for name, ids_map in roles.channels.items():
+        dtype = helper.tensor_dtype_to_np_dtype(_inputs(model)[name].type.tensor_type.elem_type)
+        feeds[name] = np.ascontiguousarray(ids_map[ids].astype(dtype))
     return feeds
 
 
@@ -311,6 +374,11 @@ def canonical(model: onnx.ModelProto, roles: Roles) -> onnx.ModelProto:
         if mask is None:
             assert mask_like is not None  # the ids' shape: [batch, seq]
             new_inputs.append(value_info(MASK, TensorProto.INT64, mask_like))
+    for name, ids_map in roles.channels.items():  # a second channel's ids: computed from the ids
+        elem = inputs[name].type.tensor_type.elem_type
+        table = numpy_helper.from_array(ids_map.astype(helper.tensor_dtype_to_np_dtype(elem)), f"{name}__of_ids")
+        g.initializer.append(table)
+        front.append(helper.make_node("Gather", [table.name, IDS], [name], name=f"{name}__of_ids"))
     kept = [i for i in g.input if i.name not in inputs]  # initializers listed as inputs (old IR)
     del g.input[:]
     g.input.extend(new_inputs + kept)

@@ -89,6 +89,15 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class ChannelScores:
+    """One id channel's scores: its name, the model input that took its ids, one score per token."""
+
+    name: str
+    input: str
+    scores: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Explanation:
     """One explained prediction.
 
@@ -124,6 +133,10 @@ class Explanation:
     #: (exact when the players are words; an upper bound when they are tokens)
     token_errors: tuple[float, ...] | None = None
     word_errors: tuple[float, ...] | None = None
+    #: a model with a second id channel (characters and their classes): each channel's own
+    #: score of every token, aligned with ``tokens`` (with the sum reduction they add up to the
+    #: token's score); None for a model with one channel, or a method that does not split them
+    channels: tuple[ChannelScores, ...] | None = None
 
     @property
     def settings(self) -> MappingProxyType[str, Any]:
