@@ -12,21 +12,30 @@ PathJvp    each request's anchor and delta once         the gradient graph in pa
 
 Lazy points are built a run at a time, so memory is bounded by the run size whatever the
 number of rows. Results are handed back per request, in order.
+
+Gradient rows that repeat a point (the same embeddings, ids, type ids and mask; for PathJvp
+the same anchor, delta and alpha) with different seeds (k targets of one text, the classes of
+a Jacobian) run through the gradient graph's fan form (:mod:`blackbox_sal.gradient_graph.fan`):
+the group's rows are ordered by point, so each run holds few points and many seed rows, the
+forward pass runs once per point in the run and the backward once per row. Where the model has
+no fan form (or no row repeats a point) the rows run as above.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
 
-from blackbox_sal.gradient_graph.session import GradientSession
+from blackbox_sal.gradient_graph.fan import fan_session
+from blackbox_sal.gradient_graph.session import FanSession, GradientSession
 from blackbox_sal.gradient_graph.store import rules_session
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.progress import Progress
-from blackbox_sal.vocabulary.runs import Forward, Gradient, PathJvp, Request, Seq
+from blackbox_sal.vocabulary.runs import ArrayPoints, Forward, Gradient, PathJvp, Points, Request, RowRange, Seq
 
 #: rows per run on the CPU when the config names none (memory grows with it; speed hardly does)
 CPU_ROWS = 64
@@ -91,9 +100,13 @@ class Runner:
             rules = request.rules if isinstance(request, (Gradient, PathJvp)) else ""
             groups.setdefault((type(request), len(request.seq), rules), []).append(k)
         results: list[np.ndarray | None] = [None] * len(requests)
-        for (kind, length, _), members in groups.items():
+        for (kind, length, rules), members in groups.items():
+            group = [requests[k] for k in members]
+            if kind is not Forward and self._fanned(cast(list[Gradient | PathJvp], group), members, length, rules,
+                                                    results):
+                continue
             run = {Forward: self._forward, Gradient: self._gradient, PathJvp: self._path_jvp}[kind]
-            self._group([requests[k] for k in members], members, length, run, results)
+            self._group(group, members, length, run, results)
         return [r if r is not None else np.zeros(0) for r in results]
 
     def _group(self, group: list[Request], members: list[int], length: int,
@@ -172,3 +185,107 @@ class Runner:
 
     def _graph(self, rules: str) -> GradientSession:
         return rules_session(self.model, rules)
+
+    def _fanned(self, group: list[Gradient | PathJvp], members: list[int], length: int, rules: str,
+                results: list[np.ndarray | None]) -> bool:
+        """Run a gradient group whose rows repeat points through the fan form, rows ordered by
+        point (see the module docstring); False, nothing run, when no row repeats a point or
+        the model has no fan form."""
+        if self.model.fixed_batch is not None:
+            return False
+        point_of = _points_of(group)
+        order = np.argsort(np.concatenate(point_of), kind="stable")
+        total = len(order)
+        if len(np.unique(np.concatenate(point_of))) == total:
+            return False
+        fan = fan_session(self.model, rules)
+        if fan is None:
+            return False
+        owner = np.concatenate([np.full(r.n, k) for k, r in enumerate(group)])
+        row = np.concatenate([np.arange(r.n) for r in group])
+        points = np.concatenate(point_of)
+        outs: list[np.ndarray | None] = [None] * len(group)
+        cap = self.capacity(length)
+        with Progress(total, f"{group[0].label}:", enabled=self.progress) as bar:
+            for start in range(0, total, cap):
+                take = order[start:start + cap]
+                out = self._fan_run(fan, group, owner[take], row[take], points[take])
+                for k in np.unique(owner[take]):
+                    mine = owner[take] == k
+                    if outs[k] is None:
+                        outs[k] = np.empty((group[k].n, *out.shape[1:]), out.dtype)
+                    cast(np.ndarray, outs[k])[row[take][mine]] = out[mine]
+                bar.advance(len(take))
+        for k, member in enumerate(members):
+            results[member] = outs[k] if outs[k] is not None else np.zeros((0,))
+        return True
+
+    def _fan_run(self, fan: FanSession, group: list[Gradient | PathJvp], owner: np.ndarray, row: np.ndarray,
+                 point: np.ndarray) -> np.ndarray:
+        """One fan run over seed rows (request owner[r], its row row[r], at point point[r])."""
+        unique, first, fan_rows = np.unique(point, return_index=True, return_inverse=True)
+        del unique
+        pieces = [_Piece(int(owner[r]), int(row[r]), int(row[r]) + 1) for r in first]
+        ids, types, masks = self._int_rows(cast(list[Request], group), pieces)
+        weights = np.stack([group[int(k)].weights[int(j)] for k, j in zip(owner, row, strict=True)])
+        if isinstance(group[0], Gradient):
+            points = np.concatenate([cast(Gradient, group[p.index]).points.take(p.start, p.stop) for p in pieces])
+            return fan.gradient(self.model, points, ids, types, masks, fan_rows.astype(np.int64), weights)
+        requests = cast(list[PathJvp], group)
+        owners = sorted({p.index for p in pieces})
+        slot = {k: j for j, k in enumerate(owners)}
+        anchors = np.stack([requests[k].anchor for k in owners])
+        deltas = np.stack([requests[k].delta for k in owners])
+        rows = np.array([slot[p.index] for p in pieces], np.int64)
+        alphas = np.array([requests[p.index].alphas[p.start] for p in pieces], np.float32)
+        return fan.path_jvp(self.model, anchors, deltas, rows, alphas, ids, types, masks,
+                            fan_rows.astype(np.int64), weights)
+
+
+def _points_of(group: Sequence[Gradient | PathJvp]) -> list[np.ndarray]:
+    """Per request, each row's point as an integer: rows at the same point (the same ids, type
+    ids, mask and embeddings; for PathJvp the same anchor, delta and alpha) share one. Lazy
+    points are not read: each is a point of its own."""
+    digests: dict[int, bytes] = {}  # id(array) -> digest: requests often share their arrays
+
+    def digest(*arrays: np.ndarray | None) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        for a in arrays:
+            if a is None:
+                h.update(b"none")
+                continue
+            if id(a) not in digests:
+                c = np.ascontiguousarray(a)
+                digests[id(a)] = hashlib.blake2b(f"{c.dtype.str}{c.shape}".encode() + c.tobytes(),
+                                                 digest_size=16).digest()
+            h.update(digests[id(a)])
+        return h.digest()
+
+    ids: dict[bytes, int] = {}
+    fresh = iter(range(-1, -(1 << 62), -1))  # rows nothing else can share
+    out = []
+    for request in group:
+        seq = cast(Seq, request.seq)
+        base = digest(seq.ids, seq.type_ids, seq.mask)
+        if isinstance(request, PathJvp):
+            base += digest(request.anchor, request.delta)
+            keys = [base + a.tobytes() for a in np.asarray(request.alphas, np.float64)]
+            out.append(np.array([ids.setdefault(k, len(ids)) for k in keys], np.int64))
+            continue
+        array = _array_of(request.points)
+        if array is None:
+            out.append(np.array([next(fresh) for _ in range(request.n)], np.int64))
+            continue
+        out.append(np.array([ids.setdefault(base + hashlib.blake2b(np.ascontiguousarray(p, np.float32).tobytes(),
+                                                                   digest_size=16).digest(), len(ids))
+                             for p in array], np.int64))
+    return out
+
+
+def _array_of(points: Points) -> np.ndarray | None:
+    """The rows of points held in an array (or a row range of one); None for lazy points."""
+    if isinstance(points, ArrayPoints):
+        return points.array
+    if isinstance(points, RowRange) and isinstance(points.points, ArrayPoints):
+        return points.points.array[points.start:points.stop]
+    return None
