@@ -5,7 +5,7 @@ graph row by row."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -31,7 +31,7 @@ from blackbox_sal.targets.per_token import find_targets
 from blackbox_sal.text.tokenization import tokenize
 from blackbox_sal.vocabulary.config import ExplainConfig
 from blackbox_sal.vocabulary.errors import ModelError
-from blackbox_sal.vocabulary.runs import ArrayPoints, Gradient, PathJvp, Request, Seq
+from blackbox_sal.vocabulary.runs import ArrayPoints, Forward, Gradient, PathJvp, Request, Seq
 
 TAGGER = Path(__file__).resolve().parents[1] / "models" / "tiny-tagger"
 TAGGER_TEXT = ("ada lovelace met alan turing in london and grace hopper visited new york . marie curie went to paris "
@@ -275,3 +275,35 @@ def test_a_batch_merged_with_another_axis_refuses_the_fan_form(tmp_path: Path, m
     x = model.embed(ids_of(TEXT)).astype(np.float64)
     for c in range(C):  # d/dx sum_s tanh(x_s) W[:, c] = (1 - tanh(x)^2) W[:, c]
         np.testing.assert_allclose(got[0][c], (1 - np.tanh(x) ** 2) * w[:, c], rtol=1e-5, atol=1e-6)
+
+
+def test_forward_requests_that_repeat_rows_run_once(mlp: TextModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """k targets' predictions ask for the same rows: one run of the distinct rows, each request
+    its own copy of the outputs; rows that differ by one number, or over other ids, still run."""
+    ids = ids_of(TEXT)
+    seq = Seq(ids, np.zeros_like(ids))
+    x = mlp.embed(ids).astype(np.float32)
+    nudged = x.copy()
+    nudged[3, 2] += 1e-3
+    other = Seq(ids[::-1].copy(), np.zeros_like(ids))
+    requests: list[Request] = [Forward(seq, ArrayPoints(np.stack([x, 0 * x]))) for _ in range(4)]
+    requests += [Forward(seq, ArrayPoints(np.stack([nudged, 0 * x]))),
+                 Forward(other, ArrayPoints(np.stack([x, 0 * x])))]
+    rows: list[int] = []
+    original = Runner._forward
+
+    def counted(runner: Runner, group: list[Request], pieces: Any) -> np.ndarray:
+        out = original(runner, group, pieces)
+        rows.append(len(out))
+        return out
+
+    monkeypatch.setattr(Runner, "_forward", counted)
+    got = Runner(mlp, rows=64).execute(requests)
+    assert rows == [6]  # 2 rows x 3 distinct requests
+    want = [mlp.forward(cast(ArrayPoints, r.points).array, cast(Seq, r.seq).ids, cast(Seq, r.seq).type_ids)
+            for r in requests]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    got[0][0, 0] = 99.0  # each its own array
+    assert got[1][0, 0] != 99.0
+    assert not np.array_equal(got[4], got[0]) and not np.array_equal(got[5], got[0])

@@ -18,7 +18,8 @@ the same anchor, delta and alpha) with different seeds (k targets of one text, t
 a Jacobian) run through the gradient graph's fan form (:mod:`blackbox_sal.gradient_graph.fan`):
 the group's rows are ordered by point, so each run holds few points and many seed rows, the
 forward pass runs once per point in the run and the backward once per row. Where the model has
-no fan form (or no row repeats a point) the rows run as above.
+no fan form (or no row repeats a point) the rows run as above. Forward requests that ask for the
+same rows over the same sequence (the k targets' predictions) run once and share the outputs.
 """
 
 from __future__ import annotations
@@ -102,11 +103,15 @@ class Runner:
         results: list[np.ndarray | None] = [None] * len(requests)
         for (kind, length, rules), members in groups.items():
             group = [requests[k] for k in members]
-            if kind is not Forward and self._fanned(cast(list[Gradient | PathJvp], group), members, length, rules,
-                                                    results):
-                continue
-            run = {Forward: self._forward, Gradient: self._gradient, PathJvp: self._path_jvp}[kind]
-            self._group(group, members, length, run, results)
+            if kind is Forward:  # requests that repeat another's rows run once
+                twins = _twins(group)
+                alone = [k for k, t in enumerate(twins) if t == k]
+                self._group([group[k] for k in alone], [members[k] for k in alone], length, self._forward, results)
+                for k, t in enumerate(twins):
+                    if t != k:
+                        results[members[k]] = np.array(results[members[t]])
+            elif not self._fanned(cast(list[Gradient | PathJvp], group), members, length, rules, results):
+                self._group(group, members, length, self._gradient if kind is Gradient else self._path_jvp, results)
         return [r if r is not None else np.zeros(0) for r in results]
 
     def _group(self, group: list[Request], members: list[int], length: int,
@@ -280,6 +285,28 @@ def _points_of(group: Sequence[Gradient | PathJvp]) -> list[np.ndarray]:
                                                                    digest_size=16).digest(), len(ids))
                              for p in array], np.int64))
     return out
+
+
+def _twins(group: Sequence[Request]) -> list[int]:
+    """Per Forward request, the first request of the group asking for the same rows over the
+    same sequence (itself where none does). Cheap when nothing repeats: the arrays' shapes and
+    sums are compared first, their bytes only where those agree. Lazy points are never twins."""
+    seen: dict[tuple[object, ...], list[int]] = {}
+    twins = []
+    for k, request in enumerate(group):
+        array = _array_of(cast(Forward, request).points)
+        seq = cast(Seq, request.seq)
+        if array is None:
+            twins.append(k)
+            continue
+        rough = (array.shape, float(np.sum(array, dtype=np.float64)), seq.ids.tobytes(), seq.type_ids.tobytes(),
+                 None if seq.mask is None else seq.mask.tobytes())
+        same = seen.setdefault(rough, [])
+        twin = next((j for j in same if np.array_equal(_array_of(cast(Forward, group[j]).points), array)), k)
+        if twin == k:
+            same.append(k)
+        twins.append(twin)
+    return twins
 
 
 def _array_of(points: Points) -> np.ndarray | None:
