@@ -291,7 +291,7 @@ def _twins(group: Sequence[Request]) -> list[int]:
     """Per Forward request, the first request of the group asking for the same rows over the
     same sequence (itself where none does). Cheap when nothing repeats: the arrays' shapes and
     sums are compared first, their bytes only where those agree. Lazy points are never twins."""
-    seen: dict[tuple[object, ...], list[int]] = {}
+    seen: dict[tuple[object, ...], list[tuple[int, np.ndarray]]] = {}
     twins = []
     for k, request in enumerate(group):
         array = _array_of(cast(Forward, request).points)
@@ -302,9 +302,9 @@ def _twins(group: Sequence[Request]) -> list[int]:
         rough = (array.shape, float(np.sum(array, dtype=np.float64)), seq.ids.tobytes(), seq.type_ids.tobytes(),
                  None if seq.mask is None else seq.mask.tobytes())
         same = seen.setdefault(rough, [])
-        twin = next((j for j in same if np.array_equal(_array_of(cast(Forward, group[j]).points), array)), k)
+        twin = next((j for j, earlier in same if np.array_equal(earlier, array)), k)
         if twin == k:
-            same.append(k)
+            same.append((k, array))
         twins.append(twin)
     return twins
 
