@@ -209,12 +209,13 @@ class Runner:
         owner = np.concatenate([np.full(r.n, k) for k, r in enumerate(group)])
         row = np.concatenate([np.arange(r.n) for r in group])
         points = np.concatenate(point_of)
+        weights = np.concatenate([np.asarray(r.weights, np.float32) for r in group])
         outs: list[np.ndarray | None] = [None] * len(group)
         cap = self.capacity(length)
         with Progress(total, f"{group[0].label}:", enabled=self.progress) as bar:
             for start in range(0, total, cap):
                 take = order[start:start + cap]
-                out = self._fan_run(fan, group, owner[take], row[take], points[take])
+                out = self._fan_run(fan, group, owner[take], row[take], points[take], weights[take])
                 for k in np.unique(owner[take]):
                     mine = owner[take] == k
                     if outs[k] is None:
@@ -226,13 +227,12 @@ class Runner:
         return True
 
     def _fan_run(self, fan: FanSession, group: list[Gradient | PathJvp], owner: np.ndarray, row: np.ndarray,
-                 point: np.ndarray) -> np.ndarray:
-        """One fan run over seed rows (request owner[r], its row row[r], at point point[r])."""
-        unique, first, fan_rows = np.unique(point, return_index=True, return_inverse=True)
-        del unique
-        pieces = [_Piece(int(owner[r]), int(row[r]), int(row[r]) + 1) for r in first]
+                 point: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """One fan run over seed rows (request owner[r], its row row[r], at point point[r],
+        seeded with weights[r])."""
+        _, first, fan_rows = np.unique(point, return_index=True, return_inverse=True)
+        pieces = [_Piece(k, j, j + 1) for k, j in zip(owner[first].tolist(), row[first].tolist(), strict=True)]
         ids, types, masks = self._int_rows(cast(list[Request], group), pieces)
-        weights = np.stack([group[int(k)].weights[int(j)] for k, j in zip(owner, row, strict=True)])
         if isinstance(group[0], Gradient):
             points = np.concatenate([cast(Gradient, group[p.index]).points.take(p.start, p.stop) for p in pieces])
             return fan.gradient(self.model, points, ids, types, masks, fan_rows.astype(np.int64), weights)
@@ -266,7 +266,7 @@ def _points_of(group: Sequence[Gradient | PathJvp]) -> list[np.ndarray]:
             h.update(digests[id(a)])
         return h.digest()
 
-    ids: dict[bytes, int] = {}
+    ids: dict[bytes | tuple[bytes, int], int] = {}
     fresh = iter(range(-1, -(1 << 62), -1))  # rows nothing else can share
     out = []
     for request in group:
@@ -274,8 +274,8 @@ def _points_of(group: Sequence[Gradient | PathJvp]) -> list[np.ndarray]:
         base = digest(seq.ids, seq.type_ids, seq.mask)
         if isinstance(request, PathJvp):
             base += digest(request.anchor, request.delta)
-            keys = [base + a.tobytes() for a in np.asarray(request.alphas, np.float64)]
-            out.append(np.array([ids.setdefault(k, len(ids)) for k in keys], np.int64))
+            bits = np.ascontiguousarray(request.alphas, np.float64).view(np.int64).tolist()  # alphas, exactly
+            out.append(np.array([ids.setdefault((base, a), len(ids)) for a in bits], np.int64))
             continue
         array = _array_of(request.points)
         if array is None:
