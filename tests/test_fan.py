@@ -198,6 +198,18 @@ def test_engine_runs_repeated_points_through_the_fan_form(mlp: TextModel, monkey
         np.testing.assert_allclose(got[1 + c][1], want_jvp, rtol=1e-5, atol=1e-6)
 
 
+def test_groups_with_few_repeats_run_the_plain_graph(mlp: TextModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fan form's gathers cost more than the forward passes a few repeats save: a group whose
+    distinct points exceed FAN_SHARE of its rows runs as before."""
+    paths = class_jacobian_and_paths(mlp)[1:]
+    spy = Spy(monkeypatch)
+    Runner(mlp, rows=64).execute([paths[0], paths[3]])  # 6 rows, 6 points
+    Runner(mlp, rows=64).execute([paths[0], paths[1], paths[3]])  # 9 rows, 6 points
+    assert spy.runs == []
+    Runner(mlp, rows=64).execute(paths)  # 12 rows, 6 points
+    assert spy.runs == [(6, 12)]
+
+
 def test_small_runs_hold_few_points(mlp: TextModel, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows are ordered by point before they are cut into runs: 3 requests x 3 alphas in runs
     of 4 rows hold at most 2 points each, not 4."""
