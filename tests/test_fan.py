@@ -208,15 +208,22 @@ def test_groups_with_few_repeats_run_the_plain_graph(mlp: TextModel, monkeypatch
     assert spy.runs == []
     Runner(mlp, rows=64).execute(paths)  # 12 rows, 6 points
     assert spy.runs == [(6, 12)]
+    spy.runs.clear()  # 21 rows in runs of 4: [a a a a] [a a b b] [b b b b] [c c c c] [c c d e] [f]: the last
+    requests = [*paths, *class_jacobian_and_paths(mlp)[1:4]]  # two mostly distinct, plain
+    got = Runner(mlp, rows=4).execute(requests)
+    assert spy.runs == [(1, 4), (2, 4), (1, 4), (1, 4)]
+    no_fan(monkeypatch)
+    for g, w in zip(got, Runner(mlp, rows=4).execute(requests), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
 
 
 def test_small_runs_hold_few_points(mlp: TextModel, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows are ordered by point before they are cut into runs: 3 requests x 3 alphas in runs
-    of 4 rows hold at most 2 points each, not 4."""
+    of 4 rows hold at most 2 points each, not 4 (the last row, alone, runs the plain graph)."""
     requests = class_jacobian_and_paths(mlp)[1:4]
     spy = Spy(monkeypatch)
     got = Runner(mlp, rows=4).execute(requests)
-    assert spy.runs == [(2, 4), (2, 4), (1, 1)]
+    assert spy.runs == [(2, 4), (2, 4)]
     no_fan(monkeypatch)
     for g, w in zip(got, Runner(mlp, rows=4).execute(requests), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)

@@ -220,7 +220,12 @@ class Runner:
         with Progress(total, f"{group[0].label}:", enabled=self.progress) as bar:
             for start in range(0, total, cap):
                 take = order[start:start + cap]
-                out = self._fan_run(fan, group, owner[take], row[take], points[take], weights[take])
+                if len(np.unique(points[take])) <= FAN_SHARE * len(take):
+                    out = self._fan_run(fan, group, owner[take], row[take], points[take], weights[take])
+                else:  # a run of mostly distinct points (the group's unrepeated rest): the plain graph
+                    plain = self._gradient if isinstance(group[0], Gradient) else self._path_jvp
+                    rows = zip(owner[take].tolist(), row[take].tolist(), strict=True)
+                    out = plain(cast(list[Request], group), [_Piece(k, j, j + 1) for k, j in rows])
                 for k in np.unique(owner[take]):
                     mine = owner[take] == k
                     if outs[k] is None:
