@@ -326,3 +326,22 @@ def test_forward_requests_that_repeat_rows_run_once(mlp: TextModel, monkeypatch:
     got[0][0, 0] = 99.0  # each its own array
     assert got[1][0, 0] != 99.0
     assert not np.array_equal(got[4], got[0]) and not np.array_equal(got[5], got[0])
+
+
+def test_a_fan_form_that_cannot_be_built_leaves_the_plain_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A failure the surgery did not foresee is logged (asking for a report) and cached; the
+    engine answers with the plain graph, as without the fan form."""
+    model = load_model(tiny.write_model_dir(tmp_path / "m", tiny.tanh_mlp(TABLE, W1, B1 * 2, W2)))
+
+    def broken(*_: Any) -> dict[str, int | None]:
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(fan_module, "batch_axes", broken)
+    with caplog.at_level("WARNING", logger="blackbox_sal"):
+        assert fan_session(model) is None
+    assert "building the fan form failed (IndexError: list index out of range); please report it" in caplog.text
+    got = Runner(model, rows=64).execute(class_jacobian_and_paths(model))
+    x = model.embed(ids_of(TEXT)).astype(np.float64)
+    for c in range(C):
+        np.testing.assert_allclose(got[0][c], tiny.tanh_mlp_grad(x, W1, B1 * 2, W2, c), rtol=1e-5, atol=1e-6)

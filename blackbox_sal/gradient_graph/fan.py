@@ -28,7 +28,7 @@ import numpy as np
 
 from blackbox_sal.gradient_graph.session import FanSession, GradientSession
 from blackbox_sal.gradient_graph.store import cache_dir, graph_source, rules_session, store
-from blackbox_sal.model.session import create_session, run
+from blackbox_sal.model.session import create_session, first_line, run
 from blackbox_sal.model.text_model import TextModel, int_feeds
 from blackbox_sal.surgery.names import ALPHA, ANCHOR, DELTA, GRAD, ROW, WEIGHTS
 from blackbox_sal.text.printable import printable
@@ -88,6 +88,11 @@ def _fan(model: TextModel, rules: str, plain: GradientSession) -> FanSession | N
     except ModelError as exc:
         log.info("no fan form for %s: %s", printable(model.name), printable(str(exc)))
         store(str(exc).encode("utf-8"), failed)
+        return None
+    except Exception as exc:  # a graph the surgery did not foresee: the plain graph answers, as before
+        why = f"building the fan form failed ({type(exc).__name__}: {first_line(exc)})"
+        log.warning("no fan form for %s: %s; please report it", printable(model.name), printable(why))
+        store(why.encode("utf-8"), failed)
         return None
     store(data, cached)
     return fan
