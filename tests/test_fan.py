@@ -345,3 +345,24 @@ def test_a_fan_form_that_cannot_be_built_leaves_the_plain_graph(tmp_path: Path, 
     x = model.embed(ids_of(TEXT)).astype(np.float64)
     for c in range(C):
         np.testing.assert_allclose(got[0][c], tiny.tanh_mlp_grad(x, W1, B1 * 2, W2, c), rtol=1e-5, atol=1e-6)
+
+
+def test_fan_form_reduces_per_token_derivatives_in_the_graph(bert: TextModel) -> None:
+    """On a GPU the path form's token_jvp output [R, S] is fetched instead of grad [R, S, D]:
+    the fan form's equals the host's float64 reduction of its gradient (run here on the CPU)."""
+    fan = fan_session(bert)
+    assert fan is not None
+    on_device = FanSession(fan.session, reduce_on_device=True)
+    ids = ids_of(TEXT)
+    x = bert.embed(ids).astype(np.float32)
+    anchors, deltas = np.stack([0 * x, x]), np.stack([x, -0.5 * x]).astype(np.float32)
+    rows, alphas = np.array([1, 0, 0]), np.array([0.3, 0.6, 1.0], np.float32)
+    ints = np.stack([ids] * 3), np.zeros((3, len(ids)), np.int64)
+    fan_rows, weights = np.array([2, 0, 1, 1, 2, 0]), RNG.normal(size=(6, C))
+    host = fan.path_jvp(bert, anchors, deltas, rows, alphas, *ints, None, fan_rows, weights)
+    device = on_device.path_jvp(bert, anchors, deltas, rows, alphas, *ints, None, fan_rows, weights)
+    assert host.shape == device.shape == (6, len(ids))
+    np.testing.assert_allclose(device, host, rtol=1e-5, atol=1e-6 * float(np.abs(host).max()))
+    plain = gradient_session(bert).path_jvp(bert, anchors, deltas, rows[fan_rows], alphas[fan_rows], ints[0][fan_rows],
+                                            ints[1][fan_rows], weights)
+    np.testing.assert_allclose(host, plain, rtol=1e-5, atol=1e-6 * float(np.abs(plain).max()))
