@@ -155,9 +155,9 @@ class Spy:
         original = Runner._fan_run
 
         def spy(runner: Runner, fan: FanSession, group: Any, owner: np.ndarray, row: np.ndarray,
-                point: np.ndarray, weights: np.ndarray) -> np.ndarray:
+                point: np.ndarray) -> np.ndarray:
             self.runs.append((len(np.unique(point)), len(point)))
-            return original(runner, fan, group, owner, row, point, weights)
+            return original(runner, fan, group, owner, row, point)
 
         monkeypatch.setattr(Runner, "_fan_run", spy)
 

@@ -214,14 +214,13 @@ class Runner:
         owner = np.concatenate([np.full(r.n, k) for k, r in enumerate(group)])
         row = np.concatenate([np.arange(r.n) for r in group])
         points = np.concatenate(point_of)
-        weights = np.concatenate([np.asarray(r.weights, np.float32) for r in group])
         outs: list[np.ndarray | None] = [None] * len(group)
         cap = self.capacity(length)
         with Progress(total, f"{group[0].label}:", enabled=self.progress) as bar:
             for start in range(0, total, cap):
                 take = order[start:start + cap]
                 if len(np.unique(points[take])) <= FAN_SHARE * len(take):
-                    out = self._fan_run(fan, group, owner[take], row[take], points[take], weights[take])
+                    out = self._fan_run(fan, group, owner[take], row[take], points[take])
                 else:  # a run of mostly distinct points (the group's unrepeated rest): the plain graph
                     plain = self._gradient if isinstance(group[0], Gradient) else self._path_jvp
                     rows = zip(owner[take].tolist(), row[take].tolist(), strict=True)
@@ -237,9 +236,12 @@ class Runner:
         return True
 
     def _fan_run(self, fan: FanSession, group: list[Gradient | PathJvp], owner: np.ndarray, row: np.ndarray,
-                 point: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """One fan run over seed rows (request owner[r], its row row[r], at point point[r],
-        seeded with weights[r])."""
+                 point: np.ndarray) -> np.ndarray:
+        """One fan run over seed rows (request owner[r], its row row[r], at point point[r])."""
+        weights = np.empty((len(owner), group[0].weights.shape[1]), np.float32)
+        for k in np.unique(owner).tolist():  # a request's rows at once (a causal LM's seeds are vocabulary-wide)
+            mine = owner == k
+            weights[mine] = group[k].weights[row[mine]]
         _, first, fan_rows = np.unique(point, return_index=True, return_inverse=True)
         pieces = [_Piece(k, j, j + 1) for k, j in zip(owner[first].tolist(), row[first].tolist(), strict=True)]
         ids, types, masks = self._int_rows(cast(list[Request], group), pieces)
