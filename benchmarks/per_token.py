@@ -6,10 +6,12 @@ shared runs) against the same k targets explained one at a time, side by side in
 Model: ``models/tiny-tagger`` (built by ``models/build_tagger.py``). Text: 62 words (64 tokens
 with [CLS] and [SEP]) in which the tagger finds k >= 8 entities. "separate" drives each
 target's explanation alone (the same targets, each a :class:`PerTokenQuestion`, each
-its own forward and gradient runs); "packed" is :func:`explain_tokens`. Both include
-tokenizing. Printed: ``uptime`` first (the machine is shared), then per method the wall and
-process CPU time of each (median and range over the repeats), the ratio, and a check that both
-give the same matrix.
+its own forward and gradient runs); "packed" is :func:`explain_tokens`; "packed, plain" is
+the same with the engine's sharing of repeated points turned off (no fan form of the gradient
+graph, repeated prediction rows run again: the engine as it was before them), measured in the
+same process so the machine's load is the same. All include tokenizing. Printed: ``uptime``
+first (the machine is shared), then per method the wall and process CPU time of each (median and
+range over the repeats), the ratios, and a check that packed and separate give the same matrix.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
+from unittest import mock
 
 import numpy as np
 
@@ -63,6 +67,19 @@ def separate(model: TextModel, cfg: ExplainConfig, targets: list[Target], text: 
                                                  runner(model, cfg)).tokens]) for t in targets]
 
 
+@contextmanager
+def plain_engine() -> Iterator[None]:
+    """The engine without its sharing of repeated points: no fan form, no shared prediction rows."""
+    from blackbox_sal.engine import runner as runner_module
+
+    def no_fan(*_: Any) -> None:
+        return None
+
+    with (mock.patch.object(runner_module, "fan_session", no_fan),
+          mock.patch.object(runner_module, "_twins", lambda group: list(range(len(group))))):
+        yield
+
+
 def span(values: list[float]) -> str:
     return f"{statistics.median(values) * 1e3:7.1f} ms [{min(values) * 1e3:.1f}-{max(values) * 1e3:.1f}]"
 
@@ -89,16 +106,22 @@ def main() -> None:
         ids, _, _ = model.pad(tokens.ids, tokens.type_ids)
         scores = model.forward(model.embed(ids)[None], ids, tokens.type_ids)[0].reshape(len(ids), -1)
         targets = find_targets(scores, tokens, model.labels, None, None, None)
+        with plain_engine():
+            explain_tokens(model, args.text, cfg)
+            bw, bc, _ = timed(partial(explain_tokens, model, args.text, cfg), args.repeats)
         sw, sc, out = timed(partial(separate, model, cfg, targets, args.text), args.repeats)
         single = cast(list[np.ndarray], out)
         gap = max(float(np.max(np.abs(np.array(row) - s)) / max(np.max(np.abs(s)), 1e-30))
                   for row, s in zip(packed.matrix, single, strict=True))
         print(f"{method}, backend {args.backend} (k = {k} targets{', steps 32' if method == 'ig' else ''}):")
-        print(f"  packed   wall {span(pw)}  cpu {span(pc)}")
-        print(f"  separate wall {span(sw)}  cpu {span(sc)}")
+        print(f"  packed        wall {span(pw)}  cpu {span(pc)}")
+        print(f"  packed, plain wall {span(bw)}  cpu {span(bc)}")
+        print(f"  separate      wall {span(sw)}  cpu {span(sc)}")
         print(f"  separate / packed: wall {statistics.median(sw) / statistics.median(pw):.2f}x, "
               f"cpu {statistics.median(sc) / statistics.median(pc):.2f}x; largest difference of the two matrices "
               f"(relative to the row's peak): {gap:.1e}")
+        print(f"  packed, plain / packed: wall {statistics.median(bw) / statistics.median(pw):.2f}x, "
+              f"cpu {statistics.median(bc) / statistics.median(pc):.2f}x")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,18 @@ import onnxruntime as ort
 
 from blackbox_sal.model.session import batches, create_session, on_cuda, run
 from blackbox_sal.model.text_model import TextModel, fill, int_feeds, per_row
-from blackbox_sal.surgery.names import ALPHA, ANCHOR, DELTA, EMBEDS, GRAD, ROW, RULES_NOTE_KEY, TOKEN_JVP, WEIGHTS
+from blackbox_sal.surgery.names import (
+    ALPHA,
+    ANCHOR,
+    DELTA,
+    EMBEDS,
+    FAN_ROWS,
+    GRAD,
+    ROW,
+    RULES_NOTE_KEY,
+    TOKEN_JVP,
+    WEIGHTS,
+)
 from blackbox_sal.vocabulary.errors import ModelError
 
 
@@ -116,6 +127,54 @@ class GradientSession:
             feeds[EMBEDS] = (anchors[rows] + a * deltas[rows]).astype(np.float32)
         grad = np.asarray(run(self.session, [GRAD], feeds, "the gradient graph")[0])
         return np.einsum("psd,psd->ps", grad.astype(np.float64), deltas[rows].astype(np.float64))
+
+
+@dataclass(frozen=True)
+class FanSession:
+    """A gradient graph's fan form over its path form (:mod:`blackbox_sal.surgery.fan`),
+    loaded: the forward pass runs once per point (P of them), the backward once per seed row
+    (R), row r at point ``fan_rows[r]``. Made and checked by :mod:`.fan`."""
+
+    session: ort.InferenceSession
+    reduce_on_device: bool
+
+    @classmethod
+    def create(cls, fan_model: bytes, model: TextModel) -> FanSession:
+        session = create_session(fan_model, model.device_request, model.threads)
+        return cls(session, on_cuda(session))
+
+    def feeds(self, model: TextModel, anchors: np.ndarray, deltas: np.ndarray, rows: np.ndarray, alphas: np.ndarray,
+              ids: np.ndarray, type_ids: np.ndarray, mask: np.ndarray | None, fan_rows: np.ndarray,
+              weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Points anchors[rows[p]] + alphas[p] deltas[rows[p]] (anchors, deltas [Q, S, D]; rows,
+        alphas [P]; ids, type ids, mask [P, S]), seed rows ``fan_rows`` [R] with weights [R, C]."""
+        feeds = int_feeds(model.int_inputs, ids, type_ids, rows.shape[0], mask, model.mask_rank)
+        feeds.update({ANCHOR: np.ascontiguousarray(anchors, dtype=np.float32),
+                      DELTA: np.ascontiguousarray(deltas, dtype=np.float32), ROW: rows.astype(np.int64),
+                      ALPHA: alphas.astype(np.float32), FAN_ROWS: fan_rows.astype(np.int64),
+                      WEIGHTS: np.ascontiguousarray(weights, dtype=np.float32)})
+        return feeds
+
+    def gradient(self, model: TextModel, points: np.ndarray, ids: np.ndarray, type_ids: np.ndarray,
+                 mask: np.ndarray | None, fan_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Row r: d(weights[r] . output)/d points at points[fan_rows[r]] (points [P, S, D]; ids,
+        type ids, mask [P, S]; weights [R, C]): float32 [R, S, D]."""
+        p = points.shape[0]
+        feeds = self.feeds(model, points, points, np.arange(p), np.zeros(p, np.float32), ids, type_ids, mask,
+                           fan_rows, weights)
+        return np.asarray(run(self.session, [GRAD], feeds, "the gradient graph (fan form)")[0])
+
+    def path_jvp(self, model: TextModel, anchors: np.ndarray, deltas: np.ndarray, rows: np.ndarray,
+                 alphas: np.ndarray, ids: np.ndarray, type_ids: np.ndarray, mask: np.ndarray | None,
+                 fan_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """:meth:`GradientSession.path_jvp` of seed row r at point fan_rows[r] (the points as in
+        :meth:`feeds`): float64 [R, S], reduced where the plain graph's would be."""
+        feeds = self.feeds(model, anchors, deltas, rows, alphas, ids, type_ids, mask, fan_rows, weights)
+        if self.reduce_on_device:
+            return np.asarray(run(self.session, [TOKEN_JVP], feeds, "the gradient graph (fan form)")[0],
+                              dtype=np.float64)
+        grad = np.asarray(run(self.session, [GRAD], feeds, "the gradient graph (fan form)")[0])
+        return np.einsum("psd,psd->ps", grad.astype(np.float64), deltas[rows[fan_rows]].astype(np.float64))
 
 
 def _path_form(grad_model: bytes) -> bytes | None:

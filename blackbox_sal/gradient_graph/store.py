@@ -104,7 +104,7 @@ def _rules_built(model: TextModel, rules: str) -> GradientSession:
                          f"please report it") from exc
     data = proto.SerializeToString()
     session = GradientSession.create(data, model)
-    _store(data, path)
+    store(data, path)
     return session
 
 
@@ -135,6 +135,20 @@ def build_gradient(model: TextModel) -> onnx.ModelProto:
     return build(model)
 
 
+def graph_source(model: TextModel, rules: str = "gradient") -> bytes | None:
+    """The serialized gradient graph (plain form) the model's session for ``rules`` was made
+    from, read again where it lies (shipped in the folder, or in the cache); None where it
+    cannot be read (a cache that could not be written). For derived forms (:mod:`.fan`), which
+    are checked against the session in use, so a file changed since is caught there."""
+    try:
+        if rules == "gradient" and model.config.gradient_model:
+            return files.read_onnx(files.gradient_model_path(model.folder or Path("."),
+                                                             model.config.gradient_model)).SerializeToString()
+        return _cache_path(model, rules).read_bytes()
+    except (ModelError, OSError):
+        return None
+
+
 def _cache_path(model: TextModel, rules: str = "gradient") -> Path:
     if model.body is None:
         raise ModelError("this model keeps no graph to differentiate")
@@ -153,11 +167,11 @@ def _cached_or_built(model: TextModel) -> GradientSession:
     try:
         proto, graph = _built_and_verified(model)
     except ModelError as exc:
-        _store(str(exc).encode("utf-8"), failed)
+        store(str(exc).encode("utf-8"), failed)
         raise
     data = proto.SerializeToString()
-    _store(data, path)
-    _store(_digest(model, data).encode(), path.with_suffix(".digest"))
+    store(data, path)
+    store(_digest(model, data).encode(), path.with_suffix(".digest"))
     return graph
 
 
@@ -298,7 +312,7 @@ def prepare(model: TextModel, out: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _store(data: bytes, path: Path) -> None:
+def store(data: bytes, path: Path) -> None:
     """Write atomically; a cache that cannot be written is only a missed speed-up."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ DELTA = "path_delta"  # [requests, seq, dim]
 ROW = "path_row"  # [batch] int64: which request each row belongs to
 ALPHA = "path_alpha"  # [batch] float
 TOKEN_JVP = "token_jvp"  # [batch, seq]: per-token derivative along the delta's rows
+# the fan form (surgery.fan): the forward on P points, the backward on R seed rows
+FAN_ROWS = "fan_rows"  # [seeds] int64: each seed row's point, 0..P-1
 #: metadata of a graph built with an LRP rule set: its name, and the note naming the operators
 #: that kept their plain gradient ("" when none did)
 RULES_KEY, RULES_NOTE_KEY = "bbs_rules", "bbs_rules_note"
