@@ -90,12 +90,18 @@ def pass_throughs(graph: onnx.GraphProto) -> dict[str, str]:
     inputs = {i.name for i in graph.input}
     found: dict[str, str] = {}
     for out in graph.output:
-        name, seen = out.name, 0
-        while name in producer and producer[name].op_type in COPY_OPS and seen < 64:
-            name, seen = producer[name].input[0], seen + 1
-        if name in inputs:
-            found[out.name] = name
+        source = _copied(out.name, producer)
+        if source in inputs:
+            found[out.name] = source
     return found
+
+
+def _copied(name: str, producer: Mapping[str, onnx.NodeProto]) -> str:
+    """The tensor ``name`` is only a copy / cast / reshape of (itself where it is more)."""
+    seen = 0
+    while name in producer and producer[name].op_type in COPY_OPS and seen < 64:
+        name, seen = producer[name].input[0], seen + 1
+    return name
 
 
 def classify(name: str, dtype: str, first: np.ndarray, second: np.ndarray, *, rows: tuple[int, int],
@@ -211,6 +217,8 @@ class ArgMaxScores:
     argmax: str
     exposed: str
     axis: int
+    #: the ArgMax reaches the output through a Where's values: a gate the explanation leaves out
+    gated: bool = False
 
     def labels_last(self, shape: tuple[int, ...]) -> bool:
         """Whether the exposed output of this ``shape`` holds the labels on its last axis."""
@@ -218,7 +226,9 @@ class ArgMaxScores:
 
     def note(self) -> str:
         moved = "" if self.exposed == self.tensor else f" (as {self.exposed!r}, its labels axis {self.axis} moved last)"
-        return (f"the model returns only ArgMax({self.tensor!r}) (output {self.argmax!r}); its scores "
+        gate = (f" (through a Where: where its condition holds, {self.argmax!r} is another value, a gate left "
+                f"unexplained)") if self.gated else ""
+        return (f"the model returns only ArgMax({self.tensor!r}) (output {self.argmax!r}){gate}; its scores "
                 f"{self.tensor!r} are explained{moved}")
 
 
@@ -228,37 +238,43 @@ _INDEX_PATH = {**{op: (0,) for op in ("Identity", "Cast", "Squeeze", "Unsqueeze"
 _FLOAT_ELEMS = (1, 10, 11, 16)  # float, float16, double, bfloat16
 
 
-def argmax_sources(graph: onnx.GraphProto) -> list[tuple[str, str, int]]:
-    """(tensor, output, axis) for each ArgMax whose answer reaches a graph output unchanged
+def argmax_sources(graph: onnx.GraphProto) -> list[tuple[str, str, int, bool]]:
+    """(tensor, output, axis, through a Where) for each ArgMax whose answer reaches a graph output unchanged
     (through :data:`_INDEX_PATH`: a Where's values, not its condition), in the outputs' order."""
     producer = {o: n for n in graph.node for o in n.output if o}
-    found: list[tuple[str, str, int]] = []
+    found: list[tuple[str, str, int, bool]] = []
     for out in graph.output:
-        stack, seen = [out.name], 0
+        stack, seen = [(out.name, False)], 0
         while stack and seen < 256:
-            node, seen = producer.get(stack.pop()), seen + 1
+            name, gated = stack.pop()
+            node, seen = producer.get(name), seen + 1
             if node is None:
                 continue
             if node.op_type == "ArgMax":
                 axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
                 if all(f[0] != node.input[0] for f in found):
-                    found.append((node.input[0], out.name, int(axis)))
+                    found.append((node.input[0], out.name, int(axis), gated))
             elif node.op_type in _INDEX_PATH:
-                stack += [node.input[k] for k in reversed(_INDEX_PATH[node.op_type]) if k < len(node.input)]
+                stack += [(node.input[k], gated or node.op_type == "Where")
+                          for k in reversed(_INDEX_PATH[node.op_type]) if k < len(node.input)]
     return found
 
 
 def expose_argmax_scores(model: onnx.ModelProto, asked: str | None) -> tuple[onnx.ModelProto, list[ArgMaxScores]]:
     """``model`` with the float tensors its ArgMax outputs read added as outputs, when none of
     its outputs is float (or ``asked`` names such a tensor); the copy is changed, not ``model``.
-    A tensor whose type is known and not float is left out (an ArgMax over ids stays refused);
-    its labels axis is moved last where the rank is known."""
+    A tensor whose type is not float is left out (an ArgMax over ids stays refused); its labels
+    axis is moved last where the rank is known. Unasked, the integer outputs are dropped with
+    the nodes only they needed: a gate's own lookup of the ids (the text2tashkeel ensemble's)
+    would otherwise be the one the split cuts, and the explained scores would not depend on it."""
     import onnx
     from onnx import helper
 
     graph = model.graph
     outputs = {o.name for o in graph.output}
-    sources = [s for s in argmax_sources(graph) if s[0] not in outputs]
+    producer = {o: n for n in graph.node for o in n.output if o}
+    inputs = {i.name for i in graph.input}  # an ArgMax over a copy of an input predicts nothing
+    sources = [s for s in argmax_sources(graph) if s[0] not in outputs and _copied(s[0], producer) not in inputs]
     if asked is not None:
         sources = [s for s in sources if s[0] == asked]
     elif any(o.type.tensor_type.elem_type in _FLOAT_ELEMS for o in graph.output):
@@ -268,15 +284,15 @@ def expose_argmax_scores(model: onnx.ModelProto, asked: str | None) -> tuple[onn
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
         infos = {v.name: v for v in inferred.graph.value_info}
-    except Exception:  # noqa: BLE001 - shape inference is a hint here: ORT types the outputs itself
+    except Exception:  # shape inference is a hint here: onnxruntime types the outputs itself
         infos = {}
-    untyped = [t for t, _, _ in sources if not _elem(infos.get(t))]
+    untyped = [t for t, _, _, _ in sources if not _elem(infos.get(t))]
     if untyped:  # onnx cannot type it (after a contrib operator): onnxruntime can
         infos.update(_runtime_types(model, untyped))
     changed = onnx.ModelProto()
     changed.CopyFrom(model)
     exposed: list[ArgMaxScores] = []
-    for tensor, argmax, axis in sources:
+    for tensor, argmax, axis, gated in sources:
         info = infos.get(tensor)
         elem = _elem(info)
         if elem not in _FLOAT_ELEMS:  # an ArgMax over ids, or of a type no one can tell: left refused
@@ -295,8 +311,35 @@ def expose_argmax_scores(model: onnx.ModelProto, asked: str | None) -> tuple[onn
             shape = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in dims]
             shape = shape if name == tensor else [shape[a] for a in perm]
         changed.graph.output.append(helper.make_tensor_value_info(name, elem, shape))
-        exposed.append(ArgMaxScores(tensor, argmax, name, axis))
+        exposed.append(ArgMaxScores(tensor, argmax, name, axis, gated))
+    if exposed and asked is None:  # the integer outputs go, and what only they needed (a second lookup of the ids)
+        kept = [o for o in changed.graph.output if o.name in {a.exposed for a in exposed}]
+        del changed.graph.output[:]
+        changed.graph.output.extend(kept)
+        _prune(changed.graph)
     return changed, exposed
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop the nodes no graph output needs (in place); names a subgraph reads count as needed."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed |= set(node.input) | _read_inside(node)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+
+
+def _read_inside(node: onnx.NodeProto) -> set[str]:
+    """Every name the subgraphs of ``node`` (If, Loop, Scan) read, at any depth."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for inner in sub.node:
+                names |= set(inner.input) | _read_inside(inner)
+    return names
 
 
 def _elem(info: onnx.ValueInfoProto | None) -> int:
