@@ -39,7 +39,7 @@ import numpy as np
 
 from blackbox_sal.gradient_graph.session import GradientSession
 from blackbox_sal.model.text_model import TextModel
-from blackbox_sal.vocabulary.differences import RICHARDSON, combine
+from blackbox_sal.vocabulary.differences import combine
 from blackbox_sal.vocabulary.errors import ModelError
 
 #: relative error allowed per direction, and how many conclusive directions may exceed it
