@@ -85,11 +85,16 @@ def test_ways_on_closed_forms() -> None:
     """A quadratic: every way is stable, the central one exact. A kink at distance d on the
     forward side, inside the ladder: forward unstable, backward stable at the left slope."""
     steps = 1e-2 * LADDER
-    f = lambda t: 3.0 * t + 5.0 * t**2  # noqa: E731 - a closed form, f'(0) = 3
+    def f(t: np.ndarray | float) -> np.ndarray:  # a closed form, f'(0) = 3
+        return np.asarray(3.0 * t + 5.0 * np.square(t))
+
     est, spread = ways(np.array([f(0.0)]), f(steps)[None], f(-steps)[None], steps)
     assert est[0, 0] == pytest.approx(3.0, abs=1e-12) and np.all(spread[0] < 0.2)
     d = 0.6e-2  # between the two largest steps: slope 3 left of d, 1 right of it
-    g = lambda t: np.where(t < d, 3.0 * t, 3.0 * d + (t - d))  # noqa: E731
+
+    def g(t: np.ndarray) -> np.ndarray:
+        return np.where(t < d, 3.0 * t, 3.0 * d + (t - d))
+
     est, spread = ways(np.array([0.0]), g(steps)[None], g(-steps)[None], steps)
     # forward at 1e-2: (3d + (1e-2 - d)) / 1e-2 = 2.2, then 3 and 3; central 2.6, then 3 and 3
     assert spread[0, 1] == pytest.approx(0.8) and spread[0, 0] == pytest.approx(0.4)
