@@ -118,13 +118,14 @@ def test_a_tagger_returning_only_argmax_explains_its_scores(tmp_path: Path, buil
 
 def test_a_classifier_returning_only_argmax_explains_its_logits(tmp_path: Path) -> None:
     original = classifier()
-    model = load_model(_folder(tmp_path, original))
+    names = ["w", "x", "y", "z"]
+    model = load_model(tiny.write_model_dir(tmp_path / "m", original, labels=names))  # config.json's id2label
     assert model.task == "classification" and model.output == "logits"
     assert any("returns only ArgMax('logits') (output 'answer')" in n for n in model.notes)
     e = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph"))
     logits = ort.InferenceSession(_with_output(original, "logits").SerializeToString(),
                                   providers=["CPUExecutionProvider"]).run(["logits"], {"input_ids": IDS})[0]
-    assert e.target.index == int(np.argmax(logits[0]))
+    assert e.target.index == int(np.argmax(logits[0])) and e.target.label == names[e.target.index]
     want = _file_fd(original, "logits", (0, e.target.index))
     np.testing.assert_allclose([t.score for t in e.tokens], want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
 
