@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blackbox_sal.gradient_graph.session import GradientSession
-from blackbox_sal.gradient_graph.verify import verify
+from blackbox_sal.gradient_graph.verify import FAILED_SUFFIX, verify
 from blackbox_sal.model import files
 from blackbox_sal.model.session import first_line
 from blackbox_sal.model.text_model import TextModel
@@ -157,7 +157,7 @@ def _cache_path(model: TextModel, rules: str = "gradient") -> Path:
 
 def _cached_or_built(model: TextModel) -> GradientSession:
     path = _cache_path(model)
-    failed = path.with_suffix(".failed")
+    failed = path.with_suffix(FAILED_SUFFIX)  # the verdict of the check as it is now
     if not path.is_file() and failed.is_file():  # no graph can be had: say so, don't retry
         raise ModelError(failed.read_text(encoding="utf-8", errors="replace").strip())
     if path.is_file():

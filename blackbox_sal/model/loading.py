@@ -41,7 +41,15 @@ from blackbox_sal.model.inputs import (
     row_coupled_note,
 )
 from blackbox_sal.model.model_config import ModelConfig, pooling_folder, sentence_transformers_pooling
-from blackbox_sal.model.outputs import OutputKind, answer_span_pair, choose, classify, pass_throughs
+from blackbox_sal.model.outputs import (
+    ArgMaxScores,
+    OutputKind,
+    answer_span_pair,
+    choose,
+    classify,
+    expose_argmax_scores,
+    pass_throughs,
+)
 from blackbox_sal.model.prepared import load_prepared
 from blackbox_sal.model.session import create_session, run
 from blackbox_sal.model.text_model import PROBE_TEXT, Runtime, TextModel, int_feeds
@@ -116,6 +124,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     tokenizer.no_padding()
     notes: tuple[str, ...] = ()
     ids_name = IDS
+    proto, argmax_of = expose_argmax_scores(proto, output)  # only integer outputs: the scores their ArgMax reads
+    output = next((a.exposed for a in argmax_of if a.tensor == output), output)
     copies = pass_throughs(proto.graph)  # named as the file names its inputs
     maps = channel_maps(config.channels, tokenizer, found.onnx_path.parent) if config.channels else {}
     if EMBEDS not in {i.name for i in proto.graph.input}:
@@ -184,7 +194,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     if row_coupled(quantized) and model.fixed_batch is None:
         model = replace(model, fixed_batch=1, notes=(*notes, row_coupled_note(quantized)))
         notes = model.notes
-    kinds, one_row = _output_kinds(model, copies, pooling is not None)
+    kinds, one_row = _output_kinds(model, copies, pooling is not None, {a.exposed for a in argmax_of})
     if one_row and model.fixed_batch is None:  # a batch axis declared free that takes one row (khmersm's view)
         model = replace(model, fixed_batch=1, notes=(*notes, "the model declares a free batch axis but fails on two "
                                                      "rows: its runs take one row at a time"))
@@ -198,6 +208,9 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
             model = replace(model, origin=f"{model.origin} ({_check_against(model, original, span_pair[0])})")
         return model
     chosen, choice_note = choose(kinds, output)
+    scores_of = next((a for a in argmax_of if a.exposed == chosen.name), None)
+    if scores_of is not None:
+        choice_note = _argmax_note(scores_of, chosen)
     source = chosen.name
     model = replace(model, output=source, notes=notes + choice_note)
     if not chosen.batch_axis:  # [classes]: one row per run, the output given its batch axis
@@ -509,8 +522,15 @@ def _no_cls_note(tokenizer: Tokenizer) -> tuple[str, ...]:
             "tokenizer.json a post_processor that adds them",)
 
 
-def _output_kinds(model: TextModel, copies: dict[str, str],
-                  pooling_asked: bool) -> tuple[list[OutputKind], bool]:
+def _argmax_note(scores: ArgMaxScores, chosen: OutputKind) -> tuple[str, ...]:
+    if not scores.labels_last(chosen.shape):
+        raise ModelError(f"the model returns only ArgMax({scores.tensor!r}) over axis {scores.axis} of "
+                         f"{list(chosen.shape)}, not its last: its labels axis cannot be told apart")
+    return (scores.note(),)
+
+
+def _output_kinds(model: TextModel, copies: dict[str, str], pooling_asked: bool,
+                  argmax_of: set[str] | None = None) -> tuple[list[OutputKind], bool]:
     """Every output of the loaded body, sorted into what it holds by two probe runs: the probe
     sentence at its length and a few tokens shorter (one length for a fixed-length export), at
     one row and at two (the fixed batch where there is one); and whether the model failed on
@@ -537,7 +557,8 @@ def _output_kinds(model: TextModel, copies: dict[str, str],
     types_of = {o.name: o.type for o in model.session.get_outputs()}
     return [classify(name, types_of[name], runs[0][k], runs[1][k], rows=rows, lengths=(len(ids), len(second[0])),
                      fixed_batch=model.fixed_batch, vocab=model.table.shape[0], labels=labels,
-                     pooling_asked=pooling_asked, copy_of=copies.get(name)) for k, name in enumerate(names)], \
+                     pooling_asked=pooling_asked, copy_of=copies.get(name),
+                     argmax_of=name in (argmax_of or ())) for k, name in enumerate(names)], \
         rows == (1, 1) and model.fixed_batch is None
 
 
