@@ -1,0 +1,230 @@
+"""Ids that feed several lookups (issue 21): every lookup the explained output reads is split.
+
+The synthetic gate reads the ids twice, ``logits = mean_s(T1[ids_s] * sigmoid(T2[ids_s])) W``:
+split at T1 alone, the gate's path from a token to the output was never perturbed nor
+differentiated. Every score is checked against the ORIGINAL file: occlusion against the file
+run with the token replaced by the pad token, grad x input against the closed form, IG by
+completeness against the file run on the baseline ids. A RoBERTa-like model whose position ids
+are computed from the ids, and a model whose second lookup only feeds an output that is not
+explained, are left as they were; a second lookup that cannot be joined is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tiny
+from onnx import TensorProto, helper, numpy_helper
+
+from blackbox_sal.api.explaining import explain
+from blackbox_sal.model.loading import load_model
+from blackbox_sal.surgery.channels import Channel
+from blackbox_sal.vocabulary.config import ExplainConfig
+from blackbox_sal.vocabulary.errors import ModelError
+from blackbox_sal.vocabulary.result import Explanation
+
+D, C = 4, 3
+RNG = np.random.default_rng(2126)
+T1 = tiny.table(D, seed=11)
+T2 = RNG.normal(0, 1.0, (len(tiny.VOCAB), D)).astype(np.float32)
+W = RNG.normal(0, 0.8, (D, C)).astype(np.float32)
+POS = RNG.normal(0, 0.5, (40, D)).astype(np.float32)
+TEXT = "the film was good and the plot great"
+PAD = tiny.VOCAB["[PAD]"]
+NOTE = ("the ids feed 2 lookups ('T1', 'T2') that the output reads: both are split; scores are their sum, "
+        "per-table scores in channels")
+
+
+def _scores(e: Explanation) -> np.ndarray:
+    return np.array([t.score for t in e.tokens])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.asarray(1 / (1 + np.exp(-x.astype(np.float64))))
+
+
+def _gate(shape: str = "plain", aux: bool = False) -> onnx.ModelProto:
+    """logits = mean_s(T1[ids_s] * sigmoid(T2[ids_s])) W. ``shape``: "plain" (both lookups read
+    the ids), "flat" (both read Reshape(ids, [-1]), the embeddings reshaped back), "8-bit" (T2
+    stored in int8, a DequantizeLinear after its lookup), "arithmetic" (T2 read at ids + 1),
+    "bias" (the gate is a per-token scalar from a 1-D table). With ``aux`` the gate is not in
+    logits but a second output ``gate`` [batch, seq, D] of its own."""
+    nodes = []
+    inits: dict[str, np.ndarray] = {"T1": T1, "W": W, "seq_axis": np.array([1], np.int64)}
+    ids = "input_ids"
+    if shape == "flat":
+        nodes += [helper.make_node("Reshape", ["input_ids", "minus_one"], ["flat_ids"]),
+                  helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+                  helper.make_node("Concat", ["ids_shape", "dim"], ["e_shape"], axis=0)]
+        inits.update({"minus_one": np.array([-1], np.int64), "dim": np.array([D], np.int64)})
+        ids = "flat_ids"
+    nodes.append(helper.make_node("Gather", ["T1", ids], ["E1_raw" if shape == "flat" else "E1"]))
+    if shape == "arithmetic":
+        nodes.append(helper.make_node("Add", [ids, "one"], ["shifted"]))
+        inits["one"] = np.array(1, np.int64)
+        nodes.append(helper.make_node("Gather", ["T2", "shifted"], ["E2"]))
+    elif shape == "8-bit":
+        nodes += [helper.make_node("Gather", ["T2_quantized", ids], ["E2_q"]),
+                  helper.make_node("DequantizeLinear", ["E2_q", "T2_scale", "T2_zero"], ["E2"])]
+    elif shape == "bias":
+        nodes += [helper.make_node("Gather", ["T2_bias", ids], ["b"]),
+                  helper.make_node("Unsqueeze", ["b", "last"], ["E2"])]
+        inits["last"] = np.array([-1], np.int64)
+    else:
+        nodes.append(helper.make_node("Gather", ["T2", ids], ["E2_raw" if shape == "flat" else "E2"]))
+    if shape == "flat":
+        nodes += [helper.make_node("Reshape", ["E1_raw", "e_shape"], ["E1"]),
+                  helper.make_node("Reshape", ["E2_raw", "e_shape"], ["E2"])]
+    nodes.append(helper.make_node("Sigmoid", ["E2"], ["gate"]))
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", C])]
+    if aux:
+        nodes.append(helper.make_node("ReduceMean", ["E1"], ["pooled"], keepdims=0, axes=[1]))
+        outputs.append(helper.make_tensor_value_info("gate", TensorProto.FLOAT, ["batch", "seq", D]))
+    else:
+        nodes += [helper.make_node("Mul", ["E1", "gate"], ["h"]),
+                  helper.make_node("ReduceMean", ["h"], ["pooled"], keepdims=0, axes=[1])]
+    nodes.append(helper.make_node("MatMul", ["pooled", "W"], ["logits"]))
+    if shape == "8-bit":
+        inits.update({"T2_quantized": _Q2, "T2_scale": np.array(_SCALE, np.float32),
+                      "T2_zero": np.array(0, np.int8)})
+    elif shape == "bias":
+        inits["T2_bias"] = T2[:, 0].copy()
+    else:
+        inits["T2"] = T2
+    graph = helper.make_graph(nodes, "gate", [tiny._ids_input()], outputs,
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", tiny.OPSET)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+_SCALE = 0.02
+_Q2 = np.clip(np.round(T2 / _SCALE), -127, 127).astype(np.int8)
+
+
+def _t2(shape: str) -> np.ndarray:
+    """The gate's table as the file holds it, in float."""
+    return _Q2.astype(np.float32) * np.float32(_SCALE) if shape == "8-bit" else T2
+
+
+def _ids(text: str = TEXT) -> np.ndarray:
+    return np.array([tiny.VOCAB[w] for w in text.split()], np.int64)
+
+
+def _run(m: onnx.ModelProto, ids: np.ndarray, output: str = "logits") -> np.ndarray:
+    """The ORIGINAL file run on ids [n, S] -> float64 [n, ...]."""
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run([output], {"input_ids": ids})[0], np.float64)
+
+
+@pytest.mark.parametrize("shape", ["plain", "flat", "8-bit"])
+def test_both_lookups_are_split_and_every_method_sees_the_gate(tmp_path: Path, shape: str) -> None:
+    m = _gate(shape)
+    model = load_model(tiny.write_model_dir(tmp_path / shape, m))
+    name = "T2_quantized" if shape == "8-bit" else "T2"  # a channel is named after its table in the file
+    note = NOTE.replace("'T2'", repr(name))
+    assert model.channels == (Channel("tokens", "input_ids", 0, D), Channel(name, "input_ids", D, 2 * D))
+    assert note in model.notes
+    # no lookup reads the ids any more (the flat export's Shape(input_ids) still does)
+    kept = {"input_ids"} if shape == "flat" else set()
+    assert {i.name for i in model.session.get_inputs()} == {"inputs_embeds"} | kept
+    t2 = _t2(shape)
+    np.testing.assert_array_equal(model.table, np.concatenate([T1, t2], axis=1))
+    ids = _ids()
+    target = 1
+
+    # occlusion == the ORIGINAL file with each token replaced by the pad token, in turn
+    occluded = np.repeat(ids[None], len(ids), axis=0)
+    occluded[np.arange(len(ids)), np.arange(len(ids))] = PAD
+    want = _run(m, ids[None])[0, target] - _run(m, occluded)[:, target]
+    e = explain(model, TEXT, ExplainConfig(method="occlusion", target=target))
+    np.testing.assert_allclose(_scores(e), want, rtol=1e-5, atol=1e-6)
+
+    # grad x input == the closed form, through both tables, per table too
+    e1, e2 = T1[ids].astype(np.float64), t2[ids].astype(np.float64)
+    s = _sigmoid(e2)
+    g1 = s * W[:, target] / len(ids)
+    g2 = e1 * s * (1 - s) * W[:, target] / len(ids)
+    e = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph", target=target))
+    np.testing.assert_allclose(_scores(e), (e1 * g1 + e2 * g2).sum(axis=1), rtol=1e-5, atol=1e-6)
+    assert e.channels is not None
+    np.testing.assert_allclose(e.channels[0].scores, (e1 * g1).sum(axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(e.channels[1].scores, (e2 * g2).sum(axis=1), rtol=1e-5, atol=1e-6)
+    assert np.abs((e2 * g2).sum(axis=1)).max() > 0.02  # the gate's part: what the split at T1 alone left out
+    assert note in e.notes
+
+    # IG is complete against the ORIGINAL file on the baseline's ids (every token the pad)
+    e = explain(model, TEXT, ExplainConfig(method="ig", backend="graph", steps=64, target=target))
+    f_x, f_base = _run(m, ids[None])[0, target], _run(m, np.full((1, len(ids)), PAD))[0, target]
+    assert abs(e.baseline_value - f_base) < 1e-6
+    assert abs(_scores(e).sum() - (f_x - f_base)) < 1e-4 * max(1.0, abs(f_x - f_base))
+
+
+def test_the_output_that_does_not_read_the_second_lookup_leaves_it_alone(tmp_path: Path) -> None:
+    m = _gate(aux=True)
+    model = load_model(tiny.write_model_dir(tmp_path / "aux", m))
+    assert model.channels == () and not any("lookups" in n for n in model.notes)
+    np.testing.assert_array_equal(model.table, T1)
+    ids = _ids()
+    e = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph", target=2))
+    e1 = T1[ids].astype(np.float64)
+    np.testing.assert_allclose(_scores(e), e1 @ W[:, 2] / len(ids), rtol=1e-5, atol=1e-6)
+    # asked to explain the gate output itself, the same file joins its lookup
+    gated = load_model(tiny.write_model_dir(tmp_path / "aux2", m), output="gate", pooling="mean")
+    assert [c.name for c in gated.channels] == ["tokens", "T2"]
+
+
+@pytest.mark.parametrize(("shape", "why"), [
+    ("arithmetic", "also Gather 'E2' on 'T2' through index arithmetic (Add), which the output 'logits' reads"),
+    ("bias", "also Gather 'b' on 'T2_bias', which the output 'logits' reads but which cannot be split beside the "
+             "first (the table has 1 dimensions, not 2)"),
+])
+def test_a_second_lookup_that_cannot_be_joined_is_refused(tmp_path: Path, shape: str, why: str) -> None:
+    with pytest.raises(ModelError, match="the ids feed the lookup 'T1' and also") as info:
+        load_model(tiny.write_model_dir(tmp_path / shape, _gate(shape)))
+    assert why in str(info.value)
+    assert "explaining the first alone would leave out part of what each token does" in str(info.value)
+
+
+def _roberta_like() -> onnx.ModelProto:
+    """logits = mean_s(T1[ids_s] + POS[p_s]) W with RoBERTa's position ids computed from the ids:
+    p = cumsum(ids != pad) * (ids != pad) + pad."""
+    nodes = [
+        helper.make_node("Gather", ["T1", "input_ids"], ["E1"]),
+        helper.make_node("Equal", ["input_ids", "pad"], ["is_pad"]),
+        helper.make_node("Not", ["is_pad"], ["real"]),
+        helper.make_node("Cast", ["real"], ["real_i"], to=TensorProto.INT64),
+        helper.make_node("CumSum", ["real_i", "one_axis"], ["count"]),
+        helper.make_node("Mul", ["count", "real_i"], ["counted"]),
+        helper.make_node("Add", ["counted", "pad"], ["positions"]),
+        helper.make_node("Gather", ["POS", "positions"], ["P"]),
+        helper.make_node("Add", ["E1", "P"], ["h"]),
+        helper.make_node("ReduceMean", ["h"], ["pooled"], keepdims=0, axes=[1]),
+        helper.make_node("MatMul", ["pooled", "W"], ["logits"]),
+    ]
+    inits = {"T1": T1, "POS": POS, "W": W, "pad": np.array(PAD, np.int64), "one_axis": np.array(1, np.int64)}
+    graph = helper.make_graph(nodes, "roberta-like", [tiny._ids_input()],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", C])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", tiny.OPSET)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_position_ids_computed_from_the_ids_are_not_a_second_table(tmp_path: Path) -> None:
+    m = _roberta_like()
+    model = load_model(tiny.write_model_dir(tmp_path / "roberta", m))
+    assert model.channels == () and not any("lookups" in n for n in model.notes)
+    np.testing.assert_array_equal(model.table, T1)
+    ids = _ids()
+    e = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph", target=0))
+    np.testing.assert_allclose(_scores(e), T1[ids].astype(np.float64) @ W[:, 0] / len(ids), rtol=1e-5, atol=1e-6)
+    # and the split still computes the file: positions come from the ids it still reads
+    got = model.forward(model.embed(ids)[None], ids, np.zeros_like(ids))
+    np.testing.assert_allclose(got, _run(m, ids[None]), rtol=1e-6, atol=1e-6)
