@@ -174,9 +174,18 @@ def test_the_output_that_does_not_read_the_second_lookup_leaves_it_alone(tmp_pat
     e = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph", target=2))
     e1 = T1[ids].astype(np.float64)
     np.testing.assert_allclose(_scores(e), e1 @ W[:, 2] / len(ids), rtol=1e-5, atol=1e-6)
-    # asked to explain the gate output itself, the same file joins its lookup
+    # asked to explain the gate output itself (mean-pooled), the same file joins its lookup; the
+    # split's first table (T1, as large) is then the one the output does not read
     gated = load_model(tiny.write_model_dir(tmp_path / "aux2", m), output="gate", pooling="mean")
     assert [c.name for c in gated.channels] == ["tokens", "T2"]
+    assert ("the ids feed 2 lookups ('T1', 'T2'); the output reads 'T2', not 'T1' (the largest, split first): both "
+            "are split; scores are their sum, per-table scores in channels ('T1''s are zero)") in gated.notes
+    e = explain(gated, TEXT, ExplainConfig(method="grad-x-input", backend="graph", target=0))
+    e2 = T2[ids, 0].astype(np.float64)
+    s = _sigmoid(e2)
+    np.testing.assert_allclose(_scores(e), e2 * s * (1 - s) / len(ids), rtol=1e-5, atol=1e-7)
+    assert e.channels is not None
+    np.testing.assert_allclose(e.channels[0].scores, 0.0, atol=1e-9)
 
 
 @pytest.mark.parametrize(("shape", "why"), [

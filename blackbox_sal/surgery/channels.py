@@ -260,8 +260,14 @@ def join_lookups(body: onnx.ModelProto, table: np.ndarray, channels: tuple[Chann
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"the model split at its other lookups of the ids does not pass onnx.checker: {exc}") from exc
     said = "both are" if len(names) == 2 else f"all {len(names)} are"
-    note = (f"the ids feed {len(names)} lookups ({', '.join(repr(n) for n in names)}) that the output reads: {said} "
-            f"split; scores are their sum, per-table scores in channels")
+    if EMBEDS in needed or channels:
+        note = (f"the ids feed {len(names)} lookups ({', '.join(repr(n) for n in names)}) that the output reads: "
+                f"{said} split; scores are their sum, per-table scores in channels")
+    else:  # the largest table, split first, is not what this output reads
+        read = ", ".join(repr(n) for n in names[1:])
+        note = (f"the ids feed {len(names)} lookups ({', '.join(repr(n) for n in names)}); the output reads {read}, "
+                f"not {first!r} (the largest, split first): {said} split; scores are their sum, per-table scores in "
+                f"channels ({first!r}'s are zero)")
     return Joined(new, serialized, np.concatenate(tables, axis=1).astype(np.float32), tuple(found), note)
 
 
