@@ -19,6 +19,10 @@ checks on a probe as for any split, and every method works on the joined embeddi
 one: a token's score is its total over both channels. A channel's own score is the part of
 that total from its dimensions (:mod:`blackbox_sal.methods.channels`): with a linear
 reduction the channels' scores add up to the token's.
+
+The same joining serves ids that feed several lookups themselves (a gate with its own table of
+the tokens): :func:`join_lookups` splits every other lookup of the ids that the explained output
+reads, each a channel with the identity map, and refuses one it cannot join.
 """
 
 from __future__ import annotations
