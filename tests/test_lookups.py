@@ -237,3 +237,87 @@ def test_position_ids_computed_from_the_ids_are_not_a_second_table(tmp_path: Pat
     # and the split still computes the file: positions come from the ids it still reads
     got = model.forward(model.embed(ids)[None], ids, np.zeros_like(ids))
     np.testing.assert_allclose(got, _run(m, ids[None]), rtol=1e-6, atol=1e-6)
+
+
+#: text2tashkeel's wheel, where benchmarks/third_party.py caches it
+WHEELS = Path(__file__).resolve().parents[1] / "models" / ".cache" / "third-party" / "wheels" / "text2tashkeel"
+
+
+def _ensemble(tmp_path: Path, outputs: list[tuple[str, int]]) -> tuple[Path, onnx.ModelProto]:
+    """text2tashkeel's rawi_ensemble.int8.onnx (two int8 LSTM networks, each with its own lookup
+    of the ids, whose ArgMaxes meet in a Where) with ``outputs`` (name, element type) as its
+    outputs; skipped without the wheel."""
+    import zipfile
+
+    wheels = sorted(WHEELS.glob("*.whl"))
+    if not wheels:
+        pytest.skip(f"no text2tashkeel wheel under {WHEELS} (python benchmarks/third_party.py downloads it)")
+    folder = tmp_path / "ensemble"
+    folder.mkdir()
+    with zipfile.ZipFile(wheels[0]) as z:
+        m = onnx.load_from_string(z.read("text2tashkeel/models/rawi_ensemble.int8.onnx"))
+        (folder / "rawi_v2.vocab.json").write_bytes(z.read("text2tashkeel/models/rawi_v2.vocab.json"))
+    if any(name == "both" for name, _ in outputs):
+        m.graph.node.append(helper.make_node("Concat", ["g_output", "v_value"], ["both"], axis=-1))
+    del m.graph.output[:]
+    m.graph.output.extend(helper.make_tensor_value_info(n, t, ["b", "s", "c"][:2 if t == TensorProto.INT64 else 3])
+                          for n, t in outputs)
+    onnx.save(m, str(folder / "model.onnx"))
+    return folder, m
+
+
+@pytest.mark.heavy
+def test_the_real_ensemble_joins_its_two_int8_lookups(tmp_path: Path) -> None:
+    """A float output that reads both networks joins both 8-bit, re-quantized lookups: occlusion
+    equals the file run with each character replaced, and the split equals the file exactly."""
+    import json
+
+    folder, m = _ensemble(tmp_path, [("both", TensorProto.FLOAT)])
+    model = load_model(folder, pooling="mean")
+    assert [c.name for c in model.channels] == ["tokens", "v_embedding.weight_quantized"]
+    assert "max difference 0," in model.origin
+    text, other = "السلام عليكم", "ا"
+    vocab = json.loads((folder / "rawi_v2.vocab.json").read_text())["char_to_idx"]
+    ids = np.array([vocab[c] for c in text], np.int64)
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def f(row: np.ndarray) -> float:
+        return float(session.run(["both"], {"input": row[None]})[0][0, :, 0].mean())
+
+    want = []
+    for k in range(len(ids)):
+        row = ids.copy()
+        row[k] = vocab[other]
+        want.append(f(ids) - f(row))
+    e = explain(model, text, ExplainConfig(method="occlusion", baseline=other, target=0))
+    np.testing.assert_allclose(_scores(e), want, atol=1e-5)
+    assert np.abs(want).max() > 1.0
+
+
+@pytest.mark.heavy
+def test_the_real_ensemble_value_scores_beside_its_integer_output(tmp_path: Path) -> None:
+    """The value network's scores kept beside the integer output: the gate's lookup (as large,
+    split first) stays in the file, and the value network's is joined; before, every score was 0."""
+    import json
+
+    folder, m = _ensemble(tmp_path, [("gated_cls", TensorProto.INT64), ("v_value", TensorProto.FLOAT)])
+    model = load_model(folder)
+    assert model.output != "gated_cls"
+    assert [c.name for c in model.channels] == ["tokens", "v_embedding.weight_quantized"]
+    text, other = "السلام عليكم", "ا"
+    vocab = json.loads((folder / "rawi_v2.vocab.json").read_text())["char_to_idx"]
+    ids = np.array([vocab[c] for c in text], np.int64)
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    e = explain(model, text, ExplainConfig(method="occlusion", baseline=other, at=2))
+    label = int(np.argmax(session.run(["v_value"], {"input": ids[None]})[0][0, 2]))
+
+    def f(row: np.ndarray) -> float:
+        return float(session.run(["v_value"], {"input": row[None]})[0][0, 2, label])
+
+    want = []
+    for k in range(len(ids)):
+        row = ids.copy()
+        row[k] = vocab[other]
+        want.append(f(ids) - f(row))
+    np.testing.assert_allclose(_scores(e), want, atol=1e-4)
+    assert np.abs(want).max() > 1.0
