@@ -165,6 +165,22 @@ def test_both_lookups_are_split_and_every_method_sees_the_gate(tmp_path: Path, s
     assert abs(_scores(e).sum() - (f_x - f_base)) < 1e-4 * max(1.0, abs(f_x - f_base))
 
 
+def test_finite_differences_and_a_prepared_folder_see_the_gate_too(tmp_path: Path) -> None:
+    """The finite-difference backend perturbs both tables' rows (grad x input == the graph's), and
+    a prepared folder (the edge install's inputs_embeds and joined table) explains the same."""
+    from blackbox_sal.gradient_graph.store import prepare
+
+    model = load_model(tiny.write_model_dir(tmp_path / "gate", _gate()))
+    graph = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph", target=2))
+    fd = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="fd", target=2))
+    np.testing.assert_allclose(_scores(fd), _scores(graph), rtol=1e-3, atol=1e-5)
+    ready = load_model(prepare(model, tmp_path / "prepared"))
+    assert ready.channels == model.channels
+    again = explain(ready, TEXT, ExplainConfig(method="grad-x-input", backend="graph", target=2))
+    np.testing.assert_allclose(_scores(again), _scores(graph), rtol=1e-6, atol=1e-8)
+    assert again.channels == graph.channels
+
+
 def test_the_output_that_does_not_read_the_second_lookup_leaves_it_alone(tmp_path: Path) -> None:
     m = _gate(aux=True)
     model = load_model(tiny.write_model_dir(tmp_path / "aux", m))
