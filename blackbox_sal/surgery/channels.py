@@ -175,7 +175,7 @@ def join_lookups(body: onnx.ModelProto, table: np.ndarray, channels: tuple[Chann
     from onnx import helper
 
     from blackbox_sal.surgery.prune import clear_shapes, node_inputs, prune, remove
-    from blackbox_sal.surgery.split import INDEX_ARITHMETIC, MIRRORED, _mirror, _per_column, find_lookups
+    from blackbox_sal.surgery.split import INDEX_ARITHMETIC, MIRRORED, find_lookups, mirror, per_column
 
     if IDS not in {i.name for i in body.graph.input}:
         return None
@@ -228,11 +228,11 @@ def join_lookups(body: onnx.ModelProto, table: np.ndarray, channels: tuple[Chann
         mirrored = [n for n in lookup.chain if n.op_type in MIRRORED]
         if mirrored or lookup.requantize:  # nodes that compute the lookup's own output from the slice
             floats = f"{lookup.output}__float" if lookup.requantize else lookup.output
-            nodes = _mirror(mirrored, floats, lookup.table.shape[1], g, source=sliced) if mirrored else []
+            nodes = mirror(mirrored, floats, lookup.table.shape[1], g, source=sliced) if mirrored else []
             if lookup.requantize:
                 quantize = helper.make_node("QuantizeLinear", [floats if mirrored else sliced, *lookup.requantize],
                                             [lookup.output], name=f"{sliced}__quantize")
-                if _per_column(g, lookup.requantize[0]):
+                if per_column(g, lookup.requantize[0]):
                     quantize.attribute.append(helper.make_attribute("axis", -1))
                 nodes.append(quantize)
             for k, node in enumerate(nodes):

@@ -250,11 +250,11 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
                 node.input[k] = EMBEDS
         if emb_out in node_inputs(node) and emb_out not in node.input:
             raise ModelError("the embedding output is read inside a subgraph; cannot split this model")
-    new_nodes = _mirror(mirrored, floats, table.shape[1], g) if mirrored else []
+    new_nodes = mirror(mirrored, floats, table.shape[1], g) if mirrored else []
     if found.requantize:
         source = floats if mirrored else EMBEDS
         quantize = helper.make_node("QuantizeLinear", [source, *found.requantize], [emb_out])
-        if _per_column(g, found.requantize[0]):
+        if per_column(g, found.requantize[0]):
             quantize.attribute.append(helper.make_attribute("axis", -1))
         new_nodes.append(quantize)
     for k, node in enumerate(new_nodes):
@@ -285,13 +285,13 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
                           table_name=found.gather.input[0])
 
 
-def _per_column(g: onnx.GraphProto, name: str) -> bool:
+def per_column(g: onnx.GraphProto, name: str) -> bool:
     """Whether quantization parameter ``name`` is per column (more than one value)."""
     t = next((t for t in g.initializer if t.name == name), None)
     return t is not None and int(np.prod(t.dims)) > 1
 
 
-def _mirror(ops: list[onnx.NodeProto], out: str, dim: int, g: onnx.GraphProto,
+def mirror(ops: list[onnx.NodeProto], out: str, dim: int, g: onnx.GraphProto,
             source: str = EMBEDS) -> list[onnx.NodeProto]:
     """Nodes that repeat the shape-only ``ops`` the ids went through on a [batch, seq] stand-in
     cut from the embeddings ``source`` [batch, seq, dim], then reshape them to that shape plus
