@@ -99,7 +99,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         import onnx
     except ImportError:  # an edge install: onnxruntime, numpy and tokenizers only
         raise ModelError(f"{NO_ONNX}; {str(found.onnx_path.parent)!r} is not a prepared folder") from None
-    from blackbox_sal.surgery.channels import Channel, split_channels
+    from blackbox_sal.surgery.channels import Channel, join_lookups, split_channels
     from blackbox_sal.surgery.dequantize import drop_requantization, float_twin, weight_only
     from blackbox_sal.surgery.interfaces import (
         flat_per_token,
@@ -151,6 +151,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     quantized = quantized_ops(proto)
     original: bytes | None
     serialized = b""
+    first: str | None = None  # the table of the lookup split, when the model was split
     if EMBEDS in {i.name for i in proto.graph.input}:
         if found.embeddings_path is None:
             raise ModelError(f"the model takes {EMBEDS!r} but there is no embeddings.npy beside it")
@@ -164,6 +165,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
             body, dropped = drop_requantization(body)
             serialized = body.SerializeToString() if dropped else serialized
         origin = f"split at {split.lookup}" + (" (an 8-bit table, dequantized)" if split.quantized_table else "")
+        first = split.table_name
         del split
         # the original is kept only as the bytes its check needs: the parsed proto is as large
         # again, and a large model's load peaked with both (BERT-base: 2.95 GB -> see README)
@@ -213,6 +215,14 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         choice_note = _argmax_note(scores_of, chosen)
     source = chosen.name
     model = replace(model, output=source, notes=notes + choice_note)
+    joined = join_lookups(body, model.table, model.channels, ids_name, source, first) if first else None
+    if joined is not None:  # the explained output reads other lookups of the ids: split at each, as channels
+        body = joined.body
+        runtime = model.runtime.again(joined.serialized)
+        ints, mask_rank = int_inputs(runtime.session)
+        model = replace(model, body=body, table=joined.table, channels=joined.channels, runtime=runtime,
+                        int_inputs=ints, mask_rank=mask_rank, row_norm=mean_row_norm(joined.table),
+                        notes=(*model.notes, joined.note))
     if not chosen.batch_axis:  # [classes]: one row per run, the output given its batch axis
         body = with_batch_axis(body, source)
         model = replace(model, body=body, output=body.graph.output[-1].name, fixed_batch=1,

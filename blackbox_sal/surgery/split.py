@@ -66,6 +66,7 @@ class EmbeddingSplit:
         original inputs other than the ids (and the ids themselves if ``needs_ids``).
     needs_ids: whether the body still reads ``input_ids`` (e.g. ``Shape(input_ids)``).
     lookup: the name of the Gather node that was removed.
+    table_name: the name its table had in the graph (an initializer's, or a computed tensor's).
     quantized_table: whether the table was stored in 8 bits.
     table_ops: the operators that computed the table from constants (folded at load).
     serialized: ``body`` serialized (what onnx.checker passed), for the session that runs it.
@@ -78,6 +79,7 @@ class EmbeddingSplit:
     quantized_table: bool = False
     table_ops: tuple[str, ...] = ()
     serialized: bytes = field(default=b"", repr=False)
+    table_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,28 +147,45 @@ def find_lookup(graph: onnx.GraphProto, ids_name: str) -> Lookup:
     """The word-embedding lookup fed by ``ids_name``: a Gather (axis 0) whose indices come from
     the ids and whose table is a constant 2-D tensor or a function of constants alone (folded,
     :mod:`blackbox_sal.surgery.fold`). Several candidates (rare: a second table indexed by the
-    ids) resolve to the largest table. ModelError names every Gather the search rejected."""
+    ids) resolve to the largest table; the others are joined to it once the explained output is
+    known (:func:`blackbox_sal.surgery.channels.join_lookups`). ModelError names every Gather
+    the search rejected."""
+    candidates, refused = find_lookups(graph, ids_name)
+    if not candidates:
+        tried = f" (rejected: {'; '.join(why for _, why in refused)})" if refused else ""
+        raise ModelError(
+            f"no word-embedding lookup found{tried}: looked for a Gather whose indices come from {ids_name!r} "
+            f"(directly or through casts, reshapes and index arithmetic) on a 2-D float table that is a constant "
+            f"or computed from constants (an 8-bit table with its scale, say). Export the model with an "
+            f"'inputs_embeds' input instead and put the table beside it as embeddings.npy")
+    return max(candidates, key=lambda c: c.table.shape[0])
+
+
+def find_lookups(graph: onnx.GraphProto, ids_name: str) -> tuple[list[Lookup], list[tuple[onnx.NodeProto, str]]]:
+    """Every Gather whose indices come from ``ids_name`` (see :func:`_reached_from`), in graph
+    order: those that are word-embedding lookups (as :func:`find_lookup` takes them), and the
+    others, each with why it is not one (its table computed at run time, say)."""
     index = GraphIndex.of(graph)
     reached = _reached_from(graph, ids_name, set(index.constants))
     consts, users = index.constants, index.users
     candidates: list[Lookup] = []
-    refused: list[str] = []
+    refused: list[tuple[onnx.NodeProto, str]] = []
     for node in graph.node:
         if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in reached:
             continue
         where = f"Gather {node.name or node.output[0]!r} on {node.input[0]!r}"
         if attr_int(node, "axis", 0) != 0:
-            refused.append(f"{where}: it gathers along axis {attr_int(node, 'axis', 0)}, not the rows")
+            refused.append((node, f"{where}: it gathers along axis {attr_int(node, 'axis', 0)}, not the rows"))
             continue
         chain = tuple(n for n in reached[node.input[1]])
         source = node.input[0]
         folded = fold(index, source)
         if folded.value is None:
-            refused.append(f"{where}: {folded.why}")
+            refused.append((node, f"{where}: {folded.why}"))
             continue
         array, ops = folded.value, folded.ops
         if array.ndim != 2:
-            refused.append(f"{where}: the table has {array.ndim} dimensions, not 2")
+            refused.append((node, f"{where}: the table has {array.ndim} dimensions, not 2"))
             continue
         after = users.get(node.output[0], [])
         if array.dtype.kind == "f":
@@ -179,7 +198,7 @@ def find_lookup(graph: onnx.GraphProto, ids_name: str) -> Lookup:
                 candidates.append(Lookup(node, table, chain, (node, dq), dq.output[0], True,
                                          ops=(*ops, "DequantizeLinear")))
             else:
-                refused.append(f"{where}: 8-bit, with a DequantizeLinear whose parameters are not constants")
+                refused.append((node, f"{where}: 8-bit, with a DequantizeLinear whose parameters are not constants"))
         elif array.dtype in (np.int8, np.uint8):
             # the 8-bit lookup feeds integer ops directly (quantize_dynamic fuses it into a
             # MatMulInteger); its parameters follow onnxruntime's naming: X_quantized, X_scale, X_zero_point
@@ -191,17 +210,10 @@ def find_lookup(graph: onnx.GraphProto, ids_name: str) -> Lookup:
                 candidates.append(Lookup(node, table, chain, (node,), node.output[0], True, (scale, zero),
                                          ops=("DequantizeLinear",)))
             else:
-                refused.append(f"{where}: 8-bit, without a DequantizeLinear or {scale!r}/{zero!r}")
+                refused.append((node, f"{where}: 8-bit, without a DequantizeLinear or {scale!r}/{zero!r}"))
         else:
-            refused.append(f"{where}: the table is {array.dtype}, not float")
-    if not candidates:
-        tried = f" (rejected: {'; '.join(refused)})" if refused else ""
-        raise ModelError(
-            f"no word-embedding lookup found{tried}: looked for a Gather whose indices come from {ids_name!r} "
-            f"(directly or through casts, reshapes and index arithmetic) on a 2-D float table that is a constant "
-            f"or computed from constants (an 8-bit table with its scale, say). Export the model with an "
-            f"'inputs_embeds' input instead and put the table beside it as embeddings.npy")
-    return max(candidates, key=lambda c: c.table.shape[0])
+            refused.append((node, f"{where}: the table is {array.dtype}, not float"))
+    return candidates, refused
 
 
 def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> EmbeddingSplit:
@@ -238,11 +250,11 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
                 node.input[k] = EMBEDS
         if emb_out in node_inputs(node) and emb_out not in node.input:
             raise ModelError("the embedding output is read inside a subgraph; cannot split this model")
-    new_nodes = _mirror(mirrored, floats, table.shape[1], g) if mirrored else []
+    new_nodes = mirror(mirrored, floats, table.shape[1], g) if mirrored else []
     if found.requantize:
         source = floats if mirrored else EMBEDS
         quantize = helper.make_node("QuantizeLinear", [source, *found.requantize], [emb_out])
-        if _per_column(g, found.requantize[0]):
+        if per_column(g, found.requantize[0]):
             quantize.attribute.append(helper.make_attribute("axis", -1))
         new_nodes.append(quantize)
     for k, node in enumerate(new_nodes):
@@ -269,26 +281,29 @@ def split_embedding(model: onnx.ModelProto, ids_name: str = "input_ids") -> Embe
     except onnx.checker.ValidationError as exc:  # a bug in the surgery, or a model onnx rejects
         raise ModelError(f"the split model does not pass onnx.checker: {exc}") from exc
     return EmbeddingSplit(table=table, body=body, needs_ids=needs_ids, lookup=found.gather.name,
-                          quantized_table=found.quantized, table_ops=found.ops, serialized=serialized)
+                          quantized_table=found.quantized, table_ops=found.ops, serialized=serialized,
+                          table_name=found.gather.input[0])
 
 
-def _per_column(g: onnx.GraphProto, name: str) -> bool:
+def per_column(g: onnx.GraphProto, name: str) -> bool:
     """Whether quantization parameter ``name`` is per column (more than one value)."""
     t = next((t for t in g.initializer if t.name == name), None)
     return t is not None and int(np.prod(t.dims)) > 1
 
 
-def _mirror(ops: list[onnx.NodeProto], out: str, dim: int, g: onnx.GraphProto) -> list[onnx.NodeProto]:
+def mirror(ops: list[onnx.NodeProto], out: str, dim: int, g: onnx.GraphProto,
+            source: str = EMBEDS) -> list[onnx.NodeProto]:
     """Nodes that repeat the shape-only ``ops`` the ids went through on a [batch, seq] stand-in
-    cut from the embeddings, then reshape the embeddings to that shape plus [dim], as ``out``."""
+    cut from the embeddings ``source`` [batch, seq, dim], then reshape them to that shape plus
+    [dim], as ``out``."""
     def const(name: str, value: list[int]) -> str:
         g.initializer.append(numpy_helper.from_array(np.array(value, np.int64), f"{out}__{name}"))
         return f"{out}__{name}"
 
     stem = f"{out}__ids"
     nodes = [
-        helper.make_node("Slice", [EMBEDS, const("zero", [0]), const("one", [1]), const("last", [-1])], [f"{stem}0"]),
-        helper.make_node("Shape", [EMBEDS], [f"{stem}shape"]),
+        helper.make_node("Slice", [source, const("zero", [0]), const("one", [1]), const("last", [-1])], [f"{stem}0"]),
+        helper.make_node("Shape", [source], [f"{stem}shape"]),
         helper.make_node("Slice", [f"{stem}shape", const("zero0", [0]), const("two", [2])], [f"{stem}bs"]),
         helper.make_node("Reshape", [f"{stem}0", f"{stem}bs"], [f"{stem}1"]),
     ]
@@ -305,6 +320,6 @@ def _mirror(ops: list[onnx.NodeProto], out: str, dim: int, g: onnx.GraphProto) -
     nodes += [
         helper.make_node("Shape", [current], [f"{stem}_shape"]),
         helper.make_node("Concat", [f"{stem}_shape", const("dim", [dim])], [f"{stem}_target"], axis=0),
-        helper.make_node("Reshape", [EMBEDS, f"{stem}_target"], [out]),
+        helper.make_node("Reshape", [source, f"{stem}_target"], [out]),
     ]
     return nodes
