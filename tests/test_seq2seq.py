@@ -453,3 +453,43 @@ def test_the_server_answers_as_the_package_api(exports: Path) -> None:
     assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
     assert client.get("/v1/models/t5").json() == {"name": "t5", "ready": True}
     assert client.get("/v1/models").json() == {"models": ["t5"]}
+
+
+def test_points_sharing_runs_equal_each_point_alone_and_the_encoder_runs_once_per_point(
+        loaded: tuple[Any, Any]) -> None:
+    """Rows of different points in one run (batch_size 3 over 3 points x 5 steps) give each
+    point's gradients as a run of that point alone; the encoder's forward runs on one row per
+    point (its backward half reads the saved tensors), and the source's run is shared by
+    generation and the explanation's point at the source."""
+    from blackbox_sal.seq2seq.explaining import chained_gradients, explain_generation
+
+    pair, _ = loaded
+    src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
+    out = np.array([10, 11, 12, 13, pair.eos_id], np.int64)
+    prefix = np.array([pair.start_id, *out[:-1]], np.int64)
+    x = pair.encoder_table[src].astype(np.float32)
+    points = np.stack([x, 0.5 * x, 0.2 * x + 0.1])
+    together = chained_gradients(pair, points, src, prefix, out, batch_size=3)
+    for p in range(3):
+        alone = chained_gradients(pair, points[p:p + 1], src, prefix, out, batch_size=64)
+        for a, b in zip(together, alone, strict=True):
+            np.testing.assert_allclose(a[p], b[0], rtol=1e-5, atol=1e-6)
+    rows: dict[str, int] = {}
+
+    def counting(name: str) -> Any:
+        method = getattr(pair, name)
+
+        def counted(*args: Any) -> Any:
+            rows[name] = rows.get(name, 0) + len(args[0])
+            return method(*args)
+        return counted
+
+    for name in ("encode", "encode_saving", "encoder_vjp"):
+        object.__setattr__(pair, name, counting(name))
+    try:
+        e = explain_generation(pair, SOURCE, generate_tokens=3, method="ig", steps=4)
+    finally:
+        for name in ("encode", "encode_saving", "encoder_vjp"):
+            object.__delattr__(pair, name)
+    # 6 points (4 nodes, the baseline, the source): 5 encoded here, the source's once for all
+    assert rows == {"encode_saving": 1 + 5, "encoder_vjp": 6 * len(e.output_tokens)}

@@ -33,11 +33,13 @@ from blackbox_sal.model.probe import probe
 from blackbox_sal.model.session import create_session, run
 from blackbox_sal.surgery.dequantize import float_twin
 from blackbox_sal.surgery.encoder_decoder import (
+    FLAT_STATES,
     GRAD_STATES,
     LOG_PROBS,
+    SAVED,
     STATES,
     decoder_gradient,
-    encoder_gradient,
+    encoder_halves,
     flat_encoder,
     scored_decoder,
 )
@@ -80,10 +82,16 @@ class Pair:
     decoder_output: str
     encoder_body: Any = field(repr=False)  # None: a single graph, whose "states" are the source embeddings
     decoder_body: Any = field(repr=False)
-    encoder_grad: Any = field(repr=False)
+    encoder_grad: Any = field(repr=False)  # the encoder's backward half (surgery.encoder_decoder.encoder_halves)
     decoder_grad: Any = field(repr=False)  # None (both, for a pair): no gradient graph, see no_graph
     #: why no gradient graph could be built (an operator without a reverse rule), else None
     no_graph: str | None = None
+    #: the encoder's forward that also returns the tensors its backward half reads (None: no graph)
+    encoder_saving: Any = field(default=None, repr=False)
+    #: the names of those tensors, in the saving forward's outputs after the states
+    saved: tuple[str, ...] = ()
+    #: the inputs the backward half reads besides the saved tensors and the weights
+    backward_inputs: frozenset[str] = frozenset()
 
     @property
     def shared_table(self) -> bool:
@@ -135,11 +143,28 @@ class Pair:
         out = run(self.decoder_grad, [LOG_PROBS, GRAD, GRAD_STATES], feeds, "the decoder's gradient graph")
         return np.asarray(out[0]), np.asarray(out[1]), np.asarray(out[2])
 
-    def encoder_vjp(self, embeds: np.ndarray, mask: np.ndarray, ids: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
-        """d(sum(cotangent * states))/d source embeds [B, S, D] (a single graph: the cotangent)."""
+    def encode_saving(self, embeds: np.ndarray, mask: np.ndarray, ids: np.ndarray
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Encoder states [B, S, D] and the forward tensors the encoder's backward half reads
+        (by name, each [B, ...]): the one forward run an explanation needs per point. A single
+        graph's states are its source embeddings, and it saves nothing."""
+        if self.encoder_saving is None:
+            return self.encode(embeds, mask, ids), {}
+        out = run(self.encoder_saving, [FLAT_STATES, *self.saved], self.encoder_feeds(embeds, mask, ids),
+                  "the encoder")
+        states = np.asarray(out[0]).reshape(len(embeds), embeds.shape[1], -1)
+        return states, {name: np.asarray(v) for name, v in zip(self.saved, out[1:], strict=True)}
+
+    def encoder_vjp(self, embeds: np.ndarray, mask: np.ndarray, ids: np.ndarray, cotangent: np.ndarray,
+                    saved: dict[str, np.ndarray]) -> np.ndarray:
+        """d(sum(cotangent * states))/d source embeds [B, S, D] by the encoder's backward half,
+        from the rows' saved forward tensors (:meth:`encode_saving`; a single graph: the
+        cotangent itself)."""
         if self.encoder_grad is None:
             return cotangent.astype(np.float32)
-        feeds = {**self.encoder_feeds(embeds, mask, ids), WEIGHTS: cotangent.reshape(len(cotangent), -1)}
+        feeds = {k: v for k, v in self.encoder_feeds(embeds, mask, ids).items() if k in self.backward_inputs}
+        feeds.update({SAVED + name: value for name, value in saved.items()})
+        feeds[WEIGHTS] = cotangent.reshape(len(cotangent), -1).astype(np.float32)
         return np.asarray(run(self.encoder_grad, [GRAD], feeds, "the encoder's gradient graph")[0])
 
 
@@ -206,12 +231,16 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
         EMBEDS: x.astype(np.float32), STATES: rng.normal(0, 1, (ids.shape[0], ids.shape[1] + 2, width)).astype(
             np.float32), ENCODER_MASK: np.ones((ids.shape[0], ids.shape[1] + 2), np.int64),
         **({IDS: ids} if IDS in dec_inputs else {})})
+    enc_saving: onnx.ModelProto | None = None
+    enc_grad: onnx.ModelProto | None = None
+    dec_grad: onnx.ModelProto | None = None
+    saved: tuple[str, ...] = ()
     try:
-        enc_grad: onnx.ModelProto | None = encoder_gradient(enc_fwd, probe(enc_fwd, enc_feeds))
-        dec_grad: onnx.ModelProto | None = decoder_gradient(dec_fwd, probe(dec_fwd, dec_feeds))
+        enc_saving, enc_grad, saved = encoder_halves(enc_fwd, probe(enc_fwd, enc_feeds))
+        dec_grad = decoder_gradient(dec_fwd, probe(dec_fwd, dec_feeds))
         why = None
     except ModelError as exc:  # an operator without a reverse rule: finite differences answer
-        enc_grad = dec_grad = None
+        enc_saving = enc_grad = dec_grad = None
         why = str(exc)
 
     def session(model: onnx.ModelProto | bytes) -> Any:
@@ -226,7 +255,10 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
                 decoder_inputs=dec_inputs, encoder_output=enc_out, decoder_output=dec_out,
                 encoder_body=session(enc_split.serialized), decoder_body=session(dec_split.serialized),
                 encoder_grad=None if enc_grad is None else session(enc_grad),
-                decoder_grad=None if dec_grad is None else session(dec_grad), no_graph=why)
+                decoder_grad=None if dec_grad is None else session(dec_grad), no_graph=why,
+                encoder_saving=None if enc_saving is None else session(enc_saving), saved=saved,
+                backward_inputs=frozenset() if enc_grad is None else frozenset(
+                    i.name for i in enc_grad.graph.input if not i.name.startswith(SAVED)))
 
 
 def _rename_input(model: onnx.ModelProto, old: str, new: str) -> None:

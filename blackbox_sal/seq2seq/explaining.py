@@ -22,6 +22,7 @@ explanation in shared runs of at most ``batch_size`` rows.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -41,12 +42,17 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(k, min(k + size, n)) for k in range(0, n, size)]
 
 
-def generate(pair: Pair, source_ids: np.ndarray, max_new: int) -> list[int]:
+#: one source's encoder run: the states [1, S, D] and the tensors the encoder's backward reads
+Encoded = tuple[np.ndarray, dict[str, np.ndarray]]
+
+
+def generate(pair: Pair, source_ids: np.ndarray, max_new: int, encoded: Encoded | None = None) -> list[int]:
     """Greedy decoding: at most ``max_new`` tokens, stopping after the end-of-sequence token.
-    The decoder reruns on the growing prefix (no past key values)."""
+    The decoder reruns on the growing prefix (no past key values). ``encoded``: the source's
+    encoder run when the caller has it (:meth:`Pair.encode_saving`), else it is run here."""
     ids = source_ids[None]
     mask = np.ones_like(ids)
-    states = pair.encode(pair.encoder_table[ids], mask, ids)
+    states = pair.encode(pair.encoder_table[ids], mask, ids) if encoded is None else encoded[0]
     out: list[int] = []
     for _ in range(max_new):
         prefix = np.array([[pair.start_id, *out]], np.int64)
@@ -57,17 +63,36 @@ def generate(pair: Pair, source_ids: np.ndarray, max_new: int) -> list[int]:
     return out
 
 
+def _encoded_points(pair: Pair, source: np.ndarray, ids: np.ndarray, batch_size: int,
+                    last: Encoded | None) -> Encoded:
+    """The encoder's saving forward over every point, in runs of ``batch_size``; the last
+    point's run is ``last`` when given (the unperturbed source, already encoded)."""
+    todo = len(source) - (last is not None)
+    runs = [pair.encode_saving(source[s], np.ones_like(ids[s]), ids[s]) for s in _chunks(todo, batch_size)]
+    if last is not None:
+        runs.append(last)
+    states = np.concatenate([r[0] for r in runs])
+    saved = {name: np.concatenate([r[1][name] for r in runs]) for name in runs[0][1]}
+    return states, saved
+
+
 def chained_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix_ids: np.ndarray,
-                      targets: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      targets: np.ndarray, batch_size: int = 64, last: Encoded | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For source embeddings ``source`` [P, S, D] (P points, e.g. IG's) and the output
     ``targets`` [T] after ``prefix_ids`` [T]: (log p_t at each point [P, T], d log p_t / d
-    source [P, T, S, D], d log p_t / d prefix embeddings [P, T, T, D])."""
+    source [P, T, S, D], d log p_t / d prefix embeddings [P, T, T, D]).
+
+    The encoder's forward runs once per point (saving what its reverse pass reads), the
+    decoder's gradient graph and the encoder's backward half once per (point, step) row.
+    ``last``: the last point's encoder run, when the caller has it (the unperturbed source,
+    encoded for generation)."""
     points, length, _ = source.shape
     steps = len(targets)
     vocab = pair.decoder_table.shape[0]
     ids = np.repeat(source_ids[None], points, 0)
     mask = np.ones_like(ids)
-    states = np.concatenate([pair.encode(source[s], mask[s], ids[s]) for s in _chunks(points, batch_size)])
+    states, saved = _encoded_points(pair, source, ids, batch_size, last)
     rows = points * steps
     point = np.repeat(np.arange(points), steps)
     step = np.tile(np.arange(steps), points)
@@ -79,11 +104,12 @@ def chained_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, pr
     g_prefix = np.empty((rows, steps, dec_embeds.shape[2]), np.float32)
     g_source = np.empty((rows, length, source.shape[2]), np.float32)
     for s in _chunks(rows, batch_size):
-        flat, g_dec, g_states = pair.decoder_vjp(dec_embeds[s], dec_ids[s], states[point[s]], mask[point[s]],
-                                                 weights[s], ids[point[s]])
+        at = point[s]
+        flat, g_dec, g_states = pair.decoder_vjp(dec_embeds[s], dec_ids[s], states[at], mask[at], weights[s], ids[at])
         log_probs[s] = flat[np.arange(s.stop - s.start), step[s] * vocab + targets[step[s]]]
         g_prefix[s] = g_dec
-        g_source[s] = pair.encoder_vjp(source[point[s]], mask[point[s]], ids[point[s]], g_states)
+        g_source[s] = pair.encoder_vjp(source[at], mask[at], ids[at], g_states,
+                                       {name: value[at] for name, value in saved.items()})
     return (log_probs.reshape(points, steps), g_source.reshape(points, steps, length, -1),
             g_prefix.reshape(points, steps, steps, -1))
 
@@ -165,21 +191,23 @@ def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = N
     if backend == "graph" and pair.decoder_grad is None:
         raise UsageError(f"--backend graph: this model has no gradient graph ({pair.no_graph}); use fd or auto")
     use = "fd" if backend == "fd" or pair.decoder_grad is None else "graph"
-    gradients = chained_gradients if use == "graph" else fd_gradients
     if (generate_tokens is None) == (target_text is None):
         raise UsageError("an encoder/decoder model needs --generate N or --target-text TEXT (one of them)")
     if generate_tokens is not None and not 1 <= generate_tokens <= MAX_OUTPUT_TOKENS:
         raise UsageError(f"--generate must be between 1 and {MAX_OUTPUT_TOKENS}")
     tokens = tokenize(pair.tokenizer, text, max_length, max_chars)
     source_ids = tokens.ids.astype(np.int64)
+    x = pair.encoder_table[source_ids].astype(np.float32)
+    # the source's one encoder run, shared by generation and the explanation's point at x
+    encoded = pair.encode_saving(x[None], np.ones((1, len(source_ids)), np.int64), source_ids[None])
     if target_text is not None:
         outputs = tokenize(pair.tokenizer, target_text, MAX_OUTPUT_TOKENS, max_chars).ids.astype(np.int64)
     else:
-        outputs = np.array(generate(pair, source_ids, generate_tokens or 1), np.int64)
+        outputs = np.array(generate(pair, source_ids, generate_tokens or 1, encoded), np.int64)
     if not len(outputs):
         raise InputError("the target text has no tokens")
     prefix_ids = np.array([pair.start_id, *outputs[:-1]], np.int64)
-    x = pair.encoder_table[source_ids].astype(np.float32)
+    gradients = partial(chained_gradients, last=encoded) if use == "graph" else fd_gradients
     prefix_x = pair.decoder_table[prefix_ids].astype(np.float32)
     score = _per_token(method)
     deltas: tuple[float, ...] | None = None

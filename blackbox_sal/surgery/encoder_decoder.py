@@ -28,6 +28,7 @@ from onnx import helper
 from blackbox_sal.surgery.facts import Facts
 from blackbox_sal.surgery.gradient import checked_gradient, forward_part
 from blackbox_sal.surgery.names import EMBEDS, GRAD, WEIGHTS
+from blackbox_sal.surgery.prune import node_inputs, prune
 from blackbox_sal.surgery.reverse import reverse
 
 #: the decoder's input carrying the encoder's output (optimum's name)
@@ -105,3 +106,45 @@ def _rename_adjoints(graph: onnx.GraphProto, nodes_before: int, initializers_bef
     for node in added:
         for k, name in enumerate(node.input):
             node.input[k] = renamed.get(name, name)
+
+
+#: the prefix a saved forward tensor takes as an input of the encoder's backward half
+SAVED = "bbs_saved/"
+
+
+def encoder_halves(forward: onnx.ModelProto, facts: Facts) -> tuple[onnx.ModelProto, onnx.ModelProto, tuple[str, ...]]:
+    """The encoder's gradient graph cut in two, so that its forward runs once per point and its
+    reverse pass once per (point, output step) row (pure)::
+
+        saving forward:  inputs_embeds, attention_mask -> states [B, S*D], saved_1 .. saved_k
+        backward:        SAVED + saved_i [B, ...], target_weights [B, S*D], (the inputs) -> grad
+
+    The saved tensors are the batch-major float tensors of the forward that the reverse pass
+    reads (``facts``: their first axis followed the probes' batch sizes); whatever else it reads
+    from the forward (shape arithmetic) is recomputed in the backward half from the saved ones.
+    A row of the backward half may repeat a row of the forward's: the reverse pass is linear in
+    its weights, every saved tensor is per row. Returns (forward, backward, the saved names)."""
+    whole = reverse(forward, EMBEDS, FLAT_STATES, WEIGHTS, GRAD, facts)
+    produced = {o for node in whole.graph.node[:len(forward.graph.node)] for o in node.output if o}
+    batches = [s[0] for s in facts.shapes[EMBEDS]]
+    batch_major = {n for n in produced if facts.is_float(n) and n in facts.shapes
+                   and all(len(s) > 0 and s[0] == b for s, b in zip(facts.shapes[n], batches, strict=True))}
+    for node in whole.graph.node:
+        for k, name in enumerate(node.input):
+            if name in batch_major:
+                node.input[k] = SAVED + name
+    graph = whole.graph
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(GRAD, onnx.TensorProto.FLOAT, ["batch", "source", "dim"]))
+    read = {i for node in graph.node for i in node_inputs(node)}
+    for name in sorted(n for n in batch_major if SAVED + n in read):
+        graph.input.append(helper.make_tensor_value_info(
+            SAVED + name, helper.np_dtype_to_tensor_dtype(facts.dtypes[name]), [None] * facts.rank(name)))
+    backward = _with_weights(whole)
+    prune(backward.graph, keep_inputs=frozenset({WEIGHTS}))
+    saved = tuple(sorted(i.name[len(SAVED):] for i in backward.graph.input if i.name.startswith(SAVED)))
+    saving = onnx.ModelProto()
+    saving.CopyFrom(forward)
+    saving.graph.output.extend(helper.make_tensor_value_info(
+        name, helper.np_dtype_to_tensor_dtype(facts.dtypes[name]), [None] * facts.rank(name)) for name in saved)
+    return saving, backward, saved
