@@ -7,13 +7,17 @@ No download: the configurations are tiny (d_model 16, 2 heads, 2 + 2 layers, a 4
 vocabulary; ``--width``/``--layers`` for bigger ones) with random weights from
 ``torch.manual_seed(0)`` (matrices N(0, 0.25^2 16/width)); the tokenizer is a word-level
 ``tokenizers`` file written here. Each folder holds what optimum writes for a seq2seq export
-without past key values:
+with past key values (``--no-post-process``: the two decoders apart, not merged):
 
 - ``encoder_model.onnx``: ``input_ids``, ``attention_mask`` int64 [batch, source] ->
   ``last_hidden_state`` float32 [batch, source, 16];
 - ``decoder_model.onnx``: ``input_ids`` int64 [batch, target], ``encoder_attention_mask`` int64
   [batch, source], ``encoder_hidden_states`` float32 [batch, source, 16] -> ``logits`` float32
-  [batch, target, vocab];
+  [batch, target, vocab] and ``present.<layer>.<decoder|encoder>.<key|value>`` [batch, heads,
+  target|source, head dim] (the cache generation starts from);
+- ``decoder_with_past_model.onnx``: the same three inputs with ``input_ids`` [batch, 1] (the new
+  token) and ``past_key_values.<layer>.<decoder|encoder>.<key|value>`` -> ``logits`` [batch, 1,
+  vocab] and the decoder's ``present.<layer>.decoder.<key|value>`` (one position longer);
 - ``tokenizer.json`` (the source gets ``</s>`` appended, as T5's and BART's tokenizers do),
   ``config.json`` (``model_type``, ``decoder_start_token_id``, ``eos_token_id``,
   ``pad_token_id``), ``torch_model/`` (``save_pretrained``, for the tests' autograd checks and
@@ -95,8 +99,19 @@ def build_torch(kind: str, width: int = 16, layers: int = 2) -> Any:
     return model.eval()
 
 
+def presents(cache: Any, layers: int, cross: bool = True) -> list[Any]:
+    """A transformers EncoderDecoderCache as optimum's flat present.* list: per layer the
+    decoder's key and value, then (``cross``) the encoder's."""
+    flat = []
+    for i in range(layers):
+        own, other = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
+        flat += [own.keys, own.values, *((other.keys, other.values) if cross else ())]
+    return flat
+
+
 def export(kind: str, out: Path, width: int = 16, layers: int = 2) -> Path:
     import torch
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
     from transformers.modeling_outputs import BaseModelOutput
 
     folder = out / (f"seq2seq-{kind}" if (width, layers) == (16, 2) else f"seq2seq-{kind}-{width}x{layers}")
@@ -123,10 +138,24 @@ def export(kind: str, out: Path, width: int = 16, layers: int = 2) -> Path:
             self.m = model
 
         def forward(self, input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor,
-                    encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-            return self.m(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
-                          attention_mask=encoder_attention_mask, decoder_input_ids=input_ids,
-                          use_cache=False).logits
+                    encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out = self.m(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
+                         attention_mask=encoder_attention_mask, decoder_input_ids=input_ids, use_cache=True)
+            return (out.logits, *presents(out.past_key_values, layers))
+
+    class DecoderWithPast(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor,
+                    encoder_hidden_states: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            cache = EncoderDecoderCache(DynamicCache([(past[4 * i], past[4 * i + 1]) for i in range(layers)]),
+                                        DynamicCache([(past[4 * i + 2], past[4 * i + 3]) for i in range(layers)]))
+            out = self.m(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
+                         attention_mask=encoder_attention_mask, decoder_input_ids=input_ids,
+                         past_key_values=cache, use_cache=True)
+            return (out.logits, *presents(out.past_key_values, layers, cross=False))
 
     ids = torch.tensor([[5, 6, 7, 8, eos]] * 2)
     mask = torch.ones_like(ids)
@@ -137,13 +166,29 @@ def export(kind: str, out: Path, width: int = 16, layers: int = 2) -> Path:
                       input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                       dynamic_axes={"input_ids": {0: "batch", 1: "source"}, "attention_mask": {0: "batch", 1: "source"},
                                     "last_hidden_state": {0: "batch", 1: "source"}})
+    kv = [f"{i}.{side}.{part}" for i in range(layers) for side in ("decoder", "encoder") for part in ("key", "value")]
+    length = {"decoder": "target", "encoder": "source"}
     torch.onnx.export(Decoder(), (dec, mask, states), str(folder / "decoder_model.onnx"), dynamo=False,
                       opset_version=17, input_names=["input_ids", "encoder_attention_mask", "encoder_hidden_states"],
-                      output_names=["logits"],
+                      output_names=["logits", *(f"present.{n}" for n in kv)],
                       dynamic_axes={"input_ids": {0: "batch", 1: "target"},
                                     "encoder_attention_mask": {0: "batch", 1: "source"},
                                     "encoder_hidden_states": {0: "batch", 1: "source"},
-                                    "logits": {0: "batch", 1: "target"}})
+                                    "logits": {0: "batch", 1: "target"},
+                                    **{f"present.{n}": {0: "batch", 2: length[n.split(".")[1]]} for n in kv}})
+    with torch.no_grad():
+        past = Decoder()(dec, mask, states)[1:]
+    own = [n for n in kv if ".decoder." in n]
+    torch.onnx.export(DecoderWithPast(), (dec[:, -1:], mask, states, *past),
+                      str(folder / "decoder_with_past_model.onnx"), dynamo=False, opset_version=17,
+                      input_names=["input_ids", "encoder_attention_mask", "encoder_hidden_states",
+                                   *(f"past_key_values.{n}" for n in kv)],
+                      output_names=["logits", *(f"present.{n}" for n in own)],
+                      dynamic_axes={"input_ids": {0: "batch"}, "encoder_attention_mask": {0: "batch", 1: "source"},
+                                    "encoder_hidden_states": {0: "batch", 1: "source"}, "logits": {0: "batch"},
+                                    **{f"past_key_values.{n}": {0: "batch", 2: "past_" + length[n.split(".")[1]]}
+                                       for n in kv},
+                                    **{f"present.{n}": {0: "batch", 2: "total"} for n in own}})
     check(folder, model, kind)
     return folder
 

@@ -493,3 +493,46 @@ def test_points_sharing_runs_equal_each_point_alone_and_the_encoder_runs_once_pe
             object.__delattr__(pair, name)
     # 6 points (4 nodes, the baseline, the source): 5 encoded here, the source's once for all
     assert rows == {"encode_saving": 1 + 5, "encoder_vjp": 6 * len(e.output_tokens)}
+
+
+def test_generation_with_past_key_values_equals_rerunning_the_prefix(loaded: tuple[Any, Any]) -> None:
+    """decoder_with_past_model.onnx (one new token per step after the cached keys and values)
+    gives the tokens and logits of the decoder rerun on the whole prefix, over 10 steps (past
+    the length the export traced; the end token disabled so that each source runs them all)."""
+    import dataclasses
+
+    from blackbox_sal.seq2seq.explaining import greedy
+
+    pair, _ = loaded
+    assert pair.with_past is not None and len(pair.past) == 8  # 2 layers x decoder/encoder x key/value
+    endless = dataclasses.replace(pair, eos_id=-1)
+    calls = []
+    step = endless.next_step
+
+    def counted(*args: Any) -> Any:
+        calls.append(args[0].shape)
+        return step(*args)
+
+    object.__setattr__(endless, "next_step", counted)
+    for text in (SOURCE, "hello world", "a big red bird sings loud today and the sun is good"):
+        src = np.array(pair.tokenizer.encode(text).ids, np.int64)
+        cached, with_past = greedy(endless, src, 10, use_past=True)
+        rerun, without = greedy(endless, src, 10, use_past=False)
+        assert cached == rerun and len(cached) == 10
+        np.testing.assert_allclose(with_past, without, rtol=0, atol=1e-4 * np.abs(without).max())
+    assert calls == [(1, 1)] * 27  # 9 steps after the first, one new token each, per source
+
+
+def test_a_pair_without_the_past_decoder_generates_by_rerunning(exports: Path, kind: str, tmp_path: Path) -> None:
+    import shutil
+
+    from blackbox_sal.model.encoder_decoder import load_pair
+    from blackbox_sal.seq2seq.explaining import generate
+
+    folder = tmp_path / "pair"
+    shutil.copytree(exports / f"seq2seq-{kind}", folder, ignore=shutil.ignore_patterns("torch_model"))
+    (folder / "decoder_with_past_model.onnx").unlink()
+    pair, with_past = load_pair(folder), load_pair(exports / f"seq2seq-{kind}")
+    assert pair.with_past is None and with_past.with_past is not None
+    src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
+    assert generate(pair, src, 8) == generate(with_past, src, 8)

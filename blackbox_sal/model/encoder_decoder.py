@@ -51,6 +51,9 @@ from blackbox_sal.vocabulary.errors import ModelError
 ENCODER = "encoder_model.onnx"
 DECODER = "decoder_model.onnx"
 MERGED = "decoder_model_merged.onnx"
+WITH_PAST = "decoder_with_past_model.onnx"
+#: optimum's names: past_key_values.<layer>.<decoder|encoder>.<key|value> in, present.<...> out
+PAST, PRESENT = "past_key_values.", "present."
 ENCODER_MASK = "encoder_attention_mask"
 #: the single-graph form: one model.onnx taking the source ids and the decoder prefix
 SINGLE = "model.onnx"
@@ -92,6 +95,12 @@ class Pair:
     saved: tuple[str, ...] = ()
     #: the inputs the backward half reads besides the saved tensors and the weights
     backward_inputs: frozenset[str] = frozenset()
+    #: decoder_with_past_model.onnx (one new token per step), or None: the prefix reruns
+    with_past: Any = field(default=None, repr=False)
+    #: its past_key_values.* inputs, without the prefix (``0.decoder.key``, ...), in order
+    past: tuple[str, ...] = ()
+    #: its inputs besides the past (input_ids and the encoder's mask and states it reads)
+    with_past_inputs: frozenset[str] = frozenset()
 
     @property
     def shared_table(self) -> bool:
@@ -133,6 +142,26 @@ class Pair:
         """Decoder logits [B, T, V]."""
         feeds = self.decoder_feeds(embeds, ids, states, mask, source_ids)
         return np.asarray(run(self.decoder_body, [self.decoder_output], feeds, "the decoder")[0])
+
+    def first_step(self, embeds: np.ndarray, ids: np.ndarray, states: np.ndarray, mask: np.ndarray
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The decoder's logits [B, T, V] and its present.* outputs (the cache :meth:`next_step`
+        starts from; needs :attr:`with_past`)."""
+        feeds = self.decoder_feeds(embeds, ids, states, mask)
+        out = run(self.decoder_body, [self.decoder_output, *(PRESENT + n for n in self.past)], feeds, "the decoder")
+        return np.asarray(out[0]), {n: np.asarray(v) for n, v in zip(self.past, out[1:], strict=True)}
+
+    def next_step(self, ids: np.ndarray, states: np.ndarray, mask: np.ndarray, cache: dict[str, np.ndarray]
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """decoder_with_past_model.onnx on the new tokens ``ids`` [B, 1] after ``cache``: the
+        logits [B, 1, V] and the cache with the decoder's presents replacing their pasts."""
+        feeds = {PAST + n: v for n, v in cache.items()}
+        feeds.update({k: v for k, v in (("input_ids", ids), (ENCODER_MASK, mask), (STATES, states.astype(
+            np.float32))) if k in self.with_past_inputs})
+        fresh = [n for n in self.past if ".encoder." not in n]
+        out = run(self.with_past, [self.decoder_output, *(PRESENT + n for n in fresh)], feeds,
+                  "the decoder with past")
+        return np.asarray(out[0]), {**cache, **{n: np.asarray(v) for n, v in zip(fresh, out[1:], strict=True)}}
 
     def decoder_vjp(self, embeds: np.ndarray, ids: np.ndarray, states: np.ndarray, mask: np.ndarray,
                     weights: np.ndarray, source_ids: np.ndarray | None = None
@@ -205,13 +234,16 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
     tokenizer, _, (start, eos, pad) = _side_files(folder)
     encoder = files.read_onnx(folder / ENCODER)
     decoder = files.read_onnx(folder / DECODER)
-    dequantized = tuple(sorted(set(quantized_ops(encoder)) | set(quantized_ops(decoder))))
+    with_past = files.read_onnx(folder / WITH_PAST) if (folder / WITH_PAST).is_file() else None
+    dequantized = tuple(sorted(set(quantized_ops(encoder)) | set(quantized_ops(decoder))
+                               | set(quantized_ops(with_past) if with_past is not None else ())))
     if dequantized and not dequantize:
         raise ModelError(f"the pair is quantized ({', '.join(dequantized)}): an int8 graph is piecewise constant "
                          f"and has no gradient; pass --dequantize to explain its float twin (the int8 weights, "
                          f"activations in float)")
     if dequantized:
         encoder, decoder = float_twin(encoder)[0], float_twin(decoder)[0]
+        with_past = float_twin(with_past)[0] if with_past is not None else None
     enc_split = split_embedding(encoder, IDS)
     dec_split = split_embedding(decoder, IDS)
     enc_out, dec_out = encoder.graph.output[0].name, decoder.graph.output[0].name
@@ -247,6 +279,7 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
         data = model if isinstance(model, bytes) else model.SerializeToString()
         return create_session(data, "cpu", threads)
 
+    past = _past_names(with_past, dec_split.body, dec_out)
     return Pair(name=folder.name, tokenizer=tokenizer, encoder_table=enc_split.table,
                 decoder_table=dec_split.table, start_id=start, eos_id=eos,
                 pad_id=pad if isinstance(pad, int) and 0 <= pad < len(enc_split.table) else None,
@@ -258,7 +291,26 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
                 decoder_grad=None if dec_grad is None else session(dec_grad), no_graph=why,
                 encoder_saving=None if enc_saving is None else session(enc_saving), saved=saved,
                 backward_inputs=frozenset() if enc_grad is None else frozenset(
-                    i.name for i in enc_grad.graph.input if not i.name.startswith(SAVED)))
+                    i.name for i in enc_grad.graph.input if not i.name.startswith(SAVED)),
+                with_past=None if with_past is None or not past else session(with_past), past=past,
+                with_past_inputs=frozenset() if with_past is None else frozenset(
+                    i.name for i in with_past.graph.input if not i.name.startswith(PAST)))
+
+
+def _past_names(with_past: onnx.ModelProto | None, decoder: onnx.ModelProto, logits: str) -> tuple[str, ...]:
+    """The cache entries (``0.decoder.key``, ...) when decoder_with_past_model.onnx can be used:
+    it takes past_key_values.* and returns the logits and the decoder's present.*, and
+    decoder_model.onnx returns every present.* it starts from. Empty otherwise (generation then
+    reruns the prefix, which gives the same tokens)."""
+    if with_past is None:
+        return ()
+    past = tuple(i.name[len(PAST):] for i in with_past.graph.input if i.name.startswith(PAST))
+    first = {o.name for o in decoder.graph.output}
+    then = {o.name for o in with_past.graph.output}
+    if not past or logits not in then or any(PRESENT + n not in first for n in past) or any(
+            PRESENT + n not in then for n in past if ".encoder." not in n):
+        return ()
+    return past
 
 
 def _rename_input(model: onnx.ModelProto, old: str, new: str) -> None:

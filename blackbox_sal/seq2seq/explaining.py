@@ -46,21 +46,40 @@ def _chunks(n: int, size: int) -> list[slice]:
 Encoded = tuple[np.ndarray, dict[str, np.ndarray]]
 
 
-def generate(pair: Pair, source_ids: np.ndarray, max_new: int, encoded: Encoded | None = None) -> list[int]:
-    """Greedy decoding: at most ``max_new`` tokens, stopping after the end-of-sequence token.
-    The decoder reruns on the growing prefix (no past key values). ``encoded``: the source's
-    encoder run when the caller has it (:meth:`Pair.encode_saving`), else it is run here."""
+def greedy(pair: Pair, source_ids: np.ndarray, max_new: int, encoded: Encoded | None = None,
+           use_past: bool = True) -> tuple[list[int], np.ndarray]:
+    """Greedy decoding: at most ``max_new`` tokens, stopping after the end-of-sequence token;
+    the tokens and each step's logits [n, V]. With decoder_with_past_model.onnx (``use_past``
+    and the pair has one) each step runs the decoder on the one new token after the cached keys
+    and values; otherwise the decoder reruns on the growing prefix (the same tokens and logits,
+    quadratic in the output length). ``encoded``: the source's encoder run when the caller has
+    it (:meth:`Pair.encode_saving`), else it is run here."""
     ids = source_ids[None]
     mask = np.ones_like(ids)
     states = pair.encode(pair.encoder_table[ids], mask, ids) if encoded is None else encoded[0]
     out: list[int] = []
+    steps: list[np.ndarray] = []
+    past = use_past and pair.with_past is not None
+    cache: dict[str, np.ndarray] = {}
     for _ in range(max_new):
-        prefix = np.array([[pair.start_id, *out]], np.int64)
-        logits = pair.logits(pair.decoder_table[prefix], prefix, states, mask, ids)
+        if past and out:
+            logits, cache = pair.next_step(np.array([out[-1:]], np.int64), states, mask, cache)
+        elif past:
+            start = np.array([[pair.start_id]], np.int64)
+            logits, cache = pair.first_step(pair.decoder_table[start], start, states, mask)
+        else:
+            prefix = np.array([[pair.start_id, *out]], np.int64)
+            logits = pair.logits(pair.decoder_table[prefix], prefix, states, mask, ids)
+        steps.append(logits[0, -1])
         out.append(int(np.argmax(logits[0, -1])))
         if out[-1] == pair.eos_id:
             break
-    return out
+    return out, np.stack(steps)
+
+
+def generate(pair: Pair, source_ids: np.ndarray, max_new: int, encoded: Encoded | None = None) -> list[int]:
+    """:func:`greedy`'s tokens."""
+    return greedy(pair, source_ids, max_new, encoded)[0]
 
 
 def _encoded_points(pair: Pair, source: np.ndarray, ids: np.ndarray, batch_size: int,
