@@ -7,7 +7,7 @@ No download: the configurations are tiny (d_model 16, 2 heads, 2 + 2 layers, a 4
 vocabulary; ``--width``/``--layers`` for bigger ones) with random weights from
 ``torch.manual_seed(0)`` (matrices N(0, 0.25^2 16/width)); the tokenizer is a word-level
 ``tokenizers`` file written here. Each folder holds what optimum writes for a seq2seq export
-with past key values (``--no-post-process``: the two decoders apart, not merged):
+with past key values (the two decoders apart, and merged):
 
 - ``encoder_model.onnx``: ``input_ids``, ``attention_mask`` int64 [batch, source] ->
   ``last_hidden_state`` float32 [batch, source, 16];
@@ -18,6 +18,8 @@ with past key values (``--no-post-process``: the two decoders apart, not merged)
 - ``decoder_with_past_model.onnx``: the same three inputs with ``input_ids`` [batch, 1] (the new
   token) and ``past_key_values.<layer>.<decoder|encoder>.<key|value>`` -> ``logits`` [batch, 1,
   vocab] and the decoder's ``present.<layer>.decoder.<key|value>`` (one position longer);
+- ``decoder_model_merged.onnx``: the two in one graph, as optimum's post-processing merges them
+  (an ``If`` on a ``use_cache_branch`` bool input; :func:`merge_decoders`);
 - ``tokenizer.json`` (the source gets ``</s>`` appended, as T5's and BART's tokenizers do),
   ``config.json`` (``model_type``, ``decoder_start_token_id``, ``eos_token_id``,
   ``pad_token_id``), ``torch_model/`` (``save_pretrained``, for the tests' autograd checks and
@@ -189,8 +191,52 @@ def export(kind: str, out: Path, width: int = 16, layers: int = 2) -> Path:
                                     **{f"past_key_values.{n}": {0: "batch", 2: "past_" + length[n.split(".")[1]]}
                                        for n in kv},
                                     **{f"present.{n}": {0: "batch", 2: "total"} for n in own}})
+    merge_decoders(folder)
     check(folder, model, kind)
     return folder
+
+
+def merge_decoders(folder: Path) -> Path:
+    """``decoder_model_merged.onnx`` from the folder's two decoders, as optimum's post-processing
+    merges them: one ``If`` on a ``use_cache_branch`` bool [1] input, the with-past decoder in
+    its then branch (the encoder's past passed through as its presents), the decoder without
+    past in its else branch; the inputs are the union (``past_key_values.*`` unread by the else
+    branch)."""
+    import onnx
+    from onnx import helper
+
+    first = onnx.load(str(folder / "decoder_model.onnx"))
+    then = onnx.load(str(folder / "decoder_with_past_model.onnx"))
+    outs = [o.name for o in first.graph.output]
+    rank = {o.name: len(o.type.tensor_type.shape.dim) for o in first.graph.output}
+    branches = []
+    for prefix, model in (("with_past/", then), ("no_past/", first)):
+        g = model.graph
+        names = {n for node in g.node for n in node.output} | {t.name for t in g.initializer}
+        for node in g.node:
+            node.input[:] = [prefix + i if i in names else i for i in node.input]
+            node.output[:] = [prefix + o for o in node.output]
+            node.name = prefix + node.name
+        for t in g.initializer:
+            t.name = prefix + t.name
+        produced = {o.name for o in g.output}
+        for name in outs:  # the encoder's presents: its past, unchanged
+            if name not in produced:
+                g.node.append(helper.make_node("Identity", ["past_key_values." + name[len("present."):]],
+                                               [prefix + name]))
+        branch = helper.make_graph(list(g.node), prefix.strip("/"), [], [
+            helper.make_tensor_value_info(prefix + name, onnx.TensorProto.FLOAT, [None] * rank[name]) for name in outs],
+            list(g.initializer))
+        branches.append(branch)
+    inputs = [*first.graph.input, *(i for i in then.graph.input if i.name.startswith("past_key_values.")),
+              helper.make_tensor_value_info("use_cache_branch", onnx.TensorProto.BOOL, [1])]
+    node = helper.make_node("If", ["use_cache_branch"], outs, then_branch=branches[0], else_branch=branches[1])
+    graph = helper.make_graph([node], "merged", inputs, [
+        helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [None] * rank[name]) for name in outs])
+    merged = helper.make_model(graph, opset_imports=first.opset_import, ir_version=first.ir_version)
+    onnx.checker.check_model(merged)
+    onnx.save(merged, str(folder / "decoder_model_merged.onnx"))
+    return folder / "decoder_model_merged.onnx"
 
 
 def gru_module(vocab: int, width: int = 16) -> Any:

@@ -169,9 +169,35 @@ def test_a_folder_without_a_pair_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="encoder_model.onnx"):
         load_pair(tmp_path)
     (tmp_path / "encoder_model.onnx").write_bytes(b"")
-    (tmp_path / "decoder_model_merged.onnx").write_bytes(b"")
-    with pytest.raises(ModelError, match="only decoder_model_merged.onnx"):
+    with pytest.raises(ModelError, match="no decoder_model.onnx \\(nor decoder_model_merged.onnx\\)"):
         load_pair(tmp_path)
+
+
+def test_a_merged_decoder_alone_generates_with_its_cache_branch_and_explains_its_other(
+        exports: Path, kind: str, tmp_path: Path) -> None:
+    """encoder_model.onnx and decoder_model_merged.onnx (optimum's If on use_cache_branch) alone:
+    the no-cache branch, cut out, gives the explanation of the two decoders apart; the cache
+    branch generates the same tokens and logits as the prefix rerun."""
+    import dataclasses
+    import shutil
+
+    from blackbox_sal.model.encoder_decoder import load_pair
+    from blackbox_sal.seq2seq.explaining import explain_generation, greedy
+
+    full = exports / f"seq2seq-{kind}"
+    for name in ("encoder_model.onnx", "decoder_model_merged.onnx", "tokenizer.json", "config.json"):
+        shutil.copy(full / name, tmp_path / name)
+    merged, apart = load_pair(tmp_path), load_pair(full)
+    assert merged.past == apart.past and "use_cache_branch" in merged.with_past_inputs
+    src = np.array(apart.tokenizer.encode(SOURCE).ids, np.int64)
+    tokens, logits = greedy(dataclasses.replace(merged, eos_id=-1), src, 8)
+    rerun, want = greedy(dataclasses.replace(apart, eos_id=-1), src, 8, use_past=False)
+    assert tokens == rerun
+    np.testing.assert_allclose(logits, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    a = explain_generation(merged, SOURCE, target_text="good day", method="grad-x-input")
+    b = explain_generation(apart, SOURCE, target_text="good day", method="grad-x-input")
+    np.testing.assert_allclose(a.source_scores, b.source_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.prefix_scores, b.prefix_scores, rtol=1e-5, atol=1e-6)
 
 
 GOLDEN = GenerationExplanation(
@@ -532,6 +558,7 @@ def test_a_pair_without_the_past_decoder_generates_by_rerunning(exports: Path, k
     folder = tmp_path / "pair"
     shutil.copytree(exports / f"seq2seq-{kind}", folder, ignore=shutil.ignore_patterns("torch_model"))
     (folder / "decoder_with_past_model.onnx").unlink()
+    (folder / "decoder_model_merged.onnx").unlink()
     pair, with_past = load_pair(folder), load_pair(exports / f"seq2seq-{kind}")
     assert pair.with_past is None and with_past.with_past is not None
     src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)

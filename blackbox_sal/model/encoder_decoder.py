@@ -9,13 +9,15 @@ A folder holds::
 
 Both graphs are split at their word-embedding lookup (:func:`~blackbox_sal.surgery.split.
 split_embedding`: shared tables, as T5's and BART's, are found twice and may differ, as
-Marian's do not). ``decoder_with_past_model.onnx`` is not needed: generation reruns the
-decoder on the growing prefix (correct, quadratic in the output length; tiny outputs are
-what is explained). An int8 pair (onnxruntime's ``quantize_dynamic`` or QDQ) is explained as
+Marian's do not). ``decoder_with_past_model.onnx`` (or the merged decoder's cache branch)
+makes greedy generation feed one new token per step after the cached keys and values;
+without it the decoder reruns on the growing prefix (the same tokens, quadratic in the output
+length). An int8 pair (onnxruntime's ``quantize_dynamic`` or QDQ) is explained as
 its float twin (``dequantize``: the deployed int8 weights, activations in float,
 :mod:`blackbox_sal.surgery.dequantize`), which generates and is differentiated alike; without
-``dequantize`` it is refused with a message. ``decoder_model_merged.onnx`` alone (an ``If`` on ``use_cache_branch``) is
-refused with a message: its no-cache branch would have to be cut out first.
+``dequantize`` it is refused with a message. ``decoder_model_merged.onnx`` alone (an ``If`` on
+``use_cache_branch``) serves as both decoders: its no-cache branch, cut out, is explained, and
+its cache branch generates.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ from blackbox_sal.surgery.encoder_decoder import (
     LOG_PROBS,
     SAVED,
     STATES,
+    USE_CACHE,
     decoder_gradient,
     encoder_halves,
     flat_encoder,
+    no_cache_branch,
     scored_decoder,
 )
 from blackbox_sal.surgery.names import EMBEDS, GRAD, IDS, WEIGHTS
@@ -157,7 +161,7 @@ class Pair:
         logits [B, 1, V] and the cache with the decoder's presents replacing their pasts."""
         feeds = {PAST + n: v for n, v in cache.items()}
         feeds.update({k: v for k, v in (("input_ids", ids), (ENCODER_MASK, mask), (STATES, states.astype(
-            np.float32))) if k in self.with_past_inputs})
+            np.float32)), (USE_CACHE, np.array([True]))) if k in self.with_past_inputs})
         fresh = [n for n in self.past if ".encoder." not in n]
         out = run(self.with_past, [self.decoder_output, *(PRESENT + n for n in fresh)], feeds,
                   "the decoder with past")
@@ -227,14 +231,16 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
     folder = Path(path)
     if not (folder / ENCODER).is_file():
         raise ModelError(f"{str(folder)!r} holds no {ENCODER} (an encoder/decoder pair in optimum's layout)")
-    if not (folder / DECODER).is_file():
-        what = (f"only {MERGED}: its no-cache branch is not cut out yet; export with --no-post-process to get "
-                f"{DECODER}") if (folder / MERGED).is_file() else f"no {DECODER}"
-        raise ModelError(f"{str(folder)!r} holds {what}")
+    if not (folder / DECODER).is_file() and not (folder / MERGED).is_file():
+        raise ModelError(f"{str(folder)!r} holds no {DECODER} (nor {MERGED})")
     tokenizer, _, (start, eos, pad) = _side_files(folder)
     encoder = files.read_onnx(folder / ENCODER)
-    decoder = files.read_onnx(folder / DECODER)
-    with_past = files.read_onnx(folder / WITH_PAST) if (folder / WITH_PAST).is_file() else None
+    merged = files.read_onnx(folder / MERGED) if (folder / MERGED).is_file() else None
+    if (folder / DECODER).is_file() or merged is None:
+        decoder = files.read_onnx(folder / DECODER)
+    else:
+        decoder = no_cache_branch(merged)
+    with_past = files.read_onnx(folder / WITH_PAST) if (folder / WITH_PAST).is_file() else merged
     dequantized = tuple(sorted(set(quantized_ops(encoder)) | set(quantized_ops(decoder))
                                | set(quantized_ops(with_past) if with_past is not None else ())))
     if dequantized and not dequantize:
@@ -243,7 +249,8 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
                          f"activations in float)")
     if dequantized:
         encoder, decoder = float_twin(encoder)[0], float_twin(decoder)[0]
-        with_past = float_twin(with_past)[0] if with_past is not None else None
+        # the merged decoder's branches are subgraphs the twin does not reach: generation reruns the prefix
+        with_past = float_twin(with_past)[0] if with_past is not None and with_past is not merged else None
     enc_split = split_embedding(encoder, IDS)
     dec_split = split_embedding(decoder, IDS)
     enc_out, dec_out = encoder.graph.output[0].name, decoder.graph.output[0].name

@@ -28,8 +28,9 @@ from onnx import helper
 from blackbox_sal.surgery.facts import Facts
 from blackbox_sal.surgery.gradient import checked_gradient, forward_part
 from blackbox_sal.surgery.names import EMBEDS, GRAD, WEIGHTS
-from blackbox_sal.surgery.prune import node_inputs, prune
+from blackbox_sal.surgery.prune import clear_shapes, node_inputs, prune
 from blackbox_sal.surgery.reverse import reverse
+from blackbox_sal.vocabulary.errors import ModelError
 
 #: the decoder's input carrying the encoder's output (optimum's name)
 STATES = "encoder_hidden_states"
@@ -148,3 +149,37 @@ def encoder_halves(forward: onnx.ModelProto, facts: Facts) -> tuple[onnx.ModelPr
     saving.graph.output.extend(helper.make_tensor_value_info(
         name, helper.np_dtype_to_tensor_dtype(facts.dtypes[name]), [None] * facts.rank(name)) for name in saved)
     return saving, backward, saved
+
+
+#: the bool [1] input of optimum's merged decoder choosing the with-past branch
+USE_CACHE = "use_cache_branch"
+
+
+def no_cache_branch(merged: onnx.ModelProto) -> onnx.ModelProto:
+    """optimum's ``decoder_model_merged.onnx`` reduced to its decoder without past (the ``If``
+    on ``use_cache_branch``'s else branch, lifted to the main graph; pure): the inputs are then
+    input_ids, the encoder's mask and states, the outputs the logits and every present.*.
+    ModelError when the graph has no such ``If``."""
+    model = onnx.ModelProto()
+    model.CopyFrom(merged)
+    g = model.graph
+    switch = next((n for n in g.node if n.op_type == "If" and list(n.input) == [USE_CACHE]), None)
+    if switch is None:
+        raise ModelError(f"the merged decoder has no If on {USE_CACHE!r} (optimum's layout): its no-cache "
+                         f"branch cannot be cut out")
+    branch = next(a.g for a in switch.attribute if a.name == "else_branch")
+    at = list(g.node).index(switch)
+    lifted = [*g.node[:at], *branch.node,
+              *(helper.make_node("Identity", [inner.name], [outer], name=f"bbs_no_cache_{outer}")
+                for inner, outer in zip(branch.output, switch.output, strict=True)), *g.node[at + 1:]]
+    del g.node[:]
+    g.node.extend(lifted)
+    g.initializer.extend(branch.initializer)
+    kept = [i for i in g.input if i.name != USE_CACHE]
+    del g.input[:]
+    g.input.extend(kept)
+    prune(g)
+    clear_shapes(g)
+    if any(i.name.startswith("past_key_values.") for i in g.input):
+        raise ModelError("the merged decoder's no-cache branch reads past_key_values: not optimum's layout")
+    return model
