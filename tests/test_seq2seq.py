@@ -563,3 +563,98 @@ def test_a_pair_without_the_past_decoder_generates_by_rerunning(exports: Path, k
     assert pair.with_past is None and with_past.with_past is not None
     src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
     assert generate(pair, src, 8) == generate(with_past, src, 8)
+
+
+def _quantized_gru(exports: Path, tmp_path: Path, ops: list[str], transposed_first: bool = False) -> Path:
+    """seq2seq-gru through onnxruntime's quantize_dynamic (``ops``): its 8-bit lookups are
+    ``Gather(Wq, ids) -> DequantizeLinear``; ``transposed_first`` moves the Transpose after each
+    between the two (int8 values transposed, then dequantized: pyfrspell's form)."""
+    import shutil
+
+    import onnx
+    from onnx import helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = tmp_path / ("int8-" + "-".join(ops) + ("-t" if transposed_first else ""))
+    shutil.copytree(exports / "seq2seq-gru", folder)
+    quantize_dynamic(str(exports / "seq2seq-gru" / "model.onnx"), str(folder / "model.onnx"),
+                     op_types_to_quantize=ops, weight_type=QuantType.QInt8)
+    if transposed_first:
+        m = onnx.load(str(folder / "model.onnx"))
+        nodes = list(m.graph.node)
+        for d in [n for n in nodes if n.op_type == "DequantizeLinear"]:
+            t = next(n for n in nodes if n.op_type == "Transpose" and n.input[0] == d.output[0])
+            q = t.output[0] + "_quantized"
+            moved = [helper.make_node("Transpose", [d.input[0]], [q], perm=t.attribute[0].ints),
+                     helper.make_node("DequantizeLinear", [q, *d.input[1:]], [t.output[0]])]
+            at = nodes.index(t)
+            nodes[at:at + 1] = moved
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+        onnx.save(m, str(folder / "model.onnx"))
+    return folder
+
+
+@pytest.mark.parametrize("transposed_first", [False, True])
+def test_an_8bit_lookup_dequantized_after_the_gather_is_split_as_its_float_table(
+        exports: Path, tmp_path: Path, transposed_first: bool) -> None:
+    """Only the lookups quantized: the float twin is the int8 graph's function exactly (the
+    dequantization moved into the table), the split finds the tables (Wq - z) s, and finite
+    differences through the twin equal autograd through the PyTorch GRU on those tables."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import numpy_helper
+
+    sys.path.insert(0, str(ROOT / "models"))
+    from build_seq2seq import gru_module
+
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+    from blackbox_sal.seq2seq.explaining import fd_gradients
+    from blackbox_sal.surgery.dequantize import float_twin
+
+    folder = _quantized_gru(exports, tmp_path, ["Gather"], transposed_first)
+    proto = onnx.load(str(folder / "model.onnx"))
+    twin, _ = float_twin(proto)
+    assert "DequantizeLinear" not in {n.op_type for n in twin.graph.node}
+    feeds = {"src": np.array([[5, 6, 7, 1]]), "tgt_in": np.array([[0, 9, 10, 11]])}
+    int8, floated = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds)[0] for m in (proto, twin))
+    np.testing.assert_allclose(floated, int8, rtol=0, atol=1e-6 * np.abs(int8).max())
+    pair = load_encoder_decoder(folder)  # no quantized operator: the lookups' values are exact
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in proto.graph.initializer}
+    for table, name in ((pair.encoder_table, "source"), (pair.decoder_table, "target")):
+        want = (inits[f"{name}.weight_quantized"] - inits[f"{name}.weight_zero_point"]) * inits[f"{name}.weight_scale"]
+        np.testing.assert_allclose(table, want, rtol=1e-6, atol=1e-7)
+    model = gru_module(len(pair.encoder_table))
+    model.load_state_dict(torch.load(folder / "torch_single.pt"))
+    model.eval()
+    src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
+    out = np.array(pair.tokenizer.encode("good day").ids, np.int64)
+    dec = np.array([pair.start_id, *out[:-1]], np.int64)
+    _, g_source, g_prefix = fd_gradients(pair, pair.encoder_table[src][None], src, dec, out)
+    xs = torch.from_numpy(pair.encoder_table[src][None].copy()).requires_grad_(True)
+    xp = torch.from_numpy(pair.decoder_table[dec][None].copy()).requires_grad_(True)
+    ref = torch.log_softmax(model.run(xs, xp), -1)[0, torch.arange(len(out)), torch.from_numpy(out)]
+    for t in range(len(out)):
+        a, b = (v[0].numpy() for v in torch.autograd.grad(ref[t], (xs, xp), retain_graph=True))
+        assert np.abs(g_source[0, t] - a).max() <= 2e-3 * np.abs(a).max()
+        assert np.abs(g_prefix[0, t] - b).max() <= 2e-3 * np.abs(b).max()
+
+
+def test_an_int8_single_graph_is_refused_as_shipped_and_explained_as_its_float_twin(
+        exports: Path, tmp_path: Path) -> None:
+    """quantize_dynamic on lookups and matrix products (DynamicQuantizeLinear, MatMulInteger):
+    refused without --dequantize in one line; with it, the twin (GRU: finite differences)
+    explains, every source token of the last step scored."""
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+    from blackbox_sal.seq2seq.explaining import explain_generation
+
+    folder = _quantized_gru(exports, tmp_path, ["Gather", "MatMul"])
+    with pytest.raises(ModelError, match=r"the single graph is quantized \(DynamicQuantizeLinear, MatMulInteger\)"
+                                         r".*pass --dequantize"):
+        load_encoder_decoder(folder)
+    pair = load_encoder_decoder(folder, dequantize=True)
+    assert pair.dequantized == ("DynamicQuantizeLinear", "MatMulInteger")
+    e = explain_generation(pair, SOURCE, target_text="good day", method="grad-x-input")
+    assert e.backend == "fd" and all(abs(v) > 0 for v in e.source_scores[-1])

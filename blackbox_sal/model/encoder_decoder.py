@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, processors
 
 from blackbox_sal.model import files
 from blackbox_sal.model.probe import probe
 from blackbox_sal.model.session import create_session, run
-from blackbox_sal.surgery.dequantize import float_twin
+from blackbox_sal.model.tokenizer_files import read_folder_tokenizer
+from blackbox_sal.surgery.dequantize import float_lookups, float_twin
 from blackbox_sal.surgery.encoder_decoder import (
     FLAT_STATES,
     GRAD_STATES,
@@ -211,16 +212,26 @@ def _probe_feeds(table: np.ndarray, extra: Any) -> list[dict[str, np.ndarray]]:
 
 
 def _side_files(folder: Path) -> tuple[Tokenizer, dict[str, Any], tuple[int, int, Any]]:
-    """tokenizer.json, config.json, and config's (decoder start, end of sequence, pad) ids:
-    read with the folder's checks (links only inside it, sizes capped)."""
-    if files.read_side_file(folder, "tokenizer.json") is None:
-        raise ModelError(f"no tokenizer.json in {str(folder)!r}")
-    tokenizer = files.read_tokenizer(folder / "tokenizer.json")
+    """The tokenizer, config.json, and config's (decoder start, end of sequence, pad) ids:
+    read with the folder's checks (links only inside it, sizes capped). The tokenizer is
+    tokenizer.json, else the folder's vocabulary in another form
+    (:func:`~blackbox_sal.model.tokenizer_files.read_folder_tokenizer`: a character map, say),
+    which then ends each source with the end-of-sequence token, as seq2seq tokenizers do."""
     config = files.read_side_json(folder, "config.json")
     config = config if isinstance(config, dict) else {}
     start, eos, pad = (config.get(k) for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id"))
     if not isinstance(start, int) or not isinstance(eos, int):
         raise ModelError("config.json must give decoder_start_token_id and eos_token_id (integers)")
+    if files.read_side_file(folder, "tokenizer.json") is not None:
+        return files.read_tokenizer(folder / "tokenizer.json"), config, (start, eos, pad)
+    found = read_folder_tokenizer(folder, config)
+    if found is None:
+        raise ModelError(f"no tokenizer.json (nor another vocabulary file) in {str(folder)!r}")
+    tokenizer = found.tokenizer
+    end = tokenizer.id_to_token(eos)
+    if end is None:
+        raise ModelError(f"config.json's eos_token_id {eos} is not in the vocabulary ({found.form})")
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {end}", special_tokens=[(end, eos)])
     return tokenizer, config, (start, eos, pad)
 
 
@@ -251,8 +262,8 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
         encoder, decoder = float_twin(encoder)[0], float_twin(decoder)[0]
         # the merged decoder's branches are subgraphs the twin does not reach: generation reruns the prefix
         with_past = float_twin(with_past)[0] if with_past is not None and with_past is not merged else None
-    enc_split = split_embedding(encoder, IDS)
-    dec_split = split_embedding(decoder, IDS)
+    enc_split = split_embedding(float_lookups(encoder), IDS)
+    dec_split = split_embedding(float_lookups(decoder), IDS)
     enc_out, dec_out = encoder.graph.output[0].name, decoder.graph.output[0].name
     dec_inputs = frozenset(i.name for i in dec_split.body.graph.input)
     if STATES not in dec_inputs or ENCODER_MASK not in dec_inputs:
@@ -354,7 +365,7 @@ def _roles(proto: onnx.ModelProto, declared: Any) -> tuple[str, str]:
     return next(n for n in ints if n != hinted[0]), hinted[0]
 
 
-def load_single(path: str | Path, threads: int = 0) -> Pair:
+def load_single(path: str | Path, threads: int = 0, dequantize: bool = False) -> Pair:
     """The single-graph form (``model.onnx`` taking the source ids and the decoder prefix,
     returning per-step logits [batch, target, vocab]) as a :class:`Pair` whose encoder is the
     identity: the decoder's "states" are the source embeddings, so generation and the chained
@@ -362,15 +373,23 @@ def load_single(path: str | Path, threads: int = 0) -> Pair:
     folder = Path(path)
     tokenizer, config, (start, eos, pad) = _side_files(folder)
     proto = files.read_onnx(folder / SINGLE)
-    if quantized_ops(proto):
-        raise ModelError(f"the single graph is quantized ({', '.join(quantized_ops(proto))}): not explained yet")
+    dequantized = quantized_ops(proto)
+    if dequantized and not dequantize:
+        raise ModelError(f"the single graph is quantized ({', '.join(dequantized)}): an int8 graph is piecewise "
+                         f"constant, and neither its gradient nor finite differences mean anything; pass "
+                         f"--dequantize to explain its float twin (the int8 weights, activations in float)")
+    if dequantized:
+        proto, _ = float_twin(proto)
+        left = quantized_ops(proto)
+        if left:
+            raise ModelError(f"the single graph's quantized operators {', '.join(left)} have no float twin: "
+                             f"not explained")
     source, prefix = _roles(proto, config.get("inputs"))
     outputs = [o for o in proto.graph.output if len(o.type.tensor_type.shape.dim) == 3]
     if not outputs:
         raise ModelError("the single graph has no [batch, target, vocab] output")
     out = next((o.name for o in outputs if "logit" in o.name.lower()), outputs[0].name)
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
+    model = float_lookups(proto)  # an 8-bit table dequantized after the lookup: a float lookup, the same values
     _rename_input(model, source, SOURCE_IDS)
     _rename_input(model, prefix, IDS)
     src_split = split_embedding(model, SOURCE_IDS)
@@ -389,7 +408,8 @@ def load_single(path: str | Path, threads: int = 0) -> Pair:
         grad, why = None, str(exc)
     return Pair(name=folder.name, tokenizer=tokenizer, encoder_table=src_split.table, decoder_table=dec_split.table,
                 start_id=start, eos_id=eos,
-                pad_id=pad if isinstance(pad, int) and 0 <= pad < len(src_split.table) else None, dequantized=(),
+                pad_id=pad if isinstance(pad, int) and 0 <= pad < len(src_split.table) else None,
+                dequantized=dequantized,
                 encoder_inputs=frozenset(), decoder_inputs=dec_inputs, encoder_output="", decoder_output=out,
                 encoder_body=None, decoder_body=create_session(dec_split.serialized, "cpu", threads),
                 encoder_grad=None, no_graph=why,
@@ -411,4 +431,4 @@ def load_encoder_decoder(path: str | Path, threads: int = 0, dequantize: bool = 
     ``"is_encoder_decoder": true`` in config.json)."""
     if (Path(path) / ENCODER).is_file():
         return load_pair(path, threads, dequantize)
-    return load_single(path, threads)
+    return load_single(path, threads, dequantize)

@@ -142,8 +142,10 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
             raise ModelError(
                 f"two inputs feed their own embedding lookups "
                 f"({', '.join(f'{n!r} ({lookups[n]} rows)' for n in wide)}): if one of them is not the ids (token "
-                f"types, positions), {CONFIG_HINT}; a second id channel (characters and their classes, or a decoder's "
-                f"target prefix) cannot be explained yet, as its scores would need a split of their own")
+                f"types, positions), {CONFIG_HINT}; a second id channel (characters and their classes) cannot be "
+                f"explained yet, as its scores would need a split of their own; a decoder's target prefix can: "
+                f"config.json's \"is_encoder_decoder\": true, with decoder_start_token_id and eos_token_id, reads "
+                f"the graph as an encoder/decoder")
         ids = wide[0]
     roles["ids"] = ids
     for name, info in inputs.items():
