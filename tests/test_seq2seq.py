@@ -658,3 +658,42 @@ def test_an_int8_single_graph_is_refused_as_shipped_and_explained_as_its_float_t
     assert pair.dequantized == ("DynamicQuantizeLinear", "MatMulInteger")
     e = explain_generation(pair, SOURCE, target_text="good day", method="grad-x-input")
     assert e.backend == "fd" and all(abs(v) > 0 for v in e.source_scores[-1])
+
+
+def test_a_pair_request_beyond_the_queue_is_429_and_one_past_its_deadline_504(exports: Path) -> None:
+    """The pair's instances are admitted as the engine admits works: with max_active 1 and
+    queue 1 held by two blocked instances, a request is refused with 429 (Retry-After) and
+    runs nothing; freed, the same request is answered. A deadline shorter than the work stops
+    its runs: 504 in one line."""
+    import threading
+    import time
+
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    import blackbox_sal as bs
+    from blackbox_sal.server.app import Server
+    from blackbox_sal.vocabulary.config import Limits
+
+    pair = bs.load_encoder_decoder(exports / "seq2seq-t5")
+    server = Server({}, bs.ExplainConfig(method="ig", steps=8), Limits(max_active=1, queue_size=1),
+                    pairs={"t5": pair})
+    client = TestClient(server.app)
+    service = server.pair_services["t5"]
+    release = threading.Event()
+    held = service.submit_all([release.wait, release.wait], deadline=time.monotonic() + 30)
+    body = {"instances": [SOURCE]}
+    r = client.post("/v1/models/t5:explain", json=body)
+    assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
+    assert r.json()["error"] == "the server is busy: its queue is full"
+    release.set()
+    for f in held:
+        f.result(timeout=10)
+    r = client.post("/v1/models/t5:explain", json=body)
+    assert r.status_code == 200 and r.json()["explanations"][0]["output_text"], r.text
+    r = client.post("/v1/models/t5:explain", json={"instances": [SOURCE], "parameters": {
+        "deadline": 0.001, "method": "ig", "steps": 1024}})
+    assert r.status_code == 504 and "\n" not in r.json()["error"], r.text
+    assert service.load == 0 and service.health() is None
+    server.stop()
+    assert service.health() == "it is stopped"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -35,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 
 from blackbox_sal import __version__
 from blackbox_sal.api.explaining import prediction_work, runner
+from blackbox_sal.engine.pairs import PairService
 from blackbox_sal.engine.service import Busy, DeadlineExceeded, EngineService, Stopped
 from blackbox_sal.gradients.backend import BACKENDS, choose_backend
 from blackbox_sal.jobs.batch import work_for
@@ -72,6 +74,8 @@ STALL_GRACE = 5.0
 ACCESS_LOG = logging.getLogger("blackbox_sal.access")
 #: output tokens an encoder/decoder's :predict (and :explain without target_text) generates
 PAIR_GENERATE = 20
+#: most instances of one pair explained at once (each holds a thread; the rest wait in its queue)
+PAIR_THREADS = 4
 
 
 @dataclass
@@ -115,10 +119,13 @@ class Server:
                 runner(model, self.defaults), max_active=self.limits.max_active,
                 queue_size=self.limits.queue_size, batch_window=self.limits.batch_window,
                 stall_after=self.limits.deadline + STALL_GRACE), graph)
-        self.pairs = dict(pairs or {})  # encoder/decoder pairs: KServe V1 alone, run in the default thread pool
+        self.pairs = dict(pairs or {})  # encoder/decoder pairs: KServe V1 alone, admitted as the engine admits
         for name in self.pairs:
             if not name or any(c in name for c in "/:?#%") or name != name.strip() or name in self.served:
                 raise UsageError(f"model name {name!r} is repeated or cannot be part of a route")
+        self.pair_services = {name: PairService(
+            max_active=max(1, min(self.limits.max_active, PAIR_THREADS)), queue_size=self.limits.queue_size,
+            stall_after=self.limits.deadline + STALL_GRACE) for name in self.pairs}
         self.ready = True
         self.in_flight = 0  # requests being answered (draining waits for them)
         self.buffered = 0  # bytes of request bodies being read, in all (at most max_reading × max_body)
@@ -148,6 +155,8 @@ class Server:
         self.ready = False
         for served in self.served.values():
             served.service.stop(drain=drain, timeout=self.limits.deadline)
+        for service in self.pair_services.values():
+            service.stop(drain=drain)
 
     def drain_started(self) -> None:
         """SIGTERM: readiness off, new work refused (503); the work in flight goes on."""
@@ -170,6 +179,7 @@ class Server:
         """Ready when taking work and every model's worker is; else 503 naming what is not,
         without waiting on any worker."""
         problems = {name: why for name, s in self.served.items() if (why := s.service.health()) is not None}
+        problems.update({name: why for name, p in self.pair_services.items() if (why := p.health()) is not None})
         ready = self.ready and not problems
         body: dict[str, Any] = {"ready": ready}
         if problems:
@@ -226,7 +236,7 @@ class Server:
 
     async def _v1(self, request: Request, name: str, verb: str) -> Response:
         if name in self.pairs:
-            return await self._v1_pair(request, self.pairs[name], verb)
+            return await self._v1_pair(request, name, verb)
         served = self._served(name)
         data = await self._body(request)
         _known(data, {"instances", "parameters", "id"})
@@ -246,10 +256,12 @@ class Server:
             {**_id(row), **(_instance_error(r) if isinstance(r, HttpError) else explanation_object(*r))}
             for row, r in zip(rows, results, strict=True)]})
 
-    async def _v1_pair(self, request: Request, pair: Pair, verb: str) -> Response:
+    async def _v1_pair(self, request: Request, name: str, verb: str) -> Response:
         """An encoder/decoder pair: ``:predict`` generates (``{"text"}`` per instance),
         ``:explain`` answers the generation's JSON view per instance ``{"text", "target_text"}``
-        (teacher-forced when a target_text is given), within the request's deadline."""
+        (teacher-forced when a target_text is given), within the request's deadline; the
+        instances are admitted by the pair's :class:`PairService` (429 when its queue is full)."""
+        pair = self.pairs[name]
         data = await self._body(request)
         _known(data, {"instances", "parameters", "id"})
         cfg, deadline = self._settings(data.get("parameters"))
@@ -268,21 +280,24 @@ class Server:
                 method=cfg.method, steps=steps, baseline=cfg.baseline, batch_size=cfg.batch_size or 64,
                 backend=cfg.backend, max_chars=max_chars))
 
-        def answer_all() -> list[dict[str, Any] | HttpError]:
-            out: list[dict[str, Any] | HttpError] = []
-            for k, (_, text, target) in enumerate(rows):
-                try:
-                    out.append(one(text, target))
-                except SalError as exc:
-                    out.append(_failure(exc, k, len(rows)))
-            return out
+        start = time.monotonic()
+        try:
+            futures = self.pair_services[name].submit_all(
+                [functools.partial(one, text, target) for _, text, target in rows], deadline=start + deadline)
+        except Busy:
+            raise HttpError(429, "the server is busy: its queue is full", retry_after=1) from None
+        except Stopped:
+            raise HttpError(503, "the server is stopping", retry_after=5) from None
         self.in_flight += 1
-        try:  # the thread goes on past the deadline (no engine stops it); the answer does not wait
-            results = await asyncio.wait_for(asyncio.to_thread(answer_all), timeout=deadline)
+        try:  # every run inside an instance is stopped at the deadline; the wait's own limit is a second later
+            done = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures),
+                                                         return_exceptions=True), timeout=deadline + ANSWER_GRACE)
         except asyncio.TimeoutError:
             raise HttpError(504, "the request's deadline passed") from None
         finally:
             self.in_flight -= 1
+        results: list[dict[str, Any] | HttpError] = [
+            _failure(r, k, len(rows)) if isinstance(r, BaseException) else r for k, r in enumerate(done)]
         if all(isinstance(r, HttpError) for r in results):
             first = results[0]
             assert isinstance(first, HttpError)
