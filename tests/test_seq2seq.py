@@ -479,6 +479,23 @@ def test_the_server_answers_as_the_package_api(exports: Path) -> None:
     assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
     assert client.get("/v1/models/t5").json() == {"name": "t5", "ready": True}
     assert client.get("/v1/models").json() == {"models": ["t5"]}
+    # KServe V2: NAME generates, NAME-explainer explains the generation (the same objects as V1)
+    tensor = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": [SOURCE, SOURCE]}]}
+    r = client.post("/v2/models/t5/infer", json=tensor)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"model_name": "t5", "model_version": "1", "outputs": [
+        {"name": "text", "datatype": "BYTES", "shape": [2], "data": [expected.output_text] * 2}]}
+    r = client.post("/v2/models/t5-explainer/infer", json={**tensor, "id": "q"})
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    assert r.json()["id"] == "q" and out["name"] == "explanation" and out["shape"] == [2]
+    assert [json.loads(d) for d in out["data"]] == [json.loads(json.dumps(generation_json(expected)))] * 2
+    meta = client.get("/v2/models/t5-explainer").json()
+    assert meta["outputs"] == [{"name": "explanation", "datatype": "BYTES", "shape": [-1]}] and meta["explains"] == "t5"
+    assert client.get("/v2/models/t5/ready").json() == {"name": "t5", "ready": True}
+    r = client.post("/v2/models/t5/infer", json={"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                                                 "data": [""]}]})
+    assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
 
 
 def test_points_sharing_runs_equal_each_point_alone_and_the_encoder_runs_once_per_point(
@@ -697,3 +714,34 @@ def test_a_pair_request_beyond_the_queue_is_429_and_one_past_its_deadline_504(ex
     assert service.load == 0 and service.health() is None
     server.stop()
     assert service.health() == "it is stopped"
+
+
+def test_the_openapi_document_describes_the_pair_routes_and_their_answers_validate(exports: Path) -> None:
+    pytest.importorskip("starlette")
+    jsonschema = pytest.importorskip("jsonschema")
+    from starlette.testclient import TestClient
+
+    import blackbox_sal as bs
+    from blackbox_sal.server.app import Server
+
+    pair = bs.load_encoder_decoder(exports / "seq2seq-bart")
+    client = TestClient(Server({}, bs.ExplainConfig(method="grad-x-input"), pairs={"bart": pair}).app)
+    doc = client.get("/openapi.json").json()
+    for path in ("/v1/models/bart:predict", "/v1/models/bart:explain", "/v2/models/bart/infer",
+                 "/v2/models/bart-explainer/infer"):
+        assert path in doc["paths"], path
+    assert "bart-explainer" in doc["paths"]["/v2/models/{name}"]["get"]["parameters"][0]["schema"]["enum"]
+
+    def valid(body: Any, schema: str) -> None:
+        jsonschema.validate(body, {**doc, "$ref": f"#/components/schemas/{schema}"},
+                            cls=jsonschema.Draft202012Validator)
+
+    request = {"instances": [SOURCE, {"text": SOURCE, "target_text": "good day", "id": 7}]}
+    valid(request, "PairInstances")
+    r = client.post("/v1/models/bart:explain", json=request)
+    assert r.status_code == 200, r.text
+    valid(r.json(), "Generations")
+    r = client.post("/v1/models/bart:predict", json={"instances": [SOURCE]})
+    valid(r.json(), "Generated")
+    with pytest.raises(jsonschema.ValidationError):
+        valid({"predictions": [{"label": "x"}]}, "Generated")

@@ -148,7 +148,7 @@ class Server:
         self.app = _Bounded(Starlette(routes=routes, exception_handlers={HTTPException: _http_exception,
                                                                           Exception: _internal}),
                             self.limits.max_connections, {r.endpoint: r.path for r in routes})
-        self.openapi_doc = openapi_document(list(self.served), self.defaults, self.limits)
+        self.openapi_doc = openapi_document(list(self.served), self.defaults, self.limits, list(self.pairs))
 
     def stop(self, drain: bool = True) -> None:
         """Readiness off; with ``drain`` the queued and admitted work is finished first."""
@@ -196,6 +196,13 @@ class Server:
         return await _answer(lambda: self._metadata(request.path_params["name"]))
 
     async def _metadata(self, name: str) -> Response:
+        base = name.removesuffix(EXPLAINER)
+        if base in self.pairs:  # an encoder/decoder pair: texts in, generated texts (or explanations) out
+            out = "explanation" if base != name else "text"
+            return JSONResponse({"name": name, "versions": ["1"], "platform": "blackbox-sal",
+                                 "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                                 "outputs": [{"name": out, "datatype": "BYTES", "shape": [-1]}],
+                                 **({"explains": base} if base != name else {})})
         if name.endswith(EXPLAINER) and name[:-len(EXPLAINER)] in self.served:
             served = self.served[name[:-len(EXPLAINER)]]
             return JSONResponse({"name": name, "versions": ["1"], "platform": "blackbox-sal",
@@ -207,7 +214,8 @@ class Server:
     async def model_ready(self, request: Request) -> Response:
         async def ready() -> Response:
             name = request.path_params["name"]
-            why = self._served(name[:-len(EXPLAINER)] if name.endswith(EXPLAINER) else name).service.health()
+            base = name[:-len(EXPLAINER)] if name.endswith(EXPLAINER) else name
+            why = self.pair_services[base].health() if base in self.pairs else self._served(base).service.health()
             ready = self.ready and why is None
             body: dict[str, Any] = {"name": name, "ready": ready}
             if why is not None:
@@ -261,11 +269,20 @@ class Server:
         ``:explain`` answers the generation's JSON view per instance ``{"text", "target_text"}``
         (teacher-forced when a target_text is given), within the request's deadline; the
         instances are admitted by the pair's :class:`PairService` (429 when its queue is full)."""
-        pair = self.pairs[name]
         data = await self._body(request)
         _known(data, {"instances", "parameters", "id"})
         cfg, deadline = self._settings(data.get("parameters"))
         rows = _pair_rows(data, self.limits.max_instances, self.limits.max_chars, verb)
+        results = await self._pair_answers(name, verb, [(text, target) for _, text, target in rows], cfg, deadline)
+        return _json({**_echo_id(data), "predictions" if verb == "predict" else "explanations": [
+            {**({} if row[0] is None else {"id": row[0]}), **(_instance_error(r) if isinstance(r, HttpError) else r)}
+            for row, r in zip(rows, results, strict=True)]})
+
+    async def _pair_answers(self, name: str, verb: str, rows: list[tuple[str, str | None]], cfg: ExplainConfig,
+                            deadline: float) -> list[dict[str, Any] | HttpError]:
+        """Each (text, target_text)'s answer on the pair ``name`` (``{"text"}`` generated, or
+        the generation's JSON view), or its failure; all failed: the first failure raised."""
+        pair = self.pairs[name]
         if not self.ready:
             raise HttpError(503, "the server is not ready (starting or stopping)", retry_after=5)
         steps = 32 if cfg.steps == "auto" else int(cfg.steps)
@@ -283,7 +300,7 @@ class Server:
         start = time.monotonic()
         try:
             futures = self.pair_services[name].submit_all(
-                [functools.partial(one, text, target) for _, text, target in rows], deadline=start + deadline)
+                [functools.partial(one, text, target) for text, target in rows], deadline=start + deadline)
         except Busy:
             raise HttpError(429, "the server is busy: its queue is full", retry_after=1) from None
         except Stopped:
@@ -302,9 +319,31 @@ class Server:
             first = results[0]
             assert isinstance(first, HttpError)
             raise first
-        return _json({**_echo_id(data), "predictions" if verb == "predict" else "explanations": [
-            {**({} if row[0] is None else {"id": row[0]}), **(_instance_error(r) if isinstance(r, HttpError) else r)}
-            for row, r in zip(rows, results, strict=True)]})
+        return results
+
+    async def _infer_pair(self, request: Request, name: str, base: str) -> Response:
+        """V2 ``infer`` on a pair: NAME generates (``text`` BYTES [n]); NAME-explainer explains
+        each generation (``explanation`` BYTES [n], JSON objects; an ``error`` output as for
+        other models' predictions where some instance failed)."""
+        data = await self._body(request)
+        _known(data, {"inputs", "outputs", "parameters", "id"})
+        rows = infer_rows(data, self.limits.max_instances, self.limits.max_chars)
+        cfg, deadline = self._settings(data.get("parameters"))
+        explain = name != base
+        answers = await self._pair_answers(base, "explain" if explain else "predict",
+                                           [(r.text, None) for r in rows], cfg, deadline)
+        n = len(rows)
+        if explain:
+            data_out = [json.dumps(_instance_error(a) if isinstance(a, HttpError) else a, ensure_ascii=False,
+                                   allow_nan=False) for a in answers]
+        else:
+            data_out = ["" if isinstance(a, HttpError) else str(a["text"]) for a in answers]
+        outputs: list[dict[str, Any]] = [{"name": "explanation" if explain else "text", "datatype": "BYTES",
+                                          "shape": [n], "data": data_out}]
+        if not explain and any(isinstance(a, HttpError) for a in answers):
+            outputs.append({"name": "error", "datatype": "BYTES", "shape": [n],
+                            "data": [a.message if isinstance(a, HttpError) else "" for a in answers]})
+        return _json({"model_name": name, "model_version": "1", **_echo_id(data), "outputs": outputs})
 
     async def infer(self, request: Request) -> Response:
         """V2 ``infer``: on NAME, the predictions (scores FP32 [n, C], label BYTES [n]); on
@@ -312,6 +351,8 @@ class Server:
         return await _answer(lambda: self._infer(request, request.path_params["name"]))
 
     async def _infer(self, request: Request, name: str) -> Response:
+        if name.removesuffix(EXPLAINER) in self.pairs:
+            return await self._infer_pair(request, name, name.removesuffix(EXPLAINER))
         explainer = name.endswith(EXPLAINER) and name[:-len(EXPLAINER)] in self.served
         served = self._served(name[:-len(EXPLAINER)] if explainer else name)
         data = await self._body(request)
@@ -543,7 +584,7 @@ def _pair_rows(data: dict[str, Any], max_instances: int, max_chars: int,
             if isinstance(value, str) and len(value) > max_chars:
                 raise HttpError(413, f"{where}: {field} has {len(value):,} characters; at most {max_chars:,}")
         assert isinstance(text, str)
-        rows.append((id_, text, target))
+        rows.append((None if id_ is None else str(id_), text, target))  # echoed as a string, as elsewhere
     return rows
 
 
