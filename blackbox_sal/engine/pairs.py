@@ -7,8 +7,8 @@ at most ``max_active`` run at once (one thread each), at most ``queue_size`` wai
 and the next ones are refused with :class:`~blackbox_sal.engine.service.Busy` (HTTP 429), all of
 a request or none. Each instance runs under its request's deadline: one that starts after it
 ends with :class:`~blackbox_sal.engine.service.DeadlineExceeded`, and every onnxruntime run
-inside it is stopped when the deadline passes (:func:`~blackbox_sal.model.session.time_limit`:
-a DeadlineError, HTTP 504), so no thread goes on past it. :meth:`PairService.health` reports a
+inside it is stopped when the deadline passes (:func:`~blackbox_sal.model.session.time_limit`;
+DeadlineExceeded too, HTTP 504), so no thread goes on past it. :meth:`PairService.health` reports a
 thread stuck in one instance past ``stall_after`` seconds; :meth:`PairService.stop` refuses new
 work (:class:`~blackbox_sal.engine.service.Stopped`) and, with ``drain``, finishes the rest.
 """
@@ -23,6 +23,7 @@ from typing import Any
 
 from blackbox_sal.engine.service import Busy, DeadlineExceeded, Stopped
 from blackbox_sal.model.session import time_limit
+from blackbox_sal.vocabulary.errors import DeadlineError
 
 
 class PairService:
@@ -58,6 +59,8 @@ class PairService:
                 self.started[me] = self.clock()
             with time_limit(left):
                 return call()
+        except DeadlineError as exc:  # a run stopped at the deadline: the request's deadline, as the engine says
+            raise DeadlineExceeded("the deadline passed during the instance") from exc
         finally:
             with self.lock:
                 self.pending -= 1
