@@ -500,10 +500,11 @@ def test_the_server_answers_as_the_package_api(exports: Path) -> None:
 
 def test_points_sharing_runs_equal_each_point_alone_and_the_encoder_runs_once_per_point(
         loaded: tuple[Any, Any]) -> None:
-    """Rows of different points in one run (batch_size 3 over 3 points x 5 steps) give each
-    point's gradients as a run of that point alone; the encoder's forward runs on one row per
-    point (its backward half reads the saved tensors), and the source's run is shared by
-    generation and the explanation's point at the source."""
+    """Rows of different points in one run (batch_size 10: two points' 5 steps each), and one
+    point's rows over two runs (batch_size 3), give each point's gradients as a run of that
+    point alone; the encoder's forward runs on one row per point (its backward half reads the
+    saved tensors), and the source's run is shared by generation and the explanation's point at
+    the source."""
     from blackbox_sal.seq2seq.explaining import chained_gradients, explain_generation
 
     pair, _ = loaded
@@ -512,11 +513,12 @@ def test_points_sharing_runs_equal_each_point_alone_and_the_encoder_runs_once_pe
     prefix = np.array([pair.start_id, *out[:-1]], np.int64)
     x = pair.encoder_table[src].astype(np.float32)
     points = np.stack([x, 0.5 * x, 0.2 * x + 0.1])
-    together = chained_gradients(pair, points, src, prefix, out, batch_size=3)
-    for p in range(3):
-        alone = chained_gradients(pair, points[p:p + 1], src, prefix, out, batch_size=64)
-        for a, b in zip(together, alone, strict=True):
-            np.testing.assert_allclose(a[p], b[0], rtol=1e-5, atol=1e-6)
+    for batch_size in (10, 3):
+        together = chained_gradients(pair, points, src, prefix, out, batch_size=batch_size)
+        for p in range(3):
+            alone = chained_gradients(pair, points[p:p + 1], src, prefix, out, batch_size=64)
+            for a, b in zip(together, alone, strict=True):
+                np.testing.assert_allclose(a[p], b[0], rtol=1e-5, atol=1e-6)
     rows: dict[str, int] = {}
 
     def counting(name: str) -> Any:

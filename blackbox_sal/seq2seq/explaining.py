@@ -82,19 +82,6 @@ def generate(pair: Pair, source_ids: np.ndarray, max_new: int, encoded: Encoded 
     return greedy(pair, source_ids, max_new, encoded)[0]
 
 
-def _encoded_points(pair: Pair, source: np.ndarray, ids: np.ndarray, batch_size: int,
-                    last: Encoded | None) -> Encoded:
-    """The encoder's saving forward over every point, in runs of ``batch_size``; the last
-    point's run is ``last`` when given (the unperturbed source, already encoded)."""
-    todo = len(source) - (last is not None)
-    runs = [pair.encode_saving(source[s], np.ones_like(ids[s]), ids[s]) for s in _chunks(todo, batch_size)]
-    if last is not None:
-        runs.append(last)
-    states = np.concatenate([r[0] for r in runs])
-    saved = {name: np.concatenate([r[1][name] for r in runs]) for name in runs[0][1]}
-    return states, saved
-
-
 def chained_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix_ids: np.ndarray,
                       targets: np.ndarray, batch_size: int = 64, last: Encoded | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -103,34 +90,44 @@ def chained_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, pr
     source [P, T, S, D], d log p_t / d prefix embeddings [P, T, T, D]).
 
     The encoder's forward runs once per point (saving what its reverse pass reads), the
-    decoder's gradient graph and the encoder's backward half once per (point, step) row.
-    ``last``: the last point's encoder run, when the caller has it (the unperturbed source,
-    encoded for generation)."""
+    decoder's gradient graph and the encoder's backward half once per (point, step) row. Points
+    go in groups of ``batch_size // T`` (at least one), so that what a group saves is held for
+    its own rows only. ``last``: the last point's encoder run, when the caller has it (the
+    unperturbed source, encoded for generation)."""
     points, length, _ = source.shape
     steps = len(targets)
-    vocab = pair.decoder_table.shape[0]
-    ids = np.repeat(source_ids[None], points, 0)
+    vocab, dim = pair.decoder_table.shape
+    log_probs = np.empty((points, steps))
+    g_prefix = np.empty((points, steps, steps, dim), np.float32)
+    g_source = np.empty((points, steps, length, source.shape[2]), np.float32)
+    step = np.arange(steps)
+    weights = np.zeros((steps, steps * vocab), np.float32)
+    weights[step, step * vocab + targets] = 1.0
+    dec_embeds = pair.decoder_table[prefix_ids][None].astype(np.float32)
+    ids = source_ids[None]
     mask = np.ones_like(ids)
-    states, saved = _encoded_points(pair, source, ids, batch_size, last)
-    rows = points * steps
-    point = np.repeat(np.arange(points), steps)
-    step = np.tile(np.arange(steps), points)
-    weights = np.zeros((rows, steps * vocab), np.float32)
-    weights[np.arange(rows), step * vocab + targets[step]] = 1.0
-    dec_ids = np.repeat(prefix_ids[None], rows, 0)
-    dec_embeds = pair.decoder_table[dec_ids]
-    log_probs = np.empty(rows)
-    g_prefix = np.empty((rows, steps, dec_embeds.shape[2]), np.float32)
-    g_source = np.empty((rows, length, source.shape[2]), np.float32)
-    for s in _chunks(rows, batch_size):
-        at = point[s]
-        flat, g_dec, g_states = pair.decoder_vjp(dec_embeds[s], dec_ids[s], states[at], mask[at], weights[s], ids[at])
-        log_probs[s] = flat[np.arange(s.stop - s.start), step[s] * vocab + targets[step[s]]]
-        g_prefix[s] = g_dec
-        g_source[s] = pair.encoder_vjp(source[at], mask[at], ids[at], g_states,
-                                       {name: value[at] for name, value in saved.items()})
-    return (log_probs.reshape(points, steps), g_source.reshape(points, steps, length, -1),
-            g_prefix.reshape(points, steps, steps, -1))
+    for group in _chunks(points, max(1, batch_size // steps)):
+        n = group.stop - group.start
+        reuse = int(last is not None and group.stop == points)
+        runs = [pair.encode_saving(source[group.start:group.stop - reuse], np.repeat(mask, n - reuse, 0),
+                                   np.repeat(ids, n - reuse, 0))] if n - reuse else []
+        if reuse and last is not None:
+            runs.append(last)
+        states = np.concatenate([r[0] for r in runs])
+        saved = {name: np.concatenate([r[1][name] for r in runs]) for name in runs[0][1]}
+        point = np.repeat(np.arange(n), steps)  # the group's rows: each point's T steps
+        row_step = np.tile(step, n)
+        for s in _chunks(n * steps, batch_size):
+            at, t, k = point[s], row_step[s], s.stop - s.start
+            rows_ids, rows_mask = np.repeat(ids, k, 0), np.repeat(mask, k, 0)
+            flat, g_dec, g_states = pair.decoder_vjp(np.repeat(dec_embeds, k, 0), np.repeat(prefix_ids[None], k, 0),
+                                                     states[at], rows_mask, weights[t], rows_ids)
+            p = group.start + at
+            log_probs[p, t] = flat[np.arange(k), t * vocab + targets[t]]
+            g_prefix[p, t] = g_dec
+            g_source[p, t] = pair.encoder_vjp(source[p], rows_mask, rows_ids, g_states,
+                                              {name: value[at] for name, value in saved.items()})
+    return log_probs, g_source, g_prefix
 
 
 def _log_p(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix: np.ndarray, prefix_ids: np.ndarray,

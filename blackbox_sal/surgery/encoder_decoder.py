@@ -13,7 +13,9 @@ states) and the encoder's graph is seeded with the decoder's cotangent on the st
 
     encoder body:  inputs_embeds [B, S, D], attention_mask [B, S] -> last_hidden_state
                    -> Flatten -> states [B, S*D]
-    encoder graph: + target_weights [B, S*D] (= grad_states, flattened) -> states, grad [B, S, D]
+    encoder graph, in two halves (encoder_halves):
+      saving forward: the body, also returning the tensors the reverse pass reads
+      backward half:  those tensors + target_weights [B, S*D] (= grad_states, flattened) -> grad [B, S, D]
 
 A row of the batch is one output step: its weights are one-hot at (t, y_t). The decoder graph
 is the reverse pass run twice over one forward (once per differentiated input); the adjoint
@@ -69,12 +71,6 @@ def _with_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     g = model.graph
     g.input.append(helper.make_tensor_value_info(WEIGHTS, onnx.TensorProto.FLOAT, ["batch", "scores"]))
     return checked_gradient(model)
-
-
-def encoder_gradient(forward: onnx.ModelProto, facts: Facts) -> onnx.ModelProto:
-    """The encoder's gradient graph (see the module's sketch) from :func:`flat_encoder`'s
-    output and its probe facts. ModelError names an operator without a rule."""
-    return _with_weights(reverse(forward, EMBEDS, FLAT_STATES, WEIGHTS, GRAD, facts))
 
 
 def decoder_gradient(forward: onnx.ModelProto, facts: Facts) -> onnx.ModelProto:
