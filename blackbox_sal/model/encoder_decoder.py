@@ -39,6 +39,7 @@ from blackbox_sal.surgery.encoder_decoder import (
     FLAT_STATES,
     GRAD_STATES,
     LOG_PROBS,
+    ROWS,
     SAVED,
     STATES,
     USE_CACHE,
@@ -190,14 +191,15 @@ class Pair:
         return states, {name: np.asarray(v) for name, v in zip(self.saved, out[1:], strict=True)}
 
     def encoder_vjp(self, embeds: np.ndarray, mask: np.ndarray, ids: np.ndarray, cotangent: np.ndarray,
-                    saved: dict[str, np.ndarray]) -> np.ndarray:
+                    saved: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
         """d(sum(cotangent * states))/d source embeds [B, S, D] by the encoder's backward half,
-        from the rows' saved forward tensors (:meth:`encode_saving`; a single graph: the
-        cotangent itself)."""
+        from the points' saved forward tensors (:meth:`encode_saving`, [P, ...]) and each row's
+        point ``rows`` [B] (a single graph: the cotangent itself)."""
         if self.encoder_grad is None:
             return cotangent.astype(np.float32)
         feeds = {k: v for k, v in self.encoder_feeds(embeds, mask, ids).items() if k in self.backward_inputs}
         feeds.update({SAVED + name: value for name, value in saved.items()})
+        feeds[ROWS] = rows.astype(np.int64)
         feeds[WEIGHTS] = cotangent.reshape(len(cotangent), -1).astype(np.float32)
         return np.asarray(run(self.encoder_grad, [GRAD], feeds, "the encoder's gradient graph")[0])
 
@@ -309,7 +311,7 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
                 decoder_grad=None if dec_grad is None else session(dec_grad), no_graph=why,
                 encoder_saving=None if enc_saving is None else session(enc_saving), saved=saved,
                 backward_inputs=frozenset() if enc_grad is None else frozenset(
-                    i.name for i in enc_grad.graph.input if not i.name.startswith(SAVED)),
+                    i.name for i in enc_grad.graph.input if not i.name.startswith(SAVED) and i.name != ROWS),
                 with_past=None if with_past is None or not past else session(with_past), past=past,
                 with_past_inputs=frozenset() if with_past is None else frozenset(
                     i.name for i in with_past.graph.input if not i.name.startswith(PAST)))

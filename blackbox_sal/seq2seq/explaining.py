@@ -125,8 +125,7 @@ def chained_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, pr
             p = group.start + at
             log_probs[p, t] = flat[np.arange(k), t * vocab + targets[t]]
             g_prefix[p, t] = g_dec
-            g_source[p, t] = pair.encoder_vjp(source[p], rows_mask, rows_ids, g_states,
-                                              {name: value[at] for name, value in saved.items()})
+            g_source[p, t] = pair.encoder_vjp(source[p], rows_mask, rows_ids, g_states, saved, at)
     return log_probs, g_source, g_prefix
 
 

@@ -107,6 +107,9 @@ def _rename_adjoints(graph: onnx.GraphProto, nodes_before: int, initializers_bef
 
 #: the prefix a saved forward tensor takes as an input of the encoder's backward half
 SAVED = "bbs_saved/"
+#: the backward half's int64 [B] input: each row's point among the saved tensors' rows
+ROWS = "bbs_row_point"
+ROWWISE = "bbs_rowwise/"
 
 
 def encoder_halves(forward: onnx.ModelProto, facts: Facts) -> tuple[onnx.ModelProto, onnx.ModelProto, tuple[str, ...]]:
@@ -114,13 +117,14 @@ def encoder_halves(forward: onnx.ModelProto, facts: Facts) -> tuple[onnx.ModelPr
     reverse pass once per (point, output step) row (pure)::
 
         saving forward:  inputs_embeds, attention_mask -> states [B, S*D], saved_1 .. saved_k
-        backward:        SAVED + saved_i [B, ...], target_weights [B, S*D], (the inputs) -> grad
+        backward:        SAVED + saved_i [P, ...], ROWS [B] (each row's point), target_weights
+                         [B, S*D], (the inputs) -> grad
 
     The saved tensors are the batch-major float tensors of the forward that the reverse pass
     reads (``facts``: their first axis followed the probes' batch sizes); whatever else it reads
     from the forward (shape arithmetic) is recomputed in the backward half from the saved ones.
-    A row of the backward half may repeat a row of the forward's: the reverse pass is linear in
-    its weights, every saved tensor is per row. Returns (forward, backward, the saved names)."""
+    A row of the backward half takes its point's saved rows (a Gather on ROWS inside the graph:
+    no copy per row outside it). Returns (forward, backward, the saved names)."""
     whole = reverse(forward, EMBEDS, FLAT_STATES, WEIGHTS, GRAD, facts)
     produced = {o for node in whole.graph.node[:len(forward.graph.node)] for o in node.output if o}
     batches = [s[0] for s in facts.shapes[EMBEDS]]
@@ -140,6 +144,15 @@ def encoder_halves(forward: onnx.ModelProto, facts: Facts) -> tuple[onnx.ModelPr
     backward = _with_weights(whole)
     prune(backward.graph, keep_inputs=frozenset({WEIGHTS}))
     saved = tuple(sorted(i.name[len(SAVED):] for i in backward.graph.input if i.name.startswith(SAVED)))
+    # the saved tensors come one row per point; ROWS [B] says each gradient row's point
+    g = backward.graph
+    for node in g.node:
+        node.input[:] = [ROWWISE + i[len(SAVED):] if i.startswith(SAVED) else i for i in node.input]
+    nodes = [helper.make_node("Gather", [SAVED + name, ROWS], [ROWWISE + name], axis=0, name=f"bbs_rows_{k}")
+             for k, name in enumerate(saved)] + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    g.input.append(helper.make_tensor_value_info(ROWS, onnx.TensorProto.INT64, ["batch"]))
     saving = onnx.ModelProto()
     saving.CopyFrom(forward)
     saving.graph.output.extend(helper.make_tensor_value_info(
