@@ -4,7 +4,8 @@ the same done with Captum on the PyTorch model.
 Both sides do the same work on the same model (a random T5 and BART of models/build_seq2seq.py,
 default 256 wide, 4 + 4 layers), the same source (~12 tokens) and the same 5 output tokens:
 
-- greedy generation of 5 tokens (no past key values on either side: the decoder reruns);
+- greedy generation of 5 tokens (blackbox-sal feeds one new token per step through
+  decoder_with_past_model.onnx; the PyTorch sides rerun the decoder on the prefix: a few ms);
 - per output step t: integrated gradients of log p_t over the source embeddings (Gauss-Legendre,
   --steps nodes, the pad token's embedding as baseline, the output prefix fixed), and
   gradient x input over the decoder's input embeddings.

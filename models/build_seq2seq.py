@@ -7,13 +7,19 @@ No download: the configurations are tiny (d_model 16, 2 heads, 2 + 2 layers, a 4
 vocabulary; ``--width``/``--layers`` for bigger ones) with random weights from
 ``torch.manual_seed(0)`` (matrices N(0, 0.25^2 16/width)); the tokenizer is a word-level
 ``tokenizers`` file written here. Each folder holds what optimum writes for a seq2seq export
-without past key values:
+with past key values (the two decoders apart, and merged):
 
 - ``encoder_model.onnx``: ``input_ids``, ``attention_mask`` int64 [batch, source] ->
   ``last_hidden_state`` float32 [batch, source, 16];
 - ``decoder_model.onnx``: ``input_ids`` int64 [batch, target], ``encoder_attention_mask`` int64
   [batch, source], ``encoder_hidden_states`` float32 [batch, source, 16] -> ``logits`` float32
-  [batch, target, vocab];
+  [batch, target, vocab] and ``present.<layer>.<decoder|encoder>.<key|value>`` [batch, heads,
+  target|source, head dim] (the cache generation starts from);
+- ``decoder_with_past_model.onnx``: the same three inputs with ``input_ids`` [batch, 1] (the new
+  token) and ``past_key_values.<layer>.<decoder|encoder>.<key|value>`` -> ``logits`` [batch, 1,
+  vocab] and the decoder's ``present.<layer>.decoder.<key|value>`` (one position longer);
+- ``decoder_model_merged.onnx``: the two in one graph, as optimum's post-processing merges them
+  (an ``If`` on a ``use_cache_branch`` bool input; :func:`merge_decoders`);
 - ``tokenizer.json`` (the source gets ``</s>`` appended, as T5's and BART's tokenizers do),
   ``config.json`` (``model_type``, ``decoder_start_token_id``, ``eos_token_id``,
   ``pad_token_id``), ``torch_model/`` (``save_pretrained``, for the tests' autograd checks and
@@ -95,8 +101,19 @@ def build_torch(kind: str, width: int = 16, layers: int = 2) -> Any:
     return model.eval()
 
 
+def presents(cache: Any, layers: int, cross: bool = True) -> list[Any]:
+    """A transformers EncoderDecoderCache as optimum's flat present.* list: per layer the
+    decoder's key and value, then (``cross``) the encoder's."""
+    flat = []
+    for i in range(layers):
+        own, other = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
+        flat += [own.keys, own.values, *((other.keys, other.values) if cross else ())]
+    return flat
+
+
 def export(kind: str, out: Path, width: int = 16, layers: int = 2) -> Path:
     import torch
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
     from transformers.modeling_outputs import BaseModelOutput
 
     folder = out / (f"seq2seq-{kind}" if (width, layers) == (16, 2) else f"seq2seq-{kind}-{width}x{layers}")
@@ -123,10 +140,24 @@ def export(kind: str, out: Path, width: int = 16, layers: int = 2) -> Path:
             self.m = model
 
         def forward(self, input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor,
-                    encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-            return self.m(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
-                          attention_mask=encoder_attention_mask, decoder_input_ids=input_ids,
-                          use_cache=False).logits
+                    encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out = self.m(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
+                         attention_mask=encoder_attention_mask, decoder_input_ids=input_ids, use_cache=True)
+            return (out.logits, *presents(out.past_key_values, layers))
+
+    class DecoderWithPast(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor,
+                    encoder_hidden_states: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            cache = EncoderDecoderCache(DynamicCache([(past[4 * i], past[4 * i + 1]) for i in range(layers)]),
+                                        DynamicCache([(past[4 * i + 2], past[4 * i + 3]) for i in range(layers)]))
+            out = self.m(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
+                         attention_mask=encoder_attention_mask, decoder_input_ids=input_ids,
+                         past_key_values=cache, use_cache=True)
+            return (out.logits, *presents(out.past_key_values, layers, cross=False))
 
     ids = torch.tensor([[5, 6, 7, 8, eos]] * 2)
     mask = torch.ones_like(ids)
@@ -137,15 +168,75 @@ def export(kind: str, out: Path, width: int = 16, layers: int = 2) -> Path:
                       input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                       dynamic_axes={"input_ids": {0: "batch", 1: "source"}, "attention_mask": {0: "batch", 1: "source"},
                                     "last_hidden_state": {0: "batch", 1: "source"}})
+    kv = [f"{i}.{side}.{part}" for i in range(layers) for side in ("decoder", "encoder") for part in ("key", "value")]
+    length = {"decoder": "target", "encoder": "source"}
     torch.onnx.export(Decoder(), (dec, mask, states), str(folder / "decoder_model.onnx"), dynamo=False,
                       opset_version=17, input_names=["input_ids", "encoder_attention_mask", "encoder_hidden_states"],
-                      output_names=["logits"],
+                      output_names=["logits", *(f"present.{n}" for n in kv)],
                       dynamic_axes={"input_ids": {0: "batch", 1: "target"},
                                     "encoder_attention_mask": {0: "batch", 1: "source"},
                                     "encoder_hidden_states": {0: "batch", 1: "source"},
-                                    "logits": {0: "batch", 1: "target"}})
+                                    "logits": {0: "batch", 1: "target"},
+                                    **{f"present.{n}": {0: "batch", 2: length[n.split(".")[1]]} for n in kv}})
+    with torch.no_grad():
+        past = Decoder()(dec, mask, states)[1:]
+    own = [n for n in kv if ".decoder." in n]
+    torch.onnx.export(DecoderWithPast(), (dec[:, -1:], mask, states, *past),
+                      str(folder / "decoder_with_past_model.onnx"), dynamo=False, opset_version=17,
+                      input_names=["input_ids", "encoder_attention_mask", "encoder_hidden_states",
+                                   *(f"past_key_values.{n}" for n in kv)],
+                      output_names=["logits", *(f"present.{n}" for n in own)],
+                      dynamic_axes={"input_ids": {0: "batch"}, "encoder_attention_mask": {0: "batch", 1: "source"},
+                                    "encoder_hidden_states": {0: "batch", 1: "source"}, "logits": {0: "batch"},
+                                    **{f"past_key_values.{n}": {0: "batch", 2: "past_" + length[n.split(".")[1]]}
+                                       for n in kv},
+                                    **{f"present.{n}": {0: "batch", 2: "total"} for n in own}})
+    merge_decoders(folder)
     check(folder, model, kind)
     return folder
+
+
+def merge_decoders(folder: Path) -> Path:
+    """``decoder_model_merged.onnx`` from the folder's two decoders, as optimum's post-processing
+    merges them: one ``If`` on a ``use_cache_branch`` bool [1] input, the with-past decoder in
+    its then branch (the encoder's past passed through as its presents), the decoder without
+    past in its else branch; the inputs are the union (``past_key_values.*`` unread by the else
+    branch)."""
+    import onnx
+    from onnx import helper
+
+    first = onnx.load(str(folder / "decoder_model.onnx"))
+    then = onnx.load(str(folder / "decoder_with_past_model.onnx"))
+    outs = [o.name for o in first.graph.output]
+    rank = {o.name: len(o.type.tensor_type.shape.dim) for o in first.graph.output}
+    branches = []
+    for prefix, model in (("with_past/", then), ("no_past/", first)):
+        g = model.graph
+        names = {n for node in g.node for n in node.output} | {t.name for t in g.initializer}
+        for node in g.node:
+            node.input[:] = [prefix + i if i in names else i for i in node.input]
+            node.output[:] = [prefix + o for o in node.output]
+            node.name = prefix + node.name
+        for t in g.initializer:
+            t.name = prefix + t.name
+        produced = {o.name for o in g.output}
+        for name in outs:  # the encoder's presents: its past, unchanged
+            if name not in produced:
+                g.node.append(helper.make_node("Identity", ["past_key_values." + name[len("present."):]],
+                                               [prefix + name]))
+        branch = helper.make_graph(list(g.node), prefix.strip("/"), [], [
+            helper.make_tensor_value_info(prefix + name, onnx.TensorProto.FLOAT, [None] * rank[name]) for name in outs],
+            list(g.initializer))
+        branches.append(branch)
+    inputs = [*first.graph.input, *(i for i in then.graph.input if i.name.startswith("past_key_values.")),
+              helper.make_tensor_value_info("use_cache_branch", onnx.TensorProto.BOOL, [1])]
+    node = helper.make_node("If", ["use_cache_branch"], outs, then_branch=branches[0], else_branch=branches[1])
+    graph = helper.make_graph([node], "merged", inputs, [
+        helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [None] * rank[name]) for name in outs])
+    merged = helper.make_model(graph, opset_imports=first.opset_import, ir_version=first.ir_version)
+    onnx.checker.check_model(merged)
+    onnx.save(merged, str(folder / "decoder_model_merged.onnx"))
+    return folder / "decoder_model_merged.onnx"
 
 
 def gru_module(vocab: int, width: int = 16) -> Any:

@@ -169,9 +169,35 @@ def test_a_folder_without_a_pair_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="encoder_model.onnx"):
         load_pair(tmp_path)
     (tmp_path / "encoder_model.onnx").write_bytes(b"")
-    (tmp_path / "decoder_model_merged.onnx").write_bytes(b"")
-    with pytest.raises(ModelError, match="only decoder_model_merged.onnx"):
+    with pytest.raises(ModelError, match="no decoder_model.onnx \\(nor decoder_model_merged.onnx\\)"):
         load_pair(tmp_path)
+
+
+def test_a_merged_decoder_alone_generates_with_its_cache_branch_and_explains_its_other(
+        exports: Path, kind: str, tmp_path: Path) -> None:
+    """encoder_model.onnx and decoder_model_merged.onnx (optimum's If on use_cache_branch) alone:
+    the no-cache branch, cut out, gives the explanation of the two decoders apart; the cache
+    branch generates the same tokens and logits as the prefix rerun."""
+    import dataclasses
+    import shutil
+
+    from blackbox_sal.model.encoder_decoder import load_pair
+    from blackbox_sal.seq2seq.explaining import explain_generation, greedy
+
+    full = exports / f"seq2seq-{kind}"
+    for name in ("encoder_model.onnx", "decoder_model_merged.onnx", "tokenizer.json", "config.json"):
+        shutil.copy(full / name, tmp_path / name)
+    merged, apart = load_pair(tmp_path), load_pair(full)
+    assert merged.past == apart.past and "use_cache_branch" in merged.with_past_inputs
+    src = np.array(apart.tokenizer.encode(SOURCE).ids, np.int64)
+    tokens, logits = greedy(dataclasses.replace(merged, eos_id=-1), src, 8)
+    rerun, want = greedy(dataclasses.replace(apart, eos_id=-1), src, 8, use_past=False)
+    assert tokens == rerun
+    np.testing.assert_allclose(logits, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    a = explain_generation(merged, SOURCE, target_text="good day", method="grad-x-input")
+    b = explain_generation(apart, SOURCE, target_text="good day", method="grad-x-input")
+    np.testing.assert_allclose(a.source_scores, b.source_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.prefix_scores, b.prefix_scores, rtol=1e-5, atol=1e-6)
 
 
 GOLDEN = GenerationExplanation(
@@ -453,3 +479,271 @@ def test_the_server_answers_as_the_package_api(exports: Path) -> None:
     assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
     assert client.get("/v1/models/t5").json() == {"name": "t5", "ready": True}
     assert client.get("/v1/models").json() == {"models": ["t5"]}
+    # KServe V2: NAME generates, NAME-explainer explains the generation (the same objects as V1)
+    tensor = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": [SOURCE, SOURCE]}]}
+    r = client.post("/v2/models/t5/infer", json=tensor)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"model_name": "t5", "model_version": "1", "outputs": [
+        {"name": "text", "datatype": "BYTES", "shape": [2], "data": [expected.output_text] * 2}]}
+    r = client.post("/v2/models/t5-explainer/infer", json={**tensor, "id": "q"})
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    assert r.json()["id"] == "q" and out["name"] == "explanation" and out["shape"] == [2]
+    assert [json.loads(d) for d in out["data"]] == [json.loads(json.dumps(generation_json(expected)))] * 2
+    meta = client.get("/v2/models/t5-explainer").json()
+    assert meta["outputs"] == [{"name": "explanation", "datatype": "BYTES", "shape": [-1]}] and meta["explains"] == "t5"
+    assert client.get("/v2/models/t5/ready").json() == {"name": "t5", "ready": True}
+    r = client.post("/v2/models/t5/infer", json={"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                                                 "data": [""]}]})
+    assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
+
+
+def test_points_sharing_runs_equal_each_point_alone_and_the_encoder_runs_once_per_point(
+        loaded: tuple[Any, Any]) -> None:
+    """Rows of different points in one run (batch_size 10: two points' 5 steps each), and one
+    point's rows over two runs (batch_size 3), give each point's gradients as a run of that
+    point alone; the encoder's forward runs on one row per point (its backward half reads the
+    saved tensors), and the source's run is shared by generation and the explanation's point at
+    the source."""
+    from blackbox_sal.seq2seq.explaining import chained_gradients, explain_generation
+
+    pair, _ = loaded
+    src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
+    out = np.array([10, 11, 12, 13, pair.eos_id], np.int64)
+    prefix = np.array([pair.start_id, *out[:-1]], np.int64)
+    x = pair.encoder_table[src].astype(np.float32)
+    points = np.stack([x, 0.5 * x, 0.2 * x + 0.1])
+    for batch_size in (10, 3):
+        together = chained_gradients(pair, points, src, prefix, out, batch_size=batch_size)
+        for p in range(3):
+            alone = chained_gradients(pair, points[p:p + 1], src, prefix, out, batch_size=64)
+            for a, b in zip(together, alone, strict=True):
+                np.testing.assert_allclose(a[p], b[0], rtol=1e-5, atol=1e-6)
+    rows: dict[str, int] = {}
+
+    def counting(name: str) -> Any:
+        method = getattr(pair, name)
+
+        def counted(*args: Any) -> Any:
+            rows[name] = rows.get(name, 0) + len(args[0])
+            return method(*args)
+        return counted
+
+    for name in ("encode", "encode_saving", "encoder_vjp"):
+        object.__setattr__(pair, name, counting(name))
+    try:
+        e = explain_generation(pair, SOURCE, generate_tokens=3, method="ig", steps=4)
+    finally:
+        for name in ("encode", "encode_saving", "encoder_vjp"):
+            object.__delattr__(pair, name)
+    # 6 points (4 nodes, the baseline, the source): 5 encoded here, the source's once for all
+    assert rows == {"encode_saving": 1 + 5, "encoder_vjp": 6 * len(e.output_tokens)}
+
+
+def test_generation_with_past_key_values_equals_rerunning_the_prefix(loaded: tuple[Any, Any]) -> None:
+    """decoder_with_past_model.onnx (one new token per step after the cached keys and values)
+    gives the tokens and logits of the decoder rerun on the whole prefix, over 10 steps (past
+    the length the export traced; the end token disabled so that each source runs them all)."""
+    import dataclasses
+
+    from blackbox_sal.seq2seq.explaining import greedy
+
+    pair, _ = loaded
+    assert pair.with_past is not None and len(pair.past) == 8  # 2 layers x decoder/encoder x key/value
+    endless = dataclasses.replace(pair, eos_id=-1)
+    calls = []
+    step = endless.next_step
+
+    def counted(*args: Any) -> Any:
+        calls.append(args[0].shape)
+        return step(*args)
+
+    object.__setattr__(endless, "next_step", counted)
+    for text in (SOURCE, "hello world", "a big red bird sings loud today and the sun is good"):
+        src = np.array(pair.tokenizer.encode(text).ids, np.int64)
+        cached, with_past = greedy(endless, src, 10, use_past=True)
+        rerun, without = greedy(endless, src, 10, use_past=False)
+        assert cached == rerun and len(cached) == 10
+        np.testing.assert_allclose(with_past, without, rtol=0, atol=1e-4 * np.abs(without).max())
+    assert calls == [(1, 1)] * 27  # 9 steps after the first, one new token each, per source
+
+
+def test_a_pair_without_the_past_decoder_generates_by_rerunning(exports: Path, kind: str, tmp_path: Path) -> None:
+    import shutil
+
+    from blackbox_sal.model.encoder_decoder import load_pair
+    from blackbox_sal.seq2seq.explaining import generate
+
+    folder = tmp_path / "pair"
+    shutil.copytree(exports / f"seq2seq-{kind}", folder, ignore=shutil.ignore_patterns("torch_model"))
+    (folder / "decoder_with_past_model.onnx").unlink()
+    (folder / "decoder_model_merged.onnx").unlink()
+    pair, with_past = load_pair(folder), load_pair(exports / f"seq2seq-{kind}")
+    assert pair.with_past is None and with_past.with_past is not None
+    src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
+    assert generate(pair, src, 8) == generate(with_past, src, 8)
+
+
+def _quantized_gru(exports: Path, tmp_path: Path, ops: list[str], transposed_first: bool = False) -> Path:
+    """seq2seq-gru through onnxruntime's quantize_dynamic (``ops``): its 8-bit lookups are
+    ``Gather(Wq, ids) -> DequantizeLinear``; ``transposed_first`` moves the Transpose after each
+    between the two (int8 values transposed, then dequantized: pyfrspell's form)."""
+    import shutil
+
+    import onnx
+    from onnx import helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = tmp_path / ("int8-" + "-".join(ops) + ("-t" if transposed_first else ""))
+    shutil.copytree(exports / "seq2seq-gru", folder)
+    quantize_dynamic(str(exports / "seq2seq-gru" / "model.onnx"), str(folder / "model.onnx"),
+                     op_types_to_quantize=ops, weight_type=QuantType.QInt8)
+    if transposed_first:
+        m = onnx.load(str(folder / "model.onnx"))
+        nodes = list(m.graph.node)
+        for d in [n for n in nodes if n.op_type == "DequantizeLinear"]:
+            t = next(n for n in nodes if n.op_type == "Transpose" and n.input[0] == d.output[0])
+            q = t.output[0] + "_quantized"
+            moved = [helper.make_node("Transpose", [d.input[0]], [q], perm=t.attribute[0].ints),
+                     helper.make_node("DequantizeLinear", [q, *d.input[1:]], [t.output[0]])]
+            at = nodes.index(t)
+            nodes[at:at + 1] = moved
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+        onnx.save(m, str(folder / "model.onnx"))
+    return folder
+
+
+@pytest.mark.parametrize("transposed_first", [False, True])
+def test_an_8bit_lookup_dequantized_after_the_gather_is_split_as_its_float_table(
+        exports: Path, tmp_path: Path, transposed_first: bool) -> None:
+    """Only the lookups quantized: the float twin is the int8 graph's function exactly (the
+    dequantization moved into the table), the split finds the tables (Wq - z) s, and finite
+    differences through the twin equal autograd through the PyTorch GRU on those tables."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import numpy_helper
+
+    sys.path.insert(0, str(ROOT / "models"))
+    from build_seq2seq import gru_module
+
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+    from blackbox_sal.seq2seq.explaining import fd_gradients
+    from blackbox_sal.surgery.dequantize import float_twin
+
+    folder = _quantized_gru(exports, tmp_path, ["Gather"], transposed_first)
+    proto = onnx.load(str(folder / "model.onnx"))
+    twin, _ = float_twin(proto)
+    assert "DequantizeLinear" not in {n.op_type for n in twin.graph.node}
+    feeds = {"src": np.array([[5, 6, 7, 1]]), "tgt_in": np.array([[0, 9, 10, 11]])}
+    int8, floated = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds)[0] for m in (proto, twin))
+    np.testing.assert_allclose(floated, int8, rtol=0, atol=1e-6 * np.abs(int8).max())
+    pair = load_encoder_decoder(folder)  # no quantized operator: the lookups' values are exact
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in proto.graph.initializer}
+    for table, name in ((pair.encoder_table, "source"), (pair.decoder_table, "target")):
+        want = (inits[f"{name}.weight_quantized"] - inits[f"{name}.weight_zero_point"]) * inits[f"{name}.weight_scale"]
+        np.testing.assert_allclose(table, want, rtol=1e-6, atol=1e-7)
+    model = gru_module(len(pair.encoder_table))
+    model.load_state_dict(torch.load(folder / "torch_single.pt"))
+    model.eval()
+    src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
+    out = np.array(pair.tokenizer.encode("good day").ids, np.int64)
+    dec = np.array([pair.start_id, *out[:-1]], np.int64)
+    _, g_source, g_prefix = fd_gradients(pair, pair.encoder_table[src][None], src, dec, out)
+    xs = torch.from_numpy(pair.encoder_table[src][None].copy()).requires_grad_(True)
+    xp = torch.from_numpy(pair.decoder_table[dec][None].copy()).requires_grad_(True)
+    ref = torch.log_softmax(model.run(xs, xp), -1)[0, torch.arange(len(out)), torch.from_numpy(out)]
+    for t in range(len(out)):
+        a, b = (v[0].numpy() for v in torch.autograd.grad(ref[t], (xs, xp), retain_graph=True))
+        assert np.abs(g_source[0, t] - a).max() <= 2e-3 * np.abs(a).max()
+        assert np.abs(g_prefix[0, t] - b).max() <= 2e-3 * np.abs(b).max()
+
+
+def test_an_int8_single_graph_is_refused_as_shipped_and_explained_as_its_float_twin(
+        exports: Path, tmp_path: Path) -> None:
+    """quantize_dynamic on lookups and matrix products (DynamicQuantizeLinear, MatMulInteger):
+    refused without --dequantize in one line; with it, the twin (GRU: finite differences)
+    explains, every source token of the last step scored."""
+    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+    from blackbox_sal.seq2seq.explaining import explain_generation
+
+    folder = _quantized_gru(exports, tmp_path, ["Gather", "MatMul"])
+    with pytest.raises(ModelError, match=r"the single graph is quantized \(DynamicQuantizeLinear, MatMulInteger\)"
+                                         r".*pass --dequantize"):
+        load_encoder_decoder(folder)
+    pair = load_encoder_decoder(folder, dequantize=True)
+    assert pair.dequantized == ("DynamicQuantizeLinear", "MatMulInteger")
+    e = explain_generation(pair, SOURCE, target_text="good day", method="grad-x-input")
+    assert e.backend == "fd" and all(abs(v) > 0 for v in e.source_scores[-1])
+
+
+def test_a_pair_request_beyond_the_queue_is_429_and_one_past_its_deadline_504(exports: Path) -> None:
+    """The pair's instances are admitted as the engine admits works: with max_active 1 and
+    queue 1 held by two blocked instances, a request is refused with 429 (Retry-After) and
+    runs nothing; freed, the same request is answered. A deadline shorter than the work stops
+    its runs: 504 in one line."""
+    import threading
+    import time
+
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    import blackbox_sal as bs
+    from blackbox_sal.server.app import Server
+    from blackbox_sal.vocabulary.config import Limits
+
+    pair = bs.load_encoder_decoder(exports / "seq2seq-t5")
+    server = Server({}, bs.ExplainConfig(method="ig", steps=8), Limits(max_active=1, queue_size=1),
+                    pairs={"t5": pair})
+    client = TestClient(server.app)
+    service = server.pair_services["t5"]
+    release = threading.Event()
+    held = service.submit_all([release.wait, release.wait], deadline=time.monotonic() + 30)
+    body = {"instances": [SOURCE]}
+    r = client.post("/v1/models/t5:explain", json=body)
+    assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
+    assert r.json()["error"] == "the server is busy: its queue is full"
+    release.set()
+    for f in held:
+        f.result(timeout=10)
+    r = client.post("/v1/models/t5:explain", json=body)
+    assert r.status_code == 200 and r.json()["explanations"][0]["output_text"], r.text
+    r = client.post("/v1/models/t5:explain", json={"instances": [SOURCE], "parameters": {
+        "deadline": 0.001, "method": "ig", "steps": 1024}})
+    assert r.status_code == 504 and r.json()["error"] == "the request's deadline passed; its work was stopped"
+    assert service.load == 0 and service.health() is None
+    server.stop()
+    assert service.health() == "it is stopped"
+
+
+def test_the_openapi_document_describes_the_pair_routes_and_their_answers_validate(exports: Path) -> None:
+    pytest.importorskip("starlette")
+    jsonschema = pytest.importorskip("jsonschema")
+    from starlette.testclient import TestClient
+
+    import blackbox_sal as bs
+    from blackbox_sal.server.app import Server
+
+    pair = bs.load_encoder_decoder(exports / "seq2seq-bart")
+    client = TestClient(Server({}, bs.ExplainConfig(method="grad-x-input"), pairs={"bart": pair}).app)
+    doc = client.get("/openapi.json").json()
+    for path in ("/v1/models/bart:predict", "/v1/models/bart:explain", "/v2/models/bart/infer",
+                 "/v2/models/bart-explainer/infer"):
+        assert path in doc["paths"], path
+    assert "bart-explainer" in doc["paths"]["/v2/models/{name}"]["get"]["parameters"][0]["schema"]["enum"]
+
+    def valid(body: Any, schema: str) -> None:
+        jsonschema.validate(body, {**doc, "$ref": f"#/components/schemas/{schema}"},
+                            cls=jsonschema.Draft202012Validator)
+
+    request = {"instances": [SOURCE, {"text": SOURCE, "target_text": "good day", "id": 7}]}
+    valid(request, "PairInstances")
+    r = client.post("/v1/models/bart:explain", json=request)
+    assert r.status_code == 200, r.text
+    valid(r.json(), "Generations")
+    r = client.post("/v1/models/bart:predict", json={"instances": [SOURCE]})
+    valid(r.json(), "Generated")
+    with pytest.raises(jsonschema.ValidationError):
+        valid({"predictions": [{"label": "x"}]}, "Generated")

@@ -388,7 +388,7 @@ def test_v2_takes_n_and_n_by_1_and_no_shape(client: TestClient) -> None:
 def test_v2_unknown_output_is_400(client: TestClient) -> None:
     got = infer(client, {"name": "t", "datatype": "BYTES", "shape": [1], "data": [GOOD]}, outputs=[{"name": "logits"}])
     assert got.status_code == 400
-    assert got.json()["error"] == 'unknown output "logits" (known: error, explanation, label, scores)'
+    assert got.json()["error"] == 'unknown output "logits" (known: error, explanation, label, scores, text)'
 
 
 # -- per-instance errors --------------------------------------------------------------------------

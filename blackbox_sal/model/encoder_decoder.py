@@ -9,13 +9,15 @@ A folder holds::
 
 Both graphs are split at their word-embedding lookup (:func:`~blackbox_sal.surgery.split.
 split_embedding`: shared tables, as T5's and BART's, are found twice and may differ, as
-Marian's do not). ``decoder_with_past_model.onnx`` is not needed: generation reruns the
-decoder on the growing prefix (correct, quadratic in the output length; tiny outputs are
-what is explained). An int8 pair (onnxruntime's ``quantize_dynamic`` or QDQ) is explained as
+Marian's do not). ``decoder_with_past_model.onnx`` (or the merged decoder's cache branch)
+makes greedy generation feed one new token per step after the cached keys and values;
+without it the decoder reruns on the growing prefix (the same tokens, quadratic in the output
+length). An int8 pair (onnxruntime's ``quantize_dynamic`` or QDQ) is explained as
 its float twin (``dequantize``: the deployed int8 weights, activations in float,
 :mod:`blackbox_sal.surgery.dequantize`), which generates and is differentiated alike; without
-``dequantize`` it is refused with a message. ``decoder_model_merged.onnx`` alone (an ``If`` on ``use_cache_branch``) is
-refused with a message: its no-cache branch would have to be cut out first.
+``dequantize`` it is refused with a message. ``decoder_model_merged.onnx`` alone (an ``If`` on
+``use_cache_branch``) serves as both decoders: its no-cache branch, cut out, is explained, and
+its cache branch generates.
 """
 
 from __future__ import annotations
@@ -26,19 +28,25 @@ from typing import Any
 
 import numpy as np
 import onnx
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, processors
 
 from blackbox_sal.model import files
 from blackbox_sal.model.probe import probe
 from blackbox_sal.model.session import create_session, run
-from blackbox_sal.surgery.dequantize import float_twin
+from blackbox_sal.model.tokenizer_files import read_folder_tokenizer
+from blackbox_sal.surgery.dequantize import float_lookups, float_twin
 from blackbox_sal.surgery.encoder_decoder import (
+    FLAT_STATES,
     GRAD_STATES,
     LOG_PROBS,
+    ROWS,
+    SAVED,
     STATES,
+    USE_CACHE,
     decoder_gradient,
-    encoder_gradient,
+    encoder_halves,
     flat_encoder,
+    no_cache_branch,
     scored_decoder,
 )
 from blackbox_sal.surgery.names import EMBEDS, GRAD, IDS, WEIGHTS
@@ -49,6 +57,9 @@ from blackbox_sal.vocabulary.errors import ModelError
 ENCODER = "encoder_model.onnx"
 DECODER = "decoder_model.onnx"
 MERGED = "decoder_model_merged.onnx"
+WITH_PAST = "decoder_with_past_model.onnx"
+#: optimum's names: past_key_values.<layer>.<decoder|encoder>.<key|value> in, present.<...> out
+PAST, PRESENT = "past_key_values.", "present."
 ENCODER_MASK = "encoder_attention_mask"
 #: the single-graph form: one model.onnx taking the source ids and the decoder prefix
 SINGLE = "model.onnx"
@@ -80,10 +91,22 @@ class Pair:
     decoder_output: str
     encoder_body: Any = field(repr=False)  # None: a single graph, whose "states" are the source embeddings
     decoder_body: Any = field(repr=False)
-    encoder_grad: Any = field(repr=False)
+    encoder_grad: Any = field(repr=False)  # the encoder's backward half (surgery.encoder_decoder.encoder_halves)
     decoder_grad: Any = field(repr=False)  # None (both, for a pair): no gradient graph, see no_graph
     #: why no gradient graph could be built (an operator without a reverse rule), else None
     no_graph: str | None = None
+    #: the encoder's forward that also returns the tensors its backward half reads (None: no graph)
+    encoder_saving: Any = field(default=None, repr=False)
+    #: the names of those tensors, in the saving forward's outputs after the states
+    saved: tuple[str, ...] = ()
+    #: the inputs the backward half reads besides the saved tensors and the weights
+    backward_inputs: frozenset[str] = frozenset()
+    #: decoder_with_past_model.onnx (one new token per step), or None: the prefix reruns
+    with_past: Any = field(default=None, repr=False)
+    #: its past_key_values.* inputs, without the prefix (``0.decoder.key``, ...), in order
+    past: tuple[str, ...] = ()
+    #: its inputs besides the past (input_ids and the encoder's mask and states it reads)
+    with_past_inputs: frozenset[str] = frozenset()
 
     @property
     def shared_table(self) -> bool:
@@ -126,6 +149,26 @@ class Pair:
         feeds = self.decoder_feeds(embeds, ids, states, mask, source_ids)
         return np.asarray(run(self.decoder_body, [self.decoder_output], feeds, "the decoder")[0])
 
+    def first_step(self, embeds: np.ndarray, ids: np.ndarray, states: np.ndarray, mask: np.ndarray
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The decoder's logits [B, T, V] and its present.* outputs (the cache :meth:`next_step`
+        starts from; needs :attr:`with_past`)."""
+        feeds = self.decoder_feeds(embeds, ids, states, mask)
+        out = run(self.decoder_body, [self.decoder_output, *(PRESENT + n for n in self.past)], feeds, "the decoder")
+        return np.asarray(out[0]), {n: np.asarray(v) for n, v in zip(self.past, out[1:], strict=True)}
+
+    def next_step(self, ids: np.ndarray, states: np.ndarray, mask: np.ndarray, cache: dict[str, np.ndarray]
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """decoder_with_past_model.onnx on the new tokens ``ids`` [B, 1] after ``cache``: the
+        logits [B, 1, V] and the cache with the decoder's presents replacing their pasts."""
+        feeds = {PAST + n: v for n, v in cache.items()}
+        feeds.update({k: v for k, v in (("input_ids", ids), (ENCODER_MASK, mask), (STATES, states.astype(
+            np.float32)), (USE_CACHE, np.array([True]))) if k in self.with_past_inputs})
+        fresh = [n for n in self.past if ".encoder." not in n]
+        out = run(self.with_past, [self.decoder_output, *(PRESENT + n for n in fresh)], feeds,
+                  "the decoder with past")
+        return np.asarray(out[0]), {**cache, **{n: np.asarray(v) for n, v in zip(fresh, out[1:], strict=True)}}
+
     def decoder_vjp(self, embeds: np.ndarray, ids: np.ndarray, states: np.ndarray, mask: np.ndarray,
                     weights: np.ndarray, source_ids: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -135,11 +178,29 @@ class Pair:
         out = run(self.decoder_grad, [LOG_PROBS, GRAD, GRAD_STATES], feeds, "the decoder's gradient graph")
         return np.asarray(out[0]), np.asarray(out[1]), np.asarray(out[2])
 
-    def encoder_vjp(self, embeds: np.ndarray, mask: np.ndarray, ids: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
-        """d(sum(cotangent * states))/d source embeds [B, S, D] (a single graph: the cotangent)."""
+    def encode_saving(self, embeds: np.ndarray, mask: np.ndarray, ids: np.ndarray
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Encoder states [B, S, D] and the forward tensors the encoder's backward half reads
+        (by name, each [B, ...]): the one forward run an explanation needs per point. A single
+        graph's states are its source embeddings, and it saves nothing."""
+        if self.encoder_saving is None:
+            return self.encode(embeds, mask, ids), {}
+        out = run(self.encoder_saving, [FLAT_STATES, *self.saved], self.encoder_feeds(embeds, mask, ids),
+                  "the encoder")
+        states = np.asarray(out[0]).reshape(len(embeds), embeds.shape[1], -1)
+        return states, {name: np.asarray(v) for name, v in zip(self.saved, out[1:], strict=True)}
+
+    def encoder_vjp(self, embeds: np.ndarray, mask: np.ndarray, ids: np.ndarray, cotangent: np.ndarray,
+                    saved: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """d(sum(cotangent * states))/d source embeds [B, S, D] by the encoder's backward half,
+        from the points' saved forward tensors (:meth:`encode_saving`, [P, ...]) and each row's
+        point ``rows`` [B] (a single graph: the cotangent itself)."""
         if self.encoder_grad is None:
             return cotangent.astype(np.float32)
-        feeds = {**self.encoder_feeds(embeds, mask, ids), WEIGHTS: cotangent.reshape(len(cotangent), -1)}
+        feeds = {k: v for k, v in self.encoder_feeds(embeds, mask, ids).items() if k in self.backward_inputs}
+        feeds.update({SAVED + name: value for name, value in saved.items()})
+        feeds[ROWS] = rows.astype(np.int64)
+        feeds[WEIGHTS] = cotangent.reshape(len(cotangent), -1).astype(np.float32)
         return np.asarray(run(self.encoder_grad, [GRAD], feeds, "the encoder's gradient graph")[0])
 
 
@@ -153,16 +214,26 @@ def _probe_feeds(table: np.ndarray, extra: Any) -> list[dict[str, np.ndarray]]:
 
 
 def _side_files(folder: Path) -> tuple[Tokenizer, dict[str, Any], tuple[int, int, Any]]:
-    """tokenizer.json, config.json, and config's (decoder start, end of sequence, pad) ids:
-    read with the folder's checks (links only inside it, sizes capped)."""
-    if files.read_side_file(folder, "tokenizer.json") is None:
-        raise ModelError(f"no tokenizer.json in {str(folder)!r}")
-    tokenizer = files.read_tokenizer(folder / "tokenizer.json")
+    """The tokenizer, config.json, and config's (decoder start, end of sequence, pad) ids:
+    read with the folder's checks (links only inside it, sizes capped). The tokenizer is
+    tokenizer.json, else the folder's vocabulary in another form
+    (:func:`~blackbox_sal.model.tokenizer_files.read_folder_tokenizer`: a character map, say),
+    which then ends each source with the end-of-sequence token, as seq2seq tokenizers do."""
     config = files.read_side_json(folder, "config.json")
     config = config if isinstance(config, dict) else {}
     start, eos, pad = (config.get(k) for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id"))
     if not isinstance(start, int) or not isinstance(eos, int):
         raise ModelError("config.json must give decoder_start_token_id and eos_token_id (integers)")
+    if files.read_side_file(folder, "tokenizer.json") is not None:
+        return files.read_tokenizer(folder / "tokenizer.json"), config, (start, eos, pad)
+    found = read_folder_tokenizer(folder, config)
+    if found is None:
+        raise ModelError(f"no tokenizer.json (nor another vocabulary file) in {str(folder)!r}")
+    tokenizer = found.tokenizer
+    end = tokenizer.id_to_token(eos)
+    if end is None:
+        raise ModelError(f"config.json's eos_token_id {eos} is not in the vocabulary ({found.form})")
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {end}", special_tokens=[(end, eos)])
     return tokenizer, config, (start, eos, pad)
 
 
@@ -173,22 +244,28 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
     folder = Path(path)
     if not (folder / ENCODER).is_file():
         raise ModelError(f"{str(folder)!r} holds no {ENCODER} (an encoder/decoder pair in optimum's layout)")
-    if not (folder / DECODER).is_file():
-        what = (f"only {MERGED}: its no-cache branch is not cut out yet; export with --no-post-process to get "
-                f"{DECODER}") if (folder / MERGED).is_file() else f"no {DECODER}"
-        raise ModelError(f"{str(folder)!r} holds {what}")
+    if not (folder / DECODER).is_file() and not (folder / MERGED).is_file():
+        raise ModelError(f"{str(folder)!r} holds no {DECODER} (nor {MERGED})")
     tokenizer, _, (start, eos, pad) = _side_files(folder)
     encoder = files.read_onnx(folder / ENCODER)
-    decoder = files.read_onnx(folder / DECODER)
-    dequantized = tuple(sorted(set(quantized_ops(encoder)) | set(quantized_ops(decoder))))
+    merged = files.read_onnx(folder / MERGED) if (folder / MERGED).is_file() else None
+    if (folder / DECODER).is_file() or merged is None:
+        decoder = files.read_onnx(folder / DECODER)
+    else:
+        decoder = no_cache_branch(merged)
+    with_past = files.read_onnx(folder / WITH_PAST) if (folder / WITH_PAST).is_file() else merged
+    dequantized = tuple(sorted(set(quantized_ops(encoder)) | set(quantized_ops(decoder))
+                               | set(quantized_ops(with_past) if with_past is not None else ())))
     if dequantized and not dequantize:
         raise ModelError(f"the pair is quantized ({', '.join(dequantized)}): an int8 graph is piecewise constant "
                          f"and has no gradient; pass --dequantize to explain its float twin (the int8 weights, "
                          f"activations in float)")
     if dequantized:
         encoder, decoder = float_twin(encoder)[0], float_twin(decoder)[0]
-    enc_split = split_embedding(encoder, IDS)
-    dec_split = split_embedding(decoder, IDS)
+        # the merged decoder's branches are subgraphs the twin does not reach: generation reruns the prefix
+        with_past = float_twin(with_past)[0] if with_past is not None and with_past is not merged else None
+    enc_split = split_embedding(float_lookups(encoder), IDS)
+    dec_split = split_embedding(float_lookups(decoder), IDS)
     enc_out, dec_out = encoder.graph.output[0].name, decoder.graph.output[0].name
     dec_inputs = frozenset(i.name for i in dec_split.body.graph.input)
     if STATES not in dec_inputs or ENCODER_MASK not in dec_inputs:
@@ -206,18 +283,23 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
         EMBEDS: x.astype(np.float32), STATES: rng.normal(0, 1, (ids.shape[0], ids.shape[1] + 2, width)).astype(
             np.float32), ENCODER_MASK: np.ones((ids.shape[0], ids.shape[1] + 2), np.int64),
         **({IDS: ids} if IDS in dec_inputs else {})})
+    enc_saving: onnx.ModelProto | None = None
+    enc_grad: onnx.ModelProto | None = None
+    dec_grad: onnx.ModelProto | None = None
+    saved: tuple[str, ...] = ()
     try:
-        enc_grad: onnx.ModelProto | None = encoder_gradient(enc_fwd, probe(enc_fwd, enc_feeds))
-        dec_grad: onnx.ModelProto | None = decoder_gradient(dec_fwd, probe(dec_fwd, dec_feeds))
+        enc_saving, enc_grad, saved = encoder_halves(enc_fwd, probe(enc_fwd, enc_feeds))
+        dec_grad = decoder_gradient(dec_fwd, probe(dec_fwd, dec_feeds))
         why = None
     except ModelError as exc:  # an operator without a reverse rule: finite differences answer
-        enc_grad = dec_grad = None
+        enc_saving = enc_grad = dec_grad = None
         why = str(exc)
 
     def session(model: onnx.ModelProto | bytes) -> Any:
         data = model if isinstance(model, bytes) else model.SerializeToString()
         return create_session(data, "cpu", threads)
 
+    past = _past_names(with_past, dec_split.body, dec_out)
     return Pair(name=folder.name, tokenizer=tokenizer, encoder_table=enc_split.table,
                 decoder_table=dec_split.table, start_id=start, eos_id=eos,
                 pad_id=pad if isinstance(pad, int) and 0 <= pad < len(enc_split.table) else None,
@@ -226,7 +308,29 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
                 decoder_inputs=dec_inputs, encoder_output=enc_out, decoder_output=dec_out,
                 encoder_body=session(enc_split.serialized), decoder_body=session(dec_split.serialized),
                 encoder_grad=None if enc_grad is None else session(enc_grad),
-                decoder_grad=None if dec_grad is None else session(dec_grad), no_graph=why)
+                decoder_grad=None if dec_grad is None else session(dec_grad), no_graph=why,
+                encoder_saving=None if enc_saving is None else session(enc_saving), saved=saved,
+                backward_inputs=frozenset() if enc_grad is None else frozenset(
+                    i.name for i in enc_grad.graph.input if not i.name.startswith(SAVED) and i.name != ROWS),
+                with_past=None if with_past is None or not past else session(with_past), past=past,
+                with_past_inputs=frozenset() if with_past is None else frozenset(
+                    i.name for i in with_past.graph.input if not i.name.startswith(PAST)))
+
+
+def _past_names(with_past: onnx.ModelProto | None, decoder: onnx.ModelProto, logits: str) -> tuple[str, ...]:
+    """The cache entries (``0.decoder.key``, ...) when decoder_with_past_model.onnx can be used:
+    it takes past_key_values.* and returns the logits and the decoder's present.*, and
+    decoder_model.onnx returns every present.* it starts from. Empty otherwise (generation then
+    reruns the prefix, which gives the same tokens)."""
+    if with_past is None:
+        return ()
+    past = tuple(i.name[len(PAST):] for i in with_past.graph.input if i.name.startswith(PAST))
+    first = {o.name for o in decoder.graph.output}
+    then = {o.name for o in with_past.graph.output}
+    if not past or logits not in then or any(PRESENT + n not in first for n in past) or any(
+            PRESENT + n not in then for n in past if ".encoder." not in n):
+        return ()
+    return past
 
 
 def _rename_input(model: onnx.ModelProto, old: str, new: str) -> None:
@@ -263,7 +367,7 @@ def _roles(proto: onnx.ModelProto, declared: Any) -> tuple[str, str]:
     return next(n for n in ints if n != hinted[0]), hinted[0]
 
 
-def load_single(path: str | Path, threads: int = 0) -> Pair:
+def load_single(path: str | Path, threads: int = 0, dequantize: bool = False) -> Pair:
     """The single-graph form (``model.onnx`` taking the source ids and the decoder prefix,
     returning per-step logits [batch, target, vocab]) as a :class:`Pair` whose encoder is the
     identity: the decoder's "states" are the source embeddings, so generation and the chained
@@ -271,15 +375,23 @@ def load_single(path: str | Path, threads: int = 0) -> Pair:
     folder = Path(path)
     tokenizer, config, (start, eos, pad) = _side_files(folder)
     proto = files.read_onnx(folder / SINGLE)
-    if quantized_ops(proto):
-        raise ModelError(f"the single graph is quantized ({', '.join(quantized_ops(proto))}): not explained yet")
+    dequantized = quantized_ops(proto)
+    if dequantized and not dequantize:
+        raise ModelError(f"the single graph is quantized ({', '.join(dequantized)}): an int8 graph is piecewise "
+                         f"constant, and neither its gradient nor finite differences mean anything; pass "
+                         f"--dequantize to explain its float twin (the int8 weights, activations in float)")
+    if dequantized:
+        proto, _ = float_twin(proto)
+        left = quantized_ops(proto)
+        if left:
+            raise ModelError(f"the single graph's quantized operators {', '.join(left)} have no float twin: "
+                             f"not explained")
     source, prefix = _roles(proto, config.get("inputs"))
     outputs = [o for o in proto.graph.output if len(o.type.tensor_type.shape.dim) == 3]
     if not outputs:
         raise ModelError("the single graph has no [batch, target, vocab] output")
     out = next((o.name for o in outputs if "logit" in o.name.lower()), outputs[0].name)
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
+    model = float_lookups(proto)  # an 8-bit table dequantized after the lookup: a float lookup, the same values
     _rename_input(model, source, SOURCE_IDS)
     _rename_input(model, prefix, IDS)
     src_split = split_embedding(model, SOURCE_IDS)
@@ -298,7 +410,8 @@ def load_single(path: str | Path, threads: int = 0) -> Pair:
         grad, why = None, str(exc)
     return Pair(name=folder.name, tokenizer=tokenizer, encoder_table=src_split.table, decoder_table=dec_split.table,
                 start_id=start, eos_id=eos,
-                pad_id=pad if isinstance(pad, int) and 0 <= pad < len(src_split.table) else None, dequantized=(),
+                pad_id=pad if isinstance(pad, int) and 0 <= pad < len(src_split.table) else None,
+                dequantized=dequantized,
                 encoder_inputs=frozenset(), decoder_inputs=dec_inputs, encoder_output="", decoder_output=out,
                 encoder_body=None, decoder_body=create_session(dec_split.serialized, "cpu", threads),
                 encoder_grad=None, no_graph=why,
@@ -320,4 +433,4 @@ def load_encoder_decoder(path: str | Path, threads: int = 0, dequantize: bool = 
     ``"is_encoder_decoder": true`` in config.json)."""
     if (Path(path) / ENCODER).is_file():
         return load_pair(path, threads, dequantize)
-    return load_single(path, threads)
+    return load_single(path, threads, dequantize)

@@ -22,6 +22,7 @@ explanation in shared runs of at most ``batch_size`` rows.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -41,51 +42,91 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(k, min(k + size, n)) for k in range(0, n, size)]
 
 
-def generate(pair: Pair, source_ids: np.ndarray, max_new: int) -> list[int]:
-    """Greedy decoding: at most ``max_new`` tokens, stopping after the end-of-sequence token.
-    The decoder reruns on the growing prefix (no past key values)."""
+#: one source's encoder run: the states [1, S, D] and the tensors the encoder's backward reads
+Encoded = tuple[np.ndarray, dict[str, np.ndarray]]
+
+
+def greedy(pair: Pair, source_ids: np.ndarray, max_new: int, encoded: Encoded | None = None,
+           use_past: bool = True) -> tuple[list[int], np.ndarray]:
+    """Greedy decoding: at most ``max_new`` tokens, stopping after the end-of-sequence token;
+    the tokens and each step's logits [n, V]. With decoder_with_past_model.onnx (``use_past``
+    and the pair has one) each step runs the decoder on the one new token after the cached keys
+    and values; otherwise the decoder reruns on the growing prefix (the same tokens and logits,
+    quadratic in the output length). ``encoded``: the source's encoder run when the caller has
+    it (:meth:`Pair.encode_saving`), else it is run here."""
     ids = source_ids[None]
     mask = np.ones_like(ids)
-    states = pair.encode(pair.encoder_table[ids], mask, ids)
+    states = pair.encode(pair.encoder_table[ids], mask, ids) if encoded is None else encoded[0]
     out: list[int] = []
+    steps: list[np.ndarray] = []
+    past = use_past and pair.with_past is not None
+    cache: dict[str, np.ndarray] = {}
     for _ in range(max_new):
-        prefix = np.array([[pair.start_id, *out]], np.int64)
-        logits = pair.logits(pair.decoder_table[prefix], prefix, states, mask, ids)
+        if past and out:
+            logits, cache = pair.next_step(np.array([out[-1:]], np.int64), states, mask, cache)
+        elif past:
+            start = np.array([[pair.start_id]], np.int64)
+            logits, cache = pair.first_step(pair.decoder_table[start], start, states, mask)
+        else:
+            prefix = np.array([[pair.start_id, *out]], np.int64)
+            logits = pair.logits(pair.decoder_table[prefix], prefix, states, mask, ids)
+        steps.append(logits[0, -1])
         out.append(int(np.argmax(logits[0, -1])))
         if out[-1] == pair.eos_id:
             break
-    return out
+    return out, np.stack(steps)
+
+
+def generate(pair: Pair, source_ids: np.ndarray, max_new: int, encoded: Encoded | None = None) -> list[int]:
+    """:func:`greedy`'s tokens."""
+    return greedy(pair, source_ids, max_new, encoded)[0]
 
 
 def chained_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix_ids: np.ndarray,
-                      targets: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      targets: np.ndarray, batch_size: int = 64, last: Encoded | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For source embeddings ``source`` [P, S, D] (P points, e.g. IG's) and the output
     ``targets`` [T] after ``prefix_ids`` [T]: (log p_t at each point [P, T], d log p_t / d
-    source [P, T, S, D], d log p_t / d prefix embeddings [P, T, T, D])."""
+    source [P, T, S, D], d log p_t / d prefix embeddings [P, T, T, D]).
+
+    The encoder's forward runs once per point (saving what its reverse pass reads), the
+    decoder's gradient graph and the encoder's backward half once per (point, step) row. Points
+    go in groups of ``batch_size // T`` (at least one), so that what a group saves is held for
+    its own rows only. ``last``: the last point's encoder run, when the caller has it (the
+    unperturbed source, encoded for generation)."""
     points, length, _ = source.shape
     steps = len(targets)
-    vocab = pair.decoder_table.shape[0]
-    ids = np.repeat(source_ids[None], points, 0)
+    vocab, dim = pair.decoder_table.shape
+    log_probs = np.empty((points, steps))
+    g_prefix = np.empty((points, steps, steps, dim), np.float32)
+    g_source = np.empty((points, steps, length, source.shape[2]), np.float32)
+    step = np.arange(steps)
+    weights = np.zeros((steps, steps * vocab), np.float32)
+    weights[step, step * vocab + targets] = 1.0
+    dec_embeds = pair.decoder_table[prefix_ids][None].astype(np.float32)
+    ids = source_ids[None]
     mask = np.ones_like(ids)
-    states = np.concatenate([pair.encode(source[s], mask[s], ids[s]) for s in _chunks(points, batch_size)])
-    rows = points * steps
-    point = np.repeat(np.arange(points), steps)
-    step = np.tile(np.arange(steps), points)
-    weights = np.zeros((rows, steps * vocab), np.float32)
-    weights[np.arange(rows), step * vocab + targets[step]] = 1.0
-    dec_ids = np.repeat(prefix_ids[None], rows, 0)
-    dec_embeds = pair.decoder_table[dec_ids]
-    log_probs = np.empty(rows)
-    g_prefix = np.empty((rows, steps, dec_embeds.shape[2]), np.float32)
-    g_source = np.empty((rows, length, source.shape[2]), np.float32)
-    for s in _chunks(rows, batch_size):
-        flat, g_dec, g_states = pair.decoder_vjp(dec_embeds[s], dec_ids[s], states[point[s]], mask[point[s]],
-                                                 weights[s], ids[point[s]])
-        log_probs[s] = flat[np.arange(s.stop - s.start), step[s] * vocab + targets[step[s]]]
-        g_prefix[s] = g_dec
-        g_source[s] = pair.encoder_vjp(source[point[s]], mask[point[s]], ids[point[s]], g_states)
-    return (log_probs.reshape(points, steps), g_source.reshape(points, steps, length, -1),
-            g_prefix.reshape(points, steps, steps, -1))
+    for group in _chunks(points, max(1, batch_size // steps)):
+        n = group.stop - group.start
+        reuse = int(last is not None and group.stop == points)
+        runs = [pair.encode_saving(source[group.start:group.stop - reuse], np.repeat(mask, n - reuse, 0),
+                                   np.repeat(ids, n - reuse, 0))] if n - reuse else []
+        if reuse and last is not None:
+            runs.append(last)
+        states = np.concatenate([r[0] for r in runs])
+        saved = {name: np.concatenate([r[1][name] for r in runs]) for name in runs[0][1]}
+        point = np.repeat(np.arange(n), steps)  # the group's rows: each point's T steps
+        row_step = np.tile(step, n)
+        for s in _chunks(n * steps, batch_size):
+            at, t, k = point[s], row_step[s], s.stop - s.start
+            rows_ids, rows_mask = np.repeat(ids, k, 0), np.repeat(mask, k, 0)
+            flat, g_dec, g_states = pair.decoder_vjp(np.repeat(dec_embeds, k, 0), np.repeat(prefix_ids[None], k, 0),
+                                                     states[at], rows_mask, weights[t], rows_ids)
+            p = group.start + at
+            log_probs[p, t] = flat[np.arange(k), t * vocab + targets[t]]
+            g_prefix[p, t] = g_dec
+            g_source[p, t] = pair.encoder_vjp(source[p], rows_mask, rows_ids, g_states, saved, at)
+    return log_probs, g_source, g_prefix
 
 
 def _log_p(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix: np.ndarray, prefix_ids: np.ndarray,
@@ -165,21 +206,23 @@ def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = N
     if backend == "graph" and pair.decoder_grad is None:
         raise UsageError(f"--backend graph: this model has no gradient graph ({pair.no_graph}); use fd or auto")
     use = "fd" if backend == "fd" or pair.decoder_grad is None else "graph"
-    gradients = chained_gradients if use == "graph" else fd_gradients
     if (generate_tokens is None) == (target_text is None):
         raise UsageError("an encoder/decoder model needs --generate N or --target-text TEXT (one of them)")
     if generate_tokens is not None and not 1 <= generate_tokens <= MAX_OUTPUT_TOKENS:
         raise UsageError(f"--generate must be between 1 and {MAX_OUTPUT_TOKENS}")
     tokens = tokenize(pair.tokenizer, text, max_length, max_chars)
     source_ids = tokens.ids.astype(np.int64)
+    x = pair.encoder_table[source_ids].astype(np.float32)
+    # the source's one encoder run, shared by generation and the explanation's point at x
+    encoded = pair.encode_saving(x[None], np.ones((1, len(source_ids)), np.int64), source_ids[None])
     if target_text is not None:
         outputs = tokenize(pair.tokenizer, target_text, MAX_OUTPUT_TOKENS, max_chars).ids.astype(np.int64)
     else:
-        outputs = np.array(generate(pair, source_ids, generate_tokens or 1), np.int64)
+        outputs = np.array(generate(pair, source_ids, generate_tokens or 1, encoded), np.int64)
     if not len(outputs):
         raise InputError("the target text has no tokens")
     prefix_ids = np.array([pair.start_id, *outputs[:-1]], np.int64)
-    x = pair.encoder_table[source_ids].astype(np.float32)
+    gradients = partial(chained_gradients, last=encoded) if use == "graph" else fd_gradients
     prefix_x = pair.decoder_table[prefix_ids].astype(np.float32)
     score = _per_token(method)
     deltas: tuple[float, ...] | None = None

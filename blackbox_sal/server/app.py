@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -35,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 
 from blackbox_sal import __version__
 from blackbox_sal.api.explaining import prediction_work, runner
+from blackbox_sal.engine.pairs import PairService
 from blackbox_sal.engine.service import Busy, DeadlineExceeded, EngineService, Stopped
 from blackbox_sal.gradients.backend import BACKENDS, choose_backend
 from blackbox_sal.jobs.batch import work_for
@@ -73,6 +75,8 @@ STALL_GRACE = 5.0
 ACCESS_LOG = logging.getLogger("blackbox_sal.access")
 #: output tokens an encoder/decoder's :predict (and :explain without target_text) generates
 PAIR_GENERATE = 20
+#: most instances of one pair explained at once (each holds a thread; the rest wait in its queue)
+PAIR_THREADS = 4
 
 
 @dataclass
@@ -116,10 +120,13 @@ class Server:
                 runner(model, self.defaults), max_active=self.limits.max_active,
                 queue_size=self.limits.queue_size, batch_window=self.limits.batch_window,
                 stall_after=self.limits.deadline + STALL_GRACE), graph)
-        self.pairs = dict(pairs or {})  # encoder/decoder pairs: KServe V1 alone, run in the default thread pool
+        self.pairs = dict(pairs or {})  # encoder/decoder pairs: KServe V1 alone, admitted as the engine admits
         for name in self.pairs:
             if not name or any(c in name for c in "/:?#%") or name != name.strip() or name in self.served:
                 raise UsageError(f"model name {name!r} is repeated or cannot be part of a route")
+        self.pair_services = {name: PairService(
+            max_active=max(1, min(self.limits.max_active, PAIR_THREADS)), queue_size=self.limits.queue_size,
+            stall_after=self.limits.deadline + STALL_GRACE) for name in self.pairs}
         self.ready = True
         self.in_flight = 0  # requests being answered (draining waits for them)
         self.buffered = 0  # bytes of request bodies being read, in all (at most max_reading × max_body)
@@ -142,13 +149,15 @@ class Server:
         self.app = _Bounded(Starlette(routes=routes, exception_handlers={HTTPException: _http_exception,
                                                                           Exception: _internal}),
                             self.limits.max_connections, {r.endpoint: r.path for r in routes})
-        self.openapi_doc = openapi_document(list(self.served), self.defaults, self.limits)
+        self.openapi_doc = openapi_document(list(self.served), self.defaults, self.limits, list(self.pairs))
 
     def stop(self, drain: bool = True) -> None:
         """Readiness off; with ``drain`` the queued and admitted work is finished first."""
         self.ready = False
         for served in self.served.values():
             served.service.stop(drain=drain, timeout=self.limits.deadline)
+        for service in self.pair_services.values():
+            service.stop(drain=drain)
 
     def drain_started(self) -> None:
         """SIGTERM: readiness off, new work refused (503); the work in flight goes on."""
@@ -171,6 +180,7 @@ class Server:
         """Ready when taking work and every model's worker is; else 503 naming what is not,
         without waiting on any worker."""
         problems = {name: why for name, s in self.served.items() if (why := s.service.health()) is not None}
+        problems.update({name: why for name, p in self.pair_services.items() if (why := p.health()) is not None})
         ready = self.ready and not problems
         body: dict[str, Any] = {"ready": ready}
         if problems:
@@ -187,6 +197,13 @@ class Server:
         return await _answer(lambda: self._metadata(request.path_params["name"]))
 
     async def _metadata(self, name: str) -> Response:
+        base = name.removesuffix(EXPLAINER)
+        if base in self.pairs:  # an encoder/decoder pair: texts in, generated texts (or explanations) out
+            out = "explanation" if base != name else "text"
+            return JSONResponse({"name": name, "versions": ["1"], "platform": "blackbox-sal",
+                                 "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                                 "outputs": [{"name": out, "datatype": "BYTES", "shape": [-1]}],
+                                 **({"explains": base} if base != name else {})})
         if name.endswith(EXPLAINER) and name[:-len(EXPLAINER)] in self.served:
             served = self.served[name[:-len(EXPLAINER)]]
             return JSONResponse({"name": name, "versions": ["1"], "platform": "blackbox-sal",
@@ -198,7 +215,8 @@ class Server:
     async def model_ready(self, request: Request) -> Response:
         async def ready() -> Response:
             name = request.path_params["name"]
-            why = self._served(name[:-len(EXPLAINER)] if name.endswith(EXPLAINER) else name).service.health()
+            base = name[:-len(EXPLAINER)] if name.endswith(EXPLAINER) else name
+            why = self.pair_services[base].health() if base in self.pairs else self._served(base).service.health()
             ready = self.ready and why is None
             body: dict[str, Any] = {"name": name, "ready": ready}
             if why is not None:
@@ -227,7 +245,7 @@ class Server:
 
     async def _v1(self, request: Request, name: str, verb: str) -> Response:
         if name in self.pairs:
-            return await self._v1_pair(request, self.pairs[name], verb)
+            return await self._v1_pair(request, name, verb)
         served = self._served(name)
         data = await self._body(request)
         _known(data, {"instances", "parameters", "id"})
@@ -249,14 +267,25 @@ class Server:
             {**_id(row), **(_instance_error(r) if isinstance(r, HttpError) else explanation_object(*r))}
             for row, r in zip(rows, results, strict=True)]})
 
-    async def _v1_pair(self, request: Request, pair: Pair, verb: str) -> Response:
+    async def _v1_pair(self, request: Request, name: str, verb: str) -> Response:
         """An encoder/decoder pair: ``:predict`` generates (``{"text"}`` per instance),
         ``:explain`` answers the generation's JSON view per instance ``{"text", "target_text"}``
-        (teacher-forced when a target_text is given), within the request's deadline."""
+        (teacher-forced when a target_text is given), within the request's deadline; the
+        instances are admitted by the pair's :class:`PairService` (429 when its queue is full)."""
         data = await self._body(request)
         _known(data, {"instances", "parameters", "id"})
         cfg, deadline = self._settings(data.get("parameters"))
         rows = _pair_rows(data, self.limits.max_instances, self.limits.max_chars, verb)
+        results = await self._pair_answers(name, verb, [(text, target) for _, text, target in rows], cfg, deadline)
+        return _json({**_echo_id(data), "predictions" if verb == "predict" else "explanations": [
+            {**({} if row[0] is None else {"id": row[0]}), **(_instance_error(r) if isinstance(r, HttpError) else r)}
+            for row, r in zip(rows, results, strict=True)]})
+
+    async def _pair_answers(self, name: str, verb: str, rows: list[tuple[str, str | None]], cfg: ExplainConfig,
+                            deadline: float) -> list[dict[str, Any] | HttpError]:
+        """Each (text, target_text)'s answer on the pair ``name`` (``{"text"}`` generated, or
+        the generation's JSON view), or its failure; all failed: the first failure raised."""
+        pair = self.pairs[name]
         if not self.ready:
             raise HttpError(503, "the server is not ready (starting or stopping)", retry_after=5)
         steps = 32 if cfg.steps == "auto" else int(cfg.steps)
@@ -271,28 +300,53 @@ class Server:
                 method=cfg.method, steps=steps, baseline=cfg.baseline, batch_size=cfg.batch_size or 64,
                 backend=cfg.backend, max_chars=max_chars))
 
-        def answer_all() -> list[dict[str, Any] | HttpError]:
-            out: list[dict[str, Any] | HttpError] = []
-            for k, (_, text, target) in enumerate(rows):
-                try:
-                    out.append(one(text, target))
-                except SalError as exc:
-                    out.append(_failure(exc, k, len(rows)))
-            return out
+        start = time.monotonic()
+        try:
+            futures = self.pair_services[name].submit_all(
+                [functools.partial(one, text, target) for text, target in rows], deadline=start + deadline)
+        except Busy:
+            raise HttpError(429, "the server is busy: its queue is full", retry_after=1) from None
+        except Stopped:
+            raise HttpError(503, "the server is stopping", retry_after=5) from None
         self.in_flight += 1
-        try:  # the thread goes on past the deadline (no engine stops it); the answer does not wait
-            results = await asyncio.wait_for(asyncio.to_thread(answer_all), timeout=deadline)
+        try:  # every run inside an instance is stopped at the deadline; the wait's own limit is a second later
+            done = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures),
+                                                         return_exceptions=True), timeout=deadline + ANSWER_GRACE)
         except asyncio.TimeoutError:
             raise HttpError(504, "the request's deadline passed") from None
         finally:
             self.in_flight -= 1
+        results: list[dict[str, Any] | HttpError] = [
+            _failure(r, k, len(rows)) if isinstance(r, BaseException) else r for k, r in enumerate(done)]
         if all(isinstance(r, HttpError) for r in results):
             first = results[0]
             assert isinstance(first, HttpError)
             raise first
-        return _json({**_echo_id(data), "predictions" if verb == "predict" else "explanations": [
-            {**({} if row[0] is None else {"id": row[0]}), **(_instance_error(r) if isinstance(r, HttpError) else r)}
-            for row, r in zip(rows, results, strict=True)]})
+        return results
+
+    async def _infer_pair(self, request: Request, name: str, base: str) -> Response:
+        """V2 ``infer`` on a pair: NAME generates (``text`` BYTES [n]); NAME-explainer explains
+        each generation (``explanation`` BYTES [n], JSON objects; an ``error`` output as for
+        other models' predictions where some instance failed)."""
+        data = await self._body(request)
+        _known(data, {"inputs", "outputs", "parameters", "id"})
+        rows = infer_rows(data, self.limits.max_instances, self.limits.max_chars)
+        cfg, deadline = self._settings(data.get("parameters"))
+        explain = name != base
+        answers = await self._pair_answers(base, "explain" if explain else "predict",
+                                           [(r.text, None) for r in rows], cfg, deadline)
+        n = len(rows)
+        if explain:
+            data_out = [json.dumps(_instance_error(a) if isinstance(a, HttpError) else a, ensure_ascii=False,
+                                   allow_nan=False) for a in answers]
+        else:
+            data_out = ["" if isinstance(a, HttpError) else str(a["text"]) for a in answers]
+        outputs: list[dict[str, Any]] = [{"name": "explanation" if explain else "text", "datatype": "BYTES",
+                                          "shape": [n], "data": data_out}]
+        if not explain and any(isinstance(a, HttpError) for a in answers):
+            outputs.append({"name": "error", "datatype": "BYTES", "shape": [n],
+                            "data": [a.message if isinstance(a, HttpError) else "" for a in answers]})
+        return _json({"model_name": name, "model_version": "1", **_echo_id(data), "outputs": outputs})
 
     async def infer(self, request: Request) -> Response:
         """V2 ``infer``: on NAME, the predictions (scores FP32 [n, C], label BYTES [n]); on
@@ -300,6 +354,8 @@ class Server:
         return await _answer(lambda: self._infer(request, request.path_params["name"]))
 
     async def _infer(self, request: Request, name: str) -> Response:
+        if name.removesuffix(EXPLAINER) in self.pairs:
+            return await self._infer_pair(request, name, name.removesuffix(EXPLAINER))
         explainer = name.endswith(EXPLAINER) and name[:-len(EXPLAINER)] in self.served
         served = self._served(name[:-len(EXPLAINER)] if explainer else name)
         data = await self._body(request)
@@ -532,7 +588,7 @@ def _pair_rows(data: dict[str, Any], max_instances: int, max_chars: int,
             if isinstance(value, str) and len(value) > max_chars:
                 raise HttpError(413, f"{where}: {field} has {len(value):,} characters; at most {max_chars:,}")
         assert isinstance(text, str)
-        rows.append((id_, text, target))
+        rows.append((None if id_ is None else str(id_), text, target))  # echoed as a string, as elsewhere
     return rows
 
 

@@ -109,9 +109,11 @@ def _explainer_request(text: dict[str, Any], parameters: dict[str, Any], limits:
                    "items": {"anyOf": [own, texts]}}}}
 
 
-def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) -> dict[str, Any]:
-    """The document for a server of the models ``names`` (named in the path's enum), its
-    defaults and limits."""
+def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits,
+                     pairs: list[str] | None = None) -> dict[str, Any]:
+    """The document for a server of the models ``names`` and the encoder/decoder ``pairs``
+    (named in the paths' enums), its defaults and limits."""
+    pairs = list(pairs or [])
     explainers = [n + "-explainer" for n in names]
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_chars}
     parameters = {"anyOf": [_ref("Parameters"), {"type": "null"}], "description": "null: the defaults"}
@@ -173,7 +175,7 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
         "InferRequest": {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
             "id": {"type": "string"}, "parameters": parameters,
             "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-                "name": {"enum": ["scores", "label", "error", "explanation"]}}},
+                "name": {"enum": ["scores", "label", "error", "explanation", "text"]}}},
                 "description": "names are checked, then ignored: every output comes"},
             "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
                 "type": "object", "required": ["datatype", "data"],
@@ -189,10 +191,34 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
             "outputs": {"type": "array", "items": {
                 "type": "object", "required": ["name", "datatype", "shape", "data"], "additionalProperties": False,
-                "properties": {"name": {"enum": ["scores", "label", "error", "explanation"]},
+                "properties": {"name": {"enum": ["scores", "label", "error", "explanation", "text"]},
                                "datatype": {"enum": ["FP32", "BYTES"]},
                                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
                                "data": {"type": "array", "items": {"type": ["number", "string", "null"]}}}}}}},
+        "PairInstances": instances({"oneOf": [text, {
+            "type": "object", "required": ["text"], "additionalProperties": False,
+            "description": "an encoder/decoder's source; with target_text that output is explained (teacher "
+                           "forcing), without it the greedy generation",
+            "properties": {"text": text, "id": ident, "target_text": {"anyOf": [text, {"type": "null"}]}}}]}),
+        "Generation": {"type": "object", "required": ["kind", "source_tokens", "output_tokens", "log_probs",
+                                                      "source_scores", "prefix_scores"],
+                       "description": "an encoder/decoder's output explained step by step (kind 'generation', "
+                                      "docs/seq2seq.md): output steps x source tokens, output steps x decoder "
+                                      "input tokens",
+                       "properties": {"id": {"type": "string"}, "kind": {"const": "generation"},
+                                      "source_tokens": {"type": "array", "items": {"type": "string"}},
+                                      "output_tokens": {"type": "array", "items": {"type": "string"}},
+                                      "log_probs": {"type": "array", "items": {"type": "number"}},
+                                      "source_scores": {"type": "array", "items": {"type": "array"}},
+                                      "prefix_scores": {"type": "array", "items": {"type": "array"}}}},
+        "Generated": {"type": "object", "required": ["predictions"], "additionalProperties": False,
+                      "properties": {"predictions": {"type": "array", "items": {"anyOf": [
+                          {"type": "object", "required": ["text"], "additionalProperties": False,
+                           "properties": {"id": {"type": "string"}, "text": {"type": "string"}}},
+                          _ref("InstanceError")]}}, "id": echoed}},
+        "Generations": {"type": "object", "required": ["explanations"], "additionalProperties": False,
+                        "properties": {"explanations": {"type": "array", "items": {
+                            "anyOf": [_ref("Generation"), _ref("InstanceError")]}}, "id": echoed}},
         "ModelMetadata": {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
                           "properties": {
             "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
@@ -234,6 +260,8 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
     def post(summary: str, body: str, ok: str) -> dict[str, Any]:  # every status of a request with work
         return {"post": {"summary": summary, "requestBody": _json_body(body), "responses": _answers(ok, *_WORK)}}
 
+    everything = names + pairs
+    every_explainer = explainers + [p + "-explainer" for p in pairs]
     paths: dict[str, Any] = {
         "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {
             "description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
@@ -244,11 +272,11 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
         "/v2/models": get("the models served", "Models"),
         "/v1/models": get("the models served (KServe V1)", "Models"),
         "/v1/models/{name}": get("whether a model is served and ready (KServe V1)", "ModelReady", 404,
-                                 params=names),
+                                 params=everything),
         "/v2/models/{name}": get("a model's metadata: inputs, labels, methods, backends, device", "ModelMetadata",
-                                 404, params=names + explainers),
-        "/v2/models/{name}/ready": get("whether a model is ready", "ModelReady", 404, 503, params=names + explainers,
-                                       unready="ModelReady"),
+                                 404, params=everything + every_explainer),
+        "/v2/models/{name}/ready": get("whether a model is ready", "ModelReady", 404, 503,
+                                       params=everything + every_explainer, unready="ModelReady"),
     }
     for name in names:  # KServe V1's verbs follow a colon in the path segment, so each is its own path
         paths[f"/v1/models/{name}:predict"] = post(
@@ -265,6 +293,18 @@ def openapi_document(names: list[str], defaults: ExplainConfig, limits: Limits) 
         paths[f"/v2/models/{name}-explainer/infer"] = post(
             "explain (V2, the explainer as a model): one BYTES output of explanation objects (JSON); beside the "
             "texts, inputs target, at, contrast give each text its own", "ExplainerRequest", "InferResponse")
+    for name in pairs:  # encoder/decoder pairs: a text in, a generated text (or its explanation) out
+        paths[f"/v1/models/{name}:predict"] = post(
+            "generate (KServe V1, an encoder/decoder): instances are source texts; the greedy output text",
+            "PredictInstances", "Generated")
+        paths[f"/v1/models/{name}:explain"] = post(
+            "explain a generation (KServe V1, an encoder/decoder): instances are source texts or {text, "
+            "target_text}", "PairInstances", "Generations")
+        paths[f"/v2/models/{name}/infer"] = post(
+            "generate (V2, an encoder/decoder): text BYTES [n], the greedy outputs", "InferRequest", "InferResponse")
+        paths[f"/v2/models/{name}-explainer/infer"] = post(
+            "explain the generations (V2, an encoder/decoder's explainer): one BYTES output of generation "
+            "objects (JSON)", "InferRequest", "InferResponse")
     return {
         "openapi": "3.1.0",
         "info": {"title": "blackbox-sal", "version": __version__,

@@ -301,7 +301,7 @@ def infer_rows(data: dict[str, Any], max_instances: int, max_chars: int, explain
 
 
 #: the V2 outputs a request may ask for by name (of the model, and of its explainer)
-OUTPUTS = frozenset({"scores", "label", "error", "explanation"})
+OUTPUTS = frozenset({"scores", "label", "error", "explanation", "text"})
 
 
 def _known_outputs(outputs: list[dict[str, Any]]) -> None:

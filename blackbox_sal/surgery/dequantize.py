@@ -52,7 +52,7 @@ def float_twin(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    qdq = _float_qdq(g) + _float_nbits(g) + _float_lstm(g)
+    qdq = _float_lookups(g) + _float_qdq(g) + _float_nbits(g) + _float_lstm(g)
     index = GraphIndex.of(g)
     consts, producer, only = index.constants, index.producer, index.only_user
 
@@ -108,6 +108,71 @@ def float_twin(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                          f"onnxruntime's dynamic MatMulInteger scheme, DynamicQuantizeLSTM, the QDQ format and "
                          f"MatMulNBits without g_idx)")
     return out, len(replaced) + qdq
+
+
+def float_lookups(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its 8-bit lookups dequantized after the gather made float lookups
+    (:func:`_float_lookups`; pure). Exact: the graph computes the same values, so a float
+    model's loader may apply it without ``--dequantize``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    _float_lookups(out.graph)
+    return out
+
+
+#: operators that move an 8-bit lookup's values without changing them
+_LAYOUT = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten"})
+
+
+def _float_lookups(g: onnx.GraphProto) -> int:
+    """In place: an 8-bit table looked up and dequantized after the lookup (``Gather(Wq, ids)
+    [-> Transpose ...] -> DequantizeLinear(., s, z)``, one per-tensor scale and zero point: the
+    quantizer's embedding form) becomes a lookup in the float table ``(Wq - z) * s``, each
+    DequantizeLinear an Identity: the same values, and a float lookup the embedding split finds.
+    Left alone when the lookup also feeds anything else (a MatMulInteger, say). Returns how many
+    DequantizeLinear nodes went."""
+    index = GraphIndex.of(g)
+    consts = {t.name: t for t in g.initializer}
+    done = 0
+    for gather in [n for n in g.node if n.op_type == "Gather" and n.input[0] in consts
+                   and consts[n.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)]:
+        todo, seen, dequantized, alone = [gather.output[0]], set(), [], True
+        while todo and alone:
+            name = todo.pop()
+            for user in index.users.get(name, []):
+                if id(user) in seen:
+                    continue
+                seen.add(id(user))
+                if user.op_type in _LAYOUT and user.input[0] == name and name not in user.input[1:]:
+                    todo.append(user.output[0])
+                elif user.op_type == "DequantizeLinear" and user.input[0] == name:
+                    dequantized.append(user)
+                elif user.op_type not in ("Shape", "Size"):
+                    alone = False
+        params = {tuple(d.input[1:]) for d in dequantized}
+        if not alone or len(params) != 1:
+            continue
+        scale_name, *zero_name = params.pop()
+        if scale_name not in consts or any(z and z not in consts for z in zero_name):
+            continue
+        scale = numpy_helper.to_array(consts[scale_name]).astype(np.float32)
+        zero = (numpy_helper.to_array(consts[zero_name[0]]).astype(np.float32) if zero_name and zero_name[0]
+                else np.zeros_like(scale))
+        if scale.size != 1 or zero.size != 1:
+            continue
+        table = f"{gather.input[0]}__dequantized"
+        if table not in consts:
+            q = numpy_helper.to_array(consts[gather.input[0]]).astype(np.float32)
+            g.initializer.append(numpy_helper.from_array(((q - zero.reshape(())) * scale.reshape(())).astype(
+                np.float32), table))
+            consts[table] = g.initializer[-1]
+        gather.input[0] = table
+        for d in dequantized:
+            d.op_type = "Identity"
+            del d.input[1:]
+            del d.attribute[:]
+        done += len(dequantized)
+    return done
 
 
 def _float_qdq(g: onnx.GraphProto) -> int:

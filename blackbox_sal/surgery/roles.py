@@ -169,8 +169,9 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
             raise ModelError(
                 f"two inputs feed their own embedding lookups "
                 f"({', '.join(f'{n!r} ({lookups[n]} rows)' for n in wide)}): if one of them is not the ids (token "
-                f"types, positions), {CONFIG_HINT}; {CHANNELS_HINT}; a decoder's prefix beside the source is read as "
-                f"an encoder/decoder with config.json \"is_encoder_decoder\": true")
+                f"types, positions), {CONFIG_HINT}; {CHANNELS_HINT}; a decoder's target prefix beside the source is "
+                f"read as an encoder/decoder with config.json \"is_encoder_decoder\": true, decoder_start_token_id "
+                f"and eos_token_id")
         ids = wide[0]
     roles["ids"] = ids
     for name, info in inputs.items():
