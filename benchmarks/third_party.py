@@ -227,6 +227,10 @@ def scores_of(doc: dict[str, object]) -> np.ndarray:
         per_token = doc["per_token"]
         assert isinstance(per_token, dict)
         return np.array([v for t in per_token["targets"] for v in t["scores"]], np.float64)
+    if "source_scores" in doc:  # a generation: output steps x source tokens, flattened
+        source = doc["source_scores"]
+        assert isinstance(source, list)
+        return np.array([v for row in source for v in row], np.float64)
     if "similarity" in doc:  # the cosine of two texts: both texts' scores
         similarity = doc["similarity"]
         assert isinstance(similarity, dict)
@@ -275,6 +279,9 @@ def survey(entry: Shipped, cache: Path, with_config: bool) -> dict[str, object]:
                           f"{len(graph['output_tokens'])} steps x {len(graph['source_tokens'])} source tokens")
         row["backend"] = graph["backend"]
         row["notes"] = ""
+        row["split_vs_file"] = "two graphs (each split checked on load)"
+        row["gradient_check"] = "no graph (GRU); fd at two steps: docs/seq2seq.md"
+        return row
     elif "per_token" in graph:  # a tagger: every target of the text, a matrix (docs/per-token.md)
         p = graph["per_token"]
         labels = sorted({t["label"] for t in p["targets"]})

@@ -223,6 +223,9 @@ def _explain_pair(a: argparse.Namespace, text: str, config: ExplainConfig) -> st
 
     if config.baseline not in ("pad", "zero"):
         raise UsageError("encoder/decoder pairs take --baseline pad or zero")
+    if config.richardson or config.fd_step is not None:  # their finite differences have a step of their own
+        raise UsageError("encoder/decoder pairs take neither --richardson nor --fd-step: their finite differences "
+                         "use central differences with a step of 3e-3 of the embeddings' root mean square")
     steps = 32 if config.steps == "auto" else int(config.steps)
     result = explain_pair(load_encoder_decoder(a.model, dequantize=a.dequantize), text, generate_tokens=a.generate,
                                 target_text=None if a.target_text is None else _text(a.target_text, "--target-text"),

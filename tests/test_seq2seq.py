@@ -236,6 +236,18 @@ def test_the_cli_explains_a_generation(exports: Path) -> None:
     assert len(doc["source_scores"][0]) == len(doc["source_tokens"])
 
 
+@pytest.mark.parametrize("option", [["--richardson"], ["--fd-step", "0.001"]])
+def test_a_pair_refuses_the_finite_difference_settings_it_does_not_use(exports: Path, option: list[str]) -> None:
+    """a pair's finite differences have their own step: --richardson and --fd-step are refused, not ignored"""
+    r = subprocess.run([sys.executable, "-m", "blackbox_sal", "explain", "--model", str(exports / "seq2seq-t5"),
+                        "--generate", "2", "--backend", "fd", *option, SOURCE], capture_output=True, text=True,
+                       timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "blackbox-sal: error: encoder/decoder pairs take neither --richardson nor --fd-step: their finite "
+        "differences use central differences with a step of 3e-3 of the embeddings' root mean square"]
+
+
 def test_an_int8_pair_is_refused_or_explained_as_its_float_twin(exports: Path, tmp_path: Path) -> None:
     """quantize_dynamic's pair: refused without dequantize; its twin's chained gradient equals
     central differences of log p_t through the twin's own encoder and decoder runs."""
