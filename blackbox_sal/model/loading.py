@@ -100,7 +100,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     except ImportError:  # an edge install: onnxruntime, numpy and tokenizers only
         raise ModelError(f"{NO_ONNX}; {str(found.onnx_path.parent)!r} is not a prepared folder") from None
     from blackbox_sal.surgery.channels import Channel, join_lookups, split_channels
-    from blackbox_sal.surgery.dequantize import drop_requantization, float_twin, weight_only
+    from blackbox_sal.surgery.dequantize import drop_requantization, float_lookups, float_twin, weight_only
     from blackbox_sal.surgery.interfaces import (
         flat_per_token,
         input_rank,
@@ -157,6 +157,14 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
             raise ModelError(f"the model takes {EMBEDS!r} but there is no embeddings.npy beside it")
         table, body, origin, original = files.read_table(found.embeddings_path, proto), proto, "given", None
     else:
+        dequantized_lookup = False
+        if not twin_of and any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
+            # an 8-bit table dequantized after its lookup, perhaps after a Transpose (pyfrspell): a
+            # float lookup, the same values; split as an 8-bit one its body re-quantized the
+            # embeddings, whose gradient is zero (issue 21)
+            floats = float_lookups(proto)
+            dequantized_lookup = _count(floats, "DequantizeLinear") < _count(proto, "DequantizeLinear")
+            proto = floats
         split = split_embedding(proto, IDS)
         if maps:  # a second id channel: split at its lookup too, into the same embeddings input
             split, channels = split_channels(split, ids_name, maps)
@@ -164,7 +172,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         if twin_of:  # an 8-bit lookup re-quantized in the body: a float twin keeps it in float
             body, dropped = drop_requantization(body)
             serialized = body.SerializeToString() if dropped else serialized
-        origin = f"split at {split.lookup}" + (" (an 8-bit table, dequantized)" if split.quantized_table else "")
+        origin = f"split at {split.lookup}" + (" (an 8-bit table, dequantized)" if split.quantized_table or dequantized_lookup
+                                                  else "")
         first = split.table_name
         del split
         # the original is kept only as the bytes its check needs: the parsed proto is as large
@@ -605,8 +614,63 @@ def _check_against(model: TextModel, original: bytes, source: str, what: str = "
                              f"verify=False (--no-verify) to explain the dequantized weights anyway")
         raise ModelError(f"the split model disagrees with the original (max difference {err:.3g}); "
                          f"the lookup cut is wrong for this model")
+    if not what:
+        _check_paths(model, session, source, (ids, types, mask), want)
     scale = float(np.max(np.abs(want))) if want.size else 0.0
     return f"checked against the file on a probe sentence: max difference {err:.2g}, largest output {scale:.3g}"
+
+
+def _count(proto: onnx.ModelProto, op: str) -> int:
+    return sum(n.op_type == op for n in proto.graph.node)
+
+
+def _swap(ids: np.ndarray, mask: np.ndarray | None, pad: int | None) -> tuple[int, int] | None:
+    """A position of the probe and another token of the probe to put there, the guard's
+    replacement (:func:`_check_paths`): both ordinary tokens (not the first or last real
+    position, where special tokens sit; not the pad token; not the largest id, which a model
+    may read as its end-of-text marker), so whatever a model computes from the ids other than
+    the token's identity (a mask, position ids, where the text ends) stays as it was. None for
+    a probe too short to have two different such tokens."""
+    real = int(mask.sum()) if mask is not None else len(ids)
+    inner = [k for k in range(1, real - 1) if int(ids[k]) != pad and int(ids[k]) != int(ids[:real].max())]
+    for k in inner:
+        other = next((int(ids[j]) for j in inner if int(ids[j]) != int(ids[k])), None)
+        if other is not None:
+            return k, other
+    return None
+
+
+def _check_paths(model: TextModel, session: Any, source: str,
+                 probe: tuple[np.ndarray, np.ndarray, np.ndarray | None], want: np.ndarray) -> None:
+    """The split must carry every path from a token to the explained output (issue 21): one
+    probe token replaced by another moves the file's output (run on the new ids) exactly as
+    it moves the split model's fed the new token's embedding, every other input (the ids
+    themselves, where the body still reads them) left as it was. A path the split did not cut
+    (the ids read a second way: a one-hot product, a lookup in a table computed at run time)
+    is seen by the file and not by the embeddings: refused, as its scores would leave it out.
+    Costs one row of the file and one of the split model. ``session``: the file's;
+    ``want``: its output on the probe."""
+    ids, types, mask = probe
+    swap = _swap(ids, mask, model.pad_id)
+    if swap is None:
+        return
+    position, token = swap
+    swapped = ids.copy()
+    swapped[position] = token
+    got = np.asarray(run(model.session, [source], model.feeds(model.embed(swapped)[None], ids, types, mask))[0],
+                     dtype=np.float64)
+    moved = np.asarray(run(session, [source], _original_feeds(session, model, swapped, types, mask),
+                           "the original model")[0], dtype=np.float64).reshape(got.shape)
+    err = float(np.max(np.abs(got - moved))) if moved.size else 0.0
+    if err <= 1e-4 * (1.0 + float(np.max(np.abs(moved)))):
+        return
+    file_move = float(np.max(np.abs(moved - want.reshape(got.shape))))
+    body_move = float(np.max(np.abs(got - want.reshape(got.shape))))
+    raise ModelError(
+        f"the split misses a path from the tokens to output {source!r}: on a probe sentence, token {int(ids[position])} "
+        f"replaced by {token} at position {position} moves the file's output by {file_move:.3g} but the split "
+        f"model's, fed the new token's embedding, by {body_move:.3g} (max difference {err:.3g}): the model reads "
+        f"the tokens another way too, which scores of the embeddings would leave out: report it")
 
 
 def _original_feeds(session: Any, model: TextModel, ids: np.ndarray, types: np.ndarray,
