@@ -158,9 +158,9 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         table, body, origin, original = files.read_table(found.embeddings_path, proto), proto, "given", None
     else:
         dequantized_lookup = False
-        if not twin_of and any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
-            # an 8-bit table dequantized after its lookup, perhaps after a Transpose (pyfrspell): a
-            # float lookup, the same values; split as an 8-bit one its body re-quantized the
+        if not twin_of and _requantized_lookup(proto):
+            # an 8-bit table dequantized after its lookup and a Transpose (pyfrspell): a float
+            # lookup, the same values; split as an 8-bit one its body re-quantized the
             # embeddings, whose gradient is zero (issue 21)
             floats = float_lookups(proto)
             dequantized_lookup = _count(floats, "DequantizeLinear") < _count(proto, "DequantizeLinear")
@@ -622,6 +622,18 @@ def _check_against(model: TextModel, original: bytes, source: str, what: str = "
 
 def _count(proto: onnx.ModelProto, op: str) -> int:
     return sum(n.op_type == op for n in proto.graph.node)
+
+
+def _requantized_lookup(proto: onnx.ModelProto) -> bool:
+    """Whether the ids' lookup is in an 8-bit table that the split would not dequantize after
+    the gather (re-quantized in the body, or refused): a DequantizeLinear further on (after a
+    Transpose, say) may make it a float lookup (:func:`blackbox_sal.surgery.dequantize.float_lookups`)."""
+    from blackbox_sal.surgery.split import find_lookups
+
+    if not any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
+        return False
+    candidates, refused = find_lookups(proto.graph, IDS)
+    return any(c.requantize for c in candidates) or any(": 8-bit," in why for _, why in refused)
 
 
 def _swap(ids: np.ndarray, mask: np.ndarray | None, pad: int | None) -> tuple[int, int] | None:
