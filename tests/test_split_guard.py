@@ -229,3 +229,35 @@ def test_the_swapped_token_is_an_ordinary_one() -> None:
     assert loading._swap(np.array([2, 13, 7, 9, 3, 0, 0]), np.array([1, 1, 1, 1, 1, 0, 0]), 0) == (2, 9)
     assert loading._swap(np.array([2, 7, 0, 7, 3]), None, 0) is None
     assert loading._swap(np.array([2, 7, 3]), None, 0) is None
+
+
+def test_an_output_with_no_gradient_from_the_embeddings_is_refused(tmp_path: Path) -> None:
+    """logits = mean_s round(4 tanh(T[ids_s])) W: the split is exact and moves with the tokens as
+    the file does, but every gradient is zero (what the 8-bit Transpose form gave before its
+    lookup was made float): refused, naming the operator."""
+    nodes = [helper.make_node("Gather", ["T", "input_ids"], ["E"]),
+             helper.make_node("Tanh", ["E"], ["H"]),
+             helper.make_node("Mul", ["H", "four"], ["H4"]),
+             helper.make_node("Round", ["H4"], ["R"]),
+             helper.make_node("ReduceMean", ["R"], ["P"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["P", "W"], ["logits"])]
+    m = _model(nodes, {"T": T, "W": W, "four": np.array(4.0, np.float32)})
+    with pytest.raises(ModelError) as info:
+        load_model(tiny.write_model_dir(tmp_path / "m", m))
+    said = str(info.value)
+    assert said.startswith("the split model's output 'logits' moves with the tokens (by ")
+    assert "every path from them passes Round, so gradients would be all zero" in said
+    assert "\n" not in said and info.value.exit_code == 3
+
+
+def test_the_re_quantized_transposed_lookup_had_no_gradient(tmp_path: Path) -> None:
+    """The body the plain split makes of pyfrspell's form (the embeddings re-quantized, then
+    Transpose, DequantizeLinear) is what the gradient check stops: its path passes a
+    QuantizeLinear; the float lookup the loader now makes has a gradient path."""
+    from blackbox_sal.surgery.dequantize import float_lookups
+    from blackbox_sal.surgery.split import split_embedding
+
+    m = _int8("transpose", True)
+    assert loading._gradient_blocked(split_embedding(m).body, "logits") == "QuantizeLinear"
+    assert loading._gradient_blocked(split_embedding(float_lookups(m)).body, "logits") is None
+    assert loading._gradient_blocked(split_embedding(_one_hot(extra=False)).body, "logits") is None

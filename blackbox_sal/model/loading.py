@@ -674,15 +674,60 @@ def _check_paths(model: TextModel, session: Any, source: str,
     moved = np.asarray(run(session, [source], _original_feeds(session, model, swapped, types, mask),
                            "the original model")[0], dtype=np.float64).reshape(got.shape)
     err = float(np.max(np.abs(got - moved))) if moved.size else 0.0
+    file_move = float(np.max(np.abs(moved - want.reshape(got.shape)))) if moved.size else 0.0
     if err <= 1e-4 * (1.0 + float(np.max(np.abs(moved)))):
+        if file_move > 1e-4 * (1.0 + float(np.max(np.abs(moved)))) and not model.quantized:
+            blocked = _gradient_blocked(model.body, source)
+            if blocked is not None:
+                raise ModelError(
+                    f"the split model's output {source!r} moves with the tokens (by {file_move:.3g} on a probe "
+                    f"sentence) but has no gradient from the embeddings: every path from them passes "
+                    f"{blocked}, so gradients would be all zero: explain it with occlusion, or report it")
         return
-    file_move = float(np.max(np.abs(moved - want.reshape(got.shape))))
     body_move = float(np.max(np.abs(got - want.reshape(got.shape))))
     raise ModelError(
         f"the split misses a path from the tokens to output {source!r}: on a probe sentence, token {int(ids[position])} "
         f"replaced by {token} at position {position} moves the file's output by {file_move:.3g} but the split "
         f"model's, fed the new token's embedding, by {body_move:.3g} (max difference {err:.3g}): the model reads "
         f"the tokens another way too, which scores of the embeddings would leave out: report it")
+
+
+def _gradient_blocked(body: onnx.ModelProto, output: str) -> str | None:
+    """The operators that stop every gradient path from the embeddings to ``output`` in a
+    float body (a QuantizeLinear that re-quantizes them, a Round, a cast to integers), named;
+    None where some path carries a gradient (or the output is not reached at all, which the
+    swapped-token check has judged)."""
+    import onnx
+
+    from blackbox_sal.surgery.prune import node_inputs
+    from blackbox_sal.surgery.reverse import NON_DIFFERENTIABLE
+
+    integer = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+               onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64,
+               onnx.TensorProto.BOOL}
+    stops = NON_DIFFERENTIABLE | {"QuantizeLinear", "DynamicQuantizeLinear", "ArgMax", "ArgMin"}
+    carried, touched = {EMBEDS}, {EMBEDS}
+    blockers: set[str] = set()
+    for node in body.graph.node:
+        reads = node_inputs(node)
+        if not reads & touched:
+            continue
+        touched.update(o for o in node.output if o)
+        data = [i for i in node.input if i]
+        if node.op_type in ("Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements") \
+                and len(data) > 1 and data[1] in carried and data[0] not in carried:
+            blockers.add(f"{node.op_type} (the embeddings as indices)")
+            continue
+        to_integer = node.op_type == "Cast" and any(a.name == "to" and a.i in integer for a in node.attribute)
+        if not reads & carried:
+            continue
+        if node.op_type in stops or to_integer:
+            blockers.add(node.op_type + (" to integers" if to_integer else ""))
+            continue
+        carried.update(o for o in node.output if o)
+    if output in carried or output not in touched:
+        return None
+    return ", ".join(sorted(blockers)) or "no differentiable operator"
 
 
 def _original_feeds(session: Any, model: TextModel, ids: np.ndarray, types: np.ndarray,
