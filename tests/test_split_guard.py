@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from blackbox_sal.api.explaining import explain
 from blackbox_sal.model import loading
 from blackbox_sal.model.loading import load_model
+from blackbox_sal.model.session import run
 from blackbox_sal.surgery.names import EMBEDS
 from blackbox_sal.vocabulary.config import ExplainConfig
 from blackbox_sal.vocabulary.errors import ModelError
@@ -197,11 +198,10 @@ def test_a_table_computed_at_run_time_is_refused(tmp_path: Path) -> None:
 def _rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Rows of every session run the loader makes, recorded as it makes them."""
     rows: list[int] = []
-    real = loading.run
 
     def counted(session: Any, names: list[str], feeds: dict[str, np.ndarray], *args: Any) -> Any:
         rows.append(int(next(iter(feeds.values())).shape[0]))
-        return real(session, names, feeds, *args)
+        return run(session, names, feeds, *args)
 
     monkeypatch.setattr(loading, "run", counted)
     return rows

@@ -172,8 +172,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         if twin_of:  # an 8-bit lookup re-quantized in the body: a float twin keeps it in float
             body, dropped = drop_requantization(body)
             serialized = body.SerializeToString() if dropped else serialized
-        origin = f"split at {split.lookup}" + (" (an 8-bit table, dequantized)" if split.quantized_table or dequantized_lookup
-                                                  else "")
+        eight_bit = split.quantized_table or dequantized_lookup
+        origin = f"split at {split.lookup}" + (" (an 8-bit table, dequantized)" if eight_bit else "")
         first = split.table_name
         del split
         # the original is kept only as the bytes its check needs: the parsed proto is as large
@@ -682,14 +682,21 @@ def _check_paths(model: TextModel, session: Any, source: str,
                 raise ModelError(
                     f"the split model's output {source!r} moves with the tokens (by {file_move:.3g} on a probe "
                     f"sentence) but has no gradient from the embeddings: every path from them passes "
-                    f"{blocked}, so gradients would be all zero: explain it with occlusion, or report it")
+                    f"{blocked}, so gradients would be all zero; occlusion and the sampling methods see it with "
+                    f"--no-verify (which skips these checks), or report it")
         return
     body_move = float(np.max(np.abs(got - want.reshape(got.shape))))
     raise ModelError(
-        f"the split misses a path from the tokens to output {source!r}: on a probe sentence, token {int(ids[position])} "
-        f"replaced by {token} at position {position} moves the file's output by {file_move:.3g} but the split "
-        f"model's, fed the new token's embedding, by {body_move:.3g} (max difference {err:.3g}): the model reads "
-        f"the tokens another way too, which scores of the embeddings would leave out: report it")
+        f"the split misses a path from the tokens to output {source!r}: on a probe sentence, token "
+        f"{_token(model, int(ids[position]))} replaced by {_token(model, token)} at position {position} moves the "
+        f"file's output by {file_move:.3g} but the split model's, fed the new token's embedding, by "
+        f"{body_move:.3g} (max difference {err:.3g}): the model reads the tokens another way "
+        f"too, which scores of the embeddings would leave out: report it")
+
+
+def _token(model: TextModel, token: int) -> str:
+    """A token id as the error says it: its text and its id."""
+    return f"{model.tokenizer.id_to_token(token)!r} ({token})"
 
 
 def _gradient_blocked(body: onnx.ModelProto, output: str) -> str | None:
