@@ -261,3 +261,34 @@ def test_the_re_quantized_transposed_lookup_had_no_gradient(tmp_path: Path) -> N
     assert loading._gradient_blocked(split_embedding(m).body, "logits") == "QuantizeLinear"
     assert loading._gradient_blocked(split_embedding(float_lookups(m)).body, "logits") is None
     assert loading._gradient_blocked(split_embedding(_one_hot(extra=False)).body, "logits") is None
+
+
+def test_a_transposed_int8_gate_is_joined_under_its_name_in_the_file(tmp_path: Path) -> None:
+    """logits = mean_s(T[ids_s] * sigmoid(G[ids_s])) W, G stored in int8 and read in the
+    transposed form: its lookup is made float, joined as a channel named after the file's
+    8-bit table, and grad x input is the closed form through both tables."""
+    nodes = [helper.make_node("Gather", ["T", "input_ids"], ["E1"]),
+             helper.make_node("Gather", ["G_quantized", "input_ids"], ["Gq"]),
+             helper.make_node("Transpose", ["Gq"], ["Gt"], perm=[0, 2, 1]),
+             helper.make_node("DequantizeLinear", ["Gt", "G_scale", "G_zero_point"], ["Gf"]),
+             helper.make_node("Transpose", ["Gf"], ["E2"], perm=[0, 2, 1]),
+             helper.make_node("Sigmoid", ["E2"], ["gate"]),
+             helper.make_node("Mul", ["E1", "gate"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["P"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["P", "W"], ["logits"])]
+    g = RNG.normal(0, 1.0, (V, D)).astype(np.float32)
+    gq = np.clip(np.round(g / 0.02), -127, 127).astype(np.int8)
+    m = _model(nodes, {"T": T * 3, "W": W, "G_quantized": gq, "G_scale": np.array(0.02, np.float32),
+                       "G_zero_point": np.array(0, np.int8)})
+    model = load_model(tiny.write_model_dir(tmp_path / "m", m))
+    assert [c.name for c in model.channels] == ["tokens", "G_quantized"]
+    gf = gq.astype(np.float32) * np.float32(0.02)
+    np.testing.assert_array_equal(model.table, np.concatenate([T * 3, gf], axis=1))
+    ids, target = _ids(), 0
+    e1, e2 = (T * 3)[ids].astype(np.float64), gf[ids].astype(np.float64)
+    s = 1 / (1 + np.exp(-e2))
+    g1, g2 = s * W[:, target] / len(ids), e1 * s * (1 - s) * W[:, target] / len(ids)
+    np.testing.assert_allclose((e1 * s).mean(axis=0) @ W, _run(m, ids[None])[0], rtol=1e-5, atol=1e-6)
+    got = explain(model, TEXT, ExplainConfig(method="grad-x-input", backend="graph", target=target))
+    np.testing.assert_allclose(_scores(got), (e1 * g1 + e2 * g2).sum(axis=1), rtol=1e-5, atol=1e-6)
+    assert np.abs((e2 * g2).sum(axis=1)).max() > 0.02  # the gate's part

@@ -162,7 +162,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
             # an 8-bit table dequantized after its lookup and a Transpose (pyfrspell): a float
             # lookup, the same values; split as an 8-bit one its body re-quantized the
             # embeddings, whose gradient is zero (issue 21)
-            floats = float_lookups(proto)
+            floats = _as_named(float_lookups(proto))
             dequantized_lookup = _count(floats, "DequantizeLinear") < _count(proto, "DequantizeLinear")
             proto = floats
         split = split_embedding(proto, IDS)
@@ -622,6 +622,31 @@ def _check_against(model: TextModel, original: bytes, source: str, what: str = "
 
 def _count(proto: onnx.ModelProto, op: str) -> int:
     return sum(n.op_type == op for n in proto.graph.node)
+
+
+def _as_named(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` (made by float_lookups) with each dequantized table under its 8-bit table's
+    name where nothing reads that one any more, so channels and notes name the tables as the
+    file does (in place; returned)."""
+    from blackbox_sal.surgery.prune import node_inputs
+
+    suffix = "__dequantized"
+    g = proto.graph
+    read = set().union(*(node_inputs(n) for n in g.node)) | {i.name for i in g.input}
+    names = {t.name for t in g.initializer}
+    renamed = {t.name: t.name.removesuffix(suffix) for t in g.initializer
+               if t.name.endswith(suffix) and t.name.removesuffix(suffix) in names
+               and t.name.removesuffix(suffix) not in read}
+    if not renamed:
+        return proto
+    gone = [k for k, t in enumerate(g.initializer) if t.name in renamed.values()]
+    for k in reversed(gone):
+        del g.initializer[k]
+    for t in g.initializer:
+        t.name = renamed.get(t.name, t.name)
+    for n in g.node:
+        n.input[:] = [renamed.get(i, i) for i in n.input]
+    return proto
 
 
 def _requantized_lookup(proto: onnx.ModelProto) -> bool:
