@@ -100,7 +100,7 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
     except ImportError:  # an edge install: onnxruntime, numpy and tokenizers only
         raise ModelError(f"{NO_ONNX}; {str(found.onnx_path.parent)!r} is not a prepared folder") from None
     from blackbox_sal.surgery.channels import Channel, join_lookups, split_channels
-    from blackbox_sal.surgery.dequantize import drop_requantization, float_twin, weight_only
+    from blackbox_sal.surgery.dequantize import drop_requantization, float_lookups, float_twin, weight_only
     from blackbox_sal.surgery.interfaces import (
         flat_per_token,
         input_rank,
@@ -157,6 +157,14 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
             raise ModelError(f"the model takes {EMBEDS!r} but there is no embeddings.npy beside it")
         table, body, origin, original = files.read_table(found.embeddings_path, proto), proto, "given", None
     else:
+        dequantized_lookup = False
+        if not twin_of and _requantized_lookup(proto):
+            # an 8-bit table dequantized after its lookup and a Transpose (pyfrspell): a float
+            # lookup, the same values; split as an 8-bit one its body re-quantized the
+            # embeddings, whose gradient is zero (issue 21)
+            floats = _as_named(float_lookups(proto))
+            dequantized_lookup = _count(floats, "DequantizeLinear") < _count(proto, "DequantizeLinear")
+            proto = floats
         split = split_embedding(proto, IDS)
         if maps:  # a second id channel: split at its lookup too, into the same embeddings input
             split, channels = split_channels(split, ids_name, maps)
@@ -164,7 +172,8 @@ def load_model(path: str | Path, *, device: str = "auto", output: str | None = N
         if twin_of:  # an 8-bit lookup re-quantized in the body: a float twin keeps it in float
             body, dropped = drop_requantization(body)
             serialized = body.SerializeToString() if dropped else serialized
-        origin = f"split at {split.lookup}" + (" (an 8-bit table, dequantized)" if split.quantized_table else "")
+        eight_bit = split.quantized_table or dequantized_lookup
+        origin = f"split at {split.lookup}" + (" (an 8-bit table, dequantized)" if eight_bit else "")
         first = split.table_name
         del split
         # the original is kept only as the bytes its check needs: the parsed proto is as large
@@ -605,8 +614,152 @@ def _check_against(model: TextModel, original: bytes, source: str, what: str = "
                              f"verify=False (--no-verify) to explain the dequantized weights anyway")
         raise ModelError(f"the split model disagrees with the original (max difference {err:.3g}); "
                          f"the lookup cut is wrong for this model")
+    if not what:
+        _check_paths(model, session, source, (ids, types, mask), want)
     scale = float(np.max(np.abs(want))) if want.size else 0.0
     return f"checked against the file on a probe sentence: max difference {err:.2g}, largest output {scale:.3g}"
+
+
+def _count(proto: onnx.ModelProto, op: str) -> int:
+    return sum(n.op_type == op for n in proto.graph.node)
+
+
+def _as_named(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` (made by float_lookups) with each dequantized table under its 8-bit table's
+    name where nothing reads that one any more, so channels and notes name the tables as the
+    file does (in place; returned)."""
+    from blackbox_sal.surgery.prune import node_inputs
+
+    suffix = "__dequantized"
+    g = proto.graph
+    read = set().union(*(node_inputs(n) for n in g.node)) | {i.name for i in g.input}
+    names = {t.name for t in g.initializer}
+    renamed = {t.name: t.name.removesuffix(suffix) for t in g.initializer
+               if t.name.endswith(suffix) and t.name.removesuffix(suffix) in names
+               and t.name.removesuffix(suffix) not in read}
+    if not renamed:
+        return proto
+    gone = [k for k, t in enumerate(g.initializer) if t.name in renamed.values()]
+    for k in reversed(gone):
+        del g.initializer[k]
+    for t in g.initializer:
+        t.name = renamed.get(t.name, t.name)
+    for n in g.node:
+        n.input[:] = [renamed.get(i, i) for i in n.input]
+    return proto
+
+
+def _requantized_lookup(proto: onnx.ModelProto) -> bool:
+    """Whether the ids' lookup is in an 8-bit table that the split would not dequantize after
+    the gather (re-quantized in the body, or refused): a DequantizeLinear further on (after a
+    Transpose, say) may make it a float lookup (:func:`blackbox_sal.surgery.dequantize.float_lookups`)."""
+    from blackbox_sal.surgery.split import find_lookups
+
+    if not any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
+        return False
+    candidates, refused = find_lookups(proto.graph, IDS)
+    return any(c.requantize for c in candidates) or any(": 8-bit," in why for _, why in refused)
+
+
+def _swap(ids: np.ndarray, mask: np.ndarray | None, pad: int | None) -> tuple[int, int] | None:
+    """A position of the probe and another token of the probe to put there, the guard's
+    replacement (:func:`_check_paths`): both ordinary tokens (not the first or last real
+    position, where special tokens sit; not the pad token; not the largest id, which a model
+    may read as its end-of-text marker), so whatever a model computes from the ids other than
+    the token's identity (a mask, position ids, where the text ends) stays as it was. None for
+    a probe too short to have two different such tokens."""
+    real = int(mask.sum()) if mask is not None else len(ids)
+    inner = [k for k in range(1, real - 1) if int(ids[k]) != pad and int(ids[k]) != int(ids[:real].max())]
+    for k in inner:
+        other = next((int(ids[j]) for j in inner if int(ids[j]) != int(ids[k])), None)
+        if other is not None:
+            return k, other
+    return None
+
+
+def _check_paths(model: TextModel, session: Any, source: str,
+                 probe: tuple[np.ndarray, np.ndarray, np.ndarray | None], want: np.ndarray) -> None:
+    """The split must carry every path from a token to the explained output (issue 21): one
+    probe token replaced by another moves the file's output (run on the new ids) exactly as
+    it moves the split model's fed the new token's embedding, every other input (the ids
+    themselves, where the body still reads them) left as it was. A path the split did not cut
+    (the ids read a second way: a one-hot product, a lookup in a table computed at run time)
+    is seen by the file and not by the embeddings: refused, as its scores would leave it out.
+    Costs one row of the file and one of the split model. ``session``: the file's;
+    ``want``: its output on the probe."""
+    ids, types, mask = probe
+    swap = _swap(ids, mask, model.pad_id)
+    if swap is None:
+        return
+    position, token = swap
+    swapped = ids.copy()
+    swapped[position] = token
+    got = np.asarray(run(model.session, [source], model.feeds(model.embed(swapped)[None], ids, types, mask))[0],
+                     dtype=np.float64)
+    moved = np.asarray(run(session, [source], _original_feeds(session, model, swapped, types, mask),
+                           "the original model")[0], dtype=np.float64).reshape(got.shape)
+    err = float(np.max(np.abs(got - moved))) if moved.size else 0.0
+    file_move = float(np.max(np.abs(moved - want.reshape(got.shape)))) if moved.size else 0.0
+    if err <= 1e-4 * (1.0 + float(np.max(np.abs(moved)))):
+        if file_move > 1e-4 * (1.0 + float(np.max(np.abs(moved)))) and not model.quantized:
+            blocked = _gradient_blocked(model.body, source)
+            if blocked is not None:
+                raise ModelError(
+                    f"the split model's output {source!r} moves with the tokens (by {file_move:.3g} on a probe "
+                    f"sentence) but has no gradient from the embeddings: every path from them passes "
+                    f"{blocked}, so gradients would be all zero; occlusion and the sampling methods see it with "
+                    f"--no-verify (which skips these checks), or report it")
+        return
+    body_move = float(np.max(np.abs(got - want.reshape(got.shape))))
+    raise ModelError(
+        f"the split misses a path from the tokens to output {source!r}: on a probe sentence, token "
+        f"{_token(model, int(ids[position]))} replaced by {_token(model, token)} at position {position} moves the "
+        f"file's output by {file_move:.3g} but the split model's, fed the new token's embedding, by "
+        f"{body_move:.3g} (max difference {err:.3g}): the model reads the tokens another way "
+        f"too, which scores of the embeddings would leave out: report it")
+
+
+def _token(model: TextModel, token: int) -> str:
+    """A token id as the error says it: its text and its id."""
+    return f"{model.tokenizer.id_to_token(token)!r} ({token})"
+
+
+def _gradient_blocked(body: onnx.ModelProto, output: str) -> str | None:
+    """The operators that stop every gradient path from the embeddings to ``output`` in a
+    float body (a QuantizeLinear that re-quantizes them, a Round, a cast to integers), named;
+    None where some path carries a gradient (or the output is not reached at all, which the
+    swapped-token check has judged)."""
+    import onnx
+
+    from blackbox_sal.surgery.prune import node_inputs
+    from blackbox_sal.surgery.reverse import NON_DIFFERENTIABLE
+
+    integer = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+               onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64,
+               onnx.TensorProto.BOOL}
+    stops = NON_DIFFERENTIABLE | {"QuantizeLinear", "DynamicQuantizeLinear", "ArgMax", "ArgMin"}
+    carried, touched = {EMBEDS}, {EMBEDS}
+    blockers: set[str] = set()
+    for node in body.graph.node:
+        reads = node_inputs(node)
+        if not reads & touched:
+            continue
+        touched.update(o for o in node.output if o)
+        data = [i for i in node.input if i]
+        if node.op_type in ("Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements") \
+                and len(data) > 1 and data[1] in carried and data[0] not in carried:
+            blockers.add(f"{node.op_type} (the embeddings as indices)")
+            continue
+        to_integer = node.op_type == "Cast" and any(a.name == "to" and a.i in integer for a in node.attribute)
+        if not reads & carried:
+            continue
+        if node.op_type in stops or to_integer:
+            blockers.add(node.op_type + (" to integers" if to_integer else ""))
+            continue
+        carried.update(o for o in node.output if o)
+    if output in carried or output not in touched:
+        return None
+    return ", ".join(sorted(blockers)) or "no differentiable operator"
 
 
 def _original_feeds(session: Any, model: TextModel, ids: np.ndarray, types: np.ndarray,
