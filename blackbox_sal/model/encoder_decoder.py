@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -53,6 +53,9 @@ from blackbox_sal.surgery.names import EMBEDS, GRAD, IDS, WEIGHTS
 from blackbox_sal.surgery.quantized import quantized_ops
 from blackbox_sal.surgery.split import split_embedding
 from blackbox_sal.vocabulary.errors import ModelError
+
+if TYPE_CHECKING:
+    from blackbox_sal.model.pair_files import FilePair
 
 ENCODER = "encoder_model.onnx"
 DECODER = "decoder_model.onnx"
@@ -213,7 +216,7 @@ def _probe_feeds(table: np.ndarray, extra: Any) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def _side_files(folder: Path) -> tuple[Tokenizer, dict[str, Any], tuple[int, int, Any]]:
+def side_files(folder: Path) -> tuple[Tokenizer, dict[str, Any], tuple[int, int, Any]]:
     """The tokenizer, config.json, and config's (decoder start, end of sequence, pad) ids:
     read with the folder's checks (links only inside it, sizes capped). The tokenizer is
     tokenizer.json, else the folder's vocabulary in another form
@@ -246,7 +249,7 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
         raise ModelError(f"{str(folder)!r} holds no {ENCODER} (an encoder/decoder pair in optimum's layout)")
     if not (folder / DECODER).is_file() and not (folder / MERGED).is_file():
         raise ModelError(f"{str(folder)!r} holds no {DECODER} (nor {MERGED})")
-    tokenizer, _, (start, eos, pad) = _side_files(folder)
+    tokenizer, _, (start, eos, pad) = side_files(folder)
     encoder = files.read_onnx(folder / ENCODER)
     merged = files.read_onnx(folder / MERGED) if (folder / MERGED).is_file() else None
     if (folder / DECODER).is_file() or merged is None:
@@ -373,7 +376,7 @@ def load_single(path: str | Path, threads: int = 0, dequantize: bool = False) ->
     identity: the decoder's "states" are the source embeddings, so generation and the chained
     gradient run unchanged. Both lookups are split out (separate tables, or one shared)."""
     folder = Path(path)
-    tokenizer, config, (start, eos, pad) = _side_files(folder)
+    tokenizer, config, (start, eos, pad) = side_files(folder)
     proto = files.read_onnx(folder / SINGLE)
     dequantized = quantized_ops(proto)
     if dequantized and not dequantize:
@@ -428,9 +431,14 @@ def _source_feed(table: np.ndarray, batch: int, length: int, inputs: frozenset[s
     return feeds
 
 
-def load_encoder_decoder(path: str | Path, threads: int = 0, dequantize: bool = False) -> Pair:
-    """optimum's pair (``encoder_model.onnx``) or the single-graph form (``model.onnx`` with
-    ``"is_encoder_decoder": true`` in config.json)."""
+def load_encoder_decoder(path: str | Path, threads: int = 0, dequantize: bool = False) -> Pair | FilePair:
+    """optimum's pair (``encoder_model.onnx``), two files with a stepping decoder
+    (config.json's ``encoder_decoder``, :mod:`blackbox_sal.model.pair_files`) or the
+    single-graph form (``model.onnx`` with ``"is_encoder_decoder": true`` in config.json)."""
+    from blackbox_sal.model.pair_files import is_file_pair, load_file_pair
+
     if (Path(path) / ENCODER).is_file():
         return load_pair(path, threads, dequantize)
+    if is_file_pair(Path(path)):
+        return load_file_pair(path, threads)
     return load_single(path, threads, dequantize)
