@@ -229,7 +229,8 @@ def load_file_pair(path: str | Path, threads: int = 0) -> FilePair:
     config = files.read_side_json(folder, "config.json")
     spec = config.get(KEY) if isinstance(config, dict) else None
     if not isinstance(spec, dict):
-        raise ModelError(f"{str(folder)!r} holds an encoder and a decoder file; say how they connect in {FORM}")
+        raise ModelError(f"{str(folder)!r} holds an encoder and a decoder file; say how they connect in {FORM}, "
+                         f"or pass the encoder's file itself to explain it alone")
     tokenizer, _, (start, eos, pad) = side_files(folder)
     paths = {}
     for role in ("encoder", "decoder"):
