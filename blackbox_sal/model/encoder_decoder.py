@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from tokenizers import Tokenizer, processors
+from tokenizers import Tokenizer
 
 from blackbox_sal.model import files
 from blackbox_sal.model.probe import probe
+from blackbox_sal.model.seq2seq_folder import is_file_pair, side_files
 from blackbox_sal.model.session import create_session, run
-from blackbox_sal.model.tokenizer_files import read_folder_tokenizer
 from blackbox_sal.surgery.dequantize import float_lookups, float_twin
 from blackbox_sal.surgery.encoder_decoder import (
     FLAT_STATES,
@@ -214,30 +214,6 @@ def _probe_feeds(table: np.ndarray, extra: Any) -> list[dict[str, np.ndarray]]:
         ids = rng.integers(0, table.shape[0], (batch, length))
         feeds.append(extra(table[ids] + rng.normal(0, 0.01, (batch, length, table.shape[1])), ids, rng))
     return feeds
-
-
-def side_files(folder: Path) -> tuple[Tokenizer, dict[str, Any], tuple[int, int, Any]]:
-    """The tokenizer, config.json, and config's (decoder start, end of sequence, pad) ids:
-    read with the folder's checks (links only inside it, sizes capped). The tokenizer is
-    tokenizer.json, else the folder's vocabulary in another form
-    (:func:`~blackbox_sal.model.tokenizer_files.read_folder_tokenizer`: a character map, say),
-    which then ends each source with the end-of-sequence token, as seq2seq tokenizers do."""
-    config = files.read_side_json(folder, "config.json")
-    config = config if isinstance(config, dict) else {}
-    start, eos, pad = (config.get(k) for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id"))
-    if not isinstance(start, int) or not isinstance(eos, int):
-        raise ModelError("config.json must give decoder_start_token_id and eos_token_id (integers)")
-    if files.read_side_file(folder, "tokenizer.json") is not None:
-        return files.read_tokenizer(folder / "tokenizer.json"), config, (start, eos, pad)
-    found = read_folder_tokenizer(folder, config)
-    if found is None:
-        raise ModelError(f"no tokenizer.json (nor another vocabulary file) in {str(folder)!r}")
-    tokenizer = found.tokenizer
-    end = tokenizer.id_to_token(eos)
-    if end is None:
-        raise ModelError(f"config.json's eos_token_id {eos} is not in the vocabulary ({found.form})")
-    tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {end}", special_tokens=[(end, eos)])
-    return tokenizer, config, (start, eos, pad)
 
 
 def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> Pair:
@@ -435,7 +411,7 @@ def load_encoder_decoder(path: str | Path, threads: int = 0, dequantize: bool = 
     """optimum's pair (``encoder_model.onnx``), two files with a stepping decoder
     (config.json's ``encoder_decoder``, :mod:`blackbox_sal.model.pair_files`) or the
     single-graph form (``model.onnx`` with ``"is_encoder_decoder": true`` in config.json)."""
-    from blackbox_sal.model.pair_files import is_file_pair, load_file_pair
+    from blackbox_sal.model.pair_files import load_file_pair
 
     if (Path(path) / ENCODER).is_file():
         return load_pair(path, threads, dequantize)

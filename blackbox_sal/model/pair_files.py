@@ -41,14 +41,12 @@ from onnx import helper, numpy_helper
 from tokenizers import Tokenizer
 
 from blackbox_sal.model import files
-from blackbox_sal.model.encoder_decoder import side_files
+from blackbox_sal.model.seq2seq_folder import KEY, side_files
 from blackbox_sal.model.session import create_session, run
 from blackbox_sal.surgery.names import EMBEDS
 from blackbox_sal.surgery.split import split_embedding
 from blackbox_sal.vocabulary.errors import ModelError
 
-#: the config.json key of this form
-KEY = "encoder_decoder"
 FORM = ('config.json "encoder_decoder": {"encoder": "encoder.onnx", "decoder": "decoder.onnx", '
         '"padding_mask": ..., "prefix": ..., "logits": ..., "feeds": {DECODER_INPUT: ENCODER_OUTPUT}, '
         '"state": {DECODER_INPUT: DECODER_OUTPUT}} (docs/seq2seq.md)')
@@ -286,15 +284,3 @@ def load_file_pair(path: str | Path, threads: int = 0) -> FilePair:
                     decoder_inputs=frozenset(_names(dec_body.graph.input)),
                     encoder_body=session(enc_body), decoder_body=session(dec_body))
 
-
-def is_file_pair(folder: Path) -> bool:
-    """A folder with config.json's ``encoder_decoder``, or with encoder.onnx and decoder.onnx
-    (which load refuses, naming the form, until config.json says how they connect)."""
-    if not folder.is_dir():
-        return False
-    if (folder / "encoder.onnx").is_file() and (folder / "decoder.onnx").is_file():
-        return True
-    if not (folder / "config.json").is_file():
-        return False
-    config = files.read_side_json(folder, "config.json")
-    return isinstance(config, dict) and isinstance(config.get(KEY), dict)
