@@ -206,8 +206,11 @@ def _explain(a: argparse.Namespace) -> None:
 
 
 def _encoder_decoder(folder: Path) -> bool:
-    """optimum's encoder/decoder layout, or a single graph whose config.json says it is one."""
-    if (folder / "encoder_model.onnx").is_file():
+    """optimum's encoder/decoder layout, two files with a stepping decoder (config.json's
+    encoder_decoder), or a single graph whose config.json says it is one."""
+    from blackbox_sal.model.seq2seq_folder import is_file_pair
+
+    if (folder / "encoder_model.onnx").is_file() or is_file_pair(folder):
         return True
     if not (folder.is_dir() and (folder / "model.onnx").is_file()):
         return False

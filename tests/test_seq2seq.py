@@ -305,11 +305,12 @@ def test_the_single_graph_form_equals_autograd_and_generates_as_pytorch(exports:
     sys.path.insert(0, str(ROOT / "models"))
     from build_seq2seq import single_module
 
-    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+    from blackbox_sal.model.encoder_decoder import Pair, load_encoder_decoder
     from blackbox_sal.seq2seq.explaining import chained_gradients, generate
 
     folder = exports / "seq2seq-single"
     pair = load_encoder_decoder(folder)
+    assert isinstance(pair, Pair)
     assert not pair.shared_table
     model = single_module(len(pair.encoder_table))
     model.load_state_dict(torch.load(folder / "torch_single.pt"))
@@ -362,10 +363,11 @@ def test_a_single_graph_without_a_recognisable_prefix_is_refused(exports: Path, 
 
 @pytest.mark.parametrize("name", ["seq2seq-t5", "seq2seq-bart", "seq2seq-single"])
 def test_finite_differences_equal_the_gradient_graphs(exports: Path, name: str) -> None:
-    from blackbox_sal.model.encoder_decoder import load_encoder_decoder
+    from blackbox_sal.model.encoder_decoder import Pair, load_encoder_decoder
     from blackbox_sal.seq2seq.explaining import chained_gradients, fd_gradients
 
     pair = load_encoder_decoder(exports / name)
+    assert isinstance(pair, Pair)
     src = np.array(pair.tokenizer.encode(SOURCE).ids, np.int64)
     out = np.array([10, 11, pair.eos_id], np.int64)
     prefix = np.array([pair.start_id, 10, 11], np.int64)

@@ -18,12 +18,13 @@ from typing import Any
 from blackbox_sal.jobs.batch import Summary
 from blackbox_sal.jobs.datasets import BadRow, Columns, read_rows
 from blackbox_sal.model.encoder_decoder import Pair
+from blackbox_sal.model.pair_files import FilePair
 from blackbox_sal.render.generation import generation_json
 from blackbox_sal.seq2seq.explaining import explain_generation
 from blackbox_sal.vocabulary.errors import InputError, SalError, UsageError
 
 
-def run_generation_batch(pair: Pair, source: str | Path, output: str | Path, *, generate_tokens: int | None,
+def run_generation_batch(pair: Pair | FilePair, source: str | Path, output: str | Path, *, generate_tokens: int | None,
                          method: str = "ig", steps: int = 32, baseline: str = "pad", batch_size: int = 64,
                          backend: str = "auto", columns: Columns | None = None,
                          limit: int | None = None) -> Summary:

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from tokenizers import Tokenizer, processors
+from tokenizers import Tokenizer
 
 from blackbox_sal.model import files
 from blackbox_sal.model.probe import probe
+from blackbox_sal.model.seq2seq_folder import is_file_pair, side_files
 from blackbox_sal.model.session import create_session, run
-from blackbox_sal.model.tokenizer_files import read_folder_tokenizer
 from blackbox_sal.surgery.dequantize import float_lookups, float_twin
 from blackbox_sal.surgery.encoder_decoder import (
     FLAT_STATES,
@@ -53,6 +53,9 @@ from blackbox_sal.surgery.names import EMBEDS, GRAD, IDS, WEIGHTS
 from blackbox_sal.surgery.quantized import quantized_ops
 from blackbox_sal.surgery.split import split_embedding
 from blackbox_sal.vocabulary.errors import ModelError
+
+if TYPE_CHECKING:
+    from blackbox_sal.model.pair_files import FilePair
 
 ENCODER = "encoder_model.onnx"
 DECODER = "decoder_model.onnx"
@@ -213,30 +216,6 @@ def _probe_feeds(table: np.ndarray, extra: Any) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def _side_files(folder: Path) -> tuple[Tokenizer, dict[str, Any], tuple[int, int, Any]]:
-    """The tokenizer, config.json, and config's (decoder start, end of sequence, pad) ids:
-    read with the folder's checks (links only inside it, sizes capped). The tokenizer is
-    tokenizer.json, else the folder's vocabulary in another form
-    (:func:`~blackbox_sal.model.tokenizer_files.read_folder_tokenizer`: a character map, say),
-    which then ends each source with the end-of-sequence token, as seq2seq tokenizers do."""
-    config = files.read_side_json(folder, "config.json")
-    config = config if isinstance(config, dict) else {}
-    start, eos, pad = (config.get(k) for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id"))
-    if not isinstance(start, int) or not isinstance(eos, int):
-        raise ModelError("config.json must give decoder_start_token_id and eos_token_id (integers)")
-    if files.read_side_file(folder, "tokenizer.json") is not None:
-        return files.read_tokenizer(folder / "tokenizer.json"), config, (start, eos, pad)
-    found = read_folder_tokenizer(folder, config)
-    if found is None:
-        raise ModelError(f"no tokenizer.json (nor another vocabulary file) in {str(folder)!r}")
-    tokenizer = found.tokenizer
-    end = tokenizer.id_to_token(eos)
-    if end is None:
-        raise ModelError(f"config.json's eos_token_id {eos} is not in the vocabulary ({found.form})")
-    tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {end}", special_tokens=[(end, eos)])
-    return tokenizer, config, (start, eos, pad)
-
-
 def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> Pair:
     """Load the pair in ``path`` and build both gradient graphs (CPU). ModelError (exit 3) for
     a folder that is not a pair, a lookup not found, an operator without a reverse rule, a
@@ -246,7 +225,7 @@ def load_pair(path: str | Path, threads: int = 0, dequantize: bool = False) -> P
         raise ModelError(f"{str(folder)!r} holds no {ENCODER} (an encoder/decoder pair in optimum's layout)")
     if not (folder / DECODER).is_file() and not (folder / MERGED).is_file():
         raise ModelError(f"{str(folder)!r} holds no {DECODER} (nor {MERGED})")
-    tokenizer, _, (start, eos, pad) = _side_files(folder)
+    tokenizer, _, (start, eos, pad) = side_files(folder)
     encoder = files.read_onnx(folder / ENCODER)
     merged = files.read_onnx(folder / MERGED) if (folder / MERGED).is_file() else None
     if (folder / DECODER).is_file() or merged is None:
@@ -373,7 +352,7 @@ def load_single(path: str | Path, threads: int = 0, dequantize: bool = False) ->
     identity: the decoder's "states" are the source embeddings, so generation and the chained
     gradient run unchanged. Both lookups are split out (separate tables, or one shared)."""
     folder = Path(path)
-    tokenizer, config, (start, eos, pad) = _side_files(folder)
+    tokenizer, config, (start, eos, pad) = side_files(folder)
     proto = files.read_onnx(folder / SINGLE)
     dequantized = quantized_ops(proto)
     if dequantized and not dequantize:
@@ -428,9 +407,14 @@ def _source_feed(table: np.ndarray, batch: int, length: int, inputs: frozenset[s
     return feeds
 
 
-def load_encoder_decoder(path: str | Path, threads: int = 0, dequantize: bool = False) -> Pair:
-    """optimum's pair (``encoder_model.onnx``) or the single-graph form (``model.onnx`` with
-    ``"is_encoder_decoder": true`` in config.json)."""
+def load_encoder_decoder(path: str | Path, threads: int = 0, dequantize: bool = False) -> Pair | FilePair:
+    """optimum's pair (``encoder_model.onnx``), two files with a stepping decoder
+    (config.json's ``encoder_decoder``, :mod:`blackbox_sal.model.pair_files`) or the
+    single-graph form (``model.onnx`` with ``"is_encoder_decoder": true`` in config.json)."""
+    from blackbox_sal.model.pair_files import load_file_pair
+
     if (Path(path) / ENCODER).is_file():
         return load_pair(path, threads, dequantize)
+    if is_file_pair(Path(path)):
+        return load_file_pair(path, threads)
     return load_single(path, threads, dequantize)

@@ -28,6 +28,7 @@ import numpy as np
 
 from blackbox_sal.methods.quadrature import gauss_legendre
 from blackbox_sal.model.encoder_decoder import Pair
+from blackbox_sal.model.pair_files import FilePair
 from blackbox_sal.text.tokenization import MAX_CHARS, tokenize
 from blackbox_sal.vocabulary.errors import InputError, UsageError
 from blackbox_sal.vocabulary.result import GenerationExplanation
@@ -77,8 +78,11 @@ def greedy(pair: Pair, source_ids: np.ndarray, max_new: int, encoded: Encoded | 
     return out, np.stack(steps)
 
 
-def generate(pair: Pair, source_ids: np.ndarray, max_new: int, encoded: Encoded | None = None) -> list[int]:
-    """:func:`greedy`'s tokens."""
+def generate(pair: Pair | FilePair, source_ids: np.ndarray, max_new: int, encoded: Encoded | None = None
+             ) -> list[int]:
+    """:func:`greedy`'s tokens (two files with a stepping decoder: :meth:`FilePair.greedy`)."""
+    if isinstance(pair, FilePair):
+        return pair.greedy(source_ids, max_new)[0]
     return greedy(pair, source_ids, max_new, encoded)[0]
 
 
@@ -129,8 +133,8 @@ def chained_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, pr
     return log_probs, g_source, g_prefix
 
 
-def _log_p(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix: np.ndarray, prefix_ids: np.ndarray,
-           targets: np.ndarray, batch_size: int) -> np.ndarray:
+def _log_p(pair: Pair | FilePair, source: np.ndarray, source_ids: np.ndarray, prefix: np.ndarray,
+           prefix_ids: np.ndarray, targets: np.ndarray, batch_size: int) -> np.ndarray:
     """log p_t for rows of source embeddings [N, S, D] and prefix embeddings [N, T, D]: [N, T]
     (float64 softmax over float32 logits)."""
     rows = len(source)
@@ -138,6 +142,10 @@ def _log_p(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix: np.nd
     for s in _chunks(rows, batch_size):
         n = s.stop - s.start
         ids = np.repeat(source_ids[None], n, 0)
+        if isinstance(pair, FilePair):  # the decoder steps, its state fed back
+            lp = pair.log_probs(source[s], ids, prefix[s], np.repeat(prefix_ids[None], n, 0))
+            out[s] = lp[:, np.arange(len(targets)), targets]
+            continue
         mask = np.ones_like(ids)
         states = pair.encode(source[s], mask, ids)
         logits = pair.logits(prefix[s], np.repeat(prefix_ids[None], n, 0), states, mask, ids).astype(np.float64)
@@ -147,7 +155,7 @@ def _log_p(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix: np.nd
     return out
 
 
-def fd_gradients(pair: Pair, source: np.ndarray, source_ids: np.ndarray, prefix_ids: np.ndarray,
+def fd_gradients(pair: Pair | FilePair, source: np.ndarray, source_ids: np.ndarray, prefix_ids: np.ndarray,
                  targets: np.ndarray, batch_size: int = 64, step: float = 3e-3
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`chained_gradients` by central differences, for models without a gradient graph
@@ -185,8 +193,9 @@ def _per_token(method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     return lambda g, x: np.asarray((g * x).sum(-1))
 
 
-def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = None, target_text: str | None = None,
-                       method: str = "grad-x-input", steps: int = 32, baseline: str = "pad", batch_size: int = 64,
+def explain_generation(pair: Pair | FilePair, text: str, *, generate_tokens: int | None = None,
+                       target_text: str | None = None, method: str = "grad-x-input", steps: int = 32,
+                       baseline: str = "pad", batch_size: int = 64,
                        max_length: int | None = 512, max_chars: int = MAX_CHARS,
                        backend: str = "auto") -> GenerationExplanation:
     """Explain each output token's log-probability by the source tokens and the earlier output
@@ -214,7 +223,8 @@ def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = N
     source_ids = tokens.ids.astype(np.int64)
     x = pair.encoder_table[source_ids].astype(np.float32)
     # the source's one encoder run, shared by generation and the explanation's point at x
-    encoded = pair.encode_saving(x[None], np.ones((1, len(source_ids)), np.int64), source_ids[None])
+    encoded = None if isinstance(pair, FilePair) else pair.encode_saving(
+        x[None], np.ones((1, len(source_ids)), np.int64), source_ids[None])
     if target_text is not None:
         outputs = tokenize(pair.tokenizer, target_text, MAX_OUTPUT_TOKENS, max_chars).ids.astype(np.int64)
     else:
@@ -222,7 +232,9 @@ def explain_generation(pair: Pair, text: str, *, generate_tokens: int | None = N
     if not len(outputs):
         raise InputError("the target text has no tokens")
     prefix_ids = np.array([pair.start_id, *outputs[:-1]], np.int64)
-    gradients = partial(chained_gradients, last=encoded) if use == "graph" else fd_gradients
+    gradients: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] = fd_gradients
+    if use == "graph" and isinstance(pair, Pair):
+        gradients = partial(chained_gradients, last=encoded)
     prefix_x = pair.decoder_table[prefix_ids].astype(np.float32)
     score = _per_token(method)
     deltas: tuple[float, ...] | None = None

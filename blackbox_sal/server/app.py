@@ -43,6 +43,7 @@ from blackbox_sal.jobs.batch import work_for
 from blackbox_sal.jobs.datasets import Row
 from blackbox_sal.methods import METHODS
 from blackbox_sal.model.encoder_decoder import Pair
+from blackbox_sal.model.pair_files import FilePair
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.render.generation import generation_json
 from blackbox_sal.seq2seq.explaining import explain_generation as explain_pair
@@ -108,7 +109,7 @@ class Server:
     ASGI application; ``stop`` drains and ends the engines."""
 
     def __init__(self, models: dict[str, TextModel], defaults: ExplainConfig | None = None,
-                 limits: Limits | None = None, pairs: dict[str, Pair] | None = None) -> None:
+                 limits: Limits | None = None, pairs: dict[str, Pair | FilePair] | None = None) -> None:
         self.defaults = dataclasses.replace(defaults or ExplainConfig(), progress=False).validated()
         self.limits = limits or Limits()
         self.served: dict[str, Served] = {}
