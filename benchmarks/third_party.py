@@ -294,7 +294,9 @@ def survey(entry: Shipped, cache: Path, with_config: bool) -> dict[str, object]:
         row["backend"] = graph["backend"]
         row["notes"] = ""
         row["split_vs_file"] = "two graphs (each split checked on load)"
-        row["gradient_check"] = "no graph (GRU); fd at two steps: docs/seq2seq.md"
+        row["gradient_check"] = ("fd only (no graph across runs): == the files' own differences in "
+                                 "test_pair_files" if not (folder / "model.onnx").is_file()
+                                 else "no graph (GRU); fd at two steps: docs/seq2seq.md")
         return row
     elif "per_token" in graph:  # a tagger: every target of the text, a matrix (docs/per-token.md)
         p = graph["per_token"]
@@ -308,10 +310,6 @@ def survey(entry: Shipped, cache: Path, with_config: bool) -> dict[str, object]:
                          f"target {graph['target'].get('label') or graph['target'].get('index')}"
         row["backend"] = graph["backend"]
         row["notes"] = "; ".join(graph.get("notes", []))
-    if graph.get("kind") == "generation" and not (folder / "model.onnx").is_file():
-        # two files, a state fed back between decoder runs: no single graph for the loader's check
-        row["gradient_check"] = "fd only (no graph across runs): == the files' own differences in test_pair_files"
-        return row
     row["split_vs_file"] = split_check(folder)
     notes = str(row["notes"])
     if row["backend"] == "graph":  # exact gradients: against finite differences of the same model
