@@ -46,8 +46,8 @@ from blackbox_sal.model.encoder_decoder import Pair
 from blackbox_sal.model.pair_files import FilePair
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.render.generation import generation_json
-from blackbox_sal.seq2seq.explaining import explain_generation as explain_pair
 from blackbox_sal.seq2seq.explaining import METHODS as PAIR_METHODS
+from blackbox_sal.seq2seq.explaining import explain_generation as explain_pair
 from blackbox_sal.seq2seq.explaining import generate
 from blackbox_sal.server.openapi import openapi_document
 from blackbox_sal.server.protocol import (
