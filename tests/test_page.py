@@ -647,6 +647,8 @@ def test_a_pairs_metadata_gives_the_page_its_kind_methods_backends_and_length() 
                 "outputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
                 "kind": "encoder-decoder", "methods": methods, "backends": backends, "generate": PAIR_GENERATE}
         assert "kind" not in client.get("/v2/models/graph-explainer").json()
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["ModelMetadata"]["properties"]
+        assert schema["kind"]["enum"] == ["encoder-decoder"] and schema["generate"]["type"] == "integer"
     finally:
         server.stop()
 
