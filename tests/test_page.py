@@ -41,6 +41,7 @@ import blackbox_sal
 MIXED = "a fine film but the plot was dull"  # "fine" speaks against the prediction (rotten), "dull" for it
 INJECTED = "<img src=x onerror=alert(1)> dull"
 CONTROLS = ["text", "model", "method", "target", "backend", "words", "explain"]  # the tab order
+PAIR_CONTROLS = ["text", "target-text", "model", "method", "backend", "explain"]  # an encoder/decoder pair's
 
 
 def _chromium() -> str | None:
@@ -75,13 +76,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``blackbox-sal serve`` (the bundled model, as "default") on a free port; its base URL."""
     if CHROMIUM is None:
         pytest.skip("no Chromium")
+    yield from _serving(tmp_path_factory, [])
+
+
+def _serving(tmp_path_factory: pytest.TempPathFactory, models: list[str]) -> Iterator[str]:
+    """``blackbox-sal serve -q MODEL...`` on a free port until the generator is closed; its base URL."""
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "stderr.txt"
     env = dict(os.environ)  # the session's private gradient-graph cache included
     root = str(Path(blackbox_sal.__file__).resolve().parent.parent)  # the code under test
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "blackbox_sal", "serve", "--port", str(port), "-q"],
+        proc = subprocess.Popen([sys.executable, "-m", "blackbox_sal", "serve", "--port", str(port), "-q", *models],
                                 stdout=subprocess.DEVNULL, stderr=err, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -388,7 +394,9 @@ def test_every_control_has_a_label_and_the_tab_order_is_the_reading_order(render
     html = next(a for tag, a in page.elements if tag == "html")
     assert html.get("lang") == "en"
     controls = [(tag, a) for tag, a in page.elements if tag in ("input", "select", "textarea", "button")]
-    assert [a["id"] for _, a in controls] == CONTROLS
+    # the target text is an encoder/decoder pair's alone: hidden (out of the tab order) for a classifier
+    assert [a["id"] for _, a in controls if a["id"] != "target-text"] == CONTROLS
+    assert "hidden" in next(a for tag, a in page.elements if a.get("id") == "pair-fields")
     for tag, a in controls:
         name = page.text(a["id"]) if tag == "button" else " ".join(page.labels.get(a["id"], "").split())
         assert name, f"{tag}#{a['id']} has no label"
@@ -576,3 +584,195 @@ def test_the_page_works_from_the_keyboard_alone(server: str, browser: DevTools) 
     assert "target fresh" in tab.js("document.getElementById('status').textContent")
     assert "run=1" in tab.js("document.getElementById('link').href")
     tab.close()
+
+
+# -- an encoder/decoder pair: a target text, and the generation's two matrices ---------------------
+
+PAIR_SOURCE = "the cat sat on the mat"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _generation(rows: int) -> dict[str, Any]:
+    """A generation's JSON view (the server's :explain answer for a pair) with ``rows`` steps."""
+    from blackbox_sal.render.generation import generation_json
+    from blackbox_sal.vocabulary.result import GenerationExplanation
+
+    scores = tuple(tuple(float(t - j) for j in range(rows)) for t in range(rows))
+    return generation_json(GenerationExplanation(
+        model="m", method="ig", source_text="a b", output_text="x", source_tokens=("a",) * rows,
+        prefix_tokens=("<s>",) * rows, output_tokens=("x",) * rows, log_probs=(-1.0,) * rows,
+        source_scores=scores, prefix_scores=scores, deltas=(0.0,) * rows, backend="graph", steps=8,
+        teacher_forced=True))
+
+
+def test_the_page_reads_a_pairs_metadata_and_generation_fields_the_server_gives() -> None:
+    """The page tells a pair by the kind its metadata gives, sends target_text, and reads only
+    fields that a generation's JSON view has (a renamed field would leave a matrix empty)."""
+    from blackbox_sal.server.app import PAIR_KIND
+
+    page = resources.files("blackbox_sal.server").joinpath("page.html").read_text("utf-8")
+    assert f'metadata.kind === "{PAIR_KIND}"' in page
+    assert "instance.target_text = " in page and 'id="target-text"' in page
+    read = set(re.findall(r"\bg\.(\w+)", page))
+    assert {"source_scores", "prefix_scores", "source_tokens", "prefix_tokens", "output_tokens"} <= read
+    assert read <= set(_generation(2)), read - set(_generation(2))
+
+
+def test_a_pairs_metadata_gives_the_page_its_kind_methods_backends_and_length() -> None:
+    """``GET /v2/models/NAME`` on a pair: the V2 fields, and what the page needs to offer its
+    form (graph only where the pair has a gradient graph); its explainer and the classifiers'
+    metadata carry no kind."""
+    pytest.importorskip("starlette")
+    from types import SimpleNamespace
+    from typing import cast
+
+    from starlette.testclient import TestClient
+
+    from blackbox_sal.methods import METHODS
+    from blackbox_sal.server.app import PAIR_GENERATE, Server
+
+    # the metadata reads a pair's gradient graph alone: stand-ins with and without one
+    pairs = {"graph": cast(Any, SimpleNamespace(decoder_grad=object())),
+             "fd": cast(Any, SimpleNamespace(decoder_grad=None))}
+    server = Server({}, pairs=pairs)
+    try:
+        client = TestClient(server.app)
+        assert client.get("/v2/models").json() == {"models": ["graph", "fd"]}
+        methods = {"grad-x-input": METHODS["grad-x-input"].summary, "saliency": METHODS["saliency"].summary,
+                   "ig": METHODS["ig"].summary}
+        for name, backends in (("graph", ["graph", "fd"]), ("fd", ["fd"])):
+            assert client.get(f"/v2/models/{name}").json() == {
+                "name": name, "versions": ["1"], "platform": "blackbox-sal",
+                "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                "kind": "encoder-decoder", "methods": methods, "backends": backends, "generate": PAIR_GENERATE}
+        assert "kind" not in client.get("/v2/models/graph-explainer").json()
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["ModelMetadata"]["properties"]
+        assert schema["kind"]["enum"] == ["encoder-decoder"] and schema["generate"]["type"] == "integer"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def pair_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``blackbox-sal serve`` with the bundled classifier ("default") and a tiny random T5 pair
+    ("t5", from ``models/build_seq2seq.py``, ~10 s) on a free port; its base URL."""
+    if CHROMIUM is None:
+        pytest.skip("no Chromium")
+    pytest.importorskip("torch", reason="torch and transformers build the pair")
+    pytest.importorskip("transformers", reason="torch and transformers build the pair")
+    from blackbox_sal.model.files import default_model_path
+
+    out = tmp_path_factory.mktemp("seq2seq")
+    subprocess.run([sys.executable, str(ROOT / "models" / "build_seq2seq.py"), "--out", str(out)], check=True,
+                   capture_output=True, timeout=300)
+    yield from _serving(tmp_path_factory, ["--method", "ig", "--steps", "8", str(default_model_path()),
+                                           f"t5={out / 'seq2seq-t5'}"])
+
+
+def _explain_pair(base: str, instance: dict[str, str]) -> dict[str, Any]:
+    body = json.dumps({"instances": [instance]}).encode()
+    request = urllib.request.Request(base + "/v1/models/t5:explain", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        out: dict[str, Any] = json.load(r)["explanations"][0]
+        return out
+
+
+def _matrices(page: Page) -> dict[str, list[dict[str, str]]]:
+    """Each matrix table's (data-matrix) cells, in order: scored cells and unread ones."""
+    out: dict[str, list[dict[str, str]]] = {}
+    current = None
+    for tag, a in page.elements:
+        if tag == "table":
+            current = a.get("data-matrix")
+            if current:
+                out[current] = []
+        elif tag == "td" and current and ("data-score" in a or "unread" in a.get("class", "")):
+            out[current].append(a)
+    return out
+
+
+@needs_chromium
+def test_a_pair_shows_its_two_matrices_with_the_servers_scores(pair_server: str) -> None:
+    """The page, run from links on the pair (teacher forced, and generated): every cell of
+    both matrices is the server's score for the same request, hover titles name the step's
+    token, the column's token and the score, the text keeps AA contrast, the tables have
+    captions and scoped headers, and the form offers a target text in place of a label."""
+    cases = [{"text": PAIR_SOURCE, "target_text": "a cat"}, {"text": PAIR_SOURCE}]
+    wait = "--virtual-time-budget=20000"
+    doms = _run_chromium([[wait, "--dump-dom", _url(pair_server, model="t5", run="1", **c)] for c in cases])
+    for case, dom in zip(cases, doms, strict=True):
+        page, g = Page.of(dom), _explain_pair(pair_server, case)
+        assert page.text("error") == ""
+        assert g["teacher_forced"] == ("target_text" in case)
+        assert page.text("output-text") == " ".join(g["output_text"].split())
+        section = next(a for tag, a in page.elements if tag == "section")
+        assert section["data-output"] == g["output_text"] and section["data-forced"] == str(int(g["teacher_forced"]))
+        how = "the target text" if case.get("target_text") else "generated"
+        assert page.text("status").startswith("Explained: " + how)
+        hidden = {a["id"]: "hidden" in a for _, a in page.elements if a.get("id") in ("pair-fields", "target-field",
+                                                                                       "words-field")}
+        assert hidden == {"pair-fields": False, "target-field": True, "words-field": True}
+        assert [a["value"] for tag, a in page.elements if tag == "option" and "value" in a][:2] == ["default", "t5"]
+        cells = _matrices(page)
+        steps = len(g["output_tokens"])
+        assert len(cells["source"]) == steps * len(g["source_tokens"]) and steps > 0
+        assert [float(a["data-score"]) for a in cells["source"]] == \
+            pytest.approx([v for row in g["source_scores"] for v in row], rel=1e-9, abs=1e-12)
+        # the decoder reads its inputs 0..t at step t: above the diagonal, unread cells
+        assert ["data-score" in a for a in cells["prefix"]] == \
+            [j <= t for t, row in enumerate(g["prefix_scores"]) for j in range(len(row))]
+        assert [float(a["data-score"]) for a in cells["prefix"] if "data-score" in a] == pytest.approx(
+            [v for t, row in enumerate(g["prefix_scores"]) for j, v in enumerate(row) if j <= t], rel=1e-9, abs=1e-12)
+        for kind, columns in (("source", g["source_tokens"]), ("prefix", g["prefix_tokens"])):
+            scored = [a for a in cells[kind] if "data-score" in a]
+            k = 0
+            for t, row in enumerate(g[f"{kind}_scores"]):
+                for j in range(len(row)):
+                    if kind == "prefix" and j > t:
+                        continue
+                    title = scored[k]["title"]
+                    word = "source" if kind == "source" else "output"
+                    assert title.startswith(f"step {t}: {json.dumps(g['output_tokens'][t], ensure_ascii=False)} "
+                                            f"\u2190 {word} {json.dumps(columns[j], ensure_ascii=False)}: "), title
+                    assert re.search(r": [+\u2212\u00b1]\d", title), title
+                    ratio = _contrast(_rgb(scored[k]["style"], "background-color"), _rgb(scored[k]["style"], "color"))
+                    assert ratio >= 4.5, (title, ratio)
+                    k += 1
+        # the strongest cell of each matrix is fully coloured, blue or red by its sign
+        for kind in ("source", "prefix"):
+            scored = [a for a in cells[kind] if "data-score" in a]
+            top = max(scored, key=lambda a: abs(float(a["data-score"])))
+            assert _rgb(top["style"], "background-color") == ((0x21, 0x66, 0xac) if float(top["data-score"]) > 0
+                                                               else (0xb2, 0x18, 0x2b))
+        # accessible tables: a caption each, column headers and one row header per step
+        tables = [a for tag, a in page.elements if tag == "table" and a.get("data-matrix")]
+        assert len(tables) == 2 and sum(tag == "caption" for tag, _ in page.elements) >= 2
+        assert sum(tag == "th" and a.get("scope") == "row" for tag, a in page.elements) == 2 * steps
+        assert sum(tag == "th" and a.get("scope") == "col" for tag, a in page.elements) == \
+            2 * 2 + len(g["source_tokens"]) + len(g["prefix_tokens"])
+
+
+@needs_chromium
+def test_a_pairs_form_works_from_the_keyboard(pair_server: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """On a pair the tab order is text, target text, model, method, backend, explain (the label
+    target and word merging are hidden), and Ctrl+Enter explains the typed target text."""
+    if os.name != "posix":
+        pytest.skip("the DevTools pipe is passed as fds 3 and 4 (POSIX)")
+    assert CHROMIUM is not None
+    browser = DevTools(CHROMIUM, str(tmp_path_factory.mktemp("pair-profile")))
+    try:
+        tab = browser.open(_url(pair_server, model="t5"))
+        tab.wait_for("!document.getElementById('pair-fields').hidden")
+        assert [tab.tab() for _ in PAIR_CONTROLS] == PAIR_CONTROLS
+        assert tab.tab(back=True) == "backend"
+        tab.js(f"document.getElementById('text').value = {json.dumps(PAIR_SOURCE)}")
+        tab.js("document.getElementById('target-text').value = 'a cat'")
+        tab.key("Enter", "Enter", 13, modifiers=2)
+        output = tab.wait_for("(s => s && s.dataset.output)(document.querySelector('section.generation'))", timeout=60)
+        assert output == _explain_pair(pair_server, {"text": PAIR_SOURCE, "target_text": "a cat"})["output_text"]
+        assert "target_text=a+cat" in tab.js("document.getElementById('link').href")
+        tab.close()
+    finally:
+        browser.close()

@@ -46,6 +46,7 @@ from blackbox_sal.model.encoder_decoder import Pair
 from blackbox_sal.model.pair_files import FilePair
 from blackbox_sal.model.text_model import TextModel
 from blackbox_sal.render.generation import generation_json
+from blackbox_sal.seq2seq.explaining import METHODS as PAIR_METHODS
 from blackbox_sal.seq2seq.explaining import explain_generation as explain_pair
 from blackbox_sal.seq2seq.explaining import generate
 from blackbox_sal.server.openapi import openapi_document
@@ -76,6 +77,8 @@ STALL_GRACE = 5.0
 ACCESS_LOG = logging.getLogger("blackbox_sal.access")
 #: output tokens an encoder/decoder's :predict (and :explain without target_text) generates
 PAIR_GENERATE = 20
+#: the ``kind`` in an encoder/decoder pair's V2 metadata (the web page shows its two matrices)
+PAIR_KIND = "encoder-decoder"
 #: most instances of one pair explained at once (each holds a thread; the rest wait in its queue)
 PAIR_THREADS = 4
 
@@ -201,10 +204,15 @@ class Server:
         base = name.removesuffix(EXPLAINER)
         if base in self.pairs:  # an encoder/decoder pair: texts in, generated texts (or explanations) out
             out = "explanation" if base != name else "text"
+            # the web page reads kind, methods, backends and generate to offer a pair's form
+            page = {} if base != name else {
+                "kind": PAIR_KIND, "methods": {m: METHODS[m].summary for m in PAIR_METHODS},
+                "backends": ["graph", "fd"] if self.pairs[base].decoder_grad is not None else ["fd"],
+                "generate": PAIR_GENERATE}
             return JSONResponse({"name": name, "versions": ["1"], "platform": "blackbox-sal",
                                  "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
                                  "outputs": [{"name": out, "datatype": "BYTES", "shape": [-1]}],
-                                 **({"explains": base} if base != name else {})})
+                                 **({"explains": base} if base != name else page)})
         if name.endswith(EXPLAINER) and name[:-len(EXPLAINER)] in self.served:
             served = self.served[name[:-len(EXPLAINER)]]
             return JSONResponse({"name": name, "versions": ["1"], "platform": "blackbox-sal",
