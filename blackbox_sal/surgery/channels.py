@@ -67,7 +67,7 @@ def split_channels(split: EmbeddingSplit, ids_input: str,
     import onnx
     from onnx import helper
 
-    from blackbox_sal.surgery.prune import clear_shapes, prune, remove
+    from blackbox_sal.surgery.prune import remove
     from blackbox_sal.surgery.split import MIRRORED, find_lookup
 
     body = onnx.ModelProto()
@@ -109,17 +109,7 @@ def split_channels(split: EmbeddingSplit, ids_input: str,
         tables.append(lookup.table[rows_of])
         found.append(Channel(name, tensor, start, stop))
         start = stop
-    for k, node in enumerate(front):
-        g.node.insert(k, node)
-    embeds = next(i for i in g.input if i.name == EMBEDS)
-    embeds.type.tensor_type.shape.dim[2].dim_value = start
-    prune(g, keep_inputs=frozenset(i.name for i in g.input if i.name != IDS))
-    clear_shapes(g)
-    serialized = body.SerializeToString()
-    try:
-        onnx.checker.check_model(serialized)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"the model split at its channels does not pass onnx.checker: {exc}") from exc
+    serialized = _finished(body, front, start, "the model split at its channels")
     needs_ids = any(i.name == IDS for i in g.input)
     table = np.concatenate(tables, axis=1).astype(np.float32)
     return replace(split, table=table, body=body, needs_ids=needs_ids, serialized=serialized), tuple(found)
@@ -174,7 +164,7 @@ def join_lookups(body: onnx.ModelProto, table: np.ndarray, channels: tuple[Chann
     import onnx
     from onnx import helper
 
-    from blackbox_sal.surgery.prune import clear_shapes, node_inputs, prune, remove
+    from blackbox_sal.surgery.prune import node_inputs, remove
     from blackbox_sal.surgery.split import INDEX_ARITHMETIC, MIRRORED, find_lookups, mirror, per_column
 
     if IDS not in {i.name for i in body.graph.input}:
@@ -252,17 +242,7 @@ def join_lookups(body: onnx.ModelProto, table: np.ndarray, channels: tuple[Chann
         tables.append(rows)
         found.append(Channel(name, ids_input, start, stop))
         start = stop
-    for k, node in enumerate(front):
-        g.node.insert(k, node)
-    embeds = next(i for i in g.input if i.name == EMBEDS)
-    embeds.type.tensor_type.shape.dim[2].dim_value = start
-    prune(g, keep_inputs=frozenset(i.name for i in g.input if i.name != IDS))
-    clear_shapes(g)
-    serialized = new.SerializeToString()
-    try:
-        onnx.checker.check_model(serialized)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"the model split at its other lookups of the ids does not pass onnx.checker: {exc}") from exc
+    serialized = _finished(new, front, start, "the model split at its other lookups of the ids")
     said = "both are" if len(names) == 2 else f"all {len(names)} are"
     if EMBEDS in needed or channels:
         note = (f"the ids feed {len(names)} lookups ({', '.join(repr(n) for n in names)}) that the output reads: "
@@ -297,3 +277,26 @@ def _name(lookup: Lookup, taken: set[str]) -> str:
     while name in taken:
         name, k = f"{base}_{k}", k + 1
     return name
+
+
+def _finished(model: onnx.ModelProto, front: list[onnx.NodeProto], width: int, what: str) -> bytes:
+    """``model`` with the joined embeddings' slices ``front`` put first, ``inputs_embeds``
+    ``width`` wide, what no output needs pruned and stale shapes cleared: serialized once
+    (for the checker and the session), onnx.checker passed (ModelError naming ``what``)."""
+    import onnx
+
+    from blackbox_sal.surgery.prune import clear_shapes, prune
+
+    g = model.graph
+    for k, node in enumerate(front):
+        g.node.insert(k, node)
+    embeds = next(i for i in g.input if i.name == EMBEDS)
+    embeds.type.tensor_type.shape.dim[2].dim_value = width
+    prune(g, keep_inputs=frozenset(i.name for i in g.input if i.name != IDS))
+    clear_shapes(g)
+    serialized = model.SerializeToString()
+    try:
+        onnx.checker.check_model(serialized)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{what} does not pass onnx.checker: {exc}") from exc
+    return serialized
