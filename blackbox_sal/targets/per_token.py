@@ -20,7 +20,6 @@ Special tokens and padding are never targets.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from blackbox_sal.text.tokenization import Tokens
 from blackbox_sal.vocabulary.errors import UsageError
+from blackbox_sal.vocabulary.scores import named_index
 
 #: the "outside" label: never a target of its own
 OUTSIDE = "O"
@@ -88,24 +88,6 @@ def entities(predicted: Sequence[int], labels: Sequence[str], candidates: Sequen
     return spans
 
 
-def label_index(value: str | int, labels: Sequence[str] | None, width: int, what: str) -> int:
-    """A label name or index as a label index; UsageError naming the labels otherwise."""
-    names = list(labels or ())
-    if isinstance(value, str) and value in names:
-        return names.index(value)
-    text = str(value).strip()
-    if text.lstrip("-").isdigit():
-        index = int(text)
-        if 0 <= index < width:
-            return index
-        raise UsageError(f"{what} index {index} is out of range: the model has {width} labels per token "
-                         f"(0..{width - 1})")
-    close = difflib.get_close_matches(text, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    known = f"labels: {', '.join(names)}" if names else f"the model has no labels; use an index 0..{width - 1}"
-    raise UsageError(f"unknown {what} label {text!r}{hint} ({known})")
-
-
 def positions_at(tokens: Tokens, at: str | int) -> tuple[int, ...]:
     """The token positions ``at`` names: a token index, or the tokens overlapping the first
     occurrence of a piece of the text (case-insensitive)."""
@@ -137,8 +119,9 @@ def find_targets(outputs: np.ndarray, tokens: Tokens, labels: Sequence[str] | No
     def name(i: int) -> str:
         return names[i] if names is not None else "score" if width == 1 else str(i)
 
-    fixed = None if target is None else label_index(target, names, width, "target")
-    other = None if contrast is None else label_index(contrast, names, width, "contrast")
+    has = f"the model has {width} labels per token"
+    fixed = None if target is None else named_index(target, names or (), width, "target", has)
+    other = None if contrast is None else named_index(contrast, names or (), width, "contrast", has)
 
     def make(positions: Sequence[int], entity: bool = False) -> Target:
         chosen = tuple(fixed if fixed is not None else predicted[i] for i in positions)

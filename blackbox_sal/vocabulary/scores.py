@@ -10,7 +10,7 @@ gradient graph is started from, d scalar / d outputs, by the chain rule.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -248,14 +248,23 @@ def resolve_target(target: str | int | None, labels: tuple[str, ...] | None,
             raise UsageError(f"target {target!r} is not a single token of the vocabulary; "
                              f"give one token, or its index")
         return found
-    text = str(target).strip()
+    return named_index(target, names, n_classes, "target", f"the output has {n_classes} classes")
+
+
+def named_index(value: str | int, names: Sequence[str], width: int, what: str, has: str) -> int:
+    """A label name or an index (int or digits) below ``width`` as an index; UsageError (exit 2)
+    naming the labels, or the closest one, otherwise. ``what``: what the value is called
+    ("target", "contrast"); ``has``: the width in words ("the output has 3 classes")."""
+    names = list(names)
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    text = str(value).strip()
     if _is_index(text):
         index = int(text)
-        if 0 <= index < n_classes:
+        if 0 <= index < width:
             return index
-        raise UsageError(f"target index {index} is out of range: the output has {n_classes} classes "
-                         f"(0..{n_classes - 1})")
+        raise UsageError(f"{what} index {index} is out of range: {has} (0..{width - 1})")
     close = difflib.get_close_matches(text, names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    known = f"labels: {', '.join(names)}" if names else f"the model has no labels; use an index 0..{n_classes - 1}"
-    raise UsageError(f"unknown target label {text!r}{hint} ({known})")
+    known = f"labels: {', '.join(names)}" if names else f"the model has no labels; use an index 0..{width - 1}"
+    raise UsageError(f"unknown {what} label {text!r}{hint} ({known})")
