@@ -233,13 +233,7 @@ def _roberta_like() -> onnx.ModelProto:
         helper.make_node("MatMul", ["pooled", "W"], ["logits"]),
     ]
     inits = {"T1": T1, "POS": POS, "W": W, "pad": np.array(PAD, np.int64), "one_axis": np.array(1, np.int64)}
-    graph = helper.make_graph(nodes, "roberta-like", [tiny._ids_input()],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", C])],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", tiny.OPSET)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
+    return tiny._model(nodes, inits, [tiny._ids_input()], C)
 
 
 def test_position_ids_computed_from_the_ids_are_not_a_second_table(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tiny
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from blackbox_sal.api.explaining import explain
 from blackbox_sal.model import loading
@@ -58,13 +58,7 @@ def _run(m: onnx.ModelProto, ids: np.ndarray) -> np.ndarray:
 
 
 def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray]) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "guard", [tiny._ids_input()],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", C])],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", tiny.OPSET)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
+    return tiny._model(nodes, inits, [tiny._ids_input()], C)
 
 
 def _int8(form: str, ort_names: bool) -> onnx.ModelProto:
