@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -149,6 +150,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     folder = Path(args.folder or HERE / ".cache" / f"seq2seq-{args.kind}-256x4")
+    if not (folder / "torch_model").is_dir():
+        sys.exit(f"no pair at {folder}: build it first with\n"
+                 f"  python models/build_seq2seq.py --width 256 --layers 4 --out {folder.parent}")
     pair = load_pair(folder, threads=args.threads)
     model = AutoModelForSeq2SeqLM.from_pretrained(str(folder / "torch_model"), attn_implementation="sdpa").eval()
     model.requires_grad_(False)
