@@ -291,6 +291,8 @@ def test_channels_packed_in_one_input_are_refused_saying_so(tmp_path: Path) -> N
     ({"kinds": {"input": "kinds", "map": {"the": 9}, "default": 0}}, r"the map gives id 9, but the channel's table "
                                                                       r"has 4 rows"),
     ({"kinds": {"input": "kinds", "map": KINDS, "file": "k.json"}}, r"needs a map or a file, one of them"),
+    ({"kinds": {"input": "chars", "map": KINDS, "default": 0}},
+     r"^config.json channels: input 'chars' looks like the ids \(its lookup has \d+ rows, the tokenizer 15 tokens\)"),
 ])
 def test_a_wrong_channels_form_is_one_line(tmp_path: Path, config: dict[str, object], message: str) -> None:
     (tmp_path / "kinds.json").write_text(json.dumps(KINDS))  # outside the folder

@@ -154,6 +154,16 @@ def find_roles(model: onnx.ModelProto, config_inputs: Mapping[str, str] | None, 
                 lookups[name] = find_lookup(model.graph, name).table.shape[0]
             except ModelError:
                 pass
+    if IDS not in inputs and not any(rows >= vocab for rows in lookups.values()):
+        for name in channels:  # the ids named as a channel: the rest has no table as large as the vocabulary
+            try:
+                rows = find_lookup(model.graph, name).table.shape[0]
+            except ModelError:
+                continue
+            if rows >= vocab:
+                raise ModelError(f"config.json channels: input {name!r} looks like the ids (its lookup has {rows} "
+                                 f"rows, the tokenizer {vocab} tokens); a channel is the other input, whose ids "
+                                 f"follow from each token")
     if IDS in inputs:  # the split says why, where it finds no lookup
         ids = IDS
     else:
